@@ -5,7 +5,10 @@
 //! domain-separated message, with the signer's certificate chain attached. `verify` checks it
 //! offline against the fleet CA.
 
+pub mod document;
+
 pub use crate::erase::keys::KeyDestruction;
+pub use document::*;
 
 /// Signs erase certificates. The file-key signer is the default; a hardware-bound signer
 /// (Secure Enclave, TPM) or a key minted in a post-tenancy maintenance boot can replace it.
