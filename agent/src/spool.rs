@@ -1,1 +1,6 @@
-//! placeholder: spool
+//! placeholder: the telemetry spool.
+
+/// Spool settings (placeholder).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {}

@@ -1,1 +1,223 @@
-//! placeholder
+//! The gRPC edge: the `jex.agent.v1.NodeAgent` service, `grpc.health.v1`, server reflection,
+//! the role check in front of all of them, and the TLS accept loop.
+//!
+//! Proto types stop here: handlers decode a request into a domain command, call the domain
+//! (`telemetry`, `erase`), and convert the answer back (`convert`). Every domain error becomes a
+//! gRPC status in one place (`status`). One span per RPC carries the peer identity.
+
+pub mod auth;
+pub mod convert;
+pub mod listener;
+pub mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use jex_proto::v1 as pb;
+use jex_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
+use tokio::sync::watch;
+use futures::StreamExt;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::erase::service::EraseService;
+use crate::telemetry::hub::Hub;
+
+pub use auth::{Peer, Role};
+
+/// What `GetHost` reports that does not change while the agent runs.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    /// From the agent's certificate.
+    pub host_id: String,
+    /// Hardware UUID.
+    pub hardware_uuid: String,
+    /// Serial number.
+    pub serial_number: String,
+    /// Model identifier.
+    pub model: String,
+    /// CPU brand.
+    pub chip: String,
+    /// Logical CPUs.
+    pub logical_cpus: u32,
+    /// Performance cores.
+    pub performance_cores: u32,
+    /// Efficiency cores.
+    pub efficiency_cores: u32,
+    /// Physical memory.
+    pub memory_bytes: u64,
+    /// OS name.
+    pub os_name: String,
+    /// OS version.
+    pub os_version: String,
+    /// Agent start (Unix ms).
+    pub agent_start_unix_ms: u64,
+    /// Sampling interval.
+    pub telemetry_interval_ms: u32,
+}
+
+/// The `NodeAgent` implementation.
+#[derive(Clone)]
+pub struct AgentService {
+    facts: Arc<HostFacts>,
+    hub: Hub,
+    erase: EraseService,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for AgentService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentService").field("host_id", &self.facts.host_id).finish_non_exhaustive()
+    }
+}
+
+impl AgentService {
+    /// Builds the service; `shutdown` turning true ends open streams.
+    pub fn new(facts: HostFacts, hub: Hub, erase: EraseService, shutdown: watch::Receiver<bool>) -> Self {
+        Self { facts: Arc::new(facts), hub, erase, shutdown }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> NodeAgentServer<Self> {
+        NodeAgentServer::new(self)
+    }
+}
+
+fn peer_of<T>(req: &Request<T>) -> Peer {
+    // The auth layer inserts the peer before any handler runs; a missing one cannot happen.
+    req.extensions().get::<Peer>().cloned().unwrap_or(Peer {
+        id: "unknown".to_owned(),
+        role: Role::Observer,
+        addr: "unknown".to_owned(),
+    })
+}
+
+fn rpc_span(rpc: &'static str, peer: &Peer) -> tracing::Span {
+    tracing::info_span!("rpc", rpc, peer = %peer.id, role = peer.role.as_str(), addr = %peer.addr)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Default and largest batch of telemetry records per response.
+const DEFAULT_BATCH: usize = 256;
+const MAX_BATCH: usize = 4096;
+
+#[tonic::async_trait]
+impl NodeAgent for AgentService {
+    async fn get_host(&self, req: Request<pb::GetHostRequest>) -> Result<Response<pb::GetHostResponse>, Status> {
+        let peer = peer_of(&req);
+        async {
+            let host = convert::host(&self.facts, self.erase.lifecycle(), self.erase.current_operation_id());
+            tracing::debug!("host served");
+            Ok(Response::new(pb::GetHostResponse { host: Some(host) }))
+        }
+        .instrument(rpc_span("GetHost", &peer))
+        .await
+    }
+
+    type StreamTelemetryStream = BoxStream<pb::StreamTelemetryResponse>;
+
+    async fn stream_telemetry(
+        &self,
+        req: Request<pb::StreamTelemetryRequest>,
+    ) -> Result<Response<Self::StreamTelemetryStream>, Status> {
+        let peer = peer_of(&req);
+        let span = rpc_span("StreamTelemetry", &peer);
+        let r = req.into_inner();
+        let batch = match r.max_batch_records {
+            0 => DEFAULT_BATCH,
+            n => (n as usize).min(MAX_BATCH),
+        };
+        span.in_scope(|| tracing::info!(after_seq = r.after_seq, batch, history_only = r.history_only, "telemetry stream opened"));
+        let records = self.hub.subscribe(r.after_seq, batch, r.history_only);
+        let mut shutdown = self.shutdown.clone();
+        let stream_span = span.clone();
+        let out = async_stream_of(records, async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .map(move |item| match item {
+            Ok(batch) => Ok(pb::StreamTelemetryResponse { records: batch.iter().map(convert::record).collect() }),
+            Err(e) => {
+                let status = status::from_hub(&e);
+                stream_span.in_scope(|| tracing::warn!(error = %e, "telemetry stream ended with an error"));
+                Err(status)
+            }
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn terminate(&self, req: Request<pb::TerminateRequest>) -> Result<Response<pb::TerminateResponse>, Status> {
+        let peer = peer_of(&req);
+        let span = rpc_span("Terminate", &peer);
+        let r = req.into_inner();
+        let cmd = convert::terminate_command(r);
+        let request_id = cmd.request_id.clone();
+        let erase = self.erase.clone();
+        async move {
+            match erase.terminate(cmd) {
+                Ok(op) => {
+                    tracing::info!(request_id = %request_id, operation_id = %op.operation_id, "terminate accepted");
+                    Ok(Response::new(pb::TerminateResponse { operation: Some(convert::operation(&op)) }))
+                }
+                Err(e) => Err(status::from_erase(&e)),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    type WatchEraseStream = BoxStream<pb::WatchEraseResponse>;
+
+    async fn watch_erase(&self, req: Request<pb::WatchEraseRequest>) -> Result<Response<Self::WatchEraseStream>, Status> {
+        let peer = peer_of(&req);
+        let span = rpc_span("WatchErase", &peer);
+        let r = req.into_inner();
+        let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
+        let rx = span.in_scope(|| self.erase.watch(id.as_deref())).map_err(|e| status::from_erase(&e))?;
+        let mut shutdown = self.shutdown.clone();
+        // The current state at once, then every change, until the operation ends.
+        let updates = tokio_stream::wrappers::WatchStream::new(rx);
+        let out = async_stream_of(updates.map(Ok::<_, std::convert::Infallible>), async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        })
+        .map(|item| {
+            let Ok(op) = item;
+            op
+        })
+        .scan(false, |ended, op| {
+            if *ended {
+                return std::future::ready(None);
+            }
+            *ended = op.finished_unix_ms.is_some();
+            std::future::ready(Some(Ok(pb::WatchEraseResponse {
+                operation: Some(convert::operation(&op)),
+                certificate: op.certificate.as_ref().map(convert::certificate),
+            })))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_erase_certificate(
+        &self,
+        req: Request<pb::GetEraseCertificateRequest>,
+    ) -> Result<Response<pb::GetEraseCertificateResponse>, Status> {
+        let peer = peer_of(&req);
+        let r = req.into_inner();
+        let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
+        let cert = rpc_span("GetEraseCertificate", &peer)
+            .in_scope(|| self.erase.certificate(id.as_deref()))
+            .map_err(|e| status::from_erase(&e))?;
+        Ok(Response::new(pb::GetEraseCertificateResponse { certificate: Some(convert::certificate(&cert)) }))
+    }
+}
+
+/// A stream that ends when `stop` completes (agent shutdown), whatever the inner stream does.
+fn async_stream_of<S, T, E>(inner: S, stop: impl std::future::Future<Output = ()> + Send + 'static) -> impl Stream<Item = Result<T, E>> + Send + 'static
+where
+    S: Stream<Item = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    inner.take_until(Box::pin(stop))
+}

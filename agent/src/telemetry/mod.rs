@@ -4,3 +4,4 @@
 pub mod sample;
 
 pub use sample::*;
+pub mod hub;

@@ -1,0 +1,42 @@
+//! Every domain error that reaches a caller becomes a gRPC status here, in one exhaustive
+//! match per error type (no catch-all arm: a new variant must be mapped on purpose). Internal
+//! failures send a generic message with a correlation id; the full chain goes to the log.
+
+use tonic::Status;
+
+use crate::erase::service::EraseError;
+use crate::telemetry::hub::HubError;
+
+/// Logs the full error chain under a fresh correlation id and returns a generic status.
+fn internal(err: &dyn std::error::Error) -> Status {
+    let id = uuid::Uuid::new_v4();
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::error!(correlation_id = %id, error = %chain, "internal error");
+    Status::internal(format!("internal error (correlation id {id}); the agent log has the details"))
+}
+
+/// The status for an erase error.
+pub fn from_erase(e: &EraseError) -> Status {
+    match e {
+        // The caller sent something unusable: fix the request.
+        EraseError::NonceTooShort { .. } | EraseError::EmptyRequestId => Status::invalid_argument(e.to_string()),
+        // The request is fine but the host is not in a state to accept it.
+        EraseError::HostMismatch { .. }
+        | EraseError::NoTargets
+        | EraseError::AlreadyRunning { .. }
+        | EraseError::NotCertified { .. } => Status::failed_precondition(e.to_string()),
+        // Unknown operation.
+        EraseError::NotFound { .. } => Status::not_found(e.to_string()),
+    }
+}
+
+/// The status for a telemetry stream error.
+pub fn from_hub(e: &HubError) -> Status {
+    internal(e)
+}
