@@ -1,1 +1,244 @@
-//! placeholder: app
+//! Wiring: the one place that builds every part of the agent from the configuration and
+//! connects them. Nothing else constructs platform services, so tests can run a real agent
+//! in-process ([`start`]) or as a process (`jex-agent run`).
+//!
+//! Signals: SIGHUP reloads the TLS certificate and key (open streams keep running); SIGTERM
+//! and SIGINT stop accepting, end open streams (clients resume from their last `seq`) and exit
+//! within [`SHUTDOWN_GRACE`]. An erase in progress is not waited for: its journal resumes it at
+//! the next start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::server::{AgentService, HostFacts, auth::AuthLayer, listener};
+use crate::tls::ServerTls;
+
+/// How long the agent drains on SIGTERM before it exits anyway. The launchd plist's
+/// `ExitTimeOut` is larger than this.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Exit codes (sysexits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Clean stop.
+    Ok = 0,
+    /// Runtime failure.
+    Failure = 1,
+    /// Bad command line or configuration (EX_USAGE).
+    Usage = 64,
+}
+
+impl From<ExitKind> for ExitCode {
+    fn from(k: ExitKind) -> Self {
+        ExitCode::from(k as u8)
+    }
+}
+
+/// The agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// TLS material.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The listen address.
+    #[error("listening on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The reflection service.
+    #[error("building the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// A state directory.
+    #[error("creating state directory {path}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct RunningAgent {
+    local_addr: SocketAddr,
+    tls: Arc<ServerTls>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// The address the gRPC listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Re-reads the TLS files (what SIGHUP does).
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        self.tls.reload()
+    }
+
+    /// Stops accepting, ends open streams and waits up to [`SHUTDOWN_GRACE`].
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "drain took too long; stopping anyway");
+            server.abort();
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Builds and starts every part of the agent on the current runtime.
+pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
+    let tls = Arc::new(ServerTls::load(&config.tls)?);
+    let host_id = crate::tls::host_id_from_cert(&config.tls.cert)?;
+    let facts = HostFacts {
+        host_id: host_id.clone(),
+        agent_start_unix_ms: now_unix_ms(),
+        telemetry_interval_ms: config.telemetry.interval_ms as u32,
+        ..HostFacts::default()
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let hub = crate::telemetry::hub::Hub::default();
+    let erase = crate::erase::service::EraseService::default();
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| AppError::Listen { addr: config.server.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| AppError::Listen { addr: config.server.listen, source })?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<jex_proto::v1::node_agent_server::NodeAgentServer<AgentService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let service = AgentService::new(facts, hub, erase, shutdown_rx.clone());
+
+    let (incoming, accept_task) = listener::incoming(listener, tls.clone());
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(AuthLayer::new(config.roles.clone()))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(service.into_server());
+    let mut stop = shutdown_rx.clone();
+    let server = tokio::spawn(
+        async move {
+            let result = router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            accept_task.abort();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server stopped with an error");
+            }
+        }
+        .instrument(tracing::info_span!("server")),
+    );
+    tracing::info!(addr = %local_addr, host_id = %host_id, version = crate::AGENT_VERSION, "agent serving");
+    Ok(RunningAgent { local_addr, tls, shutdown: shutdown_tx, server })
+}
+
+/// `jex-agent run`: logs, runtime, signals; returns the process exit code.
+pub fn run(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jex-agent: {e}");
+            return ExitKind::Usage.into();
+        }
+    };
+    let targets = crate::logging::LogTargets {
+        level: config.logging.level.clone(),
+        file: Some((config.logging.dir.clone(), config.logging.max_file_bytes, config.logging.max_files)),
+    };
+    if let Err(e) = crate::logging::init(&targets) {
+        eprintln!("jex-agent: {e}");
+        return ExitKind::Failure.into();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_name("jex-agent")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitKind::Failure.into();
+        }
+    };
+    runtime.block_on(async move {
+        let agent = match start(config).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "agent failed to start");
+                return ExitKind::Failure.into();
+            }
+        };
+        wait_for_signals(&agent).await;
+        tracing::info!("stopping");
+        agent.shutdown().await;
+        tracing::info!("stopped");
+        ExitKind::Ok.into()
+    })
+}
+
+async fn wait_for_signals(agent: &RunningAgent) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match agent.reload_tls() {
+                Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+                Err(e) => tracing::error!(error = %error_chain(&e), "TLS reload failed; keeping the previous certificate"),
+            },
+        }
+    }
+}
+
+/// An error and its sources, joined with `: `, for the one place it is reported.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        source = e.source();
+    }
+    s
+}

@@ -1,6 +1,191 @@
-//! The command line.
+//! The `jex-agent` command line. Each subcommand is a thin call into the library; errors are
+//! printed once, with their causes, and mapped to sysexits codes (64 for bad usage or config).
 
-/// Runs the command line.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{ExitKind, error_chain};
+use crate::config::{Config, defaults};
+use crate::ctl;
+
+/// jex-agent: node agent for Apple Silicon bare-metal hosts.
+#[derive(Debug, Parser)]
+#[command(name = "jex-agent", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (in the foreground, as launchd expects).
+    Run {
+        /// The configuration file.
+        #[arg(long, default_value = defaults::CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting; exits 64 when it is invalid.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, default_value = defaults::CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Certificates.
+    Pki {
+        /// What to make.
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Act as the controller (or an observer) against an agent.
+    Ctl {
+        /// How to reach the agent.
+        #[command(flatten)]
+        conn: ctl::Connection,
+        /// The call.
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+    /// Print exactly which fields telemetry sends.
+    Schema,
+    /// Run everything on loopback in a temporary directory: a dev PKI, a real agent, a real
+    /// controller client over mTLS; shows live telemetry, a disconnect and a gap-free resume.
+    Demo {
+        /// Seconds of live telemetry to show before disconnecting.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Keep the demo's files in this directory instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// `pki` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PkiCommand {
+    /// Write a development CA and agent, controller and observer certificates (keys 0600).
+    Dev {
+        /// Output directory (created 0700).
+        #[arg(long)]
+        out: PathBuf,
+        /// SPIFFE trust domain.
+        #[arg(long, default_value = "fleet.example")]
+        trust_domain: String,
+        /// The host id written into the agent certificate.
+        #[arg(long, default_value = "h-dev")]
+        host_id: String,
+    },
+}
+
+/// `ctl` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Show the host's identity and state.
+    Host,
+    /// Print telemetry records after a sequence number.
+    Telemetry {
+        /// Resume after this sequence number (0: the whole spooled history).
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        /// Keep following live samples.
+        #[arg(long)]
+        follow: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => crate::app::run(&config),
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitKind::Ok.into()
+            }
+            Err(e) => {
+                eprintln!("jex-agent: {e}");
+                ExitKind::Usage.into()
+            }
+        },
+        Command::Pki { command: PkiCommand::Dev { out, trust_domain, host_id } } => {
+            match crate::pki::write_dev_pki(&out, &trust_domain, &host_id) {
+                Ok((paths, _)) => {
+                    println!("wrote a development PKI for host {host_id} in {}", out.display());
+                    println!("  fleet CA:    {}", paths.ca_cert.display());
+                    println!("  agent:       {} (+ .key, 0600)", paths.agent_cert.display());
+                    println!("  controller:  {} (+ .key, 0600)", paths.controller_cert.display());
+                    println!("  observer:    {} (+ .key, 0600)", paths.observer_cert.display());
+                    ExitKind::Ok.into()
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Schema => match crate::server::schema::telemetry_schema() {
+            Ok(s) => {
+                print!("{s}");
+                ExitKind::Ok.into()
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
+        Command::Demo { seconds, keep } => {
+            let _ = crate::logging::init(&crate::logging::LogTargets { level: "warn".to_owned(), file: None });
+            block_on(async move { crate::demo::run(seconds, keep).await })
+        }
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("jex-agent: {}", error_chain(e));
+    ExitKind::Failure.into()
+}
+
+fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run_ctl(conn: ctl::Connection, command: CtlCommand) -> ExitCode {
+    let result: Result<(), ctl::CtlError> = async {
+        let mut client = ctl::connect(&conn).await?;
+        match command {
+            CtlCommand::Host => {
+                let h = ctl::host(&mut client).await?;
+                println!("{h:#?}");
+            }
+            CtlCommand::Telemetry { after_seq, follow, limit } => {
+                let req = jex_proto::v1::StreamTelemetryRequest { after_seq, max_batch_records: 0, history_only: !follow };
+                let mut stream = client
+                    .stream_telemetry(req)
+                    .await
+                    .map_err(|s| ctl::CtlError::rpc("StreamTelemetry", s))?
+                    .into_inner();
+                let mut n = 0u64;
+                while let Some(batch) = stream.message().await.map_err(|s| ctl::CtlError::rpc("StreamTelemetry", s))? {
+                    for r in &batch.records {
+                        println!("{}", ctl::format_record(r));
+                        n += 1;
+                        if limit.is_some_and(|l| n >= l) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ExitKind::Ok.into(),
+        Err(e) => fail(&e),
+    }
 }

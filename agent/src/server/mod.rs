@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod convert;
 pub mod listener;
+pub mod schema;
 pub mod status;
 
 use std::pin::Pin;
