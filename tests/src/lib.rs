@@ -1,0 +1,247 @@
+//! Harness for the end-to-end tests: a development PKI (plus the bad certificates the tests
+//! need), real agent processes started from the agent's own entry point, and mTLS clients.
+//!
+//! An agent here is a child process (`jex-agent-e2e run --config …`) on `127.0.0.1:0`; the
+//! harness learns its port from the agent's own JSON log line `agent serving`, so the tests also
+//! read the log the way an SRE would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use jex_agent::pki::{DevCa, DevPkiPaths, LeafSpec};
+use jex_proto::v1::node_agent_client::NodeAgentClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// The trust domain of the test PKI.
+pub const TRUST_DOMAIN: &str = "fleet.example";
+/// The host id of the test agent.
+pub const HOST_ID: &str = "h-e2e";
+
+/// A test PKI in a temporary directory.
+pub struct TestPki {
+    /// The directory (kept alive with the struct).
+    pub dir: tempfile::TempDir,
+    /// The standard files.
+    pub paths: DevPkiPaths,
+    /// The fleet CA, to issue more.
+    pub ca: DevCa,
+}
+
+/// A client certificate and key written to files.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    /// Certificate PEM file.
+    pub cert: PathBuf,
+    /// Key PEM file.
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    /// A fresh PKI.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (paths, ca) = jex_agent::pki::write_dev_pki(&dir.path().join("pki"), TRUST_DOMAIN, HOST_ID)?;
+        Ok(Self { dir, paths, ca })
+    }
+
+    /// The controller's files.
+    pub fn controller(&self) -> ClientFiles {
+        ClientFiles { cert: self.paths.controller_cert.clone(), key: self.paths.controller_key.clone() }
+    }
+
+    /// The observer's files.
+    pub fn observer(&self) -> ClientFiles {
+        ClientFiles { cert: self.paths.observer_cert.clone(), key: self.paths.observer_key.clone() }
+    }
+
+    /// Issues a client certificate from `ca` (or the fleet CA) and writes it as `name`.
+    pub fn issue(&self, name: &str, ca: Option<&DevCa>, spec: &LeafSpec) -> Result<ClientFiles> {
+        let issued = ca.unwrap_or(&self.ca).issue(spec)?;
+        let files = ClientFiles {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}.key")),
+        };
+        jex_agent::pki::write_file(&files.cert, issued.cert_pem.as_bytes(), 0o644)?;
+        jex_agent::pki::write_file(&files.key, issued.key_pem.as_bytes(), 0o600)?;
+        Ok(files)
+    }
+}
+
+/// Options for a test agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Sampling interval.
+    pub interval_ms: u64,
+    /// Extra TOML appended to the generated config (e.g. `[erase]` tables).
+    pub extra_toml: String,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self { interval_ms: 100, extra_toml: String::new() }
+    }
+}
+
+/// A running agent process; killed when dropped.
+pub struct AgentProcess {
+    child: Child,
+    /// Its gRPC address.
+    pub addr: std::net::SocketAddr,
+    /// Its state/log directory.
+    pub dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// The agent's JSON log, as text.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("logs").join("agent.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log holds a line containing every needle, or fails after `timeout`.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> Result<String> {
+        let end = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() > end {
+                bail!("no log line with {needles:?} in:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code and how long it took.
+    pub fn terminate(mut self) -> Result<(Option<i32>, Duration)> {
+        let start = Instant::now();
+        self.signal(nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.child.wait()?;
+        Ok((status.code(), start.elapsed()))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes the agent config for `dir` and returns its path.
+pub fn write_config(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = jex_agent::demo::demo_config(dir, &pki.paths, opts.interval_ms);
+    text.push_str(&opts.extra_toml);
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts an agent process on `dir` (state, spool and logs live there; reuse `dir` to restart).
+pub fn start_agent(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<AgentProcess> {
+    let config = write_config(pki, dir, opts)?;
+    let log_path = dir.join("logs").join("agent.log");
+    // Lines from a previous run on the same dir must not be mistaken for this one's.
+    let previous = std::fs::read_to_string(&log_path).map(|s| s.len()).unwrap_or(0);
+    let stderr = std::fs::File::create(dir.join("stderr.log"))?;
+    let child = Command::new(agent_bin()?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("AGENT_LOG", "info,jex_agent=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .context("spawning the agent")?;
+    let mut agent = AgentProcess { child, addr: "127.0.0.1:1".parse()?, dir: dir.to_owned() };
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(addr) = log.get(previous..).and_then(serving_addr) {
+            agent.addr = addr;
+            return Ok(agent);
+        }
+        if let Some(status) = agent.child.try_wait()? {
+            let err = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            bail!("agent exited with {status} before serving:\n{err}");
+        }
+        if Instant::now() > end {
+            bail!("agent did not log `agent serving` within 20 s:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The agent binary cargo built for this package's integration tests (`target/<profile>/`,
+/// next to the `deps/` directory the test binary runs from).
+pub fn agent_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("test binary {} has no profile directory", exe.display()))?;
+    let bin = profile_dir.join("jex-agent-e2e");
+    if !bin.exists() {
+        bail!("{} is missing: run the tests with cargo, which builds it", bin.display());
+    }
+    Ok(bin)
+}
+
+fn serving_addr(log: &str) -> Option<std::net::SocketAddr> {
+    log.lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let fields = v.get("fields")?;
+        (fields.get("message")?.as_str()? == "agent serving").then_some(())?;
+        fields.get("addr")?.as_str()?.parse().ok()
+    })
+}
+
+/// A TLS client configuration: trusts the fleet CA, presents `client` if given.
+pub fn tls_config(pki: &TestPki, client: Option<&ClientFiles>) -> Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&pki.paths.ca_cert)?))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        tls = tls.identity(Identity::from_pem(std::fs::read(&c.cert)?, std::fs::read(&c.key)?));
+    }
+    Ok(tls)
+}
+
+/// A NodeAgent client over mTLS (the connection itself may succeed even when the agent will
+/// refuse the certificate: under TLS 1.3 the refusal surfaces on the first RPC).
+pub async fn client(pki: &TestPki, agent: &AgentProcess, who: Option<&ClientFiles>) -> Result<NodeAgentClient<Channel>> {
+    let channel = Channel::from_shared(format!("https://{}", agent.addr))?
+        .tls_config(tls_config(pki, who)?)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(NodeAgentClient::new(channel))
+}
+
+/// A channel over mTLS for other services (health, reflection).
+pub async fn channel(pki: &TestPki, agent: &AgentProcess, who: &ClientFiles) -> Result<Channel> {
+    Ok(Channel::from_shared(format!("https://{}", agent.addr))?
+        .tls_config(tls_config(pki, Some(who))?)?
+        .connect()
+        .await?)
+}
