@@ -94,8 +94,14 @@ impl RunningAgent {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let mut server = self.server;
-        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
-            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "drain took too long; stopping anyway");
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = SHUTDOWN_GRACE.as_secs(),
+                "drain took too long; stopping anyway"
+            );
             server.abort();
         }
     }
@@ -123,8 +129,14 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .map_err(|source| AppError::Listen { addr: config.server.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| AppError::Listen { addr: config.server.listen, source })?;
+        .map_err(|source| AppError::Listen {
+            addr: config.server.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| AppError::Listen {
+        addr: config.server.listen,
+        source,
+    })?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -160,7 +172,12 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         .instrument(tracing::info_span!("server")),
     );
     tracing::info!(addr = %local_addr, host_id = %host_id, version = crate::AGENT_VERSION, "agent serving");
-    Ok(RunningAgent { local_addr, tls, shutdown: shutdown_tx, server })
+    Ok(RunningAgent {
+        local_addr,
+        tls,
+        shutdown: shutdown_tx,
+        server,
+    })
 }
 
 /// `jex-agent run`: logs, runtime, signals; returns the process exit code.
@@ -174,7 +191,11 @@ pub fn run(config_path: &Path) -> ExitCode {
     };
     let targets = crate::logging::LogTargets {
         level: config.logging.level.clone(),
-        file: Some((config.logging.dir.clone(), config.logging.max_file_bytes, config.logging.max_files)),
+        file: Some((
+            config.logging.dir.clone(),
+            config.logging.max_file_bytes,
+            config.logging.max_files,
+        )),
     };
     if let Err(e) = crate::logging::init(&targets) {
         eprintln!("jex-agent: {e}");

@@ -114,19 +114,36 @@ pub fn main() -> ExitCode {
                 ExitKind::Usage.into()
             }
         },
-        Command::Pki { command: PkiCommand::Dev { out, trust_domain, host_id } } => {
-            match crate::pki::write_dev_pki(&out, &trust_domain, &host_id) {
-                Ok((paths, _)) => {
-                    println!("wrote a development PKI for host {host_id} in {}", out.display());
-                    println!("  fleet CA:    {}", paths.ca_cert.display());
-                    println!("  agent:       {} (+ .key, 0600)", paths.agent_cert.display());
-                    println!("  controller:  {} (+ .key, 0600)", paths.controller_cert.display());
-                    println!("  observer:    {} (+ .key, 0600)", paths.observer_cert.display());
-                    ExitKind::Ok.into()
-                }
-                Err(e) => fail(&e),
+        Command::Pki {
+            command:
+                PkiCommand::Dev {
+                    out,
+                    trust_domain,
+                    host_id,
+                },
+        } => match crate::pki::write_dev_pki(&out, &trust_domain, &host_id) {
+            Ok((paths, _)) => {
+                println!(
+                    "wrote a development PKI for host {host_id} in {}",
+                    out.display()
+                );
+                println!("  fleet CA:    {}", paths.ca_cert.display());
+                println!(
+                    "  agent:       {} (+ .key, 0600)",
+                    paths.agent_cert.display()
+                );
+                println!(
+                    "  controller:  {} (+ .key, 0600)",
+                    paths.controller_cert.display()
+                );
+                println!(
+                    "  observer:    {} (+ .key, 0600)",
+                    paths.observer_cert.display()
+                );
+                ExitKind::Ok.into()
             }
-        }
+            Err(e) => fail(&e),
+        },
         Command::Schema => match crate::server::schema::telemetry_schema() {
             Ok(s) => {
                 print!("{s}");
@@ -136,7 +153,10 @@ pub fn main() -> ExitCode {
         },
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
         Command::Demo { seconds, keep } => {
-            let _ = crate::logging::init(&crate::logging::LogTargets { level: "warn".to_owned(), file: None });
+            let _ = crate::logging::init(&crate::logging::LogTargets {
+                level: "warn".to_owned(),
+                file: None,
+            });
             block_on(async move { crate::demo::run(seconds, keep).await })
         }
     }
@@ -148,7 +168,11 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
 }
 
 fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt.block_on(f),
         Err(e) => fail(&e),
     }
@@ -162,15 +186,27 @@ async fn run_ctl(conn: ctl::Connection, command: CtlCommand) -> ExitCode {
                 let h = ctl::host(&mut client).await?;
                 println!("{h:#?}");
             }
-            CtlCommand::Telemetry { after_seq, follow, limit } => {
-                let req = jex_proto::v1::StreamTelemetryRequest { after_seq, max_batch_records: 0, history_only: !follow };
+            CtlCommand::Telemetry {
+                after_seq,
+                follow,
+                limit,
+            } => {
+                let req = jex_proto::v1::StreamTelemetryRequest {
+                    after_seq,
+                    max_batch_records: 0,
+                    history_only: !follow,
+                };
                 let mut stream = client
                     .stream_telemetry(req)
                     .await
                     .map_err(|s| ctl::CtlError::rpc("StreamTelemetry", s))?
                     .into_inner();
                 let mut n = 0u64;
-                while let Some(batch) = stream.message().await.map_err(|s| ctl::CtlError::rpc("StreamTelemetry", s))? {
+                while let Some(batch) = stream
+                    .message()
+                    .await
+                    .map_err(|s| ctl::CtlError::rpc("StreamTelemetry", s))?
+                {
                     for r in &batch.records {
                         println!("{}", ctl::format_record(r));
                         n += 1;

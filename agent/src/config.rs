@@ -101,13 +101,18 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), status_socket: default_status_socket() }
+        Self {
+            listen: default_listen(),
+            status_socket: default_status_socket(),
+        }
     }
 }
 
 fn default_listen() -> SocketAddr {
     // The constant is a literal socket address; parsing it cannot fail.
-    defaults::LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7443)))
+    defaults::LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 7443)))
 }
 
 fn default_status_socket() -> PathBuf {
@@ -151,7 +156,10 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { interval_ms: default_interval_ms(), spool: SpoolConfig::default() }
+        Self {
+            interval_ms: default_interval_ms(),
+            spool: SpoolConfig::default(),
+        }
     }
 }
 
@@ -242,8 +250,10 @@ pub enum ConfigError {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -272,7 +282,10 @@ impl Config {
         if self.telemetry.interval_ms < 100 {
             return Err(invalid(
                 "telemetry.interval_ms",
-                format!("{} is too short: use at least 100 (milliseconds)", self.telemetry.interval_ms),
+                format!(
+                    "{} is too short: use at least 100 (milliseconds)",
+                    self.telemetry.interval_ms
+                ),
             ));
         }
         for (key, p) in [
@@ -283,7 +296,10 @@ impl Config {
             ("server.status_socket", &self.server.status_socket),
         ] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} is relative: use an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} is relative: use an absolute path", p.display()),
+                ));
             }
         }
         if self.roles.controller.is_empty() {
@@ -292,15 +308,31 @@ impl Config {
                 "no controller identity: list at least one URI SAN, e.g. \"spiffe://fleet.example/controller\"".to_owned(),
             ));
         }
-        for (key, uris) in [("roles.controller", &self.roles.controller), ("roles.observer", &self.roles.observer)] {
+        for (key, uris) in [
+            ("roles.controller", &self.roles.controller),
+            ("roles.observer", &self.roles.observer),
+        ] {
             for uri in uris.iter() {
                 if !uri.contains("://") {
-                    return Err(invalid(key, format!("{uri:?} is not a URI: use e.g. \"spiffe://fleet.example/controller\"")));
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "{uri:?} is not a URI: use e.g. \"spiffe://fleet.example/controller\""
+                        ),
+                    ));
                 }
             }
         }
-        if let Some(uri) = self.roles.controller.iter().find(|u| self.roles.observer.contains(u)) {
-            return Err(invalid("roles.observer", format!("{uri:?} is listed as both controller and observer: keep it in one list")));
+        if let Some(uri) = self
+            .roles
+            .controller
+            .iter()
+            .find(|u| self.roles.observer.contains(u))
+        {
+            return Err(invalid(
+                "roles.observer",
+                format!("{uri:?} is listed as both controller and observer: keep it in one list"),
+            ));
         }
         if self.logging.max_files == 0 || self.logging.max_file_bytes < 64 * 1024 {
             return Err(invalid(
@@ -311,7 +343,10 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.logging.level).is_err() {
             return Err(invalid(
                 "logging.level",
-                format!("{:?} is not a level: use error, warn, info, debug or trace", self.logging.level),
+                format!(
+                    "{:?} is not a level: use error, warn, info, debug or trace",
+                    self.logging.level
+                ),
             ));
         }
         Ok(())
@@ -322,7 +357,10 @@ impl Config {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -380,7 +418,10 @@ interval_ms = 500
         assert_eq!(c.server.listen.port(), 7443);
         assert_eq!(c.telemetry.interval_ms, 500);
         assert_eq!(c.logging.dir, PathBuf::from(defaults::LOG_DIR));
-        assert_eq!(c.roles.observer, vec!["spiffe://fleet.example/observer".to_owned()]);
+        assert_eq!(
+            c.roles.observer,
+            vec!["spiffe://fleet.example/observer".to_owned()]
+        );
     }
 
     #[test]
@@ -402,7 +443,9 @@ interval_ms = 500
     #[test]
     fn too_short_interval_is_refused_with_its_line() {
         let text = GOOD.replace("interval_ms = 500", "interval_ms = 10");
-        let err = parse(&text).expect_err("short interval refused").to_string();
+        let err = parse(&text)
+            .expect_err("short interval refused")
+            .to_string();
         assert_eq!(
             err,
             "/etc/jex-agent/agent.toml:16: key `telemetry.interval_ms`: 10 is too short: use at least 100 (milliseconds)"
@@ -412,7 +455,9 @@ interval_ms = 500
     #[test]
     fn relative_paths_are_refused() {
         let text = GOOD.replace("/etc/jex-agent/agent.key", "agent.key");
-        let err = parse(&text).expect_err("relative key path refused").to_string();
+        let err = parse(&text)
+            .expect_err("relative key path refused")
+            .to_string();
         assert!(err.contains(":7: key `tls.key`"), "{err}");
         assert!(err.contains("absolute"), "{err}");
     }
@@ -427,7 +472,9 @@ interval_ms = 500
     #[test]
     fn a_uri_in_both_roles_is_refused() {
         let text = GOOD.replace("fleet.example/observer", "fleet.example/controller");
-        let err = parse(&text).expect_err("duplicate role refused").to_string();
+        let err = parse(&text)
+            .expect_err("duplicate role refused")
+            .to_string();
         assert!(err.contains("both controller and observer"), "{err}");
     }
 }

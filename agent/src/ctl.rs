@@ -70,12 +70,19 @@ pub enum CtlError {
 impl CtlError {
     /// Wraps a status from `rpc`.
     pub fn rpc(rpc: &'static str, s: tonic::Status) -> Self {
-        CtlError::Rpc { rpc, code: s.code(), message: s.message().to_owned() }
+        CtlError::Rpc {
+            rpc,
+            code: s.code(),
+            message: s.message().to_owned(),
+        }
     }
 }
 
 fn read(path: &PathBuf) -> Result<Vec<u8>, CtlError> {
-    std::fs::read(path).map_err(|source| CtlError::Read { path: path.clone(), source })
+    std::fs::read(path).map_err(|source| CtlError::Read {
+        path: path.clone(),
+        source,
+    })
 }
 
 /// Connects over mTLS.
@@ -89,9 +96,14 @@ pub async fn connect(c: &Connection) -> Result<NodeAgentClient<Channel>, CtlErro
     if let Some(name) = &c.server_name {
         tls = tls.domain_name(name.clone());
     }
-    let conn_err = |source| CtlError::Connect { url: c.agent.clone(), source };
+    let conn_err = |source| CtlError::Connect {
+        url: c.agent.clone(),
+        source,
+    };
     let channel = Channel::from_shared(c.agent.clone())
-        .map_err(|_| CtlError::Url { url: c.agent.clone() })?
+        .map_err(|_| CtlError::Url {
+            url: c.agent.clone(),
+        })?
         .tls_config(tls)
         .map_err(conn_err)?
         .connect_timeout(Duration::from_secs(5))
@@ -105,7 +117,10 @@ pub async fn connect(c: &Connection) -> Result<NodeAgentClient<Channel>, CtlErro
 
 /// `GetHost`.
 pub async fn host(client: &mut NodeAgentClient<Channel>) -> Result<pb::Host, CtlError> {
-    let r = client.get_host(pb::GetHostRequest {}).await.map_err(|s| CtlError::rpc("GetHost", s))?;
+    let r = client
+        .get_host(pb::GetHostRequest {})
+        .await
+        .map_err(|s| CtlError::rpc("GetHost", s))?;
     Ok(r.into_inner().host.unwrap_or_default())
 }
 
@@ -123,7 +138,11 @@ pub fn format_record(r: &pb::TelemetryRecord) -> String {
             let mem = s.memory.clone().unwrap_or_default();
             let load = s.load.unwrap_or_default();
             let swap = s.swap.unwrap_or_default();
-            let cores: Vec<String> = cpu.core_busy_bp.iter().map(|b| format!("{:>3}", b / 100)).collect();
+            let cores: Vec<String> = cpu
+                .core_busy_bp
+                .iter()
+                .map(|b| format!("{:>3}", b / 100))
+                .collect();
             format!(
                 "seq={:<6} cpu={:>7} [{}] load={:.2} mem used={:.2}/{:.2} GiB avail={:.2} GiB swap={:.2} GiB",
                 r.seq,

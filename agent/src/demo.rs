@@ -32,7 +32,10 @@ pub enum DemoError {
 }
 
 fn step<E: std::error::Error>(name: &'static str) -> impl FnOnce(E) -> DemoError {
-    move |e| DemoError::Step { step: name, detail: error_chain(&e) }
+    move |e| DemoError::Step {
+        step: name,
+        detail: error_chain(&e),
+    }
 }
 
 /// Writes the demo's agent configuration.
@@ -85,7 +88,10 @@ pub async fn run(seconds: u64, keep: Option<PathBuf>) -> ExitCode {
     };
     match run_in(&dir, seconds).await {
         Ok(()) => {
-            println!("\ndemo finished: everything above ran for real on loopback in {}", dir.display());
+            println!(
+                "\ndemo finished: everything above ran for real on loopback in {}",
+                dir.display()
+            );
             ExitKind::Ok.into()
         }
         Err(e) => {
@@ -97,16 +103,27 @@ pub async fn run(seconds: u64, keep: Option<PathBuf>) -> ExitCode {
 
 async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
     println!("== 1. development PKI (fleet CA, agent, controller, observer; ECDSA P-256)");
-    let (pki, _ca) = crate::pki::write_dev_pki(&dir.join("pki"), TRUST_DOMAIN, HOST_ID).map_err(step("pki"))?;
-    println!("   {}", pki.ca_cert.parent().map_or_else(String::new, |p| p.display().to_string()));
+    let (pki, _ca) =
+        crate::pki::write_dev_pki(&dir.join("pki"), TRUST_DOMAIN, HOST_ID).map_err(step("pki"))?;
+    println!(
+        "   {}",
+        pki.ca_cert
+            .parent()
+            .map_or_else(String::new, |p| p.display().to_string())
+    );
 
     println!("== 2. agent: TLS 1.3, client certificates required, 500 ms sampling");
     let config_path = dir.join("agent.toml");
     std::fs::write(&config_path, demo_config(dir, &pki, 500)).map_err(step("writing config"))?;
     let config = Config::load(&config_path).map_err(step("config"))?;
-    let agent = crate::app::start(config).await.map_err(step("starting the agent"))?;
+    let agent = crate::app::start(config)
+        .await
+        .map_err(step("starting the agent"))?;
     let addr = agent.local_addr();
-    println!("   listening on https://{addr} (logs: {}/logs/agent.log)", dir.display());
+    println!(
+        "   listening on https://{addr} (logs: {}/logs/agent.log)",
+        dir.display()
+    );
 
     let conn = ctl::Connection {
         agent: format!("https://{addr}"),
@@ -139,7 +156,10 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
     println!("== 5. reconnect and resume with after_seq={last}");
     let mut client = ctl::connect(&conn).await.map_err(step("reconnecting"))?;
     let resumed = follow(&mut client, last, Duration::from_millis(1500), false).await?;
-    println!("   resumed seqs {}..={resumed}: contiguous, nothing lost", last + 1);
+    println!(
+        "   resumed seqs {}..={resumed}: contiguous, nothing lost",
+        last + 1
+    );
 
     agent.shutdown().await;
     Ok(())
@@ -153,11 +173,18 @@ async fn follow(
     dur: Duration,
     print: bool,
 ) -> Result<u64, DemoError> {
-    let req = pb::StreamTelemetryRequest { after_seq, max_batch_records: 0, history_only: false };
+    let req = pb::StreamTelemetryRequest {
+        after_seq,
+        max_batch_records: 0,
+        history_only: false,
+    };
     let mut stream = client
         .stream_telemetry(req)
         .await
-        .map_err(|s| DemoError::Step { step: "StreamTelemetry", detail: s.to_string() })?
+        .map_err(|s| DemoError::Step {
+            step: "StreamTelemetry",
+            detail: s.to_string(),
+        })?
         .into_inner();
     let mut expected = after_seq + 1;
     let deadline = tokio::time::Instant::now() + dur;
@@ -165,7 +192,10 @@ async fn follow(
     loop {
         let msg = match tokio::time::timeout_at(deadline, stream.message()).await {
             Err(_) => break,
-            Ok(m) => m.map_err(|s| DemoError::Step { step: "StreamTelemetry", detail: s.to_string() })?,
+            Ok(m) => m.map_err(|s| DemoError::Step {
+                step: "StreamTelemetry",
+                detail: s.to_string(),
+            })?,
         };
         let Some(batch) = msg else { break };
         for r in &batch.records {
@@ -183,7 +213,10 @@ async fn follow(
         }
     }
     if seen == 0 {
-        return Err(DemoError::Step { step: "telemetry", detail: "no records received".to_owned() });
+        return Err(DemoError::Step {
+            step: "telemetry",
+            detail: "no records received".to_owned(),
+        });
     }
     Ok(expected - 1)
 }

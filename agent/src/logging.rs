@@ -74,15 +74,30 @@ impl RotatingFile {
             let path = path.to_owned();
             move |source| LoggingError::Open { path, source }
         };
-        std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(open_err(dir))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(open_err(dir))?;
         let path = dir.join(LOG_FILE);
         let file = open_append(&path).map_err(open_err(&path))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Self { inner: Mutex::new(RotState { path, file, size, max_bytes, max_files }) })
+        Ok(Self {
+            inner: Mutex::new(RotState {
+                path,
+                file,
+                size,
+                max_bytes,
+                max_files,
+            }),
+        })
     }
 
     fn write_line(&self, buf: &[u8]) -> std::io::Result<()> {
-        let mut st = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut st = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if st.size > 0 && st.size + buf.len() as u64 > st.max_bytes {
             st.rotate()?;
         }
@@ -110,7 +125,11 @@ impl RotState {
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
 }
 
 /// A `MakeWriter` handle on a shared rotating file.
@@ -146,7 +165,10 @@ impl Drop for LineWriter {
 impl<'a> MakeWriter<'a> for RotatingWriter {
     type Writer = LineWriter;
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter { file: self.0.clone(), buf: Vec::with_capacity(256) }
+        LineWriter {
+            file: self.0.clone(),
+            buf: Vec::with_capacity(256),
+        }
     }
 }
 
@@ -162,7 +184,9 @@ pub struct LogTargets {
 /// Installs the global subscriber once for the process.
 pub fn init(targets: &LogTargets) -> Result<(), LoggingError> {
     let level = std::env::var("AGENT_LOG").unwrap_or_else(|_| targets.level.clone());
-    let filter = EnvFilter::try_new(&level).map_err(|_| LoggingError::Filter { level: level.clone() })?;
+    let filter = EnvFilter::try_new(&level).map_err(|_| LoggingError::Filter {
+        level: level.clone(),
+    })?;
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -181,10 +205,15 @@ pub fn init(targets: &LogTargets) -> Result<(), LoggingError> {
         }
         None => None,
     };
-    let registry = tracing_subscriber::registry().with(filter).with(stderr).with(json);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(json);
     #[cfg(target_os = "macos")]
     let registry = registry.with(tracing_oslog::OsLogger::new(OSLOG_SUBSYSTEM, "default"));
-    registry.try_init().map_err(|_| LoggingError::AlreadyInitialised)
+    registry
+        .try_init()
+        .map_err(|_| LoggingError::AlreadyInitialised)
 }
 
 #[cfg(test)]
@@ -201,14 +230,28 @@ mod tests {
             writeln!(line, "{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(40)).expect("write");
         }
         let main = std::fs::read_to_string(dir.path().join(LOG_FILE)).expect("read");
-        assert!(main.len() <= 1000, "current file over its cap: {}", main.len());
+        assert!(
+            main.len() <= 1000,
+            "current file over its cap: {}",
+            main.len()
+        );
         assert!(main.ends_with("}\n"));
-        assert!(main.contains("\"n\":99,"), "newest line in the current file");
+        assert!(
+            main.contains("\"n\":99,"),
+            "newest line in the current file"
+        );
         for n in 1..=3 {
             let p = dir.path().join(format!("{LOG_FILE}.{n}"));
             let text = std::fs::read_to_string(&p).expect("rotated file exists");
-            assert!(text.lines().all(|l| l.starts_with("{\"n\":") && l.ends_with('}')), "whole lines only");
+            assert!(
+                text.lines()
+                    .all(|l| l.starts_with("{\"n\":") && l.ends_with('}')),
+                "whole lines only"
+            );
         }
-        assert!(!dir.path().join(format!("{LOG_FILE}.4")).exists(), "no more than max_files rotations");
+        assert!(
+            !dir.path().join(format!("{LOG_FILE}.4")).exists(),
+            "no more than max_files rotations"
+        );
     }
 }

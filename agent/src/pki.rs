@@ -13,8 +13,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -51,7 +51,10 @@ pub struct Issued {
 
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).field("key_pem", &"...").finish()
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"...")
+            .finish()
     }
 }
 
@@ -65,7 +68,9 @@ pub struct DevCa {
 
 impl std::fmt::Debug for DevCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DevCa").field("cert_pem", &self.cert_pem).finish_non_exhaustive()
+        f.debug_struct("DevCa")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,23 +108,37 @@ impl LeafSpec {
 impl DevCa {
     /// Makes a new self-signed CA.
     pub fn generate(common_name: &str) -> Result<Self, PkiError> {
-        let gen_err = |source| PkiError::Generate { name: common_name.to_owned(), source };
+        let gen_err = |source| PkiError::Generate {
+            name: common_name.to_owned(),
+            source,
+        };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
         let cert = params.self_signed(&key).map_err(gen_err)?;
         let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
-        Ok(Self { issuer: Issuer::new(params, key), cert_pem: cert.pem(), key_pem })
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert.pem(),
+            key_pem,
+        })
     }
 
     /// Issues a leaf certificate.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, PkiError> {
-        let gen_err = |source| PkiError::Generate { name: spec.common_name.clone(), source };
+        let gen_err = |source| PkiError::Generate {
+            name: spec.common_name.clone(),
+            source,
+        };
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
         let mut params = CertificateParams::new(spec.names.clone()).map_err(gen_err)?;
         params.distinguished_name = dn(&spec.common_name);
@@ -137,7 +156,10 @@ impl DevCa {
         params.not_before = now + spec.not_before;
         params.not_after = now + spec.not_after;
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: zeroize::Zeroizing::new(key.serialize_pem()) })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+        })
     }
 
     /// The CA's private key, PEM (kept only by `pki dev`, for issuing more later).
@@ -199,13 +221,20 @@ pub fn observer_uri(trust_domain: &str) -> String {
 
 /// Writes a development PKI into `dir` (created 0700 if missing) and returns the paths and
 /// the CA (for tests that issue more certificates).
-pub fn write_dev_pki(dir: &Path, trust_domain: &str, host_id: &str) -> Result<(DevPkiPaths, DevCa), PkiError> {
+pub fn write_dev_pki(
+    dir: &Path,
+    trust_domain: &str,
+    host_id: &str,
+) -> Result<(DevPkiPaths, DevCa), PkiError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| PkiError::Write { path: dir.to_owned(), source })?;
+        .map_err(|source| PkiError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
     let paths = DevPkiPaths::in_dir(dir);
     let ca = DevCa::generate(&format!("{trust_domain} fleet CA (development)"))?;
     let agent = ca.issue(&LeafSpec {
@@ -216,13 +245,25 @@ pub fn write_dev_pki(dir: &Path, trust_domain: &str, host_id: &str) -> Result<(D
         not_before: Duration::hours(-1),
         not_after: Duration::days(365),
     })?;
-    let controller = ca.issue(&LeafSpec::client("controller", vec![controller_uri(trust_domain)], 365))?;
-    let observer = ca.issue(&LeafSpec::client("observer", vec![observer_uri(trust_domain)], 365))?;
+    let controller = ca.issue(&LeafSpec::client(
+        "controller",
+        vec![controller_uri(trust_domain)],
+        365,
+    ))?;
+    let observer = ca.issue(&LeafSpec::client(
+        "observer",
+        vec![observer_uri(trust_domain)],
+        365,
+    ))?;
     write_file(&paths.ca_cert, ca.cert_pem.as_bytes(), 0o644)?;
     write_file(&dir.join("ca.key"), ca.key_pem().as_bytes(), 0o600)?;
     write_file(&paths.agent_cert, agent.cert_pem.as_bytes(), 0o644)?;
     write_file(&paths.agent_key, agent.key_pem.as_bytes(), 0o600)?;
-    write_file(&paths.controller_cert, controller.cert_pem.as_bytes(), 0o644)?;
+    write_file(
+        &paths.controller_cert,
+        controller.cert_pem.as_bytes(),
+        0o644,
+    )?;
     write_file(&paths.controller_key, controller.key_pem.as_bytes(), 0o600)?;
     write_file(&paths.observer_cert, observer.cert_pem.as_bytes(), 0o644)?;
     write_file(&paths.observer_key, observer.key_pem.as_bytes(), 0o600)?;
@@ -231,9 +272,17 @@ pub fn write_dev_pki(dir: &Path, trust_domain: &str, host_id: &str) -> Result<(D
 
 /// Writes a file with the given mode from creation (never briefly world-readable), replacing it.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    let werr = |source| PkiError::Write { path: path.to_owned(), source };
+    let werr = |source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(werr)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(werr)?;
     f.write_all(bytes).map_err(werr)?;
     f.sync_all().map_err(werr)
 }
@@ -247,11 +296,21 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let (paths, _) = write_dev_pki(dir.path(), "fleet.example", "h-1").expect("pki");
-        assert_eq!(crate::tls::host_id_from_cert(&paths.agent_cert).expect("host id"), "h-1");
+        assert_eq!(
+            crate::tls::host_id_from_cert(&paths.agent_cert).expect("host id"),
+            "h-1"
+        );
         let ctl = crate::tls::load_certs(&paths.controller_cert).expect("controller cert");
         let id = crate::tls::peer_identity(&ctl[0]).expect("parse");
-        assert_eq!(id.uris, vec!["spiffe://fleet.example/controller".to_owned()]);
-        let mode = std::fs::metadata(&paths.agent_key).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(
+            id.uris,
+            vec!["spiffe://fleet.example/controller".to_owned()]
+        );
+        let mode = std::fs::metadata(&paths.agent_key)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         crate::tls::load_key(&paths.agent_key).expect("key loads");
     }

@@ -43,7 +43,9 @@ pub enum TlsError {
         what: String,
     },
     /// A private key file is readable by group or others.
-    #[error("{path}: private key is readable by group or others (mode {mode:o}): run `chmod 600 {path}`")]
+    #[error(
+        "{path}: private key is readable by group or others (mode {mode:o}): run `chmod 600 {path}`"
+    )]
     KeyPermissions {
         /// The file.
         path: PathBuf,
@@ -92,7 +94,10 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     let mut buf = Vec::new();
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+        .map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(buf)
 }
 
@@ -101,7 +106,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     let pem = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_owned(), what: format!("bad PEM certificate: {e}") })?;
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("bad PEM certificate: {e}"),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::Pem {
             path: path.to_owned(),
@@ -123,10 +131,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 fn check_key_mode(path: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(TlsError::KeyPermissions { path: path.to_owned(), mode });
+        return Err(TlsError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -141,21 +155,31 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let key = load_key(&tls.key)?;
     let mut roots = RootCertStore::empty();
     for ca in load_certs(&tls.client_ca)? {
-        roots
-            .add(ca)
-            .map_err(|source| TlsError::Rustls { path: tls.client_ca.clone(), source })?;
+        roots.add(ca).map_err(|source| TlsError::Rustls {
+            path: tls.client_ca.clone(),
+            source,
+        })?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         // A missing certificate is refused per RPC with UNAUTHENTICATED (see server::auth).
         .allow_unauthenticated()
         .build()
-        .map_err(|source| TlsError::Verifier { path: tls.client_ca.clone(), source })?;
+        .map_err(|source| TlsError::Verifier {
+            path: tls.client_ca.clone(),
+            source,
+        })?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Rustls { path: tls.cert.clone(), source })?
+        .map_err(|source| TlsError::Rustls {
+            path: tls.cert.clone(),
+            source,
+        })?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|source| TlsError::Rustls { path: tls.key.clone(), source })?;
+        .map_err(|source| TlsError::Rustls {
+            path: tls.key.clone(),
+            source,
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -170,7 +194,10 @@ pub struct ServerTls {
 impl ServerTls {
     /// Loads the configuration for the first time.
     pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
-        Ok(Self { files: files.clone(), current: ArcSwap::new(server_config(files)?) })
+        Ok(Self {
+            files: files.clone(),
+            current: ArcSwap::new(server_config(files)?),
+        })
     }
 
     /// The configuration new connections use.
@@ -209,18 +236,27 @@ pub fn peer_identity(der: &[u8]) -> Result<PeerIdentity, String> {
             }
         }
     }
-    Ok(PeerIdentity { uris, subject: cert.subject().to_string(), serial: cert.raw_serial_as_string() })
+    Ok(PeerIdentity {
+        uris,
+        subject: cert.subject().to_string(),
+        serial: cert.raw_serial_as_string(),
+    })
 }
 
 /// The host id named by the agent's own certificate: the last segment of its
 /// `spiffe://<trust-domain>/host/<host-id>` URI SAN.
 pub fn host_id_from_cert(path: &Path) -> Result<String, TlsError> {
     let chain = load_certs(path)?;
-    let id = peer_identity(&chain[0]).map_err(|detail| TlsError::X509 { path: path.to_owned(), detail })?;
+    let id = peer_identity(&chain[0]).map_err(|detail| TlsError::X509 {
+        path: path.to_owned(),
+        detail,
+    })?;
     id.uris
         .iter()
         .find_map(|u| host_id_from_uri(u))
-        .ok_or_else(|| TlsError::NoHostId { path: path.to_owned() })
+        .ok_or_else(|| TlsError::NoHostId {
+            path: path.to_owned(),
+        })
 }
 
 /// `spiffe://td/host/<id>` → `<id>`.
@@ -233,12 +269,17 @@ pub fn host_id_from_uri(uri: &str) -> Option<String> {
 
 /// A short reason for a refused handshake, safe to log (no key material is ever in it).
 pub fn handshake_refusal_reason(err: &std::io::Error) -> String {
-    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(c)) => format!("client certificate refused: {c:?}"),
         Some(rustls::Error::InvalidMessage(_)) => {
             "not a TLS client (plaintext or garbage on the TLS port)".to_owned()
         }
-        Some(rustls::Error::PeerIncompatible(p)) => format!("client is incompatible (TLS 1.3 required): {p:?}"),
+        Some(rustls::Error::PeerIncompatible(p)) => {
+            format!("client is incompatible (TLS 1.3 required): {p:?}")
+        }
         Some(other) => other.to_string(),
         None => err.to_string(),
     }
@@ -250,7 +291,10 @@ mod tests {
 
     #[test]
     fn host_id_comes_from_the_spiffe_host_uri() {
-        assert_eq!(host_id_from_uri("spiffe://fleet.example/host/h-0042").as_deref(), Some("h-0042"));
+        assert_eq!(
+            host_id_from_uri("spiffe://fleet.example/host/h-0042").as_deref(),
+            Some("h-0042")
+        );
         assert_eq!(host_id_from_uri("spiffe://fleet.example/controller"), None);
         assert_eq!(host_id_from_uri("spiffe://fleet.example/host/"), None);
         assert_eq!(host_id_from_uri("https://fleet.example/host/h1"), None);

@@ -42,18 +42,25 @@ impl TestPki {
     /// A fresh PKI.
     pub fn new() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let (paths, ca) = jex_agent::pki::write_dev_pki(&dir.path().join("pki"), TRUST_DOMAIN, HOST_ID)?;
+        let (paths, ca) =
+            jex_agent::pki::write_dev_pki(&dir.path().join("pki"), TRUST_DOMAIN, HOST_ID)?;
         Ok(Self { dir, paths, ca })
     }
 
     /// The controller's files.
     pub fn controller(&self) -> ClientFiles {
-        ClientFiles { cert: self.paths.controller_cert.clone(), key: self.paths.controller_key.clone() }
+        ClientFiles {
+            cert: self.paths.controller_cert.clone(),
+            key: self.paths.controller_key.clone(),
+        }
     }
 
     /// The observer's files.
     pub fn observer(&self) -> ClientFiles {
-        ClientFiles { cert: self.paths.observer_cert.clone(), key: self.paths.observer_key.clone() }
+        ClientFiles {
+            cert: self.paths.observer_cert.clone(),
+            key: self.paths.observer_key.clone(),
+        }
     }
 
     /// Issues a client certificate from `ca` (or the fleet CA) and writes it as `name`.
@@ -80,7 +87,10 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { interval_ms: 100, extra_toml: String::new() }
+        Self {
+            interval_ms: 100,
+            extra_toml: String::new(),
+        }
     }
 }
 
@@ -163,7 +173,9 @@ pub fn start_agent(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<Age
     let config = write_config(pki, dir, opts)?;
     let log_path = dir.join("logs").join("agent.log");
     // Lines from a previous run on the same dir must not be mistaken for this one's.
-    let previous = std::fs::read_to_string(&log_path).map(|s| s.len()).unwrap_or(0);
+    let previous = std::fs::read_to_string(&log_path)
+        .map(|s| s.len())
+        .unwrap_or(0);
     let stderr = std::fs::File::create(dir.join("stderr.log"))?;
     let child = Command::new(agent_bin()?)
         .args(["run", "--config"])
@@ -174,7 +186,11 @@ pub fn start_agent(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<Age
         .stderr(stderr)
         .spawn()
         .context("spawning the agent")?;
-    let mut agent = AgentProcess { child, addr: "127.0.0.1:1".parse()?, dir: dir.to_owned() };
+    let mut agent = AgentProcess {
+        child,
+        addr: "127.0.0.1:1".parse()?,
+        dir: dir.to_owned(),
+    };
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -203,7 +219,10 @@ pub fn agent_bin() -> Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("test binary {} has no profile directory", exe.display()))?;
     let bin = profile_dir.join("jex-agent-e2e");
     if !bin.exists() {
-        bail!("{} is missing: run the tests with cargo, which builds it", bin.display());
+        bail!(
+            "{} is missing: run the tests with cargo, which builds it",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -223,14 +242,21 @@ pub fn tls_config(pki: &TestPki, client: Option<&ClientFiles>) -> Result<ClientT
         .ca_certificate(Certificate::from_pem(std::fs::read(&pki.paths.ca_cert)?))
         .domain_name("localhost");
     if let Some(c) = client {
-        tls = tls.identity(Identity::from_pem(std::fs::read(&c.cert)?, std::fs::read(&c.key)?));
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&c.cert)?,
+            std::fs::read(&c.key)?,
+        ));
     }
     Ok(tls)
 }
 
 /// A NodeAgent client over mTLS (the connection itself may succeed even when the agent will
 /// refuse the certificate: under TLS 1.3 the refusal surfaces on the first RPC).
-pub async fn client(pki: &TestPki, agent: &AgentProcess, who: Option<&ClientFiles>) -> Result<NodeAgentClient<Channel>> {
+pub async fn client(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    who: Option<&ClientFiles>,
+) -> Result<NodeAgentClient<Channel>> {
     let channel = Channel::from_shared(format!("https://{}", agent.addr))?
         .tls_config(tls_config(pki, who)?)?
         .connect_timeout(Duration::from_secs(5))

@@ -14,9 +14,15 @@ use tonic::Code;
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
-async fn get_host_code(pki: &TestPki, agent: &AgentProcess, who: Option<&ClientFiles>) -> Result<Result<pb::Host, tonic::Status>> {
+async fn get_host_code(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    who: Option<&ClientFiles>,
+) -> Result<Result<pb::Host, tonic::Status>> {
     let mut c = client(pki, agent, who).await?;
-    Ok(c.get_host(pb::GetHostRequest {}).await.map(|r| r.into_inner().host.unwrap_or_default()))
+    Ok(c.get_host(pb::GetHostRequest {})
+        .await
+        .map(|r| r.into_inner().host.unwrap_or_default()))
 }
 
 fn start(pki: &TestPki) -> Result<(tempfile::TempDir, AgentProcess)> {
@@ -34,7 +40,10 @@ async fn controller_gets_host_identity_from_the_agent_certificate() -> Result<()
     assert_eq!(host.agent_version, env!("CARGO_PKG_VERSION"));
     assert_eq!(host.lifecycle_state, pb::LifecycleState::Serving as i32);
     assert_eq!(host.telemetry_interval_ms, 100);
-    agent.wait_for_log(&["\"rpc\":\"GetHost\"", "spiffe://fleet.example/controller"], LOG_WAIT)?;
+    agent.wait_for_log(
+        &["\"rpc\":\"GetHost\"", "spiffe://fleet.example/controller"],
+        LOG_WAIT,
+    )?;
     Ok(())
 }
 
@@ -42,9 +51,15 @@ async fn controller_gets_host_identity_from_the_agent_certificate() -> Result<()
 async fn no_client_certificate_is_unauthenticated() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
-    let status = get_host_code(&pki, &agent, None).await?.expect_err("refused");
+    let status = get_host_code(&pki, &agent, None)
+        .await?
+        .expect_err("refused");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(status.message().contains("client certificate"), "{}", status.message());
+    assert!(
+        status.message().contains("client certificate"),
+        "{}",
+        status.message()
+    );
     agent.wait_for_log(&["call refused", "NoCertificate", "GetHost"], LOG_WAIT)?;
     Ok(())
 }
@@ -54,10 +69,26 @@ async fn certificate_from_another_ca_fails_the_handshake() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
     let rogue = DevCa::generate("rogue CA")?;
-    let files = pki.issue("rogue", Some(&rogue), &LeafSpec::client("rogue", vec![jex_agent::pki::controller_uri(TRUST_DOMAIN)], 30))?;
-    let status = get_host_code(&pki, &agent, Some(&files)).await?.expect_err("refused");
+    let files = pki.issue(
+        "rogue",
+        Some(&rogue),
+        &LeafSpec::client(
+            "rogue",
+            vec![jex_agent::pki::controller_uri(TRUST_DOMAIN)],
+            30,
+        ),
+    )?;
+    let status = get_host_code(&pki, &agent, Some(&files))
+        .await?
+        .expect_err("refused");
     // The TLS layer refuses it: the client sees a transport failure, not a gRPC answer.
-    assert!(matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled), "{status:?}");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+        "{status:?}"
+    );
     let line = agent.wait_for_log(&["TLS handshake refused"], LOG_WAIT)?;
     assert!(line.contains("UnknownIssuer"), "{line}");
     assert!(!line.contains("BEGIN"), "no PEM in logs: {line}");
@@ -68,12 +99,24 @@ async fn certificate_from_another_ca_fails_the_handshake() -> Result<()> {
 async fn expired_certificate_fails_the_handshake() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
-    let mut spec = LeafSpec::client("expired", vec![jex_agent::pki::controller_uri(TRUST_DOMAIN)], 1);
+    let mut spec = LeafSpec::client(
+        "expired",
+        vec![jex_agent::pki::controller_uri(TRUST_DOMAIN)],
+        1,
+    );
     spec.not_before = time::Duration::days(-30);
     spec.not_after = time::Duration::days(-1);
     let files = pki.issue("expired", None, &spec)?;
-    let status = get_host_code(&pki, &agent, Some(&files)).await?.expect_err("refused");
-    assert!(matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled), "{status:?}");
+    let status = get_host_code(&pki, &agent, Some(&files))
+        .await?
+        .expect_err("refused");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ),
+        "{status:?}"
+    );
     let line = agent.wait_for_log(&["TLS handshake refused"], LOG_WAIT)?;
     assert!(line.contains("Expired"), "{line}");
     Ok(())
@@ -83,14 +126,29 @@ async fn expired_certificate_fails_the_handshake() -> Result<()> {
 async fn valid_certificate_without_a_role_is_permission_denied() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
-    let files = pki.issue("norole", None, &LeafSpec::client("norole", vec!["spiffe://fleet.example/intern".into()], 30))?;
-    let status = get_host_code(&pki, &agent, Some(&files)).await?.expect_err("refused");
+    let files = pki.issue(
+        "norole",
+        None,
+        &LeafSpec::client("norole", vec!["spiffe://fleet.example/intern".into()], 30),
+    )?;
+    let status = get_host_code(&pki, &agent, Some(&files))
+        .await?
+        .expect_err("refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("spiffe://fleet.example/intern"), "{}", status.message());
-    agent.wait_for_log(&["call refused", "NoRole", "spiffe://fleet.example/intern"], LOG_WAIT)?;
+    assert!(
+        status.message().contains("spiffe://fleet.example/intern"),
+        "{}",
+        status.message()
+    );
+    agent.wait_for_log(
+        &["call refused", "NoRole", "spiffe://fleet.example/intern"],
+        LOG_WAIT,
+    )?;
     // A certificate with no URI SAN at all is refused the same way.
     let bare = pki.issue("bare", None, &LeafSpec::client("bare", vec![], 30))?;
-    let status = get_host_code(&pki, &agent, Some(&bare)).await?.expect_err("refused");
+    let status = get_host_code(&pki, &agent, Some(&bare))
+        .await?
+        .expect_err("refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     Ok(())
 }
@@ -103,11 +161,19 @@ async fn observer_may_read_but_not_terminate() -> Result<()> {
     assert_eq!(host.host_id, HOST_ID);
     let mut c = client(&pki, &agent, Some(&pki.observer())).await?;
     let status = c
-        .terminate(pb::TerminateRequest { request_id: "r1".into(), host_id: HOST_ID.into(), nonce: vec![7; 32] })
+        .terminate(pb::TerminateRequest {
+            request_id: "r1".into(),
+            host_id: HOST_ID.into(),
+            nonce: vec![7; 32],
+        })
         .await
         .expect_err("observer refused");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(status.message().contains("controller role"), "{}", status.message());
+    assert!(
+        status.message().contains("controller role"),
+        "{}",
+        status.message()
+    );
     agent.wait_for_log(&["call refused", "NotAllowed", "Terminate"], LOG_WAIT)?;
     Ok(())
 }
@@ -123,43 +189,71 @@ async fn plaintext_http2_client_is_refused() -> Result<()> {
     let status = tokio::time::timeout(Duration::from_secs(15), c.get_host(pb::GetHostRequest {}))
         .await?
         .expect_err("plaintext refused");
-    assert!(matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{status:?}");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        ),
+        "{status:?}"
+    );
     let line = agent.wait_for_log(&["TLS handshake refused"], LOG_WAIT)?;
     assert!(line.contains("not a TLS client"), "{line}");
     Ok(())
 }
 
-fn rustls_client(pki: &TestPki, versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<Arc<rustls::ClientConfig>> {
+fn rustls_client(
+    pki: &TestPki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(&pki.paths.ca_cert)? {
         roots.add(c?)?;
     }
-    let chain: Vec<_> = CertificateDer::pem_file_iter(&pki.paths.controller_cert)?.collect::<Result<_, _>>()?;
+    let chain: Vec<_> =
+        CertificateDer::pem_file_iter(&pki.paths.controller_cert)?.collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&pki.paths.controller_key)?;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
 
-async fn server_leaf(pki: &TestPki, agent: &AgentProcess, versions: &[&'static rustls::SupportedProtocolVersion]) -> Result<CertificateDer<'static>> {
+async fn server_leaf(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<CertificateDer<'static>> {
     let tcp = tokio::net::TcpStream::connect(agent.addr).await?;
     let tls = tokio_rustls::TlsConnector::from(rustls_client(pki, versions)?)
         .connect(ServerName::try_from("localhost")?, tcp)
         .await?;
     let (_, session) = tls.get_ref();
-    assert_eq!(session.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
-    Ok(session.peer_certificates().and_then(|c| c.first()).cloned().ok_or_else(|| anyhow::anyhow!("no server cert"))?)
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    Ok(session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no server cert"))?)
 }
 
 #[tokio::test]
 async fn tls12_only_client_is_refused() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
-    let err = server_leaf(&pki, &agent, &[&rustls::version::TLS12]).await.expect_err("TLS 1.2 refused");
-    assert!(err.to_string().to_lowercase().contains("protocol") || err.to_string().contains("alert"), "{err}");
+    let err = server_leaf(&pki, &agent, &[&rustls::version::TLS12])
+        .await
+        .expect_err("TLS 1.2 refused");
+    assert!(
+        err.to_string().to_lowercase().contains("protocol") || err.to_string().contains("alert"),
+        "{err}"
+    );
     agent.wait_for_log(&["TLS handshake refused", "incompatible"], LOG_WAIT)?;
     Ok(())
 }
@@ -173,7 +267,11 @@ async fn sighup_reloads_the_certificate_without_dropping_streams() -> Result<()>
     // A telemetry stream opened before the reload.
     let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
     let mut stream = c
-        .stream_telemetry(pb::StreamTelemetryRequest { after_seq: 0, max_batch_records: 0, history_only: false })
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq: 0,
+            max_batch_records: 0,
+            history_only: false,
+        })
         .await?
         .into_inner();
     let first = stream.message().await?.expect("a batch before reload");
@@ -200,7 +298,9 @@ async fn sighup_reloads_the_certificate_without_dropping_streams() -> Result<()>
 
     // The old stream is still delivering, contiguously.
     for _ in 0..3 {
-        let batch = tokio::time::timeout(Duration::from_secs(5), stream.message()).await??.expect("stream still open");
+        let batch = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await??
+            .expect("stream still open");
         for r in batch.records {
             assert_eq!(r.seq, last + 1);
             last = r.seq;
@@ -217,7 +317,9 @@ async fn health_and_reflection_answer_an_authenticated_caller() -> Result<()> {
     let ch = channel(&pki, &agent, &pki.observer()).await?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
     let r = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "jex.agent.v1.NodeAgent".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "jex.agent.v1.NodeAgent".into(),
+        })
         .await?
         .into_inner();
     assert_eq!(r.status, ServingStatus::Serving as i32);
@@ -226,13 +328,27 @@ async fn health_and_reflection_answer_an_authenticated_caller() -> Result<()> {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let mut refl = ServerReflectionClient::new(ch);
-    let req = tonic_reflection::pb::v1::ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await?.into_inner();
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await?
+        .into_inner();
     let msg = resp.message().await?.expect("a reflection answer");
-    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else { panic!("unexpected reflection answer") };
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection answer")
+    };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"jex.agent.v1.NodeAgent".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"jex.agent.v1.NodeAgent".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
 
     // Without a certificate, health is refused too.
     let anon = tonic::transport::Channel::from_shared(format!("https://{}", agent.addr))?
@@ -240,7 +356,9 @@ async fn health_and_reflection_answer_an_authenticated_caller() -> Result<()> {
         .connect()
         .await?;
     let status = tonic_health::pb::health_client::HealthClient::new(anon)
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
         .expect_err("anonymous health refused");
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -254,7 +372,11 @@ async fn sigterm_drains_and_exits_zero_within_the_grace() -> Result<()> {
     // An open stream must not hold the agent up.
     let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
     let mut stream = c
-        .stream_telemetry(pb::StreamTelemetryRequest { after_seq: 0, max_batch_records: 0, history_only: false })
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq: 0,
+            max_batch_records: 0,
+            history_only: false,
+        })
         .await?
         .into_inner();
     let _ = stream.message().await?;

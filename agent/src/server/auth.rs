@@ -91,8 +91,15 @@ impl Refusal {
 }
 
 /// Decides whether the holder of `certs` may call `method`.
-pub fn authorize(roles: &RolesConfig, certs: Option<&[rustls::pki_types::CertificateDer<'static>]>, method: &str, addr: &str) -> Result<Peer, Refusal> {
-    let leaf = certs.and_then(|c| c.first()).ok_or(Refusal::NoCertificate)?;
+pub fn authorize(
+    roles: &RolesConfig,
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    method: &str,
+    addr: &str,
+) -> Result<Peer, Refusal> {
+    let leaf = certs
+        .and_then(|c| c.first())
+        .ok_or(Refusal::NoCertificate)?;
     // The handshake already verified this certificate; a parse failure here means no usable SAN.
     let uris = peer_identity(leaf).map(|i| i.uris).unwrap_or_default();
     let found = uris.iter().find_map(|u| {
@@ -108,7 +115,11 @@ pub fn authorize(roles: &RolesConfig, certs: Option<&[rustls::pki_types::Certifi
     if role != Role::Controller && CONTROLLER_ONLY.contains(&method) {
         return Err(Refusal::NotAllowed { id, role });
     }
-    Ok(Peer { id, role, addr: addr.to_owned() })
+    Ok(Peer {
+        id,
+        role,
+        addr: addr.to_owned(),
+    })
 }
 
 /// The tower layer.
@@ -120,14 +131,19 @@ pub struct AuthLayer {
 impl AuthLayer {
     /// A layer enforcing `roles`.
     pub fn new(roles: RolesConfig) -> Self {
-        Self { roles: Arc::new(roles) }
+        Self {
+            roles: Arc::new(roles),
+        }
     }
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
     type Service = Auth<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, roles: self.roles.clone() }
+        Auth {
+            inner,
+            roles: self.roles.clone(),
+        }
     }
 }
 
@@ -160,7 +176,12 @@ where
             .and_then(|i| i.get_ref().remote_addr())
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
         let certs = info.and_then(|i| i.peer_certs());
-        match authorize(&self.roles, certs.as_deref().map(|v| v.as_slice()), &method, &addr) {
+        match authorize(
+            &self.roles,
+            certs.as_deref().map(|v| v.as_slice()),
+            &method,
+            &addr,
+        ) {
             Ok(peer) => {
                 req.extensions_mut().insert(peer);
                 // Take the service that was driven to readiness, leave a fresh clone behind.

@@ -60,7 +60,11 @@ pub fn record(r: &Record) -> pb::TelemetryRecord {
             })
         }
     };
-    pb::TelemetryRecord { seq: r.seq, time_unix_ms: r.time_unix_ms, body: Some(body) }
+    pb::TelemetryRecord {
+        seq: r.seq,
+        time_unix_ms: r.time_unix_ms,
+        body: Some(body),
+    }
 }
 
 /// One sample.
@@ -89,7 +93,11 @@ pub fn sample(s: &Sample) -> pb::Sample {
             online_cpus: s.cpu.online_cpus,
             iowait_bp: s.cpu.iowait_bp,
         }),
-        load: Some(pb::LoadAverage { one: s.load.one, five: s.load.five, fifteen: s.load.fifteen }),
+        load: Some(pb::LoadAverage {
+            one: s.load.one,
+            five: s.load.five,
+            fifteen: s.load.fifteen,
+        }),
         memory: Some(pb::MemorySample {
             formula_version: m.formula_version,
             total_bytes: m.total_bytes,
@@ -107,7 +115,10 @@ pub fn sample(s: &Sample) -> pb::Sample {
             shared_bytes: m.shared_bytes,
             slab_reclaimable_bytes: m.slab_reclaimable_bytes,
         }),
-        swap: Some(pb::SwapSample { total_bytes: s.swap.total_bytes, used_bytes: s.swap.used_bytes }),
+        swap: Some(pb::SwapSample {
+            total_bytes: s.swap.total_bytes,
+            used_bytes: s.swap.used_bytes,
+        }),
         pressure: Some(pb::MemoryPressure {
             level: match s.pressure.level {
                 None => pb::PressureLevel::Unspecified,
@@ -124,7 +135,11 @@ pub fn sample(s: &Sample) -> pb::Sample {
 
 /// `Terminate`'s request as a domain command (validation happens in the domain).
 pub fn terminate_command(r: pb::TerminateRequest) -> TerminateCommand {
-    TerminateCommand { request_id: r.request_id, host_id: r.host_id, nonce: r.nonce }
+    TerminateCommand {
+        request_id: r.request_id,
+        host_id: r.host_id,
+        nonce: r.nonce,
+    }
 }
 
 fn phase(p: Phase) -> pb::ErasePhase {

@@ -15,10 +15,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use futures::StreamExt;
 use jex_proto::v1 as pb;
 use jex_proto::v1::node_agent_server::{NodeAgent, NodeAgentServer};
 use tokio::sync::watch;
-use futures::StreamExt;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -69,14 +69,26 @@ pub struct AgentService {
 
 impl std::fmt::Debug for AgentService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentService").field("host_id", &self.facts.host_id).finish_non_exhaustive()
+        f.debug_struct("AgentService")
+            .field("host_id", &self.facts.host_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl AgentService {
     /// Builds the service; `shutdown` turning true ends open streams.
-    pub fn new(facts: HostFacts, hub: Hub, erase: EraseService, shutdown: watch::Receiver<bool>) -> Self {
-        Self { facts: Arc::new(facts), hub, erase, shutdown }
+    pub fn new(
+        facts: HostFacts,
+        hub: Hub,
+        erase: EraseService,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            facts: Arc::new(facts),
+            hub,
+            erase,
+            shutdown,
+        }
     }
 
     /// The tonic server for this service.
@@ -106,10 +118,17 @@ const MAX_BATCH: usize = 4096;
 
 #[tonic::async_trait]
 impl NodeAgent for AgentService {
-    async fn get_host(&self, req: Request<pb::GetHostRequest>) -> Result<Response<pb::GetHostResponse>, Status> {
+    async fn get_host(
+        &self,
+        req: Request<pb::GetHostRequest>,
+    ) -> Result<Response<pb::GetHostResponse>, Status> {
         let peer = peer_of(&req);
         async {
-            let host = convert::host(&self.facts, self.erase.lifecycle(), self.erase.current_operation_id());
+            let host = convert::host(
+                &self.facts,
+                self.erase.lifecycle(),
+                self.erase.current_operation_id(),
+            );
             tracing::debug!("host served");
             Ok(Response::new(pb::GetHostResponse { host: Some(host) }))
         }
@@ -130,7 +149,14 @@ impl NodeAgent for AgentService {
             0 => DEFAULT_BATCH,
             n => (n as usize).min(MAX_BATCH),
         };
-        span.in_scope(|| tracing::info!(after_seq = r.after_seq, batch, history_only = r.history_only, "telemetry stream opened"));
+        span.in_scope(|| {
+            tracing::info!(
+                after_seq = r.after_seq,
+                batch,
+                history_only = r.history_only,
+                "telemetry stream opened"
+            )
+        });
         let records = self.hub.subscribe(r.after_seq, batch, r.history_only);
         let mut shutdown = self.shutdown.clone();
         let stream_span = span.clone();
@@ -138,17 +164,24 @@ impl NodeAgent for AgentService {
             let _ = shutdown.wait_for(|s| *s).await;
         })
         .map(move |item| match item {
-            Ok(batch) => Ok(pb::StreamTelemetryResponse { records: batch.iter().map(convert::record).collect() }),
+            Ok(batch) => Ok(pb::StreamTelemetryResponse {
+                records: batch.iter().map(convert::record).collect(),
+            }),
             Err(e) => {
                 let status = status::from_hub(&e);
-                stream_span.in_scope(|| tracing::warn!(error = %e, "telemetry stream ended with an error"));
+                stream_span.in_scope(
+                    || tracing::warn!(error = %e, "telemetry stream ended with an error"),
+                );
                 Err(status)
             }
         });
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn terminate(&self, req: Request<pb::TerminateRequest>) -> Result<Response<pb::TerminateResponse>, Status> {
+    async fn terminate(
+        &self,
+        req: Request<pb::TerminateRequest>,
+    ) -> Result<Response<pb::TerminateResponse>, Status> {
         let peer = peer_of(&req);
         let span = rpc_span("Terminate", &peer);
         let r = req.into_inner();
@@ -170,12 +203,17 @@ impl NodeAgent for AgentService {
 
     type WatchEraseStream = BoxStream<pb::WatchEraseResponse>;
 
-    async fn watch_erase(&self, req: Request<pb::WatchEraseRequest>) -> Result<Response<Self::WatchEraseStream>, Status> {
+    async fn watch_erase(
+        &self,
+        req: Request<pb::WatchEraseRequest>,
+    ) -> Result<Response<Self::WatchEraseStream>, Status> {
         let peer = peer_of(&req);
         let span = rpc_span("WatchErase", &peer);
         let r = req.into_inner();
         let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
-        let rx = span.in_scope(|| self.erase.watch(id.as_deref())).map_err(|e| status::from_erase(&e))?;
+        let rx = span
+            .in_scope(|| self.erase.watch(id.as_deref()))
+            .map_err(|e| status::from_erase(&e))?;
         let mut shutdown = self.shutdown.clone();
         // The current state at once, then every change, until the operation ends.
         let updates = tokio_stream::wrappers::WatchStream::new(rx);
@@ -209,12 +247,17 @@ impl NodeAgent for AgentService {
         let cert = rpc_span("GetEraseCertificate", &peer)
             .in_scope(|| self.erase.certificate(id.as_deref()))
             .map_err(|e| status::from_erase(&e))?;
-        Ok(Response::new(pb::GetEraseCertificateResponse { certificate: Some(convert::certificate(&cert)) }))
+        Ok(Response::new(pb::GetEraseCertificateResponse {
+            certificate: Some(convert::certificate(&cert)),
+        }))
     }
 }
 
 /// A stream that ends when `stop` completes (agent shutdown), whatever the inner stream does.
-fn async_stream_of<S, T, E>(inner: S, stop: impl std::future::Future<Output = ()> + Send + 'static) -> impl Stream<Item = Result<T, E>> + Send + 'static
+fn async_stream_of<S, T, E>(
+    inner: S,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl Stream<Item = Result<T, E>> + Send + 'static
 where
     S: Stream<Item = Result<T, E>> + Send + 'static,
     T: Send + 'static,

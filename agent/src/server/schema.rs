@@ -22,12 +22,19 @@ pub fn telemetry_schema() -> Result<String, prost::DecodeError> {
     if let Some(info) = &file.source_code_info {
         for loc in &info.location {
             if let Some(c) = &loc.leading_comments {
-                comments.insert(loc.path.clone(), c.split_whitespace().collect::<Vec<_>>().join(" "));
+                comments.insert(
+                    loc.path.clone(),
+                    c.split_whitespace().collect::<Vec<_>>().join(" "),
+                );
             }
         }
     }
-    let messages: HashMap<&str, (usize, &DescriptorProto)> =
-        file.message_type.iter().enumerate().map(|(i, m)| (m.name(), (i, m))).collect();
+    let messages: HashMap<&str, (usize, &DescriptorProto)> = file
+        .message_type
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name(), (i, m)))
+        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -41,13 +48,23 @@ pub fn telemetry_schema() -> Result<String, prost::DecodeError> {
         if !seen.insert(name.clone()) {
             continue;
         }
-        let Some((i, m)) = messages.get(name.as_str()) else { continue };
-        let doc = comments.get(&vec![4, *i as i32]).cloned().unwrap_or_default();
+        let Some((i, m)) = messages.get(name.as_str()) else {
+            continue;
+        };
+        let doc = comments
+            .get(&vec![4, *i as i32])
+            .cloned()
+            .unwrap_or_default();
         let _ = writeln!(out, "message {name}\n  {doc}");
         for (j, f) in m.field.iter().enumerate() {
             let ty = match f.r#type() {
                 Type::Message | Type::Enum => {
-                    let short = f.type_name().rsplit('.').next().unwrap_or_default().to_owned();
+                    let short = f
+                        .type_name()
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
                     if f.r#type() == Type::Message {
                         queue.push(short.clone());
                     } else {
@@ -55,11 +72,26 @@ pub fn telemetry_schema() -> Result<String, prost::DecodeError> {
                     }
                     short
                 }
-                other => other.as_str_name().trim_start_matches("TYPE_").to_lowercase(),
+                other => other
+                    .as_str_name()
+                    .trim_start_matches("TYPE_")
+                    .to_lowercase(),
             };
-            let repeated = if f.label() == prost_types::field_descriptor_proto::Label::Repeated { "repeated " } else { "" };
-            let fdoc = comments.get(&vec![4, *i as i32, 2, j as i32]).cloned().unwrap_or_default();
-            let _ = writeln!(out, "  {:>2} {:<24} {repeated}{ty}\n       {fdoc}", f.number(), f.name());
+            let repeated = if f.label() == prost_types::field_descriptor_proto::Label::Repeated {
+                "repeated "
+            } else {
+                ""
+            };
+            let fdoc = comments
+                .get(&vec![4, *i as i32, 2, j as i32])
+                .cloned()
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:>2} {:<24} {repeated}{ty}\n       {fdoc}",
+                f.number(),
+                f.name()
+            );
         }
         out.push('\n');
     }
@@ -69,7 +101,10 @@ pub fn telemetry_schema() -> Result<String, prost::DecodeError> {
         }
         let _ = writeln!(out, "enum {}", e.name());
         for (j, v) in e.value.iter().enumerate() {
-            let vdoc = comments.get(&vec![5, i as i32, 2, j as i32]).cloned().unwrap_or_default();
+            let vdoc = comments
+                .get(&vec![5, i as i32, 2, j as i32])
+                .cloned()
+                .unwrap_or_default();
             let _ = writeln!(out, "  {:>2} {:<32} {vdoc}", v.number(), v.name());
         }
         out.push('\n');
@@ -84,7 +119,14 @@ mod tests {
     #[test]
     fn schema_lists_sample_fields_and_nothing_identifying() {
         let s = telemetry_schema().expect("descriptor decodes");
-        for field in ["busy_bp", "core_busy_bp", "available_bytes", "compressed_bytes", "first_missing_seq", "some_avg10"] {
+        for field in [
+            "busy_bp",
+            "core_busy_bp",
+            "available_bytes",
+            "compressed_bytes",
+            "first_missing_seq",
+            "some_avg10",
+        ] {
             assert!(s.contains(field), "schema lacks {field}");
         }
         assert!(s.contains("message Sample"));
@@ -92,9 +134,21 @@ mod tests {
         // Erase and host messages are not telemetry.
         assert!(!s.contains("message Host\n"));
         assert!(!s.contains("serial_number"));
-        for forbidden in ["hostname", "process", "user_name", "path", "address", "pid", "command"] {
+        for forbidden in [
+            "hostname",
+            "process",
+            "user_name",
+            "path",
+            "address",
+            "pid",
+            "command",
+        ] {
             assert!(
-                !s.lines().any(|l| l.trim_start().split_whitespace().nth(1).is_some_and(|f| f.contains(forbidden))),
+                !s.lines().any(|l| l
+                    .trim_start()
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|f| f.contains(forbidden))),
                 "a field named like {forbidden} is sent"
             );
         }

@@ -18,14 +18,18 @@ fn internal(err: &dyn std::error::Error) -> Status {
         source = s.source();
     }
     tracing::error!(correlation_id = %id, error = %chain, "internal error");
-    Status::internal(format!("internal error (correlation id {id}); the agent log has the details"))
+    Status::internal(format!(
+        "internal error (correlation id {id}); the agent log has the details"
+    ))
 }
 
 /// The status for an erase error.
 pub fn from_erase(e: &EraseError) -> Status {
     match e {
         // The caller sent something unusable: fix the request.
-        EraseError::NonceTooShort { .. } | EraseError::EmptyRequestId => Status::invalid_argument(e.to_string()),
+        EraseError::NonceTooShort { .. } | EraseError::EmptyRequestId => {
+            Status::invalid_argument(e.to_string())
+        }
         // The request is fine but the host is not in a state to accept it.
         EraseError::HostMismatch { .. }
         | EraseError::NoTargets

@@ -15,7 +15,12 @@ pub struct Hub;
 
 impl Hub {
     /// Subscribes.
-    pub fn subscribe(&self, _after_seq: u64, _max_batch: usize, _history_only: bool) -> impl Stream<Item = Result<Vec<Record>, HubError>> + Send + 'static {
+    pub fn subscribe(
+        &self,
+        _after_seq: u64,
+        _max_batch: usize,
+        _history_only: bool,
+    ) -> impl Stream<Item = Result<Vec<Record>, HubError>> + Send + 'static {
         futures::stream::empty()
     }
 }

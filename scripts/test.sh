@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, the proto lint, the Rust unit, integration and
+# end-to-end tests (real mTLS on loopback, real LUKS2 images with the real cryptsetup), the
+# launchd plist check with an independent parser, and the package readers.
+#
+# It installs what the tests need when it is missing (Debian packages; buf from npm), so it
+# works on a fresh machine. A missing tool is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_missing=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cryptsetup || [ -x /usr/sbin/cryptsetup ] || [ -x /sbin/cryptsetup ] || apt_missing+=(cryptsetup-bin)
+have bsdtar || apt_missing+=(libarchive-tools)
+have cpio || apt_missing+=(cpio)
+have openssl || apt_missing+=(openssl)
+have shellcheck || apt_missing+=(shellcheck)
+have npm || apt_missing+=(npm)
+if ((${#apt_missing[@]})); then
+  echo "== installing: ${apt_missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing tools ${apt_missing[*]}: run as root or install them first" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+fi
+
+# buf (proto lint) comes from npm: pinned, installed once under target/.
+BUF_VERSION=1.75.0
+BUF_DIR=target/tools/buf-$BUF_VERSION
+if [ ! -x "$BUF_DIR/node_modules/.bin/buf" ]; then
+  echo "== installing buf $BUF_VERSION from npm"
+  mkdir -p "$BUF_DIR"
+  (cd "$BUF_DIR" && npm install --no-save --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION" >/dev/null)
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== buf lint (STANDARD + COMMENTS)"
+(cd proto && "../$BUF_DIR/node_modules/.bin/buf" lint)
+
+echo "== ring-only crypto graph"
+if cargo tree --workspace -i aws-lc-rs >/dev/null 2>&1; then
+  echo "aws-lc-rs is in the dependency graph: keep rustls on the ring provider" >&2
+  exit 1
+fi
+
+if [ -f launchd/com.jexcloud.agent.plist ]; then
+  echo "== launchd plist, independent parser (python plistlib)"
+  python3 -c 'import plistlib,sys; d=plistlib.load(open(sys.argv[1],"rb")); assert d["Label"]=="com.jexcloud.agent", d' launchd/com.jexcloud.agent.plist
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace --locked --no-fail-fast
