@@ -261,11 +261,15 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+            let message = match key_at_line(text, line) {
+                Some(key) => format!("key `{key}`: {}", e.message().trim()),
+                None => e.message().trim().to_owned(),
+            };
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
                 column,
-                message: e.message().trim().to_owned(),
+                message,
             }
         })?;
         config.validate(path, text)?;
@@ -364,6 +368,27 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The dotted key assigned on a 1-based line (`table.key`), if the line is an assignment.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+        if i + 1 == line {
+            let (k, _) = l.split_once('=')?;
+            let k = k.trim();
+            return Some(if table.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+    }
+    None
+}
+
 /// 1-based line where the last segment of a dotted key is assigned (0 when absent), looking
 /// inside its table when the file has one.
 fn key_line(text: &str, dotted: &str) -> usize {
@@ -428,16 +453,24 @@ interval_ms = 500
     fn unknown_key_names_file_line_and_key() {
         let text = GOOD.replace("interval_ms = 500", "interval_ms = 500\nintervall = 3");
         let err = parse(&text).expect_err("unknown key refused").to_string();
-        assert!(err.starts_with("/etc/jex-agent/agent.toml:17:"), "{err}");
-        assert!(err.contains("intervall"), "{err}");
+        assert!(
+            err.starts_with(
+                "/etc/jex-agent/agent.toml:16:1: key `telemetry.intervall`: unknown field"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("expected `interval_ms`"), "{err}");
     }
 
     #[test]
     fn wrong_type_says_what_is_expected() {
         let text = GOOD.replace("interval_ms = 500", "interval_ms = \"fast\"");
         let err = parse(&text).expect_err("wrong type refused").to_string();
-        assert!(err.contains(":16:"), "{err}");
-        assert!(err.contains("integer"), "{err}");
+        assert!(
+            err.starts_with("/etc/jex-agent/agent.toml:15:15: key `telemetry.interval_ms`:"),
+            "{err}"
+        );
+        assert!(err.contains("expected u64"), "{err}");
     }
 
     #[test]
@@ -448,7 +481,7 @@ interval_ms = 500
             .to_string();
         assert_eq!(
             err,
-            "/etc/jex-agent/agent.toml:16: key `telemetry.interval_ms`: 10 is too short: use at least 100 (milliseconds)"
+            "/etc/jex-agent/agent.toml:15: key `telemetry.interval_ms`: 10 is too short: use at least 100 (milliseconds)"
         );
     }
 

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod platform;
 pub mod server;
 pub mod spool;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 
