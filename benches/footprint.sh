@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Footprint of the agent against Debian's prometheus-node-exporter, measured in the same run:
+# both run for DURATION seconds; the agent samples at 1 Hz with one live mTLS subscriber
+# (`jex-agent ctl telemetry --follow`), node_exporter is scraped once a second with curl.
+# Reports peak RSS (VmHWM) and CPU time (utime+stime) of each server process.
+#
+#   bash benches/footprint.sh            # 60 s
+#   DURATION=10 bash benches/footprint.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-60}
+NE=/usr/bin/prometheus-node-exporter
+if [ ! -x "$NE" ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-node-exporter curl >/dev/null
+fi
+cargo build --release -q -p jex-agent
+BIN=${CARGO_TARGET_DIR:-target}/release/jex-agent
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+"$BIN" pki dev --out "$WORK/pki" >/dev/null
+PORT=$((20000 + RANDOM % 20000))
+cat >"$WORK/agent.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PORT"
+status_socket = "$WORK/agent.sock"
+[tls]
+cert = "$WORK/pki/agent.pem"
+key = "$WORK/pki/agent.key"
+client_ca = "$WORK/pki/ca.pem"
+[roles]
+controller = ["spiffe://fleet.example/controller"]
+[telemetry]
+interval_ms = 1000
+[telemetry.spool]
+dir = "$WORK/spool"
+[logging]
+dir = "$WORK/logs"
+TOML
+AGENT_LOG=warn "$BIN" run --config "$WORK/agent.toml" 2>"$WORK/agent.err" &
+AGENT=$!
+NEPORT=$((PORT + 1))
+"$NE" --web.listen-address="127.0.0.1:$NEPORT" >"$WORK/ne.log" 2>&1 &
+NEPID=$!
+sleep 1
+"$BIN" ctl --agent "https://127.0.0.1:$PORT" --ca "$WORK/pki/ca.pem" --cert "$WORK/pki/controller.pem" \
+  --key "$WORK/pki/controller.key" --server-name localhost telemetry --follow >"$WORK/stream.out" &
+
+# CPU time in nanoseconds, summed over every thread (schedstat is ns-precise; stat is 10 ms ticks).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {print s}'; }
+a0=$(cpu_ns $AGENT); n0=$(cpu_ns $NEPID)
+for _ in $(seq "$DURATION"); do
+  curl -s "http://127.0.0.1:$NEPORT/metrics" >/dev/null
+  sleep 1
+done
+a1=$(cpu_ns $AGENT); n1=$(cpu_ns $NEPID)
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+records=$(grep -c '^seq=' "$WORK/stream.out" || true)
+printf '%-28s %12s %14s %16s\n' "process" "peak RSS" "CPU time" "CPU % of 1 core"
+for p in "jex-agent:$AGENT:$a0:$a1" "prometheus-node-exporter:$NEPID:$n0:$n1"; do
+  IFS=: read -r name pid t0 t1 <<<"$p"
+  ns=$((t1 - t0))
+  printf '%-28s %9s KiB %11s ms %15s\n' "$name" "$(hwm "$pid")" "$((ns / 1000000))" \
+    "$(awk -v t=$ns -v d=$DURATION 'BEGIN { printf "%.3f%%", t / 1e9 / d * 100 }')"
+done
+echo "duration ${DURATION}s; records received by the subscriber: $records; $( "$NE" --version 2>&1 | head -1)"
