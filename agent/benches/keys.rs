@@ -7,6 +7,9 @@
 //! Run: `cargo bench -p jex-agent --bench keys`. Each line prints the median and the mean
 //! over the iterations.
 
+// A benchmark has no caller to report to: any setup failure aborts it, loudly.
+#![allow(clippy::unwrap_used)]
+
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
