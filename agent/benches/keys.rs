@@ -1,0 +1,206 @@
+//! Benchmarks of key destruction and erase certificates (plain `main`, no harness):
+//! - `luks2`: snapshot, `destroy` (`cryptsetup luksErase`) and `verify_destroyed` on a 20 MiB
+//!   LUKS2 image made with the real `cryptsetup` (required: `apt-get install cryptsetup-bin`);
+//! - `attest`: `canonical_json`, `sign` with a `FileSigner` (P-256), `verify` against the CA,
+//!   and a bundle round trip, on a two-target document.
+//!
+//! Run: `cargo bench -p jex-agent --bench keys`. Each line prints the median and the mean
+//! over the iterations.
+
+// A benchmark has no caller to report to: any setup failure aborts it, loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jex_agent::attest::{
+    self, CertificateDocument, DOCUMENT_SCHEMA, FileSigner, HostIdentity, KeyDestruction,
+    PatternRecord, SignedCertificate, TargetRecord, VerificationRecord,
+};
+use jex_agent::erase::keys::KeyDestroyer;
+use jex_agent::erase::keys::luks2::{DEFAULT_CRYPTSETUP, Luks2};
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    PKCS_ECDSA_P256_SHA256, SanType,
+};
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let median = samples[samples.len() / 2];
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    println!(
+        "{name:<44} n={:<5} median {:>10.3} ms  mean {:>10.3} ms",
+        samples.len(),
+        median.as_secs_f64() * 1e3,
+        mean.as_secs_f64() * 1e3
+    );
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed())
+}
+
+fn bench_luks2(dir: &Path, iterations: usize) {
+    assert!(
+        Path::new(DEFAULT_CRYPTSETUP).is_file(),
+        "{DEFAULT_CRYPTSETUP} is missing: apt-get install cryptsetup-bin"
+    );
+    let key = dir.join("pass");
+    fs::write(&key, b"bench passphrase").unwrap();
+    let (mut snap, mut destroy, mut verify, mut again) = (vec![], vec![], vec![], vec![]);
+    for i in 0..iterations {
+        let image = dir.join(format!("luks-{i}.img"));
+        File::create(&image).unwrap().set_len(20 << 20).unwrap();
+        let ok = Command::new(DEFAULT_CRYPTSETUP)
+            .args([
+                "luksFormat",
+                "--type",
+                "luks2",
+                "--batch-mode",
+                "--pbkdf",
+                "pbkdf2",
+            ])
+            .args(["--pbkdf-force-iterations", "1000", "--key-file"])
+            .arg(&key)
+            .arg(&image)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "luksFormat failed");
+        let out = Command::new(DEFAULT_CRYPTSETUP)
+            .arg("luksUUID")
+            .arg(&image)
+            .output()
+            .unwrap();
+        let uuid = String::from_utf8(out.stdout).unwrap();
+        let luks = Luks2::new("bench", &image, uuid.trim(), DEFAULT_CRYPTSETUP).unwrap();
+        let (before, t) = time(|| luks.snapshot().unwrap());
+        snap.push(t);
+        destroy.push(time(|| luks.destroy().unwrap()).1);
+        verify.push(time(|| luks.verify_destroyed(&before).unwrap()).1);
+        again.push(time(|| luks.destroy().unwrap()).1);
+        fs::remove_file(&image).unwrap();
+    }
+    report("luks2 snapshot (20 MiB image)", snap);
+    report("luks2 destroy (luksErase)", destroy);
+    report("luks2 verify_destroyed", verify);
+    report("luks2 destroy again (no-op)", again);
+}
+
+fn document() -> CertificateDocument {
+    let target = |name: &str, verified| TargetRecord {
+        name: name.into(),
+        backend: "luks2".into(),
+        media_make: String::new(),
+        media_model: "disk image".into(),
+        media_serial: String::new(),
+        media_type: "file".into(),
+        device: format!("/var/lib/jex-agent/{name}.img"),
+        identity: "luks-uuid:111374da-f7d5-40df-9097-26f7f1ed2a29".into(),
+        size_bytes: 512 << 30,
+        key_destruction: KeyDestruction {
+            method: "cryptsetup luksErase".into(),
+            tool: "cryptsetup 2.6.1".into(),
+            evidence: [("keyslots_before", "1"), ("keyslots_after", "0")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        },
+        overwrite_passes: 1,
+        verified_blocks: verified,
+        mismatched_blocks: 0,
+    };
+    CertificateDocument {
+        schema: DOCUMENT_SCHEMA.into(),
+        operation_id: "6f1c0f1e-8a8e-4c55-9b0e-3f0b7d5f2a10".into(),
+        request_id: "req-42".into(),
+        host: HostIdentity {
+            host_id: "h-1".into(),
+            hardware_uuid: "00008103-000A1D2E3F40001E".into(),
+            serial_number: "C02XK0AAJGH5".into(),
+            model: "Macmini9,1".into(),
+            os: "macOS 15.1".into(),
+            agent_version: "0.1.0".into(),
+        },
+        controller_nonce_hex: "ab".repeat(32),
+        standard: "NIST SP 800-88 Rev. 2; IEEE 2883-2022".into(),
+        method_type: "Purge".into(),
+        method_used: "Crypto Erase + Overwrite".into(),
+        tool: "jex-agent 0.1.0".into(),
+        targets: vec![target("tenant-disk", 2002), target("scratch", 2002)],
+        verification: VerificationRecord {
+            method: "sampled read-back (direct I/O) compared with regenerated pattern".into(),
+            strata: 1000,
+            locations_per_stratum: 2,
+            block_size: 1 << 20,
+            sampled_blocks: 4004,
+            coverage_percent: 0.39,
+            mismatched_blocks: 0,
+            resumed: false,
+        },
+        pattern: PatternRecord {
+            algorithm: "AES-256-CTR keystream, 128-bit big-endian counter = byte offset / 16"
+                .into(),
+            key_hex: "5c".repeat(32),
+        },
+        outcome: "ERASED".into(),
+        exceptions: vec![],
+        started_at: "2025-06-01T10:00:00Z".into(),
+        finished_at: "2025-06-01T10:14:27Z".into(),
+        previous_certificate_sha256: None,
+    }
+}
+
+fn bench_attest(dir: &Path, iterations: usize) {
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names.push(SanType::URI(
+        "spiffe://fleet.example/host/h-1".try_into().unwrap(),
+    ));
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let key_path = dir.join("agent.key");
+    fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
+    let chain_path = dir.join("agent.pem");
+    fs::write(&chain_path, leaf_cert.pem()).unwrap();
+    let ca_pem = ca_cert.pem();
+
+    let signer = FileSigner::load(&key_path, &chain_path).unwrap();
+    let doc = document();
+    let nonce = vec![0xab; 32];
+    let (mut canon, mut sign, mut verify, mut bundle) = (vec![], vec![], vec![], vec![]);
+    let mut size = 0;
+    for _ in 0..iterations {
+        let (json, t) = time(|| attest::canonical_json(&doc));
+        size = json.len();
+        canon.push(t);
+        let (cert, t) = time(|| attest::sign(&doc, &signer).unwrap());
+        sign.push(t);
+        verify.push(time(|| attest::verify(&cert, ca_pem.as_bytes(), Some(&nonce)).unwrap()).1);
+        bundle
+            .push(time(|| SignedCertificate::from_bundle_json(&cert.to_bundle_json()).unwrap()).1);
+    }
+    println!("certificate document: {size} bytes of canonical JSON, 2 targets");
+    report("attest canonical_json", canon);
+    report("attest sign (FileSigner, P-256)", sign);
+    report("attest verify (chain + signature + checks)", verify);
+    report("attest bundle write + read", bundle);
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let dir = tempfile::tempdir().unwrap();
+    bench_luks2(dir.path(), 20);
+    bench_attest(dir.path(), 500);
+}
