@@ -51,6 +51,17 @@ pub enum Command {
     },
     /// Print exactly which fields telemetry sends.
     Schema,
+    /// Check an erase certificate offline: signature, chain to the fleet CA, nonce, consistency.
+    VerifyErase {
+        /// The certificate bundle (JSON, as written by `ctl certificate` or the demo).
+        cert: PathBuf,
+        /// The fleet CA (PEM or DER) the signer's chain must lead to.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The nonce the controller sent with Terminate (hex), to check it was signed.
+        #[arg(long)]
+        nonce: Option<String>,
+    },
     /// Run everything on loopback in a temporary directory: a dev PKI, a real agent, a real
     /// controller client over mTLS; shows live telemetry, a disconnect and a gap-free resume.
     Demo {
@@ -151,6 +162,7 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
         Command::Demo { seconds, keep } => {
             let _ = crate::logging::init(&crate::logging::LogTargets {
@@ -158,6 +170,39 @@ pub fn main() -> ExitCode {
                 file: None,
             });
             block_on(async move { crate::demo::run(seconds, keep).await })
+        }
+    }
+}
+
+/// `verify-erase`: prints what the certificate proves, or why it does not verify.
+pub fn verify_erase(
+    cert: &std::path::Path,
+    ca: &std::path::Path,
+    nonce_hex: Option<&str>,
+) -> ExitCode {
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+    let result = (|| -> Result<String, String> {
+        let bundle = read(cert)?;
+        let ca = read(ca)?;
+        let nonce = match nonce_hex {
+            Some(h) => Some(hex::decode(h.trim()).map_err(|e| format!("--nonce is not hex: {e}"))?),
+            None => None,
+        };
+        let signed = crate::attest::SignedCertificate::from_bundle_json(&bundle)
+            .map_err(|e| format!("{}: {}", cert.display(), error_chain(&e)))?;
+        let doc =
+            crate::attest::verify(&signed, &ca, nonce.as_deref()).map_err(|e| error_chain(&e))?;
+        Ok(crate::attest::summary(&doc, nonce.is_some()))
+    })();
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitKind::Ok.into()
+        }
+        Err(e) => {
+            eprintln!("jex-agent verify-erase: certificate does NOT verify: {e}");
+            ExitKind::Failure.into()
         }
     }
 }

@@ -218,3 +218,66 @@ pub fn sign(
 pub fn document_sha256(cert: &SignedCertificate) -> String {
     hex::encode(Sha256::digest(&cert.document_json))
 }
+
+/// A person-readable account of what a verified certificate proves.
+pub fn summary(doc: &CertificateDocument, nonce_checked: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "certificate verifies: signature, chain to the fleet CA, internal consistency{}",
+        if nonce_checked {
+            ", controller nonce"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(o, "  outcome:      {}", doc.outcome);
+    let _ = writeln!(
+        o,
+        "  host:         {} (hardware {}, serial {:?})",
+        doc.host.host_id, doc.host.hardware_uuid, doc.host.serial_number
+    );
+    let _ = writeln!(
+        o,
+        "  operation:    {} (request {})",
+        doc.operation_id, doc.request_id
+    );
+    let _ = writeln!(
+        o,
+        "  method:       {} / {} ({})",
+        doc.method_type, doc.method_used, doc.standard
+    );
+    for t in &doc.targets {
+        let _ = writeln!(
+            o,
+            "  target {:?}: {} {} bytes, keys: {}, verified blocks {} mismatched {}",
+            t.name,
+            t.media_type,
+            t.size_bytes,
+            t.key_destruction.method,
+            t.verified_blocks,
+            t.mismatched_blocks
+        );
+    }
+    let v = &doc.verification;
+    let _ = writeln!(
+        o,
+        "  verification: {} strata x {} + first/last, {} blocks of {} B, {:.3}% coverage, {} mismatched",
+        v.strata,
+        v.locations_per_stratum,
+        v.sampled_blocks,
+        v.block_size,
+        v.coverage_percent,
+        v.mismatched_blocks
+    );
+    let _ = writeln!(
+        o,
+        "  time:         {} .. {}",
+        doc.started_at, doc.finished_at
+    );
+    if !doc.exceptions.is_empty() {
+        let _ = writeln!(o, "  exceptions:   {}", doc.exceptions.join(", "));
+    }
+    o
+}
