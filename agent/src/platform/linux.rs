@@ -4,7 +4,8 @@
 //! can point it at a tree of their own. Per tick it reads `/proc/stat`, `/proc/meminfo`,
 //! `/proc/loadavg` and, when the kernel has PSI, `/proc/pressure/memory`, into one reused
 //! buffer; swap comes from `SwapTotal`/`SwapFree` in `/proc/meminfo`, so `/proc/swaps` is not
-//! read per tick. Nothing here forks or lists processes.
+//! read per tick. PSI is optional: when it is missing or unreadable the sample carries no PSI
+//! rather than failing. Nothing here forks or lists processes.
 //!
 //! Identity sources, in order: DMI `product_uuid` when readable (root only on most systems),
 //! else `/etc/machine-id`; DMI `product_serial` and `product_name`; `/proc/cpuinfo` for the CPU
@@ -166,15 +167,27 @@ impl HostCounters for LinuxHost {
         self.read_into_buf("loadavg")?;
         let load = procfs::parse_loadavg(&self.buf)?;
 
+        // PSI is optional: a kernel without it, or a file that cannot be read, degrades the
+        // sample to no PSI instead of failing it.
         let psi = if self.psi_available {
             match self.read_into_buf("pressure/memory") {
-                Ok(()) => Some(procfs::parse_psi(&self.buf)?),
+                Ok(()) => match procfs::parse_psi(&self.buf) {
+                    Ok(psi) => Some(psi),
+                    Err(error) => {
+                        tracing::warn!(%error, "Cannot parse memory pressure-stall information; reporting none for this sample.");
+                        None
+                    }
+                },
                 Err(PlatformError::Read { source, .. }) if psi_absent(&source) => {
                     tracing::debug!(error = %source, "Memory pressure-stall information is not available; not reading it again.");
                     self.psi_available = false;
                     None
                 }
-                Err(e) => return Err(e),
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot read memory pressure-stall information; not reading it again.");
+                    self.psi_available = false;
+                    None
+                }
             }
         } else {
             None
@@ -334,6 +347,22 @@ mod tests {
         let c = tree.host().read().unwrap();
         let psi = c.pressure.psi.unwrap();
         assert_eq!((psi.some_avg10, psi.full_avg10), (3.0, 1.0));
+    }
+
+    #[test]
+    fn an_unparsable_psi_file_degrades_to_no_psi() {
+        let tree = Tree::new();
+        tree.write_proc("pressure/memory", "some avg10=garbage\n");
+        let mut host = tree.host();
+        let c = host.read().unwrap();
+        assert_eq!(c.pressure.psi, None);
+        assert_eq!(c.load.one, 1.5, "the rest of the sample is read");
+        tree.write_proc(
+            "pressure/memory",
+            "some avg10=2.00 avg60=0 avg300=0 total=0\n",
+        );
+        let psi = host.read().unwrap().pressure.psi.unwrap();
+        assert_eq!(psi.some_avg10, 2.0, "read again on the next tick");
     }
 
     #[test]
