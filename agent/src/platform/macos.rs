@@ -14,7 +14,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::mem::{offset_of, size_of};
+use std::mem::offset_of;
 use std::path::Path;
 use std::process::Command;
 use std::ptr;
