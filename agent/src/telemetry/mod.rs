@@ -1,7 +1,10 @@
 //! Host telemetry: CPU and memory aggregates, sampled once per interval by one sampler whatever
 //! the number of subscribers.
 
+pub mod cpu;
+pub mod memory;
 pub mod sample;
+pub mod sampler;
 
 pub use sample::*;
 pub mod hub;
