@@ -47,6 +47,9 @@ pub enum AppError {
     /// TLS material.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// Host facts.
+    #[error("reading host facts")]
+    Platform(#[from] crate::platform::PlatformError),
     /// The listen address.
     #[error("listening on {addr}")]
     Listen {
@@ -117,11 +120,21 @@ fn now_unix_ms() -> u64 {
 pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let tls = Arc::new(ServerTls::load(&config.tls)?);
     let host_id = crate::tls::host_id_from_cert(&config.tls.cert)?;
+    let host = crate::platform::host_info()?;
     let facts = HostFacts {
         host_id: host_id.clone(),
+        hardware_uuid: host.hardware_uuid.clone().unwrap_or_default(),
+        serial_number: host.serial_number.clone().unwrap_or_default(),
+        model: host.model.clone().unwrap_or_default(),
+        chip: host.chip.clone().unwrap_or_default(),
+        logical_cpus: host.logical_cpus,
+        performance_cores: host.performance_cores,
+        efficiency_cores: host.efficiency_cores,
+        memory_bytes: host.memory_bytes,
+        os_name: host.os_name.clone(),
+        os_version: host.os_version.clone().unwrap_or_default(),
         agent_start_unix_ms: now_unix_ms(),
         telemetry_interval_ms: config.telemetry.interval_ms as u32,
-        ..HostFacts::default()
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let hub = crate::telemetry::hub::Hub::default();
