@@ -327,7 +327,10 @@ mod tests {
         for (name, data) in [
             ("empty", Vec::new()),
             ("short", b"hello world\n".to_vec()),
-            ("long", (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect()),
+            (
+                "long",
+                (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect(),
+            ),
         ] {
             let path = dir.path().join(name);
             std::fs::write(&path, &data).expect("write");
@@ -398,10 +401,7 @@ mod tests {
     fn rejects_orphans_duplicates_and_oversized_trees() {
         let mut orphan = tree();
         orphan.push(file("./nowhere/x", 0o644, b""));
-        assert!(matches!(
-            write_bom(&orphan),
-            Err(BomError::BadPath { .. })
-        ));
+        assert!(matches!(write_bom(&orphan), Err(BomError::BadPath { .. })));
         let mut duplicate = tree();
         duplicate.push(dir("./private", 0));
         assert!(matches!(

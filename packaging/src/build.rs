@@ -128,7 +128,9 @@ fn check_inputs(inputs: &BuildInputs) -> Result<(), BuildError> {
         && !id.starts_with('.')
         && !id.ends_with('.')
         && !id.contains("..")
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
     if !id_ok {
         return Err(BuildError::Input(format!(
             "identifier {id:?} must be reverse-DNS (letters, digits, '-', dots), e.g. {}",
@@ -311,8 +313,8 @@ fn distribution(inputs: &BuildInputs, entries: &[Entry]) -> String {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a unix timestamp, as XAR writes `creation-time`.
-pub fn creation_time(epoch: u32) -> String {
-    let days = i64::from(epoch / 86_400);
+pub fn creation_time(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
     let secs = epoch % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -352,17 +354,11 @@ pub fn build_package(inputs: &BuildInputs) -> Result<Vec<u8>, BuildError> {
     ))?)?;
     let bom = bom::write_bom(&entries)?;
     let files = vec![
-        xar_file(
-            "Distribution",
-            distribution(inputs, &entries).into_bytes(),
-        ),
+        xar_file("Distribution", distribution(inputs, &entries).into_bytes()),
         XarFile {
             name: layout::COMPONENT_PKG_NAME.to_owned(),
             kind: XarKind::Directory(vec![
-                xar_file(
-                    "PackageInfo",
-                    package_info(inputs, &entries).into_bytes(),
-                ),
+                xar_file("PackageInfo", package_info(inputs, &entries).into_bytes()),
                 xar_file("Bom", bom),
                 xar_file("Payload", payload),
                 xar_file("Scripts", scripts),
@@ -372,7 +368,11 @@ pub fn build_package(inputs: &BuildInputs) -> Result<Vec<u8>, BuildError> {
             gid: 0,
         },
     ];
-    let sealed = xar::layout(&files, &creation_time(inputs.source_date_epoch), &[])?;
+    let sealed = xar::layout(
+        &files,
+        &creation_time(u64::from(inputs.source_date_epoch)),
+        &[],
+    )?;
     Ok(sealed.into_bytes())
 }
 
@@ -445,7 +445,11 @@ pub(crate) mod tests {
         assert_eq!(support.gid, GID_ADMIN);
         // Config, state and logs are created by postinstall, not shipped.
         for absent in [layout::CONFIG_PATH, layout::STATE_DIR, layout::LOG_DIR] {
-            assert!(payload.iter().all(|e| e.path != layout::payload_path(absent)));
+            assert!(
+                payload
+                    .iter()
+                    .all(|e| e.path != layout::payload_path(absent))
+            );
         }
         // Bom and Payload list the same paths.
         let bom_entry = archive
@@ -481,7 +485,10 @@ pub(crate) mod tests {
         let info = text("jex-agent.pkg/PackageInfo");
         let doc = roxmltree::Document::parse(&info).expect("xml");
         let root = doc.root_element();
-        assert_eq!(root.attribute("identifier"), Some("com.jexcloud.agent.staging"));
+        assert_eq!(
+            root.attribute("identifier"),
+            Some("com.jexcloud.agent.staging")
+        );
         assert_eq!(root.attribute("version"), Some("2.0.0-rc.1"));
         assert_eq!(root.attribute("install-location"), Some("/"));
         assert_eq!(root.attribute("auth"), Some("root"));
@@ -531,7 +538,10 @@ pub(crate) mod tests {
     #[test]
     fn creation_time_formats_utc_dates() {
         assert_eq!(creation_time(0), "1970-01-01T00:00:00");
-        assert_eq!(creation_time(DEFAULT_SOURCE_DATE_EPOCH), "2025-01-01T00:00:00");
+        assert_eq!(
+            creation_time(u64::from(DEFAULT_SOURCE_DATE_EPOCH)),
+            "2025-01-01T00:00:00"
+        );
         assert_eq!(creation_time(951_827_696), "2000-02-29T12:34:56");
     }
 

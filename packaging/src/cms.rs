@@ -36,6 +36,7 @@ use x509_cert::attr::Attribute;
 use crate::sign::RsaSigningKey;
 use crate::x509::{self, Certificate, X509Error};
 
+// OIDs are parsed at compile time (`new_unwrap` in a const): a typo fails the build.
 const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
 const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
@@ -185,7 +186,11 @@ pub struct VerifiedCms {
     pub signing_time: Option<u64>,
 }
 
-fn single_value<'a>(attrs: &'a [Attribute], oid: ObjectIdentifier, name: &'static str) -> Result<&'a Any, CmsError> {
+fn single_value<'a>(
+    attrs: &'a [Attribute],
+    oid: ObjectIdentifier,
+    name: &'static str,
+) -> Result<&'a Any, CmsError> {
     let mut matching = attrs.iter().filter(|a| a.oid == oid);
     match (matching.next(), matching.next()) {
         (Some(attr), None) if attr.values.len() == 1 => {
@@ -201,7 +206,9 @@ fn digest_algorithm(oid: ObjectIdentifier) -> Result<&'static digest::Algorithm,
         x509::ID_SHA256 => Ok(&digest::SHA256),
         x509::ID_SHA384 => Ok(&digest::SHA384),
         x509::ID_SHA512 => Ok(&digest::SHA512),
-        other => Err(CmsError::Unexpected(format!("unsupported digest algorithm {other}"))),
+        other => Err(CmsError::Unexpected(format!(
+            "unsupported digest algorithm {other}"
+        ))),
     }
 }
 
@@ -231,9 +238,16 @@ pub fn verify_detached(der_bytes: &[u8], content: &[u8]) -> Result<VerifiedCms, 
         return Err(unexpected("unexpected revocation information"));
     }
     let mut certificates = Vec::new();
-    for (index, choice) in signed.certificates.iter().flat_map(|s| s.0.iter()).enumerate() {
+    for (index, choice) in signed
+        .certificates
+        .iter()
+        .flat_map(|s| s.0.iter())
+        .enumerate()
+    {
         let CertificateChoices::Certificate(cert) = choice else {
-            return Err(unexpected("embedded certificate is not an X.509 certificate"));
+            return Err(unexpected(
+                "embedded certificate is not an X.509 certificate",
+            ));
         };
         let der = cert.to_der().map_err(CmsError::Decode)?;
         certificates.push(
@@ -254,7 +268,9 @@ pub fn verify_detached(der_bytes: &[u8], content: &[u8]) -> Result<VerifiedCms, 
         return Err(unexpected("SignerInfo version is not 1"));
     }
     let SignerIdentifier::IssuerAndSerialNumber(sid) = &signer_info.sid else {
-        return Err(unexpected("signer is not identified by issuer and serial number"));
+        return Err(unexpected(
+            "signer is not identified by issuer and serial number",
+        ));
     };
     let signer = certificates
         .iter()
@@ -269,9 +285,16 @@ pub fn verify_detached(der_bytes: &[u8], content: &[u8]) -> Result<VerifiedCms, 
         .iter()
         .any(|a| a.oid == signer_info.digest_alg.oid)
     {
-        return Err(unexpected("signer digest algorithm not listed in digestAlgorithms"));
+        return Err(unexpected(
+            "signer digest algorithm not listed in digestAlgorithms",
+        ));
     }
-    if signer_info.digest_alg.parameters.as_ref().is_some_and(|p| *p != Any::null()) {
+    if signer_info
+        .digest_alg
+        .parameters
+        .as_ref()
+        .is_some_and(|p| *p != Any::null())
+    {
         return Err(unexpected("digest algorithm has parameters"));
     }
     let algorithm = digest_algorithm(signer_info.digest_alg.oid)?;
@@ -279,9 +302,10 @@ pub fn verify_detached(der_bytes: &[u8], content: &[u8]) -> Result<VerifiedCms, 
         .signed_attrs
         .as_ref()
         .ok_or(CmsError::Attribute("signedAttrs"))?;
-    let content_type: ObjectIdentifier = single_value(attrs.as_slice(), ID_CONTENT_TYPE, "contentType")?
-        .decode_as()
-        .map_err(|_| CmsError::Attribute("contentType"))?;
+    let content_type: ObjectIdentifier =
+        single_value(attrs.as_slice(), ID_CONTENT_TYPE, "contentType")?
+            .decode_as()
+            .map_err(|_| CmsError::Attribute("contentType"))?;
     if content_type != ID_DATA {
         return Err(unexpected("contentType attribute is not id-data"));
     }
@@ -348,7 +372,8 @@ mod tests {
         let signer = pki.cert("signer.pem");
         let chain = [pki.cert("inter.pem"), pki.cert("root.pem")];
         let content = [0x5au8; 20];
-        let der = sign_detached(&content, &signer, &chain, &key(&pki), 1_750_000_000).expect("sign");
+        let der =
+            sign_detached(&content, &signer, &chain, &key(&pki), 1_750_000_000).expect("sign");
         let verified = verify_detached(&der, &content).expect("verify");
         assert_eq!(verified.signer, signer);
         assert_eq!(verified.certificates.len(), 3);
@@ -370,8 +395,14 @@ mod tests {
         let pki = TestPki::new();
         let signer = pki.cert("signer.pem");
         let content = [7u8; 20];
-        let der = sign_detached(&content, &signer, &[pki.cert("inter.pem")], &key(&pki), 1_750_000_000)
-            .expect("sign");
+        let der = sign_detached(
+            &content,
+            &signer,
+            &[pki.cert("inter.pem")],
+            &key(&pki),
+            1_750_000_000,
+        )
+        .expect("sign");
         let err = verify_detached(&der, &[8u8; 20]).expect_err("other content");
         assert!(matches!(err, CmsError::MessageDigestMismatch), "{err}");
         let inter = pki.cert("inter.pem");
@@ -382,8 +413,14 @@ mod tests {
             // certificates returned then differ from the real ones, which the package's chain
             // check rejects. Any other change must fail here.
             if let Ok(verified) = verify_detached(&changed, &content) {
-                let unchanged = verified.certificates.iter().all(|c| *c == signer || *c == inter);
-                assert!(!unchanged, "byte {position} changed and everything still verified");
+                let unchanged = verified
+                    .certificates
+                    .iter()
+                    .all(|c| *c == signer || *c == inter);
+                assert!(
+                    !unchanged,
+                    "byte {position} changed and everything still verified"
+                );
             }
         }
     }
@@ -393,8 +430,14 @@ mod tests {
         let pki = TestPki::new();
         let signer = pki.cert("signer.pem");
         let content = [0x42u8; 20];
-        let der = sign_detached(&content, &signer, &[pki.cert("inter.pem")], &key(&pki), 1_750_000_000)
-            .expect("sign");
+        let der = sign_detached(
+            &content,
+            &signer,
+            &[pki.cert("inter.pem")],
+            &key(&pki),
+            1_750_000_000,
+        )
+        .expect("sign");
         let dir = pki.dir.path();
         std::fs::write(dir.join("sig.der"), &der).expect("sig");
         std::fs::write(dir.join("content.bin"), content).expect("content");
@@ -402,15 +445,32 @@ mod tests {
         let run = |content_file: &str| {
             std::process::Command::new("openssl")
                 .args([
-                    "cms", "-verify", "-binary", "-inform", "DER", "-in", "sig.der", "-content",
-                    content_file, "-CAfile", "root.pem", "-purpose", "any", "-out", "/dev/null",
+                    "cms",
+                    "-verify",
+                    "-binary",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    "sig.der",
+                    "-content",
+                    content_file,
+                    "-CAfile",
+                    "root.pem",
+                    "-purpose",
+                    "any",
+                    "-out",
+                    "/dev/null",
                 ])
                 .current_dir(dir)
                 .output()
                 .expect("openssl must be installed to run this test")
         };
         let ok = run("content.bin");
-        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
         let bad = run("other.bin");
         assert!(!bad.status.success(), "openssl accepted other content");
     }

@@ -122,12 +122,12 @@ pub fn parse(bytes: &[u8]) -> Result<LaunchDaemon, LaunchdError> {
 /// Lists every way `daemon` disagrees with [`crate::layout`]; empty when it is correct.
 pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut expect = |ok: bool, what: String| {
+    let mut require = |ok: bool, what: String| {
         if !ok {
             problems.push(what);
         }
     };
-    expect(
+    require(
         daemon.label == layout::LABEL,
         format!("Label is {:?}, expected {:?}", daemon.label, layout::LABEL),
     );
@@ -137,22 +137,22 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
         layout::CONFIG_FLAG,
         layout::CONFIG_PATH,
     ];
-    expect(
+    require(
         daemon.program_arguments == expected_args,
         format!(
             "ProgramArguments are {:?}, expected {:?}",
             daemon.program_arguments, expected_args
         ),
     );
-    expect(daemon.run_at_load, "RunAtLoad must be true".to_owned());
-    expect(
+    require(daemon.run_at_load, "RunAtLoad must be true".to_owned());
+    require(
         daemon.keep_alive.relaunches_after_crash(),
         format!(
             "KeepAlive {:?} does not relaunch the agent after a crash",
             daemon.keep_alive
         ),
     );
-    expect(
+    require(
         daemon.throttle_interval == layout::THROTTLE_INTERVAL_SECS,
         format!(
             "ThrottleInterval is {}, expected {}",
@@ -160,7 +160,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
             layout::THROTTLE_INTERVAL_SECS
         ),
     );
-    expect(
+    require(
         daemon.exit_time_out > layout::SHUTDOWN_GRACE_SECS
             && daemon.exit_time_out == layout::EXIT_TIMEOUT_SECS,
         format!(
@@ -170,7 +170,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
             layout::SHUTDOWN_GRACE_SECS
         ),
     );
-    expect(
+    require(
         matches!(
             daemon.process_type,
             ProcessType::Interactive | ProcessType::Standard
@@ -180,7 +180,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
             daemon.process_type
         ),
     );
-    expect(
+    require(
         daemon.user_name == layout::USER_NAME && daemon.group_name == layout::GROUP_NAME,
         format!(
             "UserName/GroupName are {}/{}, expected {}/{}",
@@ -190,7 +190,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
             layout::GROUP_NAME
         ),
     );
-    expect(
+    require(
         daemon.umask == layout::UMASK,
         format!(
             "Umask is {:#o}, expected {:#o}",
@@ -198,7 +198,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
             layout::UMASK
         ),
     );
-    expect(
+    require(
         daemon.working_directory == layout::STATE_DIR,
         format!(
             "WorkingDirectory is {:?}, expected {:?}",
@@ -218,7 +218,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
             layout::LAUNCHD_STDERR_LOG,
         ),
     ] {
-        expect(
+        require(
             path == expected && path.starts_with(&format!("{}/", layout::LOG_DIR)),
             format!(
                 "{key} is {path:?}, expected {expected:?} inside {}",
@@ -230,7 +230,7 @@ pub fn check(daemon: &LaunchDaemon) -> Vec<String> {
         ("SoftResourceLimits", &daemon.soft_resource_limits),
         ("HardResourceLimits", &daemon.hard_resource_limits),
     ] {
-        expect(
+        require(
             limits.as_ref().map(|l| l.number_of_files) == Some(layout::NUMBER_OF_FILES),
             format!(
                 "{key} NumberOfFiles is {:?}, expected {}",
@@ -289,7 +289,10 @@ mod tests {
     #[test]
     fn shipped_plist_is_accepted_by_python_plistlib() {
         // An independent reader of the same file (python3 is on every CI image we use).
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../launchd/com.jexcloud.agent.plist");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../launchd/com.jexcloud.agent.plist"
+        );
         let out = std::process::Command::new("python3")
             .args([
                 "-c",

@@ -109,6 +109,9 @@ pub const SHUTDOWN_GRACE_SECS: u64 = 20;
 /// [`SHUTDOWN_GRACE_SECS`] with margin for the process to exit after draining.
 pub const EXIT_TIMEOUT_SECS: u64 = 30;
 
+// launchd must not SIGKILL an agent that is still within its drain.
+const _: () = assert!(EXIT_TIMEOUT_SECS >= SHUTDOWN_GRACE_SECS + 5);
+
 /// The plist's `ThrottleInterval`: minimum seconds between two launches.
 pub const THROTTLE_INTERVAL_SECS: u64 = 10;
 
@@ -133,11 +136,6 @@ pub fn payload_path(absolute: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exit_timeout_leaves_margin_after_the_drain() {
-        assert!(EXIT_TIMEOUT_SECS >= SHUTDOWN_GRACE_SECS + 5);
-    }
 
     #[test]
     fn every_installed_file_lives_in_a_root_owned_tree_not_usr_local() {

@@ -11,9 +11,8 @@
 //! required when there is no pid file, otherwise newsyslog signals syslogd), `Z`/`J`/`X`
 //! (compress), `C` (create), `G` (glob). macOS reads `/etc/newsyslog.d/*.conf`.
 
-use crate::layout;
-
-/// The rule file as shipped in the repository and installed at [`layout::NEWSYSLOG_CONF_PATH`].
+/// The rule file as shipped in the repository and installed at
+/// [`crate::layout::NEWSYSLOG_CONF_PATH`].
 pub const CONF_BYTES: &[u8] = include_bytes!("../../launchd/com.jexcloud.agent.newsyslog.conf");
 
 /// Flags newsyslog on macOS understands.
@@ -121,13 +120,13 @@ fn parse_line(content: &str) -> Result<Rule, String> {
             flags = f.to_owned();
         }
     }
-    if pid_file.is_none() {
-        if let Some(f) = fields.next() {
-            if !f.starts_with('/') {
-                return Err(format!("pid file {f:?} must be an absolute path"));
-            }
-            pid_file = Some(f.to_owned());
+    if pid_file.is_none()
+        && let Some(f) = fields.next()
+    {
+        if !f.starts_with('/') {
+            return Err(format!("pid file {f:?} must be an absolute path"));
         }
+        pid_file = Some(f.to_owned());
     }
     if let Some(f) = fields.next() {
         signal = Some(
@@ -157,6 +156,7 @@ fn parse_line(content: &str) -> Result<Rule, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout;
 
     #[test]
     fn shipped_rules_rotate_both_launchd_files_and_signal_nothing() {
@@ -201,7 +201,8 @@ mod tests {
 
     #[test]
     fn owner_is_optional_and_comments_are_skipped() {
-        let rules = parse("# comment\n\n/var/log/y.log 644 3 * @T00 NZ # trailing\n").expect("parse");
+        let rules =
+            parse("# comment\n\n/var/log/y.log 644 3 * @T00 NZ # trailing\n").expect("parse");
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].owner, None);
         assert_eq!(rules[0].size_kib, None);

@@ -104,7 +104,12 @@ impl RsaSigningKey {
     pub fn sign_pkcs1_sha256(&self, message: &[u8]) -> Result<Vec<u8>, SignError> {
         let mut signature = vec![0u8; self.signature_len()];
         self.key
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature)
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                message,
+                &mut signature,
+            )
             .map_err(|_| SignError::Rsa)?;
         Ok(signature)
     }
@@ -240,11 +245,22 @@ mod tests {
         let pki = TestPki::new();
         // openssl genrsa (OpenSSL 3) writes PKCS#8; convert to PKCS#1 as well.
         let out = std::process::Command::new("openssl")
-            .args(["rsa", "-in", "signer.key", "-traditional", "-out", "signer.pkcs1.key"])
+            .args([
+                "rsa",
+                "-in",
+                "signer.key",
+                "-traditional",
+                "-out",
+                "signer.pkcs1.key",
+            ])
             .current_dir(pki.dir.path())
             .output()
             .expect("openssl must be installed to run this test");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let pkcs1 = pki.read("signer.pkcs1.key");
         assert!(String::from_utf8_lossy(&pkcs1).contains("BEGIN RSA PRIVATE KEY"));
         let a = RsaSigningKey::from_pem(&pki.read("signer.key"), "pkcs8").expect("pkcs8");
@@ -263,19 +279,42 @@ mod tests {
         let message = [9u8; 20];
         let d = pki.dir.path();
         std::fs::write(d.join("msg.bin"), message).expect("msg");
-        std::fs::write(d.join("sig.bin"), key.sign_pkcs1_sha256(&message).expect("sign"))
-            .expect("sig");
+        std::fs::write(
+            d.join("sig.bin"),
+            key.sign_pkcs1_sha256(&message).expect("sign"),
+        )
+        .expect("sig");
         let pubkey = std::process::Command::new("openssl")
-            .args(["x509", "-in", "signer.pem", "-pubkey", "-noout", "-out", "pub.pem"])
+            .args([
+                "x509",
+                "-in",
+                "signer.pem",
+                "-pubkey",
+                "-noout",
+                "-out",
+                "pub.pem",
+            ])
             .current_dir(d)
             .output()
             .expect("openssl");
         assert!(pubkey.status.success());
         let out = std::process::Command::new("openssl")
-            .args(["dgst", "-sha256", "-verify", "pub.pem", "-signature", "sig.bin", "msg.bin"])
+            .args([
+                "dgst",
+                "-sha256",
+                "-verify",
+                "pub.pem",
+                "-signature",
+                "sig.bin",
+                "msg.bin",
+            ])
             .current_dir(d)
             .output()
             .expect("openssl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }

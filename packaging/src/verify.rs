@@ -164,10 +164,17 @@ fn check_file(archive: &XarArchive<'_>, entry: &xar::TocEntry) -> Result<u64, Ve
     };
     let path = entry.path.as_str();
     let archived = archive.archived_data(entry)?;
-    let algorithm = digest_for(&data.archived.style)
-        .ok_or_else(|| file_err(path, format!("unsupported checksum {}", data.archived.style)))?;
+    let algorithm = digest_for(&data.archived.style).ok_or_else(|| {
+        file_err(
+            path,
+            format!("unsupported checksum {}", data.archived.style),
+        )
+    })?;
     if hex::encode(digest::digest(algorithm, archived)) != data.archived.hex {
-        return Err(file_err(path, "archived-checksum mismatch (file data modified)"));
+        return Err(file_err(
+            path,
+            "archived-checksum mismatch (file data modified)",
+        ));
     }
     let extracted: std::borrow::Cow<'_, [u8]> = match data.encoding.as_str() {
         "application/octet-stream" => archived.into(),
@@ -184,11 +191,19 @@ fn check_file(archive: &XarArchive<'_>, entry: &xar::TocEntry) -> Result<u64, Ve
     if extracted.len() as u64 != data.size {
         return Err(file_err(
             path,
-            format!("extracted size {} is not the declared {}", extracted.len(), data.size),
+            format!(
+                "extracted size {} is not the declared {}",
+                extracted.len(),
+                data.size
+            ),
         ));
     }
-    let algorithm = digest_for(&data.extracted.style)
-        .ok_or_else(|| file_err(path, format!("unsupported checksum {}", data.extracted.style)))?;
+    let algorithm = digest_for(&data.extracted.style).ok_or_else(|| {
+        file_err(
+            path,
+            format!("unsupported checksum {}", data.extracted.style),
+        )
+    })?;
     if hex::encode(digest::digest(algorithm, &extracted)) != data.extracted.hex {
         return Err(file_err(path, "extracted-checksum mismatch"));
     }
@@ -274,8 +289,7 @@ pub fn verify_package(
             embedded.push(cert);
         }
     }
-    let path =
-        x509::verify_chain(&signer, &embedded, anchors, now).map_err(VerifyError::Chain)?;
+    let path = x509::verify_chain(&signer, &embedded, anchors, now).map_err(VerifyError::Chain)?;
     if let Some(foreign) = embedded.iter().find(|c| !path.contains(c)) {
         return Err(VerifyError::ForeignCertificate(foreign.subject()));
     }
@@ -386,7 +400,12 @@ mod tests {
             sign_package(&f.signed, &identity, SIGNING_TIME).expect("re-sign"),
             f.signed
         );
-        let files = |bytes: &[u8]| XarArchive::parse(bytes).expect("parse").to_files().expect("files");
+        let files = |bytes: &[u8]| {
+            XarArchive::parse(bytes)
+                .expect("parse")
+                .to_files()
+                .expect("files")
+        };
         assert_eq!(files(&unsigned), files(&f.signed));
     }
 
@@ -408,7 +427,8 @@ mod tests {
         .expect("pem");
         let err = verify_package(&f.signed, &other, now()).expect_err("other ca");
         assert!(matches!(err, VerifyError::Chain(_)), "{err}");
-        let err = verify_package(&f.signed, &f.anchors(), now() + 400 * 86_400).expect_err("expired");
+        let err =
+            verify_package(&f.signed, &f.anchors(), now() + 400 * 86_400).expect_err("expired");
         assert!(
             matches!(err, VerifyError::Chain(ChainError::NotValidNow { .. })),
             "{err}"
@@ -426,7 +446,10 @@ mod tests {
         ];
         for sig in &archive.signatures {
             let start = heap + sig.offset as usize;
-            out.push((format!("{:?} signature", sig.style), start..start + sig.size as usize));
+            out.push((
+                format!("{:?} signature", sig.style),
+                start..start + sig.size as usize,
+            ));
         }
         for entry in &archive.entries {
             if let Some(d) = &entry.data {
@@ -469,11 +492,17 @@ mod tests {
         let f = Fixture::new();
         let archive = XarArchive::parse(&f.signed).expect("parse");
         let mut files: Vec<XarFile> = archive.to_files().expect("files");
-        if let xar::XarKind::Directory(children) = &mut files[1].kind {
-            if let xar::XarKind::File(data) = &mut children[2].kind {
-                data[40] ^= 0xff;
-            }
-        }
+        let xar::XarKind::Directory(children) = &mut files[1].kind else {
+            panic!("second entry is the component directory");
+        };
+        let payload = children
+            .iter_mut()
+            .find(|f| f.name == "Payload")
+            .expect("payload");
+        let xar::XarKind::File(data) = &mut payload.kind else {
+            panic!("payload is a file");
+        };
+        data[40] ^= 0xff;
         let slots: Vec<xar::SignatureSlot> = archive
             .signatures
             .iter()

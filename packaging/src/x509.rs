@@ -15,6 +15,7 @@ use ring::signature;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
+// OIDs are parsed at compile time (`new_unwrap` in a const): a typo fails the build.
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
 const SHA1_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5");
 const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
@@ -268,40 +269,41 @@ impl Certificate {
             what,
             oid,
         };
-        let algorithm: &'static dyn signature::VerificationAlgorithm = if spki.algorithm.oid
-            == RSA_ENCRYPTION
-        {
-            let by_digest = match (signature_oid, digest) {
-                (SHA1_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA1)) => ID_SHA1,
-                (SHA256_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA256)) => ID_SHA256,
-                (SHA384_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA384)) => ID_SHA384,
-                (SHA512_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA512)) => ID_SHA512,
-                (oid, _) => return Err(unsupported("signature algorithm", oid)),
+        let algorithm: &'static dyn signature::VerificationAlgorithm =
+            if spki.algorithm.oid == RSA_ENCRYPTION {
+                let by_digest = match (signature_oid, digest) {
+                    (SHA1_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA1)) => ID_SHA1,
+                    (SHA256_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA256)) => ID_SHA256,
+                    (SHA384_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA384)) => ID_SHA384,
+                    (SHA512_WITH_RSA, _) | (RSA_ENCRYPTION, Some(ID_SHA512)) => ID_SHA512,
+                    (oid, _) => return Err(unsupported("signature algorithm", oid)),
+                };
+                match by_digest {
+                    ID_SHA1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+                    ID_SHA256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+                    ID_SHA384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+                    _ => &signature::RSA_PKCS1_2048_8192_SHA512,
+                }
+            } else if spki.algorithm.oid == EC_PUBLIC_KEY {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                    .ok_or_else(|| unsupported("EC key without named curve", EC_PUBLIC_KEY))?;
+                match (curve, signature_oid) {
+                    (SECP256R1, ECDSA_WITH_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
+                    (SECP256R1, ECDSA_WITH_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
+                    (SECP384R1, ECDSA_WITH_SHA256) => &signature::ECDSA_P384_SHA256_ASN1,
+                    (SECP384R1, ECDSA_WITH_SHA384) => &signature::ECDSA_P384_SHA384_ASN1,
+                    (SECP256R1 | SECP384R1, oid) => {
+                        return Err(unsupported("signature algorithm", oid));
+                    }
+                    (curve, _) => return Err(unsupported("EC curve", curve)),
+                }
+            } else {
+                return Err(unsupported("key algorithm", spki.algorithm.oid));
             };
-            match by_digest {
-                ID_SHA1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-                ID_SHA256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                ID_SHA384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                _ => &signature::RSA_PKCS1_2048_8192_SHA512,
-            }
-        } else if spki.algorithm.oid == EC_PUBLIC_KEY {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
-                .ok_or_else(|| unsupported("EC key without named curve", EC_PUBLIC_KEY))?;
-            match (curve, signature_oid) {
-                (SECP256R1, ECDSA_WITH_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
-                (SECP256R1, ECDSA_WITH_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
-                (SECP384R1, ECDSA_WITH_SHA256) => &signature::ECDSA_P384_SHA256_ASN1,
-                (SECP384R1, ECDSA_WITH_SHA384) => &signature::ECDSA_P384_SHA384_ASN1,
-                (SECP256R1 | SECP384R1, oid) => return Err(unsupported("signature algorithm", oid)),
-                (curve, _) => return Err(unsupported("EC curve", curve)),
-            }
-        } else {
-            return Err(unsupported("key algorithm", spki.algorithm.oid));
-        };
         Ok(VerifyAlgorithm(algorithm))
     }
 
@@ -450,30 +452,73 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
             openssl(
                 d,
                 &[
-                    "req", "-x509", "-new", "-key", "root.key", "-sha256", "-days", "30",
-                    "-subj", "/O=JexCloud Test/CN=Test Root CA", "-config", "ext.cnf",
-                    "-extensions", "ca", "-out", "root.pem",
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    "root.key",
+                    "-sha256",
+                    "-days",
+                    "30",
+                    "-subj",
+                    "/O=JexCloud Test/CN=Test Root CA",
+                    "-config",
+                    "ext.cnf",
+                    "-extensions",
+                    "ca",
+                    "-out",
+                    "root.pem",
                 ],
             );
             for (name, issuer, subject, ext) in [
-                ("inter", "root", "/O=JexCloud Test/CN=Test Installer CA", "ca"),
-                ("signer", "inter", "/O=JexCloud Test/CN=Test Installer Signer", "leaf"),
+                (
+                    "inter",
+                    "root",
+                    "/O=JexCloud Test/CN=Test Installer CA",
+                    "ca",
+                ),
+                (
+                    "signer",
+                    "inter",
+                    "/O=JexCloud Test/CN=Test Installer Signer",
+                    "leaf",
+                ),
             ] {
                 openssl(d, &["genrsa", "-out", &format!("{name}.key"), "2048"]);
                 openssl(
                     d,
                     &[
-                        "req", "-new", "-key", &format!("{name}.key"), "-subj", subject,
-                        "-out", &format!("{name}.csr"),
+                        "req",
+                        "-new",
+                        "-key",
+                        &format!("{name}.key"),
+                        "-subj",
+                        subject,
+                        "-out",
+                        &format!("{name}.csr"),
                     ],
                 );
                 openssl(
                     d,
                     &[
-                        "x509", "-req", "-in", &format!("{name}.csr"), "-CA",
-                        &format!("{issuer}.pem"), "-CAkey", &format!("{issuer}.key"),
-                        "-set_serial", if name == "inter" { "2" } else { "3" }, "-sha256",
-                        "-days", "30", "-extfile", "ext.cnf", "-extensions", ext, "-out",
+                        "x509",
+                        "-req",
+                        "-in",
+                        &format!("{name}.csr"),
+                        "-CA",
+                        &format!("{issuer}.pem"),
+                        "-CAkey",
+                        &format!("{issuer}.key"),
+                        "-set_serial",
+                        if name == "inter" { "2" } else { "3" },
+                        "-sha256",
+                        "-days",
+                        "30",
+                        "-extfile",
+                        "ext.cnf",
+                        "-extensions",
+                        ext,
+                        "-out",
                         &format!("{name}.pem"),
                     ],
                 );
@@ -501,14 +546,39 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
             openssl(d, &["genrsa", "-out", "rogue.key", "2048"]);
             openssl(
                 d,
-                &["req", "-new", "-key", "rogue.key", "-subj", "/CN=Rogue", "-out", "rogue.csr"],
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    "rogue.key",
+                    "-subj",
+                    "/CN=Rogue",
+                    "-out",
+                    "rogue.csr",
+                ],
             );
             openssl(
                 d,
                 &[
-                    "x509", "-req", "-in", "rogue.csr", "-CA", "signer.pem", "-CAkey",
-                    "signer.key", "-set_serial", "9", "-sha256", "-days", "30", "-extfile",
-                    "ext.cnf", "-extensions", "leaf", "-out", "rogue.pem",
+                    "x509",
+                    "-req",
+                    "-in",
+                    "rogue.csr",
+                    "-CA",
+                    "signer.pem",
+                    "-CAkey",
+                    "signer.key",
+                    "-set_serial",
+                    "9",
+                    "-sha256",
+                    "-days",
+                    "30",
+                    "-extfile",
+                    "ext.cnf",
+                    "-extensions",
+                    "leaf",
+                    "-out",
+                    "rogue.pem",
                 ],
             );
             self.cert("rogue.pem")
@@ -521,9 +591,22 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
             openssl(
                 d,
                 &[
-                    "req", "-x509", "-new", "-key", "other.key", "-sha256", "-days", "30",
-                    "-subj", "/O=JexCloud Test/CN=Test Root CA", "-config", "ext.cnf",
-                    "-extensions", "ca", "-out", "other.pem",
+                    "req",
+                    "-x509",
+                    "-new",
+                    "-key",
+                    "other.key",
+                    "-sha256",
+                    "-days",
+                    "30",
+                    "-subj",
+                    "/O=JexCloud Test/CN=Test Root CA",
+                    "-config",
+                    "ext.cnf",
+                    "-extensions",
+                    "ca",
+                    "-out",
+                    "other.pem",
                 ],
             );
             d.join("other.pem")
@@ -541,8 +624,13 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
     fn chain_through_an_intermediate_reaches_the_root() {
         let pki = TestPki::new();
         let leaf = pki.cert("signer.pem");
-        let path = verify_chain(&leaf, &[pki.cert("inter.pem")], &[pki.cert("root.pem")], now())
-            .expect("chain verifies");
+        let path = verify_chain(
+            &leaf,
+            &[pki.cert("inter.pem")],
+            &[pki.cert("root.pem")],
+            now(),
+        )
+        .expect("chain verifies");
         let subjects: Vec<String> = path.iter().map(Certificate::subject).collect();
         assert_eq!(
             subjects,
@@ -560,15 +648,13 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
         let leaf = pki.cert("signer.pem");
         let err = verify_chain(&leaf, &[], &[pki.cert("root.pem")], now()).expect_err("no inter");
         assert!(matches!(err, ChainError::NoIssuer { .. }), "{err}");
-        let other = Certificate::from_pem_bundle(
-            &std::fs::read(pki.other_root()).expect("read"),
-            "other",
-        )
-        .expect("pem")
-        .remove(0);
+        let other =
+            Certificate::from_pem_bundle(&std::fs::read(pki.other_root()).expect("read"), "other")
+                .expect("pem")
+                .remove(0);
         // Same subject name as the real root, different key: the signature check rejects it.
-        let err = verify_chain(&leaf, &[pki.cert("inter.pem")], &[other], now())
-            .expect_err("wrong root");
+        let err =
+            verify_chain(&leaf, &[pki.cert("inter.pem")], &[other], now()).expect_err("wrong root");
         assert!(err.to_string().contains("Test Installer CA"), "{err}");
     }
 
@@ -577,8 +663,13 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
         let pki = TestPki::new();
         let leaf = pki.cert("signer.pem");
         let later = now() + 365 * 86_400;
-        let err = verify_chain(&leaf, &[pki.cert("inter.pem")], &[pki.cert("root.pem")], later)
-            .expect_err("expired");
+        let err = verify_chain(
+            &leaf,
+            &[pki.cert("inter.pem")],
+            &[pki.cert("root.pem")],
+            later,
+        )
+        .expect_err("expired");
         assert!(matches!(err, ChainError::NotValidNow { .. }), "{err}");
         // A certificate issued by the leaf: the leaf is on the path as an issuer but is no CA.
         let rogue = pki.issue_from_leaf();

@@ -314,8 +314,7 @@ pub fn layout(
     }
     let xml = format!("{header_xml}{} </toc>\n</xar>\n", writer.xml);
 
-    let mut encoder =
-        flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
     encoder
         .write_all(xml.as_bytes())
         .map_err(XarError::Compress)?;
@@ -447,7 +446,11 @@ fn child<'a, 'i>(node: roxmltree::Node<'a, 'i>, name: &str) -> Option<roxmltree:
         .find(|c| c.is_element() && c.tag_name().name() == name)
 }
 
-fn child_text(node: roxmltree::Node<'_, '_>, name: &str, context: &str) -> Result<String, XarError> {
+fn child_text(
+    node: roxmltree::Node<'_, '_>,
+    name: &str,
+    context: &str,
+) -> Result<String, XarError> {
     child(node, name)
         .and_then(|c| c.text())
         .map(|t| t.trim().to_owned())
@@ -471,7 +474,11 @@ fn declared_checksum(
             .attribute("style")
             .ok_or_else(|| toc_err(context, format!("<{name}> has no style")))?
             .to_ascii_lowercase(),
-        hex: element.text().unwrap_or_default().trim().to_ascii_lowercase(),
+        hex: element
+            .text()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase(),
     })
 }
 
@@ -487,7 +494,10 @@ fn walk_file(
 ) -> Result<(), XarError> {
     let name = child_text(node, "name", "file")?;
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(toc_err("file", format!("name {name:?} is not a plain file name")));
+        return Err(toc_err(
+            "file",
+            format!("name {name:?} is not a plain file name"),
+        ));
     }
     let path = match parent {
         Some(p) => format!("{p}/{name}"),
@@ -506,7 +516,13 @@ fn walk_file(
     let perm = match child(node, "mode").and_then(|m| m.text()) {
         Some(text) => u32::from_str_radix(text.trim(), 8)
             .map_err(|_| toc_err(&path, format!("<mode> {text:?} is not octal")))?,
-        None => if is_directory { 0o755 } else { 0o644 },
+        None => {
+            if is_directory {
+                0o755
+            } else {
+                0o644
+            }
+        }
     };
     let uid = match child(node, "uid") {
         Some(_) => child_u64(node, "uid", &path)? as u32,
@@ -536,7 +552,11 @@ fn walk_file(
     if is_directory == data.is_some() {
         return Err(toc_err(
             &path,
-            if is_directory { "is a directory with data" } else { "is a file without data" },
+            if is_directory {
+                "is a directory with data"
+            } else {
+                "is a file without data"
+            },
         ));
     }
     let unknown_elements = node
@@ -610,7 +630,8 @@ impl<'a> XarArchive<'a> {
             return Err(toc_err("xar", "root element is not <xar>"));
         }
         let toc = child(root, "toc").ok_or_else(|| toc_err("xar", "has no <toc>"))?;
-        let checksum_node = child(toc, "checksum").ok_or_else(|| toc_err("toc", "has no <checksum>"))?;
+        let checksum_node =
+            child(toc, "checksum").ok_or_else(|| toc_err("toc", "has no <checksum>"))?;
         let checksum = (
             checksum_node
                 .attribute("style")
@@ -636,7 +657,9 @@ impl<'a> XarArchive<'a> {
                             return Err(toc_err(name, format!("has unsupported style {other:?}")));
                         }
                     };
-                    let certificates = match child(node, "KeyInfo").and_then(|k| child(k, "X509Data")) {
+                    let certificates = match child(node, "KeyInfo")
+                        .and_then(|k| child(k, "X509Data"))
+                    {
                         Some(data) => data
                             .children()
                             .filter(|c| c.is_element() && c.tag_name().name() == "X509Certificate")
@@ -726,7 +749,10 @@ impl<'a> XarArchive<'a> {
     /// this writer would not reproduce, rather than dropping them silently.
     pub fn to_files(&self) -> Result<Vec<XarFile>, XarError> {
         if let Some(unknown) = self.unknown_toc_elements.first() {
-            return Err(toc_err("toc", format!("has element <{unknown}> this tool cannot re-sign")));
+            return Err(toc_err(
+                "toc",
+                format!("has element <{unknown}> this tool cannot re-sign"),
+            ));
         }
         let mut roots: Vec<XarFile> = Vec::new();
         for entry in &self.entries {
@@ -822,9 +848,15 @@ mod tests {
         let archive = XarArchive::parse(&bytes).expect("parse");
         assert_eq!(archive.checksum, ("sha1".to_owned(), 0, 20));
         let digest = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, archive.compressed_toc());
-        assert_eq!(archive.stored_checksum().expect("checksum"), digest.as_ref());
+        assert_eq!(
+            archive.stored_checksum().expect("checksum"),
+            digest.as_ref()
+        );
         let paths: Vec<&str> = archive.entries.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["Distribution", "a.pkg", "a.pkg/Payload", "a.pkg/Empty"]);
+        assert_eq!(
+            paths,
+            ["Distribution", "a.pkg", "a.pkg/Payload", "a.pkg/Empty"]
+        );
         for entry in archive.entries.iter().filter(|e| !e.is_directory) {
             let data = archive.archived_data(entry).expect("data");
             let declared = entry.data.as_ref().expect("declared");
@@ -879,18 +911,29 @@ mod tests {
             .arg(&path)
             .output()
             .expect("bsdtar must be installed to run this test (apt-get install libarchive-tools)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
         let mut names: Vec<&str> = listing.lines().collect();
         names.sort();
-        assert_eq!(names, ["Distribution", "a.pkg", "a.pkg/Empty", "a.pkg/Payload"]);
+        assert_eq!(
+            names,
+            ["Distribution", "a.pkg", "a.pkg/Empty", "a.pkg/Payload"]
+        );
         let out = std::process::Command::new("bsdtar")
             .arg("-xf")
             .arg(&path)
             .current_dir(dir.path())
             .output()
             .expect("bsdtar");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             std::fs::read(dir.path().join("a.pkg/Payload")).expect("payload"),
             vec![7u8; 5000]
