@@ -14,7 +14,8 @@
 //! `KeyInfo/X509Data`. Since the signatures cannot sign a TOC that contains them, their sizes are
 //! fixed first (the RSA modulus length; the CMS length of a trial signature, which does not depend
 //! on the content), then the TOC and its checksum are computed, then the slots are filled.
-//! Signing is deterministic for a given key, certificates, input and signing time.
+//! The input's TOC checksum and file checksums are checked first: a damaged package is never
+//! signed. Signing is deterministic for a given key, certificates, input and signing time.
 
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
@@ -53,6 +54,9 @@ pub enum SignError {
     /// The input is not a package this tool can re-sign, or the output could not be laid out.
     #[error("sign package")]
     Archive(#[from] XarError),
+    /// The input package is damaged (checksums do not match its contents).
+    #[error("sign package: the input package is damaged; rebuild it")]
+    Damaged(#[source] Box<crate::verify::VerifyError>),
     /// The input has no creation time to preserve.
     #[error("sign package: the table of contents has no <creation-time>")]
     NoCreationTime,
@@ -171,6 +175,7 @@ pub fn sign_package(
     signing_time: u64,
 ) -> Result<Vec<u8>, SignError> {
     let archive = XarArchive::parse(pkg)?;
+    crate::verify::check_integrity(&archive).map_err(|e| SignError::Damaged(Box::new(e)))?;
     let files = archive.to_files()?;
     let creation_time = archive
         .creation_time
@@ -270,6 +275,22 @@ mod tests {
         assert_eq!(format!("{a:?}"), "RsaSigningKey(...)");
         let err = RsaSigningKey::from_pem(b"junk", "junk.key").expect_err("junk");
         assert!(err.to_string().contains("junk.key"), "{err}");
+    }
+
+    #[test]
+    fn refuses_to_sign_a_damaged_package() {
+        let pki = TestPki::new();
+        let identity = SigningIdentity::from_pem(
+            &pki.read("signer.pem"),
+            &pki.read("signer.key"),
+            &pki.read("inter.pem"),
+        )
+        .expect("identity");
+        let mut pkg = crate::build::build_package(&crate::build::tests::inputs()).expect("build");
+        let last = pkg.len() - 1;
+        pkg[last] ^= 1;
+        let err = sign_package(&pkg, &identity, 1_760_000_000).expect_err("damaged");
+        assert!(matches!(err, SignError::Damaged(_)), "{err}");
     }
 
     #[test]

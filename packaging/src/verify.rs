@@ -225,14 +225,9 @@ fn package_identity(archive: &XarArchive<'_>) -> Option<(String, String)> {
     ))
 }
 
-/// Verifies the signed package `pkg` against the CA certificates `anchors` at time `now` (unix
-/// seconds). See the module docs for the checks.
-pub fn verify_package(
-    pkg: &[u8],
-    anchors: &[Certificate],
-    now: u64,
-) -> Result<VerifiedPackage, VerifyError> {
-    let archive = XarArchive::parse(pkg)?;
+/// Checks the TOC checksum form and value and the heap layout (steps 1 to 3); returns the
+/// stored checksum.
+fn check_toc<'a>(archive: &XarArchive<'a>) -> Result<&'a [u8], VerifyError> {
     if archive.checksum_algorithm != xar::CHECKSUM_SHA1
         || archive.checksum.0 != "sha1"
         || archive.checksum.2 != xar::SHA1_LEN as u64
@@ -247,8 +242,39 @@ pub fn verify_package(
     if checksum != toc_digest.as_ref() {
         return Err(VerifyError::TocChecksumMismatch);
     }
-    check_heap_layout(&archive)?;
+    check_heap_layout(archive)?;
+    Ok(checksum)
+}
 
+/// Checks every file's checksums and sizes (step 7); returns each file's path and size.
+fn check_files(archive: &XarArchive<'_>) -> Result<Vec<(String, u64)>, VerifyError> {
+    let mut files = Vec::new();
+    for entry in &archive.entries {
+        let size = check_file(archive, entry)?;
+        if !entry.is_directory {
+            files.push((entry.path.clone(), size));
+        }
+    }
+    Ok(files)
+}
+
+/// Checks an archive's integrity without signatures: TOC checksum, heap layout and every file's
+/// checksums. The signer runs it so that it never signs a damaged package.
+pub fn check_integrity(archive: &XarArchive<'_>) -> Result<(), VerifyError> {
+    check_toc(archive)?;
+    check_files(archive)?;
+    Ok(())
+}
+
+/// Verifies the signed package `pkg` against the CA certificates `anchors` at time `now` (unix
+/// seconds). See the module docs for the checks.
+pub fn verify_package(
+    pkg: &[u8],
+    anchors: &[Certificate],
+    now: u64,
+) -> Result<VerifiedPackage, VerifyError> {
+    let archive = XarArchive::parse(pkg)?;
+    let checksum = check_toc(&archive)?;
     let cms_sig = archive
         .signature(SignatureStyle::Cms)
         .ok_or(VerifyError::NotSigned("<x-signature style=\"CMS\">"))?;
@@ -294,13 +320,7 @@ pub fn verify_package(
         return Err(VerifyError::ForeignCertificate(foreign.subject()));
     }
 
-    let mut files = Vec::new();
-    for entry in &archive.entries {
-        let size = check_file(&archive, entry)?;
-        if !entry.is_directory {
-            files.push((entry.path.clone(), size));
-        }
-    }
+    let files = check_files(&archive)?;
     Ok(VerifiedPackage {
         chain: path.iter().map(Certificate::subject).collect(),
         signing_time: verified.signing_time,
