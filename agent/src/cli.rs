@@ -115,16 +115,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => crate::app::run(&config),
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitKind::Ok.into()
-            }
-            Err(e) => {
-                eprintln!("jex-agent: {e}");
-                ExitKind::Usage.into()
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
         Command::Pki {
             command:
                 PkiCommand::Dev {
@@ -170,6 +161,34 @@ pub fn main() -> ExitCode {
                 file: None,
             });
             block_on(async move { crate::demo::run(seconds, keep).await })
+        }
+    }
+}
+
+/// `check-config`: the file parses and validates, and the TLS material it names loads (the
+/// certificate chain, the key with mode 0600, the client CA, the host id in the certificate).
+/// Exits 64 when anything would stop the agent from starting.
+pub fn check_config(path: &std::path::Path) -> ExitCode {
+    let result = (|| -> Result<String, String> {
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        crate::tls::server_config(&config.tls).map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
+        let host_id = crate::tls::host_id_from_cert(&config.tls.cert)
+            .map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
+        Ok(format!(
+            "{}: ok (host {host_id}, listen {}, {} erase target(s))",
+            path.display(),
+            config.server.listen,
+            config.erase.targets.len()
+        ))
+    })();
+    match result {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitKind::Ok.into()
+        }
+        Err(e) => {
+            eprintln!("jex-agent: {e}");
+            ExitKind::Usage.into()
         }
     }
 }
