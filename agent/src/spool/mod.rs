@@ -45,12 +45,12 @@
 //! as `Corrupt` rather than handed out again. A segment whose header is damaged, or that cannot
 //! be read, is skipped; none of this stops [`Spool::open`].
 //!
-//! # Configuration (TOML, embedded in the agent config)
+//! # Configuration (TOML, embedded in the agent config; the table name is the config's choice)
 //!
 //! ```toml
 //! [telemetry.spool]
 //! dir = "/var/lib/jex-agent/spool"   # required
-//! max_bytes = 25165824               # default: 24 MiB, about 48 h of 10-core samples at 1 Hz
+//! max_bytes = 25165824               # default: 24 MiB, about 44 h of 10-core samples at 1 Hz
 //! segment_bytes = 1048576            # default: 1 MiB
 //! fsync_interval_ms = 1000           # default: 1 s
 //! ```
@@ -73,9 +73,11 @@ use crate::telemetry::{Gap, GapReason, Record, RecordBody};
 
 /// Default `max_bytes`: 24 MiB.
 ///
-/// A 10-core sample with P/E clusters and every memory class takes about 150 bytes on disk with
-/// its frame, 24 cores about 180 bytes (measured by the `spool` benchmark), so 24 h at 1 Hz is
-/// 13 to 16 MB; 24 MiB leaves room for larger hosts and for the segment being written.
+/// Measured by the `spool` benchmark, a sample with P/E clusters and every memory class takes
+/// 138 bytes on disk with its frame on a 2-core host, 154 on 10 cores and 182 on 24 cores
+/// (about 2.3 bytes per extra core), so 24 h at 1 Hz is 11.9 to 15.7 MB, about 17.3 MB for a
+/// 32-core host. 24 MiB holds a day of the largest of these plus the segment being written, with
+/// about 30 % to spare; 16 MiB would leave no margin for 24 cores once a segment is kept free.
 pub const DEFAULT_MAX_BYTES: u64 = 24 * 1024 * 1024;
 /// Default `segment_bytes`: 1 MiB, about 1.9 h of samples at 1 Hz, so eviction drops at most
 /// about 4 % of a full spool at a time.
@@ -431,6 +433,8 @@ pub struct Spool {
     evicted_last_time: Option<u64>,
     evicted_records: u64,
     sync_failures: u64,
+    /// The last fsync failed (logged once per run of failures).
+    sync_failing: bool,
     read_errors: AtomicU64,
     /// Reused encode buffer.
     frame: Vec<u8>,
@@ -495,6 +499,7 @@ impl Spool {
             evicted_last_time: None,
             evicted_records: 0,
             sync_failures: 0,
+            sync_failing: false,
             read_errors: AtomicU64::new(0),
             frame: Vec::new(),
         };
@@ -612,10 +617,19 @@ impl Spool {
         let written = self.write_frame(&record, &mut frame);
         self.frame = frame;
         written?;
-        if self.sync_due()
-            && let Err(err) = self.sync()
-        {
-            warn!(error = %err, seq = record.seq, "Spool fsync failed; will retry.");
+        if self.sync_due() {
+            match self.sync() {
+                Ok(()) if self.sync_failing => {
+                    self.sync_failing = false;
+                    info!(seq = record.seq, "Spool fsync works again.");
+                }
+                Ok(()) => {}
+                Err(err) if !self.sync_failing => {
+                    self.sync_failing = true;
+                    warn!(error = %err, seq = record.seq, "Spool fsync failed; records stay unpublished until a retry succeeds.");
+                }
+                Err(_) => {}
+            }
         }
         Ok(record)
     }

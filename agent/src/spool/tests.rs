@@ -565,6 +565,22 @@ fn a_lowered_cap_is_enforced_on_open() {
 }
 
 #[test]
+fn a_record_too_large_for_a_frame_is_refused_without_using_a_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut spool, _) = open(&config(tmp.path()));
+    append_n(&mut spool, 2);
+    let mut huge = sample(0);
+    huge.cpu.core_busy_bp = vec![9999; 40_000];
+    let err = spool.append(T0, RecordBody::Sample(huge)).unwrap_err();
+    assert!(
+        matches!(err, SpoolError::RecordTooLarge { seq: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(spool.append(T0, body(3)).unwrap().seq, 3);
+    assert_eq!(seqs(&read_all(&spool, 0)), vec![1, 2, 3]);
+}
+
+#[test]
 fn config_reads_toml_with_defaults_and_rejects_unknown_keys() {
     let parsed: SpoolConfig = toml::from_str(r#"dir = "/var/lib/jex-agent/spool""#).unwrap();
     assert_eq!(parsed, SpoolConfig::new("/var/lib/jex-agent/spool"));

@@ -483,9 +483,11 @@ impl Sampler {
         match spool.append(now, body) {
             Ok(record) => self.pending.push_back(record),
             Err(err) => {
-                warn!(error = %err, "Cannot spool a telemetry record; it is lost and will be reported as a gap.");
+                if self.unspooled_since.is_none() {
+                    warn!(error = %err, "Cannot spool telemetry records; they are lost until the spool accepts records again, then reported as a gap.");
+                    self.unspooled_since = Some(window_start);
+                }
                 lock(&self.shared.status).spool_errors += 1;
-                self.unspooled_since = Some(window_start);
             }
         }
         self.publish(spool);
@@ -983,6 +985,44 @@ mod tests {
         }
         assert!(next_batch(&mut ahead).await.is_none());
         hub.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_the_spool_refuses_becomes_an_explicit_gap() {
+        /// Call 3 returns a sample too large for a spool frame.
+        struct Oversized(u32);
+        impl SampleSource for Oversized {
+            fn sample(&mut self) -> Result<Sample, SampleError> {
+                self.0 += 1;
+                let mut sample = Sample {
+                    window_ms: self.0,
+                    ..Sample::default()
+                };
+                if self.0 == 3 {
+                    sample.cpu.core_busy_bp = vec![9999; 40_000];
+                }
+                Ok(sample)
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
+        let hub = Hub::start(Box::new(Oversized(0)), spool, fast()).unwrap();
+        wait_for_seq(&hub, 5).await;
+        hub.shutdown().await.unwrap();
+        let all = drain(hub.subscribe_history(0, 100)).await;
+        let windows: Vec<Option<u32>> = all
+            .iter()
+            .map(|record| match &record.body {
+                RecordBody::Sample(sample) => Some(sample.window_ms),
+                RecordBody::Gap(_) => None,
+            })
+            .collect();
+        assert_eq!(windows[..5], [Some(1), Some(2), None, Some(4), Some(5)]);
+        let lost = gap(&all[2]).unwrap();
+        assert_eq!(lost.reason, GapReason::SamplerError);
+        assert_eq!(lost.start_time_unix_ms, all[1].time_unix_ms);
+        assert_eq!(lost.end_time_unix_ms, all[2].time_unix_ms);
+        assert_eq!(hub.stats().spool_errors, 1);
     }
 
     #[tokio::test]
