@@ -507,8 +507,9 @@ impl Spool {
         if let Some(tail) = &last_tail {
             report.torn_tail_bytes = tail.bytes;
             // Numbers of whole frames in the tail were handed out: never reuse them.
-            if let Some(last) = spool.segments.back().and_then(|segment| segment.last) {
-                spool.next_seq = spool.next_seq.max(last.seq + 1 + tail.whole_frames);
+            if let Some(segment) = spool.segments.back() {
+                let first_in_tail = segment.last.map_or(segment.base_seq, |head| head.seq + 1);
+                spool.next_seq = spool.next_seq.max(first_in_tail + tail.whole_frames);
             }
         }
         spool.reopen_active(last_tail.map(|tail| tail.valid_end));

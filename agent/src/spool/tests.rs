@@ -420,6 +420,30 @@ fn a_damaged_last_frame_keeps_its_number_reserved() {
 }
 
 #[test]
+fn damaged_frames_filling_the_newest_segment_keep_their_numbers_reserved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 100);
+    drop(spool);
+    let newest = segment_paths(&config).pop().unwrap();
+    let frames = frames_of(&newest);
+    for &(_, offset, len) in &frames {
+        flip_byte(&newest, offset + len - 2);
+    }
+    let (first_lost, last_lost) = (frames[0].0, frames.last().unwrap().0);
+    assert_eq!(last_lost, 100);
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.last_seq, Some(100));
+    assert_eq!(report.corrupt_records, last_lost - first_lost + 1);
+    assert_eq!(append_n(&mut spool, 1)[0].seq, 101);
+    let all = read_all(&spool, first_lost - 1);
+    assert_eq!(seqs(&all), vec![100, 101]);
+    assert_eq!(gap_of(&all[0]).missing_seqs, Some((first_lost, 100)));
+}
+
+#[test]
 fn a_segment_with_a_damaged_header_is_skipped_as_a_corrupt_gap() {
     let tmp = tempfile::tempdir().unwrap();
     let config = small_config(tmp.path());

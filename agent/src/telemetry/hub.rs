@@ -1025,6 +1025,34 @@ mod tests {
         assert_eq!(hub.stats().spool_errors, 1);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_fsync_slower_than_sampling_records_go_live_only_once_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool_config = SpoolConfig {
+            fsync_interval: Duration::from_millis(40),
+            ..spool_config(tmp.path())
+        };
+        let (spool, _) = Spool::open(spool_config).unwrap();
+        let (source, _) = scripted(u64::MAX);
+        let hub = Hub::start(source, spool, HubConfig::new(Duration::from_millis(2))).unwrap();
+        let mut sub = hub.subscribe(0, 1000);
+        let (mut cursor, mut seen, mut batches) = (0, Vec::new(), 0);
+        while cursor < 100 {
+            let batch = next_batch(&mut sub).await.unwrap();
+            let newest = batch.last().unwrap().seq;
+            let durable = hub.stats().spool.durable_seq;
+            assert!(
+                newest <= durable,
+                "record {newest} seen before durable ({durable})"
+            );
+            take(batch, &mut cursor, &mut seen);
+            batches += 1;
+        }
+        // Several records per fsync: fewer batches than records.
+        assert!(batches < cursor, "{batches} batches for {cursor} records");
+        hub.shutdown().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_zero_interval_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
