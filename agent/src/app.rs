@@ -62,6 +62,15 @@ pub enum AppError {
     /// The reflection service.
     #[error("building the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The telemetry spool.
+    #[error("opening the telemetry spool")]
+    Spool(#[from] crate::spool::SpoolError),
+    /// The sampler.
+    #[error("starting the telemetry sampler")]
+    Sampler(#[from] crate::telemetry::SampleError),
+    /// The hub.
+    #[error("starting telemetry")]
+    Hub(#[from] crate::telemetry::hub::HubError),
     /// A state directory.
     #[error("creating state directory {path}")]
     StateDir {
@@ -73,13 +82,35 @@ pub enum AppError {
     },
 }
 
+fn create_private_dir(path: &Path) -> Result<(), AppError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| AppError::StateDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
 /// A running agent.
-#[derive(Debug)]
 pub struct RunningAgent {
     local_addr: SocketAddr,
+    hub: Arc<crate::telemetry::hub::Hub>,
     tls: Arc<ServerTls>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningAgent")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningAgent {
@@ -106,6 +137,9 @@ impl RunningAgent {
                 "drain took too long; stopping anyway"
             );
             server.abort();
+        }
+        if let Err(e) = self.hub.shutdown().await {
+            tracing::error!(error = %error_chain(&e), "telemetry did not stop cleanly");
         }
     }
 }
@@ -137,7 +171,29 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         telemetry_interval_ms: config.telemetry.interval_ms as u32,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let hub = crate::telemetry::hub::Hub::default();
+    create_private_dir(&config.state_dir)?;
+    let (spool, report) = crate::spool::Spool::open(config.spool_config())?;
+    tracing::info!(
+        records = report.records,
+        last_seq = report.last_seq,
+        corrupt_records = report.corrupt_records,
+        torn_tail_bytes = report.torn_tail_bytes,
+        unreadable_segments = report.unreadable_segments,
+        "telemetry spool opened"
+    );
+    if report.corrupt_records > 0 || report.unreadable_segments > 0 {
+        tracing::warn!(
+            corrupt_records = report.corrupt_records,
+            unreadable_segments = report.unreadable_segments,
+            "telemetry spool had corrupt records: skipped, counted, and reported to controllers as a CORRUPT gap"
+        );
+    }
+    let source = crate::telemetry::sampler::platform_source(host.cpu_kinds.clone())?;
+    let hub = Arc::new(crate::telemetry::hub::Hub::start(
+        source,
+        spool,
+        crate::telemetry::hub::HubConfig::new(Duration::from_millis(config.telemetry.interval_ms)),
+    )?);
     let erase = crate::erase::service::EraseService::default();
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -159,7 +215,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = AgentService::new(facts, hub, erase, shutdown_rx.clone());
+    let service = AgentService::new(facts, hub.clone(), erase, shutdown_rx.clone());
 
     let (incoming, accept_task) = listener::incoming(listener, tls.clone());
     let router = tonic::transport::Server::builder()
@@ -187,6 +243,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     tracing::info!(addr = %local_addr, host_id = %host_id, version = crate::AGENT_VERSION, "agent serving");
     Ok(RunningAgent {
         local_addr,
+        hub,
         tls,
         shutdown: shutdown_tx,
         server,

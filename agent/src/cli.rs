@@ -171,7 +171,8 @@ pub fn main() -> ExitCode {
 pub fn check_config(path: &std::path::Path) -> ExitCode {
     let result = (|| -> Result<String, String> {
         let config = Config::load(path).map_err(|e| e.to_string())?;
-        crate::tls::server_config(&config.tls).map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
+        crate::tls::server_config(&config.tls)
+            .map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
         let host_id = crate::tls::host_id_from_cert(&config.tls.cert)
             .map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
         Ok(format!(

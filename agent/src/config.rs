@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::erase::EraseConfig;
-use crate::spool::SpoolConfig;
+use crate::spool::{SpoolConfig, SpoolError};
 
 /// Where the agent keeps things by default on this OS.
 pub mod defaults {
@@ -69,6 +69,9 @@ pub mod defaults {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the agent keeps its state (spool, erase journal, certificates); mode 0700.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// The gRPC listener.
     #[serde(default)]
     pub server: ServerConfig,
@@ -106,6 +109,10 @@ impl Default for ServerConfig {
             status_socket: default_status_socket(),
         }
     }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(defaults::STATE_DIR)
 }
 
 fn default_listen() -> SocketAddr {
@@ -151,16 +158,30 @@ pub struct TelemetryConfig {
     pub interval_ms: u64,
     /// The on-disk spool.
     #[serde(default)]
-    pub spool: SpoolConfig,
+    pub spool: SpoolSection,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             interval_ms: default_interval_ms(),
-            spool: SpoolConfig::default(),
+            spool: SpoolSection::default(),
         }
     }
+}
+
+/// `[telemetry.spool]`: every key optional; see [`SpoolConfig`] for the defaults and limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Segment directory (default `<state_dir>/spool`).
+    pub dir: Option<PathBuf>,
+    /// Cap on all segments' bytes (default 24 MiB: a day at 1 Hz with margin).
+    pub max_bytes: Option<u64>,
+    /// Segment size.
+    pub segment_bytes: Option<u64>,
+    /// Longest wait for a record's fsync, ms.
+    pub fsync_interval_ms: Option<u64>,
 }
 
 fn default_interval_ms() -> u64 {
@@ -248,6 +269,26 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The spool settings, defaults filled in.
+    pub fn spool_config(&self) -> SpoolConfig {
+        let s = &self.telemetry.spool;
+        let mut c = SpoolConfig::new(
+            s.dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("spool")),
+        );
+        if let Some(v) = s.max_bytes {
+            c.max_bytes = v;
+        }
+        if let Some(v) = s.segment_bytes {
+            c.segment_bytes = v;
+        }
+        if let Some(v) = s.fsync_interval_ms {
+            c.fsync_interval = std::time::Duration::from_millis(v);
+        }
+        c
+    }
+
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -293,6 +334,7 @@ impl Config {
             ));
         }
         for (key, p) in [
+            ("state_dir", &self.state_dir),
             ("tls.cert", &self.tls.cert),
             ("tls.key", &self.tls.key),
             ("tls.client_ca", &self.tls.client_ca),
@@ -352,6 +394,25 @@ impl Config {
                     self.logging.level
                 ),
             ));
+        }
+        let spool = self.spool_config();
+        if !spool.dir.is_absolute() {
+            return Err(invalid(
+                "telemetry.spool.dir",
+                format!("{} is relative: use an absolute path", spool.dir.display()),
+            ));
+        }
+        match spool.validate() {
+            Ok(()) => {}
+            Err(SpoolError::InvalidConfig { field, reason }) => {
+                let key = if field == "fsync_interval" {
+                    "fsync_interval_ms"
+                } else {
+                    field
+                };
+                return Err(invalid(&format!("telemetry.spool.{key}"), reason));
+            }
+            Err(other) => return Err(invalid("telemetry.spool", other.to_string())),
         }
         Ok(())
     }

@@ -62,12 +62,13 @@ pub struct HostFacts {
 #[derive(Clone)]
 pub struct AgentService {
     facts: Arc<HostFacts>,
-    hub: Hub,
+    hub: Arc<Hub>,
     erase: EraseService,
     shutdown: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for AgentService {
+    // Hub holds threads and channels; the host id is what identifies a service in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentService")
             .field("host_id", &self.facts.host_id)
@@ -79,7 +80,7 @@ impl AgentService {
     /// Builds the service; `shutdown` turning true ends open streams.
     pub fn new(
         facts: HostFacts,
-        hub: Hub,
+        hub: Arc<Hub>,
         erase: EraseService,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -157,7 +158,11 @@ impl NodeAgent for AgentService {
                 "telemetry stream opened"
             )
         });
-        let records = self.hub.subscribe(r.after_seq, batch, r.history_only);
+        let records = if r.history_only {
+            self.hub.subscribe_history(r.after_seq, batch)
+        } else {
+            self.hub.subscribe(r.after_seq, batch)
+        };
         let mut shutdown = self.shutdown.clone();
         let stream_span = span.clone();
         let out = async_stream_of(records, async move {

@@ -42,5 +42,15 @@ pub fn from_erase(e: &EraseError) -> Status {
 
 /// The status for a telemetry stream error.
 pub fn from_hub(e: &HubError) -> Status {
-    internal(e)
+    match e {
+        // The controller's cursor is from another life of this host's spool: it must restart.
+        HubError::CursorAhead { .. } => Status::out_of_range(e.to_string()),
+        // The agent is stopping or its sampler died: try again later.
+        HubError::SamplerLost | HubError::Flush { .. } => Status::unavailable(e.to_string()),
+        // Our own failures.
+        HubError::InvalidInterval
+        | HubError::SpawnSampler { .. }
+        | HubError::ReadSpool { .. }
+        | HubError::ReadTask { .. } => internal(e),
+    }
 }

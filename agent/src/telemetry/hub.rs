@@ -1,26 +1,1088 @@
-//! placeholder until the hub lands: same public shape, no behaviour.
+//! The telemetry hub: the one sampler of the agent, the spool it writes, and every subscriber.
+//!
+//! # Threads
+//!
+//! The sampler runs on one dedicated thread (`jex-sampler`): the blocking `sample()` call and
+//! the spool writes never run on a tokio worker. Subscribers read the spool through
+//! `spawn_blocking`, one batch at a time, holding the spool's lock only for that batch.
+//!
+//! # Order of work
+//!
+//! On start, if the spool already holds records, the sampler appends one `AgentDown` gap from
+//! the newest record's time to now, so the down time is explicit. Then, every interval, it
+//! takes a sample (an error or a panic becomes a `SamplerError` gap), appends it to the spool,
+//! and publishes every record the spool has made durable to the live channel (a tokio
+//! `broadcast`). A record is published only once it is durable, exactly as the spool only
+//! returns durable records, so a subscriber can never see a number that a crash could hand out
+//! again.
+//!
+//! If the spool cannot take a record (disk full), the sample is dropped, and the first append
+//! that succeeds afterwards is preceded by a `SamplerError` gap covering the lost period.
+//!
+//! # Subscribers
+//!
+//! A [`Subscription`] is a stream of batches of records numbered after a cursor. It first
+//! replays the spool from the cursor, then follows the live channel. A subscriber that falls
+//! behind the channel (`Lagged`), or sees a hole in the live numbers, goes back to reading the
+//! spool from its cursor, so it loses nothing; the channel never waits for anyone, so a slow or
+//! stuck subscriber cannot hold back the sampler or another subscriber. Each batch continues
+//! exactly where the previous one ended: the numbers a subscription yields are consecutive.
+//!
+//! # Shutdown
+//!
+//! [`Hub::shutdown`] stops the sampler after its current tick, flushes the spool, publishes the
+//! last records and closes the live channel; following subscribers then catch up from the spool
+//! and end. Dropping the [`Hub`] also stops the sampler (without waiting for it).
 
-use futures::Stream;
+use std::collections::VecDeque;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::sample::Record;
+use futures::stream::{BoxStream, Stream, StreamExt};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, error, info, warn};
 
-/// The hub failed.
+use crate::spool::{Spool, SpoolError, SpoolStats};
+use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
+
+/// Default capacity of the live channel, in records: about 4 minutes at 1 Hz, a few tens of KB.
+/// A subscriber further behind reads the spool instead.
+pub const DEFAULT_LIVE_CAPACITY: usize = 256;
+
+/// Hub settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubConfig {
+    /// Time between samples; above zero.
+    pub interval: Duration,
+    /// Records kept in the live channel for subscribers that are slightly behind.
+    pub live_capacity: usize,
+}
+
+impl HubConfig {
+    /// Settings with the given interval and the default live capacity.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            live_capacity: DEFAULT_LIVE_CAPACITY,
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(1))
+    }
+}
+
+/// A hub operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("hub unavailable")]
-pub struct HubError;
+pub enum HubError {
+    /// The interval is zero.
+    #[error("telemetry interval must be above zero")]
+    InvalidInterval,
+    /// The sampler thread could not be started.
+    #[error("starting the telemetry sampler thread")]
+    SpawnSampler {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the spool failed.
+    #[error("reading the telemetry spool after seq {after_seq}")]
+    ReadSpool {
+        /// The subscriber's cursor.
+        after_seq: u64,
+        /// The cause.
+        #[source]
+        source: SpoolError,
+    },
+    /// The blocking task that reads the spool failed.
+    #[error("running the telemetry spool read task")]
+    ReadTask {
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The cursor is beyond every number this agent has handed out.
+    #[error(
+        "cursor {after_seq} is ahead of this agent's last telemetry record {last_seq}; \
+         its spool was reset or this is another host: resume from 0"
+    )]
+    CursorAhead {
+        /// The subscriber's cursor.
+        after_seq: u64,
+        /// The highest number this agent has handed out (0: none).
+        last_seq: u64,
+    },
+    /// The final flush at shutdown failed.
+    #[error("flushing the telemetry spool at shutdown")]
+    Flush {
+        /// The cause.
+        #[source]
+        source: SpoolError,
+    },
+    /// The sampler thread ended without reporting (it panicked; the panic is in the log).
+    #[error("the telemetry sampler thread ended unexpectedly")]
+    SamplerLost,
+}
 
-/// Placeholder hub.
+/// What an SRE status view shows about telemetry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubStats {
+    /// The sampler thread is running.
+    pub running: bool,
+    /// Time between samples.
+    pub interval: Duration,
+    /// The highest number visible to subscribers (durable in the spool).
+    pub last_seq: Option<u64>,
+    /// When the last successful sample was taken.
+    pub last_sample_time_unix_ms: Option<u64>,
+    /// Successful samples since start.
+    pub samples: u64,
+    /// Failed samples since start (each became a `SamplerError` gap).
+    pub sampler_errors: u64,
+    /// Records the spool could not take since start.
+    pub spool_errors: u64,
+    /// Open subscriptions.
+    pub subscribers: usize,
+    /// The spool's counters as of the last tick.
+    pub spool: SpoolStats,
+}
+
+/// The one sampler of the agent and its subscribers; see the module docs.
+pub struct Hub {
+    shared: Arc<Shared>,
+    control: Mutex<Option<Control>>,
+}
+
+/// How the hub stops its sampler thread and learns the outcome.
+struct Control {
+    stop: mpsc::Sender<()>,
+    done: oneshot::Receiver<Result<(), SpoolError>>,
+}
+
+/// What the sampler thread and the subscriptions share.
+struct Shared {
+    spool: Mutex<Spool>,
+    /// Taken (closed) when the sampler stops.
+    live: Mutex<Option<broadcast::Sender<Record>>>,
+    status: Mutex<Status>,
+    subscribers: AtomicUsize,
+    interval: Duration,
+}
+
+/// The sampler's counters, updated after every tick.
 #[derive(Debug, Clone, Default)]
-pub struct Hub;
+struct Status {
+    running: bool,
+    last_seq: Option<u64>,
+    last_sample_time_unix_ms: Option<u64>,
+    samples: u64,
+    sampler_errors: u64,
+    spool_errors: u64,
+    spool: SpoolStats,
+}
+
+/// Locks a mutex, recovering the data if a panic poisoned it: every critical section here
+/// leaves the data consistent between statements, and the spool recovers on reopen anyway.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
 
 impl Hub {
-    /// Subscribes.
-    pub fn subscribe(
-        &self,
-        _after_seq: u64,
-        _max_batch: usize,
-        _history_only: bool,
-    ) -> impl Stream<Item = Result<Vec<Record>, HubError>> + Send + 'static {
-        futures::stream::empty()
+    /// Starts the sampler thread over `spool`, taking a sample every `config.interval`.
+    ///
+    /// Needs no runtime itself; subscriptions must be polled inside a tokio runtime.
+    pub fn start(
+        source: Box<dyn SampleSource>,
+        spool: Spool,
+        config: HubConfig,
+    ) -> Result<Hub, HubError> {
+        if config.interval.is_zero() {
+            return Err(HubError::InvalidInterval);
+        }
+        let capacity = config.live_capacity.max(1);
+        let (live, _) = broadcast::channel(capacity);
+        let status = Status {
+            running: true,
+            last_seq: (spool.durable_seq() > 0).then_some(spool.durable_seq()),
+            spool: spool.stats(),
+            ..Status::default()
+        };
+        let shared = Arc::new(Shared {
+            spool: Mutex::new(spool),
+            live: Mutex::new(Some(live)),
+            status: Mutex::new(status),
+            subscribers: AtomicUsize::new(0),
+            interval: config.interval,
+        });
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let sampler = Sampler {
+            source,
+            shared: Arc::clone(&shared),
+            interval: config.interval,
+            pending: VecDeque::new(),
+            max_pending: capacity,
+            failing_since: None,
+            unspooled_since: None,
+        };
+        thread::Builder::new()
+            .name("jex-sampler".into())
+            .spawn(move || {
+                let _running = RunningGuard(Arc::clone(&sampler.shared));
+                let result = sampler.run(stop_rx);
+                // The hub may be gone already; then nobody waits for the outcome.
+                let _ = done_tx.send(result);
+            })
+            .map_err(|source| HubError::SpawnSampler { source })?;
+        info!(
+            interval_ms = config.interval.as_millis() as u64,
+            "Telemetry sampler started."
+        );
+        Ok(Hub {
+            shared,
+            control: Mutex::new(Some(Control {
+                stop: stop_tx,
+                done: done_rx,
+            })),
+        })
+    }
+
+    /// Streams records numbered after `after_seq` in batches of at most `max_batch`: the spool
+    /// first, then live records as they come, until the hub shuts down.
+    ///
+    /// The first item is [`HubError::CursorAhead`] if `after_seq` is beyond every number this
+    /// agent has handed out. A stream ends after yielding an error.
+    pub fn subscribe(&self, after_seq: u64, max_batch: usize) -> Subscription {
+        self.open_subscription(after_seq, max_batch, true)
+    }
+
+    /// Like [`Hub::subscribe`], but the stream ends once it has caught up with the spool.
+    pub fn subscribe_history(&self, after_seq: u64, max_batch: usize) -> Subscription {
+        self.open_subscription(after_seq, max_batch, false)
+    }
+
+    fn open_subscription(&self, after_seq: u64, max_batch: usize, follow: bool) -> Subscription {
+        // Join the live channel before reading the spool, so no record falls between the two.
+        let live = if follow {
+            lock(&self.shared.live)
+                .as_ref()
+                .map(broadcast::Sender::subscribe)
+        } else {
+            None
+        };
+        let state = Follower {
+            shared: Arc::clone(&self.shared),
+            live,
+            cursor: after_seq,
+            max_batch: max_batch.max(1),
+            replaying: true,
+            checked_cursor: false,
+            done: false,
+            _count: SubscriberCount::new(Arc::clone(&self.shared)),
+        };
+        Subscription {
+            inner: futures::stream::unfold(state, Follower::step).boxed(),
+        }
+    }
+
+    /// The counters an SRE status view shows.
+    pub fn stats(&self) -> HubStats {
+        let status = lock(&self.shared.status).clone();
+        HubStats {
+            running: status.running,
+            interval: self.shared.interval,
+            last_seq: status.last_seq,
+            last_sample_time_unix_ms: status.last_sample_time_unix_ms,
+            samples: status.samples,
+            sampler_errors: status.sampler_errors,
+            spool_errors: status.spool_errors,
+            subscribers: self.shared.subscribers.load(Ordering::Relaxed),
+            spool: status.spool,
+        }
+    }
+
+    /// Stops the sampler after its current tick, flushes the spool and closes the live
+    /// channel. Calling it again returns `Ok` at once.
+    pub async fn shutdown(&self) -> Result<(), HubError> {
+        let Some(Control { stop, done }) = lock(&self.control).take() else {
+            return Ok(());
+        };
+        // Dropping the sender wakes the sampler out of its wait.
+        drop(stop);
+        match done.await {
+            Ok(Ok(())) => {
+                info!("Telemetry sampler stopped.");
+                Ok(())
+            }
+            Ok(Err(source)) => Err(HubError::Flush { source }),
+            Err(_) => Err(HubError::SamplerLost),
+        }
+    }
+}
+
+/// Marks the hub as not running when the sampler thread ends, however it ends.
+struct RunningGuard(Arc<Shared>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        // Also when the sampler panicked, so followers end instead of waiting forever.
+        mark_stopped(&self.0);
+    }
+}
+
+/// Closes the live channel (following subscribers catch up from the spool and end) and marks
+/// the hub as not running.
+fn mark_stopped(shared: &Shared) {
+    lock(&shared.live).take();
+    lock(&shared.status).running = false;
+}
+
+// === impl Sampler ===
+
+/// The state of the sampler thread.
+struct Sampler {
+    source: Box<dyn SampleSource>,
+    shared: Arc<Shared>,
+    interval: Duration,
+    /// Appended but not yet durable, oldest first.
+    pending: VecDeque<Record>,
+    max_pending: usize,
+    /// When the current run of sampler errors began (for logging once per run).
+    failing_since: Option<u64>,
+    /// Start of a period whose samples the spool could not take.
+    unspooled_since: Option<u64>,
+}
+
+impl Sampler {
+    fn run(mut self, stop: mpsc::Receiver<()>) -> Result<(), SpoolError> {
+        self.record_agent_down();
+        let mut next = Instant::now();
+        loop {
+            next += self.interval;
+            let now = Instant::now();
+            if next < now {
+                // A slow sample or a suspended host: skip the ticks that are already past. The
+                // next sample's window covers the whole time, so nothing is lost.
+                let behind = now - next;
+                let missed = behind.as_nanos() / self.interval.as_nanos() + 1;
+                next += self.interval * u32::try_from(missed).unwrap_or(u32::MAX);
+                debug!(
+                    missed = missed as u64,
+                    "Sampler fell behind; skipped ticks."
+                );
+            }
+            match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) => self.tick(),
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.finish()
+    }
+
+    /// Makes the time the agent was down explicit.
+    fn record_agent_down(&mut self) {
+        let now = now_unix_ms();
+        let shared = Arc::clone(&self.shared);
+        let mut spool = lock(&shared.spool);
+        let Some(last_time) = spool.last_time_unix_ms() else {
+            return;
+        };
+        let gap = Gap {
+            reason: GapReason::AgentDown,
+            missing_seqs: None,
+            start_time_unix_ms: last_time,
+            end_time_unix_ms: now.max(last_time),
+        };
+        match spool.append(now, RecordBody::Gap(gap)) {
+            Ok(record) => {
+                info!(
+                    seq = record.seq,
+                    down_ms = now.saturating_sub(last_time),
+                    "Recorded the time the agent was down."
+                );
+                self.pending.push_back(record);
+                if let Err(err) = spool.flush() {
+                    warn!(error = %err, "Cannot sync the spool; records stay unpublished until a sync succeeds.");
+                }
+            }
+            Err(err) => {
+                warn!(error = %err, "Cannot record the time the agent was down.");
+                lock(&self.shared.status).spool_errors += 1;
+                self.unspooled_since = Some(last_time);
+            }
+        }
+        self.publish(spool);
+    }
+
+    fn tick(&mut self) {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.source.sample()));
+        let now = now_unix_ms();
+        let shared = Arc::clone(&self.shared);
+        let mut spool = lock(&shared.spool);
+        let window_start = spool.last_time_unix_ms().unwrap_or(now);
+        let body = match outcome {
+            Ok(Ok(sample)) => {
+                if let Some(since) = self.failing_since.take() {
+                    info!(failing_ms = now.saturating_sub(since), "Sampler recovered.");
+                }
+                let mut status = lock(&self.shared.status);
+                status.samples += 1;
+                status.last_sample_time_unix_ms = Some(now);
+                RecordBody::Sample(sample)
+            }
+            Ok(Err(err)) => {
+                if self.failing_since.is_none() {
+                    warn!(error = %err, "Sampler failed; recording a gap each interval until it recovers.");
+                }
+                self.note_sampler_error(now);
+                sampler_gap(window_start, now)
+            }
+            Err(_) => {
+                error!("Sampler panicked; recording a gap.");
+                self.note_sampler_error(now);
+                sampler_gap(window_start, now)
+            }
+        };
+        if let Some(since) = self.unspooled_since {
+            // Samples the spool could not take: say so before the next record.
+            match spool.append(now, sampler_gap(since, now)) {
+                Ok(record) => {
+                    info!(
+                        seq = record.seq,
+                        lost_ms = now.saturating_sub(since),
+                        "Spool accepts records again; recorded the lost period as a gap."
+                    );
+                    self.pending.push_back(record);
+                    self.unspooled_since = None;
+                }
+                Err(_) => {
+                    lock(&self.shared.status).spool_errors += 1;
+                    self.publish(spool);
+                    return;
+                }
+            }
+        }
+        match spool.append(now, body) {
+            Ok(record) => self.pending.push_back(record),
+            Err(err) => {
+                if self.unspooled_since.is_none() {
+                    warn!(error = %err, "Cannot spool telemetry records; they are lost until the spool accepts records again, then reported as a gap.");
+                    self.unspooled_since = Some(window_start);
+                }
+                lock(&self.shared.status).spool_errors += 1;
+            }
+        }
+        self.publish(spool);
+    }
+
+    fn note_sampler_error(&mut self, now: u64) {
+        self.failing_since.get_or_insert(now);
+        lock(&self.shared.status).sampler_errors += 1;
+    }
+
+    /// Sends every durable pending record to the live channel and refreshes the status.
+    fn publish(&mut self, spool: MutexGuard<'_, Spool>) {
+        let durable = spool.durable_seq();
+        let stats = spool.stats();
+        drop(spool);
+        // Status first: it never shows less than what a subscriber may already hold.
+        {
+            let mut status = lock(&self.shared.status);
+            if durable > 0 {
+                status.last_seq = Some(durable);
+            }
+            status.spool = stats;
+        }
+        let live = lock(&self.shared.live);
+        while self
+            .pending
+            .front()
+            .is_some_and(|record| record.seq <= durable)
+        {
+            let Some(record) = self.pending.pop_front() else {
+                break;
+            };
+            if let Some(sender) = live.as_ref() {
+                // An error only means nobody is listening right now.
+                let _ = sender.send(record);
+            }
+        }
+        drop(live);
+        // Records that wait too long for a sync are not kept here: followers that miss them
+        // see a hole in the live numbers and read them from the spool once durable.
+        while self.pending.len() > self.max_pending {
+            self.pending.pop_front();
+        }
+    }
+
+    fn finish(mut self) -> Result<(), SpoolError> {
+        let shared = Arc::clone(&self.shared);
+        let mut spool = lock(&shared.spool);
+        let flushed = spool.flush();
+        self.publish(spool);
+        // Report the stop before the outcome is sent, so `shutdown` returns to a stopped hub.
+        mark_stopped(&shared);
+        flushed
+    }
+}
+
+fn sampler_gap(start_time_unix_ms: u64, end_time_unix_ms: u64) -> RecordBody {
+    RecordBody::Gap(Gap {
+        reason: GapReason::SamplerError,
+        missing_seqs: None,
+        start_time_unix_ms,
+        end_time_unix_ms: end_time_unix_ms.max(start_time_unix_ms),
+    })
+}
+
+// === impl Subscription ===
+
+/// A stream of record batches; see [`Hub::subscribe`].
+pub struct Subscription {
+    inner: BoxStream<'static, Result<Vec<Record>, HubError>>,
+}
+
+impl Stream for Subscription {
+    type Item = Result<Vec<Record>, HubError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+/// Counts a subscription for as long as it exists.
+struct SubscriberCount(Arc<Shared>);
+
+impl SubscriberCount {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.subscribers.fetch_add(1, Ordering::Relaxed);
+        Self(shared)
+    }
+}
+
+impl Drop for SubscriberCount {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The state of one subscription.
+struct Follower {
+    shared: Arc<Shared>,
+    /// `None` for history-only subscriptions and once the hub has stopped.
+    live: Option<broadcast::Receiver<Record>>,
+    /// The last number yielded (or the starting cursor).
+    cursor: u64,
+    max_batch: usize,
+    /// Reading the spool rather than the live channel.
+    replaying: bool,
+    checked_cursor: bool,
+    done: bool,
+    _count: SubscriberCount,
+}
+
+type Step = Option<(Result<Vec<Record>, HubError>, Follower)>;
+
+impl Follower {
+    async fn step(mut self) -> Step {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self.replaying {
+                match self.read_spool().await {
+                    Ok(batch) => {
+                        if let Some(last) = batch.last() {
+                            self.cursor = last.seq;
+                            return Some((Ok(batch), self));
+                        }
+                        // Caught up: follow the live channel, or end when there is none.
+                        self.live.as_ref()?;
+                        self.replaying = false;
+                    }
+                    Err(err) => {
+                        self.done = true;
+                        return Some((Err(err), self));
+                    }
+                }
+            } else if let Some(batch) = self.read_live().await {
+                return Some((Ok(batch), self));
+            }
+        }
+    }
+
+    /// One batch from the spool, off the runtime's workers.
+    async fn read_spool(&mut self) -> Result<Vec<Record>, HubError> {
+        let shared = Arc::clone(&self.shared);
+        let (after_seq, max_batch, check) = (self.cursor, self.max_batch, !self.checked_cursor);
+        let read = tokio::task::spawn_blocking(move || {
+            let spool = lock(&shared.spool);
+            let last_seq = spool.last_seq().unwrap_or(0);
+            if check && after_seq > last_seq {
+                return Err(HubError::CursorAhead {
+                    after_seq,
+                    last_seq,
+                });
+            }
+            spool
+                .read_after(after_seq, max_batch)
+                .map_err(|source| HubError::ReadSpool { after_seq, source })
+        })
+        .await;
+        self.checked_cursor = true;
+        read.map_err(|source| HubError::ReadTask { source })?
+    }
+
+    /// The next live batch, or `None` after switching back to the spool.
+    async fn read_live(&mut self) -> Option<Vec<Record>> {
+        let Some(live) = self.live.as_mut() else {
+            self.replaying = true;
+            return None;
+        };
+        let first = match live.recv().await {
+            Ok(record) => record,
+            Err(RecvError::Lagged(missed)) => {
+                debug!(
+                    missed,
+                    cursor = self.cursor,
+                    "Subscriber fell behind the live channel; reading the spool."
+                );
+                self.replaying = true;
+                return None;
+            }
+            Err(RecvError::Closed) => {
+                // The hub stopped: catch up from the spool, then end.
+                self.live = None;
+                self.replaying = true;
+                return None;
+            }
+        };
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(record) = next.take() {
+            if record.seq <= self.cursor {
+                // Already read from the spool.
+            } else if record.seq == self.cursor + 1 {
+                self.cursor = record.seq;
+                batch.push(record);
+                if batch.len() >= self.max_batch {
+                    break;
+                }
+            } else {
+                // A hole: the missing records are in the spool.
+                self.replaying = true;
+                break;
+            }
+            match live.try_recv() {
+                Ok(record) => next = Some(record),
+                Err(TryRecvError::Lagged(_)) => self.replaying = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+            }
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on an unexpected error"
+)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::spool::SpoolConfig;
+    use crate::telemetry::{Sample, SampleError};
+
+    /// Bounds every wait so a broken hub fails the test instead of hanging it.
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// Call `n` (from 1) returns a sample whose `window_ms` is `n`, or an error when `n` is a
+    /// multiple of `fail_every`.
+    struct Scripted {
+        calls: Arc<AtomicU64>,
+        fail_every: u64,
+    }
+
+    impl SampleSource for Scripted {
+        fn sample(&mut self) -> Result<Sample, SampleError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if n.is_multiple_of(self.fail_every) {
+                return Err(SampleError {
+                    what: "scripted counters".into(),
+                    source: io::Error::other("scripted failure"),
+                });
+            }
+            Ok(Sample {
+                window_ms: n as u32,
+                ..Sample::default()
+            })
+        }
+    }
+
+    fn scripted(fail_every: u64) -> (Box<dyn SampleSource>, Arc<AtomicU64>) {
+        let calls = Arc::new(AtomicU64::new(0));
+        let source = Scripted {
+            calls: Arc::clone(&calls),
+            fail_every,
+        };
+        (Box::new(source), calls)
+    }
+
+    fn spool_config(dir: &Path) -> SpoolConfig {
+        SpoolConfig {
+            fsync_interval: Duration::ZERO,
+            segment_bytes: 4096,
+            ..SpoolConfig::new(dir.join("spool"))
+        }
+    }
+
+    fn start(dir: &Path, fail_every: u64, config: HubConfig) -> (Hub, Arc<AtomicU64>) {
+        let (spool, _) = Spool::open(spool_config(dir)).unwrap();
+        let (source, calls) = scripted(fail_every);
+        (Hub::start(source, spool, config).unwrap(), calls)
+    }
+
+    fn fast() -> HubConfig {
+        HubConfig::new(Duration::from_millis(5))
+    }
+
+    async fn wait_for_seq(hub: &Hub, seq: u64) {
+        tokio::time::timeout(PATIENCE, async {
+            while hub.stats().last_seq.unwrap_or(0) < seq {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn next_batch(sub: &mut Subscription) -> Option<Vec<Record>> {
+        tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .unwrap()
+            .map(|batch| batch.unwrap())
+    }
+
+    /// Reads a subscription until it ends.
+    async fn drain(mut sub: Subscription) -> Vec<Record> {
+        let mut out = Vec::new();
+        while let Some(batch) = next_batch(&mut sub).await {
+            out.extend(batch);
+        }
+        out
+    }
+
+    /// Appends the batch to `all`, checking it continues exactly after `cursor`.
+    fn take(batch: Vec<Record>, cursor: &mut u64, all: &mut Vec<Record>) {
+        for record in batch {
+            assert_eq!(record.seq, *cursor + 1, "hole or duplicate after {cursor}");
+            *cursor = record.seq;
+            all.push(record);
+        }
+    }
+
+    fn gap(record: &Record) -> Option<Gap> {
+        match &record.body {
+            RecordBody::Gap(gap) => Some(*gap),
+            RecordBody::Sample(_) => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fifty_disconnect_resume_cycles_give_every_record_once_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _) = start(tmp.path(), 13, fast());
+        let mut cursor = 0;
+        let mut all = Vec::new();
+        for cycle in 0..50u64 {
+            let mut sub = hub.subscribe(cursor, 1 + (cycle % 7) as usize);
+            for _ in 0..1 + cycle % 3 {
+                let batch = next_batch(&mut sub).await.unwrap();
+                take(batch, &mut cursor, &mut all);
+            }
+            drop(sub);
+            if cycle % 4 == 0 {
+                // Stay away long enough for records to pile up in the spool.
+                let target = cursor + 10;
+                wait_for_seq(&hub, target).await;
+            }
+        }
+        hub.shutdown().await.unwrap();
+        let rest = drain(hub.subscribe_history(cursor, 64)).await;
+        take(rest, &mut cursor, &mut all);
+
+        assert_eq!(Some(cursor), hub.stats().spool.last_seq);
+        assert!(cursor >= 50);
+        // A fresh spool: record n is the n-th call to the source.
+        for record in &all {
+            match &record.body {
+                RecordBody::Sample(sample) => {
+                    assert_eq!(u64::from(sample.window_ms), record.seq);
+                    assert_ne!(record.seq % 13, 0);
+                }
+                RecordBody::Gap(gap) => {
+                    assert_eq!(gap.reason, GapReason::SamplerError);
+                    assert_eq!(record.seq % 13, 0);
+                    assert_eq!(gap.missing_seqs, None);
+                }
+            }
+        }
+        let stats = hub.stats();
+        assert!(!stats.running);
+        assert_eq!(stats.subscribers, 0);
+        assert_eq!(stats.sampler_errors, cursor / 13);
+        assert_eq!(stats.samples, cursor - cursor / 13);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_continues_the_numbers_after_an_agent_down_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _) = start(tmp.path(), u64::MAX, fast());
+        wait_for_seq(&hub, 20).await;
+        hub.shutdown().await.unwrap();
+        let before = drain(hub.subscribe_history(0, 100)).await;
+        drop(hub);
+        let last_before = before.last().unwrap().clone();
+        assert!(before.iter().all(|r| gap(r).is_none()));
+
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let (hub, _) = start(tmp.path(), u64::MAX, fast());
+        wait_for_seq(&hub, last_before.seq + 5).await;
+        hub.shutdown().await.unwrap();
+        let all = drain(hub.subscribe_history(0, 100)).await;
+
+        let mut cursor = 0;
+        take(all.clone(), &mut cursor, &mut Vec::new());
+        assert_eq!(all[..before.len()], before[..]);
+        let down = &all[before.len()];
+        assert_eq!(down.seq, last_before.seq + 1);
+        let down_gap = gap(down).unwrap();
+        assert_eq!(down_gap.reason, GapReason::AgentDown);
+        assert_eq!(down_gap.missing_seqs, None);
+        assert_eq!(down_gap.start_time_unix_ms, last_before.time_unix_ms);
+        assert_eq!(down_gap.end_time_unix_ms, down.time_unix_ms);
+        assert!(down_gap.end_time_unix_ms >= down_gap.start_time_unix_ms + 30);
+        assert!(all[before.len() + 1..].iter().all(|r| gap(r).is_none()));
+        // The second run's samples start again at call 1 of a new source.
+        match &all[before.len() + 1].body {
+            RecordBody::Sample(sample) => assert_eq!(sample.window_ms, 1),
+            RecordBody::Gap(_) => unreachable!(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_never_polls_holds_back_neither_the_sampler_nor_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = HubConfig {
+            interval: Duration::from_millis(2),
+            live_capacity: 4,
+        };
+        let (hub, _) = start(tmp.path(), u64::MAX, config);
+        let stalled = hub.subscribe(0, 16);
+        let mut active = hub.subscribe(0, 16);
+        assert_eq!(hub.stats().subscribers, 2);
+
+        let (mut cursor, mut seen) = (0, Vec::new());
+        while cursor < 200 {
+            let batch = next_batch(&mut active).await.unwrap();
+            take(batch, &mut cursor, &mut seen);
+            if cursor > 50 && cursor < 60 {
+                // Fall far behind the live channel on purpose, then carry on.
+                wait_for_seq(&hub, cursor + 40).await;
+            }
+        }
+        // The sampler ran fifty times past the stalled subscriber's channel capacity.
+        assert!(hub.stats().last_seq.unwrap() >= 200);
+
+        let (mut stalled_cursor, mut stalled_seen) = (0, Vec::new());
+        let mut stalled = stalled;
+        while stalled_cursor < 200 {
+            let batch = next_batch(&mut stalled).await.unwrap();
+            take(batch, &mut stalled_cursor, &mut stalled_seen);
+        }
+        assert_eq!(stalled_seen[..200], seen[..200]);
+        drop(stalled);
+        drop(active);
+        assert_eq!(hub.stats().subscribers, 0);
+        hub.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_flushes_and_ends_following_subscribers_after_the_last_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (hub, _) = start(tmp.path(), u64::MAX, fast());
+        let follower = hub.subscribe(0, 8);
+        wait_for_seq(&hub, 10).await;
+        hub.shutdown().await.unwrap();
+        hub.shutdown().await.unwrap();
+        let stats = hub.stats();
+        assert!(!stats.running);
+        let got = drain(follower).await;
+        let mut cursor = 0;
+        take(got, &mut cursor, &mut Vec::new());
+        assert_eq!(Some(cursor), stats.spool.last_seq);
+        assert_eq!(stats.last_seq, stats.spool.last_seq);
+        assert_eq!(stats.spool.durable_seq, cursor);
+        // A subscription opened after shutdown replays and ends.
+        assert_eq!(drain(hub.subscribe(cursor - 3, 8)).await.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_only_ends_when_caught_up_and_a_cursor_ahead_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (mut spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
+            for i in 0..100 {
+                spool
+                    .append(1_000 + i, RecordBody::Sample(Sample::default()))
+                    .unwrap();
+            }
+        }
+        let config = HubConfig::new(Duration::from_secs(3600));
+        let (hub, calls) = start(tmp.path(), u64::MAX, config);
+        wait_for_seq(&hub, 101).await;
+        let history = drain(hub.subscribe_history(0, 30)).await;
+        assert_eq!(history.len(), 101);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        let down = gap(&history[100]).unwrap();
+        assert_eq!(down.reason, GapReason::AgentDown);
+        assert_eq!(down.start_time_unix_ms, 1_099);
+
+        let mut ahead = hub.subscribe(500, 10);
+        match tokio::time::timeout(PATIENCE, ahead.next()).await.unwrap() {
+            Some(Err(HubError::CursorAhead {
+                after_seq: 500,
+                last_seq: 101,
+            })) => {}
+            other => panic!("expected CursorAhead, got {other:?}"),
+        }
+        assert!(next_batch(&mut ahead).await.is_none());
+        hub.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_the_spool_refuses_becomes_an_explicit_gap() {
+        /// Call 3 returns a sample too large for a spool frame.
+        struct Oversized(u32);
+        impl SampleSource for Oversized {
+            fn sample(&mut self) -> Result<Sample, SampleError> {
+                self.0 += 1;
+                let mut sample = Sample {
+                    window_ms: self.0,
+                    ..Sample::default()
+                };
+                if self.0 == 3 {
+                    sample.cpu.core_busy_bp = vec![9999; 40_000];
+                }
+                Ok(sample)
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
+        let hub = Hub::start(Box::new(Oversized(0)), spool, fast()).unwrap();
+        wait_for_seq(&hub, 5).await;
+        hub.shutdown().await.unwrap();
+        let all = drain(hub.subscribe_history(0, 100)).await;
+        let windows: Vec<Option<u32>> = all
+            .iter()
+            .map(|record| match &record.body {
+                RecordBody::Sample(sample) => Some(sample.window_ms),
+                RecordBody::Gap(_) => None,
+            })
+            .collect();
+        assert_eq!(windows[..5], [Some(1), Some(2), None, Some(4), Some(5)]);
+        let lost = gap(&all[2]).unwrap();
+        assert_eq!(lost.reason, GapReason::SamplerError);
+        assert_eq!(lost.start_time_unix_ms, all[1].time_unix_ms);
+        assert_eq!(lost.end_time_unix_ms, all[2].time_unix_ms);
+        assert_eq!(hub.stats().spool_errors, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_fsync_slower_than_sampling_records_go_live_only_once_durable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool_config = SpoolConfig {
+            fsync_interval: Duration::from_millis(40),
+            ..spool_config(tmp.path())
+        };
+        let (spool, _) = Spool::open(spool_config).unwrap();
+        let (source, _) = scripted(u64::MAX);
+        let hub = Hub::start(source, spool, HubConfig::new(Duration::from_millis(2))).unwrap();
+        let mut sub = hub.subscribe(0, 1000);
+        let (mut cursor, mut seen) = (0, Vec::new());
+        while cursor < 100 {
+            let batch = next_batch(&mut sub).await.unwrap();
+            let newest = batch.last().unwrap().seq;
+            let durable = hub.stats().spool.durable_seq;
+            assert!(
+                newest <= durable,
+                "record {newest} seen before durable ({durable})"
+            );
+            take(batch, &mut cursor, &mut seen);
+        }
+        hub.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_zero_interval_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
+        let (source, _) = scripted(u64::MAX);
+        let err = Hub::start(source, spool, HubConfig::new(Duration::ZERO)).err();
+        assert!(matches!(err, Some(HubError::InvalidInterval)), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_sampler_becomes_gaps_and_sampling_goes_on() {
+        struct Panicky(u64);
+        impl SampleSource for Panicky {
+            fn sample(&mut self) -> Result<Sample, SampleError> {
+                self.0 += 1;
+                assert!(
+                    self.0.is_multiple_of(2),
+                    "scripted panic on call {}",
+                    self.0
+                );
+                Ok(Sample::default())
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
+        let hub = Hub::start(Box::new(Panicky(0)), spool, fast()).unwrap();
+        wait_for_seq(&hub, 10).await;
+        hub.shutdown().await.unwrap();
+        let all = drain(hub.subscribe_history(0, 100)).await;
+        for record in &all {
+            let is_gap = gap(record).is_some_and(|g| g.reason == GapReason::SamplerError);
+            assert_eq!(is_gap, record.seq % 2 == 1, "record {}", record.seq);
+        }
+        assert!(hub.stats().sampler_errors >= 5);
     }
 }

@@ -2,9 +2,9 @@
 //! the number of subscribers.
 
 pub mod cpu;
+pub mod hub;
 pub mod memory;
 pub mod sample;
 pub mod sampler;
 
 pub use sample::*;
-pub mod hub;
