@@ -59,6 +59,8 @@ interval_ms = {interval_ms}
 
 [telemetry.spool]
 dir = "{dir}/spool"
+# Records reach subscribers once they are on disk: sync at the sampling cadence.
+fsync_interval_ms = {interval_ms}
 
 [logging]
 dir = "{dir}/logs"

@@ -195,7 +195,7 @@ async fn a_subscriber_that_stops_reading_stalls_neither_the_sampler_nor_others()
 
     // Subscriber B keeps receiving every record while A is stuck.
     let b = read_after(&pki, &agent, 0, 40).await?;
-    assert_eq!(b.last().map(|r| r.seq), Some(40));
+    assert!(b.len() >= 40 && b[0].seq == 1, "B got {} records", b.len());
 
     // A resumes reading later and still gets everything after its first record, in order.
     let mut next = a_first + 1;
