@@ -336,6 +336,7 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

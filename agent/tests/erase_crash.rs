@@ -8,6 +8,8 @@
 //!
 //! The child is this test binary re-executed with `--ignored --exact crash_child_runs_erase`.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -100,7 +102,7 @@ impl FileSigner {
             .self_signed(&key_pair)
             .unwrap();
         std::fs::write(dir.join("signer.pk8"), key_pair.serialize_der()).unwrap();
-        std::fs::write(dir.join("signer.der"), cert.der().to_vec()).unwrap();
+        std::fs::write(dir.join("signer.der"), cert.der()).unwrap();
     }
 
     fn load(dir: &Path) -> Self {

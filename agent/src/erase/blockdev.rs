@@ -548,10 +548,10 @@ impl SystemDevices {
                 self.refuse_with_parents(dev, &reason);
             }
             if mount.source.starts_with("/dev/") {
-                if let Ok(meta) = std::fs::metadata(&mount.source) {
-                    if meta.file_type().is_block_device() {
-                        self.refuse_with_parents(meta.rdev(), &reason);
-                    }
+                if let Ok(meta) = std::fs::metadata(&mount.source)
+                    && meta.file_type().is_block_device()
+                {
+                    self.refuse_with_parents(meta.rdev(), &reason);
                 }
                 self.mount_sources
                     .push((PathBuf::from(&mount.source), reason.clone()));
@@ -743,10 +743,10 @@ mod platform {
                 continue;
             };
             let mut found = Vec::new();
-            if dir.join("partition").exists() {
-                if let Some(parent) = dir.parent().and_then(dev_of_dir) {
-                    found.push(parent);
-                }
+            if dir.join("partition").exists()
+                && let Some(parent) = dir.parent().and_then(dev_of_dir)
+            {
+                found.push(parent);
             }
             if let Ok(entries) = std::fs::read_dir(dir.join("slaves")) {
                 for entry in entries.flatten() {
@@ -969,6 +969,7 @@ pub fn macos_same_disk(target: &str, mounted: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::io::Write;

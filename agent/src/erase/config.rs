@@ -289,7 +289,7 @@ impl Default for EraseConfig {
 }
 
 fn check_size(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
-    if value < min || value > max || value % IO_GRANULE != 0 {
+    if value < min || value > max || !value.is_multiple_of(IO_GRANULE) {
         return Err(ConfigError::BadSize {
             key,
             value,
@@ -330,7 +330,8 @@ impl EraseConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_absolute("state_dir".into(), &self.state_dir)?;
         check_size("chunk_bytes", self.chunk_bytes, IO_GRANULE, 256 << 20)?;
-        if self.checkpoint_bytes < self.chunk_bytes || self.checkpoint_bytes % self.chunk_bytes != 0
+        if self.checkpoint_bytes < self.chunk_bytes
+            || !self.checkpoint_bytes.is_multiple_of(self.chunk_bytes)
         {
             return Err(ConfigError::BadSize {
                 key: "checkpoint_bytes",
@@ -360,14 +361,14 @@ impl EraseConfig {
                 expected: "1 to 1000 (NIST SP 800-88 asks for at least 2)",
             });
         }
-        if let Some(percent) = self.verify_coverage_percent {
-            if !(percent > 0.0 && percent <= 100.0) {
-                return Err(ConfigError::OutOfRange {
-                    key: "verify_coverage_percent",
-                    value: percent.to_string(),
-                    expected: "a percentage above 0 and at most 100",
-                });
-            }
+        if let Some(percent) = self.verify_coverage_percent
+            && !(percent > 0.0 && percent <= 100.0)
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "verify_coverage_percent",
+                value: percent.to_string(),
+                expected: "a percentage above 0 and at most 100",
+            });
         }
         check_absolute("tools.cryptsetup".into(), &self.tools.cryptsetup)?;
         check_absolute("tools.diskutil".into(), &self.tools.diskutil)?;
@@ -425,6 +426,7 @@ impl EraseConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -352,11 +352,11 @@ impl OperationState {
 pub(crate) fn replay(records: &[Record]) -> Vec<OperationState> {
     let mut ops: Vec<OperationState> = Vec::new();
     for record in records {
-        if let Record::Requested(requested) = record {
-            if ops.iter().all(|op| op.id() != requested.operation_id) {
-                ops.push(OperationState::new(requested.clone()));
-                continue;
-            }
+        if let Record::Requested(requested) = record
+            && ops.iter().all(|op| op.id() != requested.operation_id)
+        {
+            ops.push(OperationState::new(requested.clone()));
+            continue;
         }
         match ops.iter_mut().find(|op| op.id() == record.operation_id()) {
             Some(op) => op.apply(record),

@@ -35,6 +35,7 @@ pub struct OverwriteSettings {
 /// Writes the pattern over `[start, size)` of `io`. `start` must be aligned (it is always a
 /// journaled checkpoint or 0). `progress` receives the bytes of the target written so far
 /// (including everything before `start`); `on_checkpoint` the offset up to which data is durable.
+#[allow(clippy::too_many_arguments)] // one flat call from the engine; a struct would only rename them
 pub fn overwrite_target(
     target_name: &str,
     io: &mut dyn TargetIo,
@@ -166,6 +167,7 @@ fn write_loop(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::erase::blockdev::{Access, DirectTarget};

@@ -525,7 +525,6 @@ impl EraseService {
         );
         if refused {
             // Never opened, not even read-only.
-            drop(check);
             return PlannedTarget {
                 name: target.name.clone(),
                 backend: target.backend.as_str().to_owned(),
@@ -551,15 +550,15 @@ impl EraseService {
                 .map(|io| format!("opened with direct I/O, alignment {} bytes", io.io_align()))
                 .map_err(|e| error_chain(e)),
         );
-        if let Ok(io) = &opened {
-            if let Some(fs) = io.copy_on_write_fs() {
-                check(
-                    "overwrite in place",
-                    Err(format!(
-                        "file on a copy-on-write filesystem ({fs}): the certificate would be ERASED_WITH_EXCEPTIONS"
-                    )),
-                );
-            }
+        if let Ok(io) = &opened
+            && let Some(fs) = io.copy_on_write_fs()
+        {
+            check(
+                "overwrite in place",
+                Err(format!(
+                    "file on a copy-on-write filesystem ({fs}): the certificate would be ERASED_WITH_EXCEPTIONS"
+                )),
+            );
         }
         let keys = (self.shared.deps.key_destroyer_factory)(target).and_then(|destroyer| {
             destroyer
@@ -571,7 +570,6 @@ impl EraseService {
                 })
         });
         check("key backend identity", keys.map_err(|e| error_chain(&e)));
-        drop(check);
         let ready = checks.iter().all(|c| c.passed);
         PlannedTarget {
             name: target.name.clone(),
@@ -637,15 +635,14 @@ fn remove_orphan_keys(dirs: &StateDirs, unfinished: &[String]) {
             .file_stem()
             .and_then(|s| s.to_str())
             .is_some_and(|stem| unfinished.iter().any(|id| id == stem));
-        if !keep {
-            if let Err(err) = std::fs::remove_file(&path) {
-                warn!(path = %path.display(), error = %err, "removing a stale pattern key file failed");
-            }
+        if !keep && let Err(err) = std::fs::remove_file(&path) {
+            warn!(path = %path.display(), error = %err, "removing a stale pattern key file failed");
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -2,6 +2,8 @@
 //! fake key destroyer (the real backends are tested with their own module) and an I/O wrapper
 //! that injects faults.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -261,22 +263,22 @@ impl TargetIo for FaultyIo {
     }
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
         self.log.0.lock().unwrap().push(('w', offset));
-        if let Fault::WriteFailsAt(at) = self.fault {
-            if offset + buf.len() as u64 > at {
-                return Err(eio());
-            }
+        if let Fault::WriteFailsAt(at) = self.fault
+            && offset + buf.len() as u64 > at
+        {
+            return Err(eio());
         }
         self.inner.write_at(offset, buf)?;
         let count = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Fault::TruncateAfterWrites(after, len) = self.fault {
-            if count == after {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(self.inner.path())
-                    .unwrap()
-                    .set_len(len)
-                    .unwrap();
-            }
+        if let Fault::TruncateAfterWrites(after, len) = self.fault
+            && count == after
+        {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.inner.path())
+                .unwrap()
+                .set_len(len)
+                .unwrap();
         }
         Ok(())
     }
