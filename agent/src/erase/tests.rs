@@ -1110,3 +1110,71 @@ fn a_resumed_operation_with_a_wrong_key_file_fails_instead_of_writing_another_pa
             .all(|b| *b == TENANT_BYTE)
     );
 }
+
+/// A loop device over an image, detached on drop.
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn attach(image: &Path) -> Self {
+        let out = std::process::Command::new("/usr/sbin/losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .expect("running /usr/sbin/losetup (util-linux) to attach a loop device");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/sbin/losetup")
+            .arg("--detach")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_loop_block_device_is_erased_through_the_block_device_path() {
+    let h = Harness::new(&[]);
+    let image = h.dir.path().join("backing.img");
+    write_tenant_image(&image, 3 << 20);
+    let device = LoopDevice::attach(&image);
+
+    let target = DirectTarget::open(&device.0, Access::Read).unwrap();
+    assert_eq!(target.identity().kind, super::blockdev::TargetKind::Device);
+    assert_eq!(target.size(), 3 << 20, "BLKGETSIZE64");
+    assert!(target.io_align() >= 512, "BLKSSZGET");
+    drop(target);
+
+    let mut config = h.config();
+    config.targets = vec![TargetConfig {
+        name: "loop".into(),
+        backend: Backend::Luks2,
+        device: device.0.clone(),
+        luks_uuid: Some(UUID.to_owned()),
+        apfs_volume_uuid: None,
+    }];
+    let service = h.open(config, Arc::new(super::engine::DirectOpener), None);
+    assert!(service.plan().unwrap()[0].ready);
+    let started = service.terminate(terminate_cmd("req-loop")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
+    let document = verified_document(&service.certificate(None).unwrap());
+    let record = &document.targets[0];
+    assert_eq!(record.media_type, "block device");
+    assert!(
+        record.identity.contains("device:rdev=7:"),
+        "{}",
+        record.identity
+    );
+    assert_eq!(record.size_bytes, 3 << 20);
+    // Through the device and in the backing file: every byte is the pattern.
+    assert_matches_pattern(&device.0, &document.pattern.key_hex);
+    assert_matches_pattern(&image, &document.pattern.key_hex);
+}
