@@ -84,7 +84,7 @@ pub enum EraseError {
         operation_id: String,
     },
     /// No such operation.
-    #[error("no erase operation {operation_id:?} on this host")]
+    #[error("no erase operation {operation_id:?} on this host (an empty id: none has run yet)")]
     NotFound {
         /// The id asked for (empty: the current one).
         operation_id: String,

@@ -67,7 +67,7 @@ impl Signer for TestSigner {
         let signature = self
             .key
             .sign(&self.rng, message)
-            .map_err(|_| AttestError::Unimplemented)?;
+            .expect("ring ECDSA P-256 signing");
         Ok(signature.as_ref().to_vec())
     }
 
@@ -199,6 +199,8 @@ enum Fault {
     AlterBeforeVerify(u64),
     /// After this many writes, the file is truncated to this length.
     TruncateAfterWrites(usize, u64),
+    /// The target reports living on a copy-on-write filesystem.
+    CopyOnWrite,
 }
 
 #[derive(Clone, Default)]
@@ -308,7 +310,10 @@ impl TargetIo for FaultyIo {
         self.inner.media_info()
     }
     fn copy_on_write_fs(&self) -> Option<String> {
-        self.inner.copy_on_write_fs()
+        match self.fault {
+            Fault::CopyOnWrite => Some("btrfs".into()),
+            _ => self.inner.copy_on_write_fs(),
+        }
     }
 }
 
@@ -799,6 +804,31 @@ fn a_target_truncated_mid_overwrite_is_refused() {
     );
     // Nothing was written after the truncation was seen.
     assert_eq!(std::fs::metadata(&h.images[0]).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn a_file_on_a_copy_on_write_filesystem_is_certified_with_exceptions_and_not_reclaimable() {
+    let (h, service, view) = run_with_fault(Fault::CopyOnWrite);
+    assert_eq!(view.phase, Phase::Certified, "{view:?}");
+    assert_eq!(view.outcome, Some(Outcome::ErasedWithExceptions));
+    assert_eq!(
+        view.exceptions,
+        ["overwrite-not-in-place:tenant0: file on a copy-on-write filesystem (btrfs)"]
+    );
+    assert_eq!(service.lifecycle(), Lifecycle::EraseFailed);
+    let document = verified_document(&service.certificate(None).unwrap());
+    assert_eq!(document.outcome, "ERASED_WITH_EXCEPTIONS");
+    assert_eq!(document.exceptions, view.exceptions);
+    assert!(
+        !h.records()
+            .iter()
+            .any(|r| matches!(r, Record::Reclaimable { .. }))
+    );
+    // The overwrite and verification still ran in full.
+    assert_matches_pattern(&h.images[0], &document.pattern.key_hex);
+    // A new request may run once this one is over.
+    let next = service.terminate(terminate_cmd("req-retry")).unwrap();
+    assert_ne!(next.operation_id, view.operation_id);
 }
 
 #[test]
