@@ -294,15 +294,14 @@ fn frame_at(rest: &[u8]) -> Option<&[u8]> {
     (crc32fast::hash(payload) == crc).then_some(payload)
 }
 
-/// A damaged frame is a torn append when nothing intact can follow it: it runs to (or past)
-/// the end of the file, or everything after its header is zero fill.
+/// A damaged frame is a torn append when no intact frame follows it anywhere (appends are
+/// sequential, so only the last frame can be torn). Searching every later offset, rather than
+/// trusting the damaged frame's length field, keeps a corrupted length in the middle of the file
+/// from being mistaken for a torn tail and truncated away with the records after it.
 fn is_torn_tail(rest: &[u8]) -> bool {
-    let Some(header) = rest.get(..FRAME_HEADER) else {
-        return true;
-    };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let declared_end = FRAME_HEADER.saturating_add(len);
-    declared_end >= rest.len() || rest[FRAME_HEADER..].iter().all(|b| *b == 0)
+    // Payloads are JSON objects: only offsets followed by `{` can start a frame.
+    !(1..rest.len())
+        .any(|p| rest.get(p + FRAME_HEADER) == Some(&b'{') && frame_at(&rest[p..]).is_some())
 }
 
 /// Syncs the directory holding `path`, so a newly created or renamed entry survives a crash.
@@ -437,6 +436,26 @@ mod tests {
         journal.append(&rec(9)).unwrap();
         drop(journal);
         assert_eq!(Journal::<Rec>::read(&path).unwrap().records, vec![rec(9)]);
+    }
+
+    #[test]
+    fn a_corrupted_length_field_in_the_middle_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let (mut journal, _) = Journal::<Rec>::open(&path).unwrap();
+        for n in 0..3 {
+            journal.append(&rec(n)).unwrap();
+        }
+        drop(journal);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The first frame now claims to run past the end of the file.
+        bytes[MAGIC.len() + 3] = 0x7f;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Journal::<Rec>::open(&path),
+            Err(JournalError::Corrupt { .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing truncated");
     }
 
     #[test]
