@@ -62,6 +62,12 @@ pub enum AppError {
     /// The reflection service.
     #[error("building the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The erase service.
+    #[error("opening the erase service")]
+    Erase(#[from] crate::erase::EraseError),
+    /// The erase certificate signer.
+    #[error("loading the erase certificate signer")]
+    Signer(#[from] crate::attest::AttestError),
     /// The telemetry spool.
     #[error("opening the telemetry spool")]
     Spool(#[from] crate::spool::SpoolError),
@@ -94,6 +100,58 @@ fn create_private_dir(path: &Path) -> Result<(), AppError> {
         .create(path)
         .map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Opens the erase service: the agent's TLS key signs certificates; each target's backend is
+/// built from its config. An unfinished operation in the journal resumes here.
+fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseService, AppError> {
+    use crate::erase::keys::{KeyDestroyer, apfs::ApfsVolume, luks2::Luks2};
+    use crate::erase::{Backend, EraseDeps, EraseError, TargetConfig};
+    let signer = crate::attest::FileSigner::load(&config.tls.key, &config.tls.cert)?;
+    let host = crate::attest::HostIdentity {
+        host_id: facts.host_id.clone(),
+        hardware_uuid: facts.hardware_uuid.clone(),
+        serial_number: facts.serial_number.clone(),
+        model: facts.model.clone(),
+        os: format!("{} {}", facts.os_name, facts.os_version),
+        agent_version: crate::AGENT_VERSION.to_owned(),
+    };
+    let tools = config.erase.tools.clone();
+    let factory = move |t: &TargetConfig| -> Result<Box<dyn KeyDestroyer>, EraseError> {
+        let keys_err = |source| EraseError::Keys {
+            target: t.name.clone(),
+            source,
+        };
+        let pin = |v: &Option<String>| v.clone().unwrap_or_default();
+        Ok(match t.backend {
+            Backend::Luks2 => Box::new(
+                Luks2::new(
+                    t.name.clone(),
+                    t.device.clone(),
+                    &pin(&t.luks_uuid),
+                    tools.cryptsetup.clone(),
+                )
+                .map_err(keys_err)?,
+            ),
+            Backend::ApfsVolume => Box::new(
+                ApfsVolume::new(
+                    t.name.clone(),
+                    &pin(&t.apfs_volume_uuid),
+                    tools.diskutil.clone(),
+                )
+                .map_err(keys_err)?,
+            ),
+        })
+    };
+    let deps = EraseDeps {
+        signer: Arc::new(signer),
+        host,
+        key_destroyer_factory: Box::new(factory),
+    };
+    Ok(crate::erase::EraseService::open(
+        config.erase.clone(),
+        deps,
+    )?)
 }
 
 /// A running agent.
@@ -194,7 +252,8 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         spool,
         crate::telemetry::hub::HubConfig::new(Duration::from_millis(config.telemetry.interval_ms)),
     )?);
-    let erase = crate::erase::service::EraseService::default();
+    let erase = Arc::new(open_erase(&config, &facts)?);
+    tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await

@@ -313,6 +313,16 @@ impl Config {
                 message,
             }
         })?;
+        let mut config = config;
+        // The erase journal lives under the agent's state directory unless set on its own.
+        let sets_erase_dir = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("erase").and_then(|e| e.get("state_dir")).map(|_| ()))
+            .is_some();
+        if !sets_erase_dir {
+            config.erase.state_dir = config.state_dir.join("erase");
+        }
         config.validate(path, text)?;
         Ok(config)
     }
@@ -394,6 +404,16 @@ impl Config {
                     self.logging.level
                 ),
             ));
+        }
+        if let Err(e) = self.erase.validate() {
+            let message = e.to_string();
+            let key = message
+                .split(|c: char| c == ' ' || c == '[' || c == ':')
+                .next()
+                .filter(|k| k.starts_with("erase."))
+                .unwrap_or("erase")
+                .to_owned();
+            return Err(invalid(&key, message));
         }
         let spool = self.spool_config();
         if !spool.dir.is_absolute() {

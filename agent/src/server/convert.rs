@@ -3,7 +3,7 @@
 use jex_proto::v1 as pb;
 
 use crate::attest::SignedCertificate;
-use crate::erase::service::{Lifecycle, OperationView, Outcome, Phase, TerminateCommand};
+use crate::erase::{Lifecycle, OperationView, Outcome, Phase, TerminateCommand};
 use crate::telemetry::{CoreKind, GapReason, PressureLevel, Record, RecordBody, Sample};
 
 use super::HostFacts;

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::erase::service::EraseService;
+use crate::erase::EraseService;
 use crate::telemetry::hub::Hub;
 
 pub use auth::{Peer, Role};
@@ -63,7 +63,7 @@ pub struct HostFacts {
 pub struct AgentService {
     facts: Arc<HostFacts>,
     hub: Arc<Hub>,
-    erase: EraseService,
+    erase: Arc<EraseService>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -81,7 +81,7 @@ impl AgentService {
     pub fn new(
         facts: HostFacts,
         hub: Arc<Hub>,
-        erase: EraseService,
+        erase: Arc<EraseService>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -194,7 +194,12 @@ impl NodeAgent for AgentService {
         let request_id = cmd.request_id.clone();
         let erase = self.erase.clone();
         async move {
-            match erase.terminate(cmd) {
+            // Journaling the request fsyncs: keep it off the runtime's workers.
+            let span = tracing::Span::current();
+            let result = tokio::task::spawn_blocking(move || span.in_scope(|| erase.terminate(cmd)))
+                .await
+                .map_err(|e| Status::internal(format!("terminate task failed: {e}")))?;
+            match result {
                 Ok(op) => {
                     tracing::info!(request_id = %request_id, operation_id = %op.operation_id, "terminate accepted");
                     Ok(Response::new(pb::TerminateResponse { operation: Some(convert::operation(&op)) }))

@@ -4,7 +4,7 @@
 
 use tonic::Status;
 
-use crate::erase::service::EraseError;
+use crate::erase::EraseError;
 use crate::telemetry::hub::HubError;
 
 /// Logs the full error chain under a fresh correlation id and returns a generic status.
@@ -37,6 +37,25 @@ pub fn from_erase(e: &EraseError) -> Status {
         | EraseError::NotCertified { .. } => Status::failed_precondition(e.to_string()),
         // Unknown operation.
         EraseError::NotFound { .. } => Status::not_found(e.to_string()),
+        // The agent's own state, targets or tools failed: the operator acts on the log.
+        EraseError::Config(_)
+        | EraseError::State { .. }
+        | EraseError::Locked { .. }
+        | EraseError::Journal(_)
+        | EraseError::PatternKeyMismatch { .. }
+        | EraseError::Pattern(_)
+        | EraseError::Target { .. }
+        | EraseError::Identity { .. }
+        | EraseError::Keys { .. }
+        | EraseError::BackendMismatch { .. }
+        | EraseError::BackendUnavailable { .. }
+        | EraseError::Write { .. }
+        | EraseError::Flush { .. }
+        | EraseError::Read { .. }
+        | EraseError::Mismatch { .. }
+        | EraseError::Sign { .. }
+        | EraseError::CertificateFormat { .. }
+        | EraseError::Internal { .. } => internal(e),
     }
 }
 
