@@ -998,7 +998,12 @@ fn fake_destruction() -> KeyDestruction {
     KeyDestruction {
         method: "fake luksErase".into(),
         tool: "fake 1.0".into(),
-        evidence: Default::default(),
+        evidence: [
+            ("keyslots_before".to_owned(), "1".to_owned()),
+            ("keyslots_after".to_owned(), "0".to_owned()),
+        ]
+        .into_iter()
+        .collect(),
     }
 }
 
