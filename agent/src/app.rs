@@ -68,6 +68,9 @@ pub enum AppError {
     /// The erase certificate signer.
     #[error("loading the erase certificate signer")]
     Signer(#[from] crate::attest::AttestError),
+    /// The local status socket.
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
     /// The telemetry spool.
     #[error("opening the telemetry spool")]
     Spool(#[from] crate::spool::SpoolError),
@@ -152,6 +155,79 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseS
         config.erase.clone(),
         deps,
     )?)
+}
+
+/// Answers `jex-agent status` and `jex-agent erase-plan` on the local socket.
+fn status_responder(
+    facts: &HostFacts,
+    listen: SocketAddr,
+    config: &Config,
+    hub: Arc<crate::telemetry::hub::Hub>,
+    erase: Arc<crate::erase::EraseService>,
+    streams: Arc<crate::server::Streams>,
+) -> crate::status::Responder {
+    use crate::status::{EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus};
+    let host_id = facts.host_id.clone();
+    let started = std::time::Instant::now();
+    let interval_ms = config.telemetry.interval_ms;
+    Arc::new(move |query| match query {
+        Query::Plan => match erase.plan() {
+            Ok(plan) => serde_json::json!({ "targets": plan.iter().map(|t| serde_json::json!({
+                "name": t.name, "backend": t.backend, "device": t.device, "size_bytes": t.size_bytes,
+                "identity": t.identity, "ready": t.ready,
+                "checks": t.checks.iter().map(|c| serde_json::json!({"check": c.check, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>() }),
+            Err(e) => serde_json::json!({ "error": error_chain(&e) }),
+        },
+        Query::Status => {
+            let stats = hub.stats();
+            let lifecycle = crate::server::convert::lifecycle_state(erase.lifecycle());
+            let erase_view = erase.watch(None).ok().map(|rx| {
+                let op = rx.borrow().clone();
+                EraseStatus {
+                    operation_id: op.operation_id,
+                    phase: op.phase.as_str().to_owned(),
+                    outcome: op.outcome.map(|o| o.as_str().to_owned()),
+                    bytes_done: op.bytes_done,
+                    bytes_total: op.bytes_total,
+                    rate_bytes_per_second: op.rate_bytes_per_second,
+                    eta_seconds: op.eta_seconds,
+                    failure_reason: op.failure_reason,
+                }
+            });
+            let snap = StatusSnapshot {
+                agent_version: crate::AGENT_VERSION.to_owned(),
+                pid: std::process::id(),
+                host_id: host_id.clone(),
+                listen: listen.to_string(),
+                lifecycle: lifecycle.as_str_name().trim_start_matches("LIFECYCLE_STATE_").to_owned(),
+                uptime_secs: started.elapsed().as_secs(),
+                streams: streams
+                    .list()
+                    .into_iter()
+                    .map(|s| StreamStatus {
+                        peer: s.peer.id,
+                        role: s.peer.role.as_str().to_owned(),
+                        addr: s.peer.addr,
+                        open_secs: s.opened.elapsed().as_secs(),
+                        last_seq_sent: s.last_seq_sent,
+                    })
+                    .collect(),
+                telemetry: TelemetryStatus {
+                    interval_ms,
+                    last_seq: stats.last_seq.unwrap_or(0),
+                    last_sample_unix_ms: stats.last_sample_time_unix_ms.unwrap_or(0),
+                    spool_first_seq: stats.spool.first_seq.unwrap_or(0),
+                    spool_records: stats.spool.records,
+                    spool_bytes: stats.spool.bytes,
+                    corrupt_records: stats.spool.corrupt_records,
+                    evicted_records: stats.spool.evicted_records,
+                },
+                erase: erase_view,
+            };
+            serde_json::to_value(&snap).unwrap_or_default()
+        }
+    })
 }
 
 /// A running agent.
@@ -274,7 +350,12 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let service = AgentService::new(facts, hub.clone(), erase, shutdown_rx.clone());
+    let streams = Arc::new(crate::server::Streams::default());
+    let status_task = crate::status::serve(
+        &config.server.status_socket,
+        status_responder(&facts, local_addr, &config, hub.clone(), erase.clone(), streams.clone()),
+    )?;
+    let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
 
     let (incoming, accept_task) = listener::incoming(listener, tls.clone());
     let router = tonic::transport::Server::builder()
@@ -293,6 +374,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
                 })
                 .await;
             accept_task.abort();
+            status_task.abort();
             if let Err(e) = result {
                 tracing::error!(error = %e, "gRPC server stopped with an error");
             }

@@ -49,6 +49,22 @@ pub enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+    /// Show the running agent's state (root only: reads its local socket).
+    Status {
+        /// The agent's status socket.
+        #[arg(long, default_value = defaults::STATUS_SOCKET)]
+        socket: PathBuf,
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what a Terminate would destroy, with every safety check, touching nothing
+    /// (asks the running agent through its local socket).
+    ErasePlan {
+        /// The agent's status socket.
+        #[arg(long, default_value = defaults::STATUS_SOCKET)]
+        socket: PathBuf,
+    },
     /// Print exactly which fields telemetry sends.
     Schema,
     /// Check an erase certificate offline: signature, chain to the fleet CA, nonce, consistency.
@@ -153,6 +169,31 @@ pub fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Status { socket, json } => block_on(async move {
+            match crate::status::query(&socket).await {
+                Ok(snap) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&snap).unwrap_or_default());
+                    } else {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        print!("{}", crate::status::render(&snap, now));
+                    }
+                    ExitKind::Ok.into()
+                }
+                Err(e) => fail(&e),
+            }
+        }),
+        Command::ErasePlan { socket } => block_on(async move {
+            match crate::status::ask(&socket, crate::status::Query::Plan).await {
+                Ok(plan) => {
+                    print!("{}", render_plan(&plan));
+                    ExitKind::Ok.into()
+                }
+                Err(e) => fail(&e),
+            }
+        }),
         Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
         Command::Demo { seconds, keep } => {
@@ -225,6 +266,44 @@ pub fn verify_erase(
             ExitKind::Failure.into()
         }
     }
+}
+
+/// The erase plan for a person.
+pub fn render_plan(plan: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    if let Some(err) = plan.get("error").and_then(|e| e.as_str()) {
+        let _ = writeln!(o, "cannot plan: {err}");
+        return o;
+    }
+    let targets = plan.get("targets").and_then(|t| t.as_array()).cloned().unwrap_or_default();
+    if targets.is_empty() {
+        let _ = writeln!(o, "no erase targets configured: a Terminate would be refused (add [[erase.targets]])");
+    }
+    for t in &targets {
+        let s = |k: &str| t.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
+        let ready = t.get("ready").and_then(|v| v.as_bool()).unwrap_or(false);
+        let _ = writeln!(
+            o,
+            "target {} ({}): {} — {}",
+            s("name"),
+            s("backend"),
+            s("device"),
+            if ready { "WOULD BE DESTROYED" } else { "NOT READY: Terminate would fail" }
+        );
+        let _ = writeln!(o, "  size: {} bytes; identity: {}", s("size_bytes"), s("identity"));
+        for c in t.get("checks").and_then(|c| c.as_array()).cloned().unwrap_or_default() {
+            let passed = c.get("passed").and_then(|v| v.as_bool()).unwrap_or(false);
+            let _ = writeln!(
+                o,
+                "  [{}] {}: {}",
+                if passed { "ok" } else { "FAIL" },
+                c.get("check").and_then(|v| v.as_str()).unwrap_or(""),
+                c.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+            );
+        }
+    }
+    o
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

@@ -38,10 +38,86 @@ fn step<E: std::error::Error>(name: &'static str) -> impl FnOnce(E) -> DemoError
     }
 }
 
+/// The `cryptsetup` binary on this machine (Debian: `/usr/sbin` or `/sbin`).
+pub fn find_cryptsetup() -> Option<PathBuf> {
+    ["/usr/sbin/cryptsetup", "/sbin/cryptsetup", "/usr/bin/cryptsetup"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Makes a LUKS2 disk image of `size` bytes at `path` with a random passphrase that is thrown
+/// away (the point is to destroy the key); returns its LUKS UUID.
+pub fn make_luks_image(path: &Path, size: u64, cryptsetup: &Path) -> Result<String, DemoError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| DemoError::Step { step: "disk image", detail: format!("{}: {e}", path.display()) };
+    std::fs::File::create(path).and_then(|f| f.set_len(size)).map_err(io)?;
+    let key_path = path.with_extension("passphrase");
+    {
+        use std::io::Write;
+        let mut passphrase = zeroize::Zeroizing::new([0u8; 32]);
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut passphrase[..])
+            .map_err(|_| DemoError::Step { step: "disk image", detail: "no system randomness".into() })?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_path).map_err(io)?;
+        f.write_all(&passphrase[..]).map_err(io)?;
+    }
+    let run = |args: &[&std::ffi::OsStr]| -> Result<String, DemoError> {
+        let out = std::process::Command::new(cryptsetup).args(args).output().map_err(|e| DemoError::Step {
+            step: "cryptsetup",
+            detail: format!("running {}: {e}", cryptsetup.display()),
+        })?;
+        if !out.status.success() {
+            return Err(DemoError::Step {
+                step: "cryptsetup",
+                detail: format!("{:?} failed: {}", args, String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let result = (|| {
+        run(&[
+            "luksFormat".as_ref(),
+            "--type".as_ref(),
+            "luks2".as_ref(),
+            "--batch-mode".as_ref(),
+            "--pbkdf".as_ref(),
+            "pbkdf2".as_ref(),
+            "--pbkdf-force-iterations".as_ref(),
+            "1000".as_ref(),
+            "--key-file".as_ref(),
+            key_path.as_os_str(),
+            path.as_os_str(),
+        ])?;
+        run(&["luksUUID".as_ref(), path.as_os_str()])
+    })();
+    let _ = std::fs::remove_file(&key_path);
+    result
+}
+
+/// The `[erase]` configuration for one LUKS2 image target.
+pub fn erase_toml(image: &Path, luks_uuid: &str, cryptsetup: &Path) -> String {
+    format!(
+        r#"
+[erase.tools]
+cryptsetup = "{cs}"
+
+[[erase.targets]]
+name = "tenant-disk"
+backend = "luks2"
+device = "{image}"
+luks_uuid = "{luks_uuid}"
+"#,
+        cs = cryptsetup.display(),
+        image = image.display(),
+    )
+}
+
 /// Writes the demo's agent configuration.
 pub fn demo_config(dir: &Path, pki: &crate::pki::DevPkiPaths, interval_ms: u64) -> String {
     format!(
-        r#"[server]
+        r#"state_dir = "{dir}/state"
+
+[server]
 listen = "127.0.0.1:0"
 status_socket = "{dir}/agent.sock"
 
@@ -58,7 +134,7 @@ observer = ["spiffe://{TRUST_DOMAIN}/observer"]
 interval_ms = {interval_ms}
 
 [telemetry.spool]
-dir = "{dir}/spool"
+dir = "{dir}/state/spool"
 # Records reach subscribers once they are on disk: sync at the sampling cadence.
 fsync_interval_ms = {interval_ms}
 
@@ -114,18 +190,25 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
             .map_or_else(String::new, |p| p.display().to_string())
     );
 
-    println!("== 2. agent: TLS 1.3, client certificates required, 500 ms sampling");
+    println!("== 2. the tenant's disk: a 256 MiB LUKS2 image (real cryptsetup luksFormat)");
+    let cryptsetup = find_cryptsetup().ok_or(DemoError::Step {
+        step: "cryptsetup",
+        detail: "not found in /usr/sbin, /sbin or /usr/bin: install cryptsetup-bin (scripts/demo.sh does)".into(),
+    })?;
+    let image = dir.join("tenant-disk.img");
+    let luks_uuid = make_luks_image(&image, 256 << 20, &cryptsetup)?;
+    println!("   {} LUKS UUID {luks_uuid}", image.display());
+
+    println!("== 3. agent: TLS 1.3, client certificates required, 500 ms sampling");
     let config_path = dir.join("agent.toml");
-    std::fs::write(&config_path, demo_config(dir, &pki, 500)).map_err(step("writing config"))?;
+    let mut text = demo_config(dir, &pki, 500);
+    text.push_str(&erase_toml(&image, &luks_uuid, &cryptsetup));
+    std::fs::write(&config_path, text).map_err(step("writing config"))?;
     let config = Config::load(&config_path).map_err(step("config"))?;
-    let agent = crate::app::start(config)
-        .await
-        .map_err(step("starting the agent"))?;
+    let socket = config.server.status_socket.clone();
+    let agent = crate::app::start(config).await.map_err(step("starting the agent"))?;
     let addr = agent.local_addr();
-    println!(
-        "   listening on https://{addr} (logs: {}/logs/agent.log)",
-        dir.display()
-    );
+    println!("   listening on https://{addr} (logs: {}/logs/agent.log)", dir.display());
 
     let conn = ctl::Connection {
         agent: format!("https://{addr}"),
@@ -134,7 +217,7 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
         key: pki.controller_key.clone(),
         server_name: Some("localhost".to_owned()),
     };
-    println!("== 3. controller connects over mTLS: GetHost");
+    println!("== 4. controller connects over mTLS: GetHost");
     let mut client = ctl::connect(&conn).await.map_err(step("connecting"))?;
     let host = ctl::host(&mut client).await.map_err(step("GetHost"))?;
     let state = pb::LifecycleState::try_from(host.lifecycle_state).map_or("?", |s| s.as_str_name());
@@ -149,13 +232,13 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
         host.agent_version
     );
 
-    println!("== 4. live telemetry for {seconds} s");
+    println!("== 5. live telemetry for {seconds} s");
     let last = follow(&mut client, 0, Duration::from_secs(seconds), true).await?;
     println!("   disconnected after seq {last}; waiting 2 s while the agent keeps sampling");
     drop(client);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    println!("== 5. reconnect and resume with after_seq={last}");
+    println!("== 6. reconnect and resume with after_seq={last}");
     let mut client = ctl::connect(&conn).await.map_err(step("reconnecting"))?;
     let resumed = follow(&mut client, last, Duration::from_millis(1500), false).await?;
     println!(

@@ -2,8 +2,9 @@
 //! agent's state through a Unix domain socket (mode 0600, so root only) — no network and no
 //! certificates needed.
 //!
-//! Protocol: the client connects; the agent writes one JSON document ([`StatusSnapshot`])
-//! followed by a newline and closes the connection. The client sends nothing.
+//! Protocol: the client connects and sends one line, `status` or `plan`; the agent answers with
+//! one JSON document followed by a newline ([`StatusSnapshot`], or the erase plan: what a
+//! `Terminate` would destroy, computed without touching anything) and closes the connection.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,8 +93,26 @@ pub struct EraseStatus {
     pub failure_reason: Option<String>,
 }
 
-/// Something that can produce a snapshot on demand.
-pub type SnapshotFn = Arc<dyn Fn() -> StatusSnapshot + Send + Sync>;
+/// What a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// The status snapshot.
+    Status,
+    /// The erase plan.
+    Plan,
+}
+
+impl Query {
+    fn as_line(self) -> &'static [u8] {
+        match self {
+            Query::Status => b"status\n",
+            Query::Plan => b"plan\n",
+        }
+    }
+}
+
+/// Answers a query with a JSON document; called on a blocking thread.
+pub type Responder = Arc<dyn Fn(Query) -> serde_json::Value + Send + Sync>;
 
 /// The status socket failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,16 +155,10 @@ pub enum StatusError {
     },
 }
 
-/// Binds the socket (replacing a stale one, mode 0600) and serves snapshots until aborted.
-pub fn serve(
-    path: &Path,
-    snapshot: SnapshotFn,
-) -> Result<tokio::task::JoinHandle<()>, StatusError> {
+/// Binds the socket (replacing a stale one, mode 0600) and answers queries until aborted.
+pub fn serve(path: &Path, respond: Responder) -> Result<tokio::task::JoinHandle<()>, StatusError> {
     use std::os::unix::fs::PermissionsExt;
-    let bind_err = |source| StatusError::Bind {
-        path: path.to_owned(),
-        source,
-    };
+    let bind_err = |source| StatusError::Bind { path: path.to_owned(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(bind_err)?;
     }
@@ -161,12 +174,20 @@ pub fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let snap = snapshot();
+            let respond = respond.clone();
             tokio::spawn(async move {
-                if let Ok(mut json) = serde_json::to_vec(&snap) {
+                let mut line = [0u8; 16];
+                let read = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut line)).await;
+                let query = match read {
+                    Ok(Ok(n)) if line[..n].starts_with(b"plan") => Query::Plan,
+                    _ => Query::Status,
+                };
+                let Ok(value) = tokio::task::spawn_blocking(move || respond(query)).await else {
+                    return;
+                };
+                if let Ok(mut json) = serde_json::to_vec(&value) {
                     json.push(b'\n');
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), conn.write_all(&json)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.write_all(&json)).await;
                 }
             });
         }
@@ -176,23 +197,22 @@ pub fn serve(
 
 /// Reads one snapshot from the socket.
 pub async fn query(path: &Path) -> Result<StatusSnapshot, StatusError> {
+    let value = ask(path, Query::Status).await?;
+    serde_json::from_value(value).map_err(|source| StatusError::Parse { path: path.to_owned(), source })
+}
+
+/// Sends a query and reads the JSON answer.
+pub async fn ask(path: &Path, query: Query) -> Result<serde_json::Value, StatusError> {
     let mut conn = tokio::net::UnixStream::connect(path)
         .await
-        .map_err(|source| StatusError::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| StatusError::Connect { path: path.to_owned(), source })?;
+    let read_err = |source| StatusError::Read { path: path.to_owned(), source };
+    conn.write_all(query.as_line()).await.map_err(read_err)?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut buf))
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut buf))
         .await
-        .map_err(|_| StatusError::Read {
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5 s"),
-        })?
-        .map_err(|source| StatusError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|_| read_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s")))?
+        .map_err(read_err)?;
     serde_json::from_slice(&buf).map_err(|source| StatusError::Parse {
         path: path.to_owned(),
         source,
@@ -309,17 +329,24 @@ mod tests {
             ..Default::default()
         };
         let s2 = snap.clone();
-        let task = serve(&path, Arc::new(move || s2.clone())).expect("serve");
+        let responder = move |s: StatusSnapshot| -> Responder {
+            Arc::new(move |q| match q {
+                Query::Status => serde_json::to_value(&s).expect("json"),
+                Query::Plan => serde_json::json!([{"name": "t0"}]),
+            })
+        };
+        let task = serve(&path, responder(s2)).expect("serve");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let got = query(&path).await.expect("query");
         assert_eq!(got.host_id, "h-1");
         assert!(render(&got, 0).contains("state:      SERVING"));
+        assert_eq!(ask(&path, Query::Plan).await.expect("plan")[0]["name"], "t0");
         task.abort();
         // A stale socket file from a crashed agent does not stop the next one.
         let _ = task.await;
         let task =
-            serve(&path, Arc::new(move || snap.clone())).expect("serve again over a stale socket");
+            serve(&path, responder(snap)).expect("serve again over a stale socket");
         assert_eq!(query(&path).await.expect("query").host_id, "h-1");
         task.abort();
     }

@@ -58,12 +58,70 @@ pub struct HostFacts {
     pub telemetry_interval_ms: u32,
 }
 
+/// The telemetry streams open right now, for `jex-agent status`.
+#[derive(Debug, Default)]
+pub struct Streams {
+    next_id: std::sync::atomic::AtomicU64,
+    open: std::sync::Mutex<std::collections::BTreeMap<u64, OpenStream>>,
+}
+
+/// One open telemetry stream.
+#[derive(Debug, Clone)]
+pub struct OpenStream {
+    /// The caller.
+    pub peer: Peer,
+    /// When it opened.
+    pub opened: std::time::Instant,
+    /// The last seq sent.
+    pub last_seq_sent: u64,
+}
+
+impl Streams {
+    /// A snapshot of the open streams.
+    pub fn list(&self) -> Vec<OpenStream> {
+        self.open.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn register(self: &Arc<Self>, peer: Peer, after_seq: u64) -> StreamGuard {
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.open.lock() {
+            m.insert(id, OpenStream { peer, opened: std::time::Instant::now(), last_seq_sent: after_seq });
+        }
+        StreamGuard { streams: self.clone(), id }
+    }
+}
+
+/// Removes its stream from the registry when the stream is dropped (client gone or shutdown).
+struct StreamGuard {
+    streams: Arc<Streams>,
+    id: u64,
+}
+
+impl StreamGuard {
+    fn sent(&self, seq: u64) {
+        if let Ok(mut m) = self.streams.open.lock()
+            && let Some(s) = m.get_mut(&self.id)
+        {
+            s.last_seq_sent = seq;
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.streams.open.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
 /// The `NodeAgent` implementation.
 #[derive(Clone)]
 pub struct AgentService {
     facts: Arc<HostFacts>,
     hub: Arc<Hub>,
     erase: Arc<EraseService>,
+    streams: Arc<Streams>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -82,14 +140,10 @@ impl AgentService {
         facts: HostFacts,
         hub: Arc<Hub>,
         erase: Arc<EraseService>,
+        streams: Arc<Streams>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self {
-            facts: Arc::new(facts),
-            hub,
-            erase,
-            shutdown,
-        }
+        Self { facts: Arc::new(facts), hub, erase, streams, shutdown }
     }
 
     /// The tonic server for this service.
@@ -165,13 +219,17 @@ impl NodeAgent for AgentService {
         };
         let mut shutdown = self.shutdown.clone();
         let stream_span = span.clone();
+        let guard = self.streams.register(peer.clone(), r.after_seq);
         let out = async_stream_of(records, async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })
         .map(move |item| match item {
-            Ok(batch) => Ok(pb::StreamTelemetryResponse {
-                records: batch.iter().map(convert::record).collect(),
-            }),
+            Ok(batch) => {
+                if let Some(last) = batch.last() {
+                    guard.sent(last.seq);
+                }
+                Ok(pb::StreamTelemetryResponse { records: batch.iter().map(convert::record).collect() })
+            }
             Err(e) => {
                 let status = status::from_hub(&e);
                 stream_span.in_scope(
