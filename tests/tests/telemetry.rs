@@ -9,7 +9,9 @@ use jex_proto::v1 as pb;
 use pb::telemetry_record::Body;
 
 /// Reads from a fresh connection after `after_seq` until `want` records arrived; checks that the
-/// seqs are exactly `after_seq + 1, + 2, …` and returns the records.
+/// records cover exactly `after_seq + 1, + 2, …`, each number once, and returns them. A gap
+/// with missing numbers covers `first_missing_seq..=last_missing_seq` and carries the last as
+/// its `seq`; any other record covers its own `seq`.
 async fn read_after(
     pki: &TestPki,
     agent: &AgentProcess,
@@ -33,10 +35,20 @@ async fn read_after(
         };
         for r in batch.records {
             let expected = out.last().map_or(after_seq + 1, |l| l.seq + 1);
-            if r.seq != expected {
+            let first = match &r.body {
+                Some(Body::Gap(g)) if g.last_missing_seq != 0 => {
+                    if g.last_missing_seq != r.seq {
+                        bail!("gap {} ends its range at {}", r.seq, g.last_missing_seq);
+                    }
+                    g.first_missing_seq
+                }
+                _ => r.seq,
+            };
+            if first != expected || r.seq < first {
                 bail!(
-                    "after seq {}: expected {expected}, got {}",
+                    "after seq {}: expected {expected}, got {} covering {first}..={}",
                     after_seq,
+                    r.seq,
                     r.seq
                 );
             }

@@ -397,6 +397,64 @@ fn flipped_bytes_inside_a_segment_become_a_corrupt_gap_for_exactly_the_lost_reco
     assert_eq!(seqs(&spool.read_after(51, 1).unwrap()), vec![52]);
 }
 
+/// The numbers a record stands for: a gap with a range of missing numbers covers all of them
+/// (and carries the last as its `seq`); any other record covers its own `seq`.
+fn covered(record: &Record) -> (u64, u64) {
+    match &record.body {
+        RecordBody::Gap(Gap {
+            missing_seqs: Some((first, last)),
+            ..
+        }) => {
+            assert_eq!(
+                *last, record.seq,
+                "a gap is numbered by its last missing seq"
+            );
+            (*first, *last)
+        }
+        _ => (record.seq, record.seq),
+    }
+}
+
+#[test]
+fn damage_across_a_frame_boundary_is_one_gap_numbered_by_the_last_lost_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 40);
+    drop(spool);
+    // One run of 16 damaged bytes: the end of record 20's payload and the magic and length of
+    // record 21's frame, so neither frame can be read and nothing marks where 21 began.
+    let (path, offset, len) = locate(&config, 20);
+    for at in offset + len - 8..offset + len + 8 {
+        flip_byte(&path, at);
+    }
+
+    let (spool, report) = open(&config);
+    assert_eq!(report.corrupt_records, 2);
+    assert_eq!(report.corrupt_regions, 1);
+    assert_eq!(report.last_seq, Some(40));
+
+    let all = read_all(&spool, 0);
+    let expect: Vec<u64> = (1..=40).filter(|s| *s != 20).collect();
+    assert_eq!(seqs(&all), expect);
+    let gap = gap_of(&all[19]);
+    assert_eq!(all[19].seq, 21);
+    assert_eq!(gap.reason, GapReason::Corrupt);
+    assert_eq!(gap.missing_seqs, Some((20, 21)));
+    assert_eq!(gap.start_time_unix_ms, T0 + 19 * 1000);
+    assert_eq!(gap.end_time_unix_ms, T0 + 22 * 1000);
+    // Taken with their ranges, the records cover every number once, in order, even one
+    // record per read.
+    let mut next = 1;
+    let mut cursor = 0;
+    while let Some(record) = spool.read_after(cursor, 1).unwrap().pop() {
+        let (first, last) = covered(&record);
+        assert_eq!(first, next, "record {} after cursor {cursor}", record.seq);
+        (next, cursor) = (last + 1, record.seq);
+    }
+    assert_eq!(next, 41);
+}
+
 #[test]
 fn a_damaged_last_frame_keeps_its_number_reserved() {
     let tmp = tempfile::tempdir().unwrap();

@@ -26,7 +26,10 @@
 //! behind the channel (`Lagged`), or sees a hole in the live numbers, goes back to reading the
 //! spool from its cursor, so it loses nothing; the channel never waits for anyone, so a slow or
 //! stuck subscriber cannot hold back the sampler or another subscriber. Each batch continues
-//! exactly where the previous one ended: the numbers a subscription yields are consecutive.
+//! exactly where the previous one ended: the numbers a subscription covers are consecutive,
+//! each once. A record covers its own `seq`, except a gap the spool synthesizes for numbers no
+//! valid record holds (`Corrupt`, `Evicted`): it covers its whole `missing_seqs` range and
+//! carries the last of them as its `seq`, so the `seq`s yielded can step by more than one.
 //!
 //! # Shutdown
 //!
