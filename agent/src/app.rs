@@ -200,7 +200,10 @@ fn status_responder(
                 pid: std::process::id(),
                 host_id: host_id.clone(),
                 listen: listen.to_string(),
-                lifecycle: lifecycle.as_str_name().trim_start_matches("LIFECYCLE_STATE_").to_owned(),
+                lifecycle: lifecycle
+                    .as_str_name()
+                    .trim_start_matches("LIFECYCLE_STATE_")
+                    .to_owned(),
                 uptime_secs: started.elapsed().as_secs(),
                 streams: streams
                     .list()
@@ -353,7 +356,14 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let streams = Arc::new(crate::server::Streams::default());
     let status_task = crate::status::serve(
         &config.server.status_socket,
-        status_responder(&facts, local_addr, &config, hub.clone(), erase.clone(), streams.clone()),
+        status_responder(
+            &facts,
+            local_addr,
+            &config,
+            hub.clone(),
+            erase.clone(),
+            streams.clone(),
+        ),
     )?;
     let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
 

@@ -173,7 +173,10 @@ pub fn main() -> ExitCode {
             match crate::status::query(&socket).await {
                 Ok(snap) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&snap).unwrap_or_default());
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&snap).unwrap_or_default()
+                        );
                     } else {
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -276,12 +279,23 @@ pub fn render_plan(plan: &serde_json::Value) -> String {
         let _ = writeln!(o, "cannot plan: {err}");
         return o;
     }
-    let targets = plan.get("targets").and_then(|t| t.as_array()).cloned().unwrap_or_default();
+    let targets = plan
+        .get("targets")
+        .and_then(|t| t.as_array())
+        .cloned()
+        .unwrap_or_default();
     if targets.is_empty() {
-        let _ = writeln!(o, "no erase targets configured: a Terminate would be refused (add [[erase.targets]])");
+        let _ = writeln!(
+            o,
+            "no erase targets configured: a Terminate would be refused (add [[erase.targets]])"
+        );
     }
     for t in &targets {
-        let s = |k: &str| t.get(k).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).unwrap_or_default();
+        let s = |k: &str| {
+            t.get(k)
+                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                .unwrap_or_default()
+        };
         let ready = t.get("ready").and_then(|v| v.as_bool()).unwrap_or(false);
         let _ = writeln!(
             o,
@@ -289,10 +303,24 @@ pub fn render_plan(plan: &serde_json::Value) -> String {
             s("name"),
             s("backend"),
             s("device"),
-            if ready { "WOULD BE DESTROYED" } else { "NOT READY: Terminate would fail" }
+            if ready {
+                "WOULD BE DESTROYED"
+            } else {
+                "NOT READY: Terminate would fail"
+            }
         );
-        let _ = writeln!(o, "  size: {} bytes; identity: {}", s("size_bytes"), s("identity"));
-        for c in t.get("checks").and_then(|c| c.as_array()).cloned().unwrap_or_default() {
+        let _ = writeln!(
+            o,
+            "  size: {} bytes; identity: {}",
+            s("size_bytes"),
+            s("identity")
+        );
+        for c in t
+            .get("checks")
+            .and_then(|c| c.as_array())
+            .cloned()
+            .unwrap_or_default()
+        {
             let passed = c.get("passed").and_then(|v| v.as_bool()).unwrap_or(false);
             let _ = writeln!(
                 o,

@@ -40,36 +40,60 @@ fn step<E: std::error::Error>(name: &'static str) -> impl FnOnce(E) -> DemoError
 
 /// The `cryptsetup` binary on this machine (Debian: `/usr/sbin` or `/sbin`).
 pub fn find_cryptsetup() -> Option<PathBuf> {
-    ["/usr/sbin/cryptsetup", "/sbin/cryptsetup", "/usr/bin/cryptsetup"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/cryptsetup",
+        "/sbin/cryptsetup",
+        "/usr/bin/cryptsetup",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Makes a LUKS2 disk image of `size` bytes at `path` with a random passphrase that is thrown
 /// away (the point is to destroy the key); returns its LUKS UUID.
 pub fn make_luks_image(path: &Path, size: u64, cryptsetup: &Path) -> Result<String, DemoError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| DemoError::Step { step: "disk image", detail: format!("{}: {e}", path.display()) };
-    std::fs::File::create(path).and_then(|f| f.set_len(size)).map_err(io)?;
+    let io = |e: std::io::Error| DemoError::Step {
+        step: "disk image",
+        detail: format!("{}: {e}", path.display()),
+    };
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(size))
+        .map_err(io)?;
     let key_path = path.with_extension("passphrase");
     {
         use std::io::Write;
         let mut passphrase = zeroize::Zeroizing::new([0u8; 32]);
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut passphrase[..])
-            .map_err(|_| DemoError::Step { step: "disk image", detail: "no system randomness".into() })?;
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_path).map_err(io)?;
+            .map_err(|_| DemoError::Step {
+                step: "disk image",
+                detail: "no system randomness".into(),
+            })?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .map_err(io)?;
         f.write_all(&passphrase[..]).map_err(io)?;
     }
     let run = |args: &[&std::ffi::OsStr]| -> Result<String, DemoError> {
-        let out = std::process::Command::new(cryptsetup).args(args).output().map_err(|e| DemoError::Step {
-            step: "cryptsetup",
-            detail: format!("running {}: {e}", cryptsetup.display()),
-        })?;
+        let out = std::process::Command::new(cryptsetup)
+            .args(args)
+            .output()
+            .map_err(|e| DemoError::Step {
+                step: "cryptsetup",
+                detail: format!("running {}: {e}", cryptsetup.display()),
+            })?;
         if !out.status.success() {
             return Err(DemoError::Step {
                 step: "cryptsetup",
-                detail: format!("{:?} failed: {}", args, String::from_utf8_lossy(&out.stderr).trim()),
+                detail: format!(
+                    "{:?} failed: {}",
+                    args,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -206,9 +230,14 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
     std::fs::write(&config_path, text).map_err(step("writing config"))?;
     let config = Config::load(&config_path).map_err(step("config"))?;
     let socket = config.server.status_socket.clone();
-    let agent = crate::app::start(config).await.map_err(step("starting the agent"))?;
+    let agent = crate::app::start(config)
+        .await
+        .map_err(step("starting the agent"))?;
     let addr = agent.local_addr();
-    println!("   listening on https://{addr} (logs: {}/logs/agent.log)", dir.display());
+    println!(
+        "   listening on https://{addr} (logs: {}/logs/agent.log)",
+        dir.display()
+    );
 
     let conn = ctl::Connection {
         agent: format!("https://{addr}"),
@@ -246,8 +275,217 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
         last + 1
     );
 
+    erase_part(
+        dir,
+        &conn,
+        &mut client,
+        &host.host_id,
+        &pki,
+        &socket,
+        &image,
+        &cryptsetup,
+    )
+    .await?;
+
     agent.shutdown().await;
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn erase_part(
+    dir: &Path,
+    conn: &ctl::Connection,
+    client: &mut jex_proto::v1::node_agent_client::NodeAgentClient<tonic::transport::Channel>,
+    host_id: &str,
+    pki: &crate::pki::DevPkiPaths,
+    socket: &Path,
+    image: &Path,
+    cryptsetup: &Path,
+) -> Result<(), DemoError> {
+    println!(
+        "== 7. erase plan: what a Terminate would destroy (asked through the local status socket)"
+    );
+    let plan = crate::status::ask(socket, crate::status::Query::Plan)
+        .await
+        .map_err(step("erase plan"))?;
+    for line in crate::cli::render_plan(&plan).lines() {
+        println!("   {line}");
+    }
+
+    println!("== 8. the tenancy ends: Terminate (controller role, fresh 32-byte nonce)");
+    let mut nonce = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).map_err(|_| {
+        DemoError::Step {
+            step: "nonce",
+            detail: "no system randomness".into(),
+        }
+    })?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let op = client
+        .terminate(pb::TerminateRequest {
+            request_id: request_id.clone(),
+            host_id: host_id.to_owned(),
+            nonce: nonce.to_vec(),
+        })
+        .await
+        .map_err(|s| DemoError::Step {
+            step: "Terminate",
+            detail: s.to_string(),
+        })?
+        .into_inner()
+        .operation
+        .unwrap_or_default();
+    println!(
+        "   operation {} accepted (request {request_id})",
+        op.operation_id
+    );
+
+    let mut watch = client
+        .watch_erase(pb::WatchEraseRequest {
+            operation_id: op.operation_id.clone(),
+        })
+        .await
+        .map_err(|s| DemoError::Step {
+            step: "WatchErase",
+            detail: s.to_string(),
+        })?
+        .into_inner();
+    let mut last_phase = -1;
+    let mut certificate = None;
+    let mut outcome = pb::EraseOutcome::Unspecified;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut last_line = String::new();
+    while let Some(msg) = watch.message().await.map_err(|s| DemoError::Step {
+        step: "WatchErase",
+        detail: s.to_string(),
+    })? {
+        let Some(op) = msg.operation else { continue };
+        let phase = pb::ErasePhase::try_from(op.phase)
+            .map_or("?", |p| p.as_str_name().trim_start_matches("ERASE_PHASE_"));
+        let line = progress_line(
+            phase,
+            op.bytes_done,
+            op.bytes_total,
+            op.rate_bytes_per_second,
+        );
+        if op.phase != last_phase {
+            if last_phase >= 0 && !tty {
+                println!("   {last_line}");
+            } else if last_phase >= 0 {
+                println!();
+            }
+            last_phase = op.phase;
+        }
+        if tty {
+            print!("\r   {line}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+        last_line = line;
+        if msg.certificate.is_some() {
+            certificate = msg.certificate;
+        }
+        outcome = pb::EraseOutcome::try_from(op.outcome).unwrap_or_default();
+        let terminal = matches!(
+            pb::ErasePhase::try_from(op.phase),
+            Ok(pb::ErasePhase::Reclaimable | pb::ErasePhase::Failed)
+        ) || (op.phase == pb::ErasePhase::Certified as i32
+            && op.outcome != pb::EraseOutcome::Erased as i32);
+        if terminal {
+            if tty {
+                println!();
+            } else {
+                println!("   {last_line}");
+            }
+            if !op.failure_reason.is_empty() {
+                return Err(DemoError::Step {
+                    step: "erase",
+                    detail: op.failure_reason,
+                });
+            }
+            break;
+        }
+    }
+    if outcome != pb::EraseOutcome::Erased {
+        return Err(DemoError::Step {
+            step: "erase",
+            detail: format!("outcome {}", outcome.as_str_name()),
+        });
+    }
+
+    println!("== 9. the signed certificate, checked offline like `jex-agent verify-erase --nonce`");
+    let cert =
+        crate::server::convert::certificate_from_proto(certificate.ok_or(DemoError::Step {
+            step: "certificate",
+            detail: "the last WatchErase message had none".into(),
+        })?);
+    let cert_path = dir.join("erase-certificate.json");
+    std::fs::write(&cert_path, cert.to_bundle_json()).map_err(step("writing the certificate"))?;
+    let ca = std::fs::read(&pki.ca_cert).map_err(step("reading the CA"))?;
+    let doc = crate::attest::verify(&cert, &ca, Some(&nonce)).map_err(step("verify-erase"))?;
+    for line in crate::attest::summary(&doc, true).lines() {
+        println!("   {line}");
+    }
+    for t in &doc.targets {
+        let ev = &t.key_destruction.evidence;
+        println!(
+            "   key destruction evidence: keyslots {} -> {}, keyslot area changed: {}",
+            ev.get("keyslots_before").map_or("?", String::as_str),
+            ev.get("keyslots_after").map_or("?", String::as_str),
+            ev.get("keyslot_area_changed").map_or("?", String::as_str)
+        );
+    }
+    let is_luks = std::process::Command::new(cryptsetup)
+        .arg("isLuks")
+        .arg(image)
+        .status()
+        .map_err(step("cryptsetup isLuks"))?;
+    println!(
+        "   cryptsetup isLuks {}: {}",
+        image.display(),
+        if is_luks.success() {
+            "still LUKS (unexpected)"
+        } else {
+            "no LUKS header left: the image holds pattern bytes only"
+        }
+    );
+    println!(
+        "   saved {}; check it again with:\n     jex-agent verify-erase {} --ca {} --nonce {}",
+        cert_path.display(),
+        cert_path.display(),
+        pki.ca_cert.display(),
+        hex::encode(nonce)
+    );
+
+    println!("== 10. GetHost after the erase");
+    let mut client = ctl::connect(conn).await.map_err(step("reconnecting"))?;
+    let host = ctl::host(&mut client).await.map_err(step("GetHost"))?;
+    let state = pb::LifecycleState::try_from(host.lifecycle_state).map_or("?", |s| s.as_str_name());
+    println!("   host {} is {state}", host.host_id);
+    if host.lifecycle_state != pb::LifecycleState::Reclaimable as i32 {
+        return Err(DemoError::Step {
+            step: "GetHost",
+            detail: format!("expected RECLAIMABLE, got {state}"),
+        });
+    }
+    Ok(())
+}
+
+/// `PHASE [#####.....]  42.0%  123.4 MiB/s`
+pub fn progress_line(phase: &str, done: u64, total: u64, rate: f64) -> String {
+    const WIDTH: usize = 30;
+    let frac = if total > 0 {
+        (done as f64 / total as f64).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let filled = (frac * WIDTH as f64).round() as usize;
+    format!(
+        "{phase:<15} [{}{}] {:>5.1}%  {:>8.1} MiB/s",
+        "#".repeat(filled),
+        ".".repeat(WIDTH - filled),
+        frac * 100.0,
+        rate / (1024.0 * 1024.0)
+    )
 }
 
 /// Follows the stream after `after_seq` for `dur`, checking the sequence is contiguous;

@@ -158,7 +158,10 @@ pub enum StatusError {
 /// Binds the socket (replacing a stale one, mode 0600) and answers queries until aborted.
 pub fn serve(path: &Path, respond: Responder) -> Result<tokio::task::JoinHandle<()>, StatusError> {
     use std::os::unix::fs::PermissionsExt;
-    let bind_err = |source| StatusError::Bind { path: path.to_owned(), source };
+    let bind_err = |source| StatusError::Bind {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(bind_err)?;
     }
@@ -187,7 +190,8 @@ pub fn serve(path: &Path, respond: Responder) -> Result<tokio::task::JoinHandle<
                 };
                 if let Ok(mut json) = serde_json::to_vec(&value) {
                     json.push(b'\n');
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn.write_all(&json)).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), conn.write_all(&json)).await;
                 }
             });
         }
@@ -198,20 +202,34 @@ pub fn serve(path: &Path, respond: Responder) -> Result<tokio::task::JoinHandle<
 /// Reads one snapshot from the socket.
 pub async fn query(path: &Path) -> Result<StatusSnapshot, StatusError> {
     let value = ask(path, Query::Status).await?;
-    serde_json::from_value(value).map_err(|source| StatusError::Parse { path: path.to_owned(), source })
+    serde_json::from_value(value).map_err(|source| StatusError::Parse {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Sends a query and reads the JSON answer.
 pub async fn ask(path: &Path, query: Query) -> Result<serde_json::Value, StatusError> {
     let mut conn = tokio::net::UnixStream::connect(path)
         .await
-        .map_err(|source| StatusError::Connect { path: path.to_owned(), source })?;
-    let read_err = |source| StatusError::Read { path: path.to_owned(), source };
+        .map_err(|source| StatusError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let read_err = |source| StatusError::Read {
+        path: path.to_owned(),
+        source,
+    };
     conn.write_all(query.as_line()).await.map_err(read_err)?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut buf))
         .await
-        .map_err(|_| read_err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 30 s")))?
+        .map_err(|_| {
+            read_err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer within 30 s",
+            ))
+        })?
         .map_err(read_err)?;
     serde_json::from_slice(&buf).map_err(|source| StatusError::Parse {
         path: path.to_owned(),
@@ -341,12 +359,14 @@ mod tests {
         let got = query(&path).await.expect("query");
         assert_eq!(got.host_id, "h-1");
         assert!(render(&got, 0).contains("state:      SERVING"));
-        assert_eq!(ask(&path, Query::Plan).await.expect("plan")[0]["name"], "t0");
+        assert_eq!(
+            ask(&path, Query::Plan).await.expect("plan")[0]["name"],
+            "t0"
+        );
         task.abort();
         // A stale socket file from a crashed agent does not stop the next one.
         let _ = task.await;
-        let task =
-            serve(&path, responder(snap)).expect("serve again over a stale socket");
+        let task = serve(&path, responder(snap)).expect("serve again over a stale socket");
         assert_eq!(query(&path).await.expect("query").host_id, "h-1");
         task.abort();
     }

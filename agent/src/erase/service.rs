@@ -166,6 +166,15 @@ pub struct OperationView {
 }
 
 impl OperationView {
+    /// No more work will be done: reclaimable, failed, or certified with exceptions.
+    pub fn is_terminal(&self) -> bool {
+        match self.phase {
+            Phase::Failed | Phase::Reclaimable => true,
+            Phase::Certified => self.outcome != Some(Outcome::Erased),
+            _ => false,
+        }
+    }
+
     pub(crate) fn placeholder(operation_id: &str) -> Self {
         OperationView {
             operation_id: operation_id.to_owned(),

@@ -79,15 +79,30 @@ pub struct OpenStream {
 impl Streams {
     /// A snapshot of the open streams.
     pub fn list(&self) -> Vec<OpenStream> {
-        self.open.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.open
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn register(self: &Arc<Self>, peer: Peer, after_seq: u64) -> StreamGuard {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut m) = self.open.lock() {
-            m.insert(id, OpenStream { peer, opened: std::time::Instant::now(), last_seq_sent: after_seq });
+            m.insert(
+                id,
+                OpenStream {
+                    peer,
+                    opened: std::time::Instant::now(),
+                    last_seq_sent: after_seq,
+                },
+            );
         }
-        StreamGuard { streams: self.clone(), id }
+        StreamGuard {
+            streams: self.clone(),
+            id,
+        }
     }
 }
 
@@ -143,7 +158,13 @@ impl AgentService {
         streams: Arc<Streams>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
-        Self { facts: Arc::new(facts), hub, erase, streams, shutdown }
+        Self {
+            facts: Arc::new(facts),
+            hub,
+            erase,
+            streams,
+            shutdown,
+        }
     }
 
     /// The tonic server for this service.
@@ -228,7 +249,9 @@ impl NodeAgent for AgentService {
                 if let Some(last) = batch.last() {
                     guard.sent(last.seq);
                 }
-                Ok(pb::StreamTelemetryResponse { records: batch.iter().map(convert::record).collect() })
+                Ok(pb::StreamTelemetryResponse {
+                    records: batch.iter().map(convert::record).collect(),
+                })
             }
             Err(e) => {
                 let status = status::from_hub(&e);
@@ -296,7 +319,7 @@ impl NodeAgent for AgentService {
             if *ended {
                 return std::future::ready(None);
             }
-            *ended = op.finished_unix_ms.is_some();
+            *ended = op.is_terminal();
             std::future::ready(Some(Ok(pb::WatchEraseResponse {
                 operation: Some(convert::operation(&op)),
                 certificate: op.certificate.as_ref().map(convert::certificate),
