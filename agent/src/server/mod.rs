@@ -308,22 +308,24 @@ impl NodeAgent for AgentService {
         let mut shutdown = self.shutdown.clone();
         // The current state at once, then every change, until the operation ends.
         let updates = tokio_stream::wrappers::WatchStream::new(rx);
-        let out = async_stream_of(updates.map(Ok::<_, std::convert::Infallible>), async move {
+        // Every state until (and including) the terminal one, then the end of the stream.
+        let until_terminal =
+            futures::stream::unfold((updates, false), |(mut updates, done)| async move {
+                if done {
+                    return None;
+                }
+                let op = updates.next().await?;
+                let end = op.is_terminal();
+                Some((op, (updates, end)))
+            });
+        let out = async_stream_of(until_terminal.map(Ok::<_, Status>), async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })
         .map(|item| {
-            let Ok(op) = item;
-            op
-        })
-        .scan(false, |ended, op| {
-            if *ended {
-                return std::future::ready(None);
-            }
-            *ended = op.is_terminal();
-            std::future::ready(Some(Ok(pb::WatchEraseResponse {
+            item.map(|op| pb::WatchEraseResponse {
                 operation: Some(convert::operation(&op)),
                 certificate: op.certificate.as_ref().map(convert::certificate),
-            })))
+            })
         });
         Ok(Response::new(Box::pin(out)))
     }

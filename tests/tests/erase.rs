@@ -1,0 +1,481 @@
+//! The erase on Terminate, end to end: a real agent process, a real controller client over mTLS,
+//! LUKS2 disk images made by the real `cryptsetup`, the certificate checked offline.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use jex_e2e::*;
+use jex_proto::v1 as pb;
+use tonic::Code;
+
+/// A test agent with one LUKS2 image target.
+struct Setup {
+    pki: TestPki,
+    dir: tempfile::TempDir,
+    image: PathBuf,
+    luks_uuid: String,
+    opts: AgentOptions,
+}
+
+fn cryptsetup() -> Result<PathBuf> {
+    jex_agent::demo::find_cryptsetup()
+        .context("cryptsetup is not installed: install cryptsetup-bin (scripts/test.sh does)")
+}
+
+fn setup(image_mib: u64) -> Result<Setup> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let image = dir.path().join("tenant.img");
+    let cs = cryptsetup()?;
+    let luks_uuid = jex_agent::demo::make_luks_image(&image, image_mib << 20, &cs)?;
+    let mut extra = String::from("\n[erase]\nchunk_bytes = 1048576\ncheckpoint_bytes = 2097152\n");
+    extra.push_str(&jex_agent::demo::erase_toml(&image, &luks_uuid, &cs));
+    let opts = AgentOptions {
+        interval_ms: 100,
+        extra_toml: extra,
+    };
+    Ok(Setup {
+        pki,
+        dir,
+        image,
+        luks_uuid,
+        opts,
+    })
+}
+
+impl Setup {
+    fn start(&self) -> Result<AgentProcess> {
+        start_agent(&self.pki, &self.dir.path().join("agent"), &self.opts)
+    }
+}
+
+fn nonce() -> Vec<u8> {
+    (0..32).map(|_| rand::random::<u8>()).collect()
+}
+
+async fn terminate(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    request_id: &str,
+    host_id: &str,
+    nonce: &[u8],
+) -> Result<Result<pb::EraseOperation, tonic::Status>> {
+    let mut c = client(pki, agent, Some(&pki.controller())).await?;
+    Ok(c.terminate(pb::TerminateRequest {
+        request_id: request_id.into(),
+        host_id: host_id.into(),
+        nonce: nonce.to_vec(),
+    })
+    .await
+    .map(|r| r.into_inner().operation.unwrap_or_default()))
+}
+
+/// Follows WatchErase to its end; returns every message.
+async fn watch_to_end(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    operation_id: &str,
+) -> Result<Vec<pb::WatchEraseResponse>> {
+    let mut c = client(pki, agent, Some(&pki.observer())).await?;
+    let mut s = c
+        .watch_erase(pb::WatchEraseRequest {
+            operation_id: operation_id.into(),
+        })
+        .await?
+        .into_inner();
+    let mut all = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(120), s.message()).await {
+            Ok(m) => match m? {
+                Some(m) => all.push(m),
+                None => return Ok(all),
+            },
+            Err(_) => {
+                let log = agent.log();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                bail!(
+                    "WatchErase did not end within 120 s; last message {:?}; agent log tail:\n{}",
+                    all.last(),
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
+fn last_op(msgs: &[pb::WatchEraseResponse]) -> Result<pb::EraseOperation> {
+    msgs.last()
+        .and_then(|m| m.operation.clone())
+        .context("no WatchErase message")
+}
+
+async fn host(pki: &TestPki, agent: &AgentProcess) -> Result<pb::Host> {
+    let mut c = client(pki, agent, Some(&pki.observer())).await?;
+    Ok(c.get_host(pb::GetHostRequest {})
+        .await?
+        .into_inner()
+        .host
+        .unwrap_or_default())
+}
+
+fn is_luks(image: &Path) -> Result<bool> {
+    Ok(std::process::Command::new(cryptsetup()?)
+        .arg("isLuks")
+        .arg(image)
+        .status()?
+        .success())
+}
+
+fn verify_cli(cert: &Path, ca: &Path, nonce: &[u8]) -> Result<std::process::Output> {
+    Ok(std::process::Command::new(agent_bin()?)
+        .args(["verify-erase"])
+        .arg(cert)
+        .arg("--ca")
+        .arg(ca)
+        .args(["--nonce", &hex(nonce)])
+        .output()?)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test]
+async fn terminate_destroys_the_keys_overwrites_verifies_and_certifies() -> Result<()> {
+    let s = setup(20)?;
+    let agent = s.start()?;
+    assert!(is_luks(&s.image)?);
+    assert_eq!(
+        host(&s.pki, &agent).await?.lifecycle_state,
+        pb::LifecycleState::Serving as i32
+    );
+
+    // Telemetry keeps streaming while the erase runs.
+    let mut tc = client(&s.pki, &agent, Some(&s.pki.controller())).await?;
+    let mut telemetry = tc
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq: 0,
+            max_batch_records: 0,
+            history_only: false,
+        })
+        .await?
+        .into_inner();
+    let telemetry_task = tokio::spawn(async move {
+        let mut times = Vec::new();
+        while let Ok(Ok(Some(b))) =
+            tokio::time::timeout(Duration::from_secs(30), telemetry.message()).await
+        {
+            times.extend(b.records.iter().map(|r| r.time_unix_ms));
+        }
+        times
+    });
+
+    let nonce = nonce();
+    let op = terminate(&s.pki, &agent, "req-1", HOST_ID, &nonce).await??;
+    assert!(!op.operation_id.is_empty());
+    // Idempotent by request_id.
+    let again = terminate(&s.pki, &agent, "req-1", HOST_ID, &nonce).await??;
+    assert_eq!(again.operation_id, op.operation_id);
+
+    let msgs = watch_to_end(&s.pki, &agent, &op.operation_id).await?;
+    let last = last_op(&msgs)?;
+    assert_eq!(last.phase, pb::ErasePhase::Reclaimable as i32, "{last:?}");
+    assert_eq!(last.outcome, pb::EraseOutcome::Erased as i32);
+    let phases: Vec<i32> = msgs
+        .iter()
+        .filter_map(|m| m.operation.as_ref().map(|o| o.phase))
+        .collect();
+    assert!(
+        phases.windows(2).all(|w| w[0] <= w[1]),
+        "phases only move forward: {phases:?}"
+    );
+    assert!(
+        phases.contains(&(pb::ErasePhase::Overwriting as i32))
+            || phases.contains(&(pb::ErasePhase::Verifying as i32))
+    );
+
+    // The certificate: on the last message and from GetEraseCertificate, identical, verifiable.
+    let wire = msgs
+        .last()
+        .and_then(|m| m.certificate.clone())
+        .context("last message carries the certificate")?;
+    let mut c = client(&s.pki, &agent, Some(&s.pki.observer())).await?;
+    let fetched = c
+        .get_erase_certificate(pb::GetEraseCertificateRequest {
+            operation_id: op.operation_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .certificate
+        .context("certificate")?;
+    assert_eq!(wire, fetched);
+    let cert = jex_agent::server::convert::certificate_from_proto(wire);
+    let ca = std::fs::read(&s.pki.paths.ca_cert)?;
+    let doc = jex_agent::attest::verify(&cert, &ca, Some(&nonce))?;
+    assert_eq!(doc.outcome, "ERASED");
+    assert_eq!(doc.host.host_id, HOST_ID);
+    assert_eq!(doc.controller_nonce_hex, hex(&nonce));
+    assert_eq!(doc.targets.len(), 1);
+    let t = &doc.targets[0];
+    assert_eq!(
+        t.identity.split(';').next(),
+        Some(format!("luks-uuid:{}", s.luks_uuid).as_str())
+    );
+    assert_eq!(
+        t.key_destruction
+            .evidence
+            .get("keyslots_before")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        t.key_destruction
+            .evidence
+            .get("keyslots_after")
+            .map(String::as_str),
+        Some("0")
+    );
+    assert_eq!(t.mismatched_blocks, 0);
+    assert!(
+        jex_agent::attest::verify(&cert, &ca, Some(&[0u8; 32])).is_err(),
+        "another nonce is refused"
+    );
+
+    // The disk: no LUKS header; every byte is the pattern revealed in the certificate.
+    assert!(!is_luks(&s.image)?);
+    let key = jex_agent::erase::pattern::PatternKey::from_hex(&doc.pattern.key_hex)?;
+    let bytes = std::fs::read(&s.image)?;
+    let pattern = jex_agent::erase::pattern::Pattern::new(key);
+    let mut expected = vec![0u8; bytes.len()];
+    pattern.fill(0, &mut expected);
+    assert!(bytes == expected, "the image holds exactly the pattern");
+
+    // The CLI check, and a changed byte makes it fail.
+    let cert_path = s.dir.path().join("cert.json");
+    std::fs::write(&cert_path, cert.to_bundle_json())?;
+    let ok = verify_cli(&cert_path, &s.pki.paths.ca_cert, &nonce)?;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("outcome:      ERASED"));
+    let mut tampered = cert.clone();
+    let pos = tampered.document_json.len() / 2;
+    tampered.document_json[pos] ^= 1;
+    std::fs::write(&cert_path, tampered.to_bundle_json())?;
+    let bad = verify_cli(&cert_path, &s.pki.paths.ca_cert, &nonce)?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("does NOT verify"));
+
+    assert_eq!(
+        host(&s.pki, &agent).await?.lifecycle_state,
+        pb::LifecycleState::Reclaimable as i32
+    );
+    let times = {
+        drop(c);
+        let (code, _) = tokio::task::spawn_blocking(move || agent.terminate()).await??;
+        assert_eq!(code, Some(0));
+        telemetry_task.await?
+    };
+    let during = times
+        .iter()
+        .filter(|t| **t >= last.started_time_unix_ms && **t <= last.finished_time_unix_ms)
+        .count();
+    assert!(
+        during >= 1,
+        "telemetry records were produced during the erase ({during})"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn terminate_refuses_bad_requests_with_the_right_codes() -> Result<()> {
+    let s = setup(20)?;
+    let agent = s.start()?;
+    let st = terminate(&s.pki, &agent, "r", "h-other", &nonce())
+        .await?
+        .expect_err("wrong host");
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(
+        st.message().contains("h-other") && st.message().contains(HOST_ID),
+        "{}",
+        st.message()
+    );
+    let st = terminate(&s.pki, &agent, "r", HOST_ID, &[1u8; 31])
+        .await?
+        .expect_err("short nonce");
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    let st = terminate(&s.pki, &agent, "", HOST_ID, &nonce())
+        .await?
+        .expect_err("no request id");
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    let mut c = client(&s.pki, &agent, Some(&s.pki.observer())).await?;
+    let st = c
+        .get_erase_certificate(pb::GetEraseCertificateRequest {
+            operation_id: "nope".into(),
+        })
+        .await
+        .expect_err("unknown operation");
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    // Nothing was touched.
+    assert!(is_luks(&s.image)?);
+    assert_eq!(
+        host(&s.pki, &agent).await?.lifecycle_state,
+        pb::LifecycleState::Serving as i32
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replaced_disk_is_refused_and_the_host_is_never_reclaimable() -> Result<()> {
+    let s = setup(20)?;
+    let agent = s.start()?;
+    // Another LUKS volume now sits where the pinned one was.
+    let other = s.dir.path().join("other.img");
+    jex_agent::demo::make_luks_image(&other, 20 << 20, &cryptsetup()?)?;
+    std::fs::rename(&other, &s.image)?;
+    let result = terminate(&s.pki, &agent, "r-1", HOST_ID, &nonce()).await?;
+    let final_state = match result {
+        Ok(op) => {
+            let last = last_op(&watch_to_end(&s.pki, &agent, &op.operation_id).await?)?;
+            assert_eq!(last.phase, pb::ErasePhase::Failed as i32, "{last:?}");
+            assert_eq!(last.outcome, pb::EraseOutcome::Failed as i32);
+            assert!(!last.failure_reason.is_empty());
+            host(&s.pki, &agent).await?.lifecycle_state
+        }
+        Err(st) => {
+            assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+            host(&s.pki, &agent).await?.lifecycle_state
+        }
+    };
+    assert_ne!(final_state, pb::LifecycleState::Reclaimable as i32);
+    assert!(is_luks(&s.image)?, "the replacement disk was not touched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Result<()> {
+    let s = setup(32)?;
+    let agent = s.start()?;
+    let nonce = nonce();
+    let op = terminate(&s.pki, &agent, "r-kill", HOST_ID, &nonce).await??;
+    // Wait until the overwrite has begun, then kill the agent.
+    let mut c = client(&s.pki, &agent, Some(&s.pki.observer())).await?;
+    let mut w = c
+        .watch_erase(pb::WatchEraseRequest {
+            operation_id: op.operation_id.clone(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        let Some(m) = tokio::time::timeout(Duration::from_secs(60), w.message()).await?? else {
+            bail!("watch ended before the overwrite");
+        };
+        let o = m.operation.unwrap_or_default();
+        if o.phase == pb::ErasePhase::Overwriting as i32 && o.bytes_done > 0 {
+            break;
+        }
+        if o.phase > pb::ErasePhase::Overwriting as i32 {
+            break;
+        }
+    }
+    drop(w);
+    drop(c);
+    tokio::task::spawn_blocking(move || agent.kill9()).await??;
+
+    let agent = s.start()?;
+    let h = host(&s.pki, &agent).await?;
+    assert_ne!(
+        h.lifecycle_state,
+        pb::LifecycleState::Serving as i32,
+        "the journal remembers the erase"
+    );
+    assert_eq!(h.erase_operation_id, op.operation_id);
+    let last = last_op(&watch_to_end(&s.pki, &agent, &op.operation_id).await?)?;
+    assert_eq!(last.phase, pb::ErasePhase::Reclaimable as i32, "{last:?}");
+    let mut c = client(&s.pki, &agent, Some(&s.pki.observer())).await?;
+    let cert = c
+        .get_erase_certificate(pb::GetEraseCertificateRequest {
+            operation_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .certificate
+        .context("certificate")?;
+    let doc = jex_agent::attest::verify(
+        &jex_agent::server::convert::certificate_from_proto(cert),
+        &std::fs::read(&s.pki.paths.ca_cert)?,
+        Some(&nonce),
+    )?;
+    assert!(
+        doc.verification.resumed,
+        "the certificate says the operation resumed"
+    );
+    assert_eq!(doc.outcome, "ERASED");
+    assert!(!is_luks(&s.image)?);
+    agent.wait_for_log(
+        &["host reclaimable", &op.operation_id],
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_socket_shows_state_streams_and_erase_outcome() -> Result<()> {
+    let s = setup(20)?;
+    let agent = s.start()?;
+    let mut c = client(&s.pki, &agent, Some(&s.pki.controller())).await?;
+    let mut stream = c
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq: 0,
+            max_batch_records: 0,
+            history_only: false,
+        })
+        .await?
+        .into_inner();
+    let _ = stream.message().await?;
+    let socket = agent.dir.join("agent.sock");
+    let out = std::process::Command::new(agent_bin()?)
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("state:      SERVING"), "{text}");
+    assert!(
+        text.contains("spiffe://fleet.example/controller (controller)"),
+        "{text}"
+    );
+    assert!(text.contains("erase:      none requested"), "{text}");
+
+    let plan = std::process::Command::new(agent_bin()?)
+        .args(["erase-plan", "--socket"])
+        .arg(&socket)
+        .output()?;
+    let plan_text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        plan_text.contains("WOULD BE DESTROYED") && plan_text.contains(&s.luks_uuid),
+        "{plan_text}"
+    );
+    assert!(is_luks(&s.image)?, "planning touched nothing");
+
+    let op = terminate(&s.pki, &agent, "r-s", HOST_ID, &nonce()).await??;
+    watch_to_end(&s.pki, &agent, &op.operation_id).await?;
+    let out = std::process::Command::new(agent_bin()?)
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("state:      RECLAIMABLE"), "{text}");
+    assert!(
+        text.contains(&op.operation_id) && text.contains("outcome ERASED"),
+        "{text}"
+    );
+    Ok(())
+}
