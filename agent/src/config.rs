@@ -33,33 +33,34 @@ use crate::spool::{SpoolConfig, SpoolError};
 
 /// Where the agent keeps things by default on this OS.
 pub mod defaults {
-    /// Default configuration file.
-    #[cfg(target_os = "macos")]
-    pub const CONFIG_PATH: &str = "/Library/Application Support/JexCloud/agent.toml";
-    /// Default configuration file.
-    #[cfg(not(target_os = "macos"))]
-    pub const CONFIG_PATH: &str = "/etc/jex-agent/agent.toml";
+    /// The macOS layout (what the `.pkg` installs; see `packaging/src/layout.rs`).
+    pub mod macos {
+        /// Configuration file.
+        pub const CONFIG_PATH: &str = "/Library/Application Support/JexCloud/agent.toml";
+        /// State directory (spool, erase journal, certificates).
+        pub const STATE_DIR: &str = "/Library/Application Support/JexCloud/state";
+        /// Log directory.
+        pub const LOG_DIR: &str = "/Library/Logs/JexCloud";
+        /// Local status socket (root only).
+        pub const STATUS_SOCKET: &str = "/var/run/jex-agent.sock";
+    }
 
-    /// Default state directory (spool, erase journal, certificates).
-    #[cfg(target_os = "macos")]
-    pub const STATE_DIR: &str = "/Library/Application Support/JexCloud/state";
-    /// Default state directory (spool, erase journal, certificates).
-    #[cfg(not(target_os = "macos"))]
-    pub const STATE_DIR: &str = "/var/lib/jex-agent";
+    /// The Linux layout.
+    pub mod linux {
+        /// Configuration file.
+        pub const CONFIG_PATH: &str = "/etc/jex-agent/agent.toml";
+        /// State directory (spool, erase journal, certificates).
+        pub const STATE_DIR: &str = "/var/lib/jex-agent";
+        /// Log directory.
+        pub const LOG_DIR: &str = "/var/log/jex-agent";
+        /// Local status socket (root only).
+        pub const STATUS_SOCKET: &str = "/run/jex-agent.sock";
+    }
 
-    /// Default log directory.
-    #[cfg(target_os = "macos")]
-    pub const LOG_DIR: &str = "/Library/Logs/JexCloud";
-    /// Default log directory.
     #[cfg(not(target_os = "macos"))]
-    pub const LOG_DIR: &str = "/var/log/jex-agent";
-
-    /// Default local status socket (root only).
+    pub use linux::*;
     #[cfg(target_os = "macos")]
-    pub const STATUS_SOCKET: &str = "/var/run/jex-agent.sock";
-    /// Default local status socket (root only).
-    #[cfg(not(target_os = "macos"))]
-    pub const STATUS_SOCKET: &str = "/run/jex-agent.sock";
+    pub use macos::*;
 
     /// Default gRPC listen address.
     pub const LISTEN: &str = "0.0.0.0:7443";
@@ -516,6 +517,22 @@ interval_ms = 500
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/jex-agent/agent.toml"), text)
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let text = include_str!("../../launchd/agent.toml.example");
+        let c = parse(text).expect("the example in launchd/ is valid");
+        assert_eq!(c.state_dir, PathBuf::from(defaults::macos::STATE_DIR));
+        assert_eq!(c.logging.dir, PathBuf::from(defaults::macos::LOG_DIR));
+        assert_eq!(
+            c.erase.state_dir,
+            PathBuf::from(defaults::macos::STATE_DIR).join("erase")
+        );
+        assert_eq!(
+            c.spool_config().dir,
+            PathBuf::from(defaults::macos::STATE_DIR).join("spool")
+        );
     }
 
     #[test]
