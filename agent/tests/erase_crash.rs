@@ -517,8 +517,8 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
         let cert_path = dir
             .join("state/certificates")
             .join(format!("{}.json", requested.operation_id));
-        let certificate: SignedCertificate =
-            serde_json::from_slice(&std::fs::read(&cert_path).unwrap()).unwrap();
+        let certificate =
+            SignedCertificate::from_bundle_json(&std::fs::read(&cert_path).unwrap()).unwrap();
         let document = verify_signature(
             &certificate,
             &std::fs::read(dir.join("signer.der")).unwrap(),

@@ -130,7 +130,7 @@ async fn a_corrupted_spool_segment_is_skipped_counted_and_reported_as_a_gap() ->
     assert_eq!(code, Some(0));
 
     // Damage the middle of the largest segment.
-    let spool = dir.path().join("spool");
+    let spool = dir.path().join("state").join("spool");
     let mut segments: Vec<_> = std::fs::read_dir(&spool)?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
