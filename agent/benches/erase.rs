@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 
-use jex_agent::attest::{AttestError, HostIdentity, Signer};
+use jex_agent::attest::HostIdentity;
 use jex_agent::erase::blockdev::{Access, DirectTarget, TargetIo};
 use jex_agent::erase::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
 use jex_agent::erase::overwrite::{OverwriteSettings, overwrite_target};
@@ -32,26 +31,6 @@ use jex_agent::erase::{
 
 const GIB: u64 = 1 << 30;
 const MB: f64 = 1e6;
-
-#[derive(Debug)]
-struct BenchSigner {
-    key: EcdsaKeyPair,
-    rng: SystemRandom,
-}
-
-impl Signer for BenchSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AttestError> {
-        Ok(self
-            .key
-            .sign(&self.rng, message)
-            .expect("ring ECDSA P-256 signing")
-            .as_ref()
-            .to_vec())
-    }
-    fn chain_der(&self) -> Vec<Vec<u8>> {
-        Vec::new()
-    }
-}
 
 #[derive(Debug)]
 struct NoopKeys;
@@ -75,7 +54,7 @@ impl KeyDestroyer for NoopKeys {
         Ok(KeyDestruction {
             method: "none (benchmark)".into(),
             tool: "bench".into(),
-            evidence: Default::default(),
+            evidence: [("keyslots_before".to_owned(), "1".to_owned()), ("keyslots_after".to_owned(), "0".to_owned())].into_iter().collect(),
         })
     }
 }
@@ -164,14 +143,9 @@ fn engine_verify(path: &Path, pattern: &Pattern, coverage: Option<f64>) -> (Dura
 fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
     let state = dir.join("state");
     let _ = std::fs::remove_dir_all(&state);
-    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let rng = SystemRandom::new();
-    let key = EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_ASN1_SIGNING,
-        &key_pair.serialize_der(),
-        &rng,
-    )
-    .unwrap();
+    // The same file signer the agent uses, with a development PKI.
+    let (pki, _) = jex_agent::pki::write_dev_pki(&dir.join("pki"), "fleet.example", "bench-host").unwrap();
+    let signer = jex_agent::attest::FileSigner::load(&pki.agent_key, &pki.agent_cert).unwrap();
     let config = EraseConfig {
         state_dir: state,
         targets: vec![TargetConfig {
@@ -184,7 +158,7 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
         ..EraseConfig::default()
     };
     let deps = EraseDeps {
-        signer: Arc::new(BenchSigner { key, rng }),
+        signer: Arc::new(signer),
         host: HostIdentity {
             host_id: "bench-host".into(),
             hardware_uuid: String::new(),
