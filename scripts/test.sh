@@ -38,6 +38,9 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 echo "== buf lint (STANDARD + COMMENTS)"
 (cd proto && "../$BUF_DIR/node_modules/.bin/buf" lint)
 

@@ -54,7 +54,12 @@ impl KeyDestroyer for NoopKeys {
         Ok(KeyDestruction {
             method: "none (benchmark)".into(),
             tool: "bench".into(),
-            evidence: [("keyslots_before".to_owned(), "1".to_owned()), ("keyslots_after".to_owned(), "0".to_owned())].into_iter().collect(),
+            evidence: [
+                ("keyslots_before".to_owned(), "1".to_owned()),
+                ("keyslots_after".to_owned(), "0".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
         })
     }
 }
@@ -144,7 +149,8 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
     let state = dir.join("state");
     let _ = std::fs::remove_dir_all(&state);
     // The same file signer the agent uses, with a development PKI.
-    let (pki, _) = jex_agent::pki::write_dev_pki(&dir.join("pki"), "fleet.example", "bench-host").unwrap();
+    let (pki, _) =
+        jex_agent::pki::write_dev_pki(&dir.join("pki"), "fleet.example", "bench-host").unwrap();
     let signer = jex_agent::attest::FileSigner::load(&pki.agent_key, &pki.agent_cert).unwrap();
     let config = EraseConfig {
         state_dir: state,

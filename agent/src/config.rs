@@ -409,7 +409,7 @@ impl Config {
         if let Err(e) = self.erase.validate() {
             let message = e.to_string();
             let key = message
-                .split(|c: char| c == ' ' || c == '[' || c == ':')
+                .split([' ', '[', ':'])
                 .next()
                 .filter(|k| k.starts_with("erase."))
                 .unwrap_or("erase")
@@ -483,12 +483,11 @@ fn key_line(text: &str, dotted: &str) -> usize {
             in_table = name == table || table.is_empty();
             continue;
         }
-        if in_table {
-            if let Some((k, _)) = line.split_once('=') {
-                if k.trim() == leaf {
-                    return i + 1;
-                }
-            }
+        if in_table
+            && let Some((k, _)) = line.split_once('=')
+            && k.trim() == leaf
+        {
+            return i + 1;
         }
     }
     0

@@ -135,7 +135,7 @@ pub fn format_record(r: &pb::TelemetryRecord) -> String {
     match &r.body {
         Some(pb::telemetry_record::Body::Sample(s)) => {
             let cpu = s.cpu.clone().unwrap_or_default();
-            let mem = s.memory.clone().unwrap_or_default();
+            let mem = s.memory.unwrap_or_default();
             let load = s.load.unwrap_or_default();
             let swap = s.swap.unwrap_or_default();
             let cores: Vec<String> = cpu

@@ -236,11 +236,11 @@ async fn server_leaf(
         session.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    Ok(session
+    session
         .peer_certificates()
         .and_then(|c| c.first())
         .cloned()
-        .ok_or_else(|| anyhow::anyhow!("no server cert"))?)
+        .ok_or_else(|| anyhow::anyhow!("no server cert"))
 }
 
 #[tokio::test]

@@ -102,7 +102,7 @@ async fn kill_9_and_restart_continue_the_sequence_with_the_down_time_as_a_gap() 
     let gap = after
         .iter()
         .find_map(|r| match &r.body {
-            Some(Body::Gap(g)) if g.reason == pb::GapReason::AgentDown as i32 => Some(g.clone()),
+            Some(Body::Gap(g)) if g.reason == pb::GapReason::AgentDown as i32 => Some(*g),
             _ => None,
         })
         .ok_or_else(|| anyhow::anyhow!("no AGENT_DOWN gap in {after:?}"))?;
@@ -152,7 +152,7 @@ async fn a_corrupted_spool_segment_is_skipped_counted_and_reported_as_a_gap() ->
     let corrupt: Vec<_> = replay
         .iter()
         .filter_map(|r| match &r.body {
-            Some(Body::Gap(g)) if g.reason == pb::GapReason::Corrupt as i32 => Some(g.clone()),
+            Some(Body::Gap(g)) if g.reason == pb::GapReason::Corrupt as i32 => Some(*g),
             _ => None,
         })
         .collect();

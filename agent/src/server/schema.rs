@@ -145,7 +145,6 @@ mod tests {
         ] {
             assert!(
                 !s.lines().any(|l| l
-                    .trim_start()
                     .split_whitespace()
                     .nth(1)
                     .is_some_and(|f| f.contains(forbidden))),

@@ -167,6 +167,9 @@ pub struct Record {
 }
 
 /// What a record holds.
+// Samples are the common case and move through Vecs and channels by value; boxing them would add
+// an allocation per record on the hot path to save space only for the rare gap.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RecordBody {
     /// A sample.
