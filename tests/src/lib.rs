@@ -271,3 +271,20 @@ pub async fn channel(pki: &TestPki, agent: &AgentProcess, who: &ClientFiles) -> 
         .connect()
         .await?)
 }
+
+/// Opens a live telemetry stream as the controller, after `after_seq`, `max_batch` records per
+/// message (0: the agent's default).
+pub async fn open_telemetry(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    after_seq: u64,
+    max_batch: u32,
+) -> Result<tonic::Streaming<jex_proto::v1::StreamTelemetryResponse>> {
+    let mut c = client(pki, agent, Some(&pki.controller())).await?;
+    let req = jex_proto::v1::StreamTelemetryRequest {
+        after_seq,
+        max_batch_records: max_batch,
+        history_only: false,
+    };
+    Ok(c.stream_telemetry(req).await?.into_inner())
+}

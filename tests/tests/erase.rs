@@ -152,15 +152,7 @@ async fn terminate_destroys_the_keys_overwrites_verifies_and_certifies() -> Resu
     );
 
     // Telemetry keeps streaming while the erase runs.
-    let mut tc = client(&s.pki, &agent, Some(&s.pki.controller())).await?;
-    let mut telemetry = tc
-        .stream_telemetry(pb::StreamTelemetryRequest {
-            after_seq: 0,
-            max_batch_records: 0,
-            history_only: false,
-        })
-        .await?
-        .into_inner();
+    let mut telemetry = open_telemetry(&s.pki, &agent, 0, 0).await?;
     let telemetry_task = tokio::spawn(async move {
         let mut times = Vec::new();
         while let Ok(Ok(Some(b))) =
@@ -426,15 +418,7 @@ async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Res
 async fn status_socket_shows_state_streams_and_erase_outcome() -> Result<()> {
     let s = setup(20)?;
     let agent = s.start()?;
-    let mut c = client(&s.pki, &agent, Some(&s.pki.controller())).await?;
-    let mut stream = c
-        .stream_telemetry(pb::StreamTelemetryRequest {
-            after_seq: 0,
-            max_batch_records: 0,
-            history_only: false,
-        })
-        .await?
-        .into_inner();
+    let mut stream = open_telemetry(&s.pki, &agent, 0, 0).await?;
     let _ = stream.message().await?;
     let socket = agent.dir.join("agent.sock");
     let out = std::process::Command::new(agent_bin()?)

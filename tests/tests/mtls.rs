@@ -265,15 +265,7 @@ async fn sighup_reloads_the_certificate_without_dropping_streams() -> Result<()>
     let before = server_leaf(&pki, &agent, &[&rustls::version::TLS13]).await?;
 
     // A telemetry stream opened before the reload.
-    let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
-    let mut stream = c
-        .stream_telemetry(pb::StreamTelemetryRequest {
-            after_seq: 0,
-            max_batch_records: 0,
-            history_only: false,
-        })
-        .await?
-        .into_inner();
+    let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
     let first = stream.message().await?.expect("a batch before reload");
     let mut last = first.records.last().expect("records").seq;
 
@@ -370,15 +362,7 @@ async fn sigterm_drains_and_exits_zero_within_the_grace() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
     // An open stream must not hold the agent up.
-    let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
-    let mut stream = c
-        .stream_telemetry(pb::StreamTelemetryRequest {
-            after_seq: 0,
-            max_batch_records: 0,
-            history_only: false,
-        })
-        .await?
-        .into_inner();
+    let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
     let _ = stream.message().await?;
     let (code, took) = tokio::task::spawn_blocking(move || agent.terminate()).await??;
     assert_eq!(code, Some(0));

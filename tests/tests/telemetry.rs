@@ -18,15 +18,7 @@ async fn read_after(
     after_seq: u64,
     want: usize,
 ) -> Result<Vec<pb::TelemetryRecord>> {
-    let mut c = client(pki, agent, Some(&pki.controller())).await?;
-    let mut stream = c
-        .stream_telemetry(pb::StreamTelemetryRequest {
-            after_seq,
-            max_batch_records: 0,
-            history_only: false,
-        })
-        .await?
-        .into_inner();
+    let mut stream = open_telemetry(pki, agent, after_seq, 0).await?;
     let mut out: Vec<pb::TelemetryRecord> = Vec::new();
     while out.len() < want {
         let Some(batch) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await??
@@ -194,15 +186,7 @@ async fn a_subscriber_that_stops_reading_stalls_neither_the_sampler_nor_others()
         },
     )?;
     // Subscriber A opens a stream, takes one batch, then stops reading.
-    let mut a = client(&pki, &agent, Some(&pki.controller())).await?;
-    let mut stuck = a
-        .stream_telemetry(pb::StreamTelemetryRequest {
-            after_seq: 0,
-            max_batch_records: 1,
-            history_only: false,
-        })
-        .await?
-        .into_inner();
+    let mut stuck = open_telemetry(&pki, &agent, 0, 1).await?;
     let a_first = stuck.message().await?.expect("one batch").records[0].seq;
 
     // Subscriber B keeps receiving every record while A is stuck.
