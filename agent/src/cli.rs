@@ -124,6 +124,33 @@ pub enum CtlCommand {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// End the tenancy: start the verified erase of every configured target (controller only).
+    Terminate {
+        /// The host id the agent must have (refused otherwise).
+        #[arg(long)]
+        host_id: String,
+        /// Idempotency key (default: a new UUID). Reuse it to get the same operation back.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// The nonce, hex, at least 32 bytes (default: 32 fresh random bytes, printed).
+        #[arg(long)]
+        nonce: Option<String>,
+    },
+    /// Follow an erase operation until it ends (default: the host's current one).
+    Watch {
+        /// The operation id.
+        #[arg(long, default_value = "")]
+        operation_id: String,
+    },
+    /// Save the signed certificate of a finished erase as a bundle for `verify-erase`.
+    Certificate {
+        /// The operation id (default: the host's last finished one).
+        #[arg(long, default_value = "")]
+        operation_id: String,
+        /// Where to write the bundle.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -387,6 +414,95 @@ async fn run_ctl(conn: ctl::Connection, command: CtlCommand) -> ExitCode {
                         }
                     }
                 }
+            }
+            CtlCommand::Terminate {
+                host_id,
+                request_id,
+                nonce,
+            } => {
+                let nonce = match nonce {
+                    Some(h) => hex::decode(h.trim()).map_err(|e| ctl::CtlError::Usage {
+                        what: format!("--nonce is not hex: {e}"),
+                    })?,
+                    None => {
+                        let mut n = [0u8; 32];
+                        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
+                            .map_err(|_| ctl::CtlError::Usage {
+                                what: "no system randomness for the nonce".into(),
+                            })?;
+                        n.to_vec()
+                    }
+                };
+                let request_id = request_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let op = client
+                    .terminate(jex_proto::v1::TerminateRequest {
+                        request_id: request_id.clone(),
+                        host_id,
+                        nonce: nonce.clone(),
+                    })
+                    .await
+                    .map_err(|s| ctl::CtlError::rpc("Terminate", s))?
+                    .into_inner()
+                    .operation
+                    .unwrap_or_default();
+                println!(
+                    "operation_id={} request_id={request_id} nonce={}",
+                    op.operation_id,
+                    hex::encode(&nonce)
+                );
+            }
+            CtlCommand::Watch { operation_id } => {
+                let mut stream = client
+                    .watch_erase(jex_proto::v1::WatchEraseRequest { operation_id })
+                    .await
+                    .map_err(|s| ctl::CtlError::rpc("WatchErase", s))?
+                    .into_inner();
+                while let Some(m) = stream
+                    .message()
+                    .await
+                    .map_err(|s| ctl::CtlError::rpc("WatchErase", s))?
+                {
+                    let Some(op) = m.operation else { continue };
+                    let phase = jex_proto::v1::ErasePhase::try_from(op.phase)
+                        .map_or("?", |p| p.as_str_name().trim_start_matches("ERASE_PHASE_"));
+                    println!(
+                        "{} {} eta={}s{}",
+                        op.operation_id,
+                        crate::demo::progress_line(
+                            phase,
+                            op.bytes_done,
+                            op.bytes_total,
+                            op.rate_bytes_per_second
+                        ),
+                        op.eta_seconds,
+                        if op.failure_reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" FAILED: {}", op.failure_reason)
+                        }
+                    );
+                }
+            }
+            CtlCommand::Certificate { operation_id, out } => {
+                let cert = client
+                    .get_erase_certificate(jex_proto::v1::GetEraseCertificateRequest {
+                        operation_id,
+                    })
+                    .await
+                    .map_err(|s| ctl::CtlError::rpc("GetEraseCertificate", s))?
+                    .into_inner()
+                    .certificate
+                    .unwrap_or_default();
+                let bundle = crate::server::convert::certificate_from_proto(cert).to_bundle_json();
+                std::fs::write(&out, bundle).map_err(|source| ctl::CtlError::Read {
+                    path: out.clone(),
+                    source,
+                })?;
+                println!(
+                    "wrote {}; check it with: jex-agent verify-erase {} --ca <fleet CA>",
+                    out.display(),
+                    out.display()
+                );
             }
         }
         Ok(())

@@ -55,6 +55,12 @@ pub enum CtlError {
         /// The URL.
         url: String,
     },
+    /// A command-line value is unusable.
+    #[error("{what}")]
+    Usage {
+        /// What to fix.
+        what: String,
+    },
     /// The agent answered with an error.
     #[error("{rpc}: {code:?}: {message}")]
     Rpc {

@@ -463,3 +463,79 @@ async fn status_socket_shows_state_streams_and_erase_outcome() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_ctl_command_line_terminates_watches_and_saves_a_certificate_that_verifies()
+-> Result<()> {
+    let s = setup(20)?;
+    let agent = s.start()?;
+    let bin = agent_bin()?;
+    let ctl = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(&bin)
+            .args([
+                "ctl",
+                "--agent",
+                &format!("https://{}", agent.addr),
+                "--server-name",
+                "localhost",
+                "--ca",
+            ])
+            .arg(&s.pki.paths.ca_cert)
+            .arg("--cert")
+            .arg(&s.pki.paths.controller_cert)
+            .arg("--key")
+            .arg(&s.pki.paths.controller_key)
+            .args(args)
+            .output()?)
+    };
+    let out = ctl(&["terminate", "--host-id", "h-wrong"])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FailedPrecondition"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = ctl(&["terminate", "--host-id", HOST_ID])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let nonce = text
+        .split("nonce=")
+        .nth(1)
+        .context("nonce printed")?
+        .trim()
+        .to_owned();
+    let out = ctl(&["watch"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("RECLAIMABLE"))
+    );
+    let cert = s.dir.path().join("from-ctl.json");
+    let out = ctl(&["certificate", "--out", cert.to_str().context("utf-8 path")?])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nonce_bytes: Vec<u8> = (0..nonce.len() / 2)
+        .map(|i| u8::from_str_radix(&nonce[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let ok = verify_cli(&cert, &s.pki.paths.ca_cert, &nonce_bytes)?;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    Ok(())
+}
