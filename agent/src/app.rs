@@ -105,21 +105,13 @@ fn create_private_dir(path: &Path) -> Result<(), AppError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
-/// Opens the erase service: the agent's TLS key signs certificates; each target's backend is
-/// built from its config. An unfinished operation in the journal resumes here.
-fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseService, AppError> {
+/// Builds each target's key-destruction backend from its config (absolute tool paths).
+pub fn key_destroyer_factory(
+    erase: &crate::erase::EraseConfig,
+) -> crate::erase::KeyDestroyerFactory {
     use crate::erase::keys::{KeyDestroyer, apfs::ApfsVolume, luks2::Luks2};
-    use crate::erase::{Backend, EraseDeps, EraseError, TargetConfig};
-    let signer = crate::attest::FileSigner::load(&config.tls.key, &config.tls.cert)?;
-    let host = crate::attest::HostIdentity {
-        host_id: facts.host_id.clone(),
-        hardware_uuid: facts.hardware_uuid.clone(),
-        serial_number: facts.serial_number.clone(),
-        model: facts.model.clone(),
-        os: format!("{} {}", facts.os_name, facts.os_version),
-        agent_version: crate::AGENT_VERSION.to_owned(),
-    };
-    let tools = config.erase.tools.clone();
+    use crate::erase::{Backend, EraseError, TargetConfig};
+    let tools = erase.tools.clone();
     let factory = move |t: &TargetConfig| -> Result<Box<dyn KeyDestroyer>, EraseError> {
         let keys_err = |source| EraseError::Keys {
             target: t.name.clone(),
@@ -146,10 +138,35 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseS
             ),
         })
     };
+    Box::new(factory)
+}
+
+/// The erase plan as the JSON document `jex-agent erase-plan` renders.
+pub fn plan_json(plan: &[crate::erase::PlannedTarget]) -> serde_json::Value {
+    serde_json::json!({ "targets": plan.iter().map(|t| serde_json::json!({
+        "name": t.name, "backend": t.backend, "device": t.device, "size_bytes": t.size_bytes,
+        "identity": t.identity, "ready": t.ready,
+        "checks": t.checks.iter().map(|c| serde_json::json!({"check": c.check, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),
+    })).collect::<Vec<_>>() })
+}
+
+/// Opens the erase service: the agent's TLS key signs certificates; each target's backend is
+/// built from its config. An unfinished operation in the journal resumes here.
+fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseService, AppError> {
+    use crate::erase::EraseDeps;
+    let signer = crate::attest::FileSigner::load(&config.tls.key, &config.tls.cert)?;
+    let host = crate::attest::HostIdentity {
+        host_id: facts.host_id.clone(),
+        hardware_uuid: facts.hardware_uuid.clone(),
+        serial_number: facts.serial_number.clone(),
+        model: facts.model.clone(),
+        os: format!("{} {}", facts.os_name, facts.os_version),
+        agent_version: crate::AGENT_VERSION.to_owned(),
+    };
     let deps = EraseDeps {
         signer: Arc::new(signer),
         host,
-        key_destroyer_factory: Box::new(factory),
+        key_destroyer_factory: key_destroyer_factory(&config.erase),
     };
     Ok(crate::erase::EraseService::open(
         config.erase.clone(),
@@ -172,11 +189,7 @@ fn status_responder(
     let interval_ms = config.telemetry.interval_ms;
     Arc::new(move |query| match query {
         Query::Plan => match erase.plan() {
-            Ok(plan) => serde_json::json!({ "targets": plan.iter().map(|t| serde_json::json!({
-                "name": t.name, "backend": t.backend, "device": t.device, "size_bytes": t.size_bytes,
-                "identity": t.identity, "ready": t.ready,
-                "checks": t.checks.iter().map(|c| serde_json::json!({"check": c.check, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>() }),
+            Ok(plan) => plan_json(&plan),
             Err(e) => serde_json::json!({ "error": error_chain(&e) }),
         },
         Query::Status => {

@@ -64,6 +64,9 @@ pub enum Command {
         /// The agent's status socket.
         #[arg(long, default_value = defaults::STATUS_SOCKET)]
         socket: PathBuf,
+        /// When no agent answers on the socket, plan from this configuration instead.
+        #[arg(long, default_value = defaults::CONFIG_PATH)]
+        config: PathBuf,
     },
     /// Print exactly which fields telemetry sends.
     Schema,
@@ -215,12 +218,13 @@ pub fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }),
-        Command::ErasePlan { socket } => block_on(async move {
+        Command::ErasePlan { socket, config } => block_on(async move {
             match crate::status::ask(&socket, crate::status::Query::Plan).await {
                 Ok(plan) => {
                     print!("{}", render_plan(&plan));
                     ExitKind::Ok.into()
                 }
+                Err(crate::status::StatusError::Connect { .. }) => erase_plan_offline(&config),
                 Err(e) => fail(&e),
             }
         }),
@@ -295,6 +299,30 @@ pub fn verify_erase(
             eprintln!("jex-agent verify-erase: certificate does NOT verify: {e}");
             ExitKind::Failure.into()
         }
+    }
+}
+
+/// `erase-plan` with no agent running: plans from the configuration file, touching nothing
+/// (the journal is not read, so an unfinished erase is neither resumed nor shown).
+fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("jex-agent: {e}");
+            return ExitKind::Usage.into();
+        }
+    };
+    let factory = crate::app::key_destroyer_factory(&config.erase);
+    match crate::erase::plan_offline(&config.erase, &factory) {
+        Ok(plan) => {
+            println!(
+                "(no agent answered on its socket: planned from {})",
+                path.display()
+            );
+            print!("{}", render_plan(&crate::app::plan_json(&plan)));
+            ExitKind::Ok.into()
+        }
+        Err(e) => fail(&e),
     }
 }
 

@@ -539,3 +539,43 @@ async fn the_ctl_command_line_terminates_watches_and_saves_a_certificate_that_ve
     );
     Ok(())
 }
+
+#[test]
+fn erase_plan_without_a_running_agent_plans_from_the_config_and_touches_nothing() -> Result<()> {
+    let s = setup(20)?;
+    let agent_dir = s.dir.path().join("agent");
+    let config = write_config(&s.pki, &agent_dir, &s.opts)?;
+    let before = std::fs::read(&s.image)?;
+    let out = std::process::Command::new(agent_bin()?)
+        .args(["erase-plan", "--socket"])
+        .arg(agent_dir.join("agent.sock"))
+        .arg("--config")
+        .arg(&config)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("no agent answered") && text.contains("WOULD BE DESTROYED"),
+        "{text}"
+    );
+    assert!(text.contains(&s.luks_uuid), "{text}");
+    assert_eq!(
+        std::fs::read(&s.image)?,
+        before,
+        "planning changed no byte of the target"
+    );
+    assert!(
+        !agent_dir
+            .join("state")
+            .join("erase")
+            .join("journal.log")
+            .exists(),
+        "no journal was created"
+    );
+
+    Ok(())
+}

@@ -36,7 +36,7 @@ use std::path::PathBuf;
 pub use config::{Backend, ConfigError, EraseConfig, TargetConfig, ToolsConfig};
 pub use service::{
     EraseDeps, EraseService, KeyDestroyerFactory, Lifecycle, OperationView, Outcome, Phase,
-    PlanCheck, PlannedTarget, TargetView, TerminateCommand,
+    PlanCheck, PlannedTarget, TargetView, TerminateCommand, plan_offline,
 };
 
 use crate::attest::AttestError;
