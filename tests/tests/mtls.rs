@@ -14,6 +14,12 @@ use tonic::Code;
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
+/// The call was refused with `code`, and the message tells the caller what to fix.
+fn assert_refused(status: &tonic::Status, code: Code, says: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(says), "{}", status.message());
+}
+
 async fn get_host_code(
     pki: &TestPki,
     agent: &AgentProcess,
@@ -54,12 +60,7 @@ async fn no_client_certificate_is_unauthenticated() -> Result<()> {
     let status = get_host_code(&pki, &agent, None)
         .await?
         .expect_err("refused");
-    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
-    assert!(
-        status.message().contains("client certificate"),
-        "{}",
-        status.message()
-    );
+    assert_refused(&status, Code::Unauthenticated, "client certificate");
     agent.wait_for_log(&["call refused", "NoCertificate", "GetHost"], LOG_WAIT)?;
     Ok(())
 }
@@ -134,11 +135,10 @@ async fn valid_certificate_without_a_role_is_permission_denied() -> Result<()> {
     let status = get_host_code(&pki, &agent, Some(&files))
         .await?
         .expect_err("refused");
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("spiffe://fleet.example/intern"),
-        "{}",
-        status.message()
+    assert_refused(
+        &status,
+        Code::PermissionDenied,
+        "spiffe://fleet.example/intern",
     );
     agent.wait_for_log(
         &["call refused", "NoRole", "spiffe://fleet.example/intern"],
@@ -168,12 +168,7 @@ async fn observer_may_read_but_not_terminate() -> Result<()> {
         })
         .await
         .expect_err("observer refused");
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert!(
-        status.message().contains("controller role"),
-        "{}",
-        status.message()
-    );
+    assert_refused(&status, Code::PermissionDenied, "controller role");
     agent.wait_for_log(&["call refused", "NotAllowed", "Terminate"], LOG_WAIT)?;
     Ok(())
 }
