@@ -175,6 +175,7 @@ dir = "{dir}/logs"
 /// Runs the demo; returns the exit code.
 pub async fn run(seconds: u64, keep: Option<PathBuf>) -> ExitCode {
     let tmp;
+    let kept = keep.is_some();
     let dir = match keep {
         Some(d) => d,
         None => match tempfile::Builder::new().prefix("jex-demo-").tempdir() {
@@ -194,6 +195,11 @@ pub async fn run(seconds: u64, keep: Option<PathBuf>) -> ExitCode {
                 "\ndemo finished: everything above ran for real on loopback in {}",
                 dir.display()
             );
+            if !kept {
+                println!(
+                    "(a temporary directory, removed now: run with --keep DIR to keep the PKI, logs, image and certificate)"
+                );
+            }
             ExitKind::Ok.into()
         }
         Err(e) => {
