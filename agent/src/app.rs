@@ -24,6 +24,40 @@ use crate::tls::ServerTls;
 /// `ExitTimeOut` is larger than this.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// How often the TLS files are checked for replacement (besides SIGHUP).
+pub const TLS_FILE_POLL: Duration = Duration::from_secs(5);
+
+/// Reloads the TLS configuration when its files change on disk, so a certificate manager that
+/// rewrites them needs no signal. A failed reload (e.g. the certificate written before its key)
+/// keeps the previous configuration and is retried at the next change.
+fn watch_tls_files(
+    tls: Arc<ServerTls>,
+    files: crate::config::TlsConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut last = crate::tls::files_stamp(&files);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TLS_FILE_POLL) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = crate::tls::files_stamp(&files);
+            if now == last {
+                continue;
+            }
+            last = now;
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS files changed on disk: certificate and key reloaded"),
+                Err(e) => tracing::warn!(
+                    error = %error_chain(&e),
+                    "TLS files changed on disk but do not load; keeping the previous certificate"
+                ),
+            }
+        }
+    });
+}
+
 /// Exit codes (sysexits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
@@ -380,6 +414,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     )?;
     let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
 
+    watch_tls_files(tls.clone(), config.tls.clone(), shutdown_rx.clone());
     let (incoming, accept_task) = listener::incoming(listener, tls.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))

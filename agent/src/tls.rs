@@ -213,6 +213,20 @@ impl ServerTls {
     }
 }
 
+/// A cheap fingerprint of the TLS files (inode, size, modification time of each), to notice that
+/// an operator or a certificate manager replaced them.
+pub fn files_stamp(files: &TlsConfig) -> Vec<Option<(u64, u64, std::time::SystemTime)>> {
+    use std::os::unix::fs::MetadataExt;
+    [&files.cert, &files.key, &files.client_ca]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.ino(), m.len(), m.modified().ok()?)))
+        })
+        .collect()
+}
+
 /// What the agent knows of a peer from its verified certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerIdentity {

@@ -364,3 +364,42 @@ async fn sigterm_drains_and_exits_zero_within_the_grace() -> Result<()> {
     assert!(took < jex_agent::app::SHUTDOWN_GRACE, "took {took:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn replaced_certificate_files_are_picked_up_without_a_signal() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (_d, agent) = start(&pki)?;
+    let before = server_leaf(&pki, &agent, &[&rustls::version::TLS13]).await?;
+    let fresh = pki.ca.issue(&LeafSpec {
+        common_name: "jex-agent renewed by a certificate manager".into(),
+        names: vec!["localhost".into(), "127.0.0.1".into()],
+        uris: vec![format!("spiffe://{TRUST_DOMAIN}/host/{HOST_ID}")],
+        server: true,
+        not_before: time::Duration::hours(-1),
+        not_after: time::Duration::days(30),
+    })?;
+    // The certificate first, then the key: the first change may not load (key mismatch), the
+    // second must.
+    jex_agent::pki::write_file(&pki.paths.agent_cert, fresh.cert_pem.as_bytes(), 0o644)?;
+    jex_agent::pki::write_file(&pki.paths.agent_key, fresh.key_pem.as_bytes(), 0o600)?;
+    let wait = jex_agent::app::TLS_FILE_POLL * 3;
+    agent.wait_for_log(
+        &["TLS files changed on disk: certificate and key reloaded"],
+        wait,
+    )?;
+    let after = server_leaf(&pki, &agent, &[&rustls::version::TLS13]).await?;
+    assert_ne!(before, after);
+    assert_eq!(
+        after,
+        CertificateDer::from_pem_slice(fresh.cert_pem.as_bytes())?
+    );
+
+    // Files that do not load are refused and the agent keeps serving with the last good ones.
+    std::fs::write(&pki.paths.agent_cert, b"not a certificate")?;
+    agent.wait_for_log(&["do not load; keeping the previous certificate"], wait)?;
+    assert_eq!(
+        server_leaf(&pki, &agent, &[&rustls::version::TLS13]).await?,
+        after
+    );
+    Ok(())
+}
