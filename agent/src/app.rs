@@ -521,14 +521,4 @@ async fn wait_for_signals(agent: &RunningAgent) {
     }
 }
 
-/// An error and its sources, joined with `: `, for the one place it is reported.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        s.push_str(": ");
-        s.push_str(&e.to_string());
-        source = e.source();
-    }
-    s
-}
+pub use crate::error_chain;

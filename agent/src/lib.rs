@@ -25,5 +25,18 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 
+/// An error and its sources, joined with `: `: how an error is reported, once, where it is
+/// handled (logs, failure reasons, the command line).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The agent's version, as built.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -252,14 +252,4 @@ pub enum EraseError {
     },
 }
 
-/// The error and its sources, joined with `: ` (for failure reasons and logs).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use crate::error_chain;

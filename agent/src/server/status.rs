@@ -10,13 +10,7 @@ use crate::telemetry::hub::HubError;
 /// Logs the full error chain under a fresh correlation id and returns a generic status.
 fn internal(err: &dyn std::error::Error) -> Status {
     let id = uuid::Uuid::new_v4();
-    let mut chain = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
+    let chain = crate::error_chain(err);
     tracing::error!(correlation_id = %id, error = %chain, "internal error");
     Status::internal(format!(
         "internal error (correlation id {id}); the agent log has the details"
