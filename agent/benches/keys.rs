@@ -10,10 +10,9 @@
 // A benchmark has no caller to report to: any setup failure aborts it, loudly.
 #![allow(clippy::unwrap_used)]
 
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jex_agent::attest::{
@@ -50,34 +49,12 @@ fn bench_luks2(dir: &Path, iterations: usize) {
         Path::new(DEFAULT_CRYPTSETUP).is_file(),
         "{DEFAULT_CRYPTSETUP} is missing: apt-get install cryptsetup-bin"
     );
-    let key = dir.join("pass");
-    fs::write(&key, b"bench passphrase").unwrap();
     let (mut snap, mut destroy, mut verify, mut again) = (vec![], vec![], vec![], vec![]);
     for i in 0..iterations {
         let image = dir.join(format!("luks-{i}.img"));
-        File::create(&image).unwrap().set_len(20 << 20).unwrap();
-        let ok = Command::new(DEFAULT_CRYPTSETUP)
-            .args([
-                "luksFormat",
-                "--type",
-                "luks2",
-                "--batch-mode",
-                "--pbkdf",
-                "pbkdf2",
-            ])
-            .args(["--pbkdf-force-iterations", "1000", "--key-file"])
-            .arg(&key)
-            .arg(&image)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "luksFormat failed");
-        let out = Command::new(DEFAULT_CRYPTSETUP)
-            .arg("luksUUID")
-            .arg(&image)
-            .output()
-            .unwrap();
-        let uuid = String::from_utf8(out.stdout).unwrap();
+        let uuid =
+            jex_agent::demo::make_luks_image(&image, 20 << 20, Path::new(DEFAULT_CRYPTSETUP))
+                .unwrap();
         let luks = Luks2::new("bench", &image, uuid.trim(), DEFAULT_CRYPTSETUP).unwrap();
         let (before, t) = time(|| luks.snapshot().unwrap());
         snap.push(t);
