@@ -19,15 +19,15 @@ use std::time::{Duration, Instant};
 
 use ring::rand::SystemRandom;
 
-use jex_agent::attest::HostIdentity;
-use jex_agent::erase::blockdev::{Access, DirectTarget, TargetIo};
-use jex_agent::erase::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
-use jex_agent::erase::overwrite::{OverwriteSettings, overwrite_target};
-use jex_agent::erase::pattern::{Pattern, PatternKey};
-use jex_agent::erase::verify::{SampleSeed, SampleSettings, sample_plan, verify_target};
-use jex_agent::erase::{
+use jex_attest::HostIdentity;
+use jex_erase::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
+use jex_erase::overwrite::{OverwriteSettings, overwrite_target};
+use jex_erase::pattern::{Pattern, PatternKey};
+use jex_erase::verify::{SampleSeed, SampleSettings, sample_plan, verify_target};
+use jex_erase::{
     Backend, EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TerminateCommand,
 };
+use jex_platform::blockdev::{Access, DirectTarget, TargetIo};
 
 const GIB: u64 = 1 << 30;
 const MB: f64 = 1e6;
@@ -151,7 +151,7 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
     // The same file signer the agent uses, with a development PKI.
     let (pki, _) =
         jex_agent::pki::write_dev_pki(&dir.join("pki"), "fleet.example", "bench-host").unwrap();
-    let signer = jex_agent::attest::FileSigner::load(&pki.agent_key, &pki.agent_cert).unwrap();
+    let signer = jex_attest::FileSigner::load(&pki.agent_key, &pki.agent_cert).unwrap();
     let config = EraseConfig {
         state_dir: state,
         targets: vec![TargetConfig {

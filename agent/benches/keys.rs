@@ -15,12 +15,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use jex_agent::attest::{
+use jex_attest::{
     self, CertificateDocument, DOCUMENT_SCHEMA, FileSigner, HostIdentity, KeyDestruction,
     PatternRecord, SignedCertificate, TargetRecord, VerificationRecord,
 };
-use jex_agent::erase::keys::KeyDestroyer;
-use jex_agent::erase::keys::luks2::{DEFAULT_CRYPTSETUP, Luks2};
+use jex_erase::keys::KeyDestroyer;
+use jex_erase::keys::luks2::{DEFAULT_CRYPTSETUP, Luks2};
 use rcgen::{
     BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     PKCS_ECDSA_P256_SHA256, SanType,
@@ -159,12 +159,12 @@ fn bench_attest(dir: &Path, iterations: usize) {
     let (mut canon, mut sign, mut verify, mut bundle) = (vec![], vec![], vec![], vec![]);
     let mut size = 0;
     for _ in 0..iterations {
-        let (json, t) = time(|| attest::canonical_json(&doc));
+        let (json, t) = time(|| jex_attest::canonical_json(&doc));
         size = json.len();
         canon.push(t);
-        let (cert, t) = time(|| attest::sign(&doc, &signer).unwrap());
+        let (cert, t) = time(|| jex_attest::sign(&doc, &signer).unwrap());
         sign.push(t);
-        verify.push(time(|| attest::verify(&cert, ca_pem.as_bytes(), Some(&nonce)).unwrap()).1);
+        verify.push(time(|| jex_attest::verify(&cert, ca_pem.as_bytes(), Some(&nonce)).unwrap()).1);
         bundle
             .push(time(|| SignedCertificate::from_bundle_json(&cert.to_bundle_json()).unwrap()).1);
     }

@@ -83,7 +83,7 @@ pub enum AppError {
     Tls(#[from] crate::tls::TlsError),
     /// Host facts.
     #[error("reading host facts")]
-    Platform(#[from] crate::platform::PlatformError),
+    Platform(#[from] jex_platform::PlatformError),
     /// The listen address.
     #[error("listening on {addr}")]
     Listen {
@@ -98,16 +98,16 @@ pub enum AppError {
     Reflection(#[from] tonic_reflection::server::Error),
     /// The erase service.
     #[error("opening the erase service")]
-    Erase(#[from] crate::erase::EraseError),
+    Erase(#[from] jex_erase::EraseError),
     /// The erase certificate signer.
     #[error("loading the erase certificate signer")]
-    Signer(#[from] crate::attest::AttestError),
+    Signer(#[from] jex_attest::AttestError),
     /// The local status socket.
     #[error(transparent)]
     Status(#[from] crate::status::StatusError),
     /// The telemetry spool.
     #[error("opening the telemetry spool")]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] jex_spool::SpoolError),
     /// The sampler.
     #[error("starting the telemetry sampler")]
     Sampler(#[from] crate::telemetry::SampleError),
@@ -140,11 +140,9 @@ fn create_private_dir(path: &Path) -> Result<(), AppError> {
 }
 
 /// Builds each target's key-destruction backend from its config (absolute tool paths).
-pub fn key_destroyer_factory(
-    erase: &crate::erase::EraseConfig,
-) -> crate::erase::KeyDestroyerFactory {
-    use crate::erase::keys::{KeyDestroyer, apfs::ApfsVolume, luks2::Luks2};
-    use crate::erase::{Backend, EraseError, TargetConfig};
+pub fn key_destroyer_factory(erase: &jex_erase::EraseConfig) -> jex_erase::KeyDestroyerFactory {
+    use jex_erase::keys::{KeyDestroyer, apfs::ApfsVolume, luks2::Luks2};
+    use jex_erase::{Backend, EraseError, TargetConfig};
     let tools = erase.tools.clone();
     let factory = move |t: &TargetConfig| -> Result<Box<dyn KeyDestroyer>, EraseError> {
         let keys_err = |source| EraseError::Keys {
@@ -176,7 +174,7 @@ pub fn key_destroyer_factory(
 }
 
 /// The erase plan as the JSON document `jex-agent erase-plan` renders.
-pub fn plan_json(plan: &[crate::erase::PlannedTarget]) -> serde_json::Value {
+pub fn plan_json(plan: &[jex_erase::PlannedTarget]) -> serde_json::Value {
     serde_json::json!({ "targets": plan.iter().map(|t| serde_json::json!({
         "name": t.name, "backend": t.backend, "device": t.device, "size_bytes": t.size_bytes,
         "identity": t.identity, "ready": t.ready,
@@ -186,10 +184,10 @@ pub fn plan_json(plan: &[crate::erase::PlannedTarget]) -> serde_json::Value {
 
 /// Opens the erase service: the agent's TLS key signs certificates; each target's backend is
 /// built from its config. An unfinished operation in the journal resumes here.
-fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseService, AppError> {
-    use crate::erase::EraseDeps;
-    let signer = crate::attest::FileSigner::load(&config.tls.key, &config.tls.cert)?;
-    let host = crate::attest::HostIdentity {
+fn open_erase(config: &Config, facts: &HostFacts) -> Result<jex_erase::EraseService, AppError> {
+    use jex_erase::EraseDeps;
+    let signer = jex_attest::FileSigner::load(&config.tls.key, &config.tls.cert)?;
+    let host = jex_attest::HostIdentity {
         host_id: facts.host_id.clone(),
         hardware_uuid: facts.hardware_uuid.clone(),
         serial_number: facts.serial_number.clone(),
@@ -202,10 +200,7 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<crate::erase::EraseS
         host,
         key_destroyer_factory: key_destroyer_factory(&config.erase),
     };
-    Ok(crate::erase::EraseService::open(
-        config.erase.clone(),
-        deps,
-    )?)
+    Ok(jex_erase::EraseService::open(config.erase.clone(), deps)?)
 }
 
 /// Answers `jex-agent status` and `jex-agent erase-plan` on the local socket.
@@ -214,7 +209,7 @@ fn status_responder(
     listen: SocketAddr,
     config: &Config,
     hub: Arc<crate::telemetry::hub::Hub>,
-    erase: Arc<crate::erase::EraseService>,
+    erase: Arc<jex_erase::EraseService>,
     streams: Arc<crate::server::Streams>,
 ) -> crate::status::Responder {
     use crate::status::{EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus};
@@ -338,7 +333,7 @@ fn now_unix_ms() -> u64 {
 pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let tls = Arc::new(ServerTls::load(&config.tls)?);
     let host_id = crate::tls::host_id_from_cert(&config.tls.cert)?;
-    let host = crate::platform::host_info()?;
+    let host = jex_platform::host_info()?;
     let facts = HostFacts {
         host_id: host_id.clone(),
         hardware_uuid: host.hardware_uuid.clone().unwrap_or_default(),
@@ -356,7 +351,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     create_private_dir(&config.state_dir)?;
-    let (spool, report) = crate::spool::Spool::open(config.spool_config())?;
+    let (spool, report) = jex_spool::Spool::open(config.spool_config())?;
     tracing::info!(
         records = report.records,
         last_seq = report.last_seq,

@@ -284,11 +284,11 @@ pub fn verify_erase(
             Some(h) => Some(hex::decode(h.trim()).map_err(|e| format!("--nonce is not hex: {e}"))?),
             None => None,
         };
-        let signed = crate::attest::SignedCertificate::from_bundle_json(&bundle)
+        let signed = jex_attest::SignedCertificate::from_bundle_json(&bundle)
             .map_err(|e| format!("{}: {}", cert.display(), error_chain(&e)))?;
         let doc =
-            crate::attest::verify(&signed, &ca, nonce.as_deref()).map_err(|e| error_chain(&e))?;
-        Ok(crate::attest::summary(&doc, nonce.is_some()))
+            jex_attest::verify(&signed, &ca, nonce.as_deref()).map_err(|e| error_chain(&e))?;
+        Ok(jex_attest::summary(&doc, nonce.is_some()))
     })();
     match result {
         Ok(summary) => {
@@ -313,7 +313,7 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
         }
     };
     let factory = crate::app::key_destroyer_factory(&config.erase);
-    match crate::erase::plan_offline(&config.erase, &factory) {
+    match jex_erase::plan_offline(&config.erase, &factory) {
         Ok(plan) => {
             println!(
                 "(no agent answered on its socket: planned from {})",

@@ -28,43 +28,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::erase::EraseConfig;
-use crate::spool::{SpoolConfig, SpoolError};
+use jex_erase::EraseConfig;
+use jex_spool::{SpoolConfig, SpoolError};
 
-/// Where the agent keeps things by default on this OS.
-pub mod defaults {
-    /// The macOS layout (what the `.pkg` installs; see `packaging/src/layout.rs`).
-    pub mod macos {
-        /// Configuration file.
-        pub const CONFIG_PATH: &str = "/Library/Application Support/JexCloud/agent.toml";
-        /// State directory (spool, erase journal, certificates).
-        pub const STATE_DIR: &str = "/Library/Application Support/JexCloud/state";
-        /// Log directory.
-        pub const LOG_DIR: &str = "/Library/Logs/JexCloud";
-        /// Local status socket (root only).
-        pub const STATUS_SOCKET: &str = "/var/run/jex-agent.sock";
-    }
-
-    /// The Linux layout.
-    pub mod linux {
-        /// Configuration file.
-        pub const CONFIG_PATH: &str = "/etc/jex-agent/agent.toml";
-        /// State directory (spool, erase journal, certificates).
-        pub const STATE_DIR: &str = "/var/lib/jex-agent";
-        /// Log directory.
-        pub const LOG_DIR: &str = "/var/log/jex-agent";
-        /// Local status socket (root only).
-        pub const STATUS_SOCKET: &str = "/run/jex-agent.sock";
-    }
-
-    #[cfg(not(target_os = "macos"))]
-    pub use linux::*;
-    #[cfg(target_os = "macos")]
-    pub use macos::*;
-
-    /// Default gRPC listen address.
-    pub const LISTEN: &str = "0.0.0.0:7443";
-}
+/// Where the agent keeps things by default on this OS (chosen in the platform crate).
+pub use jex_platform::paths as defaults;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]

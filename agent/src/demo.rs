@@ -427,8 +427,8 @@ async fn erase_part(
     let cert_path = dir.join("erase-certificate.json");
     std::fs::write(&cert_path, cert.to_bundle_json()).map_err(step("writing the certificate"))?;
     let ca = std::fs::read(&pki.ca_cert).map_err(step("reading the CA"))?;
-    let doc = crate::attest::verify(&cert, &ca, Some(&nonce)).map_err(step("verify-erase"))?;
-    for line in crate::attest::summary(&doc, true).lines() {
+    let doc = jex_attest::verify(&cert, &ca, Some(&nonce)).map_err(step("verify-erase"))?;
+    for line in jex_attest::summary(&doc, true).lines() {
         println!("   {line}");
     }
     for t in &doc.targets {

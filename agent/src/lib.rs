@@ -9,34 +9,18 @@
 //! Proto types stop at `server`; `cfg(target_os)` lives only where `platform` modules are declared.
 
 pub mod app;
-pub mod attest;
 pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
-pub mod erase;
-pub mod journal;
 pub mod logging;
 pub mod pki;
-pub mod platform;
 pub mod server;
-pub mod spool;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
 
-/// An error and its sources, joined with `: `: how an error is reported, once, where it is
-/// handled (logs, failure reasons, the command line).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use jex_platform::error_chain;
 
 /// The agent's version, as built.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

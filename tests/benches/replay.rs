@@ -8,10 +8,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use jex_agent::spool::{Spool, SpoolConfig};
 use jex_agent::telemetry::{CpuSample, MemorySample, RecordBody, Sample};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
+use jex_spool::{Spool, SpoolConfig};
 
 const DAY: u64 = 86_400;
 

@@ -204,7 +204,7 @@ async fn terminate_destroys_the_keys_overwrites_verifies_and_certifies() -> Resu
     assert_eq!(wire, fetched);
     let cert = jex_agent::server::convert::certificate_from_proto(wire);
     let ca = std::fs::read(&s.pki.paths.ca_cert)?;
-    let doc = jex_agent::attest::verify(&cert, &ca, Some(&nonce))?;
+    let doc = jex_attest::verify(&cert, &ca, Some(&nonce))?;
     assert_eq!(doc.outcome, "ERASED");
     assert_eq!(doc.host.host_id, HOST_ID);
     assert_eq!(doc.controller_nonce_hex, hex(&nonce));
@@ -230,15 +230,15 @@ async fn terminate_destroys_the_keys_overwrites_verifies_and_certifies() -> Resu
     );
     assert_eq!(t.mismatched_blocks, 0);
     assert!(
-        jex_agent::attest::verify(&cert, &ca, Some(&[0u8; 32])).is_err(),
+        jex_attest::verify(&cert, &ca, Some(&[0u8; 32])).is_err(),
         "another nonce is refused"
     );
 
     // The disk: no LUKS header; every byte is the pattern revealed in the certificate.
     assert!(!is_luks(&s.image)?);
-    let key = jex_agent::erase::pattern::PatternKey::from_hex(&doc.pattern.key_hex)?;
+    let key = jex_erase::pattern::PatternKey::from_hex(&doc.pattern.key_hex)?;
     let bytes = std::fs::read(&s.image)?;
-    let pattern = jex_agent::erase::pattern::Pattern::new(key);
+    let pattern = jex_erase::pattern::Pattern::new(key);
     let mut expected = vec![0u8; bytes.len()];
     pattern.fill(0, &mut expected);
     assert!(bytes == expected, "the image holds exactly the pattern");
@@ -396,7 +396,7 @@ async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Res
         .into_inner()
         .certificate
         .context("certificate")?;
-    let doc = jex_agent::attest::verify(
+    let doc = jex_attest::verify(
         &jex_agent::server::convert::certificate_from_proto(cert),
         &std::fs::read(&s.pki.paths.ca_cert)?,
         Some(&nonce),

@@ -2,9 +2,9 @@
 
 use jex_proto::v1 as pb;
 
-use crate::attest::SignedCertificate;
-use crate::erase::{Lifecycle, OperationView, Outcome, Phase, TerminateCommand};
 use crate::telemetry::{CoreKind, GapReason, PressureLevel, Record, RecordBody, Sample};
+use jex_attest::SignedCertificate;
+use jex_erase::{Lifecycle, OperationView, Outcome, Phase, TerminateCommand};
 
 use super::HostFacts;
 

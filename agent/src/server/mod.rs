@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::erase::EraseService;
 use crate::telemetry::hub::Hub;
+use jex_erase::EraseService;
 
 pub use auth::{Peer, Role};
 

@@ -4,8 +4,8 @@
 
 use tonic::Status;
 
-use crate::erase::EraseError;
 use crate::telemetry::hub::HubError;
+use jex_erase::EraseError;
 
 /// Logs the full error chain under a fresh correlation id and returns a generic status.
 fn internal(err: &dyn std::error::Error) -> Status {

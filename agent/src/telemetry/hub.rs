@@ -53,8 +53,8 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::spool::{Spool, SpoolError, SpoolStats};
 use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
+use jex_spool::{Spool, SpoolError, SpoolStats};
 
 /// Default capacity of the live channel, in records: about 4 minutes at 1 Hz, a few tens of KB.
 /// A subscriber further behind reads the spool instead.
@@ -720,8 +720,8 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     use super::*;
-    use crate::spool::SpoolConfig;
     use crate::telemetry::{Sample, SampleError};
+    use jex_spool::SpoolConfig;
 
     /// Bounds every wait so a broken hub fails the test instead of hanging it.
     const PATIENCE: Duration = Duration::from_secs(60);

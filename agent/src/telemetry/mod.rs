@@ -1,10 +1,8 @@
-//! Host telemetry: CPU and memory aggregates, sampled once per interval by one sampler whatever
-//! the number of subscribers.
+//! Host telemetry in the agent: the one sampler thread (whatever the number of subscribers) and
+//! the hub that spools its records and fans them out to live subscribers. The model itself (what
+//! a sample is, and its arithmetic) is the `jex-telemetry` crate.
 
-pub mod cpu;
 pub mod hub;
-pub mod memory;
-pub mod sample;
 pub mod sampler;
 
-pub use sample::*;
+pub use jex_telemetry::*;

@@ -1,7 +1,7 @@
 //! The host sampler: the platform's counter reader plus the CPU state, behind [`SampleSource`].
 //!
 //! Use [`platform_source`] once at startup with the CPU kinds from
-//! [`crate::platform::host_info`], then call [`SampleSource::sample`] once per interval from a
+//! [`jex_platform::host_info`], then call [`SampleSource::sample`] once per interval from a
 //! blocking thread.
 //!
 //! Priming: construction reads the counters once and keeps that reading, so the first
@@ -20,10 +20,10 @@
 use std::io;
 use std::time::Instant;
 
-use crate::platform::{self, HostCounters, PlatformError};
-use crate::telemetry::cpu::CpuState;
-use crate::telemetry::memory::memory_sample;
-use crate::telemetry::sample::{CoreKind, Sample, SampleError, SampleSource};
+use jex_platform::{HostCounters, PlatformError};
+use jex_telemetry::cpu::CpuState;
+use jex_telemetry::memory::memory_sample;
+use jex_telemetry::{CoreKind, Sample, SampleError, SampleSource};
 
 /// Samples the host from a counter reader.
 pub struct HostSampler {
@@ -86,12 +86,12 @@ impl SampleSource for HostSampler {
     }
 }
 
-/// The sampler for this OS, primed. `cpu_kinds` is [`crate::platform::HostInfo::cpu_kinds`]
+/// The sampler for this OS, primed. `cpu_kinds` is [`jex_platform::HostInfo::cpu_kinds`]
 /// (pass an empty vector when unknown: no cluster figures are reported then).
 pub fn platform_source(
     cpu_kinds: Vec<Option<CoreKind>>,
 ) -> Result<Box<dyn SampleSource>, SampleError> {
-    let counters = platform::host_counters().map_err(sample_error)?;
+    let counters = jex_platform::host_counters().map_err(sample_error)?;
     Ok(Box::new(HostSampler::new(counters, cpu_kinds)?))
 }
 
@@ -118,10 +118,10 @@ fn sample_error(e: PlatformError) -> SampleError {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::platform::{
+    use jex_platform::{
         CounterWidth, Counters, CpuAccounting, CpuTicks, MemoryCounters, ParseError, VmCounts,
     };
-    use crate::telemetry::sample::{LoadAverage, MemoryPressure, PressureLevel, SwapSample};
+    use jex_telemetry::{LoadAverage, MemoryPressure, PressureLevel, SwapSample};
     use std::collections::VecDeque;
     use std::time::Duration;
 
@@ -223,119 +223,5 @@ mod tests {
     fn priming_fails_when_the_counters_cannot_be_read() {
         let err = HostSampler::new(Box::new(Scripted(VecDeque::new())), vec![]).unwrap_err();
         assert!(err.to_string().contains("host counters"), "{err}");
-    }
-
-    /// Parses `/proc/stat` independently of the code under test: (cpu number, busy ticks).
-    fn busy_ticks_by_cpu() -> Vec<(usize, u64)> {
-        std::fs::read_to_string("/proc/stat")
-            .unwrap()
-            .lines()
-            .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
-            .map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                let n: usize = f[0][3..].parse().unwrap();
-                let v: Vec<u64> = f[1..].iter().map(|x| x.parse().unwrap()).collect();
-                // user nice system irq softirq steal
-                (n, v[0] + v[1] + v[2] + v[5] + v[6] + v[7])
-            })
-            .collect()
-    }
-
-    fn meminfo_kib(key: &str) -> u64 {
-        std::fs::read_to_string("/proc/meminfo")
-            .unwrap()
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                (k == key).then(|| v.split_whitespace().next().unwrap().parse().unwrap())
-            })
-            .unwrap()
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn memory_agrees_with_proc_meminfo_read_alongside() {
-        let mut source = platform_source(vec![]).unwrap();
-        let before = meminfo_kib("MemAvailable") * 1024;
-        let s = source.sample().unwrap();
-        let after = meminfo_kib("MemAvailable") * 1024;
-        let slack = 256 << 20; // memory that other processes may take or free between reads
-        assert_eq!(s.memory.total_bytes, meminfo_kib("MemTotal") * 1024);
-        assert!(
-            s.memory.available_bytes + slack >= before.min(after)
-                && s.memory.available_bytes <= before.max(after) + slack,
-            "available {} outside {before}..{after}",
-            s.memory.available_bytes
-        );
-        assert_eq!(
-            s.memory.used_bytes + s.memory.available_bytes,
-            s.memory.total_bytes
-        );
-        assert_eq!(s.swap.total_bytes, meminfo_kib("SwapTotal") * 1024);
-        assert_eq!(s.memory.formula_version, 1);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn cpu_ticks_agree_with_proc_stat_read_alongside() {
-        let mut host = platform::linux::LinuxHost::new();
-        let before = busy_ticks_by_cpu();
-        let reading = host.read().unwrap().cpus;
-        let after = busy_ticks_by_cpu();
-        let present = reading.iter().filter(|c| c.is_some()).count();
-        assert_eq!(present, after.len(), "same CPUs as /proc/stat");
-        for ((cpu, low), (_, high)) in before.iter().zip(&after) {
-            let t = reading[*cpu].unwrap();
-            let busy = t.user + t.nice + t.system + t.irq + t.softirq + t.steal;
-            assert!(
-                *low <= busy && busy <= *high,
-                "cpu{cpu}: {busy} outside {low}..={high}"
-            );
-        }
-        // And the sampler counts every one of them online.
-        let mut source = platform_source(vec![]).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let s = source.sample().unwrap();
-        assert_eq!(s.cpu.online_cpus as usize, present);
-        assert_eq!(s.cpu.core_busy_bp.len(), reading.len());
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn busy_stays_in_range_and_a_spinning_thread_raises_it() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, Ordering};
-
-        let mut source = platform_source(vec![]).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let spinner = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-                }
-                x
-            })
-        };
-        // One thread spins for the whole window: at least its own CPU time is busy.
-        std::thread::sleep(Duration::from_millis(500));
-        let s = source.sample().unwrap();
-        stop.store(true, Ordering::Relaxed);
-        spinner.join().unwrap();
-
-        assert!(s.window_ms >= 500);
-        assert!(s.cpu.busy_bp > 0, "{:?}", s.cpu);
-        assert!(s.cpu.core_busy_bp.iter().any(|b| *b > 0), "{:?}", s.cpu);
-        for v in [
-            s.cpu.busy_bp,
-            s.cpu.user_bp,
-            s.cpu.system_bp,
-            s.cpu.iowait_bp,
-        ] {
-            assert!(v <= 10_000, "{:?}", s.cpu);
-        }
-        assert!(s.cpu.core_busy_bp.iter().all(|b| *b <= 10_000));
-        assert!(s.cpu.user_bp > 0, "the spinner runs in user mode");
     }
 }

@@ -1,0 +1,445 @@
+//! Internal consistency of a [`CertificateDocument`]: the rules a document must satisfy to be
+//! signed ([`super::sign`] refuses otherwise) and to be accepted ([`super::verify()`]).
+//!
+//! The rules:
+//! - `schema` is [`DOCUMENT_SCHEMA`]; `operation_id` is a UUID;
+//! - `outcome` is one of [`OUTCOME_ERASED`], [`OUTCOME_ERASED_WITH_EXCEPTIONS`],
+//!   [`OUTCOME_FAILED`]; anything but `ERASED` carries at least one exception;
+//! - `ERASED` means: no exception, zero mismatched blocks (in total and on every target), at
+//!   least one target, and every target carries key-destruction evidence (method, tool and at
+//!   least one evidence entry);
+//! - the per-target `verified_blocks` sum to `verification.sampled_blocks`, and the
+//!   per-target `mismatched_blocks` to `verification.mismatched_blocks` (no overflow);
+//! - `verification.coverage_percent` is a finite number in `[0, 100]`;
+//! - `pattern.key_hex` is 64 lowercase hex characters (a 256-bit key);
+//! - `controller_nonce_hex` is lowercase hex of at least 32 bytes;
+//! - `previous_certificate_sha256`, when present, is 64 lowercase hex characters;
+//! - `started_at` and `finished_at` are RFC 3339 timestamps in UTC (`Z` or `+00:00`) and
+//!   `started_at <= finished_at`.
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{CertificateDocument, DOCUMENT_SCHEMA};
+
+/// Every target erased and verified, no exception.
+pub const OUTCOME_ERASED: &str = "ERASED";
+/// Erased, with machine-readable exceptions.
+pub const OUTCOME_ERASED_WITH_EXCEPTIONS: &str = "ERASED_WITH_EXCEPTIONS";
+/// Not erased.
+pub const OUTCOME_FAILED: &str = "FAILED";
+
+/// Minimum length of the controller's nonce, in bytes.
+pub const MIN_NONCE_BYTES: usize = 32;
+
+/// A rule the document breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Unknown schema.
+    #[error("schema is {found:?}, expected {DOCUMENT_SCHEMA:?}")]
+    Schema {
+        /// The schema found.
+        found: String,
+    },
+    /// `operation_id` is not a UUID.
+    #[error("operation_id {found:?} is not a UUID")]
+    OperationId {
+        /// The value found.
+        found: String,
+    },
+    /// Unknown outcome.
+    #[error("outcome is {found:?}, expected ERASED, ERASED_WITH_EXCEPTIONS or FAILED")]
+    Outcome {
+        /// The outcome found.
+        found: String,
+    },
+    /// `ERASED` with exceptions.
+    #[error("outcome ERASED but {count} exception(s) are listed")]
+    ErasedWithExceptions {
+        /// Number of exceptions.
+        count: usize,
+    },
+    /// `ERASED` with mismatching blocks.
+    #[error("outcome ERASED but {mismatched} mismatched block(s) are recorded")]
+    ErasedWithMismatches {
+        /// Mismatching blocks (total or on one target).
+        mismatched: u64,
+    },
+    /// `ERASED` without any target.
+    #[error("outcome ERASED but no target is listed")]
+    ErasedWithoutTargets,
+    /// `ERASED` with a target lacking key-destruction evidence.
+    #[error("outcome ERASED but target {target:?} has no key-destruction evidence")]
+    MissingKeyDestruction {
+        /// Target name.
+        target: String,
+    },
+    /// A non-`ERASED` outcome without a reason.
+    #[error("outcome {outcome} lists no exception")]
+    MissingExceptions {
+        /// The outcome.
+        outcome: String,
+    },
+    /// Per-target block counts do not add up to the totals.
+    #[error("per-target {field} add up to {sum}, but the total says {total}")]
+    BlockTotals {
+        /// `verified_blocks` or `mismatched_blocks`.
+        field: &'static str,
+        /// Sum over targets (saturating).
+        sum: u64,
+        /// The recorded total.
+        total: u64,
+    },
+    /// Coverage is not a percentage.
+    #[error("verification.coverage_percent {value} is not within 0..=100")]
+    Coverage {
+        /// The value found.
+        value: f64,
+    },
+    /// A hex field is malformed.
+    #[error("{field} must be {expected}")]
+    Hex {
+        /// The field.
+        field: &'static str,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A timestamp does not parse.
+    #[error("{field} {value:?} is not an RFC 3339 timestamp")]
+    Timestamp {
+        /// The field.
+        field: &'static str,
+        /// The value found.
+        value: String,
+        /// The parse failure.
+        #[source]
+        source: time::error::Parse,
+    },
+    /// A timestamp is not in UTC.
+    #[error("{field} {value:?} is not in UTC")]
+    NotUtc {
+        /// The field.
+        field: &'static str,
+        /// The value found.
+        value: String,
+    },
+    /// Finished before it started.
+    #[error("finished_at {finished_at} is before started_at {started_at}")]
+    TimeOrder {
+        /// Start.
+        started_at: String,
+        /// End.
+        finished_at: String,
+    },
+}
+
+/// Parses an RFC 3339 UTC timestamp field.
+pub fn parse_utc(field: &'static str, value: &str) -> Result<OffsetDateTime, DocumentError> {
+    let t = OffsetDateTime::parse(value, &Rfc3339).map_err(|source| DocumentError::Timestamp {
+        field,
+        value: value.to_owned(),
+        source,
+    })?;
+    if !t.offset().is_utc() {
+        return Err(DocumentError::NotUtc {
+            field,
+            value: value.to_owned(),
+        });
+    }
+    Ok(t)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl CertificateDocument {
+    /// Checks the rules listed in the module documentation.
+    pub fn check_consistency(&self) -> Result<(), DocumentError> {
+        if self.schema != DOCUMENT_SCHEMA {
+            return Err(DocumentError::Schema {
+                found: self.schema.clone(),
+            });
+        }
+        if uuid::Uuid::parse_str(&self.operation_id).is_err() {
+            return Err(DocumentError::OperationId {
+                found: self.operation_id.clone(),
+            });
+        }
+        self.check_outcome()?;
+        self.check_totals()?;
+        let coverage = self.verification.coverage_percent;
+        if !(coverage.is_finite() && (0.0..=100.0).contains(&coverage)) {
+            return Err(DocumentError::Coverage { value: coverage });
+        }
+        if self.pattern.key_hex.len() != 64 || !is_lower_hex(&self.pattern.key_hex) {
+            return Err(DocumentError::Hex {
+                field: "pattern.key_hex",
+                expected: "64 lowercase hex characters (a 256-bit key)",
+            });
+        }
+        let nonce = &self.controller_nonce_hex;
+        if !nonce.len().is_multiple_of(2)
+            || nonce.len() < 2 * MIN_NONCE_BYTES
+            || !is_lower_hex(nonce)
+        {
+            return Err(DocumentError::Hex {
+                field: "controller_nonce_hex",
+                expected: "lowercase hex of at least 32 bytes",
+            });
+        }
+        if let Some(prev) = &self.previous_certificate_sha256
+            && (prev.len() != 64 || !is_lower_hex(prev))
+        {
+            return Err(DocumentError::Hex {
+                field: "previous_certificate_sha256",
+                expected: "64 lowercase hex characters (a SHA-256)",
+            });
+        }
+        let started = parse_utc("started_at", &self.started_at)?;
+        let finished = parse_utc("finished_at", &self.finished_at)?;
+        if finished < started {
+            return Err(DocumentError::TimeOrder {
+                started_at: self.started_at.clone(),
+                finished_at: self.finished_at.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_outcome(&self) -> Result<(), DocumentError> {
+        match self.outcome.as_str() {
+            OUTCOME_ERASED => {
+                if !self.exceptions.is_empty() {
+                    return Err(DocumentError::ErasedWithExceptions {
+                        count: self.exceptions.len(),
+                    });
+                }
+                if self.targets.is_empty() {
+                    return Err(DocumentError::ErasedWithoutTargets);
+                }
+                let mismatched = std::iter::once(self.verification.mismatched_blocks)
+                    .chain(self.targets.iter().map(|t| t.mismatched_blocks))
+                    .find(|&m| m != 0);
+                if let Some(mismatched) = mismatched {
+                    return Err(DocumentError::ErasedWithMismatches { mismatched });
+                }
+                for t in &self.targets {
+                    let kd = &t.key_destruction;
+                    if kd.method.trim().is_empty()
+                        || kd.tool.trim().is_empty()
+                        || kd.evidence.is_empty()
+                    {
+                        return Err(DocumentError::MissingKeyDestruction {
+                            target: t.name.clone(),
+                        });
+                    }
+                }
+                Ok(())
+            }
+            OUTCOME_ERASED_WITH_EXCEPTIONS | OUTCOME_FAILED => {
+                if self.exceptions.is_empty() {
+                    return Err(DocumentError::MissingExceptions {
+                        outcome: self.outcome.clone(),
+                    });
+                }
+                Ok(())
+            }
+            other => Err(DocumentError::Outcome {
+                found: other.to_owned(),
+            }),
+        }
+    }
+
+    fn check_totals(&self) -> Result<(), DocumentError> {
+        let sum = |f: fn(&super::TargetRecord) -> u64| {
+            self.targets
+                .iter()
+                .try_fold(0u64, |acc, t| acc.checked_add(f(t)))
+        };
+        for (field, total, sum) in [
+            (
+                "verified_blocks",
+                self.verification.sampled_blocks,
+                sum(|t| t.verified_blocks),
+            ),
+            (
+                "mismatched_blocks",
+                self.verification.mismatched_blocks,
+                sum(|t| t.mismatched_blocks),
+            ),
+        ] {
+            if sum != Some(total) {
+                return Err(DocumentError::BlockTotals {
+                    field,
+                    sum: sum.unwrap_or(u64::MAX),
+                    total,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::sample_document;
+
+    fn broken(edit: impl FnOnce(&mut CertificateDocument)) -> DocumentError {
+        let mut doc = sample_document();
+        edit(&mut doc);
+        doc.check_consistency().unwrap_err()
+    }
+
+    #[test]
+    fn the_sample_document_is_consistent() {
+        sample_document().check_consistency().unwrap();
+    }
+
+    #[test]
+    fn erased_requires_no_exception_no_mismatch_and_key_evidence_everywhere() {
+        assert!(matches!(
+            broken(|d| d.exceptions.push("hpa-present".into())),
+            DocumentError::ErasedWithExceptions { count: 1 }
+        ));
+        assert!(matches!(
+            broken(|d| {
+                d.verification.mismatched_blocks = 2;
+                d.targets[1].mismatched_blocks = 2;
+            }),
+            DocumentError::ErasedWithMismatches { mismatched: 2 }
+        ));
+        assert!(matches!(
+            broken(|d| d.targets[1].key_destruction.evidence.clear()),
+            DocumentError::MissingKeyDestruction { target } if target == "scratch"
+        ));
+        assert!(matches!(
+            broken(|d| d.targets[0].key_destruction.method = " ".into()),
+            DocumentError::MissingKeyDestruction { .. }
+        ));
+        assert!(matches!(
+            broken(|d| {
+                d.targets.clear();
+                d.verification.sampled_blocks = 0;
+            }),
+            DocumentError::ErasedWithoutTargets
+        ));
+    }
+
+    #[test]
+    fn other_outcomes_need_reasons_and_unknown_outcomes_are_refused() {
+        let mut doc = sample_document();
+        doc.outcome = OUTCOME_ERASED_WITH_EXCEPTIONS.into();
+        assert!(matches!(
+            doc.check_consistency().unwrap_err(),
+            DocumentError::MissingExceptions { .. }
+        ));
+        doc.exceptions.push("verification-mismatch".into());
+        doc.verification.mismatched_blocks = 1;
+        doc.targets[0].mismatched_blocks = 1;
+        doc.check_consistency().unwrap();
+        doc.outcome = "erased".into();
+        assert!(matches!(
+            doc.check_consistency().unwrap_err(),
+            DocumentError::Outcome { .. }
+        ));
+    }
+
+    #[test]
+    fn block_totals_must_match_the_per_target_sums() {
+        assert!(matches!(
+            broken(|d| d.verification.sampled_blocks += 1),
+            DocumentError::BlockTotals {
+                field: "verified_blocks",
+                ..
+            }
+        ));
+        assert!(matches!(
+            broken(|d| {
+                d.targets[0].verified_blocks = u64::MAX;
+                d.verification.sampled_blocks = u64::MAX;
+            }),
+            DocumentError::BlockTotals {
+                field: "verified_blocks",
+                sum: u64::MAX,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn hex_fields_and_coverage_are_checked() {
+        type Edit = fn(&mut CertificateDocument);
+        let cases: [(Edit, &str); 5] = [
+            (
+                |d| {
+                    d.pattern.key_hex.pop();
+                },
+                "pattern.key_hex",
+            ),
+            (
+                |d| d.pattern.key_hex = d.pattern.key_hex.to_uppercase(),
+                "pattern.key_hex",
+            ),
+            (
+                |d| d.controller_nonce_hex.truncate(62),
+                "controller_nonce_hex",
+            ),
+            (|d| d.controller_nonce_hex.push('0'), "controller_nonce_hex"),
+            (
+                |d| d.previous_certificate_sha256 = Some("xyz".into()),
+                "previous_certificate_sha256",
+            ),
+        ];
+        for (edit, field) in cases {
+            match broken(edit) {
+                DocumentError::Hex { field: f, .. } => assert_eq!(f, field),
+                other => panic!("expected Hex for {field}, got {other:?}"),
+            }
+        }
+        for bad in [f64::NAN, f64::INFINITY, -0.5, 100.5] {
+            assert!(matches!(
+                broken(|d| d.verification.coverage_percent = bad),
+                DocumentError::Coverage { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn timestamps_must_parse_be_utc_and_in_order() {
+        assert!(matches!(
+            broken(|d| d.started_at = "yesterday".into()),
+            DocumentError::Timestamp {
+                field: "started_at",
+                ..
+            }
+        ));
+        assert!(matches!(
+            broken(|d| d.finished_at = "2026-11-26T06:00:00+01:00".into()),
+            DocumentError::NotUtc {
+                field: "finished_at",
+                ..
+            }
+        ));
+        assert!(matches!(
+            broken(|d| std::mem::swap(&mut d.started_at, &mut d.finished_at)),
+            DocumentError::TimeOrder { .. }
+        ));
+        let mut doc = sample_document();
+        doc.finished_at = doc.started_at.clone();
+        doc.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn schema_and_operation_id_are_checked() {
+        assert!(matches!(
+            broken(|d| d.schema = "jex.erase-certificate/v2".into()),
+            DocumentError::Schema { .. }
+        ));
+        assert!(matches!(
+            broken(|d| d.operation_id = "op-1".into()),
+            DocumentError::OperationId { .. }
+        ));
+    }
+}

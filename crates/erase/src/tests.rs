@@ -1,0 +1,1220 @@
+//! End-to-end tests of the erase engine: real files, real direct I/O, a real ECDSA signer; a
+//! fake key destroyer (the real backends are tested with their own module) and an I/O wrapper
+//! that injects faults.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+
+use super::engine::{IoOpener, PinnedTarget, Record};
+use super::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
+use super::pattern::{Pattern, PatternKey};
+use super::*;
+use crate::journal::Journal;
+use jex_attest::{AttestError, CertificateDocument, HostIdentity, SignedCertificate, Signer};
+use jex_platform::blockdev::{
+    Access, BlockDevError, DirectTarget, MediaInfo, TargetIdentity, TargetIo,
+};
+
+const UUID: &str = "5b0c7a4e-1d2f-4e3a-9b8c-7d6e5f4a3b2c";
+const HOST: &str = "host-test-1";
+const TENANT_BYTE: u8 = 0xa5;
+
+// === Test signer: an rcgen P-256 key and self-signed certificate, signing with ring ===
+
+struct TestSigner {
+    key: EcdsaKeyPair,
+    chain: Vec<Vec<u8>>,
+    rng: SystemRandom,
+}
+
+impl std::fmt::Debug for TestSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestSigner(...)")
+    }
+}
+
+impl TestSigner {
+    fn new() -> Self {
+        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])
+            .unwrap()
+            .self_signed(&key_pair)
+            .unwrap();
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key_pair.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        TestSigner {
+            key,
+            chain: vec![cert.der().to_vec()],
+            rng,
+        }
+    }
+}
+
+impl Signer for TestSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AttestError> {
+        let signature = self
+            .key
+            .sign(&self.rng, message)
+            .expect("ring ECDSA P-256 signing");
+        Ok(signature.as_ref().to_vec())
+    }
+
+    fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.chain.clone()
+    }
+}
+
+/// Checks the signature against the leaf certificate's key and returns the document.
+fn verified_document(certificate: &SignedCertificate) -> CertificateDocument {
+    let (_, leaf) = x509_parser::parse_x509_certificate(&certificate.signer_chain_der[0]).unwrap();
+    let public_key = leaf.public_key().subject_public_key.data.to_vec();
+    let mut message = b"jex-erase-certificate-v1\0".to_vec();
+    message.extend_from_slice(&certificate.document_json);
+    ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public_key)
+        .verify(&message, &certificate.signature)
+        .expect("certificate signature verifies");
+    assert_eq!(certificate.signature_algorithm, "ecdsa-p256-sha256");
+    serde_json::from_slice(&certificate.document_json).unwrap()
+}
+
+fn host() -> HostIdentity {
+    HostIdentity {
+        host_id: HOST.to_owned(),
+        hardware_uuid: "00000000-0000-4000-8000-000000000001".to_owned(),
+        serial_number: "C02TEST0001".to_owned(),
+        model: "Mac14,3".to_owned(),
+        os: "Linux test".to_owned(),
+        agent_version: crate::AGENT_VERSION.to_owned(),
+    }
+}
+
+// === Fake key destroyer ===
+
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone, Default)]
+struct KeyLog(Arc<Mutex<Vec<String>>>);
+
+impl KeyLog {
+    fn push(&self, entry: String) {
+        self.0.lock().unwrap().push(entry);
+    }
+    fn entries(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct FakeKeys {
+    target: String,
+    log: KeyLog,
+    destroyed: Arc<AtomicBool>,
+    on_destroy: Option<Hook>,
+}
+
+impl std::fmt::Debug for FakeKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FakeKeys({})", self.target)
+    }
+}
+
+impl KeyDestroyer for FakeKeys {
+    fn backend(&self) -> &'static str {
+        "luks2"
+    }
+    fn check_identity(&self) -> Result<(), KeyError> {
+        self.log.push(format!("{}:check_identity", self.target));
+        Ok(())
+    }
+    fn snapshot(&self) -> Result<KeyState, KeyError> {
+        self.log.push(format!("{}:snapshot", self.target));
+        Ok(KeyState {
+            facts: [("keyslots".to_owned(), "1".to_owned())].into(),
+        })
+    }
+    fn destroy(&self) -> Result<(), KeyError> {
+        self.log.push(format!("{}:destroy", self.target));
+        if let Some(hook) = &self.on_destroy {
+            hook();
+        }
+        self.destroyed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn verify_destroyed(&self, before: &KeyState) -> Result<KeyDestruction, KeyError> {
+        self.log.push(format!("{}:verify_destroyed", self.target));
+        if !self.destroyed.load(Ordering::SeqCst) {
+            return Err(KeyError::NotDestroyed {
+                target: self.target.clone(),
+                detail: "keyslot 0 still active".into(),
+            });
+        }
+        Ok(KeyDestruction {
+            method: "fake luksErase".into(),
+            tool: "fake 1.0".into(),
+            evidence: [
+                (
+                    "keyslots_before".to_owned(),
+                    before.facts["keyslots"].clone(),
+                ),
+                ("keyslots_after".to_owned(), "0".to_owned()),
+            ]
+            .into(),
+        })
+    }
+}
+
+fn factory(log: &KeyLog, on_destroy: Option<Hook>) -> KeyDestroyerFactory {
+    let log = log.clone();
+    Box::new(move |target: &TargetConfig| {
+        Ok(Box::new(FakeKeys {
+            target: target.name.clone(),
+            log: log.clone(),
+            destroyed: Arc::new(AtomicBool::new(false)),
+            on_destroy: on_destroy.clone(),
+        }) as Box<dyn KeyDestroyer>)
+    })
+}
+
+// === Fault-injecting I/O ===
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    None,
+    /// Writes at or past this offset fail with EIO.
+    WriteFailsAt(u64),
+    /// Reads covering this offset fail with EIO.
+    ReadFailsAt(u64),
+    /// Before the first verification read, one byte at this offset is flipped on disk.
+    AlterBeforeVerify(u64),
+    /// After this many writes, the file is truncated to this length.
+    TruncateAfterWrites(usize, u64),
+    /// The target reports living on a copy-on-write filesystem.
+    CopyOnWrite,
+}
+
+#[derive(Clone, Default)]
+struct IoLog(Arc<Mutex<Vec<(char, u64)>>>);
+
+struct FaultyOpener {
+    fault: Fault,
+    log: IoLog,
+    writes: Arc<AtomicUsize>,
+    altered: Arc<AtomicBool>,
+}
+
+impl FaultyOpener {
+    fn new(fault: Fault) -> Self {
+        FaultyOpener {
+            fault,
+            log: IoLog::default(),
+            writes: Arc::new(AtomicUsize::new(0)),
+            altered: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+struct FaultyIo {
+    inner: DirectTarget,
+    fault: Fault,
+    log: IoLog,
+    writes: Arc<AtomicUsize>,
+    altered: Arc<AtomicBool>,
+}
+
+impl IoOpener for FaultyOpener {
+    fn open(
+        &self,
+        _index: usize,
+        path: &Path,
+        access: Access,
+    ) -> Result<Box<dyn TargetIo>, BlockDevError> {
+        Ok(Box::new(FaultyIo {
+            inner: DirectTarget::open(path, access)?,
+            fault: self.fault,
+            log: self.log.clone(),
+            writes: Arc::clone(&self.writes),
+            altered: Arc::clone(&self.altered),
+        }))
+    }
+}
+
+fn eio() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl TargetIo for FaultyIo {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn io_align(&self) -> u64 {
+        self.inner.io_align()
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.log.0.lock().unwrap().push(('w', offset));
+        if let Fault::WriteFailsAt(at) = self.fault
+            && offset + buf.len() as u64 > at
+        {
+            return Err(eio());
+        }
+        self.inner.write_at(offset, buf)?;
+        let count = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Fault::TruncateAfterWrites(after, len) = self.fault
+            && count == after
+        {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.inner.path())
+                .unwrap()
+                .set_len(len)
+                .unwrap();
+        }
+        Ok(())
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.log.0.lock().unwrap().push(('r', offset));
+        match self.fault {
+            Fault::ReadFailsAt(at) if offset <= at && at < offset + buf.len() as u64 => {
+                return Err(eio());
+            }
+            Fault::AlterBeforeVerify(at) if !self.altered.swap(true, Ordering::SeqCst) => {
+                flip_byte(self.inner.path(), at);
+            }
+            _ => {}
+        }
+        self.inner.read_at(offset, buf)
+    }
+    fn flush_durable(&mut self) -> std::io::Result<()> {
+        self.inner.flush_durable()
+    }
+    fn open_identity(&self) -> Result<TargetIdentity, BlockDevError> {
+        self.inner.open_identity()
+    }
+    fn path_identity(&self) -> Result<TargetIdentity, BlockDevError> {
+        self.inner.path_identity()
+    }
+    fn media_info(&self) -> MediaInfo {
+        self.inner.media_info()
+    }
+    fn copy_on_write_fs(&self) -> Option<String> {
+        match self.fault {
+            Fault::CopyOnWrite => Some("btrfs".into()),
+            _ => self.inner.copy_on_write_fs(),
+        }
+    }
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    byte[0] ^= 0xff;
+    file.write_all_at(&byte, offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+// === Harness ===
+
+struct Harness {
+    dir: tempfile::TempDir,
+    images: Vec<PathBuf>,
+    keys: KeyLog,
+}
+
+impl Harness {
+    fn new(sizes: &[u64]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let images = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let path = dir.path().join(format!("tenant{i}.img"));
+                write_tenant_image(&path, *size);
+                path
+            })
+            .collect();
+        Harness {
+            dir,
+            images,
+            keys: KeyLog::default(),
+        }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn config(&self) -> EraseConfig {
+        EraseConfig {
+            state_dir: self.state_dir(),
+            chunk_bytes: 64 * 1024,
+            checkpoint_bytes: 256 * 1024,
+            verify_block_bytes: 64 * 1024,
+            targets: self
+                .images
+                .iter()
+                .enumerate()
+                .map(|(i, path)| TargetConfig {
+                    name: format!("tenant{i}"),
+                    backend: Backend::Luks2,
+                    device: path.clone(),
+                    luks_uuid: Some(UUID.to_owned()),
+                    apfs_volume_uuid: None,
+                })
+                .collect(),
+            ..EraseConfig::default()
+        }
+    }
+
+    fn open(&self, config: EraseConfig, io: Arc<dyn IoOpener>, hook: Option<Hook>) -> EraseService {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let deps = EraseDeps {
+                signer: Arc::new(TestSigner::new()),
+                host: host(),
+                key_destroyer_factory: factory(&self.keys, hook.clone()),
+            };
+            match EraseService::open_with_io(config.clone(), deps, Arc::clone(&io)) {
+                // The previous service's worker may still be releasing the state lock.
+                Err(EraseError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
+    fn service(&self) -> EraseService {
+        self.open(self.config(), Arc::new(super::engine::DirectOpener), None)
+    }
+
+    fn records(&self) -> Vec<Record> {
+        Journal::<Record>::read(&self.state_dir().join(super::engine::JOURNAL_FILE))
+            .unwrap()
+            .records
+    }
+}
+
+fn write_tenant_image(path: &Path, size: u64) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![TENANT_BYTE; 64 * 1024];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).unwrap();
+        left -= n as u64;
+    }
+    file.sync_all().unwrap();
+}
+
+fn terminate_cmd(request_id: &str) -> TerminateCommand {
+    TerminateCommand {
+        request_id: request_id.to_owned(),
+        host_id: HOST.to_owned(),
+        nonce: (0u8..32).collect(),
+    }
+}
+
+fn is_finished(view: &OperationView) -> bool {
+    matches!(view.phase, Phase::Reclaimable | Phase::Failed)
+        || (view.phase == Phase::Certified && view.outcome != Some(Outcome::Erased))
+}
+
+fn wait_finished(service: &EraseService, operation_id: &str) -> OperationView {
+    let rx = service.watch(Some(operation_id)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = rx.borrow().clone();
+        if is_finished(&view) {
+            return view;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operation did not finish: {view:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn assert_matches_pattern(path: &Path, key_hex: &str) {
+    let data = std::fs::read(path).unwrap();
+    let pattern = Pattern::new(PatternKey::from_hex(key_hex).unwrap());
+    let mut expected = vec![0u8; data.len()];
+    pattern.fill(0, &mut expected);
+    if let Some(at) = data.iter().zip(&expected).position(|(a, b)| a != b) {
+        panic!("{} differs from the pattern at byte {at}", path.display());
+    }
+}
+
+fn assert_failed_not_reclaimable(h: &Harness, service: &EraseService, view: &OperationView) {
+    assert_eq!(view.phase, Phase::Failed, "{view:?}");
+    assert_eq!(view.outcome, Some(Outcome::Failed));
+    assert!(view.certificate.is_none());
+    assert_eq!(service.lifecycle(), Lifecycle::EraseFailed);
+    assert!(matches!(
+        service.certificate(None),
+        Err(EraseError::NotCertified {
+            phase: Phase::Failed,
+            ..
+        })
+    ));
+    let records = h.records();
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r, Record::Reclaimable { .. } | Record::Certified { .. })),
+        "a failed operation was certified or made reclaimable: {records:?}"
+    );
+    assert!(matches!(records.last(), Some(Record::Failed { .. })));
+    // The pattern key of a failed operation is not left behind.
+    let keys: Vec<_> = std::fs::read_dir(h.state_dir().join("keys"))
+        .unwrap()
+        .collect();
+    assert!(keys.is_empty());
+}
+
+// === Tests ===
+
+#[test]
+fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
+    let h = Harness::new(&[4 << 20, 2 << 20]);
+    let service = h.service();
+    assert_eq!(service.lifecycle(), Lifecycle::Serving);
+    assert_eq!(service.current_operation_id(), None);
+
+    let started = service.terminate(terminate_cmd("req-1")).unwrap();
+    assert_eq!(started.request_id, "req-1");
+    assert!(!is_finished(&started));
+    let view = wait_finished(&service, &started.operation_id);
+
+    assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
+    assert_eq!(view.outcome, Some(Outcome::Erased));
+    assert_eq!(view.failure_reason, None);
+    assert_eq!(service.lifecycle(), Lifecycle::Reclaimable);
+    assert_eq!(
+        service.current_operation_id(),
+        Some(started.operation_id.clone())
+    );
+    assert_eq!(view.targets.len(), 2);
+    assert_eq!(view.targets[0].size_bytes, 4 << 20);
+    assert!(view.targets.iter().all(|t| t.phase == Phase::Reclaimable));
+
+    let certificate = service.certificate(None).unwrap();
+    assert_eq!(view.certificate.as_ref(), Some(&certificate));
+    let document = verified_document(&certificate);
+    assert_eq!(document.schema, jex_attest::DOCUMENT_SCHEMA);
+    assert_eq!(document.operation_id, started.operation_id);
+    assert_eq!(document.request_id, "req-1");
+    assert_eq!(document.host, host());
+    assert_eq!(
+        document.controller_nonce_hex,
+        hex::encode((0u8..32).collect::<Vec<_>>())
+    );
+    assert_eq!(document.outcome, "ERASED");
+    assert_eq!(document.method_type, "Purge");
+    assert_eq!(document.method_used, "Crypto Erase + Overwrite");
+    assert!(document.exceptions.is_empty());
+    assert_eq!(document.previous_certificate_sha256, None);
+    assert!(!document.verification.resumed);
+    assert_eq!(document.verification.mismatched_blocks, 0);
+    // 96 blocks of 64 KiB in all: small targets are verified in full.
+    assert_eq!(document.verification.sampled_blocks, 96);
+    assert!((document.verification.coverage_percent - 100.0).abs() < 1e-9);
+    for (record, image) in document.targets.iter().zip(&h.images) {
+        assert_eq!(record.device, image.display().to_string());
+        assert_eq!(record.media_type, "file");
+        assert_eq!(record.key_destruction.method, "fake luksErase");
+        assert!(
+            record
+                .identity
+                .starts_with(&format!("luks-uuid:{UUID}; file:dev="))
+        );
+        assert_eq!(record.size_bytes, std::fs::metadata(image).unwrap().len());
+        assert_eq!(record.overwrite_passes, 1);
+    }
+    assert!(document.started_at <= document.finished_at);
+
+    // Every byte of every target is the pattern whose key the certificate reveals.
+    for image in &h.images {
+        assert_matches_pattern(image, &document.pattern.key_hex);
+    }
+
+    // Keys were destroyed first, per target, in protocol order.
+    assert_eq!(
+        h.keys.entries(),
+        [
+            "tenant0:check_identity",
+            "tenant0:snapshot",
+            "tenant0:destroy",
+            "tenant0:verify_destroyed",
+            "tenant1:check_identity",
+            "tenant1:snapshot",
+            "tenant1:destroy",
+            "tenant1:verify_destroyed"
+        ]
+    );
+
+    // The journal follows the state machine, ending reclaimable.
+    let kinds: Vec<&str> = h
+        .records()
+        .iter()
+        .map(|r| match r {
+            Record::Requested(_) => "requested",
+            Record::TargetsPinned { .. } => "pinned",
+            Record::KeysSnapshot { .. } => "snapshot",
+            Record::KeysDestroyed { .. } => "keys_destroyed",
+            Record::Overwriting { .. } => "overwriting",
+            Record::Verifying { .. } => "verifying",
+            Record::Certified { .. } => "certified",
+            Record::Reclaimable { .. } => "reclaimable",
+            Record::Failed { .. } => "failed",
+        })
+        .collect();
+    let mut dedup = kinds.clone();
+    dedup.dedup();
+    assert_eq!(
+        dedup,
+        [
+            "requested",
+            "pinned",
+            "snapshot",
+            "keys_destroyed",
+            "overwriting",
+            "verifying",
+            "certified",
+            "reclaimable"
+        ]
+    );
+    // 4 MiB / 256 KiB + 2 MiB / 256 KiB checkpoints, plus the start of each target.
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "overwriting").count(),
+        16 + 8 + 2
+    );
+
+    // The key file is gone; the certificate file is world-readable; the state dir is private.
+    let state = h.state_dir();
+    assert_eq!(std::fs::read_dir(state.join("keys")).unwrap().count(), 0);
+    let cert_path = state.join(format!("certificates/{}.json", started.operation_id));
+    assert_eq!(
+        std::fs::metadata(&cert_path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+
+    // After a restart: same lifecycle, same certificate, and the same request is idempotent.
+    drop(service);
+    let service = h.service();
+    assert_eq!(service.lifecycle(), Lifecycle::Reclaimable);
+    assert_eq!(
+        service.certificate(Some(&started.operation_id)).unwrap(),
+        certificate
+    );
+    let again = service.terminate(terminate_cmd("req-1")).unwrap();
+    assert_eq!(again.operation_id, started.operation_id);
+    assert_eq!(again.phase, Phase::Reclaimable);
+    assert_eq!(h.keys.entries().len(), 8, "no key destruction repeated");
+}
+
+#[test]
+fn the_next_certificate_chains_to_the_previous_one() {
+    let h = Harness::new(&[1 << 20]);
+    let service = h.service();
+    let first = service.terminate(terminate_cmd("req-a")).unwrap();
+    wait_finished(&service, &first.operation_id);
+    let first_cert = service.certificate(Some(&first.operation_id)).unwrap();
+    // A new tenancy ended: a new request starts a new operation.
+    let second = service.terminate(terminate_cmd("req-b")).unwrap();
+    assert_ne!(second.operation_id, first.operation_id);
+    let view = wait_finished(&service, &second.operation_id);
+    assert_eq!(view.phase, Phase::Reclaimable);
+    let document = verified_document(&service.certificate(None).unwrap());
+    let first_hash = hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &first_cert.document_json,
+    ));
+    assert_eq!(document.previous_certificate_sha256, Some(first_hash));
+    assert_ne!(
+        document.pattern.key_hex,
+        verified_document(&first_cert).pattern.key_hex,
+        "every operation gets a fresh pattern key"
+    );
+}
+
+#[test]
+fn terminate_refuses_bad_requests_and_is_idempotent_while_running() {
+    let h = Harness::new(&[1 << 20]);
+    let service = h.service();
+    let mut cmd = terminate_cmd("req-1");
+    cmd.host_id = "other-host".into();
+    assert!(matches!(
+        service.terminate(cmd),
+        Err(EraseError::HostMismatch { expected, got }) if expected == HOST && got == "other-host"
+    ));
+    let mut cmd = terminate_cmd("req-1");
+    cmd.nonce = vec![1; 31];
+    assert!(matches!(
+        service.terminate(cmd),
+        Err(EraseError::NonceTooShort { len: 31 })
+    ));
+    assert!(matches!(
+        service.terminate(terminate_cmd(" ")),
+        Err(EraseError::EmptyRequestId)
+    ));
+    assert!(matches!(
+        service.watch(None),
+        Err(EraseError::NotFound { .. })
+    ));
+    assert!(matches!(
+        service.certificate(None),
+        Err(EraseError::NotFound { .. })
+    ));
+    assert_eq!(service.lifecycle(), Lifecycle::Serving);
+    drop(service);
+
+    // Hold key destruction until released, to observe a running operation.
+    let release = Arc::new(AtomicBool::new(false));
+    let gate = Arc::clone(&release);
+    let hook: Hook = Arc::new(move || {
+        while !gate.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let service = h.open(
+        h.config(),
+        Arc::new(super::engine::DirectOpener),
+        Some(hook),
+    );
+    let first = service.terminate(terminate_cmd("req-1")).unwrap();
+    assert_eq!(service.lifecycle(), Lifecycle::Erasing);
+    let same = service.terminate(terminate_cmd("req-1")).unwrap();
+    assert_eq!(same.operation_id, first.operation_id);
+    assert!(matches!(
+        service.terminate(terminate_cmd("req-2")),
+        Err(EraseError::AlreadyRunning { operation_id }) if operation_id == first.operation_id
+    ));
+    assert!(matches!(
+        service.certificate(Some(&first.operation_id)),
+        Err(EraseError::NotCertified { .. })
+    ));
+    release.store(true, Ordering::SeqCst);
+    assert_eq!(
+        wait_finished(&service, &first.operation_id).phase,
+        Phase::Reclaimable
+    );
+    drop(service);
+
+    let mut empty = h.config();
+    empty.targets.clear();
+    empty.state_dir = h.dir.path().join("empty-state");
+    let service = h.open(empty, Arc::new(super::engine::DirectOpener), None);
+    assert!(matches!(
+        service.terminate(terminate_cmd("req-9")),
+        Err(EraseError::NoTargets)
+    ));
+}
+
+#[test]
+fn a_second_service_on_the_same_state_dir_is_refused() {
+    let h = Harness::new(&[64 * 1024]);
+    let _service = h.service();
+    let deps = EraseDeps {
+        signer: Arc::new(TestSigner::new()),
+        host: host(),
+        key_destroyer_factory: factory(&h.keys, None),
+    };
+    assert!(matches!(
+        EraseService::open(h.config(), deps),
+        Err(EraseError::Locked { .. })
+    ));
+}
+
+fn run_with_fault(fault: Fault) -> (Harness, EraseService, OperationView) {
+    let h = Harness::new(&[2 << 20]);
+    let service = h.open(h.config(), Arc::new(FaultyOpener::new(fault)), None);
+    let started = service.terminate(terminate_cmd("req-fault")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    (h, service, view)
+}
+
+#[test]
+fn a_failing_write_fails_the_erase_with_its_offset() {
+    let (h, service, view) = run_with_fault(Fault::WriteFailsAt(1 << 20));
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let reason = view.failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("writing") && reason.contains(&format!("offset {}", 1 << 20)),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_failing_read_fails_verification() {
+    let (h, service, view) = run_with_fault(Fault::ReadFailsAt(1_500_000));
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let reason = view.failure_reason.as_deref().unwrap();
+    assert!(reason.contains("reading back"), "{reason}");
+    assert!(
+        h.records()
+            .iter()
+            .any(|r| matches!(r, Record::Verifying { .. }))
+    );
+}
+
+#[test]
+fn a_block_altered_after_its_overwrite_fails_verification_at_that_offset() {
+    let offset = (1 << 20) + 12_345;
+    let (h, service, view) = run_with_fault(Fault::AlterBeforeVerify(offset));
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let reason = view.failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&format!("differs from the pattern at byte offset {offset}")),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_target_truncated_mid_overwrite_is_refused() {
+    let (h, service, view) = run_with_fault(Fault::TruncateAfterWrites(5, 1 << 20));
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let reason = view.failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("identity changed") && reason.contains("size=1048576"),
+        "{reason}"
+    );
+    // Nothing was written after the truncation was seen.
+    assert_eq!(std::fs::metadata(&h.images[0]).unwrap().len(), 1 << 20);
+}
+
+#[test]
+fn a_file_on_a_copy_on_write_filesystem_is_certified_with_exceptions_and_not_reclaimable() {
+    let (h, service, view) = run_with_fault(Fault::CopyOnWrite);
+    assert_eq!(view.phase, Phase::Certified, "{view:?}");
+    assert_eq!(view.outcome, Some(Outcome::ErasedWithExceptions));
+    assert_eq!(
+        view.exceptions,
+        ["overwrite-not-in-place:tenant0: file on a copy-on-write filesystem (btrfs)"]
+    );
+    assert_eq!(service.lifecycle(), Lifecycle::EraseFailed);
+    let document = verified_document(&service.certificate(None).unwrap());
+    assert_eq!(document.outcome, "ERASED_WITH_EXCEPTIONS");
+    assert_eq!(document.exceptions, view.exceptions);
+    assert!(
+        !h.records()
+            .iter()
+            .any(|r| matches!(r, Record::Reclaimable { .. }))
+    );
+    // The overwrite and verification still ran in full.
+    assert_matches_pattern(&h.images[0], &document.pattern.key_hex);
+    // A new request may run once this one is over.
+    let next = service.terminate(terminate_cmd("req-retry")).unwrap();
+    assert_ne!(next.operation_id, view.operation_id);
+}
+
+#[test]
+fn a_target_replaced_between_steps_is_refused_and_left_untouched() {
+    let h = Harness::new(&[1 << 20]);
+    let image = h.images[0].clone();
+    let replacement = h.dir.path().join("replacement.img");
+    write_tenant_image(&replacement, 1 << 20);
+    let original_ino = std::fs::metadata(&image).unwrap().ino();
+    // While the keys are destroyed, another file (new inode) takes the target's path.
+    let (from, to) = (replacement.clone(), image.clone());
+    let hook: Hook = Arc::new(move || std::fs::rename(&from, &to).unwrap());
+    let service = h.open(
+        h.config(),
+        Arc::new(super::engine::DirectOpener),
+        Some(hook),
+    );
+    let started = service.terminate(terminate_cmd("req-swap")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let reason = view.failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("identity changed") && reason.contains(&format!("ino={original_ino}")),
+        "{reason}"
+    );
+    assert_ne!(std::fs::metadata(&image).unwrap().ino(), original_ino);
+    assert!(
+        std::fs::read(&image)
+            .unwrap()
+            .iter()
+            .all(|b| *b == TENANT_BYTE)
+    );
+}
+
+#[test]
+fn the_root_device_is_refused_before_any_key_is_destroyed() {
+    let h = Harness::new(&[]);
+    let node = h.dir.path().join("rootdisk");
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        std::fs::metadata("/").unwrap().dev(),
+    )
+    .unwrap();
+    let mut config = h.config();
+    config.targets = vec![TargetConfig {
+        name: "root".into(),
+        backend: Backend::Luks2,
+        device: node.clone(),
+        luks_uuid: Some(UUID.to_owned()),
+        apfs_volume_uuid: None,
+    }];
+    let service = h.open(config, Arc::new(super::engine::DirectOpener), None);
+
+    let plan = service.plan().unwrap();
+    assert_eq!(plan.len(), 1);
+    assert!(!plan[0].ready);
+    let refused = plan[0]
+        .checks
+        .iter()
+        .find(|c| c.check == "not a system or mounted device")
+        .expect("system-device check ran");
+    assert!(
+        !refused.passed && refused.detail.contains("mounted at /"),
+        "{refused:?}"
+    );
+
+    let started = service.terminate(terminate_cmd("req-root")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let reason = view.failure_reason.as_deref().unwrap();
+    assert!(
+        reason.contains("refused") && reason.contains("mounted at /"),
+        "{reason}"
+    );
+    assert!(
+        h.keys.entries().iter().all(|e| !e.ends_with(":destroy")),
+        "keys destroyed on a refused target: {:?}",
+        h.keys.entries()
+    );
+}
+
+#[test]
+fn plan_reports_size_identity_and_passing_checks_without_writing() {
+    let h = Harness::new(&[1 << 20]);
+    let service = h.service();
+    let before = std::fs::read(&h.images[0]).unwrap();
+    let plan = service.plan().unwrap();
+    assert_eq!(plan[0].name, "tenant0");
+    assert_eq!(plan[0].backend, "luks2");
+    assert_eq!(plan[0].size_bytes, Some(1 << 20));
+    assert!(plan[0].identity.as_deref().unwrap().contains("file:dev="));
+    assert!(plan[0].ready, "{:?}", plan[0].checks);
+    assert_eq!(std::fs::read(&h.images[0]).unwrap(), before);
+    assert_eq!(h.keys.entries(), ["tenant0:check_identity"]);
+}
+
+/// Writes the journal of an operation interrupted at `last`, as a crash would leave it.
+fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> String {
+    let config = h.config();
+    let operation_id = "7f0c1d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f".to_owned();
+    std::fs::create_dir_all(h.state_dir().join("keys")).unwrap();
+    super::engine::write_key_file(&h.state_dir().join(format!("keys/{operation_id}.key")), key)
+        .unwrap();
+    let target = DirectTarget::open(&h.images[0], Access::Read).unwrap();
+    let requested = super::engine::RequestedRecord {
+        operation_id: operation_id.clone(),
+        request_id: "req-crash".into(),
+        host_id: HOST.into(),
+        nonce_hex: hex::encode([9u8; 32]),
+        started_unix_ms: 1_700_000_000_000,
+        pattern_key_sha256: key.commitment(),
+        previous_certificate_sha256: None,
+        settings: super::engine::OperationSettings {
+            chunk_bytes: config.chunk_bytes,
+            checkpoint_bytes: config.checkpoint_bytes,
+            verify_strata: config.verify_strata,
+            verify_locations_per_stratum: config.verify_locations_per_stratum,
+            verify_coverage_percent: None,
+            verify_block_bytes: config.verify_block_bytes,
+        },
+        targets: config.targets.clone(),
+    };
+    let (mut journal, _) =
+        Journal::<Record>::open(&h.state_dir().join(super::engine::JOURNAL_FILE)).unwrap();
+    journal.append(&Record::Requested(requested)).unwrap();
+    journal
+        .append(&Record::TargetsPinned {
+            operation_id: operation_id.clone(),
+            targets: vec![PinnedTarget {
+                name: "tenant0".into(),
+                identity: target.identity().clone(),
+                io_align: target.io_align(),
+                media: target.media_info(),
+                copy_on_write_fs: None,
+            }],
+        })
+        .unwrap();
+    journal
+        .append(&Record::KeysSnapshot {
+            operation_id: operation_id.clone(),
+            target: "tenant0".into(),
+            state: KeyState {
+                facts: [("keyslots".to_owned(), "1".to_owned())].into(),
+            },
+        })
+        .unwrap();
+    for record in last {
+        let mut record = record.clone();
+        set_operation_id(&mut record, &operation_id);
+        journal.append(&record).unwrap();
+    }
+    operation_id
+}
+
+fn set_operation_id(record: &mut Record, id: &str) {
+    match record {
+        Record::KeysDestroyed { operation_id, .. }
+        | Record::Overwriting { operation_id, .. }
+        | Record::Verifying { operation_id } => *operation_id = id.to_owned(),
+        other => panic!("unexpected record {other:?}"),
+    }
+}
+
+fn fake_destruction() -> KeyDestruction {
+    KeyDestruction {
+        method: "fake luksErase".into(),
+        tool: "fake 1.0".into(),
+        evidence: [
+            ("keyslots_before".to_owned(), "1".to_owned()),
+            ("keyslots_after".to_owned(), "0".to_owned()),
+        ]
+        .into_iter()
+        .collect(),
+    }
+}
+
+#[test]
+fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
+    let h = Harness::new(&[2 << 20]);
+    let key = PatternKey::from_bytes([3u8; 32]);
+    // The first 768 KiB were written and the checkpoint at 512 KiB was journaled.
+    let pattern = Pattern::new(key.clone());
+    {
+        let mut io = DirectTarget::open(&h.images[0], Access::ReadWrite).unwrap();
+        let mut buf = jex_platform::blockdev::AlignedBuf::new(768 * 1024);
+        pattern.fill(0, &mut buf);
+        io.write_at(0, &buf).unwrap();
+        io.flush_durable().unwrap();
+    }
+    let id = interrupted_operation(
+        &h,
+        &key,
+        &[
+            Record::KeysDestroyed {
+                operation_id: String::new(),
+                destructions: vec![fake_destruction()],
+            },
+            Record::Overwriting {
+                operation_id: String::new(),
+                target: 0,
+                offset: 0,
+            },
+            Record::Overwriting {
+                operation_id: String::new(),
+                target: 0,
+                offset: 512 * 1024,
+            },
+        ],
+    );
+    let opener = Arc::new(FaultyOpener::new(Fault::None));
+    let log = opener.log.clone();
+    let service = h.open(h.config(), opener, None);
+    let view = wait_finished(&service, &id);
+    assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
+    let writes: Vec<u64> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(kind, _)| *kind == 'w')
+        .map(|(_, offset)| *offset)
+        .collect();
+    assert_eq!(
+        writes.first(),
+        Some(&(512 * 1024)),
+        "resumed at the checkpoint"
+    );
+    assert_eq!(writes.len(), (2 << 20) / (64 * 1024) - 8);
+    assert!(
+        h.keys.entries().is_empty(),
+        "keys already destroyed: not touched again"
+    );
+    let document = verified_document(&service.certificate(Some(&id)).unwrap());
+    assert!(document.verification.resumed);
+    assert_eq!(document.pattern.key_hex, hex::encode([3u8; 32]));
+    assert_matches_pattern(&h.images[0], &document.pattern.key_hex);
+}
+
+#[test]
+fn resuming_during_verification_verifies_again_from_scratch() {
+    let h = Harness::new(&[1 << 20]);
+    let key = PatternKey::from_bytes([4u8; 32]);
+    {
+        let mut io = DirectTarget::open(&h.images[0], Access::ReadWrite).unwrap();
+        let mut buf = jex_platform::blockdev::AlignedBuf::new(1 << 20);
+        Pattern::new(key.clone()).fill(0, &mut buf);
+        io.write_at(0, &buf).unwrap();
+        io.flush_durable().unwrap();
+    }
+    let id = interrupted_operation(
+        &h,
+        &key,
+        &[
+            Record::KeysDestroyed {
+                operation_id: String::new(),
+                destructions: vec![fake_destruction()],
+            },
+            Record::Overwriting {
+                operation_id: String::new(),
+                target: 0,
+                offset: 1 << 20,
+            },
+            Record::Verifying {
+                operation_id: String::new(),
+            },
+        ],
+    );
+    let opener = Arc::new(FaultyOpener::new(Fault::None));
+    let log = opener.log.clone();
+    let service = h.open(h.config(), opener, None);
+    let view = wait_finished(&service, &id);
+    assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
+    let ops = log.0.lock().unwrap().clone();
+    assert!(
+        ops.iter().all(|(kind, _)| *kind == 'r'),
+        "nothing rewritten"
+    );
+    let read: u64 = ops.len() as u64;
+    assert!(read >= 1, "verification ran");
+    let verifying = h
+        .records()
+        .iter()
+        .filter(|r| matches!(r, Record::Verifying { .. }))
+        .count();
+    assert_eq!(verifying, 2, "verification restarted and journaled again");
+    let document = verified_document(&service.certificate(Some(&id)).unwrap());
+    assert!(document.verification.resumed);
+    assert_eq!(document.verification.sampled_blocks, 16);
+}
+
+#[test]
+fn a_resumed_operation_with_a_wrong_key_file_fails_instead_of_writing_another_pattern() {
+    let h = Harness::new(&[256 * 1024]);
+    let key = PatternKey::from_bytes([5u8; 32]);
+    let id = interrupted_operation(&h, &key, &[]);
+    // Another key in the key file: the journaled commitment does not match.
+    let path = h.state_dir().join(format!("keys/{id}.key"));
+    std::fs::write(&path, hex::encode([6u8; 32])).unwrap();
+    let service = h.service();
+    let view = wait_finished(&service, &id);
+    assert_eq!(view.phase, Phase::Failed);
+    assert!(
+        view.failure_reason
+            .as_deref()
+            .unwrap()
+            .contains("does not match the journaled commitment")
+    );
+    assert!(
+        std::fs::read(&h.images[0])
+            .unwrap()
+            .iter()
+            .all(|b| *b == TENANT_BYTE)
+    );
+}
+
+/// A loop device over an image, detached on drop.
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn attach(image: &Path) -> Self {
+        let out = std::process::Command::new("/usr/sbin/losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .expect("running /usr/sbin/losetup (util-linux) to attach a loop device");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LoopDevice(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("/usr/sbin/losetup")
+            .arg("--detach")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_loop_block_device_is_erased_through_the_block_device_path() {
+    let h = Harness::new(&[]);
+    let image = h.dir.path().join("backing.img");
+    write_tenant_image(&image, 3 << 20);
+    let device = LoopDevice::attach(&image);
+
+    let target = DirectTarget::open(&device.0, Access::Read).unwrap();
+    assert_eq!(
+        target.identity().kind,
+        jex_platform::blockdev::TargetKind::Device
+    );
+    assert_eq!(target.size(), 3 << 20, "BLKGETSIZE64");
+    assert!(target.io_align() >= 512, "BLKSSZGET");
+    drop(target);
+
+    let mut config = h.config();
+    config.targets = vec![TargetConfig {
+        name: "loop".into(),
+        backend: Backend::Luks2,
+        device: device.0.clone(),
+        luks_uuid: Some(UUID.to_owned()),
+        apfs_volume_uuid: None,
+    }];
+    let service = h.open(config, Arc::new(super::engine::DirectOpener), None);
+    assert!(service.plan().unwrap()[0].ready);
+    let started = service.terminate(terminate_cmd("req-loop")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
+    let document = verified_document(&service.certificate(None).unwrap());
+    let record = &document.targets[0];
+    assert_eq!(record.media_type, "block device");
+    assert!(
+        record.identity.contains("device:rdev=7:"),
+        "{}",
+        record.identity
+    );
+    assert_eq!(record.size_bytes, 3 << 20);
+    // Through the device and in the backing file: every byte is the pattern.
+    assert_matches_pattern(&device.0, &document.pattern.key_hex);
+    assert_matches_pattern(&image, &document.pattern.key_hex);
+}

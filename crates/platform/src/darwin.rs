@@ -1,0 +1,670 @@
+//! Portable parsers and derivations for macOS outputs.
+//!
+//! The macOS shims (`platform::macos`) only make OS calls and run `ioreg`; everything that
+//! interprets what they return is here, compiles everywhere and is tested on Linux against real
+//! captured outputs in `agent/tests/fixtures/macos/` (see its README for provenance).
+//!
+//! What is interpreted here:
+//! - sysctl values, read through the [`SysctlRead`] trait (the shim implements it with
+//!   `sysctlbyname`; [`SysctlText`] implements it over `sysctl name …` text for tests):
+//!   `hw.memsize`, `hw.logicalcpu_max`, `hw.model`, `machdep.cpu.brand_string`,
+//!   `kern.osproductversion`, `hw.nperflevels` and `hw.perflevelN.{name,logicalcpu_max}`.
+//!   Performance levels are ordered from the fastest core type down (perflevel0 first).
+//! - `ioreg -r -d 1 -k cluster-type` text: each CPU node's `cluster-type` (`<"P">`, `<"E">`)
+//!   and its number (`logical-cpu-id`, else `cpu-id`, little-endian data or a plain integer).
+//! - `ioreg -rd1 -c IOPlatformExpertDevice -a` XML plist: `IOPlatformUUID`,
+//!   `IOPlatformSerialNumber`.
+//! - `kern.memorystatus_vm_pressure_level`, which returns dispatch levels 1, 2 and 4 (not the
+//!   kernel's internal 0–4 levels).
+//! - `vm.swapusage`, a 32-byte `struct xsw_usage { u64 total, avail, used; u32 pagesize;
+//!   boolean_t encrypted }` in native byte order.
+//! - `vm_stat` text, only to check the memory formula against real page counts (the agent
+//!   itself never runs `vm_stat`; it calls `host_statistics64`).
+//!
+//! Invariant: a CPU is labelled with a kind only when the `ioreg` cluster types and the sysctl
+//! performance levels agree on how many CPUs of each kind there are; otherwise every CPU is left
+//! unlabelled. CPU numbering on large parts is interleaved (E = 0–3 and 12–15 on some), so no
+//! order is ever assumed.
+
+use std::collections::BTreeMap;
+
+use super::{HostInfo, ParseError, VmCounts};
+use jex_telemetry::{CoreKind, PressureLevel, SwapSample};
+
+/// The name used in errors for `ioreg` cluster-type output.
+pub const IOREG_CLUSTERS: &str = "ioreg -r -d 1 -k cluster-type";
+/// The name used in errors for `ioreg` platform-expert output.
+pub const IOREG_PLATFORM: &str = "ioreg -rd1 -c IOPlatformExpertDevice -a";
+/// The name used in errors for the `vm.swapusage` sysctl.
+pub const SWAPUSAGE: &str = "sysctl vm.swapusage";
+/// The name used in errors for `vm_stat` output.
+pub const VM_STAT: &str = "vm_stat";
+
+/// The size of `struct xsw_usage` returned by `vm.swapusage`.
+pub const XSW_USAGE_LEN: usize = 32;
+
+/// Reads sysctl values by name; `None` when the name does not exist or has another type.
+pub trait SysctlRead {
+    /// An integer value (any width).
+    fn int(&self, name: &str) -> Option<i64>;
+    /// A string value.
+    fn string(&self, name: &str) -> Option<String>;
+}
+
+/// Sysctl values parsed from `sysctl name …` text (`name: value` lines), for tests and
+/// diagnostics.
+#[derive(Debug, Clone, Default)]
+pub struct SysctlText {
+    values: BTreeMap<String, String>,
+}
+
+impl SysctlText {
+    /// Parses `name: value` lines; lines without a colon are ignored.
+    pub fn parse(text: &str) -> Self {
+        let values = text
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                Some((name.trim().to_string(), value.trim().to_string()))
+            })
+            .collect();
+        Self { values }
+    }
+}
+
+impl SysctlRead for SysctlText {
+    fn int(&self, name: &str) -> Option<i64> {
+        self.values.get(name)?.parse().ok()
+    }
+
+    fn string(&self, name: &str) -> Option<String> {
+        self.values.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// One performance level (`hw.perflevelN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerfLevel {
+    /// N: 0 is the fastest core type.
+    pub index: u32,
+    /// `hw.perflevelN.name` (macOS 13 and later), e.g. `Performance`, `Efficiency`, `Super`.
+    pub name: Option<String>,
+    /// `hw.perflevelN.logicalcpu_max`, else `hw.perflevelN.logicalcpu`.
+    pub logical_cpus: u32,
+    /// The kind this level maps to, `None` when it cannot be said for certain.
+    pub kind: Option<CoreKind>,
+}
+
+/// Reads the performance levels. Kinds: a level named `Performance` or `Efficiency` is that
+/// kind; any other name (e.g. `Super` on M5) is left unlabelled; without names (macOS 12) and
+/// with exactly two levels, perflevel0 is performance and perflevel1 efficiency.
+pub fn perf_levels(sysctl: &dyn SysctlRead) -> Vec<PerfLevel> {
+    let count = match sysctl.int("hw.nperflevels") {
+        Some(n) if (1..=16).contains(&n) => n as u32,
+        _ => (0..16)
+            .take_while(|i| level_logical(sysctl, *i).is_some())
+            .count() as u32,
+    };
+    (0..count)
+        .filter_map(|index| {
+            let logical_cpus = level_logical(sysctl, index)?;
+            let name = sysctl.string(&format!("hw.perflevel{index}.name"));
+            let kind = match name.as_deref() {
+                Some("Performance") => Some(CoreKind::Performance),
+                Some("Efficiency") => Some(CoreKind::Efficiency),
+                Some(_) => None,
+                None if count == 2 && index == 0 => Some(CoreKind::Performance),
+                None if count == 2 && index == 1 => Some(CoreKind::Efficiency),
+                None => None,
+            };
+            Some(PerfLevel {
+                index,
+                name,
+                logical_cpus,
+                kind,
+            })
+        })
+        .collect()
+}
+
+fn level_logical(sysctl: &dyn SysctlRead, index: u32) -> Option<u32> {
+    sysctl
+        .int(&format!("hw.perflevel{index}.logicalcpu_max"))
+        .or_else(|| sysctl.int(&format!("hw.perflevel{index}.logicalcpu")))
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+/// One CPU node from `ioreg -r -d 1 -k cluster-type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterCpu {
+    /// The CPU number (`logical-cpu-id`, else `cpu-id`).
+    pub cpu: u32,
+    /// The cluster type letter(s), e.g. `P`, `E` (M5 Pro also has `M`).
+    pub cluster_type: String,
+}
+
+/// Parses the text output of `ioreg -r -d 1 -k cluster-type` into its CPU nodes. Nodes without
+/// a CPU number, or whose `device_type` is not `cpu`, are skipped (cluster nodes carry a
+/// `cluster-type` too).
+pub fn parse_ioreg_cluster_types(text: &str) -> Result<Vec<ClusterCpu>, ParseError> {
+    type Props = BTreeMap<String, (usize, String)>;
+    let mut nodes: Vec<Props> = Vec::new();
+    let mut current: Option<Props> = None;
+    for (n, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches([' ', '|', '\t']);
+        if body.starts_with("+-o ") {
+            nodes.extend(current.replace(Props::new()));
+            continue;
+        }
+        let Some(rest) = body.strip_prefix('"') else {
+            continue;
+        };
+        let Some((key, value)) = rest.split_once("\" = ") else {
+            continue;
+        };
+        // Output filtered without node headers starts a node at the first property, and at
+        // every repeated key.
+        let node = current.get_or_insert_with(Props::new);
+        if node.contains_key(key) {
+            nodes.push(std::mem::take(node));
+        }
+        node.insert(key.to_string(), (n + 1, value.trim().to_string()));
+    }
+    nodes.extend(current);
+
+    let mut cpus = Vec::new();
+    for node in &nodes {
+        let Some((type_line, raw_type)) = node.get("cluster-type") else {
+            continue;
+        };
+        if let Some((_, device_type)) = node.get("device_type")
+            && first_string(device_type).as_deref() != Some("cpu")
+        {
+            continue;
+        }
+        let Some((id_line, raw_id)) = node.get("logical-cpu-id").or_else(|| node.get("cpu-id"))
+        else {
+            continue;
+        };
+        let cpu = ioreg_number(raw_id).ok_or_else(|| {
+            ParseError::new(IOREG_CLUSTERS, *id_line, format!("bad CPU number {raw_id}"))
+        })?;
+        let cluster_type = first_string(raw_type).ok_or_else(|| {
+            ParseError::new(
+                IOREG_CLUSTERS,
+                *type_line,
+                format!("bad cluster-type {raw_type}"),
+            )
+        })?;
+        cpus.push(ClusterCpu { cpu, cluster_type });
+    }
+    Ok(cpus)
+}
+
+/// The first quoted string of an ioreg data value such as `<"apple,icestorm","ARM,v8">`.
+fn first_string(raw: &str) -> Option<String> {
+    let inner = raw.strip_prefix("<\"")?;
+    let end = inner.find('"')?;
+    Some(inner[..end].to_string())
+}
+
+/// An ioreg number: a plain decimal integer, or little-endian hex data such as `<04000000>`.
+fn ioreg_number(raw: &str) -> Option<u32> {
+    if let Some(hex) = raw.strip_prefix('<').and_then(|r| r.strip_suffix('>')) {
+        let bytes = hex::decode(hex).ok()?;
+        if bytes.is_empty() || bytes.len() > 8 {
+            return None;
+        }
+        let mut le = [0u8; 8];
+        le[..bytes.len()].copy_from_slice(&bytes);
+        return u32::try_from(u64::from_le_bytes(le)).ok();
+    }
+    raw.parse().ok()
+}
+
+/// The kind of each CPU, by number, from the `ioreg` cluster types checked against the sysctl
+/// performance levels. All `None` unless the CPU numbers cover `0..logical_cpus` exactly once
+/// and, for each kind, the number of CPUs with that cluster letter equals the logical CPUs of
+/// the performance level of that kind.
+pub fn cpu_kinds(
+    levels: &[PerfLevel],
+    clusters: &[ClusterCpu],
+    logical_cpus: u32,
+) -> Vec<Option<CoreKind>> {
+    let unlabelled = vec![None; logical_cpus as usize];
+    let mut kinds = unlabelled.clone();
+    let mut seen = vec![false; logical_cpus as usize];
+    for c in clusters {
+        let Some(slot) = seen.get_mut(c.cpu as usize) else {
+            tracing::warn!(
+                cpu = c.cpu,
+                logical_cpus,
+                "A CPU number from ioreg is out of range; leaving every CPU unlabelled."
+            );
+            return unlabelled;
+        };
+        if std::mem::replace(slot, true) {
+            tracing::warn!(
+                cpu = c.cpu,
+                "A CPU number appears twice in ioreg; leaving every CPU unlabelled."
+            );
+            return unlabelled;
+        }
+        kinds[c.cpu as usize] = match c.cluster_type.as_str() {
+            "P" => Some(CoreKind::Performance),
+            "E" => Some(CoreKind::Efficiency),
+            _ => None,
+        };
+    }
+    if seen.iter().any(|s| !s) {
+        if !clusters.is_empty() {
+            tracing::warn!(
+                found = clusters.len(),
+                logical_cpus,
+                "ioreg does not list every CPU; leaving every CPU unlabelled."
+            );
+        }
+        return unlabelled;
+    }
+    for kind in [CoreKind::Performance, CoreKind::Efficiency] {
+        let by_letter = kinds.iter().filter(|k| **k == Some(kind)).count() as u32;
+        let by_level: u32 = levels
+            .iter()
+            .filter(|l| l.kind == Some(kind))
+            .map(|l| l.logical_cpus)
+            .sum();
+        if by_letter != by_level {
+            tracing::warn!(
+                ?kind,
+                by_letter,
+                by_level,
+                "ioreg cluster types and sysctl performance levels disagree; leaving every CPU unlabelled."
+            );
+            return unlabelled;
+        }
+    }
+    kinds
+}
+
+/// The platform identity from `ioreg -rd1 -c IOPlatformExpertDevice -a`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlatformIdentity {
+    /// `IOPlatformUUID`.
+    pub uuid: Option<String>,
+    /// `IOPlatformSerialNumber`.
+    pub serial: Option<String>,
+}
+
+/// Parses the XML plist of `ioreg -rd1 -c IOPlatformExpertDevice -a`: an array of registry
+/// entries (or one entry, or a root with `IORegistryEntryChildren`), of which the first holding
+/// `IOPlatformUUID` is used.
+pub fn parse_platform_expert(plist_xml: &[u8]) -> Result<PlatformIdentity, ParseError> {
+    let value = plist::Value::from_reader_xml(plist_xml)
+        .map_err(|e| ParseError::new(IOREG_PLATFORM, 0, format!("not an XML plist: {e}")))?;
+    let entry = find_entry(&value)
+        .ok_or_else(|| ParseError::new(IOREG_PLATFORM, 0, "no entry with IOPlatformUUID"))?;
+    let text = |key: &str| {
+        entry
+            .get(key)
+            .and_then(plist::Value::as_string)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(PlatformIdentity {
+        uuid: text("IOPlatformUUID"),
+        serial: text("IOPlatformSerialNumber"),
+    })
+}
+
+fn find_entry(value: &plist::Value) -> Option<&plist::Dictionary> {
+    match value {
+        plist::Value::Dictionary(d) if d.contains_key("IOPlatformUUID") => Some(d),
+        plist::Value::Dictionary(d) => d.get("IORegistryEntryChildren").and_then(find_entry),
+        plist::Value::Array(items) => items.iter().find_map(find_entry),
+        _ => None,
+    }
+}
+
+/// Maps `kern.memorystatus_vm_pressure_level` (1 normal, 2 warn, 4 critical) to a level;
+/// `None` for any other value.
+pub fn pressure_level(raw: i64) -> Option<PressureLevel> {
+    match raw {
+        1 => Some(PressureLevel::Normal),
+        2 => Some(PressureLevel::Warn),
+        4 => Some(PressureLevel::Critical),
+        _ => None,
+    }
+}
+
+/// Decodes the `vm.swapusage` value (`struct xsw_usage`, native byte order).
+pub fn decode_xsw_usage(bytes: &[u8]) -> Result<SwapSample, ParseError> {
+    if bytes.len() != XSW_USAGE_LEN {
+        return Err(ParseError::new(
+            SWAPUSAGE,
+            0,
+            format!("{} bytes, {XSW_USAGE_LEN} expected", bytes.len()),
+        ));
+    }
+    let u64_at = |offset: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[offset..offset + 8]);
+        u64::from_ne_bytes(b)
+    };
+    let (total, used) = (u64_at(0), u64_at(16));
+    if used > total {
+        return Err(ParseError::new(
+            SWAPUSAGE,
+            0,
+            format!("used {used} exceeds total {total}"),
+        ));
+    }
+    Ok(SwapSample {
+        total_bytes: total,
+        used_bytes: used,
+    })
+}
+
+/// Parses `vm_stat` output into page counts (`total_bytes` is left 0: `vm_stat` does not print
+/// it). `vm_stat` prints `free_count - speculative_count` as "Pages free"; the result holds
+/// `free_count` like `host_statistics64` does. Used to check the memory formula against real
+/// captures.
+pub fn parse_vm_stat(text: &str) -> Result<VmCounts, ParseError> {
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .ok_or_else(|| ParseError::new(VM_STAT, 1, "empty output"))?;
+    let page_size = header
+        .split("page size of ")
+        .nth(1)
+        .and_then(|r| r.split_ascii_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ParseError::new(VM_STAT, 1, "no `page size of N bytes` header"))?;
+    let mut v = VmCounts {
+        page_size,
+        ..VmCounts::default()
+    };
+    for (n, line) in lines.enumerate() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let slot = match key.trim() {
+            "Pages free" => &mut v.free,
+            "Pages active" => &mut v.active,
+            "Pages inactive" => &mut v.inactive,
+            "Pages speculative" => &mut v.speculative,
+            "Pages throttled" => &mut v.throttled,
+            "Pages wired down" => &mut v.wired,
+            "Pages purgeable" => &mut v.purgeable,
+            "File-backed pages" => &mut v.external,
+            "Anonymous pages" => &mut v.internal,
+            "Pages occupied by compressor" => &mut v.compressor,
+            _ => continue,
+        };
+        *slot = value.trim().trim_end_matches('.').parse().map_err(|_| {
+            ParseError::new(VM_STAT, n + 2, format!("bad count {:?}", value.trim()))
+        })?;
+    }
+    // vm_stat prints `free_count - speculative_count` as "Pages free"; restore free_count.
+    v.free = v.free.saturating_add(v.speculative);
+    Ok(v)
+}
+
+/// Assembles the host info from sysctl values, the platform identity and the CPU cluster
+/// types. `os_version` comes from `kern.osproductversion`.
+pub fn host_info_from(
+    sysctl: &dyn SysctlRead,
+    identity: PlatformIdentity,
+    clusters: &[ClusterCpu],
+) -> HostInfo {
+    let logical_cpus = sysctl
+        .int("hw.logicalcpu_max")
+        .or_else(|| sysctl.int("hw.ncpu"))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    let levels = perf_levels(sysctl);
+    let cores_of = |kind| {
+        levels
+            .iter()
+            .filter(|l| l.kind == Some(kind))
+            .map(|l| l.logical_cpus)
+            .sum()
+    };
+    HostInfo {
+        hardware_uuid: identity.uuid,
+        serial_number: identity.serial,
+        model: sysctl.string("hw.model"),
+        chip: sysctl.string("machdep.cpu.brand_string"),
+        logical_cpus,
+        performance_cores: cores_of(CoreKind::Performance),
+        efficiency_cores: cores_of(CoreKind::Efficiency),
+        memory_bytes: sysctl
+            .int("hw.memsize")
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        os_name: "macOS".to_string(),
+        os_version: sysctl.string("kern.osproductversion"),
+        cpu_kinds: cpu_kinds(&levels, clusters, logical_cpus),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/macos/",
+                $name
+            ))
+        };
+    }
+
+    const P: Option<CoreKind> = Some(CoreKind::Performance);
+    const E: Option<CoreKind> = Some(CoreKind::Efficiency);
+
+    #[test]
+    fn m1_without_level_names_maps_perflevel0_to_performance() {
+        let sysctl = SysctlText::parse(fixture!("sysctl-hw.m1.J313.txt"));
+        let levels = perf_levels(&sysctl);
+        assert_eq!(levels.len(), 2);
+        assert_eq!((levels[0].name.as_deref(), levels[0].kind), (None, P));
+        assert_eq!((levels[1].logical_cpus, levels[1].kind), (4, E));
+    }
+
+    #[test]
+    fn m3_max_level_names_give_twelve_performance_and_four_efficiency() {
+        let sysctl = SysctlText::parse(fixture!("sysctl-hw.m3max.J516c.txt"));
+        let info = host_info_from(&sysctl, PlatformIdentity::default(), &[]);
+        assert_eq!((info.performance_cores, info.efficiency_cores), (12, 4));
+        assert_eq!(info.logical_cpus, 16);
+        assert_eq!(info.memory_bytes, 137_438_953_472);
+        assert_eq!(
+            info.cpu_kinds,
+            vec![None; 16],
+            "no cluster types, no labels"
+        );
+        assert_eq!(info.os_name, "macOS");
+    }
+
+    #[test]
+    fn m5_super_level_is_left_unlabelled() {
+        let sysctl = SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt"));
+        let levels = perf_levels(&sysctl);
+        assert_eq!(levels[0].name.as_deref(), Some("Super"));
+        assert_eq!(levels[0].kind, None);
+        assert_eq!((levels[1].logical_cpus, levels[1].kind), (12, P));
+    }
+
+    #[test]
+    fn m1_pro_cluster_types_label_each_cpu_by_number() {
+        let clusters = parse_ioreg_cluster_types(fixture!("ioreg-cluster-type.m1pro.txt")).unwrap();
+        assert_eq!(clusters.len(), 10);
+        assert_eq!(
+            clusters[1],
+            ClusterCpu {
+                cpu: 1,
+                cluster_type: "E".into()
+            }
+        );
+        let sysctl = SysctlText::parse(fixture!("sysctl-a-excerpt.m1pro.txt"));
+        let levels = perf_levels(&sysctl);
+        assert_eq!(levels.len(), 2, "no hw.nperflevels in the excerpt: counted");
+        let kinds = cpu_kinds(&levels, &clusters, 10);
+        assert_eq!(kinds, vec![E, E, P, P, P, P, P, P, P, P]);
+    }
+
+    #[test]
+    fn cluster_types_that_disagree_with_the_levels_leave_every_cpu_unlabelled() {
+        let clusters = parse_ioreg_cluster_types(fixture!("ioreg-cluster-type.m1pro.txt")).unwrap();
+        // The M1's levels (4 + 4) do not match the M1 Pro's 8 P + 2 E.
+        let m1 = perf_levels(&SysctlText::parse(fixture!("sysctl-hw.m1.J313.txt")));
+        assert_eq!(cpu_kinds(&m1, &clusters, 10), vec![None; 10]);
+        // A missing CPU, or a wrong count, also leaves them unlabelled.
+        let m1_pro = perf_levels(&SysctlText::parse(fixture!("sysctl-a-excerpt.m1pro.txt")));
+        assert_eq!(cpu_kinds(&m1_pro, &clusters[..9], 10), vec![None; 10]);
+        assert_eq!(cpu_kinds(&m1_pro, &clusters, 12), vec![None; 12]);
+        let mut twice = clusters.clone();
+        twice[9].cpu = 8;
+        assert_eq!(cpu_kinds(&m1_pro, &twice, 10), vec![None; 10]);
+    }
+
+    #[test]
+    fn cluster_parser_reads_integer_ids_and_skips_non_cpu_nodes() {
+        let text = "+-o cluster0  <class IOPlatformDevice>\n    {\n      \"cluster-type\" = <\"P\">\n    }\n\
+                    +-o cpu0@0  <class IOPlatformDevice>\n    | {\n    |   \"logical-cpu-id\" = 3\n    |   \"cpu-id\" = <00000000>\n    |   \"cluster-type\" = <\"M\">\n    | }\n\
+                    +-o pmgr  <class IOPlatformDevice>\n    {\n      \"device_type\" = <\"pmgr\">\n      \"cpu-id\" = <01000000>\n      \"cluster-type\" = <\"E\">\n    }\n";
+        let cpus = parse_ioreg_cluster_types(text).unwrap();
+        assert_eq!(
+            cpus,
+            vec![ClusterCpu {
+                cpu: 3,
+                cluster_type: "M".into()
+            }]
+        );
+        let bad = "+-o cpu0@0  <class IOPlatformDevice>\n  \"cpu-id\" = <zz>\n  \"cluster-type\" = <\"E\">\n";
+        assert_eq!(parse_ioreg_cluster_types(bad).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn pressure_levels_from_a_loaded_mac() {
+        let sysctl = SysctlText::parse(fixture!("sysctl-memory.loaded-18cpu.txt"));
+        let raw = sysctl.int("kern.memorystatus_vm_pressure_level").unwrap();
+        assert_eq!(pressure_level(raw), Some(PressureLevel::Warn));
+        assert_eq!(pressure_level(1), Some(PressureLevel::Normal));
+        assert_eq!(pressure_level(4), Some(PressureLevel::Critical));
+        // Internal kernel levels (0, 3) are not dispatch levels.
+        assert_eq!(pressure_level(0), None);
+        assert_eq!(pressure_level(3), None);
+    }
+
+    /// Builds the `xsw_usage` bytes the kernel would return, in the SDK layout.
+    fn xsw_usage(total: u64, avail: u64, used: u64) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&total.to_ne_bytes());
+        b.extend_from_slice(&avail.to_ne_bytes());
+        b.extend_from_slice(&used.to_ne_bytes());
+        b.extend_from_slice(&(16384u32).to_ne_bytes());
+        b.extend_from_slice(&(1u32).to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn swapusage_decodes_total_and_used() {
+        // The captured `vm.swapusage: total = 13312.00M used = 11625.69M free = 1686.31M`;
+        // sysctl(8) prints bytes / 2^20 with two decimals, so the byte values are within
+        // 0.005 MiB of these.
+        let mib = 1024 * 1024;
+        let total = 13_312 * mib;
+        let used = 11_625 * mib + 69 * mib / 100;
+        let swap = decode_xsw_usage(&xsw_usage(total, total - used, used)).unwrap();
+        assert_eq!((swap.total_bytes, swap.used_bytes), (total, used));
+        assert!(decode_xsw_usage(&xsw_usage(1, 0, 2)).is_err());
+        assert!(decode_xsw_usage(&[0u8; 24]).is_err());
+    }
+
+    #[test]
+    fn vm_stat_capture_parses_page_counts() {
+        let v = parse_vm_stat(fixture!("vm_stat.macos-vm-4k.txt")).unwrap();
+        assert_eq!(v.page_size, 4096);
+        assert_eq!(
+            v.free,
+            6_127_229 + 430_715,
+            "free_count includes speculative"
+        );
+        assert_eq!(v.speculative, 430_715);
+        assert_eq!(v.wired, 715_958);
+        assert_eq!(v.purgeable, 11_820);
+        assert_eq!(v.internal, 464_333);
+        assert_eq!(v.external, 1_080_348);
+        assert_eq!(v.compressor, 0);
+        assert!(parse_vm_stat("nonsense\n").is_err());
+        assert_eq!(
+            parse_vm_stat(
+                "Mach Virtual Memory Statistics: (page size of 4096 bytes)\nPages free: x.\n"
+            )
+            .unwrap_err()
+            .line,
+            2
+        );
+    }
+
+    // No real capture of `ioreg -rd1 -c IOPlatformExpertDevice -a` was found (see the fixtures
+    // README). This document is built here, with the keys and value types that real text-format
+    // dumps of that entry show (UUID and serial are <string>, model is <data>), and with made-up
+    // identifiers.
+    const PLATFORM_EXPERT_CONSTRUCTED: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<array>
+	<dict>
+		<key>IOBusyInterest</key>
+		<string>IOCommand is not serializable</string>
+		<key>IOObjectClass</key>
+		<string>IOPlatformExpertDevice</string>
+		<key>IOPlatformSerialNumber</key>
+		<string>TESTSERIAL01</string>
+		<key>IOPlatformUUID</key>
+		<string>00000000-0000-4000-8000-000000000001</string>
+		<key>model</key>
+		<data>
+		TWFjMTQsNwA=
+		</data>
+	</dict>
+</array>
+</plist>
+"#;
+
+    #[test]
+    fn platform_expert_plist_gives_uuid_and_serial() {
+        let id = parse_platform_expert(PLATFORM_EXPERT_CONSTRUCTED.as_bytes()).unwrap();
+        assert_eq!(
+            id.uuid.as_deref(),
+            Some("00000000-0000-4000-8000-000000000001")
+        );
+        assert_eq!(id.serial.as_deref(), Some("TESTSERIAL01"));
+        let err = parse_platform_expert(b"<plist version=\"1.0\"><array/></plist>").unwrap_err();
+        assert!(err.message.contains("IOPlatformUUID"), "{err}");
+        assert!(parse_platform_expert(b"not xml").is_err());
+    }
+
+    #[test]
+    fn host_info_combines_all_sources() {
+        let mut text = fixture!("sysctl-a-excerpt.m1pro.txt").to_string();
+        text.push_str("hw.memsize: 17179869184\nhw.model: MacBookPro18,3\nmachdep.cpu.brand_string: Apple M1 Pro\n");
+        let clusters = parse_ioreg_cluster_types(fixture!("ioreg-cluster-type.m1pro.txt")).unwrap();
+        let identity = parse_platform_expert(PLATFORM_EXPERT_CONSTRUCTED.as_bytes()).unwrap();
+        let info = host_info_from(&SysctlText::parse(&text), identity, &clusters);
+        assert_eq!(info.logical_cpus, 10, "from hw.ncpu");
+        assert_eq!((info.performance_cores, info.efficiency_cores), (8, 2));
+        assert_eq!(info.chip.as_deref(), Some("Apple M1 Pro"));
+        assert_eq!(info.model.as_deref(), Some("MacBookPro18,3"));
+        assert_eq!(info.serial_number.as_deref(), Some("TESTSERIAL01"));
+        assert_eq!(info.cpu_kinds[0], E);
+        assert_eq!(info.cpu_kinds[9], P);
+        assert_eq!(info.os_version, None, "kern.osproductversion absent");
+    }
+}

@@ -1,0 +1,1208 @@
+//! The telemetry spool: a bounded, crash-safe, on-disk sequence of numbered [`Record`]s that lets
+//! a subscriber resume after its own restart or the agent's with nothing lost silently.
+//!
+//! # Layout
+//!
+//! One directory (created `0700`) of append-only segment files named by the sequence number of
+//! their first record, zero-padded so names sort by number: `00000000000000000001.seg`. Files
+//! with other names are ignored. Each segment is a header and a run of frames, each frame a
+//! length, a CRC-32 and one postcard-encoded `Record`; see `format.rs` for the bytes.
+//!
+//! # Invariants
+//!
+//! - Sequence numbers start at 1 and strictly increase, within a segment, across segments and
+//!   across restarts: on open, the next number is one past the highest number ever handed out
+//!   that the directory still shows (records, damaged frames at the tail, segment names).
+//! - **Durable before visible.** [`Spool::read_after`] returns only records that have been
+//!   fsync'd ([`SpoolStats::durable_seq`]), and the hub publishes live records under the same
+//!   rule. A crash can therefore lose only records nobody has seen, and re-using their numbers
+//!   after a restart cannot give a subscriber two different records under one number.
+//! - fsync runs at most once per `fsync_interval` on append, and on [`Spool::flush`] and segment
+//!   roll. With the default 1 s interval and 1 s sampling, every record is synced as it is
+//!   written; a shorter sampling interval publishes records in bursts of one fsync interval.
+//! - Memory does not grow with the spool: per segment the spool keeps its counts, first and last
+//!   record heads, and one index entry every [`INDEX_STRIDE`] records. Opening scans every
+//!   segment once, one buffered chunk at a time.
+//! - The spool never exceeds `max_bytes` (give or take one record): before a new segment is
+//!   started, the oldest whole segments are deleted until the new one fits. Every number below
+//!   the oldest remaining segment's name counts as evicted.
+//!
+//! # Gaps
+//!
+//! [`Spool::read_after`] never skips a number in silence. Where numbers are missing it returns a
+//! synthesized `Gap` record whose own `seq` is the last missing number (so a client cursor that
+//! takes each record's `seq` moves past it) and whose `missing_seqs` is the inclusive range:
+//! `Evicted` for numbers below the oldest segment, `Corrupt` for numbers inside the spool that
+//! no valid record holds (damaged frames, unreadable segments). A gap's times are those of the
+//! records on either side; the start of an `Evicted` gap is known only when this process did
+//! the eviction, and equals its end otherwise.
+//!
+//! # Corruption
+//!
+//! A damaged frame is skipped and counted; reading resumes at the next frame that passes its
+//! CRC. A bad tail of the newest segment (a write torn by a crash) is truncated on open; whole
+//! frames in it that fail their CRC keep their numbers reserved, so those numbers are reported
+//! as `Corrupt` rather than handed out again. A segment whose header is damaged, or that cannot
+//! be read, is skipped; none of this stops [`Spool::open`].
+//!
+//! # Configuration (TOML, embedded in the agent config; the table name is the config's choice)
+//!
+//! ```toml
+//! [telemetry.spool]
+//! dir = "/var/lib/jex-agent/spool"   # required
+//! max_bytes = 25165824               # default: 24 MiB, about 44 h of 10-core samples at 1 Hz
+//! segment_bytes = 1048576            # default: 1 MiB
+//! fsync_interval_ms = 1000           # default: 1 s
+//! ```
+
+mod format;
+
+use std::collections::VecDeque;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tracing::{debug, info, warn};
+
+use self::format::{Event, FrameReader, Head};
+use jex_telemetry::{Gap, GapReason, Record, RecordBody};
+
+/// Default `max_bytes`: 24 MiB.
+///
+/// Measured by the `spool` benchmark, a sample with P/E clusters and every memory class takes
+/// 138 bytes on disk with its frame on a 2-core host, 154 on 10 cores and 182 on 24 cores
+/// (about 2.3 bytes per extra core), so 24 h at 1 Hz is 11.9 to 15.7 MB, about 17.3 MB for a
+/// 32-core host. 24 MiB holds a day of the largest of these plus the segment being written, with
+/// about 30 % to spare; 16 MiB would leave no margin for 24 cores once a segment is kept free.
+pub const DEFAULT_MAX_BYTES: u64 = 24 * 1024 * 1024;
+/// Default `segment_bytes`: 1 MiB, about 1.9 h of samples at 1 Hz, so eviction drops at most
+/// about 4 % of a full spool at a time.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 1024 * 1024;
+/// Default `fsync_interval`: 1 s.
+pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Smallest accepted `segment_bytes`.
+pub const MIN_SEGMENT_BYTES: u64 = 4 * 1024;
+/// Largest accepted `segment_bytes`.
+pub const MAX_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest accepted `fsync_interval`: records become visible only once synced.
+pub const MAX_FSYNC_INTERVAL: Duration = Duration::from_secs(60);
+/// One index entry is kept per this many records of a segment.
+pub const INDEX_STRIDE: u64 = 64;
+
+/// Spool settings, embeddable in the agent's TOML config (unknown keys are rejected).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the segment files; created `0700` if missing.
+    pub dir: PathBuf,
+    /// Cap on the bytes of all segments; the oldest whole segments are deleted to stay below.
+    /// At least twice `segment_bytes`.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Size at which a new segment is started, between [`MIN_SEGMENT_BYTES`] and
+    /// [`MAX_SEGMENT_BYTES`].
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Longest time a written record waits for its fsync (TOML key `fsync_interval_ms`, in
+    /// milliseconds); at most [`MAX_FSYNC_INTERVAL`]. Zero syncs every record.
+    #[serde(
+        rename = "fsync_interval_ms",
+        default = "default_fsync_interval",
+        serialize_with = "serialize_ms",
+        deserialize_with = "deserialize_ms"
+    )]
+    pub fsync_interval: Duration,
+}
+
+fn default_max_bytes() -> u64 {
+    DEFAULT_MAX_BYTES
+}
+
+fn default_segment_bytes() -> u64 {
+    DEFAULT_SEGMENT_BYTES
+}
+
+fn default_fsync_interval() -> Duration {
+    DEFAULT_FSYNC_INTERVAL
+}
+
+fn serialize_ms<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn deserialize_ms<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
+
+impl SpoolConfig {
+    /// The default settings for a spool in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            fsync_interval: DEFAULT_FSYNC_INTERVAL,
+        }
+    }
+
+    /// Checks the limits documented on each field.
+    pub fn validate(&self) -> Result<(), SpoolError> {
+        let invalid =
+            |field: &'static str, reason: String| Err(SpoolError::InvalidConfig { field, reason });
+        if self.dir.as_os_str().is_empty() {
+            return invalid("dir", "set it to the spool directory".into());
+        }
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return invalid(
+                "segment_bytes",
+                format!(
+                    "{} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
+                    self.segment_bytes
+                ),
+            );
+        }
+        if self.max_bytes < 2 * self.segment_bytes {
+            return invalid(
+                "max_bytes",
+                format!(
+                    "{} is below twice segment_bytes ({}); raise it or lower segment_bytes",
+                    self.max_bytes,
+                    2 * self.segment_bytes
+                ),
+            );
+        }
+        if self.fsync_interval > MAX_FSYNC_INTERVAL {
+            return invalid(
+                "fsync_interval_ms",
+                format!(
+                    "{} ms is above {} ms; records are published only once synced",
+                    self.fsync_interval.as_millis(),
+                    MAX_FSYNC_INTERVAL.as_millis()
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A spool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A setting is out of range.
+    #[error("invalid spool setting `{field}`: {reason}")]
+    InvalidConfig {
+        /// The TOML key.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The spool directory could not be created or secured.
+    #[error("creating spool directory {path}; check that the parent exists and is writable")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The spool directory could not be listed.
+    #[error("listing spool directory {path}")]
+    ListDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A new segment file could not be created.
+    #[error("creating spool segment {path}; check free space and permissions")]
+    CreateSegment {
+        /// The segment file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A record could not be written to its segment.
+    #[error("writing record {seq} to spool segment {path}; check free space")]
+    Write {
+        /// The record's number (not consumed).
+        seq: u64,
+        /// The segment file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A segment could not be fsync'd.
+    #[error("syncing spool segment {path} to disk")]
+    Sync {
+        /// The segment file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A record could not be encoded.
+    #[error("encoding record {seq} for the spool")]
+    Encode {
+        /// The record's number (not consumed).
+        seq: u64,
+        /// The cause.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A record is larger than a frame may be.
+    #[error("record {seq} encodes to {bytes} bytes, above the spool's limit of {max}")]
+    RecordTooLarge {
+        /// The record's number (not consumed).
+        seq: u64,
+        /// Its encoded size.
+        bytes: usize,
+        /// The limit.
+        max: u32,
+    },
+}
+
+/// What [`Spool::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Segment files kept.
+    pub segments: usize,
+    /// Valid records in them.
+    pub records: u64,
+    /// The oldest valid record's number.
+    pub first_seq: Option<u64>,
+    /// The highest number handed out so far; the next record gets one more.
+    pub last_seq: Option<u64>,
+    /// The time of the newest valid record.
+    pub last_time_unix_ms: Option<u64>,
+    /// Numbers inside the spool that no valid record holds.
+    pub corrupt_records: u64,
+    /// Damaged byte ranges skipped inside segments (a torn tail is counted apart).
+    pub corrupt_regions: u64,
+    /// Bytes cut from the end of the newest segment.
+    pub torn_tail_bytes: u64,
+    /// Segments whose header is damaged or that could not be read.
+    pub unreadable_segments: usize,
+    /// Files in the directory that are not segments (left alone).
+    pub ignored_files: usize,
+    /// Records deleted at open to get under `max_bytes`.
+    pub evicted_records: u64,
+}
+
+/// A snapshot of the spool's state, for status views.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolStats {
+    /// The oldest retained valid record's number.
+    pub first_seq: Option<u64>,
+    /// The highest number handed out.
+    pub last_seq: Option<u64>,
+    /// Records up to this number are synced and visible to readers.
+    pub durable_seq: u64,
+    /// The newest record's time.
+    pub last_time_unix_ms: Option<u64>,
+    /// Valid records retained.
+    pub records: u64,
+    /// Bytes of all segments.
+    pub bytes: u64,
+    /// The configured cap.
+    pub max_bytes: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Numbers inside the retained range that no valid record holds.
+    pub corrupt_records: u64,
+    /// Records deleted by the size cap since open (including at open).
+    pub evicted_records: u64,
+    /// Every number up to this one has been evicted (0: none).
+    pub evicted_through_seq: u64,
+    /// fsync calls that failed since open.
+    pub sync_failures: u64,
+    /// Segment reads that failed since open (their records were reported as `Corrupt`).
+    pub read_errors: u64,
+}
+
+/// One index entry: where a record's frame starts.
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    seq: u64,
+    offset: u64,
+}
+
+/// What the spool remembers about one segment file.
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    /// The number in the file name.
+    base_seq: u64,
+    bytes: u64,
+    records: u64,
+    first: Option<Head>,
+    last: Option<Head>,
+    /// An entry for record 0, INDEX_STRIDE, 2 * INDEX_STRIDE, ... of the segment.
+    index: Vec<IndexEntry>,
+    /// The header is valid and the whole file was read on open.
+    readable: bool,
+}
+
+impl Segment {
+    fn new(path: PathBuf, base_seq: u64, bytes: u64) -> Self {
+        Self {
+            path,
+            base_seq,
+            bytes,
+            records: 0,
+            first: None,
+            last: None,
+            index: Vec::new(),
+            readable: true,
+        }
+    }
+
+    fn push_record(&mut self, head: Head, offset: u64) {
+        if self.records.is_multiple_of(INDEX_STRIDE) {
+            self.index.push(IndexEntry {
+                seq: head.seq,
+                offset,
+            });
+        }
+        self.records += 1;
+        self.first.get_or_insert(head);
+        self.last = Some(head);
+    }
+
+    /// Where to start reading for the first record numbered `seq` or more.
+    fn offset_for(&self, seq: u64) -> u64 {
+        let after = self.index.partition_point(|entry| entry.seq <= seq);
+        match after.checked_sub(1) {
+            Some(i) => self.index[i].offset,
+            None => format::SEGMENT_HEADER_LEN,
+        }
+    }
+}
+
+/// The result of scanning one segment on open.
+struct Scan {
+    segment: Segment,
+    corrupt_regions: u64,
+    /// A damaged region that runs to the end of the file.
+    tail: Option<Tail>,
+    /// Bytes that are neither the header nor a valid frame.
+    has_garbage: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    /// Offset just past the last valid frame (or the header).
+    valid_end: u64,
+    bytes: u64,
+    /// Whole frames with bad CRCs in the tail: numbers that were handed out.
+    whole_frames: u64,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Active {
+    file: File,
+    /// The new segment's directory entry has not been synced yet.
+    dir_unsynced: bool,
+    /// A failed write left bytes that could not be cut: append to a new segment.
+    broken: bool,
+}
+
+/// A bounded on-disk spool of numbered records; see the module docs.
+///
+/// Not internally synchronised: share it behind a mutex. Reads take `&self` and open their own
+/// file handles, so a reader never disturbs the writer's position.
+#[derive(Debug)]
+pub struct Spool {
+    config: SpoolConfig,
+    /// Oldest first; the last one is the segment being appended to.
+    segments: VecDeque<Segment>,
+    active: Option<Active>,
+    next_seq: u64,
+    durable_seq: u64,
+    last_time_unix_ms: Option<u64>,
+    last_sync: Option<Instant>,
+    total_bytes: u64,
+    evicted_through: u64,
+    evicted_last_time: Option<u64>,
+    evicted_records: u64,
+    sync_failures: u64,
+    /// The last fsync failed (logged once per run of failures).
+    sync_failing: bool,
+    read_errors: AtomicU64,
+    /// Reused encode buffer.
+    frame: Vec<u8>,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `config.dir`, recovering from crashes and
+    /// corruption as the module docs describe.
+    ///
+    /// Fails only on invalid settings, or when the directory cannot be created or listed.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, OpenReport), SpoolError> {
+        config.validate()?;
+        create_dir(&config.dir)?;
+        let (listing, ignored_files) = list_segments(&config.dir)?;
+        let mut report = OpenReport {
+            ignored_files,
+            ..OpenReport::default()
+        };
+
+        let mut segments = VecDeque::with_capacity(listing.len());
+        let mut last_valid: Option<Head> = None;
+        let mut next_seq = 1u64;
+        let mut last_tail = None;
+        let count = listing.len();
+        for (i, (base_seq, path)) in listing.into_iter().enumerate() {
+            let scan = scan_segment(path, base_seq, last_valid.map(|head| head.seq));
+            let segment = scan.segment;
+            report.corrupt_regions += scan.corrupt_regions;
+            if !segment.readable {
+                report.unreadable_segments += 1;
+            }
+            if let Some(last) = segment.last {
+                last_valid = Some(last);
+                next_seq = next_seq.max(last.seq + 1);
+            }
+            // A segment is created just before its first record is written: its name is a
+            // number that may have been handed out if anything past the header was written.
+            let floor = if segment.records == 0 && scan.has_garbage {
+                base_seq + 1
+            } else {
+                base_seq
+            };
+            next_seq = next_seq.max(floor);
+            if i + 1 == count {
+                last_tail = scan.tail;
+            } else if scan.tail.is_some() {
+                report.corrupt_regions += 1;
+            }
+            segments.push_back(segment);
+        }
+
+        let mut spool = Spool {
+            config,
+            segments,
+            active: None,
+            next_seq,
+            durable_seq: 0,
+            last_time_unix_ms: last_valid.map(|head| head.time_unix_ms),
+            last_sync: None,
+            total_bytes: 0,
+            evicted_through: 0,
+            evicted_last_time: None,
+            evicted_records: 0,
+            sync_failures: 0,
+            sync_failing: false,
+            read_errors: AtomicU64::new(0),
+            frame: Vec::new(),
+        };
+
+        if let Some(tail) = &last_tail {
+            report.torn_tail_bytes = tail.bytes;
+            // Numbers of whole frames in the tail were handed out: never reuse them.
+            if let Some(segment) = spool.segments.back() {
+                let first_in_tail = segment.last.map_or(segment.base_seq, |head| head.seq + 1);
+                spool.next_seq = spool.next_seq.max(first_in_tail + tail.whole_frames);
+            }
+        }
+        spool.reopen_active(last_tail.map(|tail| tail.valid_end));
+
+        spool.total_bytes = spool.segments.iter().map(|segment| segment.bytes).sum();
+        spool.durable_seq = spool.next_seq - 1;
+        spool.evicted_through = spool.segments.front().map_or(spool.durable_seq, |segment| {
+            segment.base_seq.saturating_sub(1)
+        });
+        report.corrupt_records = spool.missing_records();
+
+        while spool.total_bytes > spool.config.max_bytes && spool.segments.len() > 1 {
+            if !spool.evict_oldest() {
+                break;
+            }
+        }
+
+        report.segments = spool.segments.len();
+        report.records = spool.segments.iter().map(|segment| segment.records).sum();
+        report.first_seq = spool.first_seq();
+        report.last_seq = spool.last_seq();
+        report.last_time_unix_ms = spool.last_time_unix_ms;
+        report.evicted_records = spool.evicted_records;
+
+        let dir = spool.config.dir.display();
+        if report.corrupt_records > 0
+            || report.corrupt_regions > 0
+            || report.torn_tail_bytes > 0
+            || report.unreadable_segments > 0
+        {
+            warn!(
+                dir = %dir,
+                corrupt_records = report.corrupt_records,
+                corrupt_regions = report.corrupt_regions,
+                torn_tail_bytes = report.torn_tail_bytes,
+                unreadable_segments = report.unreadable_segments,
+                "Spool opened with damage; lost records will be reported as gaps."
+            );
+        }
+        info!(
+            dir = %dir,
+            segments = report.segments,
+            records = report.records,
+            first_seq = ?report.first_seq,
+            last_seq = ?report.last_seq,
+            bytes = spool.total_bytes,
+            "Spool opened."
+        );
+        Ok((spool, report))
+    }
+
+    /// Truncates the newest segment's damaged tail and opens it for appending, when it is
+    /// sound; otherwise the next append starts a new segment.
+    fn reopen_active(&mut self, truncate_to: Option<u64>) {
+        let Some(segment) = self.segments.back_mut() else {
+            return;
+        };
+        if !segment.readable {
+            return;
+        }
+        let opened = OpenOptions::new()
+            .append(true)
+            .open(&segment.path)
+            .and_then(|file| {
+                if let Some(len) = truncate_to {
+                    file.set_len(len)?;
+                    segment.bytes = len;
+                }
+                // Records found on open become visible at once, so make them durable first.
+                file.sync_all()?;
+                Ok(file)
+            });
+        match opened {
+            Ok(file) => {
+                self.active = Some(Active {
+                    file,
+                    dir_unsynced: false,
+                    broken: false,
+                });
+            }
+            Err(err) => {
+                warn!(
+                    segment = %segment.path.display(),
+                    error = %err,
+                    "Cannot reopen the newest spool segment; appending to a new one."
+                );
+                // Never append after bytes that may still hold a damaged tail.
+                segment.readable = false;
+            }
+        }
+    }
+
+    /// Appends a record with the next sequence number and returns it.
+    ///
+    /// The record is written at once and synced when the last fsync is `fsync_interval` old;
+    /// it becomes visible to [`Spool::read_after`] once synced. On error nothing is written and
+    /// the number is not consumed. A failed fsync is not an error here: it is logged, counted,
+    /// and retried on the next append or [`Spool::flush`].
+    pub fn append(&mut self, time_unix_ms: u64, body: RecordBody) -> Result<Record, SpoolError> {
+        let record = Record {
+            seq: self.next_seq,
+            time_unix_ms,
+            body,
+        };
+        let mut frame = std::mem::take(&mut self.frame);
+        let written = self.write_frame(&record, &mut frame);
+        self.frame = frame;
+        written?;
+        if self.sync_due() {
+            match self.sync() {
+                Ok(()) if self.sync_failing => {
+                    self.sync_failing = false;
+                    info!(seq = record.seq, "Spool fsync works again.");
+                }
+                Ok(()) => {}
+                Err(err) if !self.sync_failing => {
+                    self.sync_failing = true;
+                    warn!(error = %err, seq = record.seq, "Spool fsync failed; records stay unpublished until a retry succeeds.");
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(record)
+    }
+
+    fn write_frame(&mut self, record: &Record, frame: &mut Vec<u8>) -> Result<(), SpoolError> {
+        let seq = record.seq;
+        let payload_len = format::encode_frame(record, frame)
+            .map_err(|source| SpoolError::Encode { seq, source })?;
+        if payload_len > format::MAX_PAYLOAD_LEN as usize {
+            return Err(SpoolError::RecordTooLarge {
+                seq,
+                bytes: payload_len,
+                max: format::MAX_PAYLOAD_LEN,
+            });
+        }
+        let frame_len = frame.len() as u64;
+        let fits = match (&self.active, self.segments.back()) {
+            (Some(active), Some(segment)) if !active.broken => {
+                segment.records == 0 || segment.bytes + frame_len <= self.config.segment_bytes
+            }
+            _ => false,
+        };
+        if !fits {
+            self.roll()?;
+        }
+        let (Some(active), Some(segment)) = (self.active.as_mut(), self.segments.back_mut()) else {
+            // roll() either fails or leaves an active segment at the back.
+            return Err(SpoolError::CreateSegment {
+                path: self.config.dir.clone(),
+                source: io::Error::other("no active segment after roll"),
+            });
+        };
+        let offset = segment.bytes;
+        if let Err(source) = active.file.write_all(frame) {
+            // Cut a partial frame so the segment stays a clean run of frames; if even that
+            // fails, move on to a new segment (the partial frame is skipped as corrupt on read;
+            // the records before it are still synced when the segment is closed).
+            if active.file.set_len(offset).is_err() {
+                active.broken = true;
+            }
+            return Err(SpoolError::Write {
+                seq,
+                path: segment.path.clone(),
+                source,
+            });
+        }
+        segment.push_record(
+            Head {
+                seq,
+                time_unix_ms: record.time_unix_ms,
+            },
+            offset,
+        );
+        segment.bytes += frame_len;
+        self.total_bytes += frame_len;
+        self.next_seq += 1;
+        self.last_time_unix_ms = Some(record.time_unix_ms);
+        Ok(())
+    }
+
+    /// Closes the current segment (synced) and starts a new one named by the next number,
+    /// evicting the oldest segments first so that the new one fits under `max_bytes`.
+    fn roll(&mut self) -> Result<(), SpoolError> {
+        // An older segment must never lose records that a newer one kept: sync before moving on.
+        if self.active.is_some() {
+            self.sync()?;
+        }
+        self.active = None;
+        while self.total_bytes + self.config.segment_bytes > self.config.max_bytes
+            && self.segments.len() > 1
+        {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        let base_seq = self.next_seq;
+        // A header-only segment left by a crash right after a roll may carry this very name.
+        if self
+            .segments
+            .back()
+            .is_some_and(|segment| segment.base_seq == base_seq && segment.records == 0)
+            && let Some(stale) = self.segments.pop_back()
+        {
+            self.total_bytes -= stale.bytes;
+            if let Err(err) = fs::remove_file(&stale.path) {
+                warn!(segment = %stale.path.display(), error = %err, "Cannot remove an empty spool segment.");
+            }
+        }
+        let path = self.config.dir.join(segment_file_name(base_seq));
+        let create = || -> io::Result<File> {
+            let mut file = OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.write_all(&format::segment_header())?;
+            Ok(file)
+        };
+        let file = match create() {
+            Ok(file) => file,
+            Err(source) => {
+                if source.kind() != io::ErrorKind::AlreadyExists {
+                    let _ = fs::remove_file(&path);
+                }
+                return Err(SpoolError::CreateSegment { path, source });
+            }
+        };
+        debug!(segment = %path.display(), "Started spool segment.");
+        self.segments
+            .push_back(Segment::new(path, base_seq, format::SEGMENT_HEADER_LEN));
+        self.total_bytes += format::SEGMENT_HEADER_LEN;
+        self.active = Some(Active {
+            file,
+            dir_unsynced: true,
+            broken: false,
+        });
+        Ok(())
+    }
+
+    /// Deletes the oldest segment; returns false (and logs) if it cannot be deleted.
+    fn evict_oldest(&mut self) -> bool {
+        let Some(oldest) = self.segments.front() else {
+            return false;
+        };
+        match fs::remove_file(&oldest.path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                warn!(segment = %oldest.path.display(), error = %err, "Cannot evict the oldest spool segment; the spool may exceed max_bytes.");
+                return false;
+            }
+        }
+        let Some(oldest) = self.segments.pop_front() else {
+            return false;
+        };
+        self.total_bytes -= oldest.bytes;
+        self.evicted_records += oldest.records;
+        let below_next = self
+            .segments
+            .front()
+            .map_or(self.next_seq - 1, |next| next.base_seq.saturating_sub(1));
+        let last = oldest.last.map_or(0, |head| head.seq);
+        self.evicted_through = self.evicted_through.max(below_next).max(last);
+        if let Some(head) = oldest.last {
+            self.evicted_last_time = Some(head.time_unix_ms);
+        }
+        info!(
+            segment = %oldest.path.display(),
+            records = oldest.records,
+            evicted_through_seq = self.evicted_through,
+            "Evicted the oldest spool segment to stay under max_bytes."
+        );
+        true
+    }
+
+    fn sync_due(&self) -> bool {
+        self.durable_seq + 1 < self.next_seq
+            && self
+                .last_sync
+                .is_none_or(|at| at.elapsed() >= self.config.fsync_interval)
+    }
+
+    /// Syncs the segment being written (and its directory entry when new).
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.durable_seq + 1 >= self.next_seq {
+            return Ok(());
+        }
+        self.last_sync = Some(Instant::now());
+        if let (Some(active), Some(segment)) = (self.active.as_mut(), self.segments.back()) {
+            if let Err(source) = active.file.sync_data() {
+                self.sync_failures += 1;
+                return Err(SpoolError::Sync {
+                    path: segment.path.clone(),
+                    source,
+                });
+            }
+            if active.dir_unsynced {
+                let synced = File::open(&self.config.dir)
+                    .and_then(|dir| nix::unistd::fsync(&dir).map_err(io::Error::from));
+                if let Err(source) = synced {
+                    self.sync_failures += 1;
+                    return Err(SpoolError::Sync {
+                        path: self.config.dir.clone(),
+                        source,
+                    });
+                }
+                active.dir_unsynced = false;
+            }
+        }
+        self.durable_seq = self.next_seq - 1;
+        Ok(())
+    }
+
+    /// Syncs every written record now, making it visible to readers.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        self.sync()
+    }
+
+    /// Up to `max_records` records numbered above `after_seq`, in order, with synthesized gap
+    /// records where numbers are missing (see the module docs). Returns an empty batch once the
+    /// reader has caught up with the durable records. `max_records` of 0 counts as 1.
+    ///
+    /// A segment that cannot be read is logged and its records reported as a `Corrupt` gap, so
+    /// a reader always makes progress; the error case is reserved for future use and today
+    /// never happens.
+    pub fn read_after(
+        &self,
+        after_seq: u64,
+        max_records: usize,
+    ) -> Result<Vec<Record>, SpoolError> {
+        let end = self.durable_seq;
+        let Some(first_wanted) = after_seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        if first_wanted > end {
+            return Ok(Vec::new());
+        }
+        let mut batch = Batch::new(first_wanted, end, max_records.max(1));
+
+        if batch.expected <= self.evicted_through {
+            let last = self.evicted_through.min(end);
+            let next_time = self
+                .segments
+                .iter()
+                .find_map(|segment| segment.first)
+                .map(|head| head.time_unix_ms);
+            let end_time = next_time.or(self.evicted_last_time).unwrap_or(0);
+            let start_time = self.evicted_last_time.unwrap_or(end_time);
+            batch.push_gap(GapReason::Evicted, last, start_time, end_time);
+        }
+
+        let start = self
+            .segments
+            .partition_point(|segment| segment.base_seq <= batch.expected)
+            .saturating_sub(1);
+        for segment in self.segments.iter().skip(start) {
+            if batch.is_done() {
+                break;
+            }
+            match segment.last {
+                Some(last) if last.seq >= batch.expected => {}
+                _ => continue,
+            }
+            if let Err(err) = read_segment(segment, &mut batch) {
+                self.read_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    segment = %segment.path.display(),
+                    error = %err,
+                    "Cannot read spool segment; its records are reported as a corrupt gap."
+                );
+            }
+        }
+        if !batch.is_full() && batch.expected <= end {
+            let time = batch.prev_time.unwrap_or(0);
+            batch.push_gap(GapReason::Corrupt, end, time, time);
+        }
+        Ok(batch.records)
+    }
+
+    /// Numbers between the evicted ones and the next one that no retained record holds.
+    fn missing_records(&self) -> u64 {
+        let retained: u64 = self.segments.iter().map(|segment| segment.records).sum();
+        self.next_seq
+            .saturating_sub(self.evicted_through + 1)
+            .saturating_sub(retained)
+    }
+
+    /// The highest number handed out, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        (self.next_seq > 1).then(|| self.next_seq - 1)
+    }
+
+    /// Records up to this number are synced and visible to readers.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// The oldest retained valid record's number.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.segments
+            .iter()
+            .find_map(|segment| segment.first)
+            .map(|head| head.seq)
+    }
+
+    /// The newest record's time, if the spool holds any record.
+    pub fn last_time_unix_ms(&self) -> Option<u64> {
+        self.last_time_unix_ms
+    }
+
+    /// The settings the spool was opened with.
+    pub fn config(&self) -> &SpoolConfig {
+        &self.config
+    }
+
+    /// A snapshot of the spool's counters.
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            first_seq: self.first_seq(),
+            last_seq: self.last_seq(),
+            durable_seq: self.durable_seq,
+            last_time_unix_ms: self.last_time_unix_ms,
+            records: self.segments.iter().map(|segment| segment.records).sum(),
+            bytes: self.total_bytes,
+            max_bytes: self.config.max_bytes,
+            segments: self.segments.len(),
+            corrupt_records: self.missing_records(),
+            evicted_records: self.evicted_records,
+            evicted_through_seq: self.evicted_through,
+            sync_failures: self.sync_failures,
+            read_errors: self.read_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The output of one `read_after` call under construction.
+struct Batch {
+    records: Vec<Record>,
+    /// The next number the reader wants.
+    expected: u64,
+    /// The last visible number.
+    end: u64,
+    max: usize,
+    /// The time of the record just before `expected`, once seen.
+    prev_time: Option<u64>,
+}
+
+impl Batch {
+    fn new(expected: u64, end: u64, max: usize) -> Self {
+        Self {
+            records: Vec::with_capacity(max.min(1024)),
+            expected,
+            end,
+            max,
+            prev_time: None,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= self.max
+    }
+
+    fn is_done(&self) -> bool {
+        self.is_full() || self.expected > self.end
+    }
+
+    /// A gap for numbers `expected..=last`, numbered `last`.
+    fn push_gap(&mut self, reason: GapReason, last: u64, start_time: u64, end_time: u64) {
+        self.records.push(Record {
+            seq: last,
+            time_unix_ms: end_time,
+            body: RecordBody::Gap(Gap {
+                reason,
+                missing_seqs: Some((self.expected, last)),
+                start_time_unix_ms: start_time,
+                end_time_unix_ms: end_time,
+            }),
+        });
+        self.expected = last + 1;
+    }
+
+    fn push(&mut self, record: Record) {
+        self.expected = record.seq + 1;
+        self.prev_time = Some(record.time_unix_ms);
+        self.records.push(record);
+    }
+}
+
+/// Reads one segment's records into `batch`, from the index entry before `batch.expected`.
+fn read_segment(segment: &Segment, batch: &mut Batch) -> io::Result<()> {
+    let offset = segment.offset_for(batch.expected);
+    let mut file = File::open(&segment.path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = FrameReader::new(file, offset);
+    while !batch.is_done() {
+        let Some(event) = reader.next_event()? else {
+            break;
+        };
+        let Event::Frame { payload, .. } = event else {
+            continue;
+        };
+        let Some(head) = format::decode_head(payload) else {
+            continue;
+        };
+        if head.seq < batch.expected {
+            batch.prev_time = Some(head.time_unix_ms);
+            continue;
+        }
+        if head.seq > batch.end {
+            break;
+        }
+        let Some(record) = format::decode_record(payload) else {
+            continue;
+        };
+        if record.seq > batch.expected {
+            let start_time = batch.prev_time.unwrap_or(record.time_unix_ms);
+            batch.push_gap(
+                GapReason::Corrupt,
+                record.seq - 1,
+                start_time,
+                record.time_unix_ms,
+            );
+            if batch.is_full() {
+                break;
+            }
+        }
+        batch.push(record);
+    }
+    Ok(())
+}
+
+/// Creates the spool directory `0700`, or tightens an existing one to `0700`.
+fn create_dir(dir: &Path) -> Result<(), SpoolError> {
+    let wrap = |source| SpoolError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(wrap)?;
+    let mode = fs::metadata(dir).map_err(wrap)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(wrap)?;
+        info!(dir = %dir.display(), old_mode = format!("{:o}", mode & 0o777), "Restricted the spool directory to 0700.");
+    }
+    Ok(())
+}
+
+/// The file name of the segment whose first record is `base_seq`.
+fn segment_file_name(base_seq: u64) -> String {
+    format!("{base_seq:020}.seg")
+}
+
+/// The first number of a segment file name, or `None` for other files.
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, sorted by number, and the count of other entries.
+fn list_segments(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, usize), SpoolError> {
+    let wrap = |source| SpoolError::ListDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut segments = Vec::new();
+    let mut ignored = 0;
+    for entry in fs::read_dir(dir).map_err(wrap)? {
+        let entry = entry.map_err(wrap)?;
+        let name = entry.file_name();
+        let parsed = name.to_str().and_then(parse_segment_name);
+        let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+        match parsed {
+            Some(base_seq) if is_file => segments.push((base_seq, entry.path())),
+            _ => {
+                ignored += 1;
+                debug!(file = %entry.path().display(), "Ignoring a file that is not a spool segment.");
+            }
+        }
+    }
+    segments.sort_unstable_by_key(|(base_seq, _)| *base_seq);
+    Ok((segments, ignored))
+}
+
+/// Scans one segment: validates every frame, builds the sparse index, finds damage.
+///
+/// `prev_seq` is the last valid number of the previous segments; records at or below it, or
+/// below the segment's own name, are out of place and skipped as corrupt.
+fn scan_segment(path: PathBuf, base_seq: u64, prev_seq: Option<u64>) -> Scan {
+    let bytes = fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
+    let mut scan = Scan {
+        segment: Segment::new(path, base_seq, bytes),
+        corrupt_regions: 0,
+        tail: None,
+        has_garbage: false,
+    };
+    let mut file = match File::open(&scan.segment.path) {
+        Ok(file) => file,
+        Err(err) => {
+            warn!(segment = %scan.segment.path.display(), error = %err, "Cannot open spool segment; skipping it.");
+            scan.segment.readable = false;
+            scan.has_garbage = bytes > 0;
+            return scan;
+        }
+    };
+    let mut header = [0u8; format::SEGMENT_HEADER_LEN as usize];
+    if file.read_exact(&mut header).is_err() || !format::is_valid_header(&header) {
+        if bytes > 0 {
+            warn!(segment = %scan.segment.path.display(), bytes, "Spool segment has no valid header; skipping it.");
+        }
+        scan.segment.readable = false;
+        scan.has_garbage = bytes > 0;
+        return scan;
+    }
+    let mut floor = prev_seq.map_or(base_seq, |prev| (prev + 1).max(base_seq));
+    let mut reader = FrameReader::new(file, format::SEGMENT_HEADER_LEN);
+    let mut valid_end = format::SEGMENT_HEADER_LEN;
+    // Damage seen since the last valid frame: if nothing valid follows, it is the tail.
+    let mut pending_regions = 0u64;
+    let mut pending_whole_frames = 0u64;
+    loop {
+        let event = match reader.next_event() {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(err) => {
+                warn!(segment = %scan.segment.path.display(), error = %err, "Error reading spool segment; keeping the records read so far.");
+                scan.segment.readable = false;
+                scan.has_garbage = true;
+                break;
+            }
+        };
+        match event {
+            Event::Frame {
+                offset,
+                frame_len,
+                payload,
+            } => {
+                let head = format::decode_record(payload)
+                    .map(|record| Head {
+                        seq: record.seq,
+                        time_unix_ms: record.time_unix_ms,
+                    })
+                    .filter(|head| head.seq >= floor);
+                match head {
+                    Some(head) => {
+                        scan.segment.push_record(head, offset);
+                        floor = head.seq + 1;
+                        valid_end = offset + frame_len;
+                        scan.corrupt_regions += pending_regions;
+                        pending_regions = 0;
+                        pending_whole_frames = 0;
+                    }
+                    None => {
+                        // Passes its CRC but does not decode or is out of place.
+                        debug!(segment = %scan.segment.path.display(), offset, "Rejected a spool frame.");
+                        scan.has_garbage = true;
+                        pending_regions += 1;
+                        pending_whole_frames += 1;
+                    }
+                }
+            }
+            Event::Corrupt {
+                offset,
+                len,
+                whole_frames,
+                ..
+            } => {
+                debug!(segment = %scan.segment.path.display(), offset, len, "Damaged bytes in spool segment.");
+                scan.has_garbage = true;
+                pending_regions += 1;
+                pending_whole_frames += whole_frames;
+            }
+        }
+    }
+    if pending_regions > 0 {
+        if scan.segment.readable {
+            scan.tail = Some(Tail {
+                valid_end,
+                bytes: bytes.saturating_sub(valid_end),
+                whole_frames: pending_whole_frames,
+            });
+        } else {
+            scan.corrupt_regions += pending_regions;
+        }
+    }
+    scan
+}
+
+#[cfg(test)]
+mod tests;

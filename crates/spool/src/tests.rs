@@ -1,0 +1,819 @@
+//! Tests of the spool on real files in temporary directories.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on an unexpected error"
+)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::format::{self, Event, FrameReader};
+use super::*;
+use jex_telemetry::{
+    ClusterBusy, CoreKind, CpuSample, LoadAverage, MemoryPressure, MemorySample, PressureLevel,
+    Sample, SwapSample,
+};
+
+const T0: u64 = 1_760_000_000_000;
+
+/// A sample shaped like a real 10-core Apple Silicon host's.
+fn sample(i: u64) -> Sample {
+    let cores = 10;
+    Sample {
+        window_ms: 1000,
+        cpu: CpuSample {
+            busy_bp: (i * 37 % 10_000) as u32,
+            user_bp: (i * 23 % 6000) as u32,
+            system_bp: (i * 11 % 3000) as u32,
+            iowait_bp: 0,
+            core_busy_bp: (0..cores)
+                .map(|c| ((i + c) * 331 % 10_000) as u32)
+                .collect(),
+            clusters: vec![
+                ClusterBusy {
+                    kind: CoreKind::Efficiency,
+                    busy_bp: 1200,
+                    cpus: 4,
+                },
+                ClusterBusy {
+                    kind: CoreKind::Performance,
+                    busy_bp: 3400,
+                    cpus: 6,
+                },
+            ],
+            online_cpus: cores as u32,
+        },
+        load: LoadAverage {
+            one: 2.31,
+            five: 1.97,
+            fifteen: 1.5,
+        },
+        memory: MemorySample {
+            formula_version: 1,
+            total_bytes: 32 << 30,
+            used_bytes: (18 << 30) + i * 16384,
+            available_bytes: (14 << 30) - i * 16384,
+            free_bytes: 3 << 30,
+            active_bytes: 9 << 30,
+            inactive_bytes: 8 << 30,
+            wired_bytes: 3 << 30,
+            compressed_bytes: 1 << 30,
+            purgeable_bytes: 200 << 20,
+            speculative_bytes: 150 << 20,
+            ..MemorySample::default()
+        },
+        swap: SwapSample {
+            total_bytes: 2 << 30,
+            used_bytes: 512 << 20,
+        },
+        pressure: MemoryPressure {
+            level: Some(PressureLevel::Normal),
+            psi: None,
+        },
+    }
+}
+
+fn body(i: u64) -> RecordBody {
+    RecordBody::Sample(sample(i))
+}
+
+fn config(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        fsync_interval: Duration::ZERO,
+        ..SpoolConfig::new(dir.join("spool"))
+    }
+}
+
+fn small_config(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        segment_bytes: 4096,
+        max_bytes: 1 << 20,
+        ..config(dir)
+    }
+}
+
+fn open(config: &SpoolConfig) -> (Spool, OpenReport) {
+    Spool::open(config.clone()).unwrap()
+}
+
+/// Appends `n` samples timed one second apart from the spool's next number on.
+fn append_n(spool: &mut Spool, n: u64) -> Vec<Record> {
+    (0..n)
+        .map(|_| {
+            let i = spool.last_seq().unwrap_or(0) + 1;
+            spool.append(T0 + i * 1000, body(i)).unwrap()
+        })
+        .collect()
+}
+
+fn read_all(spool: &Spool, after: u64) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut cursor = after;
+    loop {
+        let batch = spool.read_after(cursor, 100).unwrap();
+        let Some(last) = batch.last() else {
+            return out;
+        };
+        cursor = last.seq;
+        out.extend(batch);
+    }
+}
+
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|record| record.seq).collect()
+}
+
+fn segment_paths(config: &SpoolConfig) -> Vec<PathBuf> {
+    let mut paths: Vec<_> = fs::read_dir(&config.dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// (seq, frame offset, frame length) of every valid frame of a segment file.
+fn frames_of(path: &Path) -> Vec<(u64, u64, u64)> {
+    let bytes = fs::read(path).unwrap();
+    let mut reader = FrameReader::new(&bytes[format::SEGMENT_HEADER_LEN as usize..], 0);
+    let mut out = Vec::new();
+    while let Some(event) = reader.next_event().unwrap() {
+        if let Event::Frame {
+            offset,
+            frame_len,
+            payload,
+        } = event
+        {
+            let seq = format::decode_head(payload).unwrap().seq;
+            out.push((seq, offset + format::SEGMENT_HEADER_LEN, frame_len));
+        }
+    }
+    out
+}
+
+/// The segment holding `seq` and the frame's offset and length in it.
+fn locate(config: &SpoolConfig, seq: u64) -> (PathBuf, u64, u64) {
+    for path in segment_paths(config) {
+        if let Some(&(_, offset, len)) = frames_of(&path).iter().find(|(s, _, _)| *s == seq) {
+            return (path, offset, len);
+        }
+    }
+    panic!("record {seq} not found");
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0xA5;
+    fs::write(path, bytes).unwrap();
+}
+
+fn gap_of(record: &Record) -> Gap {
+    match &record.body {
+        RecordBody::Gap(gap) => *gap,
+        RecordBody::Sample(_) => panic!("record {} is a sample, not a gap", record.seq),
+    }
+}
+
+#[test]
+fn appends_across_segments_and_reads_back_every_record_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, report) = open(&config);
+    assert_eq!(report, OpenReport::default());
+    let written = append_n(&mut spool, 300);
+    assert_eq!(seqs(&written), (1..=300).collect::<Vec<_>>());
+
+    let read = read_all(&spool, 0);
+    assert_eq!(read, written);
+    let stats = spool.stats();
+    assert!(stats.segments > 5, "expected several segments: {stats:?}");
+    assert_eq!(stats.segments, segment_paths(&config).len());
+    assert_eq!(stats.first_seq, Some(1));
+    assert_eq!(stats.last_seq, Some(300));
+    assert_eq!(stats.durable_seq, 300);
+    assert_eq!(stats.records, 300);
+    assert_eq!(stats.corrupt_records, 0);
+    let on_disk: u64 = segment_paths(&config)
+        .iter()
+        .map(|path| fs::metadata(path).unwrap().len())
+        .sum();
+    assert_eq!(stats.bytes, on_disk);
+}
+
+#[test]
+fn read_after_starts_after_the_cursor_and_honours_the_batch_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut spool, _) = open(&small_config(tmp.path()));
+    append_n(&mut spool, 500);
+    for after in [0, 1, 63, 64, 65, 127, 200, 498] {
+        let batch = spool.read_after(after, 7).unwrap();
+        let want: Vec<u64> = (after + 1..=(after + 7).min(500)).collect();
+        assert_eq!(seqs(&batch), want, "after {after}");
+    }
+    assert!(spool.read_after(500, 10).unwrap().is_empty());
+    assert!(spool.read_after(u64::MAX, 10).unwrap().is_empty());
+    assert_eq!(seqs(&spool.read_after(10, 0).unwrap()), vec![11]);
+}
+
+#[test]
+fn segment_files_are_named_by_first_seq_and_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 100);
+    let dir_mode = fs::metadata(&config.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let mut expected_first = 1;
+    for path in segment_paths(&config) {
+        let frames = frames_of(&path);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, format!("{expected_first:020}.seg"));
+        assert_eq!(frames[0].0, expected_first);
+        expected_first = frames.last().unwrap().0 + 1;
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+        assert!(fs::metadata(&path).unwrap().len() <= config.segment_bytes);
+    }
+    assert_eq!(expected_first, 101);
+}
+
+#[test]
+fn an_existing_open_directory_is_restricted_to_0700() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    fs::create_dir_all(&config.dir).unwrap();
+    fs::set_permissions(&config.dir, fs::Permissions::from_mode(0o755)).unwrap();
+    open(&config);
+    let mode = fs::metadata(&config.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
+
+#[test]
+fn reopening_continues_the_sequence_and_recovers_the_last_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    let first = append_n(&mut spool, 150);
+    drop(spool);
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.last_seq, Some(150));
+    assert_eq!(report.first_seq, Some(1));
+    assert_eq!(report.records, 150);
+    assert_eq!(report.last_time_unix_ms, Some(first[149].time_unix_ms));
+    assert_eq!(report.corrupt_records, 0);
+    assert_eq!(report.torn_tail_bytes, 0);
+    assert_eq!(spool.last_time_unix_ms(), Some(first[149].time_unix_ms));
+    let second = append_n(&mut spool, 20);
+    assert_eq!(second[0].seq, 151);
+
+    let all = read_all(&spool, 0);
+    assert_eq!(seqs(&all), (1..=170).collect::<Vec<_>>());
+    assert_eq!(all[..150], first[..]);
+    assert_eq!(all[150..], second[..]);
+}
+
+#[test]
+fn records_become_visible_only_once_synced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        fsync_interval: Duration::from_secs(60),
+        ..SpoolConfig::new(tmp.path().join("spool"))
+    };
+    let (mut spool, _) = open(&config);
+    // The first append syncs at once (no sync yet), the next ones wait for the interval.
+    append_n(&mut spool, 3);
+    assert_eq!(spool.durable_seq(), 1);
+    assert_eq!(seqs(&spool.read_after(0, 10).unwrap()), vec![1]);
+    assert_eq!(spool.last_seq(), Some(3));
+    spool.flush().unwrap();
+    assert_eq!(spool.durable_seq(), 3);
+    assert_eq!(seqs(&spool.read_after(0, 10).unwrap()), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_its_number_handed_out_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 40);
+    drop(spool);
+    // A crash in the middle of writing record 40: only part of its frame reached the file.
+    let (path, offset, len) = locate(&config, 40);
+    assert_eq!(offset + len, fs::metadata(&path).unwrap().len());
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(offset + len / 2).unwrap();
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.torn_tail_bytes, len / 2);
+    assert_eq!(report.last_seq, Some(39));
+    assert_eq!(report.corrupt_records, 0);
+    assert_eq!(fs::metadata(&path).unwrap().len(), offset);
+    // Record 40 was never synced, so nobody saw it: its number is reused.
+    let again = spool.append(T0, body(40)).unwrap();
+    assert_eq!(again.seq, 40);
+    let all = read_all(&spool, 0);
+    assert_eq!(seqs(&all), (1..=40).collect::<Vec<_>>());
+    assert!(all.iter().all(|r| matches!(r.body, RecordBody::Sample(_))));
+}
+
+#[test]
+fn a_torn_tail_in_an_older_segment_is_a_corrupt_gap_for_exactly_its_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 120);
+    drop(spool);
+    // Cut the first segment in the middle of its third-to-last record.
+    let first = &segment_paths(&config)[0];
+    let frames = frames_of(first);
+    let (victim, offset, len) = frames[frames.len() - 3];
+    let last_in_segment = frames.last().unwrap().0;
+    let file = fs::OpenOptions::new().write(true).open(first).unwrap();
+    file.set_len(offset + len / 3).unwrap();
+
+    let (spool, report) = open(&config);
+    assert_eq!(report.corrupt_records, 3);
+    assert_eq!(report.corrupt_regions, 1);
+    assert_eq!(report.last_seq, Some(120));
+    let all = read_all(&spool, 0);
+    assert_eq!(
+        seqs(&all),
+        (1..=120)
+            .filter(|s| *s < victim || *s >= last_in_segment)
+            .collect::<Vec<_>>()
+    );
+    let gap_record = all.iter().find(|r| r.seq == last_in_segment).unwrap();
+    let gap = gap_of(gap_record);
+    assert_eq!(gap.reason, GapReason::Corrupt);
+    assert_eq!(gap.missing_seqs, Some((victim, last_in_segment)));
+    assert_eq!(gap.start_time_unix_ms, T0 + (victim - 1) * 1000);
+    assert_eq!(gap.end_time_unix_ms, T0 + (last_in_segment + 1) * 1000);
+}
+
+#[test]
+fn flipped_bytes_inside_a_segment_become_a_corrupt_gap_for_exactly_the_lost_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 200);
+    drop(spool);
+    // Damage records 50 and 51, which sit in the middle of a segment.
+    for seq in [50, 51] {
+        let (path, offset, len) = locate(&config, seq);
+        flip_byte(&path, offset + len / 2);
+    }
+    let (spool, report) = open(&config);
+    assert_eq!(report.corrupt_records, 2);
+    assert_eq!(report.corrupt_regions, 1);
+    assert_eq!(report.last_seq, Some(200));
+    assert_eq!(spool.stats().corrupt_records, 2);
+
+    let all = read_all(&spool, 0);
+    let expect: Vec<u64> = (1..=200).filter(|s| *s != 50).collect();
+    assert_eq!(seqs(&all), expect);
+    let gap = gap_of(&all[49]);
+    assert_eq!(all[49].seq, 51);
+    assert_eq!(gap.reason, GapReason::Corrupt);
+    assert_eq!(gap.missing_seqs, Some((50, 51)));
+    assert_eq!(gap.start_time_unix_ms, T0 + 49 * 1000);
+    assert_eq!(gap.end_time_unix_ms, T0 + 52 * 1000);
+
+    // A cursor inside the damaged range gets the rest of the gap, then record 52.
+    let batch = spool.read_after(49, 2).unwrap();
+    assert_eq!(seqs(&batch), vec![51, 52]);
+    let batch = spool.read_after(50, 2).unwrap();
+    assert_eq!(seqs(&batch), vec![51, 52]);
+    assert_eq!(gap_of(&batch[0]).missing_seqs, Some((51, 51)));
+    // A batch of one ends on the gap; the next batch continues after it.
+    let batch = spool.read_after(49, 1).unwrap();
+    assert_eq!(seqs(&batch), vec![51]);
+    assert_eq!(seqs(&spool.read_after(51, 1).unwrap()), vec![52]);
+}
+
+/// The numbers a record stands for: a gap with a range of missing numbers covers all of them
+/// (and carries the last as its `seq`); any other record covers its own `seq`.
+fn covered(record: &Record) -> (u64, u64) {
+    match &record.body {
+        RecordBody::Gap(Gap {
+            missing_seqs: Some((first, last)),
+            ..
+        }) => {
+            assert_eq!(
+                *last, record.seq,
+                "a gap is numbered by its last missing seq"
+            );
+            (*first, *last)
+        }
+        _ => (record.seq, record.seq),
+    }
+}
+
+#[test]
+fn damage_across_a_frame_boundary_is_one_gap_numbered_by_the_last_lost_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 40);
+    drop(spool);
+    // One run of 16 damaged bytes: the end of record 20's payload and the magic and length of
+    // record 21's frame, so neither frame can be read and nothing marks where 21 began.
+    let (path, offset, len) = locate(&config, 20);
+    for at in offset + len - 8..offset + len + 8 {
+        flip_byte(&path, at);
+    }
+
+    let (spool, report) = open(&config);
+    assert_eq!(report.corrupt_records, 2);
+    assert_eq!(report.corrupt_regions, 1);
+    assert_eq!(report.last_seq, Some(40));
+
+    let all = read_all(&spool, 0);
+    let expect: Vec<u64> = (1..=40).filter(|s| *s != 20).collect();
+    assert_eq!(seqs(&all), expect);
+    let gap = gap_of(&all[19]);
+    assert_eq!(all[19].seq, 21);
+    assert_eq!(gap.reason, GapReason::Corrupt);
+    assert_eq!(gap.missing_seqs, Some((20, 21)));
+    assert_eq!(gap.start_time_unix_ms, T0 + 19 * 1000);
+    assert_eq!(gap.end_time_unix_ms, T0 + 22 * 1000);
+    // Taken with their ranges, the records cover every number once, in order, even one
+    // record per read.
+    let mut next = 1;
+    let mut cursor = 0;
+    while let Some(record) = spool.read_after(cursor, 1).unwrap().pop() {
+        let (first, last) = covered(&record);
+        assert_eq!(first, next, "record {} after cursor {cursor}", record.seq);
+        (next, cursor) = (last + 1, record.seq);
+    }
+    assert_eq!(next, 41);
+}
+
+#[test]
+fn a_damaged_last_frame_keeps_its_number_reserved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 30);
+    drop(spool);
+    let (path, offset, len) = locate(&config, 30);
+    flip_byte(&path, offset + len - 1);
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.torn_tail_bytes, len);
+    assert_eq!(report.last_seq, Some(30));
+    assert_eq!(report.corrupt_records, 1);
+    // Record 30 was whole on disk, so it may have been seen: it is a gap, never reused.
+    let all = read_all(&spool, 0);
+    assert_eq!(seqs(&all), (1..=30).collect::<Vec<_>>());
+    assert_eq!(gap_of(&all[29]).missing_seqs, Some((30, 30)));
+    assert_eq!(gap_of(&all[29]).reason, GapReason::Corrupt);
+    assert_eq!(spool.append(T0, body(31)).unwrap().seq, 31);
+}
+
+#[test]
+fn damaged_frames_filling_the_newest_segment_keep_their_numbers_reserved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 100);
+    drop(spool);
+    let newest = segment_paths(&config).pop().unwrap();
+    let frames = frames_of(&newest);
+    for &(_, offset, len) in &frames {
+        flip_byte(&newest, offset + len - 2);
+    }
+    let (first_lost, last_lost) = (frames[0].0, frames.last().unwrap().0);
+    assert_eq!(last_lost, 100);
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.last_seq, Some(100));
+    assert_eq!(report.corrupt_records, last_lost - first_lost + 1);
+    assert_eq!(append_n(&mut spool, 1)[0].seq, 101);
+    let all = read_all(&spool, first_lost - 1);
+    assert_eq!(seqs(&all), vec![100, 101]);
+    assert_eq!(gap_of(&all[0]).missing_seqs, Some((first_lost, 100)));
+}
+
+#[test]
+fn a_segment_with_a_damaged_header_is_skipped_as_a_corrupt_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 150);
+    drop(spool);
+    let paths = segment_paths(&config);
+    let victim = &paths[2];
+    let frames = frames_of(victim);
+    let (lost_first, lost_last) = (frames[0].0, frames.last().unwrap().0);
+    flip_byte(victim, 0);
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.unreadable_segments, 1);
+    assert_eq!(report.corrupt_records, lost_last - lost_first + 1);
+    assert_eq!(report.last_seq, Some(150));
+    let all = read_all(&spool, 0);
+    let gap = gap_of(all.iter().find(|r| r.seq == lost_last).unwrap());
+    assert_eq!(gap.missing_seqs, Some((lost_first, lost_last)));
+    assert_eq!(seqs(&all).len() as u64, 150 - (lost_last - lost_first));
+    assert_eq!(append_n(&mut spool, 1)[0].seq, 151);
+}
+
+#[test]
+fn an_unreadable_newest_segment_does_not_stop_appends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 60);
+    drop(spool);
+    let newest = segment_paths(&config).pop().unwrap();
+    let frames = frames_of(&newest);
+    fs::write(&newest, b"garbage that is not a segment").unwrap();
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.unreadable_segments, 1);
+    // The name says numbers from frames[0].0 on were handed out; the garbage may hold one.
+    assert_eq!(report.last_seq, Some(frames[0].0));
+    let next = append_n(&mut spool, 1)[0].seq;
+    assert_eq!(next, frames[0].0 + 1);
+    let all = read_all(&spool, 0);
+    assert_eq!(*seqs(&all).last().unwrap(), next);
+    let gap = gap_of(&all[all.len() - 2]);
+    assert_eq!(gap.missing_seqs, Some((frames[0].0, frames[0].0)));
+}
+
+#[test]
+fn a_header_only_segment_left_by_a_crash_is_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 10);
+    drop(spool);
+    // A crash right after a roll: the new segment has its header and nothing else.
+    let path = config.dir.join(segment_file_name(11));
+    fs::write(&path, format::segment_header()).unwrap();
+
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.segments, 2);
+    assert_eq!(report.last_seq, Some(10));
+    append_n(&mut spool, 5);
+    assert_eq!(segment_paths(&config).len(), 2);
+    assert_eq!(frames_of(&path).len(), 5);
+    assert_eq!(seqs(&read_all(&spool, 0)), (1..=15).collect::<Vec<_>>());
+}
+
+#[test]
+fn files_that_are_not_segments_are_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    fs::create_dir_all(&config.dir).unwrap();
+    fs::write(config.dir.join("notes.txt"), b"hello").unwrap();
+    fs::write(config.dir.join("123.seg"), b"short name").unwrap();
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.ignored_files, 2);
+    append_n(&mut spool, 3);
+    assert_eq!(fs::read(config.dir.join("notes.txt")).unwrap(), b"hello");
+    assert_eq!(seqs(&read_all(&spool, 0)), vec![1, 2, 3]);
+}
+
+#[test]
+fn the_size_cap_evicts_oldest_segments_and_reports_an_evicted_gap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        segment_bytes: 4096,
+        max_bytes: 16 * 1024,
+        ..config(tmp.path())
+    };
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 1000);
+    let stats = spool.stats();
+    assert!(stats.bytes <= config.max_bytes, "{stats:?}");
+    let on_disk: u64 = segment_paths(&config)
+        .iter()
+        .map(|path| fs::metadata(path).unwrap().len())
+        .sum();
+    assert_eq!(on_disk, stats.bytes);
+    let first = stats.first_seq.unwrap();
+    assert!(first > 1);
+    assert_eq!(stats.evicted_through_seq, first - 1);
+    assert_eq!(stats.evicted_records, first - 1);
+    assert_eq!(stats.corrupt_records, 0);
+
+    let batch = spool.read_after(0, 3).unwrap();
+    assert_eq!(seqs(&batch), vec![first - 1, first, first + 1]);
+    let gap = gap_of(&batch[0]);
+    assert_eq!(gap.reason, GapReason::Evicted);
+    assert_eq!(gap.missing_seqs, Some((1, first - 1)));
+    assert_eq!(gap.start_time_unix_ms, T0 + (first - 1) * 1000);
+    assert_eq!(gap.end_time_unix_ms, T0 + first * 1000);
+    // A cursor inside the evicted range gets the rest of it.
+    let batch = spool.read_after(5, 1).unwrap();
+    assert_eq!(gap_of(&batch[0]).missing_seqs, Some((6, first - 1)));
+    // A cursor at the edge gets records only.
+    assert_eq!(seqs(&spool.read_after(first - 1, 1).unwrap()), vec![first]);
+
+    // After a restart everything below the oldest segment is still evicted.
+    drop(spool);
+    let (spool, report) = open(&config);
+    assert_eq!(report.first_seq, Some(first));
+    assert_eq!(report.corrupt_records, 0);
+    let batch = spool.read_after(0, 1).unwrap();
+    assert_eq!(gap_of(&batch[0]).reason, GapReason::Evicted);
+    assert_eq!(gap_of(&batch[0]).missing_seqs, Some((1, first - 1)));
+    assert_eq!(read_all(&spool, 0).len() as u64, 1000 - first + 2);
+}
+
+#[test]
+fn a_lowered_cap_is_enforced_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 1000);
+    drop(spool);
+    let lowered = SpoolConfig {
+        max_bytes: 12 * 1024,
+        ..config
+    };
+    let (spool, report) = open(&lowered);
+    assert!(report.evicted_records > 0);
+    assert!(spool.stats().bytes <= lowered.max_bytes);
+    assert_eq!(report.last_seq, Some(1000));
+}
+
+#[test]
+fn a_record_too_large_for_a_frame_is_refused_without_using_a_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut spool, _) = open(&config(tmp.path()));
+    append_n(&mut spool, 2);
+    let mut huge = sample(0);
+    huge.cpu.core_busy_bp = vec![9999; 40_000];
+    let err = spool.append(T0, RecordBody::Sample(huge)).unwrap_err();
+    assert!(
+        matches!(err, SpoolError::RecordTooLarge { seq: 3, .. }),
+        "{err:?}"
+    );
+    assert_eq!(spool.append(T0, body(3)).unwrap().seq, 3);
+    assert_eq!(seqs(&read_all(&spool, 0)), vec![1, 2, 3]);
+}
+
+#[test]
+fn config_reads_toml_with_defaults_and_rejects_unknown_keys() {
+    let parsed: SpoolConfig = toml::from_str(r#"dir = "/var/lib/jex-agent/spool""#).unwrap();
+    assert_eq!(parsed, SpoolConfig::new("/var/lib/jex-agent/spool"));
+    assert_eq!(parsed.max_bytes, DEFAULT_MAX_BYTES);
+    assert_eq!(parsed.fsync_interval, Duration::from_secs(1));
+    parsed.validate().unwrap();
+
+    let parsed: SpoolConfig = toml::from_str(
+        r#"
+        dir = "/tmp/s"
+        max_bytes = 8388608
+        segment_bytes = 65536
+        fsync_interval_ms = 250
+        "#,
+    )
+    .unwrap();
+    assert_eq!(parsed.max_bytes, 8 << 20);
+    assert_eq!(parsed.segment_bytes, 64 << 10);
+    assert_eq!(parsed.fsync_interval, Duration::from_millis(250));
+    let round_trip: SpoolConfig = toml::from_str(&toml::to_string(&parsed).unwrap()).unwrap();
+    assert_eq!(round_trip, parsed);
+
+    let err = toml::from_str::<SpoolConfig>("dir = \"/tmp/s\"\nfsync_interval = 5").unwrap_err();
+    assert!(err.to_string().contains("fsync_interval"), "{err}");
+    assert!(toml::from_str::<SpoolConfig>("max_bytes = 5").is_err());
+}
+
+#[test]
+fn config_validation_names_the_bad_setting() {
+    let base = SpoolConfig::new("/tmp/s");
+    let cases = [
+        (
+            SpoolConfig {
+                segment_bytes: 100,
+                ..base.clone()
+            },
+            "segment_bytes",
+        ),
+        (
+            SpoolConfig {
+                max_bytes: base.segment_bytes,
+                ..base.clone()
+            },
+            "max_bytes",
+        ),
+        (
+            SpoolConfig {
+                fsync_interval: Duration::from_secs(61),
+                ..base.clone()
+            },
+            "fsync_interval_ms",
+        ),
+        (
+            SpoolConfig {
+                dir: PathBuf::new(),
+                ..base.clone()
+            },
+            "dir",
+        ),
+    ];
+    for (config, field) in cases {
+        match config.validate() {
+            Err(SpoolError::InvalidConfig { field: got, .. }) => assert_eq!(got, field),
+            other => panic!("{field}: {other:?}"),
+        }
+        assert!(matches!(
+            Spool::open(config),
+            Err(SpoolError::InvalidConfig { .. })
+        ));
+    }
+}
+
+#[test]
+fn an_uncreatable_directory_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let blocker = tmp.path().join("file");
+    fs::write(&blocker, b"x").unwrap();
+    let err = Spool::open(SpoolConfig::new(blocker.join("spool"))).unwrap_err();
+    assert!(matches!(err, SpoolError::CreateDir { .. }), "{err:?}");
+    assert!(err.to_string().contains("file/spool"), "{err}");
+}
+
+/// One step of the model test.
+#[derive(Debug, Clone)]
+enum Op {
+    Append(u8),
+    Reopen,
+    Read { back: u16, max: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => any::<u8>().prop_map(|n| Op::Append(n % 40 + 1)),
+        1 => Just(Op::Reopen),
+        3 => (any::<u16>(), any::<u8>()).prop_map(|(back, max)| Op::Read { back, max }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Against a model (every record ever appended): numbers are 1, 2, 3, ... across reopens;
+    /// a read returns, in order and without holes, the model's records after the cursor, except
+    /// that numbers below the oldest retained record come back as one `Evicted` gap.
+    #[test]
+    fn reads_match_a_model_across_reopens_and_eviction(ops in proptest::collection::vec(op(), 1..40)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = SpoolConfig { segment_bytes: 4096, max_bytes: 12 * 1024, ..config(tmp.path()) };
+        let (mut spool, _) = open(&config);
+        let mut model: Vec<Record> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(n) => {
+                    for _ in 0..n {
+                        let i = model.len() as u64 + 1;
+                        let record = spool.append(T0 + i, body(i)).unwrap();
+                        prop_assert_eq!(record.seq, i);
+                        model.push(record);
+                    }
+                }
+                Op::Reopen => {
+                    drop(spool);
+                    let (reopened, report) = open(&config);
+                    spool = reopened;
+                    prop_assert_eq!(report.last_seq, model.last().map(|r| r.seq));
+                    prop_assert_eq!(report.corrupt_records, 0);
+                }
+                Op::Read { back, max } => {
+                    let after = (model.len() as u64).saturating_sub(u64::from(back) % (model.len() as u64 + 2));
+                    let batch = spool.read_after(after, usize::from(max % 50)).unwrap();
+                    let max = usize::from(max % 50).max(1);
+                    prop_assert!(batch.len() <= max);
+                    let first_kept = spool.first_seq().unwrap_or(model.len() as u64 + 1);
+                    let mut expected = after + 1;
+                    for record in &batch {
+                        if expected < first_kept {
+                            let gap = gap_of(record);
+                            prop_assert_eq!(gap.reason, GapReason::Evicted);
+                            prop_assert_eq!(gap.missing_seqs, Some((expected, first_kept - 1)));
+                            prop_assert_eq!(record.seq, first_kept - 1);
+                        } else {
+                            prop_assert_eq!(record, &model[(record.seq - 1) as usize]);
+                            prop_assert_eq!(record.seq, expected);
+                        }
+                        expected = record.seq + 1;
+                    }
+                    let available = (model.len() as u64).saturating_sub(after) as usize;
+                    prop_assert!(batch.len() == max || expected == model.len() as u64 + 1 || available == 0);
+                    prop_assert!(spool.stats().bytes <= config.max_bytes);
+                }
+            }
+        }
+    }
+}
