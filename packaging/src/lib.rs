@@ -8,8 +8,8 @@
 //!   Scripts, the Bom bill of materials, the XAR container).
 //! - [`build`]: stages the payload and writes an unsigned, byte-reproducible product archive.
 //! - [`integrity`]: the TOC checksum, the heap layout and every file's checksums (no signatures).
-//! - [`x509`], [`key`], [`cms`]: certificates and the chain check, the RSA signing key, and the
-//!   detached CMS SignedData.
+//! - [`x509`], [`key`], [`cms`]: certificates and the chain check (`rustls-webpki`, the signer
+//!   must allow code signing), the RSA signing key, and the detached CMS SignedData.
 //! - [`sign`]: signs like `productsign`: an RSA `<signature>` and a CMS `<x-signature>` over the
 //!   TOC checksum, with the certificate chain.
 //! - [`verify`]: checks the package's integrity, both signatures and the chain to a given CA.
@@ -35,7 +35,7 @@
 //! and [`verify::VerifyError`] both hold a [`cms::CmsError`] and an
 //! [`integrity::IntegrityError`], and neither holds the other.
 //!
-//! All cryptography is done by `ring`; the RustCrypto `der`/`cms`/`x509-cert` crates only encode and decode ASN.1.
+//! All cryptography is done by `ring`, directly or through `rustls-webpki`; the RustCrypto `der`/`cms`/`x509-cert` crates only encode and decode ASN.1.
 
 pub mod bom;
 pub mod build;

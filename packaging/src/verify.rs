@@ -13,8 +13,9 @@
 //! 5. the RSA `<signature>` verifies with the same signer certificate, either as rcodesign writes
 //!    it (PKCS#1 v1.5 SHA-256 over the checksum) or as classic xar/productsign does (PKCS#1 v1.5
 //!    with a SHA-1 DigestInfo of the checksum, i.e. SHA-1 over the compressed TOC);
-//! 6. the signer chains to one of the given CA certificates ([`crate::x509::verify_chain`]), and
-//!    every certificate embedded in the package is on that path;
+//! 6. the signer allows code signing (extendedKeyUsage codeSigning) and chains to one of the
+//!    given CA certificates ([`crate::x509::verify_chain`], with `rustls-webpki`), and every
+//!    certificate embedded in the package is on that path;
 //! 7. every file's archived bytes match `archived-checksum`, and its decoded bytes match
 //!    `extracted-checksum` and `size` ([`crate::integrity::check_files`]).
 
@@ -291,6 +292,29 @@ mod tests {
             verify_package(&f.signed, &f.anchors(), now() + 400 * 86_400).expect_err("expired");
         assert!(
             matches!(err, VerifyError::Chain(ChainError::NotValidNow { .. })),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_package_signed_without_the_code_signing_usage_is_rejected() {
+        let f = Fixture::new();
+        f.pki
+            .issue("plain", "inter", "/CN=Test Plain Signer", "leaf_no_eku", 30);
+        let identity = SigningIdentity::from_pem(
+            &f.pki.read("plain.pem"),
+            &f.pki.read("plain.key"),
+            &f.pki.read("inter.pem"),
+        )
+        .expect("identity");
+        let unsigned = build::build_package(&inputs()).expect("build");
+        let signed = sign_package(&unsigned, &identity, SIGNING_TIME).expect("sign");
+        let err = f.verify(&signed).expect_err("no codeSigning");
+        assert!(
+            matches!(
+                err,
+                VerifyError::Chain(ChainError::NotForCodeSigning { .. })
+            ),
             "{err}"
         );
     }
