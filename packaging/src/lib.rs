@@ -27,7 +27,7 @@
 //! build     -> bom, cpio, launchd, layout, newsyslog, xar
 //! bom       -> cpio
 //! launchd   -> layout
-//! newsyslog -> layout
+//! newsyslog -> none                             (tests: layout)
 //! key, x509, xar, cpio, layout: no crate dependency (key's tests use x509's test PKI)
 //! ```
 //!
@@ -35,7 +35,8 @@
 //! and [`verify::VerifyError`] both hold a [`cms::CmsError`] and an
 //! [`integrity::IntegrityError`], and neither holds the other.
 //!
-//! All cryptography is done by `ring`, directly or through `rustls-webpki`; the RustCrypto `der`/`cms`/`x509-cert` crates only encode and decode ASN.1.
+//! All cryptography is done by `ring`, directly or through `rustls-webpki`; the RustCrypto
+//! `der`/`cms`/`x509-cert` crates only encode and decode ASN.1.
 
 pub mod bom;
 pub mod build;
