@@ -33,7 +33,7 @@ use ring::digest;
 use spki::AlgorithmIdentifierOwned;
 use x509_cert::attr::Attribute;
 
-use crate::sign::RsaSigningKey;
+use crate::key::{KeyError, RsaSigningKey};
 use crate::x509::{self, Certificate, X509Error};
 
 // OIDs are parsed at compile time (`new_unwrap` in a const): a typo fails the build.
@@ -76,7 +76,7 @@ pub enum CmsError {
     Signature(#[source] X509Error),
     /// Signing the attributes failed.
     #[error("cms signature: sign the signed attributes")]
-    Sign(#[source] Box<crate::sign::SignError>),
+    Sign(#[source] KeyError),
 }
 
 fn encode_err(what: &'static str) -> impl FnOnce(der::Error) -> CmsError {
@@ -127,9 +127,7 @@ pub fn sign_detached(
     let to_sign = signed_attrs
         .to_der()
         .map_err(encode_err("signed attributes"))?;
-    let signature = key
-        .sign_pkcs1_sha256(&to_sign)
-        .map_err(|e| CmsError::Sign(Box::new(e)))?;
+    let signature = key.sign_pkcs1_sha256(&to_sign).map_err(CmsError::Sign)?;
 
     let tbs = &signer.parsed().tbs_certificate;
     let signer_info = SignerInfo {

@@ -3,7 +3,8 @@
 //!
 //! Order of checks, each failure naming what failed ([`VerifyError`]):
 //!
-//! 1. the XAR header and TOC parse; the TOC checksum is sha1 (header algorithm 1, 20 bytes);
+//! 1. the XAR header and TOC parse; the TOC checksum is sha1 (header algorithm 1, 20 bytes)
+//!    ([`crate::integrity::check_toc`]);
 //! 2. sha1 of the compressed TOC equals the stored checksum;
 //! 3. the declared heap regions (checksum, signatures, file data) tile the heap exactly: no gap,
 //!    no overlap, nothing after the last region, so no byte of the file is outside the chain of
@@ -12,19 +13,18 @@
 //! 5. the RSA `<signature>` verifies with the same signer certificate, either as rcodesign writes
 //!    it (PKCS#1 v1.5 SHA-256 over the checksum) or as classic xar/productsign does (PKCS#1 v1.5
 //!    with a SHA-1 DigestInfo of the checksum, i.e. SHA-1 over the compressed TOC);
-//! 6. the signer chains to one of the given CA certificates ([`crate::x509::verify_chain`]), and
-//!    every certificate embedded in the package is on that path;
+//! 6. the signer allows code signing (extendedKeyUsage codeSigning) and chains to one of the
+//!    given CA certificates ([`crate::x509::verify_chain`], with `rustls-webpki`), and every
+//!    certificate embedded in the package is on that path;
 //! 7. every file's archived bytes match `archived-checksum`, and its decoded bytes match
-//!    `extracted-checksum` and `size`.
+//!    `extracted-checksum` and `size` ([`crate::integrity::check_files`]).
 
-use std::io::Read;
-
-use ring::digest;
 use ring::signature::{self, UnparsedPublicKey};
 
 use crate::cms::{self, CmsError};
+use crate::integrity::{self, IntegrityError};
 use crate::x509::{self, Certificate, ChainError, X509Error};
-use crate::xar::{self, SignatureStyle, XarArchive, XarError};
+use crate::xar::{SignatureStyle, XarArchive, XarError};
 
 /// How the RSA `<signature>` was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +56,9 @@ pub enum VerifyError {
     /// The file is not a readable XAR archive.
     #[error("package is not a readable xar archive")]
     Archive(#[from] XarError),
-    /// The TOC checksum is not the sha1 form this verifier checks.
-    #[error("toc checksum: {0}")]
-    ChecksumForm(String),
-    /// The stored TOC checksum does not match the TOC.
-    #[error("toc checksum mismatch: the table of contents or its checksum was modified")]
-    TocChecksumMismatch,
-    /// Heap regions overlap, leave gaps or leave trailing bytes.
-    #[error("heap layout: {0}")]
-    HeapLayout(String),
+    /// The TOC checksum, the heap layout or a file's checksums do not match.
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
     /// A signature element is missing.
     #[error("package is not signed: no {0} in the table of contents")]
     NotSigned(&'static str),
@@ -86,66 +80,6 @@ pub enum VerifyError {
     /// A certificate embedded in the package is not on the trusted path.
     #[error("embedded certificate {0} is not on the verified chain (modified or foreign)")]
     ForeignCertificate(String),
-    /// A file's bytes do not match the TOC.
-    #[error("file {path}: {what}")]
-    File {
-        /// Path inside the archive.
-        path: String,
-        /// What does not match.
-        what: String,
-    },
-}
-
-fn file_err(path: &str, what: impl Into<String>) -> VerifyError {
-    VerifyError::File {
-        path: path.to_owned(),
-        what: what.into(),
-    }
-}
-
-fn digest_for(style: &str) -> Option<&'static digest::Algorithm> {
-    match style {
-        "sha1" => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
-        "sha256" => Some(&digest::SHA256),
-        "sha384" => Some(&digest::SHA384),
-        "sha512" => Some(&digest::SHA512),
-        _ => None,
-    }
-}
-
-fn check_heap_layout(archive: &XarArchive<'_>) -> Result<(), VerifyError> {
-    let mut regions: Vec<(u64, u64, String)> = vec![(
-        archive.checksum.1,
-        archive.checksum.2,
-        "toc checksum".to_owned(),
-    )];
-    for sig in &archive.signatures {
-        regions.push((sig.offset, sig.size, format!("{:?} signature", sig.style)));
-    }
-    for entry in &archive.entries {
-        if let Some(data) = &entry.data {
-            regions.push((data.offset, data.length, entry.path.clone()));
-        }
-    }
-    regions.sort();
-    let mut end = 0u64;
-    for (offset, len, name) in &regions {
-        if *offset != end {
-            return Err(VerifyError::HeapLayout(format!(
-                "{name} starts at heap offset {offset}, expected {end} (gap or overlap)"
-            )));
-        }
-        end = offset
-            .checked_add(*len)
-            .ok_or_else(|| VerifyError::HeapLayout(format!("{name} length overflows")))?;
-    }
-    let heap_len = (archive.bytes().len() - archive.heap_start) as u64;
-    if end != heap_len {
-        return Err(VerifyError::HeapLayout(format!(
-            "declared regions end at heap offset {end}, the heap is {heap_len} bytes"
-        )));
-    }
-    Ok(())
 }
 
 fn parse_certs(ders: &[Vec<u8>], what: &str) -> Result<Vec<Certificate>, VerifyError> {
@@ -156,58 +90,6 @@ fn parse_certs(ders: &[Vec<u8>], what: &str) -> Result<Vec<Certificate>, VerifyE
                 .map_err(VerifyError::Certificate)
         })
         .collect()
-}
-
-fn check_file(archive: &XarArchive<'_>, entry: &xar::TocEntry) -> Result<u64, VerifyError> {
-    let Some(data) = &entry.data else {
-        return Ok(0);
-    };
-    let path = entry.path.as_str();
-    let archived = archive.archived_data(entry)?;
-    let algorithm = digest_for(&data.archived.style).ok_or_else(|| {
-        file_err(
-            path,
-            format!("unsupported checksum {}", data.archived.style),
-        )
-    })?;
-    if hex::encode(digest::digest(algorithm, archived)) != data.archived.hex {
-        return Err(file_err(
-            path,
-            "archived-checksum mismatch (file data modified)",
-        ));
-    }
-    let extracted: std::borrow::Cow<'_, [u8]> = match data.encoding.as_str() {
-        "application/octet-stream" => archived.into(),
-        // XAR's "x-gzip" is a zlib stream without a gzip header.
-        "application/x-gzip" => {
-            let mut out = Vec::new();
-            flate2::read::ZlibDecoder::new(archived)
-                .read_to_end(&mut out)
-                .map_err(|e| file_err(path, format!("cannot decode zlib data: {e}")))?;
-            out.into()
-        }
-        other => return Err(file_err(path, format!("unsupported encoding {other}"))),
-    };
-    if extracted.len() as u64 != data.size {
-        return Err(file_err(
-            path,
-            format!(
-                "extracted size {} is not the declared {}",
-                extracted.len(),
-                data.size
-            ),
-        ));
-    }
-    let algorithm = digest_for(&data.extracted.style).ok_or_else(|| {
-        file_err(
-            path,
-            format!("unsupported checksum {}", data.extracted.style),
-        )
-    })?;
-    if hex::encode(digest::digest(algorithm, &extracted)) != data.extracted.hex {
-        return Err(file_err(path, "extracted-checksum mismatch"));
-    }
-    Ok(data.size)
 }
 
 fn package_identity(archive: &XarArchive<'_>) -> Option<(String, String)> {
@@ -225,47 +107,6 @@ fn package_identity(archive: &XarArchive<'_>) -> Option<(String, String)> {
     ))
 }
 
-/// Checks the TOC checksum form and value and the heap layout (steps 1 to 3); returns the
-/// stored checksum.
-fn check_toc<'a>(archive: &XarArchive<'a>) -> Result<&'a [u8], VerifyError> {
-    if archive.checksum_algorithm != xar::CHECKSUM_SHA1
-        || archive.checksum.0 != "sha1"
-        || archive.checksum.2 != xar::SHA1_LEN as u64
-    {
-        return Err(VerifyError::ChecksumForm(format!(
-            "header algorithm {} with <checksum style={:?} size={}>, expected sha1 (1) of 20 bytes",
-            archive.checksum_algorithm, archive.checksum.0, archive.checksum.2
-        )));
-    }
-    let toc_digest = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, archive.compressed_toc());
-    let checksum = archive.stored_checksum()?;
-    if checksum != toc_digest.as_ref() {
-        return Err(VerifyError::TocChecksumMismatch);
-    }
-    check_heap_layout(archive)?;
-    Ok(checksum)
-}
-
-/// Checks every file's checksums and sizes (step 7); returns each file's path and size.
-fn check_files(archive: &XarArchive<'_>) -> Result<Vec<(String, u64)>, VerifyError> {
-    let mut files = Vec::new();
-    for entry in &archive.entries {
-        let size = check_file(archive, entry)?;
-        if !entry.is_directory {
-            files.push((entry.path.clone(), size));
-        }
-    }
-    Ok(files)
-}
-
-/// Checks an archive's integrity without signatures: TOC checksum, heap layout and every file's
-/// checksums. The signer runs it so that it never signs a damaged package.
-pub fn check_integrity(archive: &XarArchive<'_>) -> Result<(), VerifyError> {
-    check_toc(archive)?;
-    check_files(archive)?;
-    Ok(())
-}
-
 /// Verifies the signed package `pkg` against the CA certificates `anchors` at time `now` (unix
 /// seconds). See the module docs for the checks.
 pub fn verify_package(
@@ -274,7 +115,7 @@ pub fn verify_package(
     now: u64,
 ) -> Result<VerifiedPackage, VerifyError> {
     let archive = XarArchive::parse(pkg)?;
-    let checksum = check_toc(&archive)?;
+    let checksum = integrity::check_toc(&archive)?;
     let cms_sig = archive
         .signature(SignatureStyle::Cms)
         .ok_or(VerifyError::NotSigned("<x-signature style=\"CMS\">"))?;
@@ -320,7 +161,7 @@ pub fn verify_package(
         return Err(VerifyError::ForeignCertificate(foreign.subject()));
     }
 
-    let files = check_files(&archive)?;
+    let files = integrity::check_files(&archive)?;
     Ok(VerifiedPackage {
         chain: path.iter().map(Certificate::subject).collect(),
         signing_time: verified.signing_time,
@@ -336,7 +177,7 @@ mod tests {
     use crate::build::{self, tests::inputs};
     use crate::sign::{SigningIdentity, sign_package};
     use crate::x509::tests::TestPki;
-    use crate::xar::XarFile;
+    use crate::xar::{self, XarFile};
 
     const SIGNING_TIME: u64 = 1_760_000_000;
 
@@ -455,6 +296,29 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_package_signed_without_the_code_signing_usage_is_rejected() {
+        let f = Fixture::new();
+        f.pki
+            .issue("plain", "inter", "/CN=Test Plain Signer", "leaf_no_eku", 30);
+        let identity = SigningIdentity::from_pem(
+            &f.pki.read("plain.pem"),
+            &f.pki.read("plain.key"),
+            &f.pki.read("inter.pem"),
+        )
+        .expect("identity");
+        let unsigned = build::build_package(&inputs()).expect("build");
+        let signed = sign_package(&unsigned, &identity, SIGNING_TIME).expect("sign");
+        let err = f.verify(&signed).expect_err("no codeSigning");
+        assert!(
+            matches!(
+                err,
+                VerifyError::Chain(ChainError::NotForCodeSigning { .. })
+            ),
+            "{err}"
+        );
+    }
+
     /// Every region of the signed file, by name and byte range.
     fn regions(bytes: &[u8]) -> Vec<(String, std::ops::Range<usize>)> {
         let archive = XarArchive::parse(bytes).expect("parse");
@@ -551,6 +415,9 @@ mod tests {
         let mut longer = f.signed.clone();
         longer.extend_from_slice(b"extra");
         let err = f.verify(&longer).expect_err("trailing");
-        assert!(matches!(err, VerifyError::HeapLayout(_)), "{err}");
+        assert!(
+            matches!(err, VerifyError::Integrity(IntegrityError::HeapLayout(_))),
+            "{err}"
+        );
     }
 }

@@ -1,19 +1,31 @@
-//! X.509 certificates for package signing: parsing (RustCrypto `x509-cert`), signature checks and
-//! chain building (`ring`).
+//! X.509 certificates for package signing: parsing (RustCrypto `x509-cert`), signature checks
+//! (`ring`) and the certificate chain check (`rustls-webpki`, with `ring`).
 //!
-//! Chain rule used by [`verify_chain`]: starting at the leaf, each certificate must be issued by
-//! the next one (issuer name equals the next subject, and the next certificate's key verifies the
-//! signature), every issuer must be a CA (`basicConstraints cA=TRUE`), every certificate on the
-//! path (anchor included) must be valid at the verification time, and the path must end at one
-//! of the given trust anchors. Intermediates come from the package; anchors only from the caller.
-//! Key usage and Apple's Developer ID extensions are not interpreted: trust is pinned to the CA
-//! the caller passes.
+//! [`verify_chain`] accepts a signing certificate when:
+//!
+//! - it allows code signing: its extendedKeyUsage lists id-kp-codeSigning (1.3.6.1.5.5.7.3.3),
+//!   checked here on the certificate itself so that the error says what to fix;
+//! - `rustls-webpki` builds a path from it through the certificates embedded in the package to
+//!   one of the CA certificates the caller passes: each certificate is signed by the next one's
+//!   key, every issuer is a CA (`basicConstraints cA=TRUE`, path length constraints honoured),
+//!   the signing certificate is not a CA, every certificate is valid at the verification time,
+//!   an issuer that has an extendedKeyUsage lists codeSigning too, and no certificate has a
+//!   critical extension webpki does not know; at most 6 intermediates;
+//! - the CA certificate at the end of that path is itself a CA and valid at that time (webpki
+//!   takes a trust anchor's validity on faith; this check keeps expired CA files out).
+//!
+//! Intermediates come from the package; anchors only from the caller: trust is pinned to the CA
+//! the caller passes. Certificate signatures are checked with webpki's algorithms (RSA PKCS#1
+//! v1.5 2048 to 8192 bits with SHA-256/384/512, RSA-PSS, ECDSA P-256/P-384, Ed25519): a
+//! certificate signed with SHA-1 is refused. Key usage bits and Apple's Developer ID extensions
+//! are not interpreted; Apple-issued installer certificates list Apple's own extendedKeyUsage
+//! values instead of codeSigning, so this check is for packages signed under the fleet's CA.
 
 use const_oid::ObjectIdentifier;
-use der::{Decode, Encode};
+use der::Decode;
 use ring::signature;
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 // OIDs are parsed at compile time (`new_unwrap` in a const): a typo fails the build.
 const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
@@ -27,6 +39,10 @@ const ECDSA_WITH_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.84
 const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+const EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
+/// id-kp-codeSigning, the extended key usage a package signing certificate must list. A static,
+/// not a const: webpki takes its encoded bytes as `&'static [u8]`.
+static ID_KP_CODE_SIGNING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.3");
 /// SHA-1 digest algorithm.
 pub const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 /// SHA-256 digest algorithm.
@@ -35,9 +51,6 @@ pub const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1
 pub const ID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
 /// SHA-512 digest algorithm.
 pub const ID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
-
-/// Longest chain accepted, leaf and anchor included.
-const MAX_CHAIN_LEN: usize = 8;
 
 /// A certificate problem.
 #[derive(Debug, thiserror::Error)]
@@ -77,20 +90,27 @@ pub enum X509Error {
         /// What was signed.
         what: String,
     },
-    /// Re-encoding a parsed structure failed.
-    #[error("encode {what}")]
-    Encode {
-        /// What was encoded.
-        what: &'static str,
-        /// Encoder error.
-        #[source]
-        source: der::Error,
-    },
 }
 
-/// A chain that does not lead to a trust anchor.
+/// A signing certificate that does not chain to a trust anchor, or may not sign packages.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
+    /// The signing certificate's extendedKeyUsage is missing or does not list codeSigning.
+    #[error(
+        "the signing certificate {subject} does not allow code signing (extendedKeyUsage lacks codeSigning): issue it with extendedKeyUsage = codeSigning"
+    )]
+    NotForCodeSigning {
+        /// Subject of the signing certificate.
+        subject: String,
+    },
+    /// An intermediate CA restricts its extendedKeyUsage to purposes other than code signing.
+    #[error(
+        "intermediate CA {subject} does not allow code signing (its extendedKeyUsage lacks codeSigning): use a CA without extendedKeyUsage or one that lists codeSigning"
+    )]
+    IssuerNotForCodeSigning {
+        /// Subject of the intermediate.
+        subject: String,
+    },
     /// A certificate on the path is outside its validity period.
     #[error(
         "certificate {subject} is not valid at {now} (valid {not_before}..{not_after}, unix seconds)"
@@ -111,6 +131,14 @@ pub enum ChainError {
         /// Subject.
         subject: String,
     },
+    /// The signing certificate is a CA certificate.
+    #[error(
+        "the signing certificate {subject} is a CA (basicConstraints cA=TRUE): sign with a leaf certificate issued by the CA"
+    )]
+    SignerIsCa {
+        /// Subject of the signing certificate.
+        subject: String,
+    },
     /// No certificate given (package or anchors) issued this one.
     #[error(
         "no trusted issuer for certificate {subject} (issuer {issuer}): pass the CA that signed it"
@@ -121,12 +149,47 @@ pub enum ChainError {
         /// Its issuer name.
         issuer: String,
     },
-    /// The path is longer than the limit.
-    #[error("certificate chain is longer than {MAX_CHAIN_LEN}")]
-    TooLong,
-    /// A certificate could not be checked.
-    #[error(transparent)]
-    Certificate(#[from] X509Error),
+    /// A certificate with the issuer's name is there, but its key did not sign this one.
+    #[error(
+        "certificate {subject} is not signed by the key of the CA named {issuer} (a CA with that name but another key was given, or a certificate was modified): pass the CA that signed it"
+    )]
+    WrongIssuerKey {
+        /// Subject.
+        subject: String,
+        /// Its issuer name.
+        issuer: String,
+    },
+    /// A certificate is signed with an algorithm the chain check does not accept.
+    #[error(
+        "a certificate on the chain is signed with an algorithm that is not accepted ({reason}): use RSA (2048 bits or more) or ECDSA P-256/P-384 with SHA-256 or stronger"
+    )]
+    UnsupportedAlgorithm {
+        /// What webpki reported.
+        reason: String,
+    },
+    /// A caller-given CA certificate cannot serve as a trust anchor.
+    #[error("ca certificate {subject} cannot be used as a trust anchor: {reason}")]
+    Anchor {
+        /// Subject of the CA certificate.
+        subject: String,
+        /// What webpki reported.
+        reason: String,
+    },
+    /// Path building gave up: too many intermediates or too many candidates.
+    #[error(
+        "certificate chain is too long or too costly to build ({reason}): at most 6 intermediates"
+    )]
+    TooLong {
+        /// What webpki reported.
+        reason: String,
+    },
+    /// Any other reason webpki refuses the chain (a malformed certificate, an unknown critical
+    /// extension, ...).
+    #[error("certificate chain rejected: {reason}")]
+    Rejected {
+        /// What webpki reported.
+        reason: String,
+    },
 }
 
 /// A parsed certificate with its original DER.
@@ -323,91 +386,205 @@ impl Certificate {
             })
     }
 
-    /// Checks that `issuer`'s key signed this certificate.
-    pub fn verify_issued_by(&self, issuer: &Certificate) -> Result<(), X509Error> {
-        let tbs = self
-            .parsed
+    /// Whether the extendedKeyUsage extension lists id-kp-codeSigning (false when there is no
+    /// such extension or it does not decode).
+    pub fn allows_code_signing(&self) -> bool {
+        self.parsed
             .tbs_certificate
-            .to_der()
-            .map_err(|source| X509Error::Encode {
-                what: "tbsCertificate",
-                source,
-            })?;
-        let signature_bytes =
-            self.parsed
-                .signature
-                .as_bytes()
-                .ok_or_else(|| X509Error::BadSignature {
-                    subject: issuer.subject(),
-                    what: format!("certificate {}", self.subject()),
-                })?;
-        let algorithm = issuer.verify_algorithm(self.parsed.signature_algorithm.oid, None)?;
-        issuer.verify(
-            algorithm,
-            &tbs,
-            signature_bytes,
-            &format!("certificate {}", self.subject()),
-        )
+            .extensions
+            .iter()
+            .flatten()
+            .filter(|e| e.extn_id == EXT_KEY_USAGE)
+            .filter_map(|e| {
+                x509_cert::ext::pkix::ExtendedKeyUsage::from_der(e.extn_value.as_bytes()).ok()
+            })
+            .any(|eku| eku.0.contains(&ID_KP_CODE_SIGNING))
     }
 
-    fn check_valid_at(&self, now: u64) -> Result<(), ChainError> {
+    /// Whether an extendedKeyUsage extension is present and lacks id-kp-codeSigning.
+    fn excludes_code_signing(&self) -> bool {
+        let has_eku = self
+            .parsed
+            .tbs_certificate
+            .extensions
+            .iter()
+            .flatten()
+            .any(|e| e.extn_id == EXT_KEY_USAGE);
+        has_eku && !self.allows_code_signing()
+    }
+
+    fn not_valid_at(&self, now: u64) -> Option<ChainError> {
         let (not_before, not_after) = self.validity();
-        if now < not_before || now > not_after {
-            return Err(ChainError::NotValidNow {
-                subject: self.subject(),
-                now,
-                not_before,
-                not_after,
-            });
-        }
-        Ok(())
+        (now < not_before || now > not_after).then(|| ChainError::NotValidNow {
+            subject: self.subject(),
+            now,
+            not_before,
+            not_after,
+        })
     }
 }
 
-/// Builds and checks the path from `leaf` through `intermediates` to one of `anchors` at time
-/// `now` (unix seconds). Returns the path, leaf first, anchor last.
+/// Checks that `leaf` may sign packages and chains through `intermediates` to one of `anchors`
+/// at time `now` (unix seconds); see the module docs for the rules. Returns the path, leaf
+/// first, anchor last.
 pub fn verify_chain(
     leaf: &Certificate,
     intermediates: &[Certificate],
     anchors: &[Certificate],
     now: u64,
 ) -> Result<Vec<Certificate>, ChainError> {
+    if !leaf.allows_code_signing() {
+        return Err(ChainError::NotForCodeSigning {
+            subject: leaf.subject(),
+        });
+    }
+    let anchor_ders: Vec<CertificateDer<'_>> = anchors
+        .iter()
+        .map(|a| CertificateDer::from(a.der()))
+        .collect();
+    let trust_anchors = anchor_ders
+        .iter()
+        .zip(anchors)
+        .map(|(der, anchor)| {
+            webpki::anchor_from_trusted_cert(der).map_err(|e| ChainError::Anchor {
+                subject: anchor.subject(),
+                reason: e.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let intermediate_ders: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.der()))
+        .collect();
+    let leaf_der = CertificateDer::from(leaf.der());
+    let end_entity =
+        webpki::EndEntityCert::try_from(&leaf_der).map_err(|e| ChainError::Rejected {
+            reason: format!("signing certificate {}: {e}", leaf.subject()),
+        })?;
+    // The leaf's codeSigning was required above. `KeyUsage::required` would also demand the
+    // extension on every intermediate (webpki applies the rule to each certificate on the path),
+    // and CA certificates usually have none; `required_if_present` still refuses an
+    // intermediate restricted to other purposes.
+    let usage = webpki::KeyUsage::required_if_present(ID_KP_CODE_SIGNING.as_bytes());
+    let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now));
+    let verified = end_entity
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &trust_anchors,
+            &intermediate_ders,
+            time,
+            usage,
+            None,
+            None,
+        )
+        .map_err(|e| explain(&e, leaf, intermediates, now))?;
+
     let mut path = vec![leaf.clone()];
-    leaf.check_valid_at(now)?;
-    loop {
-        if path.len() >= MAX_CHAIN_LEN {
-            return Err(ChainError::TooLong);
-        }
-        let current = path.last().cloned().ok_or(ChainError::TooLong)?;
-        let issued_by = |candidate: &&Certificate| {
-            candidate.parsed.tbs_certificate.subject == current.parsed.tbs_certificate.issuer
-                && current.verify_issued_by(candidate).is_ok()
-        };
-        if let Some(anchor) = anchors.iter().find(issued_by) {
-            if !anchor.is_ca() {
-                return Err(ChainError::NotCa {
-                    subject: anchor.subject(),
-                });
-            }
-            anchor.check_valid_at(now)?;
-            path.push(anchor.clone());
-            return Ok(path);
-        }
-        let next = intermediates
+    for cert in verified.intermediate_certificates() {
+        let der = cert.der();
+        let found = intermediates
             .iter()
-            .filter(|c| !path.contains(c))
-            .find(issued_by)
-            .ok_or_else(|| ChainError::NoIssuer {
-                subject: current.subject(),
-                issuer: current.issuer(),
+            .find(|c| c.der() == der.as_ref())
+            .ok_or_else(|| ChainError::Rejected {
+                reason: "path holds a certificate that was not given".to_owned(),
             })?;
-        if !next.is_ca() {
-            return Err(ChainError::NotCa {
-                subject: next.subject(),
-            });
+        path.push(found.clone());
+    }
+    let anchor = trust_anchors
+        .iter()
+        .position(|t| std::ptr::eq(t, verified.anchor()))
+        .and_then(|index| anchors.get(index))
+        .ok_or_else(|| ChainError::Rejected {
+            reason: "path ends at an anchor that was not given".to_owned(),
+        })?;
+    if !anchor.is_ca() {
+        return Err(ChainError::NotCa {
+            subject: anchor.subject(),
+        });
+    }
+    if let Some(err) = anchor.not_valid_at(now) {
+        return Err(err);
+    }
+    path.push(anchor.clone());
+    Ok(path)
+}
+
+/// The last certificate reached from `leaf` by following issuer names through
+/// `intermediates`: where a failed path most likely stops. Used only to word errors.
+fn last_reachable<'a>(leaf: &'a Certificate, intermediates: &'a [Certificate]) -> &'a Certificate {
+    let mut current = leaf;
+    for _ in 0..intermediates.len() {
+        let issuer = &current.parsed.tbs_certificate.issuer;
+        match intermediates
+            .iter()
+            .find(|c| c.parsed.tbs_certificate.subject == *issuer && *c != current)
+        {
+            Some(next) => current = next,
+            None => break,
         }
-        next.check_valid_at(now)?;
-        path.push(next.clone());
+    }
+    current
+}
+
+/// Turns a webpki refusal into an error naming the certificate at fault and what to do.
+fn explain(
+    error: &webpki::Error,
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    now: u64,
+) -> ChainError {
+    use webpki::Error as E;
+    let reason = error.to_string();
+    match error {
+        E::CertExpired { .. } | E::CertNotValidYet { .. } | E::InvalidCertValidity => {
+            std::iter::once(leaf)
+                .chain(intermediates)
+                .find_map(|c| c.not_valid_at(now))
+                .unwrap_or(ChainError::Rejected { reason })
+        }
+        E::CaUsedAsEndEntity => ChainError::SignerIsCa {
+            subject: leaf.subject(),
+        },
+        E::EndEntityUsedAsCa => intermediates
+            .iter()
+            .find(|c| {
+                !c.is_ca()
+                    && std::iter::once(leaf).chain(intermediates).any(|issued| {
+                        issued.parsed.tbs_certificate.issuer == c.parsed.tbs_certificate.subject
+                    })
+            })
+            .map(|c| ChainError::NotCa {
+                subject: c.subject(),
+            })
+            .unwrap_or(ChainError::Rejected { reason }),
+        E::RequiredEkuNotFoundContext(_) => intermediates
+            .iter()
+            .find(|c| c.excludes_code_signing())
+            .map(|c| ChainError::IssuerNotForCodeSigning {
+                subject: c.subject(),
+            })
+            .unwrap_or(ChainError::Rejected { reason }),
+        E::UnknownIssuer => {
+            let last = last_reachable(leaf, intermediates);
+            ChainError::NoIssuer {
+                subject: last.subject(),
+                issuer: last.issuer(),
+            }
+        }
+        E::InvalidSignatureForPublicKey => {
+            let last = last_reachable(leaf, intermediates);
+            ChainError::WrongIssuerKey {
+                subject: last.subject(),
+                issuer: last.issuer(),
+            }
+        }
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+        | E::SignatureAlgorithmMismatch => ChainError::UnsupportedAlgorithm { reason },
+        E::MaximumPathDepthExceeded
+        | E::MaximumPathBuildCallsExceeded
+        | E::MaximumSignatureChecksExceeded => ChainError::TooLong { reason },
+        _ => ChainError::Rejected { reason },
     }
 }
 
@@ -417,7 +594,8 @@ pub(crate) mod tests {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    /// A throwaway RSA-2048 PKI made with the `openssl` CLI: root CA, intermediate CA, signer.
+    /// A throwaway RSA-2048 PKI made with the `openssl` CLI: root CA, intermediate CA, signer,
+    /// and more certificates on demand.
     pub(crate) struct TestPki {
         pub dir: tempfile::TempDir,
     }
@@ -435,20 +613,55 @@ pub(crate) mod tests {
         );
     }
 
+    /// Extension sections for `-extensions`: `ca` and `leaf` (codeSigning) are the normal
+    /// ones; the others make certificates the chain check must refuse.
     const EXTENSIONS: &str = "\
 [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
 subjectKeyIdentifier = hash\n\
 [leaf]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
-extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n";
+extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n\
+[leaf_no_eku]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n\
+[leaf_server]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+extendedKeyUsage = serverAuth\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n\
+[ca_server]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
+extendedKeyUsage = serverAuth\nsubjectKeyIdentifier = hash\n\
+[ca_code]\nbasicConstraints = critical,CA:TRUE\n\
+keyUsage = critical,keyCertSign,cRLSign,digitalSignature\nextendedKeyUsage = codeSigning\n\
+subjectKeyIdentifier = hash\n";
 
     impl TestPki {
-        /// Root "Test Root CA", intermediate "Test Installer CA", leaf "Test Installer Signer",
-        /// all valid for 30 days from now.
+        /// Root "Test Root CA", intermediate "Test Installer CA", leaf "Test Installer Signer"
+        /// (extendedKeyUsage codeSigning), all valid for 30 days from now.
         pub(crate) fn new() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
-            let d = dir.path();
-            std::fs::write(d.join("ext.cnf"), EXTENSIONS).expect("ext");
-            openssl(d, &["genrsa", "-out", "root.key", "2048"]);
+            std::fs::write(dir.path().join("ext.cnf"), EXTENSIONS).expect("ext");
+            let pki = Self { dir };
+            pki.self_signed_ca("root", "/O=JexCloud Test/CN=Test Root CA", 30);
+            pki.issue(
+                "inter",
+                "root",
+                "/O=JexCloud Test/CN=Test Installer CA",
+                "ca",
+                30,
+            );
+            pki.issue(
+                "signer",
+                "inter",
+                "/O=JexCloud Test/CN=Test Installer Signer",
+                "leaf",
+                30,
+            );
+            pki
+        }
+
+        /// Makes `<name>.key` and a self-signed CA `<name>.pem` valid for `days`.
+        pub(crate) fn self_signed_ca(&self, name: &str, subject: &str, days: u32) -> Certificate {
+            let d = self.dir.path();
+            let key = format!("{name}.key");
+            let pem = format!("{name}.pem");
+            let days = days.to_string();
+            openssl(d, &["genrsa", "-out", &key, "2048"]);
             openssl(
                 d,
                 &[
@@ -456,74 +669,66 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
                     "-x509",
                     "-new",
                     "-key",
-                    "root.key",
+                    &key,
                     "-sha256",
                     "-days",
-                    "30",
+                    &days,
                     "-subj",
-                    "/O=JexCloud Test/CN=Test Root CA",
+                    subject,
                     "-config",
                     "ext.cnf",
                     "-extensions",
                     "ca",
                     "-out",
-                    "root.pem",
+                    &pem,
                 ],
             );
-            for (name, issuer, subject, ext) in [
-                (
-                    "inter",
-                    "root",
-                    "/O=JexCloud Test/CN=Test Installer CA",
-                    "ca",
-                ),
-                (
-                    "signer",
-                    "inter",
-                    "/O=JexCloud Test/CN=Test Installer Signer",
-                    "leaf",
-                ),
-            ] {
-                openssl(d, &["genrsa", "-out", &format!("{name}.key"), "2048"]);
-                openssl(
-                    d,
-                    &[
-                        "req",
-                        "-new",
-                        "-key",
-                        &format!("{name}.key"),
-                        "-subj",
-                        subject,
-                        "-out",
-                        &format!("{name}.csr"),
-                    ],
-                );
-                openssl(
-                    d,
-                    &[
-                        "x509",
-                        "-req",
-                        "-in",
-                        &format!("{name}.csr"),
-                        "-CA",
-                        &format!("{issuer}.pem"),
-                        "-CAkey",
-                        &format!("{issuer}.key"),
-                        "-set_serial",
-                        if name == "inter" { "2" } else { "3" },
-                        "-sha256",
-                        "-days",
-                        "30",
-                        "-extfile",
-                        "ext.cnf",
-                        "-extensions",
-                        ext,
-                        "-out",
-                        &format!("{name}.pem"),
-                    ],
-                );
-            }
-            Self { dir }
+            self.cert(&pem)
+        }
+
+        /// Makes `<name>.key` and `<name>.pem`, issued by `<issuer>.pem` with the extension
+        /// section `ext` of [`EXTENSIONS`], valid for `days` from now; the serial is random.
+        pub(crate) fn issue(
+            &self,
+            name: &str,
+            issuer: &str,
+            subject: &str,
+            ext: &str,
+            days: u32,
+        ) -> Certificate {
+            let d = self.dir.path();
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let pem = format!("{name}.pem");
+            let days = days.to_string();
+            openssl(d, &["genrsa", "-out", &key, "2048"]);
+            openssl(
+                d,
+                &["req", "-new", "-key", &key, "-subj", subject, "-out", &csr],
+            );
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    &format!("{issuer}.pem"),
+                    "-CAkey",
+                    &format!("{issuer}.key"),
+                    "-sha256",
+                    "-days",
+                    &days,
+                    "-extfile",
+                    "ext.cnf",
+                    "-extensions",
+                    ext,
+                    "-out",
+                    &pem,
+                ],
+            );
+            self.cert(&pem)
         }
 
         pub(crate) fn path(&self, name: &str) -> PathBuf {
@@ -540,76 +745,10 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
                 .remove(0)
         }
 
-        /// A certificate issued by the (non-CA) leaf: `rogue.pem`.
-        pub(crate) fn issue_from_leaf(&self) -> Certificate {
-            let d = self.dir.path();
-            openssl(d, &["genrsa", "-out", "rogue.key", "2048"]);
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-new",
-                    "-key",
-                    "rogue.key",
-                    "-subj",
-                    "/CN=Rogue",
-                    "-out",
-                    "rogue.csr",
-                ],
-            );
-            openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "rogue.csr",
-                    "-CA",
-                    "signer.pem",
-                    "-CAkey",
-                    "signer.key",
-                    "-set_serial",
-                    "9",
-                    "-sha256",
-                    "-days",
-                    "30",
-                    "-extfile",
-                    "ext.cnf",
-                    "-extensions",
-                    "leaf",
-                    "-out",
-                    "rogue.pem",
-                ],
-            );
-            self.cert("rogue.pem")
-        }
-
-        /// A second, unrelated root CA.
+        /// A second, unrelated root CA with the same name as the real one: `other.pem`.
         pub(crate) fn other_root(&self) -> PathBuf {
-            let d = self.dir.path();
-            openssl(d, &["genrsa", "-out", "other.key", "2048"]);
-            openssl(
-                d,
-                &[
-                    "req",
-                    "-x509",
-                    "-new",
-                    "-key",
-                    "other.key",
-                    "-sha256",
-                    "-days",
-                    "30",
-                    "-subj",
-                    "/O=JexCloud Test/CN=Test Root CA",
-                    "-config",
-                    "ext.cnf",
-                    "-extensions",
-                    "ca",
-                    "-out",
-                    "other.pem",
-                ],
-            );
-            d.join("other.pem")
+            self.self_signed_ca("other", "/O=JexCloud Test/CN=Test Root CA", 30);
+            self.path("other.pem")
         }
     }
 
@@ -620,10 +759,21 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
             .as_secs()
     }
 
+    const DAY: u64 = 86_400;
+
+    fn subjects(path: &[Certificate]) -> Vec<String> {
+        path.iter().map(Certificate::subject).collect()
+    }
+
     #[test]
     fn chain_through_an_intermediate_reaches_the_root() {
         let pki = TestPki::new();
         let leaf = pki.cert("signer.pem");
+        let expected = [
+            "CN=Test Installer Signer,O=JexCloud Test",
+            "CN=Test Installer CA,O=JexCloud Test",
+            "CN=Test Root CA,O=JexCloud Test",
+        ];
         let path = verify_chain(
             &leaf,
             &[pki.cert("inter.pem")],
@@ -631,15 +781,17 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
             now(),
         )
         .expect("chain verifies");
-        let subjects: Vec<String> = path.iter().map(Certificate::subject).collect();
-        assert_eq!(
-            subjects,
-            [
-                "CN=Test Installer Signer,O=JexCloud Test",
-                "CN=Test Installer CA,O=JexCloud Test",
-                "CN=Test Root CA,O=JexCloud Test",
-            ]
-        );
+        assert_eq!(subjects(&path), expected);
+        // The package may also embed the signer and the root (sign --chain with the root, as
+        // CI does): the path is the same, the root once, at the end.
+        let path = verify_chain(
+            &leaf,
+            &[leaf.clone(), pki.cert("root.pem"), pki.cert("inter.pem")],
+            &[pki.cert("root.pem")],
+            now(),
+        )
+        .expect("chain with the root embedded verifies");
+        assert_eq!(subjects(&path), expected);
     }
 
     #[test]
@@ -647,32 +799,121 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
         let pki = TestPki::new();
         let leaf = pki.cert("signer.pem");
         let err = verify_chain(&leaf, &[], &[pki.cert("root.pem")], now()).expect_err("no inter");
-        assert!(matches!(err, ChainError::NoIssuer { .. }), "{err}");
+        match &err {
+            ChainError::NoIssuer { subject, issuer } => {
+                assert!(subject.contains("Test Installer Signer"), "{err}");
+                assert!(issuer.contains("Test Installer CA"), "{err}");
+            }
+            other => panic!("expected NoIssuer, got {other}"),
+        }
         let other =
             Certificate::from_pem_bundle(&std::fs::read(pki.other_root()).expect("read"), "other")
                 .expect("pem")
                 .remove(0);
         // Same subject name as the real root, different key: the signature check rejects it.
-        let err =
-            verify_chain(&leaf, &[pki.cert("inter.pem")], &[other], now()).expect_err("wrong root");
+        let err = verify_chain(&leaf, &[pki.cert("inter.pem")], &[other], now())
+            .expect_err("same-name root");
+        assert!(
+            matches!(err, ChainError::WrongIssuerKey { .. }),
+            "expected WrongIssuerKey, got {err}"
+        );
         assert!(err.to_string().contains("Test Installer CA"), "{err}");
+        // A root with another name: nothing issued the intermediate.
+        let unrelated = pki.self_signed_ca("unrelated", "/O=Elsewhere/CN=Unrelated Root CA", 30);
+        let err = verify_chain(&leaf, &[pki.cert("inter.pem")], &[unrelated], now())
+            .expect_err("unrelated root");
+        match &err {
+            ChainError::NoIssuer { subject, .. } => {
+                assert!(subject.contains("Test Installer CA"), "{err}");
+            }
+            other => panic!("expected NoIssuer, got {other}"),
+        }
     }
 
     #[test]
-    fn chain_fails_outside_the_validity_period_and_for_a_non_ca_issuer() {
+    fn a_signer_without_the_code_signing_usage_is_refused() {
+        let pki = TestPki::new();
+        let chain = [pki.cert("inter.pem")];
+        let anchors = [pki.cert("root.pem")];
+        for (name, ext) in [("plain", "leaf_no_eku"), ("server", "leaf_server")] {
+            let leaf = pki.issue(name, "inter", &format!("/CN=Test {name}"), ext, 30);
+            assert!(!leaf.allows_code_signing(), "{name}");
+            let err = verify_chain(&leaf, &chain, &anchors, now()).expect_err(name);
+            assert!(
+                matches!(err, ChainError::NotForCodeSigning { .. }),
+                "{name}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("does not allow code signing (extendedKeyUsage lacks codeSigning)"),
+                "{err}"
+            );
+        }
+        assert!(pki.cert("signer.pem").allows_code_signing());
+    }
+
+    #[test]
+    fn an_intermediate_restricted_to_other_usages_is_refused() {
+        let pki = TestPki::new();
+        let server_ca = pki.issue("server_ca", "root", "/CN=Test TLS CA", "ca_server", 30);
+        let leaf = pki.issue("tls_signed", "server_ca", "/CN=Test Signer", "leaf", 30);
+        let err = verify_chain(&leaf, &[server_ca], &[pki.cert("root.pem")], now())
+            .expect_err("intermediate for serverAuth only");
+        match &err {
+            ChainError::IssuerNotForCodeSigning { subject } => {
+                assert!(subject.contains("Test TLS CA"), "{err}");
+            }
+            other => panic!("expected IssuerNotForCodeSigning, got {other}"),
+        }
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_certificate_is_refused() {
+        let pki = TestPki::new();
+        let chain = [pki.cert("inter.pem")];
+        let anchors = [pki.cert("root.pem")];
+        // A signer valid for one day under CAs valid for 30: two days later only it expired.
+        let short = pki.issue("short", "inter", "/CN=Test Short Signer", "leaf", 1);
+        verify_chain(&short, &chain, &anchors, now()).expect("valid today");
+        let err = verify_chain(&short, &chain, &anchors, now() + 2 * DAY).expect_err("expired");
+        match &err {
+            ChainError::NotValidNow { subject, .. } => {
+                assert!(subject.contains("Short Signer"), "{err}");
+            }
+            other => panic!("expected NotValidNow, got {other}"),
+        }
+        // Before the certificates were made.
+        let err =
+            verify_chain(&short, &chain, &anchors, now() - 2 * DAY).expect_err("not yet valid");
+        assert!(matches!(err, ChainError::NotValidNow { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_expired_ca_file_is_refused() {
+        // webpki does not look at a trust anchor's validity; verify_chain does.
+        let pki = TestPki::new();
+        let root = pki.self_signed_ca("short_root", "/CN=Test Short Root CA", 1);
+        let inter = pki.issue("short_inter", "short_root", "/CN=Test Long CA", "ca", 30);
+        let leaf = pki.issue("long", "short_inter", "/CN=Test Long Signer", "leaf", 30);
+        let chain = [inter];
+        let anchors = [root];
+        verify_chain(&leaf, &chain, &anchors, now()).expect("valid today");
+        let err = verify_chain(&leaf, &chain, &anchors, now() + 2 * DAY).expect_err("expired root");
+        match &err {
+            ChainError::NotValidNow { subject, .. } => {
+                assert!(subject.contains("Short Root"), "{err}");
+            }
+            other => panic!("expected NotValidNow, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_non_ca_issuer_or_a_ca_signer_is_refused() {
         let pki = TestPki::new();
         let leaf = pki.cert("signer.pem");
-        let later = now() + 365 * 86_400;
-        let err = verify_chain(
-            &leaf,
-            &[pki.cert("inter.pem")],
-            &[pki.cert("root.pem")],
-            later,
-        )
-        .expect_err("expired");
-        assert!(matches!(err, ChainError::NotValidNow { .. }), "{err}");
-        // A certificate issued by the leaf: the leaf is on the path as an issuer but is no CA.
-        let rogue = pki.issue_from_leaf();
+        // A certificate issued by the signer: the signer is on the path as an issuer but is no
+        // CA.
+        let rogue = pki.issue("rogue", "signer", "/CN=Rogue", "leaf", 30);
         let err = verify_chain(
             &rogue,
             &[leaf.clone(), pki.cert("inter.pem")],
@@ -684,6 +925,20 @@ extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentif
             ChainError::NotCa { subject } => assert!(subject.contains("Signer"), "{subject}"),
             other => panic!("expected NotCa, got {other}"),
         }
+        // A CA certificate, even one that lists codeSigning, does not sign packages itself.
+        let ca_signer = pki.issue("ca_signer", "inter", "/CN=Test CA Signer", "ca_code", 30);
+        let err = verify_chain(
+            &ca_signer,
+            &[pki.cert("inter.pem")],
+            &[pki.cert("root.pem")],
+            now(),
+        )
+        .expect_err("ca as signer");
+        assert!(matches!(err, ChainError::SignerIsCa { .. }), "{err}");
+        // The CA file must hold a CA: a leaf given as the anchor of a certificate it issued is
+        // refused.
+        let err = verify_chain(&rogue, &[], &[leaf], now()).expect_err("leaf as anchor");
+        assert!(matches!(err, ChainError::NotCa { .. }), "{err}");
     }
 
     #[test]

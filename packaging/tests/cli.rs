@@ -154,6 +154,52 @@ fn verify_fails_with_a_clear_message_for_tampering_a_wrong_ca_or_no_signature() 
 }
 
 #[test]
+fn verify_refuses_a_signer_without_code_signing_and_says_what_to_fix() {
+    let built = Built::new();
+    let pki = &built.pki;
+    pki.issue(
+        "plain",
+        "inter",
+        "/CN=Pkg Test Plain Signer",
+        "leaf_no_eku",
+        "4",
+    );
+    cli_ok(&[
+        "sign",
+        "--pkg",
+        s(&built.path("unsigned.pkg")),
+        "--cert",
+        s(&pki.path("plain.pem")),
+        "--key",
+        s(&pki.path("plain.key")),
+        "--chain",
+        s(&pki.path("inter.pem")),
+        "--out",
+        s(&built.path("plain.pkg")),
+    ]);
+    let out = cli(&[
+        "verify",
+        "--pkg",
+        s(&built.path("plain.pkg")),
+        "--ca",
+        s(&pki.path("root.pem")),
+    ]);
+    assert!(
+        !out.status.success(),
+        "a signer without codeSigning verified"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not allow code signing (extendedKeyUsage lacks codeSigning)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("issue it with extendedKeyUsage = codeSigning"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bsdtar_lists_the_signed_package() {
     let built = Built::new();
     let out = run_ok(built.dir.path(), "bsdtar", &["-tf", "signed.pkg"]);

@@ -33,7 +33,8 @@ pub fn run_ok(dir: &Path, program: &str, args: &[&str]) -> Output {
     out
 }
 
-/// A root CA, an intermediate CA and an RSA-2048 signer, valid for 30 days.
+/// A root CA, an intermediate CA and an RSA-2048 signer (extendedKeyUsage codeSigning), plus an
+/// unrelated root CA with the same name (`other.pem`), valid for 30 days.
 pub struct Pki {
     pub dir: tempfile::TempDir,
 }
@@ -42,7 +43,9 @@ const EXTENSIONS: &str = "\
 [ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n\
 subjectKeyIdentifier = hash\n\
 [leaf]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
-extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n";
+extendedKeyUsage = codeSigning\nsubjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n\
+[leaf_no_eku]\nbasicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n";
 
 impl Pki {
     pub fn new() -> Self {
@@ -81,62 +84,66 @@ impl Pki {
                 ],
             );
         }
-        for (name, issuer, subject, ext, serial) in [
-            ("inter", "root", "/CN=Pkg Test Installer CA", "ca", "2"),
-            (
-                "signer",
-                "inter",
-                "/CN=Pkg Test Installer Signer",
-                "leaf",
-                "3",
-            ),
-        ] {
-            run_ok(
-                d,
-                "openssl",
-                &["genrsa", "-out", &format!("{name}.key"), "2048"],
-            );
-            run_ok(
-                d,
-                "openssl",
-                &[
-                    "req",
-                    "-new",
-                    "-key",
-                    &format!("{name}.key"),
-                    "-subj",
-                    subject,
-                    "-out",
-                    &format!("{name}.csr"),
-                ],
-            );
-            run_ok(
-                d,
-                "openssl",
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &format!("{name}.csr"),
-                    "-CA",
-                    &format!("{issuer}.pem"),
-                    "-CAkey",
-                    &format!("{issuer}.key"),
-                    "-set_serial",
-                    serial,
-                    "-sha256",
-                    "-days",
-                    "30",
-                    "-extfile",
-                    "ext.cnf",
-                    "-extensions",
-                    ext,
-                    "-out",
-                    &format!("{name}.pem"),
-                ],
-            );
-        }
-        Self { dir }
+        let pki = Self { dir };
+        pki.issue("inter", "root", "/CN=Pkg Test Installer CA", "ca", "2");
+        pki.issue(
+            "signer",
+            "inter",
+            "/CN=Pkg Test Installer Signer",
+            "leaf",
+            "3",
+        );
+        pki
+    }
+
+    /// Makes `<name>.key` and `<name>.pem`, issued by `<issuer>.pem` with the extension section
+    /// `ext` (`ca`, `leaf` with codeSigning, or `leaf_no_eku`), valid for 30 days.
+    pub fn issue(&self, name: &str, issuer: &str, subject: &str, ext: &str, serial: &str) {
+        let d = self.dir.path();
+        run_ok(
+            d,
+            "openssl",
+            &["genrsa", "-out", &format!("{name}.key"), "2048"],
+        );
+        run_ok(
+            d,
+            "openssl",
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                subject,
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        run_ok(
+            d,
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{issuer}.pem"),
+                "-CAkey",
+                &format!("{issuer}.key"),
+                "-set_serial",
+                serial,
+                "-sha256",
+                "-days",
+                "30",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                ext,
+                "-out",
+                &format!("{name}.pem"),
+            ],
+        );
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
