@@ -869,13 +869,7 @@ mod os {
             .ok_or_else(|| io::Error::other("device size overflows u64"))
     }
 
-    pub(super) fn split_dev(dev: u64) -> (u64, u64) {
-        ((dev >> 24) & 0xff, dev & 0xff_ffff)
-    }
-
-    pub(super) fn make_dev(major: u64, minor: u64) -> u64 {
-        (major << 24) | minor
-    }
+    pub(super) use crate::darwin::{make_dev, split_dev};
 
     pub(super) fn related_devices(dev: u64) -> Vec<u64> {
         vec![dev]
@@ -899,34 +893,48 @@ mod os {
     }
 
     pub(super) fn mounts() -> Result<Vec<MountEntry>, BlockDevError> {
+        use crate::darwin::{FsstatNext, c_chars_text, fsstat_first_capacity, fsstat_next};
+        let failed = || BlockDevError::MountTable {
+            path: "getfsstat".into(),
+            source: io::Error::last_os_error(),
+        };
         // SAFETY: a null buffer asks getfsstat only for the number of mounted filesystems.
         let count = unsafe { libc::getfsstat(std::ptr::null_mut(), 0, libc::MNT_NOWAIT) };
-        if count < 0 {
-            return Err(BlockDevError::MountTable {
-                path: "getfsstat".into(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        let capacity = count as usize + 8;
-        // SAFETY: `statfs` is plain old data; all-zero is a valid value.
-        let mut buf: Vec<libc::statfs> = vec![unsafe { std::mem::zeroed() }; capacity];
-        let bytes = (capacity * std::mem::size_of::<libc::statfs>()) as libc::c_int;
-        // SAFETY: the buffer holds `capacity` entries and its byte size is passed.
-        let filled = unsafe { libc::getfsstat(buf.as_mut_ptr(), bytes, libc::MNT_NOWAIT) };
-        if filled < 0 {
-            return Err(BlockDevError::MountTable {
-                path: "getfsstat".into(),
-                source: io::Error::last_os_error(),
-            });
-        }
-        buf.truncate(filled as usize);
+        let mut capacity = fsstat_first_capacity(usize::try_from(count).map_err(|_| failed())?);
+        let mut attempt = 1;
+        let buf = loop {
+            // SAFETY: `statfs` is plain old data; all-zero is a valid value.
+            let mut buf: Vec<libc::statfs> = vec![unsafe { std::mem::zeroed() }; capacity];
+            let bytes = libc::c_int::try_from(capacity * std::mem::size_of::<libc::statfs>())
+                .map_err(|_| BlockDevError::MountTable {
+                    path: "getfsstat".into(),
+                    source: io::Error::other("mount table too large"),
+                })?;
+            // SAFETY: the buffer holds `capacity` entries and its byte size is passed.
+            let filled = unsafe { libc::getfsstat(buf.as_mut_ptr(), bytes, libc::MNT_NOWAIT) };
+            let filled = usize::try_from(filled).map_err(|_| failed())?;
+            match fsstat_next(filled, capacity, attempt) {
+                FsstatNext::Done(n) => {
+                    buf.truncate(n);
+                    break buf;
+                }
+                FsstatNext::Retry(more) => {
+                    capacity = more;
+                    attempt += 1;
+                }
+                FsstatNext::GiveUp => {
+                    return Err(BlockDevError::MountTable {
+                        path: "getfsstat".into(),
+                        source: io::Error::other(
+                            "the mount table kept growing while it was read",
+                        ),
+                    });
+                }
+            }
+        };
         let text = |chars: &[libc::c_char]| {
-            let bytes: Vec<u8> = chars
-                .iter()
-                .take_while(|c| **c != 0)
-                .map(|c| *c as u8)
-                .collect();
-            String::from_utf8_lossy(&bytes).into_owned()
+            let bytes: Vec<u8> = chars.iter().map(|c| *c as u8).collect();
+            c_chars_text(&bytes)
         };
         Ok(buf
             .iter()
@@ -943,6 +951,22 @@ mod os {
     pub(super) fn same_disk_name(target: &Path, mount_source: &Path) -> bool {
         super::macos_same_disk(&target.to_string_lossy(), &mount_source.to_string_lossy())
     }
+}
+
+/// Makes a block-device node at `path` (mode 0600) for the device number `dev`, as `st_dev` or
+/// `st_rdev` report it. For tests that need a node of a real device (the root filesystem's) to
+/// check the rails; needs root.
+pub fn make_block_device_node(path: &Path, dev: u64) -> io::Result<()> {
+    // `dev_t` is u64 on Linux and i32 on macOS; a number read from `st_dev`/`st_rdev` came from
+    // a `dev_t`, so converting it back with `as` restores the same bits.
+    let dev = dev as libc::dev_t;
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        dev,
+    )
+    .map_err(io::Error::from)
 }
 
 /// True when the macOS device `target` (e.g. `/dev/rdisk4`, `/dev/disk4s2`) is, contains, or
@@ -1085,13 +1109,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root_dev = std::fs::metadata("/").unwrap().dev();
         let node = dir.path().join("rootdisk");
-        nix::sys::stat::mknod(
-            &node,
-            nix::sys::stat::SFlag::S_IFBLK,
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-            root_dev,
-        )
-        .unwrap();
+        make_block_device_node(&node, root_dev).unwrap();
         let system = SystemDevices::probe().unwrap();
         let identity = TargetIdentity {
             kind: TargetKind::Device,

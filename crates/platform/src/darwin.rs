@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{HostInfo, ParseError, VmCounts};
+use super::{CpuReading, CpuTicks, HostInfo, ParseError, VmCounts};
 use jex_telemetry::{CoreKind, PressureLevel, SwapSample};
 
 /// The name used in errors for `ioreg` cluster-type output.
@@ -448,6 +448,114 @@ pub fn host_info_from(
     }
 }
 
+// --- Mach and BSD call results, decoded here so the shims keep only the calls ---
+
+/// `CPU_STATE_USER` of `<mach/machine.h>`: index of user ticks in one CPU's load-info record.
+pub const CPU_STATE_USER: usize = 0;
+/// `CPU_STATE_SYSTEM`: index of system ticks.
+pub const CPU_STATE_SYSTEM: usize = 1;
+/// `CPU_STATE_IDLE`: index of idle ticks.
+pub const CPU_STATE_IDLE: usize = 2;
+/// `CPU_STATE_NICE`: index of nice ticks.
+pub const CPU_STATE_NICE: usize = 3;
+/// `CPU_STATE_MAX`: the number of `integer_t` values per CPU in `PROCESSOR_CPU_LOAD_INFO`.
+pub const CPU_STATE_MAX: usize = 4;
+/// `sizeof(integer_t)` (and of `natural_t`): the unit of Mach array counts.
+pub const MACH_WORD_BYTES: usize = 4;
+
+/// Decodes the `PROCESSOR_CPU_LOAD_INFO` array that `host_processor_info` returns: `values`
+/// holds `CPU_STATE_MAX` `integer_t` slots per CPU, each a `natural_t` (u32) tick counter that
+/// wraps. Refuses an array too short for `cpu_count` CPUs rather than inventing CPUs; extra
+/// values past the last CPU are ignored.
+pub fn cpu_ticks_from_load_info(values: &[i32], cpu_count: usize) -> Result<CpuReading, String> {
+    let needed = cpu_count
+        .checked_mul(CPU_STATE_MAX)
+        .ok_or("CPU count overflows")?;
+    if values.len() < needed {
+        return Err(format!(
+            "{} values for {cpu_count} CPUs ({needed} needed)",
+            values.len()
+        ));
+    }
+    Ok(values[..needed]
+        .chunks_exact(CPU_STATE_MAX)
+        .map(|cpu| {
+            // The counters are natural_t stored in integer_t slots: reinterpret the bits.
+            let tick = |state: usize| u64::from(u32::from_ne_bytes(cpu[state].to_ne_bytes()));
+            Some(CpuTicks {
+                user: tick(CPU_STATE_USER),
+                system: tick(CPU_STATE_SYSTEM),
+                idle: tick(CPU_STATE_IDLE),
+                nice: tick(CPU_STATE_NICE),
+                ..CpuTicks::default()
+            })
+        })
+        .collect())
+}
+
+/// The size in bytes of a kernel-allocated array of `count` Mach words, as `vm_deallocate`
+/// must be given it (the array `host_processor_info` maps into the task).
+pub fn mach_array_bytes(count: usize) -> Option<usize> {
+    count.checked_mul(MACH_WORD_BYTES)
+}
+
+/// How many Mach words of `host_statistics64(HOST_VM_INFO64)` must be filled for the fields up
+/// to `end_offset` bytes into `vm_statistics64` to be valid (the struct grows across macOS
+/// releases, and an older kernel fills fewer words).
+pub fn mach_words_covering(end_offset: usize) -> usize {
+    end_offset.div_ceil(MACH_WORD_BYTES)
+}
+
+/// What to do after a `getfsstat` call into a buffer of `capacity` entries returned `filled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsstatNext {
+    /// The table is complete: `filled` entries.
+    Done(usize),
+    /// The buffer came back exactly full, so a filesystem mounted in between may be missing:
+    /// call again with this many entries.
+    Retry(usize),
+    /// Still full after the last attempt: give up rather than miss a mounted device.
+    GiveUp,
+}
+
+/// How many times the mount table is read before [`FsstatNext::GiveUp`].
+pub const FSSTAT_ATTEMPTS: u32 = 8;
+
+/// The `getfsstat` sizing rule: a buffer that comes back exactly full may have been truncated
+/// (`getfsstat` fills at most what fits and says nothing of the rest), so the table is read
+/// again with room for more, up to [`FSSTAT_ATTEMPTS`] times. `attempt` counts from 1.
+pub fn fsstat_next(filled: usize, capacity: usize, attempt: u32) -> FsstatNext {
+    if filled < capacity {
+        FsstatNext::Done(filled)
+    } else if attempt >= FSSTAT_ATTEMPTS {
+        FsstatNext::GiveUp
+    } else {
+        FsstatNext::Retry(capacity.saturating_mul(2).max(capacity + 8))
+    }
+}
+
+/// The buffer size for the first `getfsstat` read, from the count a sizing call returned: room
+/// for a few filesystems mounted between the two calls.
+pub fn fsstat_first_capacity(count: usize) -> usize {
+    count.saturating_add(8)
+}
+
+/// A C `char` array (`f_mntonname`, `f_mntfromname`) up to its first NUL, as text.
+pub fn c_chars_text(chars: &[u8]) -> String {
+    let end = chars.iter().position(|c| *c == 0).unwrap_or(chars.len());
+    String::from_utf8_lossy(&chars[..end]).into_owned()
+}
+
+/// Splits a macOS `dev_t` (major in the top 8 of 32 bits, minor in the low 24).
+pub fn split_dev(dev: u64) -> (u64, u64) {
+    ((dev >> 24) & 0xff, dev & 0xff_ffff)
+}
+
+/// Makes a macOS `dev_t` from major and minor.
+pub fn make_dev(major: u64, minor: u64) -> u64 {
+    ((major & 0xff) << 24) | (minor & 0xff_ffff)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -666,5 +774,78 @@ mod tests {
         assert_eq!(info.cpu_kinds[0], E);
         assert_eq!(info.cpu_kinds[9], P);
         assert_eq!(info.os_version, None, "kern.osproductversion absent");
+    }
+
+    #[test]
+    fn load_info_decodes_four_wrapping_counters_per_cpu() {
+        // Two CPUs: user, system, idle, nice; the second CPU's user counter has its top bit
+        // set, as a natural_t past 2^31 reads through an integer_t slot.
+        let values = [10, 20, 30, 40, i32::MIN, 2, 3, 4, 99];
+        let reading = cpu_ticks_from_load_info(&values, 2).unwrap();
+        assert_eq!(reading.len(), 2);
+        let first = reading[0].unwrap();
+        assert_eq!(
+            (first.user, first.system, first.idle, first.nice),
+            (10, 20, 30, 40)
+        );
+        let second = reading[1].unwrap();
+        assert_eq!(
+            second.user,
+            1 << 31,
+            "reinterpreted as u32, not sign-extended"
+        );
+        assert_eq!(
+            (second.iowait, second.irq),
+            (0, 0),
+            "macOS has no such counters"
+        );
+    }
+
+    #[test]
+    fn load_info_too_short_for_the_cpu_count_is_refused() {
+        let err = cpu_ticks_from_load_info(&[1, 2, 3, 4, 5, 6, 7], 2).unwrap_err();
+        assert!(err.contains("7 values for 2 CPUs"), "{err}");
+        assert!(cpu_ticks_from_load_info(&[], 0).unwrap().is_empty());
+        assert!(cpu_ticks_from_load_info(&[1], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn kernel_array_sizes_are_in_mach_words() {
+        assert_eq!(
+            mach_array_bytes(48),
+            Some(192),
+            "12 CPUs x 4 states x 4 bytes"
+        );
+        assert_eq!(mach_array_bytes(usize::MAX), None);
+        // A field ending at byte 150 needs 38 words (152 bytes), not 37.
+        assert_eq!(mach_words_covering(150), 38);
+        assert_eq!(mach_words_covering(152), 38);
+    }
+
+    #[test]
+    fn a_full_getfsstat_buffer_is_read_again_until_it_has_room() {
+        assert_eq!(fsstat_first_capacity(10), 18);
+        assert_eq!(fsstat_next(10, 18, 1), FsstatNext::Done(10));
+        // Exactly full: a filesystem may have been mounted between the calls.
+        assert_eq!(fsstat_next(18, 18, 1), FsstatNext::Retry(36));
+        assert_eq!(fsstat_next(36, 36, 2), FsstatNext::Retry(72));
+        assert_eq!(fsstat_next(5, 5, FSSTAT_ATTEMPTS), FsstatNext::GiveUp);
+        assert_eq!(fsstat_next(0, 8, 1), FsstatNext::Done(0));
+    }
+
+    #[test]
+    fn mount_names_stop_at_the_first_nul() {
+        let mut raw = [0u8; 16];
+        raw[..11].copy_from_slice(b"/dev/disk3s");
+        assert_eq!(c_chars_text(&raw), "/dev/disk3s");
+        assert_eq!(c_chars_text(b"/no/nul"), "/no/nul");
+    }
+
+    #[test]
+    fn dev_numbers_split_and_join_the_macos_way() {
+        let dev = make_dev(1, 0x0a_0003);
+        assert_eq!(dev, 0x010a_0003);
+        assert_eq!(split_dev(dev), (1, 0x0a_0003));
+        assert_eq!(split_dev(make_dev(0x1ff, 0x1ff_ffff)), (0xff, 0xff_ffff));
     }
 }

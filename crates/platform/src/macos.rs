@@ -141,6 +141,43 @@ impl SysctlRead for Sysctl {
     }
 }
 
+// The portable decoders in `darwin` restate these `<mach/machine.h>` values so they can be
+// tested anywhere; the build for macOS checks that they agree with the SDK's.
+const _: () = {
+    assert!(libc::CPU_STATE_USER as usize == darwin::CPU_STATE_USER);
+    assert!(libc::CPU_STATE_SYSTEM as usize == darwin::CPU_STATE_SYSTEM);
+    assert!(libc::CPU_STATE_IDLE as usize == darwin::CPU_STATE_IDLE);
+    assert!(libc::CPU_STATE_NICE as usize == darwin::CPU_STATE_NICE);
+    assert!(libc::CPU_STATE_MAX as usize == darwin::CPU_STATE_MAX);
+    assert!(size_of::<libc::integer_t>() == darwin::MACH_WORD_BYTES);
+    assert!(size_of::<libc::natural_t>() == darwin::MACH_WORD_BYTES);
+};
+
+/// An array the kernel mapped into this task (`host_processor_info`), released with
+/// `vm_deallocate` when dropped, whatever path the caller takes.
+struct KernelArray {
+    ptr: *mut libc::integer_t,
+    len: usize,
+}
+
+impl Drop for KernelArray {
+    fn drop(&mut self) {
+        let Some(bytes) = darwin::mach_array_bytes(self.len) else {
+            tracing::error!(len = self.len, "kernel array size overflows; not released");
+            return;
+        };
+        // SAFETY: `ptr` was mapped by the kernel into this task for `len` integer_t values
+        // (`bytes` bytes) and nothing refers to it after this drop; `mach_task_self_` is the
+        // task port libSystem set up before `main`.
+        let kr = unsafe {
+            libc::vm_deallocate(mach_task_self_, self.ptr as libc::vm_address_t, bytes)
+        };
+        if kr != libc::KERN_SUCCESS {
+            tracing::error!(kr, "vm_deallocate of the processor info array failed");
+        }
+    }
+}
+
 /// Reads this Mac's counters.
 struct MacCounters {
     host: libc::mach_port_t,
@@ -185,8 +222,8 @@ impl MacCounters {
         let mut info: libc::processor_info_array_t = ptr::null_mut();
         let mut info_count: libc::mach_msg_type_number_t = 0;
         // SAFETY: every out-pointer points to a live local of the declared type. On success the
-        // kernel maps an array of `info_count` integer_t values into this task at `info`; it is
-        // released with vm_deallocate below and not used afterwards.
+        // kernel maps an array of `info_count` integer_t values into this task at `info`; the
+        // guard below releases it with vm_deallocate on every path.
         let kr = unsafe {
             libc::host_processor_info(
                 self.host,
@@ -202,45 +239,18 @@ impl MacCounters {
         if info.is_null() {
             return Err(os(CALL.to_string(), io::Error::other("no array returned")));
         }
-        let states = libc::CPU_STATE_MAX as usize;
-        let len = info_count as usize;
-        let cpus = cpu_count as usize;
-        let mut reading: CpuReading = Vec::with_capacity(cpus);
-        if len >= cpus * states {
-            // SAFETY: `info` points to `len` initialised integer_t values mapped by the kernel
-            // (checked non-null above); the slice is dropped before the vm_deallocate below.
-            let values = unsafe { std::slice::from_raw_parts(info, len) };
-            for cpu in values.chunks_exact(states).take(cpus) {
-                // The counters are natural_t (u32) stored in integer_t slots: reinterpret.
-                let tick = |state: libc::c_int| u64::from(cpu[state as usize] as u32);
-                reading.push(Some(CpuTicks {
-                    user: tick(libc::CPU_STATE_USER),
-                    system: tick(libc::CPU_STATE_SYSTEM),
-                    idle: tick(libc::CPU_STATE_IDLE),
-                    nice: tick(libc::CPU_STATE_NICE),
-                    ..CpuTicks::default()
-                }));
-            }
-        }
-        // SAFETY: `info` was allocated by the kernel in this task for `len` integer_t values and
-        // is not used after this call; `mach_task_self_` is the task port libSystem set up.
-        let kr = unsafe {
-            libc::vm_deallocate(
-                mach_task_self_,
-                info as libc::vm_address_t,
-                len * size_of::<libc::integer_t>(),
-            )
+        let array = KernelArray {
+            ptr: info,
+            len: info_count as usize,
         };
-        if kr != libc::KERN_SUCCESS {
-            return Err(kern("vm_deallocate(processor info)", kr));
-        }
-        if reading.len() != cpus {
-            return Err(os(
-                CALL.to_string(),
-                io::Error::other(format!("{len} values for {cpus} CPUs")),
-            ));
-        }
-        Ok(reading)
+        // SAFETY: `array.ptr` points to `array.len` initialised integer_t values mapped by the
+        // kernel (checked non-null above); the slice does not outlive `array`, whose drop
+        // releases the memory.
+        let values = unsafe { std::slice::from_raw_parts(array.ptr, array.len) };
+        let reading = darwin::cpu_ticks_from_load_info(values, cpu_count as usize)
+            .map_err(|message| os(CALL.to_string(), io::Error::other(message)));
+        drop(array);
+        reading
     }
 
     fn vm_counts(&self) -> Result<VmCounts, PlatformError> {
@@ -263,9 +273,9 @@ impl MacCounters {
             return Err(kern(CALL, kr));
         }
         // The struct grows across macOS releases; the fields used end at internal_page_count.
-        let needed = (offset_of!(libc::vm_statistics64, internal_page_count)
-            + size_of::<libc::natural_t>())
-        .div_ceil(size_of::<libc::integer_t>());
+        let needed = darwin::mach_words_covering(
+            offset_of!(libc::vm_statistics64, internal_page_count) + size_of::<libc::natural_t>(),
+        );
         if (count as usize) < needed {
             return Err(os(
                 CALL.to_string(),
