@@ -41,6 +41,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== architecture: crate graph, unsafe and cfg(target_os) only in platform, one dependency list"
+bash scripts/check-architecture.sh
+
 echo "== buf lint (STANDARD + COMMENTS)"
 (cd proto && "../$BUF_DIR/node_modules/.bin/buf" lint)
 

@@ -221,7 +221,7 @@ pub fn main() -> ExitCode {
         Command::ErasePlan { socket, config } => block_on(async move {
             match crate::status::ask(&socket, crate::status::Query::Plan).await {
                 Ok(plan) => {
-                    print!("{}", render_plan(&plan));
+                    print!("{}", crate::render::render_plan(&plan));
                     ExitKind::Ok.into()
                 }
                 Err(crate::status::StatusError::Connect { .. }) => erase_plan_offline(&config),
@@ -319,74 +319,14 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
                 "(no agent answered on its socket: planned from {})",
                 path.display()
             );
-            print!("{}", render_plan(&crate::app::plan_json(&plan)));
+            print!(
+                "{}",
+                crate::render::render_plan(&crate::app::plan_json(&plan))
+            );
             ExitKind::Ok.into()
         }
         Err(e) => fail(&e),
     }
-}
-
-/// The erase plan for a person.
-pub fn render_plan(plan: &serde_json::Value) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    if let Some(err) = plan.get("error").and_then(|e| e.as_str()) {
-        let _ = writeln!(o, "cannot plan: {err}");
-        return o;
-    }
-    let targets = plan
-        .get("targets")
-        .and_then(|t| t.as_array())
-        .cloned()
-        .unwrap_or_default();
-    if targets.is_empty() {
-        let _ = writeln!(
-            o,
-            "no erase targets configured: a Terminate would be refused (add [[erase.targets]])"
-        );
-    }
-    for t in &targets {
-        let s = |k: &str| {
-            t.get(k)
-                .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-                .unwrap_or_default()
-        };
-        let ready = t.get("ready").and_then(|v| v.as_bool()).unwrap_or(false);
-        let _ = writeln!(
-            o,
-            "target {} ({}): {} — {}",
-            s("name"),
-            s("backend"),
-            s("device"),
-            if ready {
-                "WOULD BE DESTROYED"
-            } else {
-                "NOT READY: Terminate would fail"
-            }
-        );
-        let _ = writeln!(
-            o,
-            "  size: {} bytes; identity: {}",
-            s("size_bytes"),
-            s("identity")
-        );
-        for c in t
-            .get("checks")
-            .and_then(|c| c.as_array())
-            .cloned()
-            .unwrap_or_default()
-        {
-            let passed = c.get("passed").and_then(|v| v.as_bool()).unwrap_or(false);
-            let _ = writeln!(
-                o,
-                "  [{}] {}: {}",
-                if passed { "ok" } else { "FAIL" },
-                c.get("check").and_then(|v| v.as_str()).unwrap_or(""),
-                c.get("detail").and_then(|v| v.as_str()).unwrap_or("")
-            );
-        }
-    }
-    o
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
@@ -496,7 +436,7 @@ async fn run_ctl(conn: ctl::Connection, command: CtlCommand) -> ExitCode {
                     println!(
                         "{} {} eta={}s{}",
                         op.operation_id,
-                        crate::demo::progress_line(
+                        crate::render::progress_line(
                             phase,
                             op.bytes_done,
                             op.bytes_total,

@@ -314,7 +314,7 @@ async fn erase_part(
     let plan = crate::status::ask(socket, crate::status::Query::Plan)
         .await
         .map_err(step("erase plan"))?;
-    for line in crate::cli::render_plan(&plan).lines() {
+    for line in crate::render::render_plan(&plan).lines() {
         println!("   {line}");
     }
 
@@ -368,7 +368,7 @@ async fn erase_part(
         let Some(op) = msg.operation else { continue };
         let phase = pb::ErasePhase::try_from(op.phase)
             .map_or("?", |p| p.as_str_name().trim_start_matches("ERASE_PHASE_"));
-        let line = progress_line(
+        let line = crate::render::progress_line(
             phase,
             op.bytes_done,
             op.bytes_total,
@@ -474,24 +474,6 @@ async fn erase_part(
         });
     }
     Ok(())
-}
-
-/// `PHASE [#####.....]  42.0%  123.4 MiB/s`
-pub fn progress_line(phase: &str, done: u64, total: u64, rate: f64) -> String {
-    const WIDTH: usize = 30;
-    let frac = if total > 0 {
-        (done as f64 / total as f64).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let filled = (frac * WIDTH as f64).round() as usize;
-    format!(
-        "{phase:<15} [{}{}] {:>5.1}%  {:>8.1} MiB/s",
-        "#".repeat(filled),
-        ".".repeat(WIDTH - filled),
-        frac * 100.0,
-        rate / (1024.0 * 1024.0)
-    )
 }
 
 /// Follows the stream after `after_seq` for `dur`, checking the sequence is contiguous;

@@ -8,6 +8,8 @@
 //! `cli -> app (wiring) -> server (gRPC edge) -> {telemetry, spool, erase, attest, journal} -> platform`.
 //! Proto types stop at `server`; `cfg(target_os)` lives only where `platform` modules are declared.
 
+#![forbid(unsafe_code)]
+
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -15,6 +17,7 @@ pub mod ctl;
 pub mod demo;
 pub mod logging;
 pub mod pki;
+pub mod render;
 pub mod server;
 pub mod status;
 pub mod telemetry;

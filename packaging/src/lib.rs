@@ -38,6 +38,8 @@
 //! All cryptography is done by `ring`, directly or through `rustls-webpki`; the RustCrypto
 //! `der`/`cms`/`x509-cert` crates only encode and decode ASN.1.
 
+#![forbid(unsafe_code)]
+
 pub mod bom;
 pub mod build;
 pub mod cms;

@@ -12,6 +12,8 @@
 //! error. Progress goes to stderr as `tracing` events (`JEX_PACKAGING_LOG` sets the filter);
 //! `verify` prints its findings on stdout.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `jex-packaging` binary: build, sign and verify, cross-checked with
 //! independent readers (`bsdtar`, `gunzip` + `cpio`, `openssl`).
 
+#![allow(clippy::expect_used)] // test code: a failed expectation is a failed test
+
 mod common;
 
 use std::path::Path;

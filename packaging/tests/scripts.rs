@@ -2,6 +2,8 @@
 //! temporary root with fake `launchctl`, `pkgutil`, `chown` and `jex-agent` that record their
 //! calls. Also runs `shellcheck` on the scripts.
 
+#![allow(clippy::expect_used)] // test code: a failed expectation is a failed test
+
 mod common;
 
 use std::collections::BTreeSet;

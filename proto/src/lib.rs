@@ -3,6 +3,7 @@
 //!
 //! The source of truth is `proto/jex/agent/v1/agent.proto`; nothing here is hand-written.
 
+#![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::all)]
 
 /// Package `jex.agent.v1`.

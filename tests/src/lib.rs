@@ -5,6 +5,8 @@
 //! harness learns its port from the agent's own JSON log line `agent serving`, so the tests also
 //! read the log the way an SRE would.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -37,6 +37,8 @@
 //! verification only sees what the disk's interface returns; the pattern key published in
 //! the certificate lets anyone holding the disk re-check any block themselves.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod canonical;
 pub mod consistency;

@@ -645,6 +645,7 @@ fn unescape_mountinfo(field: &str) -> String {
 }
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // ioctls and fcntl: every block carries its SAFETY argument
 mod os {
     //! Linux: `O_DIRECT`, `fdatasync`, `BLKGETSIZE64`/`BLKSSZGET`, sysfs and mountinfo.
 
@@ -820,6 +821,7 @@ mod os {
 }
 
 #[cfg(target_os = "macos")]
+#[allow(unsafe_code)] // ioctls, fcntl and getfsstat: every block carries its SAFETY argument
 mod os {
     //! macOS: `F_NOCACHE`, `F_FULLFSYNC`, `DKIOCGETBLOCKSIZE`/`DKIOCGETBLOCKCOUNT`, `getfsstat`.
 
@@ -925,9 +927,7 @@ mod os {
                 FsstatNext::GiveUp => {
                     return Err(BlockDevError::MountTable {
                         path: "getfsstat".into(),
-                        source: io::Error::other(
-                            "the mount table kept growing while it was read",
-                        ),
+                        source: io::Error::other("the mount table kept growing while it was read"),
                     });
                 }
             }

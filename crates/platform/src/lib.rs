@@ -33,6 +33,7 @@ pub mod process;
 pub mod procfs;
 
 #[cfg(target_os = "macos")]
+#[allow(unsafe_code)] // FFI shims: every block carries its SAFETY argument
 mod macos;
 #[cfg(target_os = "macos")]
 pub use macos::{IOREG, host_info_with_ioreg};

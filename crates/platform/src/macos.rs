@@ -169,9 +169,8 @@ impl Drop for KernelArray {
         // SAFETY: `ptr` was mapped by the kernel into this task for `len` integer_t values
         // (`bytes` bytes) and nothing refers to it after this drop; `mach_task_self_` is the
         // task port libSystem set up before `main`.
-        let kr = unsafe {
-            libc::vm_deallocate(mach_task_self_, self.ptr as libc::vm_address_t, bytes)
-        };
+        let kr =
+            unsafe { libc::vm_deallocate(mach_task_self_, self.ptr as libc::vm_address_t, bytes) };
         if kr != libc::KERN_SUCCESS {
             tracing::error!(kr, "vm_deallocate of the processor info array failed");
         }

@@ -12,6 +12,8 @@
 //! This crate is pure code: it must not depend on the platform crate, an async runtime, the
 //! network stack or the gRPC types (the agent converts to those at its edge).
 
+#![forbid(unsafe_code)]
+
 pub mod counters;
 pub mod cpu;
 pub mod memory;

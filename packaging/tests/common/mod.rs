@@ -4,6 +4,7 @@
 //! A missing tool fails the test that needs it (CI installs `libarchive-tools cpio openssl
 //! shellcheck`).
 
+#![allow(clippy::expect_used)] // test code: a failed expectation is a failed test
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
