@@ -1,5 +1,23 @@
 //! Erase certificates: the signed proof of an erase.
 //!
+//! This crate owns the certificate document, its canonical form, the [`Signer`] trait, the file
+//! signer and the offline verifier. It is written to be used alone: a fleet controller or an
+//! auditor who only wants to check a certificate depends on this crate and nothing else of the
+//! agent. So it must not depend on the platform crate, an async runtime (tokio), the gRPC stack
+//! (tonic) or nix; `scripts/check-architecture.sh` enforces that. Offline check:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bundle = std::fs::read("erase-certificate.json")?;
+//! let certificate = jex_attest::SignedCertificate::from_bundle_json(&bundle)?;
+//! let fleet_ca_pem = std::fs::read("fleet-ca.pem")?;
+//! let nonce = [0u8; 32]; // the nonce the controller sent with Terminate
+//! let document = jex_attest::verify(&certificate, &fleet_ca_pem, Some(&nonce))?;
+//! println!("{} on {}: {}", document.operation_id, document.host.host_id, document.outcome);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! A certificate is a [`CertificateDocument`] serialised as canonical JSON (RFC 8785 style:
 //! sorted keys, no insignificant whitespace; see [`canonical`] for the exact rules and the one
 //! deliberate departure, fixed-precision floats), signed ECDSA P-256/SHA-256 by a [`Signer`]

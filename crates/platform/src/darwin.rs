@@ -2,7 +2,7 @@
 //!
 //! The macOS shims (`platform::macos`) only make OS calls and run `ioreg`; everything that
 //! interprets what they return is here, compiles everywhere and is tested on Linux against real
-//! captured outputs in `agent/tests/fixtures/macos/` (see its README for provenance).
+//! captured outputs in `crates/platform/tests/fixtures/macos/` (see its README for provenance).
 //!
 //! What is interpreted here:
 //! - sysctl values, read through the [`SysctlRead`] trait (the shim implements it with

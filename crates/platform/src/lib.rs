@@ -11,19 +11,23 @@
 //! - [`procfs`]: pure parsers of Linux `/proc` and `/sys` files (portable, tested here).
 //! - [`darwin`]: pure parsers and derivations of macOS outputs (`ioreg`, `sysctl` values,
 //!   `xsw_usage`, `vm_stat`), portable and tested here against captured real outputs in
-//!   `agent/tests/fixtures/macos/`.
+//!   `crates/platform/tests/fixtures/macos/`, plus the decoding of Mach and `getfsstat`
+//!   results (tick arrays, kernel array sizes, mount-table sizing), so the shims keep only calls.
 //! - [`linux`]: the Linux reader over `/proc`, `/sys` and `/etc`, with overridable roots so
 //!   tests can point it at a directory of their own. It is portable code; only its selection as
 //!   the platform implementation depends on the target.
 //! - `macos` (macOS only): thin FFI shims (`sysctlbyname`, `host_processor_info`,
-//!   `host_statistics64`, `getloadavg`) and the one-time `ioreg` runs. It is the only module that
-//!   contains `unsafe`, and it cannot be compiled on the Linux build machines.
+//!   `host_statistics64`, `getloadavg`) and the one-time `ioreg` runs. It is compiled, linted
+//!   and linked for `aarch64-apple-darwin` by the test command, and runs only on a Mac.
 //!
-//! `cfg(target_os)` appears only in this file, where the implementation is chosen.
+//! Also here, so that no other crate touches the OS directly: [`blockdev`] (direct I/O, device
+//! identity and the system-device rails of the erase), [`process`] (tool runs with a deadline),
+//! [`paths`] (each OS's default layout), and [`error_chain`].
 //!
-//! Dependency note: this layer sits below `telemetry`. The only thing it takes from above is the
-//! plain-data contract module [`crate::telemetry::sample`] (no logic), so that the kinds, load,
-//! swap and pressure it reads are the same types the sampler sends.
+//! This is the only crate with `unsafe` (allowed module by module, each block with its SAFETY
+//! argument) and with `cfg(target_os)`. It depends only on the telemetry model (for the plain
+//! data types it fills), never on the spool, the erase engine, certificates, an async runtime
+//! or gRPC; `scripts/check-architecture.sh` enforces that.
 
 pub mod blockdev;
 pub mod darwin;
