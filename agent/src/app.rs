@@ -461,10 +461,14 @@ pub fn run(config_path: &Path) -> ExitCode {
             config.logging.max_files,
         )),
     };
-    if let Err(e) = crate::logging::init(&targets) {
-        eprintln!("jex-agent: {e}");
-        return ExitKind::Failure.into();
-    }
+    // Declared before the runtime, so dropped after it: the last lines are written out.
+    let _log = match crate::logging::init(&targets) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("jex-agent: {}", error_chain(&e));
+            return ExitKind::Failure.into();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)

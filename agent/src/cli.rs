@@ -231,7 +231,7 @@ pub fn main() -> ExitCode {
         Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
         Command::Demo { seconds, keep } => {
-            let _ = crate::logging::init(&crate::logging::LogTargets {
+            let _log = crate::logging::init(&crate::logging::LogTargets {
                 level: "warn".to_owned(),
                 file: None,
             });
