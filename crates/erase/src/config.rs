@@ -366,11 +366,7 @@ impl ConfigError {
 }
 
 fn default_state_dir() -> PathBuf {
-    if cfg!(target_os = "macos") {
-        PathBuf::from("/Library/Application Support/JexCloud/erase")
-    } else {
-        PathBuf::from("/var/lib/jex-agent/erase")
-    }
+    PathBuf::from(jex_platform::paths::ERASE_STATE_DIR)
 }
 fn default_chunk_bytes() -> u64 {
     DEFAULT_CHUNK_BYTES
