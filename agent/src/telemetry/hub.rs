@@ -27,9 +27,10 @@
 //! spool from its cursor, so it loses nothing; the channel never waits for anyone, so a slow or
 //! stuck subscriber cannot hold back the sampler or another subscriber. Each batch continues
 //! exactly where the previous one ended: the numbers a subscription covers are consecutive,
-//! each once. A record covers its own `seq`, except a gap the spool synthesizes for numbers no
-//! valid record holds (`Corrupt`, `Evicted`): it covers its whole `missing_seqs` range and
-//! carries the last of them as its `seq`, so the `seq`s yielded can step by more than one.
+//! each once. A record covers its own `seq`, except the gap the hub makes from a range the spool
+//! reports missing ([`jex_spool::Missing`]: `Corrupt`, `Evicted`): it covers its whole
+//! `missing_seqs` range and carries the last of them as its `seq` (and the time of the record
+//! after the range as its time), so the `seq`s yielded can step by more than one.
 //!
 //! # Shutdown
 //!
@@ -54,7 +55,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
-use jex_spool::{Spool, SpoolError, SpoolStats};
+use jex_spool::{Entry, Item, Loss, Missing, Spool, SpoolError, SpoolStats};
 
 /// Default capacity of the live channel, in records: about 4 minutes at 1 Hz, a few tens of KB.
 /// A subscriber further behind reads the spool instead.
@@ -174,7 +175,7 @@ struct Control {
 
 /// What the sampler thread and the subscriptions share.
 struct Shared {
-    spool: Mutex<Spool>,
+    spool: Mutex<Spool<RecordBody>>,
     /// Taken (closed) when the sampler stops.
     live: Mutex<Option<broadcast::Sender<Record>>>,
     status: Mutex<Status>,
@@ -214,7 +215,7 @@ impl Hub {
     /// Needs no runtime itself; subscriptions must be polled inside a tokio runtime.
     pub fn start(
         source: Box<dyn SampleSource>,
-        spool: Spool,
+        spool: Spool<RecordBody>,
         config: HubConfig,
     ) -> Result<Hub, HubError> {
         if config.interval.is_zero() {
@@ -415,13 +416,13 @@ impl Sampler {
             end_time_unix_ms: now.max(last_time),
         };
         match spool.append(now, RecordBody::Gap(gap)) {
-            Ok(record) => {
+            Ok(entry) => {
                 info!(
-                    seq = record.seq,
+                    seq = entry.seq,
                     down_ms = now.saturating_sub(last_time),
                     "Recorded the time the agent was down."
                 );
-                self.pending.push_back(record);
+                self.pending.push_back(record_of(entry));
                 if let Err(err) = spool.flush() {
                     warn!(error = %err, "Cannot sync the spool; records stay unpublished until a sync succeeds.");
                 }
@@ -467,13 +468,13 @@ impl Sampler {
         if let Some(since) = self.unspooled_since {
             // Samples the spool could not take: say so before the next record.
             match spool.append(now, sampler_gap(since, now)) {
-                Ok(record) => {
+                Ok(entry) => {
                     info!(
-                        seq = record.seq,
+                        seq = entry.seq,
                         lost_ms = now.saturating_sub(since),
                         "Spool accepts records again; recorded the lost period as a gap."
                     );
-                    self.pending.push_back(record);
+                    self.pending.push_back(record_of(entry));
                     self.unspooled_since = None;
                 }
                 Err(_) => {
@@ -484,7 +485,7 @@ impl Sampler {
             }
         }
         match spool.append(now, body) {
-            Ok(record) => self.pending.push_back(record),
+            Ok(entry) => self.pending.push_back(record_of(entry)),
             Err(err) => {
                 if self.unspooled_since.is_none() {
                     warn!(error = %err, "Cannot spool telemetry records; they are lost until the spool accepts records again, then reported as a gap.");
@@ -502,7 +503,7 @@ impl Sampler {
     }
 
     /// Sends every durable pending record to the live channel and refreshes the status.
-    fn publish(&mut self, spool: MutexGuard<'_, Spool>) {
+    fn publish(&mut self, spool: MutexGuard<'_, Spool<RecordBody>>) {
         let durable = spool.durable_seq();
         let stats = spool.stats();
         drop(spool);
@@ -544,6 +545,42 @@ impl Sampler {
         // Report the stop before the outcome is sent, so `shutdown` returns to a stopped hub.
         mark_stopped(&shared);
         flushed
+    }
+}
+
+/// A spooled record as subscribers get it.
+fn record_of(entry: Entry<RecordBody>) -> Record {
+    Record {
+        seq: entry.seq,
+        time_unix_ms: entry.time_unix_ms,
+        body: entry.payload,
+    }
+}
+
+/// What subscribers get for a spool item: the record, or for numbers the spool cannot deliver
+/// a gap numbered by the last of them and stamped with the end of the missing range.
+fn record_of_item(item: Item<RecordBody>) -> Record {
+    match item {
+        Item::Entry(entry) => record_of(entry),
+        Item::Missing(Missing {
+            first_seq,
+            last_seq,
+            reason,
+            start_time_unix_ms,
+            end_time_unix_ms,
+        }) => Record {
+            seq: last_seq,
+            time_unix_ms: end_time_unix_ms,
+            body: RecordBody::Gap(Gap {
+                reason: match reason {
+                    Loss::Evicted => GapReason::Evicted,
+                    Loss::Corrupt => GapReason::Corrupt,
+                },
+                missing_seqs: Some((first_seq, last_seq)),
+                start_time_unix_ms,
+                end_time_unix_ms,
+            }),
+        },
     }
 }
 
@@ -653,6 +690,7 @@ impl Follower {
             }
             spool
                 .read_after(after_seq, max_batch)
+                .map(|items| items.into_iter().map(record_of_item).collect())
                 .map_err(|source| HubError::ReadSpool { after_seq, source })
         })
         .await;
