@@ -1,9 +1,16 @@
 //! Every domain error that reaches a caller becomes a gRPC status here, in one exhaustive
 //! match per error type (no catch-all arm: a new variant must be mapped on purpose). Internal
 //! failures send a generic message with a correlation id; the full chain goes to the log.
+//!
+//! Two more maps live here: a request field over its limit ([`from_field`]), and the codes of
+//! tonic's own decode errors, which do not follow the convention this API uses
+//! ([`remap_codec_status`]): a request that is not valid protobuf is the caller's error,
+//! `INVALID_ARGUMENT` (tonic says `INTERNAL`), and a message over the size limit is
+//! `RESOURCE_EXHAUSTED` (tonic says `OUT_OF_RANGE`).
 
 use tonic::Status;
 
+use super::fields::FieldError;
 use crate::telemetry::hub::HubError;
 use jex_erase::EraseError;
 
@@ -65,5 +72,95 @@ pub fn from_hub(e: &HubError) -> Status {
         | HubError::SpawnSampler { .. }
         | HubError::ReadSpool { .. }
         | HubError::ReadTask { .. } => internal(e),
+    }
+}
+
+/// The status for a request field over its limit: `INVALID_ARGUMENT`, naming the field and the
+/// limit, quoting at most a short prefix of the value.
+pub fn from_field(e: &FieldError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The message prefix of prost's decode errors, as tonic-prost sends them (`INTERNAL`).
+const UNDECODABLE: &str = "failed to decode Protobuf message";
+/// The message prefix of tonic's size-limit error (`OUT_OF_RANGE`).
+const TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// Rewrites the `grpc-status` of tonic's codec errors in response headers or trailers: an
+/// undecodable request becomes `INVALID_ARGUMENT`, an oversize one `RESOURCE_EXHAUSTED`. Every
+/// other status is left alone (the agent's own `OUT_OF_RANGE` for a cursor ahead of the spool
+/// has another message).
+pub fn remap_codec_status(headers: &mut http::HeaderMap) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let message = headers
+        .get("grpc-message")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let remapped = match tonic::Code::from_i32(code) {
+        tonic::Code::Internal if message.starts_with(UNDECODABLE.as_bytes()) => {
+            tonic::Code::InvalidArgument
+        }
+        tonic::Code::OutOfRange if message.starts_with(TOO_LARGE.as_bytes()) => {
+            tonic::Code::ResourceExhausted
+        }
+        _ => return,
+    };
+    headers.insert("grpc-status", http::HeaderValue::from(remapped as i32));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(code: tonic::Code, message: &str) -> (i32, String) {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-status", http::HeaderValue::from(code as i32));
+        h.insert(
+            "grpc-message",
+            http::HeaderValue::from_str(message).expect("ascii"),
+        );
+        remap_codec_status(&mut h);
+        (
+            h["grpc-status"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("int"),
+            h["grpc-message"].to_str().expect("ascii").to_owned(),
+        )
+    }
+
+    #[test]
+    fn codec_errors_get_the_conventional_codes_and_keep_their_message() {
+        let m = "failed to decode Protobuf message: TerminateRequest.nonce: invalid wire type";
+        assert_eq!(
+            status_of(tonic::Code::Internal, m),
+            (tonic::Code::InvalidArgument as i32, m.to_owned())
+        );
+        let m = "Error, decoded message length too large: found 3145734 bytes, the limit is: 65536 bytes";
+        assert_eq!(
+            status_of(tonic::Code::OutOfRange, m),
+            (tonic::Code::ResourceExhausted as i32, m.to_owned())
+        );
+    }
+
+    #[test]
+    fn other_statuses_are_left_alone() {
+        for (code, m) in [
+            (tonic::Code::OutOfRange, "after_seq 9 is ahead of the spool"),
+            (tonic::Code::Internal, "internal error (correlation id x)"),
+            (tonic::Code::Ok, ""),
+        ] {
+            assert_eq!(status_of(code, m), (code as i32, m.to_owned()));
+        }
+        let mut none = http::HeaderMap::new();
+        remap_codec_status(&mut none);
+        assert!(none.is_empty());
     }
 }
