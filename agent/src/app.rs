@@ -211,8 +211,11 @@ fn status_responder(
     hub: Arc<crate::telemetry::hub::Hub>,
     erase: Arc<jex_erase::EraseService>,
     streams: Arc<crate::server::Streams>,
+    connections: Arc<crate::server::conn::Tracker>,
 ) -> crate::status::Responder {
-    use crate::status::{EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus};
+    use crate::status::{
+        ConnectionStatus, EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus,
+    };
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
@@ -258,6 +261,11 @@ fn status_responder(
                         last_seq_sent: s.last_seq_sent,
                     })
                     .collect(),
+                connections: ConnectionStatus {
+                    open: connections.open(),
+                    max: connections.caps().total,
+                    max_per_peer: connections.caps().per_peer,
+                },
                 telemetry: TelemetryStatus {
                     interval_ms,
                     last_seq: stats.last_seq.unwrap_or(0),
@@ -476,6 +484,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         .build_v1alpha()?
         .max_decoding_message_size(max_request);
     let streams = Arc::new(crate::server::Streams::default());
+    let edge = Arc::new(edge(&config, tls.clone()));
     let status_server = crate::status::serve(
         &config.server.status_socket,
         status_responder(
@@ -485,13 +494,13 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
             hub.clone(),
             erase.clone(),
             streams.clone(),
+            edge.tracker.clone(),
         ),
         config.server.limits.status_max_connections.get() as usize,
     )?;
     let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
 
     watch_tls_files(tls.clone(), config.tls.clone(), shutdown_rx.clone());
-    let edge = Arc::new(edge(&config, tls.clone()));
     tokio::spawn(edge.refusals.clone().run(shutdown_rx.clone()));
     let routes = tonic::service::Routes::new(health.max_decoding_message_size(max_request))
         .add_service(reflection_v1)

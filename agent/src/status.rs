@@ -61,10 +61,24 @@ pub struct StatusSnapshot {
     pub uptime_secs: u64,
     /// Open telemetry streams.
     pub streams: Vec<StreamStatus>,
+    /// Network connections held and their caps.
+    #[serde(default)]
+    pub connections: ConnectionStatus,
     /// Telemetry sampler and spool.
     pub telemetry: TelemetryStatus,
     /// The current or last erase operation.
     pub erase: Option<EraseStatus>,
+}
+
+/// Network connections (counted from TCP accept).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ConnectionStatus {
+    /// Held now.
+    pub open: u32,
+    /// The total cap.
+    pub max: u32,
+    /// The cap per client IP address.
+    pub max_per_peer: u32,
 }
 
 /// One open telemetry stream.
@@ -513,6 +527,12 @@ pub fn render(s: &StatusSnapshot, now_unix_ms: u64) -> String {
         bytes(t.spool_bytes),
         t.corrupt_records,
         t.evicted_records
+    );
+    let c = &s.connections;
+    let _ = writeln!(
+        o,
+        "conns:      {} open (cap {}, {} per peer)",
+        c.open, c.max, c.max_per_peer
     );
     let _ = writeln!(o, "streams:    {}", s.streams.len());
     for st in &s.streams {

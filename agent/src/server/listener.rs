@@ -9,8 +9,9 @@
 //!   that answer is handed over. Closing is graceful (HTTP/2 GOAWAY, so a client retries on a new
 //!   connection) and turns into a plain close when the client has not finished within a short
 //!   grace.
-//! - Every refusal goes to the rate-limited [`RefusalLog`]; nothing here logs per connection
-//!   above debug level.
+//! - Every refusal goes to the rate-limited [`RefusalLog`]; nothing a client without a
+//!   certificate can trigger is logged per connection above trace level (an authenticated
+//!   client's idle close is a debug line).
 //! - On shutdown the listener closes at once, each connection is closed the same graceful way,
 //!   and [`serve`] returns when none is left.
 
@@ -258,7 +259,7 @@ async fn connection<S: EdgeService>(
             Some(hard) => {
                 if now >= hard {
                     if state.activity().open_streams == 0 {
-                        tracing::debug!(peer = %addr, "connection closed after the grace");
+                        tracing::trace!(peer = %addr, "connection closed after the grace");
                         break;
                     }
                     None
@@ -277,7 +278,7 @@ async fn connection<S: EdgeService>(
         tokio::select! {
             served = conn.as_mut() => {
                 if let Err(e) = served {
-                    tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                    tracing::trace!(peer = %addr, error = %e, "connection ended with an error");
                 }
                 break;
             }
@@ -318,7 +319,7 @@ fn note_close(
             "closing an idle connection"
         ),
         CloseReason::Refused => {
-            tracing::debug!(peer = %addr, "closing a connection whose call was refused")
+            tracing::trace!(peer = %addr, "closing a connection whose call was refused")
         }
     }
 }

@@ -91,22 +91,24 @@ const TOO_LARGE: &str = "Error, decoded message length too large";
 /// other status is left alone (the agent's own `OUT_OF_RANGE` for a cursor ahead of the spool
 /// has another message).
 pub fn remap_codec_status(headers: &mut http::HeaderMap) {
-    let Some(code) = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
+    // Cheap test first: most responses carry no status in their headers.
+    let Some(code) = headers.get("grpc-status").map(|v| v.as_bytes()) else {
         return;
     };
-    let message = headers
-        .get("grpc-message")
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    let remapped = match tonic::Code::from_i32(code) {
-        tonic::Code::Internal if message.starts_with(UNDECODABLE.as_bytes()) => {
+    let internal = (tonic::Code::Internal as i32).to_string();
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if code != internal.as_bytes() && code != out_of_range.as_bytes() {
+        return;
+    }
+    // The message is percent-encoded on the wire; tonic decodes it.
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let remapped = match status.code() {
+        tonic::Code::Internal if status.message().starts_with(UNDECODABLE) => {
             tonic::Code::InvalidArgument
         }
-        tonic::Code::OutOfRange if message.starts_with(TOO_LARGE.as_bytes()) => {
+        tonic::Code::OutOfRange if status.message().starts_with(TOO_LARGE) => {
             tonic::Code::ResourceExhausted
         }
         _ => return,
@@ -118,22 +120,16 @@ pub fn remap_codec_status(headers: &mut http::HeaderMap) {
 mod tests {
     use super::*;
 
-    fn status_of(code: tonic::Code, message: &str) -> (i32, String) {
-        let mut h = http::HeaderMap::new();
-        h.insert("grpc-status", http::HeaderValue::from(code as i32));
-        h.insert(
-            "grpc-message",
-            http::HeaderValue::from_str(message).expect("ascii"),
-        );
+    /// The headers tonic sends for `Status::new(code, message)`, remapped, read back.
+    fn status_of(code: tonic::Code, message: &str) -> (tonic::Code, String) {
+        let mut h = Status::new(code, message)
+            .into_http::<()>()
+            .into_parts()
+            .0
+            .headers;
         remap_codec_status(&mut h);
-        (
-            h["grpc-status"]
-                .to_str()
-                .expect("ascii")
-                .parse()
-                .expect("int"),
-            h["grpc-message"].to_str().expect("ascii").to_owned(),
-        )
+        let s = Status::from_header_map(&h).unwrap_or_else(|| Status::ok(""));
+        (s.code(), s.message().to_owned())
     }
 
     #[test]
@@ -141,12 +137,12 @@ mod tests {
         let m = "failed to decode Protobuf message: TerminateRequest.nonce: invalid wire type";
         assert_eq!(
             status_of(tonic::Code::Internal, m),
-            (tonic::Code::InvalidArgument as i32, m.to_owned())
+            (tonic::Code::InvalidArgument, m.to_owned())
         );
         let m = "Error, decoded message length too large: found 3145734 bytes, the limit is: 65536 bytes";
         assert_eq!(
             status_of(tonic::Code::OutOfRange, m),
-            (tonic::Code::ResourceExhausted as i32, m.to_owned())
+            (tonic::Code::ResourceExhausted, m.to_owned())
         );
     }
 
@@ -157,7 +153,7 @@ mod tests {
             (tonic::Code::Internal, "internal error (correlation id x)"),
             (tonic::Code::Ok, ""),
         ] {
-            assert_eq!(status_of(code, m), (code as i32, m.to_owned()));
+            assert_eq!(status_of(code, m), (code, m.to_owned()));
         }
         let mut none = http::HeaderMap::new();
         remap_codec_status(&mut none);
