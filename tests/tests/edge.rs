@@ -707,14 +707,13 @@ async fn a_flood_of_refusals_grows_the_logs_by_little_and_keeps_earlier_lines() 
                     use tokio::io::AsyncWriteExt;
                     let _ = tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
                     agent_closes(&mut tcp, Duration::from_secs(5)).await;
-                } else if let Ok(name) = ServerName::try_from("localhost") {
-                    if let Ok(mut s) = tokio_rustls::TlsConnector::from(tls.clone())
+                } else if let Ok(name) = ServerName::try_from("localhost")
+                    && let Ok(mut s) = tokio_rustls::TlsConnector::from(tls.clone())
                         .connect(name, tcp)
                         .await
-                    {
-                        // TLS 1.3: the refusal arrives after the client's flight.
-                        agent_closes(&mut s, Duration::from_secs(5)).await;
-                    }
+                {
+                    // TLS 1.3: the refusal arrives after the client's flight.
+                    agent_closes(&mut s, Duration::from_secs(5)).await;
                 }
                 handshakes.fetch_add(1, Ordering::Relaxed);
             }

@@ -204,7 +204,7 @@ impl RefusalLog {
                 count: *n,
             })
             .collect();
-        out.sort_by(|a, b| (a.source, a.reason).cmp(&(b.source, b.reason)));
+        out.sort_by_key(|s| (s.source, s.reason));
         st.tracked.retain(|_, n| *n > 0);
         st.tracked.values_mut().for_each(|n| *n = 0);
         out.extend(

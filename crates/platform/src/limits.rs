@@ -96,6 +96,8 @@ mod sys {
 
     use std::io;
 
+    // `rlim_t` is `u64` on the supported targets but not on every libc.
+    #[allow(clippy::useless_conversion)]
     fn to_u64(v: libc::rlim_t) -> u64 {
         if v == libc::RLIM_INFINITY {
             super::INFINITY
@@ -104,6 +106,7 @@ mod sys {
         }
     }
 
+    #[allow(clippy::useless_conversion)]
     fn from_u64(v: u64) -> libc::rlim_t {
         if v == super::INFINITY {
             libc::RLIM_INFINITY
