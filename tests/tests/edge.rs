@@ -1006,3 +1006,29 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() -> Result<()> {
     assert_eq!(health["status"], "SERVING", "{health}");
     Ok(())
 }
+
+#[test]
+fn connection_limits_are_configurable_and_zero_is_refused() -> Result<()> {
+    use jex_agent::config::Config;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let base = jex_agent::demo::demo_config(dir.path(), &pki.paths, 1000);
+    let path = std::path::Path::new("/etc/jex-agent/agent.toml");
+    let c = Config::parse(path, &base)?;
+    assert_eq!(c.server.limits.max_connections.get(), 1024);
+    assert_eq!(c.server.limits.max_connections_per_peer.get(), 64);
+    assert_eq!(c.server.limits.first_request_timeout_ms.get(), 10_000);
+    assert_eq!(c.server.limits.idle_timeout_ms.get(), 300_000);
+    assert_eq!(c.server.limits.status_max_connections.get(), 16);
+    let set = format!("{base}\n[server.limits]\nmax_connections = 10\nidle_timeout_ms = 5000\n");
+    let c = Config::parse(path, &set)?;
+    assert_eq!(c.server.limits.max_connections.get(), 10);
+    assert_eq!(c.server.limits.idle_timeout_ms.get(), 5000);
+    let zero = format!("{base}\n[server.limits]\nmax_connections_per_peer = 0\n");
+    let err = Config::parse(path, &zero)
+        .expect_err("zero refused")
+        .to_string();
+    assert!(err.contains("max_connections_per_peer"), "{err}");
+    assert!(err.contains("nonzero"), "{err}");
+    Ok(())
+}
