@@ -211,8 +211,11 @@ fn status_responder(
     hub: Arc<crate::telemetry::hub::Hub>,
     erase: Arc<jex_erase::EraseService>,
     streams: Arc<crate::server::Streams>,
+    connections: Arc<crate::server::conn::Tracker>,
 ) -> crate::status::Responder {
-    use crate::status::{EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus};
+    use crate::status::{
+        ConnectionStatus, EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus,
+    };
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
@@ -258,6 +261,11 @@ fn status_responder(
                         last_seq_sent: s.last_seq_sent,
                     })
                     .collect(),
+                connections: ConnectionStatus {
+                    open: connections.open(),
+                    max: connections.caps().total,
+                    max_per_peer: connections.caps().per_peer,
+                },
                 telemetry: TelemetryStatus {
                     interval_ms,
                     last_seq: stats.last_seq.unwrap_or(0),
@@ -329,6 +337,72 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How often the server pings a client over HTTP/2, and how long it waits for the answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raises the open-file limit and sizes the network edge to it: the total connection cap keeps
+/// [`FD_RESERVE`](crate::server::conn::FD_RESERVE) descriptors for everything else.
+fn edge(config: &Config, tls: Arc<ServerTls>) -> listener::Edge {
+    use crate::server::conn::{Caps, Deadlines, Tracker, connection_budget};
+    let nofile = match jex_platform::limits::raise_nofile() {
+        Ok(raised) => {
+            let l = raised.limit;
+            if let Some(e) = raised.refused {
+                tracing::warn!(soft = l.soft, hard = l.hard, error = %e, "could not raise the open-file limit");
+            } else {
+                tracing::info!(
+                    before = l.before,
+                    soft = l.soft,
+                    hard = l.hard,
+                    "open-file limit"
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-file limit; assuming 256");
+            256
+        }
+    };
+    let limits = &config.server.limits;
+    let configured = limits.max_connections.get();
+    let total = connection_budget(configured, nofile);
+    if total < configured {
+        tracing::warn!(
+            configured,
+            max_connections = total,
+            open_file_limit = nofile,
+            "server.limits.max_connections lowered to leave room under the open-file limit"
+        );
+    }
+    let caps = Caps {
+        total,
+        per_peer: limits.max_connections_per_peer.get().min(total),
+    };
+    let deadlines = Deadlines {
+        first_request: Duration::from_millis(limits.first_request_timeout_ms.get()),
+        idle: Duration::from_millis(limits.idle_timeout_ms.get()),
+    };
+    tracing::info!(
+        max_connections = caps.total,
+        max_connections_per_peer = caps.per_peer,
+        first_request_timeout_ms = deadlines.first_request.as_millis() as u64,
+        idle_timeout_ms = deadlines.idle.as_millis() as u64,
+        "connection limits"
+    );
+    listener::Edge {
+        tls,
+        tracker: Tracker::new(caps),
+        refusals: Arc::new(crate::server::refusals::RefusalLog::default()),
+        limits: listener::EdgeLimits {
+            deadlines,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+        },
+    }
+}
+
 /// Builds and starts every part of the agent on the current runtime.
 pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let tls = Arc::new(ServerTls::load(&config.tls)?);
@@ -391,12 +465,27 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     health_reporter
         .set_serving::<jex_proto::v1::node_agent_server::NodeAgentServer<AgentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let max_request = crate::server::fields::MAX_REQUEST_BYTES;
+    // Reflection in both versions (grpcurl before 1.8.8 speaks only v1alpha), each listing both.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(max_request);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(max_request);
     let streams = Arc::new(crate::server::Streams::default());
-    let status_task = crate::status::serve(
+    let edge = Arc::new(edge(&config, tls.clone()));
+    let status_server = crate::status::serve(
         &config.server.status_socket,
         status_responder(
             &facts,
@@ -405,32 +494,28 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
             hub.clone(),
             erase.clone(),
             streams.clone(),
+            edge.tracker.clone(),
         ),
+        config.server.limits.status_max_connections.get() as usize,
     )?;
     let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
 
     watch_tls_files(tls.clone(), config.tls.clone(), shutdown_rx.clone());
-    let (incoming, accept_task) = listener::incoming(listener, tls.clone());
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(AuthLayer::new(config.roles.clone()))
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(service.into_server());
-    let mut stop = shutdown_rx.clone();
+    tokio::spawn(edge.refusals.clone().run(shutdown_rx.clone()));
+    let routes = tonic::service::Routes::new(health.max_decoding_message_size(max_request))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service.into_server())
+        .prepare();
+    let routes = tower::Layer::layer(
+        &AuthLayer::new(config.roles.clone(), edge.refusals.clone()),
+        routes,
+    );
+    let stop = shutdown_rx.clone();
     let server = tokio::spawn(
         async move {
-            let result = router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            accept_task.abort();
-            status_task.abort();
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server stopped with an error");
-            }
+            listener::serve(listener, edge, routes, stop).await;
+            tokio::task::spawn_blocking(move || status_server.stop());
         }
         .instrument(tracing::info_span!("server")),
     );

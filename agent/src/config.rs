@@ -31,6 +31,7 @@
 //! Relative paths are refused: the daemon never depends on its working directory.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The local status socket (Unix domain, mode 0600, root only).
     pub status_socket: PathBuf,
+    /// Connection caps and deadlines.
+    pub limits: LimitsConfig,
 }
 
 impl Default for ServerConfig {
@@ -77,8 +80,61 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             status_socket: default_status_socket(),
+            limits: LimitsConfig::default(),
         }
     }
+}
+
+/// `[server.limits]`: what one client, or all of them, can hold. Every key is optional; zero
+/// is refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections held at once, counted from TCP accept (handshakes in progress count). The
+    /// agent lowers it at start when the open-file limit leaves too little headroom.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroU32,
+    /// Connections held at once from one client IP address.
+    #[serde(default = "default_max_connections_per_peer")]
+    pub max_connections_per_peer: NonZeroU32,
+    /// From TCP accept to the first request (TLS handshake and HTTP/2 preface included).
+    #[serde(default = "default_first_request_timeout_ms")]
+    pub first_request_timeout_ms: NonZeroU64,
+    /// A connection with no open stream (answering keepalive pings does not count) is closed
+    /// after this long.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: NonZeroU64,
+    /// Connections held at once on the local status socket.
+    #[serde(default = "default_status_max_connections")]
+    pub status_max_connections: NonZeroU32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            max_connections_per_peer: default_max_connections_per_peer(),
+            first_request_timeout_ms: default_first_request_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            status_max_connections: default_status_max_connections(),
+        }
+    }
+}
+
+fn default_max_connections() -> NonZeroU32 {
+    NonZeroU32::new(1024).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_connections_per_peer() -> NonZeroU32 {
+    NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN)
+}
+fn default_first_request_timeout_ms() -> NonZeroU64 {
+    NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN)
+}
+fn default_idle_timeout_ms() -> NonZeroU64 {
+    NonZeroU64::new(300_000).unwrap_or(NonZeroU64::MIN)
+}
+fn default_status_max_connections() -> NonZeroU32 {
+    NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -314,6 +370,7 @@ struct RawConfig {
 struct RawServer {
     listen: Option<SocketAddr>,
     status_socket: Option<Spanned<PathBuf>>,
+    limits: Option<LimitsConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -587,6 +644,7 @@ impl RawConfig {
             server: ServerConfig {
                 listen: server.listen.unwrap_or_else(default_listen),
                 status_socket: status_socket.into_inner(),
+                limits: server.limits.clone().unwrap_or_default(),
             },
             tls: TlsConfig {
                 cert: cert.into_inner(),

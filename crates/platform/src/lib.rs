@@ -24,6 +24,7 @@
 //!
 //! Also here, so that no other crate touches the OS directly: [`blockdev`] (direct I/O, device
 //! identity and the system-device rails of the erase), [`process`] (tool runs with a deadline),
+//! [`limits`] (the open-file limit, raised at start),
 //! [`paths`] (each OS's default layout), and [`error_chain`].
 //!
 //! This is the only crate with `unsafe` (allowed module by module, each block with its SAFETY
@@ -33,6 +34,7 @@
 
 pub mod blockdev;
 pub mod darwin;
+pub mod limits;
 pub mod linux;
 pub mod logsink;
 pub mod paths;
