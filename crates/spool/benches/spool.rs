@@ -6,6 +6,8 @@
 //! Run with `cargo bench -p jex-spool --bench spool`. Each timing is the median of several
 //! runs on a spool in a temporary directory (page cache warm, as after a controller restart).
 
+#![allow(clippy::expect_used)] // benchmark setup: a failure aborts the run
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
