@@ -450,12 +450,10 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let erase = Arc::new(open_erase(&config, &facts)?);
     tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
 
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
+    let listener = listener::bind(config.server.listen).map_err(|source| AppError::Listen {
+        addr: config.server.listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| AppError::Listen {
         addr: config.server.listen,
         source,

@@ -30,6 +30,9 @@ use tonic::transport::{Channel, Endpoint};
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
 
+/// The two floods take the machine's cores; they run one at a time.
+static FLOODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 // ---------------------------------------------------------------------------------------------
 // Clients that can see their connection close.
 
@@ -326,7 +329,7 @@ async fn connections_over_a_cap_are_closed_at_once_and_others_still_served() -> 
     let pki = TestPki::new()?;
     let (_d, agent) = start_with(
         &pki,
-        "\n[server.limits]\nmax_connections = 6\nmax_connections_per_peer = 4\n",
+        "\n[server.limits]\nmax_connections = 6\nmax_connections_per_peer = 4\nfirst_request_timeout_ms = 60000\n",
     )?;
     let quick = Duration::from_secs(5);
     let mut held = Vec::new();
@@ -334,7 +337,7 @@ async fn connections_over_a_cap_are_closed_at_once_and_others_still_served() -> 
         held.push(tcp_from([127, 0, 0, 2], agent.addr).await?);
     }
     // Wait until the agent holds them (handshakes in progress count).
-    wait_for_open(&agent, 4).await?;
+    wait_for_open(&agent, |n| n == 4).await?;
     let mut fifth = tcp_from([127, 0, 0, 2], agent.addr).await?;
     assert!(
         agent_closes(&mut fifth, quick).await,
@@ -345,11 +348,13 @@ async fn connections_over_a_cap_are_closed_at_once_and_others_still_served() -> 
     let c = client(&pki, &agent, Some(&pki.controller())).await?;
     assert_eq!(get_host_on_client(c).await?.host_id, HOST_ID);
 
-    // Two more from a third address fill the total cap; the next is closed at once.
+    // Once the controller's connection is gone, two more from a third address fill the total
+    // cap; the next is closed at once.
+    wait_for_open(&agent, |n| n == 4).await?;
     for _ in 0..2 {
         held.push(tcp_from([127, 0, 0, 3], agent.addr).await?);
     }
-    wait_for_open(&agent, 6).await?;
+    wait_for_open(&agent, |n| n == 6).await?;
     let mut over = tcp_from([127, 0, 0, 4], agent.addr).await?;
     assert!(
         agent_closes(&mut over, quick).await,
@@ -383,14 +388,19 @@ fn connections_open(agent: &AgentProcess) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("cannot read {line:?}"))
 }
 
-async fn wait_for_open(agent: &AgentProcess, n: u64) -> Result<()> {
-    for _ in 0..100 {
-        if connections_open(agent)? >= n {
+/// Waits (up to 10 s) until the number of connections the agent holds satisfies `want`.
+async fn wait_for_open(agent: &AgentProcess, want: impl Fn(u64) -> bool) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = connections_open(agent)?;
+        if want(n) {
             return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("the agent holds {n} connections, not the number expected");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the agent never held {n} connections")
 }
 
 #[tokio::test]
@@ -481,6 +491,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_of_silent_connections_locks_out_neither_the_controller_nor_status() -> Result<()> {
     const SLOTS: usize = 1500;
+    let _alone = FLOODS.lock().await;
     // Our own side needs a descriptor per flooding socket.
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     if soft < 4096 {
@@ -635,6 +646,7 @@ async fn a_crowd_of_silent_connections_locks_out_neither_the_controller_nor_stat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_refusals_grows_the_logs_by_little_and_keeps_earlier_lines() -> Result<()> {
+    let _alone = FLOODS.lock().await;
     let pki = TestPki::new()?;
     let (_d, agent) = start_with(&pki, "")?;
     let serving = agent.wait_for_log(&["agent serving"], LOG_WAIT)?;

@@ -2,7 +2,8 @@
 //! with the current (reloadable) configuration, HTTP/2, and the deadlines.
 //!
 //! - A connection over the total or the per-peer cap is closed at once; the loop keeps
-//!   accepting, so the listen backlog never fills and a controller always gets a verdict.
+//!   accepting, on a thread of its own, so the listen backlog never fills and a controller
+//!   always gets a verdict.
 //! - From TCP accept, a client has [`EdgeLimits::deadlines`]`.first_request` to finish the
 //!   handshake and send its first request; a connection with no open stream is closed after the
 //!   idle deadline; a connection whose call was refused for want of a certificate is closed once
@@ -102,12 +103,30 @@ impl<S> EdgeService for S where
 {
 }
 
+/// The listen backlog asked for (the OS may cap it, e.g. at `somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the gRPC listener with [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 /// Accepts on `listener` until `stop` turns true, then waits for every connection to close.
+///
+/// Accepting runs on a thread and runtime of its own: it only accepts, counts the connection
+/// against the caps, and either closes it at once or hands it to the current runtime. So
+/// however busy the connection tasks are, the listen backlog is drained.
 pub async fn serve<S: EdgeService>(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     edge: Arc<Edge>,
     service: S,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
     builder
@@ -118,6 +137,59 @@ pub async fn serve<S: EdgeService>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_BYTES);
     let builder = Arc::new(builder);
+    let connections = tokio::runtime::Handle::current();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let accept = {
+        let edge = edge.clone();
+        let connections = connections.clone();
+        let stop = stop.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(accept_loop(
+                    listener,
+                    edge,
+                    service,
+                    builder,
+                    connections,
+                    stop,
+                )),
+                Err(e) => tracing::error!(error = %e, "cannot start the accept runtime"),
+            }
+            let _ = done_tx.send(());
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("jex-accept".to_owned())
+        .spawn(accept)
+    {
+        tracing::error!(error = %e, "cannot start the accept thread");
+        return;
+    }
+    let _ = done_rx.await;
+    edge.tracker.drained().await;
+}
+
+async fn accept_loop<S: EdgeService>(
+    listener: std::net::TcpListener,
+    edge: Arc<Edge>,
+    service: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: tokio::runtime::Handle,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the gRPC listener is unusable");
+            return;
+        }
+    };
     loop {
         let (tcp, addr) = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -145,19 +217,20 @@ pub async fn serve<S: EdgeService>(
                 continue;
             }
         };
-        tokio::spawn(connection(
-            tcp,
-            addr,
-            permit,
-            edge.clone(),
-            service.clone(),
-            builder.clone(),
-            stop.clone(),
-        ));
+        // Off this thread's reactor, onto the connections' runtime.
+        let Ok(tcp) = tcp.into_std() else {
+            continue;
+        };
+        let (edge, service, builder, stop) =
+            (edge.clone(), service.clone(), builder.clone(), stop.clone());
+        connections.spawn(async move {
+            if let Ok(tcp) = TcpStream::from_std(tcp) {
+                connection(tcp, addr, permit, edge, service, builder, stop).await;
+            }
+        });
     }
     // Stop accepting at once: new clients are refused by the kernel instead of waiting.
     drop(listener);
-    edge.tracker.drained().await;
 }
 
 async fn connection<S: EdgeService>(
