@@ -43,6 +43,7 @@ pub fn from_erase(e: &EraseError) -> Status {
         | EraseError::State { .. }
         | EraseError::Locked { .. }
         | EraseError::Journal(_)
+        | EraseError::Transition(_)
         | EraseError::PatternKeyMismatch { .. }
         | EraseError::Pattern(_)
         | EraseError::Target { .. }
