@@ -70,3 +70,20 @@ fi
 
 echo "== cargo test --workspace"
 cargo test --workspace --locked --no-fail-fast
+
+# ---- macOS (aarch64-apple-darwin), cross-built here: README "Building for macOS" -------------
+# Tools are installed and pinned by the scripts themselves (cached under target/tools); a tool
+# that cannot be installed fails the run. The Mac build lives in target/macos.
+echo "== macOS: shellcheck of the macOS scripts"
+shellcheck scripts/macos.sh scripts/package.sh scripts/check-macos-package.sh
+
+echo "== macOS: clippy, whole workspace, all targets, aarch64-apple-darwin (warnings are errors)"
+scripts/macos.sh clippy
+
+echo "== macOS: release build and link of jex-agent; the linker's ad-hoc signature"
+mac_bin=$(scripts/macos.sh build)
+scripts/check-macos-package.sh --binary "$mac_bin" --signature adhoc
+
+echo "== macOS: code-signed binary in a signed, reproducible .pkg, checked independently"
+scripts/package.sh --binary "$mac_bin" --out target/package/ci
+# ---- end of macOS -----------------------------------------------------------------------------
