@@ -754,13 +754,8 @@ fn a_target_replaced_between_steps_is_refused_and_left_untouched() {
 fn the_root_device_is_refused_before_any_key_is_destroyed() {
     let h = Harness::new(&[]);
     let node = h.dir.path().join("rootdisk");
-    nix::sys::stat::mknod(
-        &node,
-        nix::sys::stat::SFlag::S_IFBLK,
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-        std::fs::metadata("/").unwrap().dev(),
-    )
-    .unwrap();
+    jex_platform::blockdev::make_block_device_node(&node, std::fs::metadata("/").unwrap().dev())
+        .unwrap();
     let mut config = h.config();
     config.targets = vec![TargetConfig {
         name: "root".into(),
