@@ -2,7 +2,7 @@
 //! test signer: [`jex_attest::FileSigner`] over the throwaway PKI of [`jex_attest::testing`],
 //! whose CA verifies the certificates it signs.
 //!
-//! ```ignore
+//! ```text
 //! let keys = FakeKeys::new();
 //! let ca_pem = write_test_signer(dir, "host-1");
 //! let deps = EraseDeps {
