@@ -29,7 +29,13 @@
 //! ```
 //!
 //! Relative paths are refused: the daemon never depends on its working directory.
+//!
+//! Some settings can only be checked against the host: the TLS files load, the erase targets
+//! exist and are not the system's own disk, the listen address is free. `jex-agent run` and
+//! `jex-agent check-config` check them before anything starts (see `app::preflight`); the
+//! [`Source`] kept with the configuration gives their errors the same file, line and key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::ops::Range;
@@ -62,6 +68,64 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The erase of tenant storage on Terminate.
     pub erase: EraseConfig,
+    /// Where it was read from, for errors found after parsing.
+    pub source: Source,
+}
+
+/// Where a configuration was read from: the file, and the line of each setting that is checked
+/// against the host after parsing (`server.listen`, `tls.cert`, `tls.key`, `tls.client_ca`,
+/// `erase.targets[N].device`), so that those errors name the file, the line and the key too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// Line of each recorded key: where it is written, or the header of the table that would
+    /// hold it when it is left out to its default.
+    lines: BTreeMap<String, usize>,
+}
+
+impl Source {
+    /// Where `key` is: its line, or line 1 when it was not recorded.
+    pub fn place(&self, key: &str) -> Place {
+        Place {
+            path: self.path.clone(),
+            line: self.lines.get(key).copied().unwrap_or(1),
+        }
+    }
+
+    /// A refusal of `key` found after parsing; `also` is another key the refusal is about,
+    /// whose line is added to the message.
+    pub fn invalid(&self, key: &str, also: Option<&str>, message: String) -> ConfigError {
+        let message = match also {
+            Some(other) => format!(
+                "{message} (`{other}` is at line {})",
+                self.place(other).line
+            ),
+            None => message,
+        };
+        let Place { path, line } = self.place(key);
+        ConfigError::Invalid {
+            path,
+            line,
+            key: key.to_owned(),
+            message,
+        }
+    }
+}
+
+/// A line of the configuration file, shown as `path:line`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
 }
 
 /// `[server]`
@@ -341,12 +405,26 @@ impl Config {
                 message: e.message().trim().to_owned(),
             }
         })?;
-        raw.validate().map_err(|e| ConfigError::Invalid {
+        let line = |span: &Range<usize>| line_col(text, span.start).0;
+        let (mut config, places) = raw.validate().map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
-            line: line_col(text, e.span.start).0,
+            line: line(&e.span),
             key: e.key,
-            message: e.message,
-        })
+            message: match e.also {
+                Some((other, span)) => {
+                    format!("{} (`{other}` is at line {})", e.message, line(&span))
+                }
+                None => e.message,
+            },
+        })?;
+        config.source = Source {
+            path: path.to_owned(),
+            lines: places
+                .into_iter()
+                .map(|(key, span)| (key, line(&span)))
+                .collect(),
+        };
+        Ok(config)
     }
 }
 
@@ -368,7 +446,7 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<SocketAddr>,
+    listen: Option<Spanned<SocketAddr>>,
     status_socket: Option<Spanned<PathBuf>>,
     limits: Option<LimitsConfig>,
 }
@@ -421,6 +499,8 @@ struct Invalid {
     span: Range<usize>,
     key: String,
     message: String,
+    /// Another setting the refusal is about, and where it is.
+    also: Option<(String, Range<usize>)>,
 }
 
 fn invalid(span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> Invalid {
@@ -428,8 +508,12 @@ fn invalid(span: Range<usize>, key: impl Into<String>, message: impl Into<String
         span,
         key: key.into(),
         message: message.into(),
+        also: None,
     }
 }
+
+/// Settings checked against the host after parsing, and where each is (see [`Source`]).
+type Places = Vec<(String, Range<usize>)>;
 
 /// A setting, or its default placed at the header of its table when it is left out.
 fn or_default<T>(
@@ -482,7 +566,8 @@ fn value<T: Clone>(written: &Option<Spanned<T>>) -> Option<T> {
 
 impl RawConfig {
     /// Fills in the defaults and checks every setting; the first problem found is returned.
-    fn validate(self) -> Result<Config, Invalid> {
+    /// Also returns where the settings checked against the host later are.
+    fn validate(self) -> Result<(Config, Places), Invalid> {
         let state_dir = or_default(self.state_dir, &ROOT, default_state_dir);
         let (server, server_at) = table(self.server, &ROOT);
         let status_socket = or_default(server.status_socket, &server_at, default_status_socket);
@@ -623,11 +708,40 @@ impl RawConfig {
                 ),
             ));
         }
+        let mut places: Places = vec![
+            (
+                "server.listen".to_owned(),
+                span_of(&server.listen).unwrap_or_else(|| server_at.clone()),
+            ),
+            ("tls.cert".to_owned(), cert.span()),
+            ("tls.key".to_owned(), key.span()),
+            ("tls.client_ca".to_owned(), client_ca.span()),
+        ];
         // The erase journal lives under the agent's state directory unless set on its own.
         let (erase, erase_at) = table(self.erase, &ROOT);
+        let device_places: Places = erase
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let span = span_of(&target.get_ref().device).unwrap_or_else(|| target.span());
+                (format!("erase.targets[{index}].device"), span)
+            })
+            .collect();
         let erase = erase
             .into_config(erase_at, state_dir.get_ref().join("erase"))
-            .map_err(|e| invalid(e.span, e.error.setting().to_string(), e.error.to_string()))?;
+            .map_err(|e| {
+                let also = e.error.other_setting().and_then(|other| {
+                    let other = other.to_string();
+                    let span = device_places.iter().find(|(k, _)| *k == other)?.1.clone();
+                    Some((other, span))
+                });
+                Invalid {
+                    also,
+                    ..invalid(e.span, e.error.setting().to_string(), e.error.to_string())
+                }
+            })?;
+        places.extend(device_places);
 
         let spool_place = |field: &str| {
             match field {
@@ -642,7 +756,9 @@ impl RawConfig {
         let config = Config {
             state_dir: state_dir.get_ref().clone(),
             server: ServerConfig {
-                listen: server.listen.unwrap_or_else(default_listen),
+                listen: server
+                    .listen
+                    .map_or_else(default_listen, Spanned::into_inner),
                 status_socket: status_socket.into_inner(),
                 limits: server.limits.clone().unwrap_or_default(),
             },
@@ -679,6 +795,7 @@ impl RawConfig {
                 max_files: max_files.into_inner(),
             },
             erase,
+            source: Source::default(),
         };
         let spool_config = config.spool_config();
         if !spool_config.dir.is_absolute() {
@@ -692,7 +809,7 @@ impl RawConfig {
             ));
         }
         match spool_config.validate() {
-            Ok(()) => Ok(config),
+            Ok(()) => Ok((config, places)),
             Err(SpoolError::InvalidConfig { field, reason }) => {
                 let key = field
                     .strip_suffix("_interval")
@@ -1035,6 +1152,69 @@ interval_ms = 500
         assert_eq!(
             parse(&text).expect("valid").erase.state_dir,
             PathBuf::from("/srv/erase")
+        );
+    }
+
+    #[test]
+    fn settings_checked_against_the_host_keep_their_lines() {
+        let uuid = "9f5d0c8e-3a1b-4c2d-8e7f-0a1b2c3d4e5f";
+        let (text, at) = with_extra(&format!(
+            "[[erase.targets]]\nname = \"a\"\nbackend = \"luks2\"\ndevice = \"/dev/x\"\nluks_uuid = \"{uuid}\"\n"
+        ));
+        let c = parse(&text).expect("valid");
+        for (key, line) in [
+            ("server.listen", 3),
+            ("tls.cert", 6),
+            ("tls.key", 7),
+            ("tls.client_ca", 8),
+            ("erase.targets[0].device", at + 3),
+        ] {
+            assert_eq!(c.source.place(key).line, line, "{key}");
+        }
+        assert_eq!(
+            c.source.place("tls.key").to_string(),
+            "/etc/jex-agent/agent.toml:7"
+        );
+        // A listen address left out is placed at its table's header, or line 1 without one.
+        let c = parse(&GOOD.replace("listen = \"127.0.0.1:7443\"\n", "")).expect("valid");
+        assert_eq!(c.source.place("server.listen").line, 2);
+        let c = parse(&GOOD.replace("[server]\nlisten = \"127.0.0.1:7443\"\n", "")).expect("valid");
+        assert_eq!(c.source.place("server.listen").line, 1);
+        assert_eq!(c.server.listen, default_listen());
+        // A refusal found later names the file, the line and the key, and the other key's line.
+        let err = c
+            .source
+            .invalid("tls.key", Some("tls.cert"), "refused".to_owned())
+            .to_string();
+        assert_eq!(
+            err,
+            "/etc/jex-agent/agent.toml:5: key `tls.key`: refused (`tls.cert` is at line 4)"
+        );
+    }
+
+    #[test]
+    fn one_device_path_twice_names_both_targets_and_lines() {
+        let uuid = "9f5d0c8e-3a1b-4c2d-8e7f-0a1b2c3d4e5f";
+        let target = |name: &str| {
+            format!(
+                "[[erase.targets]]\nname = \"{name}\"\nbackend = \"luks2\"\ndevice = \"/dev/x\"\nluks_uuid = \"{uuid}\"\n"
+            )
+        };
+        let (text, at) = with_extra(&format!("{}{}", target("a"), target("b")));
+        let err = parse(&text).expect_err("one device twice").to_string();
+        assert!(
+            err.starts_with(&format!(
+                "/etc/jex-agent/agent.toml:{}: key `erase.targets[1].device`:",
+                at + 8
+            )),
+            "{err}"
+        );
+        assert!(
+            err.ends_with(&format!(
+                "(`erase.targets[0].device` is at line {})",
+                at + 3
+            )),
+            "{err}"
         );
     }
 

@@ -262,6 +262,21 @@ pub enum StatusError {
     },
 }
 
+impl StatusError {
+    /// No agent runs: the socket is missing, or nothing listens on it. What `erase-plan` plans
+    /// offline for; any other failure means an agent may be there.
+    pub fn no_agent(&self) -> bool {
+        matches!(self, StatusError::Connect { source, .. }
+            if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+    }
+
+    /// The socket (or its directory) exists but this user may not open it: it is root-only.
+    pub fn not_permitted(&self) -> bool {
+        matches!(self, StatusError::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// The status socket served on its own thread; stopped (and its thread joined) by
 /// [`StatusServer::stop`], or stopped without waiting when dropped.
 #[derive(Debug)]
@@ -430,6 +445,46 @@ async fn answer(mut conn: tokio::net::UnixStream, respond: Responder) {
 /// Reads one snapshot from the socket.
 pub async fn query(path: &Path) -> Result<StatusSnapshot, StatusError> {
     let value = ask(path, Query::Status).await?;
+    serde_json::from_value(value).map_err(|source| StatusError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// How long [`query_blocking`] waits for the answer.
+const BLOCKING_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads one snapshot without an async runtime (for the checks before the agent starts), within
+/// a few seconds.
+pub fn query_blocking(path: &Path) -> Result<StatusSnapshot, StatusError> {
+    use std::io::{Read, Write};
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(path).map_err(|source| StatusError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let read_err = |source| StatusError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    conn.set_read_timeout(Some(BLOCKING_QUERY_TIMEOUT))
+        .and_then(|()| conn.set_write_timeout(Some(BLOCKING_QUERY_TIMEOUT)))
+        .map_err(read_err)?;
+    conn.write_all(Query::Status.as_line()).map_err(read_err)?;
+    conn.shutdown(std::net::Shutdown::Write).map_err(read_err)?;
+    let mut buf = Vec::new();
+    conn.read_to_end(&mut buf).map_err(read_err)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&buf).map_err(|source| StatusError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+    if let Some(message) = value.get(REQUEST_ERROR).and_then(|m| m.as_str()) {
+        return Err(StatusError::Refused {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        });
+    }
     serde_json::from_value(value).map_err(|source| StatusError::Parse {
         path: path.to_owned(),
         source,
@@ -663,6 +718,35 @@ mod tests {
             serve(&path, responder(snapshot()), 4).expect("serve again over a stale socket");
         assert_eq!(query(&path).await.expect("query").host_id, "h-1");
         drop(server);
+    }
+
+    #[tokio::test]
+    async fn the_blocking_client_reads_the_snapshot_and_tells_no_agent_from_no_permission() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.sock");
+        let server = serve(&path, responder(snapshot()), 4).expect("serve");
+        let at = path.clone();
+        let got = tokio::task::spawn_blocking(move || query_blocking(&at))
+            .await
+            .expect("joined")
+            .expect("query");
+        assert_eq!(got.host_id, "h-1");
+        tokio::task::spawn_blocking(move || server.stop())
+            .await
+            .expect("stopped");
+        // Stopped (the socket is gone or nobody listens on it), and never started.
+        for gone in [path.clone(), dir.path().join("never.sock")] {
+            let err = query(&gone).await.expect_err("no agent");
+            assert!(err.no_agent() && !err.not_permitted(), "{err:?}");
+            let err = query_blocking(&gone).expect_err("no agent");
+            assert!(err.no_agent(), "{err:?}");
+        }
+        // A root-only socket seen by another user.
+        let denied = StatusError::Connect {
+            path,
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(denied.not_permitted() && !denied.no_agent());
     }
 
     #[tokio::test]

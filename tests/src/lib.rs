@@ -87,6 +87,8 @@ pub struct AgentOptions {
     pub extra_toml: String,
     /// The open-file limit (soft, hard) the agent process starts with; `None` inherits ours.
     pub nofile: Option<(u64, u64)>,
+    /// The gRPC listen address; `None`: `127.0.0.1:0`, a free port.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOptions {
@@ -95,6 +97,7 @@ impl Default for AgentOptions {
             interval_ms: 100,
             extra_toml: String::new(),
             nofile: None,
+            listen: None,
         }
     }
 }
@@ -236,6 +239,9 @@ impl Drop for AgentProcess {
 pub fn write_config(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut text = jex_agent::demo::demo_config(dir, &pki.paths, opts.interval_ms);
+    if let Some(addr) = opts.listen {
+        text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+    }
     text.push_str(&opts.extra_toml);
     let path = dir.join("agent.toml");
     std::fs::write(&path, text)?;

@@ -3,7 +3,10 @@
 //! Deserialised from the `[erase]` table of the agent's TOML config (unknown keys rejected),
 //! then checked by [`EraseConfig::validate`], whose errors say what to fix and name the
 //! [`Setting`] at fault. The agent reads the table as an [`EraseSection`], which keeps where each
-//! setting was written (`toml::Spanned`), so that its errors also give the line. Example:
+//! setting was written (`toml::Spanned`), so that its errors also give the line. Two targets that
+//! name one file or device through different paths (a symlink, another device node) are refused
+//! by [`EraseConfig::check_distinct_targets`], which looks at what the paths name on this host;
+//! the agent runs it before it starts. Example:
 //!
 //! ```toml
 //! [erase]
@@ -27,6 +30,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use jex_platform::blockdev::{TargetIdentity, TargetKind};
 use toml::Spanned;
 
 /// Default chunk size of overwrite writes.
@@ -293,17 +297,38 @@ pub enum ConfigError {
         /// The name.
         name: String,
     },
-    /// Two targets with one device.
-    #[error("erase.targets: device {device:?} is listed twice (targets {first:?} and {second:?})")]
+    /// Two targets with one device path.
+    #[error(
+        "erase.targets[{index}].device: {device:?} is already erase.targets[{first_index}].device (targets {first:?} and {second:?}): list each target once"
+    )]
     DuplicateDevice {
         /// Position of the second one in the list.
         index: usize,
+        /// Position of the first one.
+        first_index: usize,
         /// The device.
         device: PathBuf,
         /// First target's name.
         first: String,
         /// Second target's name.
         second: String,
+    },
+    /// Two targets whose device paths differ but name the same file or device (a symlink and
+    /// what it points to, two device nodes of one disk).
+    #[error(
+        "erase.targets[{index}].device {device:?} and erase.targets[{first_index}].device {first_device:?} are the same {identity}: list each target once"
+    )]
+    SameTarget {
+        /// Position of the second one in the list.
+        index: usize,
+        /// Position of the first one.
+        first_index: usize,
+        /// The second one's device path.
+        device: PathBuf,
+        /// The first one's device path.
+        first_device: PathBuf,
+        /// What both paths name ([`TargetIdentity::fingerprint`]).
+        identity: String,
     },
     /// A target's backend has no identity pin.
     #[error(
@@ -357,10 +382,33 @@ impl ConfigError {
             ConfigError::EmptyName { index } | ConfigError::DuplicateName { index, .. } => {
                 target(*index, TargetField::Name)
             }
-            ConfigError::DuplicateDevice { index, .. } => target(*index, TargetField::Device),
+            ConfigError::DuplicateDevice { index, .. } | ConfigError::SameTarget { index, .. } => {
+                target(*index, TargetField::Device)
+            }
             ConfigError::MissingPin { index, key, .. }
             | ConfigError::ForeignPin { index, key, .. }
             | ConfigError::BadPin { index, key, .. } => target(*index, *key),
+        }
+    }
+
+    /// The other setting the error is about, when it concerns two (the first of two targets
+    /// that name one device), so that a message can point at both.
+    pub fn other_setting(&self) -> Option<Setting> {
+        match self {
+            ConfigError::DuplicateDevice { first_index, .. }
+            | ConfigError::SameTarget { first_index, .. } => Some(Setting::Target {
+                index: *first_index,
+                field: TargetField::Device,
+            }),
+            ConfigError::RelativePath { .. }
+            | ConfigError::BadSize { .. }
+            | ConfigError::OutOfRange { .. }
+            | ConfigError::MissingKey { .. }
+            | ConfigError::EmptyName { .. }
+            | ConfigError::DuplicateName { .. }
+            | ConfigError::MissingPin { .. }
+            | ConfigError::ForeignPin { .. }
+            | ConfigError::BadPin { .. } => None,
         }
     }
 }
@@ -542,7 +590,7 @@ impl EraseConfig {
                     key: stray_key,
                 });
             }
-            for earlier in &self.targets[..index] {
+            for (first_index, earlier) in self.targets[..index].iter().enumerate() {
                 if earlier.name == target.name {
                     return Err(ConfigError::DuplicateName {
                         index,
@@ -552,6 +600,7 @@ impl EraseConfig {
                 if earlier.device == target.device {
                     return Err(ConfigError::DuplicateDevice {
                         index,
+                        first_index,
                         device: target.device.clone(),
                         first: earlier.name.clone(),
                         second: target.name.clone(),
@@ -560,6 +609,47 @@ impl EraseConfig {
             }
         }
         Ok(())
+    }
+
+    /// Refuses two targets whose device paths differ but name the same file or device: a
+    /// symlink and what it points to, `/dev/disk/by-id/…` and `/dev/sdb`. [`Self::validate`]
+    /// only compares the paths as written; this compares what they name now, as `identify`
+    /// reports it (the erase's own [`jex_platform::blockdev::probe`]): files by `(st_dev,
+    /// st_ino)`, devices by `st_rdev`. A target `identify` cannot name (missing, unreadable) is
+    /// left out here: the checks of the target itself report it.
+    pub fn check_distinct_targets(
+        &self,
+        identify: impl Fn(&Path) -> Option<TargetIdentity>,
+    ) -> Result<(), ConfigError> {
+        let identities: Vec<Option<TargetIdentity>> =
+            self.targets.iter().map(|t| identify(&t.device)).collect();
+        for (index, (target, identity)) in self.targets.iter().zip(&identities).enumerate() {
+            let Some(identity) = identity else { continue };
+            let first = identities[..index]
+                .iter()
+                .position(|earlier| earlier.as_ref().is_some_and(|e| same_object(e, identity)));
+            if let Some(first_index) = first {
+                let earlier = &self.targets[first_index];
+                return Err(ConfigError::SameTarget {
+                    index,
+                    first_index,
+                    device: target.device.clone(),
+                    first_device: earlier.device.clone(),
+                    identity: identity.fingerprint(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two identities name the same object: a file by `(st_dev, st_ino)`, a device by
+/// `st_rdev` (size and serial follow from those).
+fn same_object(a: &TargetIdentity, b: &TargetIdentity) -> bool {
+    match (a.kind, b.kind) {
+        (TargetKind::File, TargetKind::File) => a.dev == b.dev && a.ino == b.ino,
+        (TargetKind::Device, TargetKind::Device) => a.rdev == b.rdev,
+        (TargetKind::File, TargetKind::Device) | (TargetKind::Device, TargetKind::File) => false,
     }
 }
 
@@ -933,6 +1023,140 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "erase.targets[0]: device is missing: every target needs name, backend and device"
+        );
+    }
+    fn luks_target(name: &str, device: &Path) -> TargetConfig {
+        TargetConfig {
+            name: name.to_owned(),
+            backend: Backend::Luks2,
+            device: device.to_owned(),
+            luks_uuid: Some(UUID.to_owned()),
+            apfs_volume_uuid: None,
+        }
+    }
+
+    fn with_targets(targets: Vec<TargetConfig>) -> EraseConfig {
+        EraseConfig {
+            targets,
+            ..EraseConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_symlink_and_the_file_it_names_are_one_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("tenant.img");
+        std::fs::write(&image, vec![0u8; 8192]).unwrap();
+        let link = dir.path().join("by-id-tenant");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let other = dir.path().join("other.img");
+        std::fs::write(&other, vec![0u8; 8192]).unwrap();
+        let probe = |p: &Path| jex_platform::blockdev::probe(p).ok();
+
+        let config = with_targets(vec![
+            luks_target("a", &image),
+            luks_target("b", &other),
+            luks_target("c", &link),
+        ]);
+        // Different paths: the path comparison of `validate` lets them through.
+        config.validate().unwrap();
+        let err = config.check_distinct_targets(probe).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::SameTarget {
+                    index: 2,
+                    first_index: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.setting().to_string(), "erase.targets[2].device");
+        assert_eq!(
+            err.other_setting().map(|s| s.to_string()).as_deref(),
+            Some("erase.targets[0].device")
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("erase.targets[2].device")
+                && text.contains("erase.targets[0].device")
+                && text.contains("same file:dev="),
+            "{text}"
+        );
+
+        // Distinct files, and a target that is missing (reported by its own check), pass.
+        let config = with_targets(vec![
+            luks_target("a", &image),
+            luks_target("b", &other),
+            luks_target("c", &dir.path().join("missing.img")),
+        ]);
+        config.check_distinct_targets(probe).unwrap();
+    }
+
+    #[test]
+    fn devices_are_the_same_by_rdev_and_never_the_same_as_a_file() {
+        let identity = |kind, dev, ino, rdev, serial: Option<&str>| TargetIdentity {
+            kind,
+            dev,
+            ino,
+            rdev,
+            size_bytes: 1 << 30,
+            serial: serial.map(str::to_owned),
+        };
+        let config = with_targets(vec![
+            luks_target("a", Path::new("/dev/disk/by-id/nvme-X")),
+            luks_target("b", Path::new("/img/b")),
+            luks_target("c", Path::new("/dev/nvme1n1")),
+        ]);
+        let err = config
+            .check_distinct_targets(|p| {
+                Some(match p.to_str() {
+                    Some("/img/b") => identity(TargetKind::File, 259, 7, 0, None),
+                    // One disk through two nodes: the serial is read once and may be missing.
+                    Some("/dev/nvme1n1") => identity(TargetKind::Device, 0, 0, 259 << 8, None),
+                    _ => identity(TargetKind::Device, 0, 0, 259 << 8, Some("S4EW")),
+                })
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::SameTarget {
+                    index: 2,
+                    first_index: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A file whose st_dev equals a device's st_rdev is another object.
+        let config = with_targets(vec![
+            luks_target("a", Path::new("/img/a")),
+            luks_target("b", Path::new("/dev/b")),
+        ]);
+        config
+            .check_distinct_targets(|p| {
+                Some(if p.starts_with("/img") {
+                    identity(TargetKind::File, 2049, 12, 0, None)
+                } else {
+                    identity(TargetKind::Device, 0, 0, 2049, None)
+                })
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_same_path_twice_names_both_targets() {
+        let config = with_targets(vec![
+            luks_target("a", Path::new("/dev/x")),
+            luks_target("b", Path::new("/dev/x")),
+        ]);
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.setting().to_string(), "erase.targets[1].device");
+        assert_eq!(
+            err.other_setting().map(|s| s.to_string()).as_deref(),
+            Some("erase.targets[0].device")
         );
     }
 }

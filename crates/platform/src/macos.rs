@@ -20,8 +20,8 @@ use std::ptr;
 
 use super::darwin::{self, SysctlRead};
 use super::{
-    CounterWidth, Counters, CpuAccounting, CpuReading, CpuTicks, HostCounters, HostInfo,
-    MemoryCounters, PlatformError, VmCounts,
+    CounterWidth, Counters, CpuAccounting, CpuReading, HostCounters, HostInfo, MemoryCounters,
+    PlatformError, VmCounts,
 };
 use jex_telemetry::{LoadAverage, MemoryPressure, SwapSample};
 
