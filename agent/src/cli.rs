@@ -1,12 +1,15 @@
 //! The `jex-agent` command line. Each subcommand is a thin call into the library; errors are
-//! printed once, with their causes, and mapped to sysexits codes (64 for bad usage or config).
+//! printed once, with their causes, and mapped to the sysexits codes of [`ExitKind`] (the table
+//! is in the README): 64 for a bad command line or configuration, 69 when something the agent
+//! needs is held by another process, 77 when the command needs root, 1 when a command fails at
+//! run time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{ExitKind, error_chain};
+use crate::app::{AppError, ExitKind, ListenCheck, error_chain};
 use crate::config::{Config, defaults};
 use crate::ctl;
 
@@ -28,7 +31,10 @@ pub enum Command {
         #[arg(long, default_value = defaults::CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Validate a configuration file without starting; exits 64 when it is invalid.
+    /// Check a configuration file and what it names on this host (TLS material, erase
+    /// targets, the listen address) without starting; exits with the code `run` would stop
+    /// with (64 for a configuration error), and warns about erase targets a `Terminate` would
+    /// refuse now.
     CheckConfig {
         /// The configuration file.
         #[arg(long, default_value = defaults::CONFIG_PATH)]
@@ -49,7 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
-    /// Show the running agent's state (root only: reads its local socket).
+    /// Show the running agent's state (root only: reads its local socket; exits 77 without
+    /// root, 69 when no agent runs).
     Status {
         /// The agent's status socket.
         #[arg(long, default_value = defaults::STATUS_SOCKET)]
@@ -59,12 +66,13 @@ pub enum Command {
         json: bool,
     },
     /// Print what a Terminate would destroy, with every safety check, touching nothing
-    /// (asks the running agent through its local socket).
+    /// (asks the running agent through its local socket; root only: exits 77 without root).
     ErasePlan {
         /// The agent's status socket.
         #[arg(long, default_value = defaults::STATUS_SOCKET)]
         socket: PathBuf,
-        /// When no agent answers on the socket, plan from this configuration instead.
+        /// When no agent runs (no socket, or nothing listening on it), plan from this
+        /// configuration instead.
         #[arg(long, default_value = defaults::CONFIG_PATH)]
         config: PathBuf,
     },
@@ -158,7 +166,19 @@ pub enum CtlCommand {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap would exit 2; a bad command line is EX_USAGE here like everywhere else.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitKind::Usage
+            } else {
+                ExitKind::Ok // --help, --version
+            }
+            .into();
+        }
+    };
     match cli.command {
         Command::Run { config } => crate::app::run(&config),
         Command::CheckConfig { config } => check_config(&config),
@@ -215,7 +235,7 @@ pub fn main() -> ExitCode {
                     }
                     ExitKind::Ok.into()
                 }
-                Err(e) => fail(&e),
+                Err(e) => refuse(&status_failure("status", &socket, e)),
             }
         }),
         Command::ErasePlan { socket, config } => block_on(async move {
@@ -224,14 +244,15 @@ pub fn main() -> ExitCode {
                     print!("{}", crate::render::render_plan(&plan));
                     ExitKind::Ok.into()
                 }
-                Err(crate::status::StatusError::Connect { .. }) => erase_plan_offline(&config),
-                Err(e) => fail(&e),
+                // Only when no agent runs: one that runs knows its journal.
+                Err(e) if e.no_agent() => erase_plan_offline(&config),
+                Err(e) => refuse(&status_failure("erase-plan", &socket, e)),
             }
         }),
         Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
         Command::Demo { seconds, keep } => {
-            let _ = crate::logging::init(&crate::logging::LogTargets {
+            let _log = crate::logging::init(&crate::logging::LogTargets {
                 level: "warn".to_owned(),
                 file: None,
             });
@@ -240,32 +261,76 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `check-config`: the file parses and validates, and the TLS material it names loads (the
-/// certificate chain, the key with mode 0600, the client CA, the host id in the certificate).
-/// Exits 64 when anything would stop the agent from starting.
+/// `check-config`: every check that would stop `run` ([`crate::app::preflight`]: the file
+/// parses and validates; the TLS material loads; every erase target exists, is a file or device,
+/// is not the system's disk, and no two name one; the listen address can be bound), exiting with
+/// the code `run` would stop with. Then the erase plan's own checks (mounted devices, direct I/O,
+/// key backend identity): those refuse a `Terminate` now but do not stop the agent (a tenant's
+/// volume is mounted during the tenancy), so they are warnings.
 pub fn check_config(path: &std::path::Path) -> ExitCode {
-    let result = (|| -> Result<String, String> {
-        let config = Config::load(path).map_err(|e| e.to_string())?;
-        crate::tls::server_config(&config.tls)
-            .map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
-        let host_id = crate::tls::host_id_from_cert(&config.tls.cert)
-            .map_err(|e| format!("{}: [tls]: {}", path.display(), error_chain(&e)))?;
-        Ok(format!(
-            "{}: ok (host {host_id}, listen {}, {} erase target(s))",
-            path.display(),
-            config.server.listen,
-            config.erase.targets.len()
-        ))
-    })();
-    match result {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitKind::Ok.into()
-        }
+    let checked = Config::load(path)
+        .map_err(AppError::from)
+        .and_then(|config| Ok((crate::app::preflight(&config)?, config)));
+    let (found, config) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
-            eprintln!("jex-agent: {e}");
-            ExitKind::Usage.into()
+            let exit = refuse(&e);
+            if e.exit_kind() == ExitKind::NoPermission {
+                eprintln!(
+                    "jex-agent: check-config reads what only root may read: run it with sudo"
+                );
+            }
+            return exit;
         }
+    };
+    let listen = match found.listen {
+        ListenCheck::Free => config.server.listen.to_string(),
+        ListenCheck::HeldByAgent { pid } => format!(
+            "{} (held by the running agent, pid {pid}, which uses this configuration's address)",
+            config.server.listen
+        ),
+    };
+    println!(
+        "{}: ok (host {}, listen {listen}, {} erase target(s))",
+        path.display(),
+        found.host_id,
+        config.erase.targets.len()
+    );
+    for warning in erase_warnings(&config) {
+        eprintln!("jex-agent: warning: {warning}");
+    }
+    ExitKind::Ok.into()
+}
+
+/// What would refuse a `Terminate` now without stopping the agent, from the erase plan.
+fn erase_warnings(config: &Config) -> Vec<String> {
+    if config.erase.targets.is_empty() {
+        return vec![
+            "no erase targets configured: a Terminate would be refused (add [[erase.targets]])"
+                .to_owned(),
+        ];
+    }
+    let factory = crate::app::key_destroyer_factory(&config.erase);
+    match jex_erase::plan_offline(&config.erase, &factory) {
+        Ok(plan) => plan
+            .iter()
+            .enumerate()
+            .flat_map(|(index, target)| {
+                let place = config
+                    .source
+                    .place(&format!("erase.targets[{index}].device"));
+                target.checks.iter().filter(|c| !c.passed).map(move |c| {
+                    format!(
+                        "{place}: erase target {:?} is not ready now: {}: {}",
+                        target.name, c.check, c.detail
+                    )
+                })
+            })
+            .collect(),
+        Err(e) => vec![format!(
+            "the erase plan could not be made: {}",
+            error_chain(&e)
+        )],
     }
 }
 
@@ -303,17 +368,17 @@ pub fn verify_erase(
 }
 
 /// `erase-plan` with no agent running: plans from the configuration file, touching nothing
-/// (the journal is not read, so an unfinished erase is neither resumed nor shown).
+/// (the journal is not read, so an unfinished erase is neither resumed nor shown). A target the
+/// agent would refuse to start with is refused here too, with the same exit code.
 fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("jex-agent: {e}");
-            return ExitKind::Usage.into();
-        }
-    };
-    let factory = crate::app::key_destroyer_factory(&config.erase);
-    match jex_erase::plan_offline(&config.erase, &factory) {
+    let planned = Config::load(path)
+        .map_err(AppError::from)
+        .and_then(|config| {
+            crate::app::check_targets(&config)?;
+            let factory = crate::app::key_destroyer_factory(&config.erase);
+            Ok(jex_erase::plan_offline(&config.erase, &factory)?)
+        });
+    match planned {
         Ok(plan) => {
             println!(
                 "(no agent answered on its socket: planned from {})",
@@ -325,8 +390,33 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
             );
             ExitKind::Ok.into()
         }
-        Err(e) => fail(&e),
+        Err(e) => refuse(&e),
     }
+}
+
+/// A failed question to the status socket: root-only, nobody there, or another failure.
+fn status_failure(
+    command: &'static str,
+    socket: &std::path::Path,
+    e: crate::status::StatusError,
+) -> AppError {
+    if e.not_permitted() {
+        AppError::NeedsRoot { command }
+    } else if e.no_agent() {
+        AppError::NoAgent {
+            socket: socket.to_owned(),
+            source: e,
+        }
+    } else {
+        AppError::Status(e)
+    }
+}
+
+/// Prints a failure of `run`, `check-config`, `erase-plan` or `status` with its causes and
+/// returns its exit code.
+fn refuse(e: &AppError) -> ExitCode {
+    eprintln!("jex-agent: {}", error_chain(e));
+    e.exit_kind().into()
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

@@ -1,31 +1,71 @@
 //! Local logs an SRE on the host can read and trust.
 //!
-//! - JSON lines to `<log dir>/agent.log`, rotated by size to `agent.log.1` … `agent.log.N`
-//!   (newest first) by the agent itself, so no external rotation has to signal it;
-//! - human-readable lines to stderr (launchd sends them to its `StandardErrorPath`);
-//! - on macOS, unified logging under subsystem `com.jexcloud.agent`
-//!   (`log show --predicate 'subsystem == "com.jexcloud.agent"'`).
+//! Who writes what where:
+//! - **JSON file**: every event the level filter lets through, as one JSON line in
+//!   `<log dir>/agent.log`, rotated by size to `agent.log.1` … `agent.log.N` (newest first) by
+//!   the agent itself, so no external rotation has to signal it. Events never wait for the disk:
+//!   each is formatted into a whole line on the thread that logs it and queued (bounded,
+//!   [`QUEUE_LINES`]); one writer thread appends the lines and rotates between lines only. When
+//!   the queue is full the line is dropped and counted, and the next line that gets into the
+//!   queue is preceded by a WARN line `log lines dropped` with the count in `dropped`: logging
+//!   never slows the agent down, and a gap is never silent. The [`LogGuard`] that [`init`]
+//!   returns is kept by the wiring until exit; dropping it writes out the queue and any last
+//!   count, and flushes.
+//! - **stderr** (launchd sends it to `launchd.stderr.log`): warnings and errors only, as
+//!   human-readable lines, written on the logging thread (they are rare); panics, printed by the
+//!   standard panic hook, which [`install_panic_hook`] keeps and runs before logging the panic to
+//!   the other sinks as an ERROR event (left off stderr, so a panic is printed once); and what
+//!   the command line prints before logging starts (configuration and start-up errors). Without
+//!   a JSON file (the command-line tools) stderr is the only sink and takes every event the level
+//!   filter lets through.
+//! - **system log**: whatever [`jex_platform::logsink::system_log_layer`] provides. On macOS
+//!   that is the unified log under subsystem `com.jexcloud.agent`
+//!   (`log show --predicate 'subsystem == "com.jexcloud.agent"'`), so a macOS host has two
+//!   copies of each event (unified log, JSON file), not three; elsewhere there is none.
 //!
 //! Each JSON line carries the span fields (`rpc`, `peer`, `operation_id`, …), so one
 //! `jq 'select(.span.operation_id == "…")'` follows an erase from start to certificate.
 //! Nothing that logs goes through here with key material: secret types print `"..."`.
+//!
+//! # Message convention
+//!
+//! A message is a short lowercase fragment without a trailing period that says what happened
+//! (`"call refused"`, `"target overwritten"`); names and acronyms keep their case
+//! (`"TLS handshake refused"`, `"APFS volume deleted"`). A clause after `; ` may say what the
+//! agent does about it (`"TLS reload failed; keeping the previous certificate"`). Facts go in
+//! fields, not in the text (`peer`, `target`, `bytes`, `seq`, `elapsed_ms`), so that a message is
+//! a constant to search for (`jq 'select(.fields.message == "call refused")'`). An error goes in
+//! the `error` field with its whole chain (`error = %error_chain(&e)`), never in the message.
+//! Levels: ERROR when the agent cannot do something it must, WARN when something is wrong but
+//! handled (a refusal, a retry, data reported as a gap), INFO for the lifecycle and operations,
+//! DEBUG for detail that helps a diagnosis.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Subscriber;
+use tracing_subscriber::filter::{FilterFn, LevelFilter};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-
-/// The unified-logging subsystem.
-pub const OSLOG_SUBSYSTEM: &str = "com.jexcloud.agent";
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The log file name inside the log directory.
 pub const LOG_FILE: &str = "agent.log";
+
+/// Lines the JSON file's queue holds before new lines are dropped (a few MiB of JSON at most).
+pub const QUEUE_LINES: usize = 8192;
+
+/// The target of the event a panic is logged as; stderr leaves it out (the panic hook prints
+/// the panic there itself).
+pub const PANIC_TARGET: &str = "jex_agent::panic";
 
 /// Logging could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +79,9 @@ pub enum LoggingError {
         #[source]
         source: std::io::Error,
     },
+    /// The writer thread of the log file could not be started.
+    #[error("starting the log writer thread")]
+    Spawn(#[source] std::io::Error),
     /// The level filter did not parse.
     #[error("log level {level:?} is not valid: use error, warn, info, debug or trace")]
     Filter {
@@ -50,17 +93,21 @@ pub enum LoggingError {
     AlreadyInitialised,
 }
 
-/// A file writer that rotates by size: when a write would pass `max_bytes`, `agent.log` becomes
-/// `agent.log.1`, older ones shift up, and the oldest beyond `max_files` is removed.
-#[derive(Debug)]
-pub struct RotatingFile {
-    inner: Mutex<RotState>,
+/// Where the writer thread puts lines.
+trait LineSink: Send + 'static {
+    /// Appends one whole line (ending in `\n`).
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()>;
+    /// Makes what was written visible to readers of the file.
+    fn flush(&mut self) -> std::io::Result<()>;
 }
 
+/// A file that rotates by size: when a line would take `agent.log` past `max_bytes`,
+/// `agent.log` becomes `agent.log.1`, older ones shift up, and the oldest beyond `max_files` is
+/// removed. Rotation happens between lines only. Owned by the writer thread.
 #[derive(Debug)]
-struct RotState {
+pub struct RotatingFile {
     path: PathBuf,
-    file: File,
+    file: BufWriter<File>,
     size: u64,
     max_bytes: u64,
     max_files: u32,
@@ -83,32 +130,16 @@ impl RotatingFile {
         let file = open_append(&path).map_err(open_err(&path))?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
-            inner: Mutex::new(RotState {
-                path,
-                file,
-                size,
-                max_bytes,
-                max_files,
-            }),
+            path,
+            file: BufWriter::new(file),
+            size,
+            max_bytes,
+            max_files,
         })
     }
 
-    fn write_line(&self, buf: &[u8]) -> std::io::Result<()> {
-        let mut st = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if st.size > 0 && st.size + buf.len() as u64 > st.max_bytes {
-            st.rotate()?;
-        }
-        st.file.write_all(buf)?;
-        st.size += buf.len() as u64;
-        Ok(())
-    }
-}
-
-impl RotState {
     fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
         let _ = std::fs::remove_file(numbered(self.max_files));
         for n in (1..self.max_files).rev() {
@@ -118,9 +149,24 @@ impl RotState {
             }
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = open_append(&self.path)?;
+        self.file = BufWriter::new(open_append(&self.path)?);
         self.size = 0;
         Ok(())
+    }
+}
+
+impl LineSink for RotatingFile {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }
 
@@ -132,18 +178,45 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// A `MakeWriter` handle on a shared rotating file.
-#[derive(Debug, Clone)]
-pub struct RotatingWriter(Arc<RotatingFile>);
+/// What the queue carries to the writer thread.
+enum Message {
+    /// One event's whole line.
+    Line(Vec<u8>),
+    /// This many lines were dropped here because the queue was full.
+    Dropped(u64),
+    /// Write out and stop.
+    Stop,
+}
 
-/// One event's bytes, written as a whole line on drop so rotation never splits a line.
+/// The JSON layer's `MakeWriter`: queues each event's line for the writer thread, never
+/// waiting. Lines that do not fit are counted and reported in the file as a gap.
+#[derive(Debug, Clone)]
+pub struct NonBlocking {
+    queue: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl NonBlocking {
+    fn send(&self, line: Vec<u8>) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 && self.queue.try_send(Message::Dropped(dropped)).is_err() {
+            self.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
+            return;
+        }
+        if self.queue.try_send(Message::Line(line)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One event's bytes, queued as a whole line when the event is written (on drop).
 #[derive(Debug)]
-pub struct LineWriter {
-    file: Arc<RotatingFile>,
+pub struct EventLine<'a> {
+    writer: &'a NonBlocking,
     buf: Vec<u8>,
 }
 
-impl Write for LineWriter {
+impl Write for EventLine<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(buf);
         Ok(buf.len())
@@ -153,22 +226,104 @@ impl Write for LineWriter {
     }
 }
 
-impl Drop for LineWriter {
+impl Drop for EventLine<'_> {
     fn drop(&mut self) {
         if !self.buf.is_empty() {
-            // A failed log write has nowhere better to be reported; dropping it keeps the agent up.
-            let _ = self.file.write_line(&self.buf);
+            self.writer.send(std::mem::take(&mut self.buf));
         }
     }
 }
 
-impl<'a> MakeWriter<'a> for RotatingWriter {
-    type Writer = LineWriter;
+impl<'a> MakeWriter<'a> for NonBlocking {
+    type Writer = EventLine<'a>;
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter {
-            file: self.0.clone(),
+        EventLine {
+            writer: self,
             buf: Vec::with_capacity(256),
         }
+    }
+}
+
+/// Starts the writer thread over `sink`, with a queue of `capacity` lines.
+fn spawn_writer<S: LineSink>(
+    sink: S,
+    capacity: usize,
+) -> std::io::Result<(NonBlocking, JoinHandle<()>)> {
+    let (queue, lines) = sync_channel(capacity);
+    let thread = std::thread::Builder::new()
+        .name("jex-agent-log".to_owned())
+        .spawn(move || write_lines(sink, &lines))?;
+    let writer = NonBlocking {
+        queue,
+        dropped: Arc::default(),
+    };
+    Ok((writer, thread))
+}
+
+/// The writer thread: appends lines as they come, flushing whenever the queue is empty. A failed
+/// write has nowhere better to be reported; its line is lost and the agent keeps running.
+fn write_lines(mut sink: impl LineSink, lines: &Receiver<Message>) {
+    while let Ok(first) = lines.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Message::Line(line) => {
+                    let _ = sink.write_line(&line);
+                }
+                Message::Dropped(count) => {
+                    let _ = sink.write_line(&dropped_line(count));
+                }
+                Message::Stop => {
+                    let _ = sink.flush();
+                    return;
+                }
+            }
+            next = lines.try_recv().ok();
+        }
+        let _ = sink.flush();
+    }
+}
+
+/// The line that reports a gap, in the shape of the JSON layer's lines.
+fn dropped_line(count: u64) -> Vec<u8> {
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let event = serde_json::json!({
+        "timestamp": timestamp,
+        "level": "WARN",
+        "fields": {
+            "message": "log lines dropped",
+            "dropped": count,
+            "queue_lines": QUEUE_LINES,
+        },
+        "target": module_path!(),
+    });
+    let mut line = event.to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+/// Keeps the JSON file's writer thread; dropping it writes out every queued line, reports lines
+/// still counted as dropped, flushes the file and waits for the thread. Keep it until exit.
+#[must_use = "dropping the guard stops the log file's writer"]
+#[derive(Debug)]
+pub struct LogGuard {
+    writer: Option<(NonBlocking, JoinHandle<()>)>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        let Some((writer, thread)) = self.writer.take() else {
+            return;
+        };
+        // Blocking sends: the writer thread is draining the queue, so there will be room.
+        let dropped = writer.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let _ = writer.queue.send(Message::Dropped(dropped));
+        }
+        let _ = writer.queue.send(Message::Stop);
+        let _ = thread.join();
     }
 }
 
@@ -181,54 +336,272 @@ pub struct LogTargets {
     pub file: Option<(PathBuf, u64, u32)>,
 }
 
-/// Installs the global subscriber once for the process.
-pub fn init(targets: &LogTargets) -> Result<(), LoggingError> {
+/// Builds the subscriber for `targets` (see the module documentation), with `stderr` as the
+/// human-readable writer, and the guard of its file writer.
+pub fn subscriber<W>(
+    targets: &LogTargets,
+    stderr: W,
+) -> Result<(impl Subscriber + Send + Sync + 'static, LogGuard), LoggingError>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let level = std::env::var("AGENT_LOG").unwrap_or_else(|_| targets.level.clone());
     let filter = EnvFilter::try_new(&level).map_err(|_| LoggingError::Filter {
         level: level.clone(),
     })?;
-    let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .compact();
-    let json = match &targets.file {
+    let (json, guard) = match &targets.file {
         Some((dir, max_bytes, max_files)) => {
             let file = RotatingFile::open(dir, *max_bytes, *max_files)?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(RotatingWriter(Arc::new(file))),
-            )
+            let (writer, thread) = spawn_writer(file, QUEUE_LINES).map_err(LoggingError::Spawn)?;
+            let layer = tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_writer(writer.clone());
+            let guard = LogGuard {
+                writer: Some((writer, thread)),
+            };
+            (Some(layer), guard)
         }
-        None => None,
+        None => (None, LogGuard { writer: None }),
     };
-    let registry = tracing_subscriber::registry()
+    let floor = if targets.file.is_some() {
+        LevelFilter::WARN
+    } else {
+        LevelFilter::TRACE
+    };
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .compact()
+        .with_filter(FilterFn::new(move |meta| {
+            *meta.level() <= floor && meta.target() != PANIC_TARGET
+        }));
+    let subscriber = tracing_subscriber::registry()
         .with(filter)
         .with(stderr)
         .with(json);
-    #[cfg(target_os = "macos")]
-    let registry = registry.with(tracing_oslog::OsLogger::new(OSLOG_SUBSYSTEM, "default"));
-    registry
+    Ok((with_system_log(subscriber), guard))
+}
+
+/// Adds the platform's system log sink, if it has one.
+fn with_system_log<S>(subscriber: S) -> Layered<Option<Box<dyn Layer<S> + Send + Sync>>, S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    subscriber.with(jex_platform::logsink::system_log_layer::<S>())
+}
+
+/// Installs the global subscriber once for the process, and the panic hook. Keep the guard
+/// until exit.
+pub fn init(targets: &LogTargets) -> Result<LogGuard, LoggingError> {
+    let (subscriber, guard) = subscriber(targets, std::io::stderr)?;
+    subscriber
         .try_init()
-        .map_err(|_| LoggingError::AlreadyInitialised)
+        .map_err(|_| LoggingError::AlreadyInitialised)?;
+    install_panic_hook();
+    Ok(guard)
+}
+
+/// Makes panics reach every sink: the hook installed before (the standard one prints the panic
+/// and the backtrace hint on stderr) runs first, then the panic is logged as an ERROR event with
+/// target [`PANIC_TARGET`], which the JSON file and the system log take and stderr leaves out.
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        let location = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(
+            target: PANIC_TARGET,
+            thread = std::thread::current().name().unwrap_or("unnamed"),
+            location = %location,
+            panic = info.payload_as_str().unwrap_or("(not a string)"),
+            "thread panicked"
+        );
+    }));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// A stderr stand-in that keeps what is written.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+        }
+    }
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn file_targets(dir: &Path) -> LogTargets {
+        LogTargets {
+            level: "info".to_owned(),
+            file: Some((dir.to_owned(), 1 << 20, 3)),
+        }
+    }
+
+    fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .expect("log file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect()
+    }
+
+    fn line(writer: &NonBlocking, text: &str) {
+        let mut event = writer.make_writer();
+        writeln!(event, "{text}").expect("write");
+    }
+
+    #[test]
+    fn events_reach_the_file_as_json_lines_once_the_guard_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr = Captured::default();
+        let (subscriber, guard) = subscriber(&file_targets(dir.path()), stderr).expect("logging");
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("rpc", operation_id = "op-1");
+            let _entered = span.enter();
+            for n in 0..1000 {
+                tracing::info!(n, "sample taken");
+            }
+            tracing::debug!("below the level");
+        });
+        drop(guard);
+        let lines = json_lines(&dir.path().join(LOG_FILE));
+        assert_eq!(
+            lines.len(),
+            1000,
+            "every line, none dropped, none below the level"
+        );
+        for (n, line) in lines.iter().enumerate() {
+            assert_eq!(line["fields"]["message"], "sample taken");
+            assert_eq!(line["fields"]["n"], n);
+            assert_eq!(line["level"], "INFO");
+            assert_eq!(line["span"]["operation_id"], "op-1");
+        }
+    }
+
+    #[test]
+    fn stderr_takes_warnings_and_errors_only_when_there_is_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr = Captured::default();
+        let (subscriber, guard) =
+            subscriber(&file_targets(dir.path()), stderr.clone()).expect("logging");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(peer = "spiffe://a", "call served");
+            tracing::warn!(peer = "spiffe://b", "call refused");
+            tracing::error!(error = "disk full", "spool write failed");
+        });
+        drop(guard);
+        let text = stderr.text();
+        assert!(!text.contains("call served"), "INFO on stderr: {text}");
+        assert!(
+            text.contains("WARN") && text.contains("call refused"),
+            "{text}"
+        );
+        assert!(text.contains("peer=\"spiffe://b\""), "{text}");
+        assert!(
+            text.contains("ERROR") && text.contains("spool write failed"),
+            "{text}"
+        );
+        let messages: Vec<_> = json_lines(&dir.path().join(LOG_FILE))
+            .iter()
+            .map(|l| l["fields"]["message"].as_str().unwrap_or("").to_owned())
+            .collect();
+        assert_eq!(
+            messages,
+            ["call served", "call refused", "spool write failed"],
+            "the file has every level"
+        );
+    }
+
+    #[test]
+    fn without_a_file_stderr_follows_the_level_filter() {
+        let stderr = Captured::default();
+        let targets = LogTargets {
+            level: "info".to_owned(),
+            file: None,
+        };
+        let (subscriber, _guard) = subscriber(&targets, stderr.clone()).expect("logging");
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("demo started");
+            tracing::debug!("below the level");
+        });
+        let text = stderr.text();
+        assert!(text.contains("demo started"), "{text}");
+        assert!(!text.contains("below the level"), "{text}");
+    }
+
+    #[test]
+    fn a_panic_is_logged_to_the_file_and_left_off_the_stderr_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr = Captured::default();
+        let (subscriber, guard) =
+            subscriber(&file_targets(dir.path()), stderr.clone()).expect("logging");
+        install_panic_hook();
+        let result = tracing::subscriber::with_default(subscriber, || {
+            std::panic::catch_unwind(|| panic!("sampler state is inconsistent"))
+        });
+        assert!(result.is_err());
+        drop(guard);
+        let lines = json_lines(&dir.path().join(LOG_FILE));
+        let panic = lines
+            .iter()
+            .find(|l| l["target"] == PANIC_TARGET)
+            .expect("the panic is in the file");
+        assert_eq!(panic["level"], "ERROR");
+        assert_eq!(panic["fields"]["message"], "thread panicked");
+        assert_eq!(panic["fields"]["panic"], "sampler state is inconsistent");
+        assert!(
+            panic["fields"]["location"]
+                .as_str()
+                .is_some_and(|l| l.contains("logging.rs")),
+            "{panic}"
+        );
+        let text = stderr.text();
+        assert!(
+            !text.contains("sampler state is inconsistent"),
+            "the standard hook prints the panic; the layer must not print it again: {text}"
+        );
+    }
 
     #[test]
     fn rotates_by_size_and_keeps_whole_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let f = Arc::new(RotatingFile::open(dir.path(), 1000, 3).expect("open"));
-        let w = RotatingWriter(f);
+        let file = RotatingFile::open(dir.path(), 1000, 3).expect("open");
+        let (writer, thread) = spawn_writer(file, QUEUE_LINES).expect("writer");
+        let guard = LogGuard {
+            writer: Some((writer.clone(), thread)),
+        };
         for i in 0..100 {
-            let mut line = w.make_writer();
-            writeln!(line, "{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(40)).expect("write");
+            line(
+                &writer,
+                &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(40)),
+            );
         }
+        drop(guard);
         let main = std::fs::read_to_string(dir.path().join(LOG_FILE)).expect("read");
         assert!(
             main.len() <= 1000,
@@ -253,5 +626,78 @@ mod tests {
             !dir.path().join(format!("{LOG_FILE}.4")).exists(),
             "no more than max_files rotations"
         );
+    }
+
+    /// A sink that holds its first line until released, and says when it has written a line.
+    struct Held {
+        entered: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+        written: mpsc::Sender<String>,
+        first: bool,
+    }
+
+    impl LineSink for Held {
+        fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+            if std::mem::take(&mut self.first) {
+                let _ = self.entered.send(());
+                let _ = self.release.recv();
+            }
+            let _ = self
+                .written
+                .send(String::from_utf8_lossy(line).trim_end().to_owned());
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_and_reports_how_many_where_they_were_lost() {
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let (written_tx, written) = mpsc::channel();
+        let sink = Held {
+            entered: entered_tx,
+            release: release_rx,
+            written: written_tx,
+            first: true,
+        };
+        let (writer, thread) = spawn_writer(sink, 4).expect("writer");
+        let guard = LogGuard {
+            writer: Some((writer.clone(), thread)),
+        };
+        line(&writer, "0");
+        entered
+            .recv()
+            .expect("the writer holds line 0; the queue is empty");
+        for n in 1..=7 {
+            line(&writer, &n.to_string()); // 1..=4 fill the queue, 5..=7 are dropped
+        }
+        release.send(()).expect("release");
+        let mut lines: Vec<String> = (0..5).map(|_| written.recv().expect("line")).collect();
+        assert_eq!(lines, ["0", "1", "2", "3", "4"]);
+        line(&writer, "8"); // the queue is empty again: the gap is reported before this line
+        lines.push(written.recv().expect("gap"));
+        lines.push(written.recv().expect("line 8"));
+        let gap: serde_json::Value = serde_json::from_str(&lines[5]).expect("JSON");
+        assert_eq!(gap["level"], "WARN");
+        assert_eq!(gap["fields"]["message"], "log lines dropped");
+        assert_eq!(gap["fields"]["dropped"], 3);
+        assert_eq!(lines[6], "8");
+
+        for n in 9..=12 {
+            line(&writer, &n.to_string());
+        }
+        // Whatever did not fit is still counted when the guard stops the writer.
+        drop(guard);
+        let rest: Vec<String> = written.try_iter().collect();
+        let kept = rest.iter().filter(|l| !l.starts_with('{')).count() as u64;
+        let reported: u64 = rest
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["fields"]["dropped"].as_u64())
+            .sum();
+        assert_eq!(kept + reported, 4, "{rest:?}");
     }
 }

@@ -281,13 +281,46 @@ pub fn host_id_from_uri(uri: &str) -> Option<String> {
     (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
 }
 
-/// A short reason for a refused handshake, safe to log (no key material is ever in it).
-pub fn handshake_refusal_reason(err: &std::io::Error) -> String {
-    match err
-        .get_ref()
+/// The kind of a failed handshake, for counting refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Plaintext or garbage on the TLS port.
+    NotTls,
+    /// The client's certificate was refused.
+    Certificate,
+    /// The client does not speak TLS 1.3 (or shares nothing else with the agent).
+    Incompatible,
+    /// Anything else (the client went away mid-handshake, …).
+    Other,
+}
+
+fn rustls_error(err: &std::io::Error) -> Option<&rustls::Error> {
+    err.get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
-    {
-        Some(rustls::Error::InvalidCertificate(c)) => format!("client certificate refused: {c:?}"),
+}
+
+/// Classifies a failed handshake.
+pub fn classify_handshake_error(err: &std::io::Error) -> HandshakeFailure {
+    match rustls_error(err) {
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            HandshakeFailure::Certificate
+        }
+        Some(rustls::Error::InvalidMessage(_)) => HandshakeFailure::NotTls,
+        Some(rustls::Error::PeerIncompatible(_)) => HandshakeFailure::Incompatible,
+        _ => HandshakeFailure::Other,
+    }
+}
+
+/// A short reason for a refused handshake, as a sentence, safe to log (no key material is ever
+/// in it).
+pub fn handshake_refusal_reason(err: &std::io::Error) -> String {
+    match rustls_error(err) {
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            format!(
+                "client certificate refused: {}",
+                certificate_refusal(c, now_unix())
+            )
+        }
         Some(rustls::Error::InvalidMessage(_)) => {
             "not a TLS client (plaintext or garbage on the TLS port)".to_owned()
         }
@@ -295,7 +328,59 @@ pub fn handshake_refusal_reason(err: &std::io::Error) -> String {
             format!("client is incompatible (TLS 1.3 required): {p:?}")
         }
         Some(other) => other.to_string(),
+        None if err.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the client closed the connection during the handshake".to_owned()
+        }
         None => err.to_string(),
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A Unix time as RFC 3339 (UTC), or the raw seconds when out of range.
+fn rfc3339(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{secs} s after the Unix epoch"))
+}
+
+/// Why a client certificate was refused, as a sentence; `now` (Unix seconds) stands in for the
+/// verification time when the error does not carry it.
+pub fn certificate_refusal(e: &rustls::CertificateError, now: u64) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        C::ExpiredContext { time, not_after } => format!(
+            "certificate expired at {}, now {}",
+            rfc3339(not_after.as_secs()),
+            rfc3339(time.as_secs())
+        ),
+        C::Expired => format!("certificate expired, now {}", rfc3339(now)),
+        C::NotValidYetContext { time, not_before } => format!(
+            "certificate not valid before {}, now {}",
+            rfc3339(not_before.as_secs()),
+            rfc3339(time.as_secs())
+        ),
+        C::NotValidYet => format!("certificate not valid yet, now {}", rfc3339(now)),
+        C::UnknownIssuer => "certificate not issued by the fleet CA (unknown issuer)".to_owned(),
+        C::BadSignature => "certificate signature does not verify".to_owned(),
+        C::BadEncoding => "certificate is not valid DER".to_owned(),
+        C::Revoked => "certificate revoked".to_owned(),
+        C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+            "certificate not issued for client authentication".to_owned()
+        }
+        C::UnhandledCriticalExtension => {
+            "certificate has an unsupported critical extension".to_owned()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -312,6 +397,57 @@ mod tests {
         assert_eq!(host_id_from_uri("spiffe://fleet.example/controller"), None);
         assert_eq!(host_id_from_uri("spiffe://fleet.example/host/"), None);
         assert_eq!(host_id_from_uri("https://fleet.example/host/h1"), None);
+    }
+
+    #[test]
+    fn an_expired_certificate_is_a_sentence_with_both_times() {
+        use rustls::pki_types::UnixTime;
+        let e = rustls::CertificateError::ExpiredContext {
+            time: UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_767_225_600)),
+            not_after: UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_764_547_200)),
+        };
+        assert_eq!(
+            certificate_refusal(&e, 0),
+            "certificate expired at 2025-12-01T00:00:00Z, now 2026-01-01T00:00:00Z"
+        );
+        let e = rustls::CertificateError::NotValidYetContext {
+            time: UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_764_547_200)),
+            not_before: UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_767_225_600)),
+        };
+        assert_eq!(
+            certificate_refusal(&e, 0),
+            "certificate not valid before 2026-01-01T00:00:00Z, now 2025-12-01T00:00:00Z"
+        );
+        assert_eq!(
+            certificate_refusal(&rustls::CertificateError::Expired, 0),
+            "certificate expired, now 1970-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn handshake_failures_are_classified_and_told_in_words() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let unknown = io(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert_eq!(
+            classify_handshake_error(&unknown),
+            HandshakeFailure::Certificate
+        );
+        assert_eq!(
+            handshake_refusal_reason(&unknown),
+            "client certificate refused: certificate not issued by the fleet CA (unknown issuer)"
+        );
+        let garbage = io(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert_eq!(classify_handshake_error(&garbage), HandshakeFailure::NotTls);
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(classify_handshake_error(&eof), HandshakeFailure::Other);
+        assert_eq!(
+            handshake_refusal_reason(&eof),
+            "the client closed the connection during the handshake"
+        );
     }
 
     #[test]

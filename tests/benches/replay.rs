@@ -56,7 +56,7 @@ async fn main() -> Result<()> {
         dir.path(),
         &AgentOptions {
             interval_ms: 1000,
-            extra_toml: String::new(),
+            ..Default::default()
         },
     )?;
     let mut c = client(&pki, &agent, Some(&pki.controller())).await?;

@@ -83,8 +83,12 @@ impl TestPki {
 pub struct AgentOptions {
     /// Sampling interval.
     pub interval_ms: u64,
-    /// Extra TOML appended to the generated config (e.g. `[erase]` tables).
+    /// Extra TOML appended to the generated config (e.g. `[erase]` tables, `[server.limits]`).
     pub extra_toml: String,
+    /// The open-file limit (soft, hard) the agent process starts with; `None` inherits ours.
+    pub nofile: Option<(u64, u64)>,
+    /// The gRPC listen address; `None`: `127.0.0.1:0`, a free port.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for AgentOptions {
@@ -92,6 +96,8 @@ impl Default for AgentOptions {
         Self {
             interval_ms: 100,
             extra_toml: String::new(),
+            nofile: None,
+            listen: None,
         }
     }
 }
@@ -131,6 +137,75 @@ impl AgentProcess {
         self.child.id()
     }
 
+    /// The local status socket.
+    pub fn status_socket(&self) -> PathBuf {
+        self.dir.join("agent.sock")
+    }
+
+    /// Bytes the agent has logged so far: `agent.log` and its rotations, and stderr.
+    pub fn log_bytes(&self) -> u64 {
+        let logs = self.dir.join("logs");
+        let rotated = std::fs::read_dir(&logs)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("agent.log"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+        let stderr = std::fs::metadata(self.dir.join("stderr.log")).map_or(0, |m| m.len());
+        rotated + stderr
+    }
+
+    /// The agent's (soft, hard) open-file limit, from `/proc/<pid>/limits`.
+    pub fn nofile_limit(&self) -> Result<(u64, u64)> {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid()))?;
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .ok_or_else(|| anyhow::anyhow!("no open-file line in {limits}"))?;
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match nums.as_slice() {
+            [soft, hard, ..] => Ok((*soft, *hard)),
+            _ => bail!("cannot read {line:?}"),
+        }
+    }
+
+    /// The agent's resident set size in KiB, from `/proc/<pid>/status`.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{}/status", self.pid()))
+    }
+
+    /// Runs `jex-agent status` (the real command line) against this agent; its output, or why
+    /// it failed.
+    pub fn status_cli(&self) -> Result<String> {
+        let out = Command::new(agent_bin()?)
+            .arg("status")
+            .arg("--socket")
+            .arg(self.status_socket())
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "jex-agent status exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Sends a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)?;
@@ -164,6 +239,9 @@ impl Drop for AgentProcess {
 pub fn write_config(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut text = jex_agent::demo::demo_config(dir, &pki.paths, opts.interval_ms);
+    if let Some(addr) = opts.listen {
+        text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+    }
     text.push_str(&opts.extra_toml);
     let path = dir.join("agent.toml");
     std::fs::write(&path, text)?;
@@ -179,7 +257,20 @@ pub fn start_agent(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<Age
         .map(|s| s.len())
         .unwrap_or(0);
     let stderr = std::fs::File::create(dir.join("stderr.log"))?;
-    let child = Command::new(agent_bin()?)
+    let mut command = match opts.nofile {
+        // The shell sets the limits and then becomes the agent.
+        Some((soft, hard)) => {
+            let mut c = Command::new("bash");
+            c.arg("-c")
+                .arg(format!(
+                    "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+                ))
+                .arg(agent_bin()?);
+            c
+        }
+        None => Command::new(agent_bin()?),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(&config)
         .env("AGENT_LOG", "info,jex_agent=debug")

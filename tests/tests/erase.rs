@@ -34,6 +34,7 @@ fn setup(image_mib: u64) -> Result<Setup> {
     let opts = AgentOptions {
         interval_ms: 100,
         extra_toml: extra,
+        ..Default::default()
     };
     Ok(Setup {
         pki,

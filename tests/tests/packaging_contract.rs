@@ -65,7 +65,7 @@ fn check_config_exits_64_on_the_unedited_example_and_0_on_a_complete_config() ->
     assert_eq!(out.status.code(), Some(layout::EXIT_CONFIG_INVALID));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("[tls]") && err.contains("agent.pem"),
+        err.contains("key `tls.cert`") && err.contains("agent.pem"),
         "says which certificate is missing: {err}"
     );
 

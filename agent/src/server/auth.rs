@@ -9,14 +9,18 @@
 //!
 //! (A certificate from another CA, or an expired one, never gets here: the TLS handshake
 //! refuses it, see `tls`.)
+//!
+//! A connection whose call was refused for want of a certificate is marked, so that the edge
+//! closes it once the answer is handed over. Refusals are logged through the rate-limited
+//! [`RefusalLog`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-
+use super::conn::ConnInfo;
+use super::refusals::{Reason, RefusalLog, Source};
 use crate::config::RolesConfig;
 use crate::tls::peer_identity;
 
@@ -73,6 +77,24 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The reason it is counted under.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Refusal::NoCertificate => Reason::NoCertificate,
+            Refusal::NoRole { .. } => Reason::NoRole,
+            Refusal::NotAllowed { .. } => Reason::NotAllowed,
+        }
+    }
+
+    /// What the log says of it, besides the reason.
+    pub fn detail(&self) -> String {
+        match self {
+            Refusal::NoCertificate => String::new(),
+            Refusal::NoRole { uris } => format!("URI SANs {uris:?}"),
+            Refusal::NotAllowed { id, role } => format!("{id} is {}", role.as_str()),
+        }
+    }
+
     /// The gRPC status sent to the caller: says what to fix, holds no secret.
     pub fn to_status(&self, method: &str) -> tonic::Status {
         match self {
@@ -122,17 +144,22 @@ pub fn authorize(
     })
 }
 
+/// The longest method path a log line quotes (the path is the client's to choose).
+const LOGGED_METHOD_CHARS: usize = 96;
+
 /// The tower layer.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     roles: Arc<RolesConfig>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl AuthLayer {
-    /// A layer enforcing `roles`.
-    pub fn new(roles: RolesConfig) -> Self {
+    /// A layer enforcing `roles`, counting refusals in `refusals`.
+    pub fn new(roles: RolesConfig, refusals: Arc<RefusalLog>) -> Self {
         Self {
             roles: Arc::new(roles),
+            refusals,
         }
     }
 }
@@ -143,6 +170,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             roles: self.roles.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -152,6 +180,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     roles: Arc<RolesConfig>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for Auth<S>
@@ -171,11 +200,11 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
+        let info = req.extensions().get::<ConnInfo>().cloned();
         let addr = info
-            .and_then(|i| i.get_ref().remote_addr())
-            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        let certs = info.and_then(|i| i.peer_certs());
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |i| i.remote.to_string());
+        let certs = info.as_ref().and_then(|i| i.peer_certs.clone());
         match authorize(
             &self.roles,
             certs.as_deref().map(|v| v.as_slice()),
@@ -190,7 +219,18 @@ where
                 Box::pin(async move { inner.call(req).await })
             }
             Err(refusal) => {
-                tracing::warn!(rpc = %method, peer = %addr, reason = ?refusal, "call refused");
+                if let Some(info) = &info {
+                    if refusal == Refusal::NoCertificate {
+                        info.state.refuse();
+                    }
+                    self.refusals
+                        .refused(Source::Peer(info.remote.ip()), refusal.reason(), || {
+                            let rpc: String = method.chars().take(LOGGED_METHOD_CHARS).collect();
+                            let detail = refusal.detail();
+                            let sep = if detail.is_empty() { "" } else { ": " };
+                            format!("{addr} called {rpc}{sep}{detail}")
+                        });
+                }
                 let status = refusal.to_status(&method);
                 Box::pin(async move { Ok(status.into_http()) })
             }

@@ -1,13 +1,22 @@
 //! The gRPC edge: the `jex.agent.v1.NodeAgent` service, `grpc.health.v1`, server reflection,
 //! the role check in front of all of them, and the TLS accept loop.
 //!
-//! Proto types stop here: handlers decode a request into a domain command, call the domain
-//! (`telemetry`, `erase`), and convert the answer back (`convert`). Every domain error becomes a
-//! gRPC status in one place (`status`). One span per RPC carries the peer identity.
+//! Proto types stop here: handlers check every request field against its limit (`fields`),
+//! decode a request into a domain command, call the domain (`telemetry`, `erase`), and convert
+//! the answer back (`convert`). Every domain error becomes a gRPC status in one place
+//! (`status`). One span per RPC carries the peer identity.
+//!
+//! What a client can hold is bounded in `listener` and `conn` (connection caps, first-request
+//! and idle deadlines, closing after a refusal); refusals are logged, rate-limited, through
+//! `refusals`. Server streams ended by the agent's shutdown end with `UNAVAILABLE`, so a client
+//! knows to reconnect rather than take the end as complete.
 
 pub mod auth;
+pub mod conn;
 pub mod convert;
+pub mod fields;
 pub mod listener;
+pub mod refusals;
 pub mod schema;
 pub mod status;
 
@@ -167,9 +176,10 @@ impl AgentService {
         }
     }
 
-    /// The tonic server for this service.
+    /// The tonic server for this service; requests over [`fields::MAX_REQUEST_BYTES`] are
+    /// refused.
     pub fn into_server(self) -> NodeAgentServer<Self> {
-        NodeAgentServer::new(self)
+        NodeAgentServer::new(self).max_decoding_message_size(fields::MAX_REQUEST_BYTES)
     }
 }
 
@@ -241,10 +251,7 @@ impl NodeAgent for AgentService {
         let mut shutdown = self.shutdown.clone();
         let stream_span = span.clone();
         let guard = self.streams.register(peer.clone(), r.after_seq);
-        let out = async_stream_of(records, async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .map(move |item| match item {
+        let batches = records.map(move |item| match item {
             Ok(batch) => {
                 if let Some(last) = batch.last() {
                     guard.sent(last.seq);
@@ -261,6 +268,17 @@ impl NodeAgent for AgentService {
                 Err(status)
             }
         });
+        let out = until_shutdown(
+            batches,
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+            || {
+                Status::unavailable(
+                    "the agent is stopping: reconnect and resume after the last seq received",
+                )
+            },
+        );
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -271,6 +289,9 @@ impl NodeAgent for AgentService {
         let peer = peer_of(&req);
         let span = rpc_span("Terminate", &peer);
         let r = req.into_inner();
+        if let Err(e) = fields::terminate(&r) {
+            return Err(status::from_field(&e));
+        }
         let cmd = convert::terminate_command(r);
         let request_id = cmd.request_id.clone();
         let erase = self.erase.clone();
@@ -301,6 +322,7 @@ impl NodeAgent for AgentService {
         let peer = peer_of(&req);
         let span = rpc_span("WatchErase", &peer);
         let r = req.into_inner();
+        fields::watch_erase(&r).map_err(|e| status::from_field(&e))?;
         let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
         let rx = span
             .in_scope(|| self.erase.watch(id.as_deref()))
@@ -318,9 +340,17 @@ impl NodeAgent for AgentService {
                 let end = op.is_terminal();
                 Some((op, (updates, end)))
             });
-        let out = async_stream_of(until_terminal.map(Ok::<_, Status>), async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
+        let out = until_shutdown(
+            until_terminal.map(Ok::<_, Status>),
+            async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            },
+            || {
+                Status::unavailable(
+                    "the agent is stopping: watch again once it is back (the erase resumes from its journal)",
+                )
+            },
+        )
         .map(|item| {
             item.map(|op| pb::WatchEraseResponse {
                 operation: Some(convert::operation(&op)),
@@ -336,6 +366,7 @@ impl NodeAgent for AgentService {
     ) -> Result<Response<pb::GetEraseCertificateResponse>, Status> {
         let peer = peer_of(&req);
         let r = req.into_inner();
+        fields::get_erase_certificate(&r).map_err(|e| status::from_field(&e))?;
         let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
         let cert = rpc_span("GetEraseCertificate", &peer)
             .in_scope(|| self.erase.certificate(id.as_deref()))
@@ -346,15 +377,30 @@ impl NodeAgent for AgentService {
     }
 }
 
-/// A stream that ends when `stop` completes (agent shutdown), whatever the inner stream does.
-fn async_stream_of<S, T, E>(
+/// A stream that ends when `stop` completes (agent shutdown), whatever the inner stream does;
+/// ended that way, its last item is the error `stopped()` makes (`UNAVAILABLE`), so a client
+/// does not mistake the end for a complete answer.
+fn until_shutdown<S, T>(
     inner: S,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> impl Stream<Item = Result<T, E>> + Send + 'static
+    stopped: impl FnOnce() -> Status + Send + 'static,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
 where
-    S: Stream<Item = Result<T, E>> + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
     T: Send + 'static,
-    E: Send + 'static,
 {
-    inner.take_until(Box::pin(stop))
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fired = Arc::new(AtomicBool::new(false));
+    let flag = fired.clone();
+    let stop = async move {
+        stop.await;
+        flag.store(true, Ordering::SeqCst);
+    };
+    inner
+        .take_until(Box::pin(stop))
+        .map(Some)
+        .chain(futures::stream::once(async move {
+            fired.load(Ordering::SeqCst).then(|| Err(stopped()))
+        }))
+        .filter_map(futures::future::ready)
 }

@@ -27,15 +27,22 @@
 //! spool from its cursor, so it loses nothing; the channel never waits for anyone, so a slow or
 //! stuck subscriber cannot hold back the sampler or another subscriber. Each batch continues
 //! exactly where the previous one ended: the numbers a subscription covers are consecutive,
-//! each once. A record covers its own `seq`, except a gap the spool synthesizes for numbers no
-//! valid record holds (`Corrupt`, `Evicted`): it covers its whole `missing_seqs` range and
-//! carries the last of them as its `seq`, so the `seq`s yielded can step by more than one.
+//! each once. A record covers its own `seq`, except the gap the hub makes from a range the spool
+//! reports missing ([`jex_spool::Missing`]: `Corrupt`, `Evicted`): it covers its whole
+//! `missing_seqs` range and carries the last of them as its `seq` (and the time of the record
+//! after the range as its time), so the `seq`s yielded can step by more than one.
 //!
 //! # Shutdown
 //!
 //! [`Hub::shutdown`] stops the sampler after its current tick, flushes the spool, publishes the
 //! last records and closes the live channel; following subscribers then catch up from the spool
 //! and end. Dropping the [`Hub`] also stops the sampler (without waiting for it).
+//!
+//! # Time
+//!
+//! The sampler thread keeps its own schedule with a monotonic clock and stamps records with the
+//! wall clock. The tests start it with neither: they hand it a clock and drive each tick
+//! themselves from tokio's paused time, so no test depends on how fast the machine is.
 
 use std::collections::VecDeque;
 use std::io;
@@ -54,7 +61,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
-use jex_spool::{Spool, SpoolError, SpoolStats};
+use jex_spool::{Entry, Item, Loss, Missing, Spool, SpoolError, SpoolStats};
 
 /// Default capacity of the live channel, in records: about 4 minutes at 1 Hz, a few tens of KB.
 /// A subscriber further behind reads the spool instead.
@@ -168,13 +175,38 @@ pub struct Hub {
 
 /// How the hub stops its sampler thread and learns the outcome.
 struct Control {
-    stop: mpsc::Sender<()>,
+    commands: mpsc::Sender<Command>,
     done: oneshot::Receiver<Result<(), SpoolError>>,
 }
 
+/// What the sampler thread is told. It also stops when every sender is gone.
+enum Command {
+    /// Stop after the current tick.
+    Stop,
+    /// Take one sample now, then reply.
+    #[cfg(test)]
+    Tick(mpsc::SyncSender<()>),
+    /// Reply once everything sent before, and the start-up work, is done.
+    #[cfg(test)]
+    Ping(mpsc::SyncSender<()>),
+}
+
+/// What starts each tick of the sampler thread.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// Its own monotonic clock, every interval.
+    Timer(Duration),
+    /// [`Command::Tick`] only.
+    #[cfg(test)]
+    Driven,
+}
+
+/// The wall clock records are stamped with, in milliseconds since the Unix epoch.
+type WallClock = Box<dyn Fn() -> u64 + Send>;
+
 /// What the sampler thread and the subscriptions share.
 struct Shared {
-    spool: Mutex<Spool>,
+    spool: Mutex<Spool<RecordBody>>,
     /// Taken (closed) when the sampler stops.
     live: Mutex<Option<broadcast::Sender<Record>>>,
     status: Mutex<Status>,
@@ -214,8 +246,43 @@ impl Hub {
     /// Needs no runtime itself; subscriptions must be polled inside a tokio runtime.
     pub fn start(
         source: Box<dyn SampleSource>,
-        spool: Spool,
+        spool: Spool<RecordBody>,
         config: HubConfig,
+    ) -> Result<Hub, HubError> {
+        let pace = Pace::Timer(config.interval);
+        Self::launch(source, spool, config, pace, Box::new(now_unix_ms))
+    }
+
+    /// Starts the sampler thread with the wall clock `clock` and no timer: it takes a sample
+    /// only when the returned [`Ticker`] says so. Returns once the start-up work (the
+    /// `AgentDown` gap) is done.
+    #[cfg(test)]
+    fn start_driven(
+        source: Box<dyn SampleSource>,
+        spool: Spool<RecordBody>,
+        config: HubConfig,
+        clock: WallClock,
+    ) -> Result<(Hub, Ticker), HubError> {
+        let hub = Self::launch(source, spool, config, Pace::Driven, clock)?;
+        let ticker = Ticker {
+            commands: lock(&hub.control)
+                .as_ref()
+                .map(|control| control.commands.clone())
+                .ok_or(HubError::SamplerLost)?,
+        };
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        if ticker.commands.send(Command::Ping(done_tx)).is_err() || done_rx.recv().is_err() {
+            return Err(HubError::SamplerLost);
+        }
+        Ok((hub, ticker))
+    }
+
+    fn launch(
+        source: Box<dyn SampleSource>,
+        spool: Spool<RecordBody>,
+        config: HubConfig,
+        pace: Pace,
+        clock: WallClock,
     ) -> Result<Hub, HubError> {
         if config.interval.is_zero() {
             return Err(HubError::InvalidInterval);
@@ -235,12 +302,12 @@ impl Hub {
             subscribers: AtomicUsize::new(0),
             interval: config.interval,
         });
-        let (stop_tx, stop_rx) = mpsc::channel();
+        let (commands_tx, commands_rx) = mpsc::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let sampler = Sampler {
             source,
             shared: Arc::clone(&shared),
-            interval: config.interval,
+            clock,
             pending: VecDeque::new(),
             max_pending: capacity,
             failing_since: None,
@@ -250,7 +317,7 @@ impl Hub {
             .name("jex-sampler".into())
             .spawn(move || {
                 let _running = RunningGuard(Arc::clone(&sampler.shared));
-                let result = sampler.run(stop_rx);
+                let result = sampler.run(commands_rx, pace);
                 // The hub may be gone already; then nobody waits for the outcome.
                 let _ = done_tx.send(result);
             })
@@ -262,7 +329,7 @@ impl Hub {
         Ok(Hub {
             shared,
             control: Mutex::new(Some(Control {
-                stop: stop_tx,
+                commands: commands_tx,
                 done: done_rx,
             })),
         })
@@ -325,11 +392,13 @@ impl Hub {
     /// Stops the sampler after its current tick, flushes the spool and closes the live
     /// channel. Calling it again returns `Ok` at once.
     pub async fn shutdown(&self) -> Result<(), HubError> {
-        let Some(Control { stop, done }) = lock(&self.control).take() else {
+        let Some(Control { commands, done }) = lock(&self.control).take() else {
             return Ok(());
         };
-        // Dropping the sender wakes the sampler out of its wait.
-        drop(stop);
+        // Wakes the sampler out of its wait. It fails only if the sampler has ended already,
+        // which `done` reports.
+        let _ = commands.send(Command::Stop);
+        drop(commands);
         match done.await {
             Ok(Ok(())) => {
                 info!("Telemetry sampler stopped.");
@@ -360,11 +429,27 @@ fn mark_stopped(shared: &Shared) {
 
 // === impl Sampler ===
 
+/// Runs one tick on a sampler started by [`Hub::start_driven`].
+#[cfg(test)]
+struct Ticker {
+    commands: mpsc::Sender<Command>,
+}
+
+#[cfg(test)]
+impl Ticker {
+    /// Takes one sample on the sampler thread and waits until it is spooled and published;
+    /// false once the sampler has stopped.
+    fn tick(&self) -> bool {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        self.commands.send(Command::Tick(done_tx)).is_ok() && done_rx.recv().is_ok()
+    }
+}
+
 /// The state of the sampler thread.
 struct Sampler {
     source: Box<dyn SampleSource>,
     shared: Arc<Shared>,
-    interval: Duration,
+    clock: WallClock,
     /// Appended but not yet durable, oldest first.
     pending: VecDeque<Record>,
     max_pending: usize,
@@ -375,26 +460,36 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn run(mut self, stop: mpsc::Receiver<()>) -> Result<(), SpoolError> {
+    fn run(mut self, commands: mpsc::Receiver<Command>, pace: Pace) -> Result<(), SpoolError> {
         self.record_agent_down();
         let mut next = Instant::now();
         loop {
-            next += self.interval;
-            let now = Instant::now();
-            if next < now {
-                // A slow sample or a suspended host: skip the ticks that are already past. The
-                // next sample's window covers the whole time, so nothing is lost.
-                let behind = now - next;
-                let missed = behind.as_nanos() / self.interval.as_nanos() + 1;
-                next += self.interval * u32::try_from(missed).unwrap_or(u32::MAX);
-                debug!(
-                    missed = missed as u64,
-                    "Sampler fell behind; skipped ticks."
-                );
-            }
-            match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Err(RecvTimeoutError::Timeout) => self.tick(),
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+            let command = match pace {
+                Pace::Timer(interval) => {
+                    next = next_tick(next, interval, Instant::now());
+                    match commands.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.tick();
+                            continue;
+                        }
+                        Ok(command) => Some(command),
+                        Err(RecvTimeoutError::Disconnected) => None,
+                    }
+                }
+                #[cfg(test)]
+                Pace::Driven => commands.recv().ok(),
+            };
+            match command {
+                None | Some(Command::Stop) => break,
+                #[cfg(test)]
+                Some(Command::Tick(done)) => {
+                    self.tick();
+                    let _ = done.send(());
+                }
+                #[cfg(test)]
+                Some(Command::Ping(done)) => {
+                    let _ = done.send(());
+                }
             }
         }
         self.finish()
@@ -402,7 +497,7 @@ impl Sampler {
 
     /// Makes the time the agent was down explicit.
     fn record_agent_down(&mut self) {
-        let now = now_unix_ms();
+        let now = (self.clock)();
         let shared = Arc::clone(&self.shared);
         let mut spool = lock(&shared.spool);
         let Some(last_time) = spool.last_time_unix_ms() else {
@@ -415,13 +510,13 @@ impl Sampler {
             end_time_unix_ms: now.max(last_time),
         };
         match spool.append(now, RecordBody::Gap(gap)) {
-            Ok(record) => {
+            Ok(entry) => {
                 info!(
-                    seq = record.seq,
+                    seq = entry.seq,
                     down_ms = now.saturating_sub(last_time),
                     "Recorded the time the agent was down."
                 );
-                self.pending.push_back(record);
+                self.pending.push_back(record_of(entry));
                 if let Err(err) = spool.flush() {
                     warn!(error = %err, "Cannot sync the spool; records stay unpublished until a sync succeeds.");
                 }
@@ -437,7 +532,7 @@ impl Sampler {
 
     fn tick(&mut self) {
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.source.sample()));
-        let now = now_unix_ms();
+        let now = (self.clock)();
         let shared = Arc::clone(&self.shared);
         let mut spool = lock(&shared.spool);
         let window_start = spool.last_time_unix_ms().unwrap_or(now);
@@ -467,13 +562,13 @@ impl Sampler {
         if let Some(since) = self.unspooled_since {
             // Samples the spool could not take: say so before the next record.
             match spool.append(now, sampler_gap(since, now)) {
-                Ok(record) => {
+                Ok(entry) => {
                     info!(
-                        seq = record.seq,
+                        seq = entry.seq,
                         lost_ms = now.saturating_sub(since),
                         "Spool accepts records again; recorded the lost period as a gap."
                     );
-                    self.pending.push_back(record);
+                    self.pending.push_back(record_of(entry));
                     self.unspooled_since = None;
                 }
                 Err(_) => {
@@ -484,7 +579,7 @@ impl Sampler {
             }
         }
         match spool.append(now, body) {
-            Ok(record) => self.pending.push_back(record),
+            Ok(entry) => self.pending.push_back(record_of(entry)),
             Err(err) => {
                 if self.unspooled_since.is_none() {
                     warn!(error = %err, "Cannot spool telemetry records; they are lost until the spool accepts records again, then reported as a gap.");
@@ -502,7 +597,7 @@ impl Sampler {
     }
 
     /// Sends every durable pending record to the live channel and refreshes the status.
-    fn publish(&mut self, spool: MutexGuard<'_, Spool>) {
+    fn publish(&mut self, spool: MutexGuard<'_, Spool<RecordBody>>) {
         let durable = spool.durable_seq();
         let stats = spool.stats();
         drop(spool);
@@ -544,6 +639,58 @@ impl Sampler {
         // Report the stop before the outcome is sent, so `shutdown` returns to a stopped hub.
         mark_stopped(&shared);
         flushed
+    }
+}
+
+/// The deadline of the tick after the one due at `prev`. A slow sample or a suspended host can
+/// leave it already past at `now`: the ticks that are past are skipped, and the next sample's
+/// window covers the whole time, so nothing is lost.
+fn next_tick(prev: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = prev + interval;
+    if next >= now {
+        return next;
+    }
+    let missed = (now - next).as_nanos() / interval.as_nanos() + 1;
+    debug!(
+        missed = missed as u64,
+        "Sampler fell behind; skipped ticks."
+    );
+    next + interval * u32::try_from(missed).unwrap_or(u32::MAX)
+}
+
+/// A spooled record as subscribers get it.
+fn record_of(entry: Entry<RecordBody>) -> Record {
+    Record {
+        seq: entry.seq,
+        time_unix_ms: entry.time_unix_ms,
+        body: entry.payload,
+    }
+}
+
+/// What subscribers get for a spool item: the record, or for numbers the spool cannot deliver
+/// a gap numbered by the last of them and stamped with the end of the missing range.
+fn record_of_item(item: Item<RecordBody>) -> Record {
+    match item {
+        Item::Entry(entry) => record_of(entry),
+        Item::Missing(Missing {
+            first_seq,
+            last_seq,
+            reason,
+            start_time_unix_ms,
+            end_time_unix_ms,
+        }) => Record {
+            seq: last_seq,
+            time_unix_ms: end_time_unix_ms,
+            body: RecordBody::Gap(Gap {
+                reason: match reason {
+                    Loss::Evicted => GapReason::Evicted,
+                    Loss::Corrupt => GapReason::Corrupt,
+                },
+                missing_seqs: Some((first_seq, last_seq)),
+                start_time_unix_ms,
+                end_time_unix_ms,
+            }),
+        },
     }
 }
 
@@ -653,6 +800,7 @@ impl Follower {
             }
             spool
                 .read_after(after_seq, max_batch)
+                .map(|items| items.into_iter().map(record_of_item).collect())
                 .map_err(|source| HubError::ReadSpool { after_seq, source })
         })
         .await;
@@ -716,15 +864,51 @@ impl Follower {
     reason = "a test fails loudly on an unexpected error"
 )]
 mod tests {
+    //! Every test runs on tokio's paused clock: the sampler ticks only when the test runtime's
+    //! time reaches its next deadline, and each tick runs to completion before anything else on
+    //! the runtime goes on, so outcomes do not depend on the machine's speed. Waiting for
+    //! something that never comes makes the clock jump to `PATIENCE` and fails the test at once.
+
     use std::path::Path;
     use std::sync::atomic::AtomicU64;
+
+    use tokio::runtime::Handle;
+    use tokio::task::JoinHandle;
 
     use super::*;
     use crate::telemetry::{Sample, SampleError};
     use jex_spool::SpoolConfig;
 
-    /// Bounds every wait so a broken hub fails the test instead of hanging it.
+    /// Bounds every wait (in paused time) so a broken hub fails the test instead of hanging it.
     const PATIENCE: Duration = Duration::from_secs(60);
+    /// The wall-clock time at the start of each test.
+    const T0: u64 = 1_760_000_000_000;
+
+    /// Tokio's clock, paused in these tests, readable from the sampler thread too.
+    #[derive(Clone)]
+    struct TestClock {
+        handle: Handle,
+        start: tokio::time::Instant,
+    }
+
+    impl TestClock {
+        fn new() -> Self {
+            Self {
+                handle: Handle::current(),
+                start: tokio::time::Instant::now(),
+            }
+        }
+
+        fn now(&self) -> tokio::time::Instant {
+            let _runtime = self.handle.enter();
+            tokio::time::Instant::now()
+        }
+
+        /// The wall-clock time records get: [`T0`] when the clock was made.
+        fn unix_ms(&self) -> u64 {
+            T0 + u64::try_from((self.now() - self.start).as_millis()).unwrap()
+        }
+    }
 
     /// Call `n` (from 1) returns a sample whose `window_ms` is `n`, or an error when `n` is a
     /// multiple of `fail_every`.
@@ -766,10 +950,61 @@ mod tests {
         }
     }
 
-    fn start(dir: &Path, fail_every: u64, config: HubConfig) -> (Hub, Arc<AtomicU64>) {
-        let (spool, _) = Spool::open(spool_config(dir)).unwrap();
+    /// Opens the spool with its fsync pacing on `clock`.
+    fn open_spool(config: SpoolConfig, clock: &TestClock) -> Spool<RecordBody> {
+        let (mut spool, _) = Spool::open(config).unwrap();
+        let clock = clock.clone();
+        spool.set_clock(move || clock.now().into_std());
+        spool
+    }
+
+    /// A hub whose sampler takes a sample each `interval` of the test's clock.
+    struct Running {
+        hub: Hub,
+        ticks: JoinHandle<()>,
+    }
+
+    impl Running {
+        /// Stops the ticks, then the hub.
+        async fn shutdown(&self) {
+            self.ticks.abort();
+            self.hub.shutdown().await.unwrap();
+        }
+    }
+
+    fn start_with(
+        source: Box<dyn SampleSource>,
+        spool: Spool<RecordBody>,
+        config: HubConfig,
+        clock: &TestClock,
+    ) -> Running {
+        let interval = config.interval;
+        let wall = clock.clone();
+        let (hub, ticker) =
+            Hub::start_driven(source, spool, config, Box::new(move || wall.unix_ms())).unwrap();
+        let ticks = tokio::spawn(async move {
+            let mut due =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            loop {
+                due.tick().await;
+                if !ticker.tick() {
+                    break;
+                }
+            }
+        });
+        Running { hub, ticks }
+    }
+
+    /// A hub over a fresh spool in `dir` with a scripted source.
+    fn start(
+        dir: &Path,
+        fail_every: u64,
+        config: HubConfig,
+        clock: &TestClock,
+    ) -> (Running, Arc<AtomicU64>) {
+        let spool = open_spool(spool_config(dir), clock);
         let (source, calls) = scripted(fail_every);
-        (Hub::start(source, spool, config).unwrap(), calls)
+        (start_with(source, spool, config, clock), calls)
     }
 
     fn fast() -> HubConfig {
@@ -779,7 +1014,7 @@ mod tests {
     async fn wait_for_seq(hub: &Hub, seq: u64) {
         tokio::time::timeout(PATIENCE, async {
             while hub.stats().last_seq.unwrap_or(0) < seq {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
         .await
@@ -818,10 +1053,12 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn fifty_disconnect_resume_cycles_give_every_record_once_in_order() {
         let tmp = tempfile::tempdir().unwrap();
-        let (hub, _) = start(tmp.path(), 13, fast());
+        let clock = TestClock::new();
+        let (running, calls) = start(tmp.path(), 13, fast(), &clock);
+        let hub = &running.hub;
         let mut cursor = 0;
         let mut all = Vec::new();
         for cycle in 0..50u64 {
@@ -834,16 +1071,16 @@ mod tests {
             if cycle % 4 == 0 {
                 // Stay away long enough for records to pile up in the spool.
                 let target = cursor + 10;
-                wait_for_seq(&hub, target).await;
+                wait_for_seq(hub, target).await;
             }
         }
-        hub.shutdown().await.unwrap();
+        running.shutdown().await;
         let rest = drain(hub.subscribe_history(cursor, 64)).await;
         take(rest, &mut cursor, &mut all);
 
         assert_eq!(Some(cursor), hub.stats().spool.last_seq);
-        assert!(cursor >= 50);
         // A fresh spool: record n is the n-th call to the source.
+        assert_eq!(calls.load(Ordering::SeqCst), cursor);
         for record in &all {
             match &record.body {
                 RecordBody::Sample(sample) => {
@@ -864,34 +1101,40 @@ mod tests {
         assert_eq!(stats.samples, cursor - cursor / 13);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn a_restart_continues_the_numbers_after_an_agent_down_gap() {
         let tmp = tempfile::tempdir().unwrap();
-        let (hub, _) = start(tmp.path(), u64::MAX, fast());
-        wait_for_seq(&hub, 20).await;
-        hub.shutdown().await.unwrap();
-        let before = drain(hub.subscribe_history(0, 100)).await;
-        drop(hub);
+        let clock = TestClock::new();
+        let (running, _) = start(tmp.path(), u64::MAX, fast(), &clock);
+        wait_for_seq(&running.hub, 20).await;
+        running.shutdown().await;
+        let stopped_at = clock.unix_ms();
+        let before = drain(running.hub.subscribe_history(0, 100)).await;
+        drop(running);
         let last_before = before.last().unwrap().clone();
         assert!(before.iter().all(|r| gap(r).is_none()));
 
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let (hub, _) = start(tmp.path(), u64::MAX, fast());
-        wait_for_seq(&hub, last_before.seq + 5).await;
-        hub.shutdown().await.unwrap();
-        let all = drain(hub.subscribe_history(0, 100)).await;
+        tokio::time::advance(Duration::from_millis(30)).await;
+        let (running, _) = start(tmp.path(), u64::MAX, fast(), &clock);
+        wait_for_seq(&running.hub, last_before.seq + 5).await;
+        running.shutdown().await;
+        let all = drain(running.hub.subscribe_history(0, 100)).await;
 
         let mut cursor = 0;
         take(all.clone(), &mut cursor, &mut Vec::new());
         assert_eq!(all[..before.len()], before[..]);
         let down = &all[before.len()];
         assert_eq!(down.seq, last_before.seq + 1);
-        let down_gap = gap(down).unwrap();
-        assert_eq!(down_gap.reason, GapReason::AgentDown);
-        assert_eq!(down_gap.missing_seqs, None);
-        assert_eq!(down_gap.start_time_unix_ms, last_before.time_unix_ms);
-        assert_eq!(down_gap.end_time_unix_ms, down.time_unix_ms);
-        assert!(down_gap.end_time_unix_ms >= down_gap.start_time_unix_ms + 30);
+        assert_eq!(down.time_unix_ms, stopped_at + 30);
+        assert_eq!(
+            gap(down),
+            Some(Gap {
+                reason: GapReason::AgentDown,
+                missing_seqs: None,
+                start_time_unix_ms: last_before.time_unix_ms,
+                end_time_unix_ms: stopped_at + 30,
+            })
+        );
         assert!(all[before.len() + 1..].iter().all(|r| gap(r).is_none()));
         // The second run's samples start again at call 1 of a new source.
         match &all[before.len() + 1].body {
@@ -900,29 +1143,30 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn a_subscriber_that_never_polls_holds_back_neither_the_sampler_nor_others() {
         let tmp = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
         let config = HubConfig {
             interval: Duration::from_millis(2),
             live_capacity: 4,
         };
-        let (hub, _) = start(tmp.path(), u64::MAX, config);
+        let (running, _) = start(tmp.path(), u64::MAX, config, &clock);
+        let hub = &running.hub;
         let stalled = hub.subscribe(0, 16);
         let mut active = hub.subscribe(0, 16);
         assert_eq!(hub.stats().subscribers, 2);
 
+        // The sampler runs fifty times past the stalled subscriber's channel capacity.
         let (mut cursor, mut seen) = (0, Vec::new());
         while cursor < 200 {
             let batch = next_batch(&mut active).await.unwrap();
             take(batch, &mut cursor, &mut seen);
             if cursor > 50 && cursor < 60 {
                 // Fall far behind the live channel on purpose, then carry on.
-                wait_for_seq(&hub, cursor + 40).await;
+                wait_for_seq(hub, cursor + 40).await;
             }
         }
-        // The sampler ran fifty times past the stalled subscriber's channel capacity.
-        assert!(hub.stats().last_seq.unwrap() >= 200);
 
         let (mut stalled_cursor, mut stalled_seen) = (0, Vec::new());
         let mut stalled = stalled;
@@ -934,16 +1178,18 @@ mod tests {
         drop(stalled);
         drop(active);
         assert_eq!(hub.stats().subscribers, 0);
-        hub.shutdown().await.unwrap();
+        running.shutdown().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn shutdown_flushes_and_ends_following_subscribers_after_the_last_record() {
         let tmp = tempfile::tempdir().unwrap();
-        let (hub, _) = start(tmp.path(), u64::MAX, fast());
+        let clock = TestClock::new();
+        let (running, _) = start(tmp.path(), u64::MAX, fast(), &clock);
+        let hub = &running.hub;
         let follower = hub.subscribe(0, 8);
-        wait_for_seq(&hub, 10).await;
-        hub.shutdown().await.unwrap();
+        wait_for_seq(hub, 10).await;
+        running.shutdown().await;
         hub.shutdown().await.unwrap();
         let stats = hub.stats();
         assert!(!stats.running);
@@ -957,26 +1203,34 @@ mod tests {
         assert_eq!(drain(hub.subscribe(cursor - 3, 8)).await.len(), 3);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn history_only_ends_when_caught_up_and_a_cursor_ahead_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        {
-            let (mut spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
-            for i in 0..100 {
-                spool
-                    .append(1_000 + i, RecordBody::Sample(Sample::default()))
-                    .unwrap();
-            }
+        let clock = TestClock::new();
+        let mut spool = open_spool(spool_config(tmp.path()), &clock);
+        for i in 0..100 {
+            spool
+                .append(1_000 + i, RecordBody::Sample(Sample::default()))
+                .unwrap();
         }
+        let (source, calls) = scripted(u64::MAX);
         let config = HubConfig::new(Duration::from_secs(3600));
-        let (hub, calls) = start(tmp.path(), u64::MAX, config);
-        wait_for_seq(&hub, 101).await;
+        let running = start_with(source, spool, config, &clock);
+        let hub = &running.hub;
+        // The start-up gap is durable before the hub is handed out.
+        assert_eq!(hub.stats().last_seq, Some(101));
         let history = drain(hub.subscribe_history(0, 30)).await;
         assert_eq!(history.len(), 101);
         assert_eq!(calls.load(Ordering::SeqCst), 0);
-        let down = gap(&history[100]).unwrap();
-        assert_eq!(down.reason, GapReason::AgentDown);
-        assert_eq!(down.start_time_unix_ms, 1_099);
+        assert_eq!(
+            gap(&history[100]),
+            Some(Gap {
+                reason: GapReason::AgentDown,
+                missing_seqs: None,
+                start_time_unix_ms: 1_099,
+                end_time_unix_ms: T0,
+            })
+        );
 
         let mut ahead = hub.subscribe(500, 10);
         match tokio::time::timeout(PATIENCE, ahead.next()).await.unwrap() {
@@ -987,10 +1241,87 @@ mod tests {
             other => panic!("expected CursorAhead, got {other:?}"),
         }
         assert!(next_batch(&mut ahead).await.is_none());
-        hub.shutdown().await.unwrap();
+        running.shutdown().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
+    async fn numbers_the_spool_evicted_reach_subscribers_as_one_evicted_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
+        let config = SpoolConfig {
+            max_bytes: 8192,
+            // Synced at segment rolls and by the hub's start-up flush: the clock stands still
+            // while the spool is filled.
+            fsync_interval: Duration::from_secs(1),
+            ..spool_config(tmp.path())
+        };
+        let mut spool = open_spool(config, &clock);
+        let appended: Vec<Record> = (0..500)
+            .map(|i| {
+                let sample = Sample {
+                    window_ms: i,
+                    ..Sample::default()
+                };
+                let entry = spool
+                    .append(1_000 + u64::from(i), RecordBody::Sample(sample))
+                    .unwrap();
+                record_of(entry)
+            })
+            .collect();
+        let running = start_with(scripted(u64::MAX).0, spool, HubConfig::default(), &clock);
+        // The start-up gap may have made the spool evict once more.
+        let first_kept = running.hub.stats().spool.first_seq.unwrap();
+        assert!(first_kept > 2, "the cap evicted records");
+
+        let history = drain(running.hub.subscribe_history(0, 1000)).await;
+        let kept = (first_kept - 1) as usize;
+        let evicted_gap = Record {
+            seq: first_kept - 1,
+            time_unix_ms: appended[kept].time_unix_ms,
+            body: RecordBody::Gap(Gap {
+                reason: GapReason::Evicted,
+                missing_seqs: Some((1, first_kept - 1)),
+                start_time_unix_ms: appended[kept - 1].time_unix_ms,
+                end_time_unix_ms: appended[kept].time_unix_ms,
+            }),
+        };
+        assert_eq!(history[0], evicted_gap);
+        assert_eq!(history[1..501 - kept], appended[kept..]);
+        assert_eq!(
+            gap(&history[501 - kept]).unwrap().reason,
+            GapReason::AgentDown
+        );
+        running.shutdown().await;
+    }
+
+    #[test]
+    fn a_missing_range_becomes_a_gap_numbered_by_its_last_seq() {
+        for (loss, reason) in [
+            (Loss::Evicted, GapReason::Evicted),
+            (Loss::Corrupt, GapReason::Corrupt),
+        ] {
+            let item = Item::Missing(Missing {
+                first_seq: 7,
+                last_seq: 9,
+                reason: loss,
+                start_time_unix_ms: 6_000,
+                end_time_unix_ms: 10_000,
+            });
+            let want = Record {
+                seq: 9,
+                time_unix_ms: 10_000,
+                body: RecordBody::Gap(Gap {
+                    reason,
+                    missing_seqs: Some((7, 9)),
+                    start_time_unix_ms: 6_000,
+                    end_time_unix_ms: 10_000,
+                }),
+            };
+            assert_eq!(record_of_item(item), want);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_record_the_spool_refuses_becomes_an_explicit_gap() {
         /// Call 3 returns a sample too large for a spool frame.
         struct Oversized(u32);
@@ -1008,11 +1339,12 @@ mod tests {
             }
         }
         let tmp = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
-        let hub = Hub::start(Box::new(Oversized(0)), spool, fast()).unwrap();
-        wait_for_seq(&hub, 5).await;
-        hub.shutdown().await.unwrap();
-        let all = drain(hub.subscribe_history(0, 100)).await;
+        let clock = TestClock::new();
+        let spool = open_spool(spool_config(tmp.path()), &clock);
+        let running = start_with(Box::new(Oversized(0)), spool, fast(), &clock);
+        wait_for_seq(&running.hub, 5).await;
+        running.shutdown().await;
+        let all = drain(running.hub.subscribe_history(0, 100)).await;
         let windows: Vec<Option<u32>> = all
             .iter()
             .map(|record| match &record.body {
@@ -1025,36 +1357,42 @@ mod tests {
         assert_eq!(lost.reason, GapReason::SamplerError);
         assert_eq!(lost.start_time_unix_ms, all[1].time_unix_ms);
         assert_eq!(lost.end_time_unix_ms, all[2].time_unix_ms);
-        assert_eq!(hub.stats().spool_errors, 1);
+        assert_eq!(running.hub.stats().spool_errors, 1);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn with_fsync_slower_than_sampling_records_go_live_only_once_durable() {
         let tmp = tempfile::tempdir().unwrap();
+        let clock = TestClock::new();
         let spool_config = SpoolConfig {
             fsync_interval: Duration::from_millis(40),
+            // No segment roll (which syncs too) within the records read here.
+            segment_bytes: 1 << 16,
             ..spool_config(tmp.path())
         };
-        let (spool, _) = Spool::open(spool_config).unwrap();
+        let spool = open_spool(spool_config, &clock);
         let (source, _) = scripted(u64::MAX);
-        let hub = Hub::start(source, spool, HubConfig::new(Duration::from_millis(2))).unwrap();
-        let mut sub = hub.subscribe(0, 1000);
+        let config = HubConfig::new(Duration::from_millis(2));
+        let running = start_with(source, spool, config, &clock);
+        let mut sub = running.hub.subscribe(0, 1000);
         let (mut cursor, mut seen) = (0, Vec::new());
         while cursor < 100 {
             let batch = next_batch(&mut sub).await.unwrap();
             let newest = batch.last().unwrap().seq;
-            let durable = hub.stats().spool.durable_seq;
+            let durable = running.hub.stats().spool.durable_seq;
             assert!(
                 newest <= durable,
                 "record {newest} seen before durable ({durable})"
             );
+            // Record 1 is synced at once; then one fsync every 40 ms, that is every 20 records.
+            assert_eq!(newest % 20, 1, "batch ending at {newest}");
             take(batch, &mut cursor, &mut seen);
         }
-        hub.shutdown().await.unwrap();
+        running.shutdown().await;
     }
 
-    #[tokio::test]
-    async fn a_zero_interval_is_refused() {
+    #[test]
+    fn a_zero_interval_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
         let (source, _) = scripted(u64::MAX);
@@ -1062,7 +1400,19 @@ mod tests {
         assert!(matches!(err, Some(HubError::InvalidInterval)), "{err:?}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[test]
+    fn a_late_sampler_skips_the_ticks_already_past() {
+        let t = Instant::now();
+        let second = Duration::from_secs(1);
+        assert_eq!(next_tick(t, second, t), t + second);
+        assert_eq!(next_tick(t, second, t + second), t + second);
+        let just_late = t + second + Duration::from_millis(1);
+        assert_eq!(next_tick(t, second, just_late), t + 2 * second);
+        let suspended = t + Duration::from_millis(3500);
+        assert_eq!(next_tick(t, second, suspended), t + 4 * second);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_panicking_sampler_becomes_gaps_and_sampling_goes_on() {
         struct Panicky(u64);
         impl SampleSource for Panicky {
@@ -1077,15 +1427,19 @@ mod tests {
             }
         }
         let tmp = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(spool_config(tmp.path())).unwrap();
-        let hub = Hub::start(Box::new(Panicky(0)), spool, fast()).unwrap();
-        wait_for_seq(&hub, 10).await;
-        hub.shutdown().await.unwrap();
-        let all = drain(hub.subscribe_history(0, 100)).await;
+        let clock = TestClock::new();
+        let spool = open_spool(spool_config(tmp.path()), &clock);
+        let running = start_with(Box::new(Panicky(0)), spool, fast(), &clock);
+        wait_for_seq(&running.hub, 10).await;
+        running.shutdown().await;
+        let all = drain(running.hub.subscribe_history(0, 100)).await;
         for record in &all {
             let is_gap = gap(record).is_some_and(|g| g.reason == GapReason::SamplerError);
             assert_eq!(is_gap, record.seq % 2 == 1, "record {}", record.seq);
         }
-        assert!(hub.stats().sampler_errors >= 5);
+        let gaps = all.iter().filter(|record| gap(record).is_some()).count() as u64;
+        let stats = running.hub.stats();
+        assert_eq!(stats.sampler_errors, gaps);
+        assert_eq!(stats.samples, all.len() as u64 - gaps);
     }
 }

@@ -31,6 +31,8 @@ pub struct HostSampler {
     cpu: CpuState,
     /// When the last successful reading was taken: the start of the next window.
     last_read: Instant,
+    /// The monotonic clock windows are measured with: [`Instant::now`] outside tests.
+    now: Box<dyn Fn() -> Instant + Send>,
 }
 
 impl std::fmt::Debug for HostSampler {
@@ -46,18 +48,27 @@ impl HostSampler {
     /// Makes a sampler over `counters` and primes it with one reading. `cpu_kinds` maps CPU
     /// numbers to core kinds for per-cluster figures (empty when unknown).
     pub fn new(
+        counters: Box<dyn HostCounters>,
+        cpu_kinds: Vec<Option<CoreKind>>,
+    ) -> Result<Self, SampleError> {
+        Self::with_clock(counters, cpu_kinds, Box::new(Instant::now))
+    }
+
+    fn with_clock(
         mut counters: Box<dyn HostCounters>,
         cpu_kinds: Vec<Option<CoreKind>>,
+        now: Box<dyn Fn() -> Instant + Send>,
     ) -> Result<Self, SampleError> {
         let mut cpu = CpuState::new(counters.accounting(), cpu_kinds);
         let first = counters.read().map_err(sample_error)?;
-        let last_read = Instant::now();
+        let last_read = now();
         let primed = cpu.update(first.cpus, std::time::Duration::ZERO);
         debug_assert!(primed.is_none(), "a fresh state only primes");
         Ok(Self {
             counters,
             cpu,
             last_read,
+            now,
         })
     }
 }
@@ -65,7 +76,7 @@ impl HostSampler {
 impl SampleSource for HostSampler {
     fn sample(&mut self) -> Result<Sample, SampleError> {
         let counters = self.counters.read().map_err(sample_error)?;
-        let now = Instant::now();
+        let now = (self.now)();
         let window = now.saturating_duration_since(self.last_read);
         self.last_read = now;
         let cpu = self
@@ -123,6 +134,8 @@ mod tests {
     };
     use jex_telemetry::{LoadAverage, MemoryPressure, PressureLevel, SwapSample};
     use std::collections::VecDeque;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
     /// Counters that replay a script of readings.
@@ -141,6 +154,15 @@ mod tests {
                 .pop_front()
                 .unwrap_or(Err(PlatformError::Unsupported))
         }
+    }
+
+    /// A monotonic clock the test sets, in milliseconds from an arbitrary start.
+    fn test_clock() -> (Box<dyn Fn() -> Instant + Send>, Arc<AtomicU64>) {
+        let start = Instant::now();
+        let ms = Arc::new(AtomicU64::new(0));
+        let read = Arc::clone(&ms);
+        let now = move || start + Duration::from_millis(read.load(Ordering::SeqCst));
+        (Box::new(now), ms)
     }
 
     fn counters(user: u64, idle: u64) -> Counters {
@@ -176,10 +198,11 @@ mod tests {
     #[test]
     fn the_first_sample_covers_the_time_since_priming() {
         let script = VecDeque::from([Ok(counters(1000, 5000)), Ok(counters(1040, 5060))]);
-        let mut sampler = HostSampler::new(Box::new(Scripted(script)), vec![]).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        let (now, ms) = test_clock();
+        let mut sampler = HostSampler::with_clock(Box::new(Scripted(script)), vec![], now).unwrap();
+        ms.store(1000, Ordering::SeqCst);
         let s = sampler.sample().unwrap();
-        assert!(s.window_ms >= 20, "window {} ms", s.window_ms);
+        assert_eq!(s.window_ms, 1000);
         assert_eq!(
             s.cpu.busy_bp, 4000,
             "40 of 100 ticks, not the since-boot 17 %"
@@ -199,11 +222,15 @@ mod tests {
             }),
             Ok(counters(100, 100)),
         ]);
-        let mut sampler = HostSampler::new(Box::new(Scripted(script)), vec![]).unwrap();
+        let (now, ms) = test_clock();
+        let mut sampler = HostSampler::with_clock(Box::new(Scripted(script)), vec![], now).unwrap();
+        ms.store(1000, Ordering::SeqCst);
         let err = sampler.sample().unwrap_err();
         assert_eq!(err.what, "/proc/stat");
         assert_eq!(err.source.kind(), io::ErrorKind::NotFound);
+        ms.store(2000, Ordering::SeqCst);
         let s = sampler.sample().unwrap();
+        assert_eq!(s.window_ms, 2000, "the window since the last good reading");
         assert_eq!(s.cpu.busy_bp, 5000, "the delta since the last good reading");
     }
 

@@ -1,7 +1,12 @@
 //! Erase configuration: where state lives, I/O sizes, verification sampling and the targets.
 //!
 //! Deserialised from the `[erase]` table of the agent's TOML config (unknown keys rejected),
-//! then checked by [`EraseConfig::validate`], whose errors say what to fix. Example:
+//! then checked by [`EraseConfig::validate`], whose errors say what to fix and name the
+//! [`Setting`] at fault. The agent reads the table as an [`EraseSection`], which keeps where each
+//! setting was written (`toml::Spanned`), so that its errors also give the line. Two targets that
+//! name one file or device through different paths (a symlink, another device node) are refused
+//! by [`EraseConfig::check_distinct_targets`], which looks at what the paths name on this host;
+//! the agent runs it before it starts. Example:
 //!
 //! ```toml
 //! [erase]
@@ -22,7 +27,11 @@
 //! luks_uuid = "9f5d0c8e-3a1b-4c2d-8e7f-0a1b2c3d4e5f"
 //! ```
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+use jex_platform::blockdev::{TargetIdentity, TargetKind};
+use toml::Spanned;
 
 /// Default chunk size of overwrite writes.
 pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
@@ -143,22 +152,108 @@ impl TargetConfig {
     }
 }
 
+/// One setting of `[erase]`: what a [`ConfigError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `state_dir`.
+    StateDir,
+    /// `chunk_bytes`.
+    ChunkBytes,
+    /// `checkpoint_bytes`.
+    CheckpointBytes,
+    /// `verify_strata`.
+    VerifyStrata,
+    /// `verify_locations_per_stratum`.
+    VerifyLocationsPerStratum,
+    /// `verify_coverage_percent`.
+    VerifyCoveragePercent,
+    /// `verify_block_bytes`.
+    VerifyBlockBytes,
+    /// `tools.cryptsetup`.
+    Cryptsetup,
+    /// `tools.diskutil`.
+    Diskutil,
+    /// A key of the `index`th (0-based) `[[erase.targets]]` entry.
+    Target {
+        /// Position in the list.
+        index: usize,
+        /// The key.
+        field: TargetField,
+    },
+}
+
+/// A key of a `[[erase.targets]]` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetField {
+    /// `name`.
+    Name,
+    /// `backend`.
+    Backend,
+    /// `device`.
+    Device,
+    /// `luks_uuid`.
+    LuksUuid,
+    /// `apfs_volume_uuid`.
+    ApfsVolumeUuid,
+}
+
+impl TargetField {
+    /// The key as written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetField::Name => "name",
+            TargetField::Backend => "backend",
+            TargetField::Device => "device",
+            TargetField::LuksUuid => "luks_uuid",
+            TargetField::ApfsVolumeUuid => "apfs_volume_uuid",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The dotted key in the agent's config file, e.g. `erase.chunk_bytes`,
+/// `erase.targets[1].luks_uuid`.
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = match self {
+            Setting::StateDir => "state_dir",
+            Setting::ChunkBytes => "chunk_bytes",
+            Setting::CheckpointBytes => "checkpoint_bytes",
+            Setting::VerifyStrata => "verify_strata",
+            Setting::VerifyLocationsPerStratum => "verify_locations_per_stratum",
+            Setting::VerifyCoveragePercent => "verify_coverage_percent",
+            Setting::VerifyBlockBytes => "verify_block_bytes",
+            Setting::Cryptsetup => "tools.cryptsetup",
+            Setting::Diskutil => "tools.diskutil",
+            Setting::Target { index, field } => {
+                return write!(f, "erase.targets[{index}].{field}");
+            }
+        };
+        write!(f, "erase.{key}")
+    }
+}
+
 /// An invalid `[erase]` setting; the message says what to change.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
     /// A path that must be absolute is not.
-    #[error("erase.{key} = {path:?} must be an absolute path")]
+    #[error("{key} = {path:?} must be an absolute path")]
     RelativePath {
         /// The setting.
-        key: String,
+        key: Setting,
         /// Its value.
         path: PathBuf,
     },
     /// A size setting out of range or misaligned.
-    #[error("erase.{key} = {value} must be a multiple of {multiple_of} between {min} and {max}")]
+    #[error("{key} = {value} must be a multiple of {multiple_of} between {min} and {max}")]
     BadSize {
         /// The setting.
-        key: &'static str,
+        key: Setting,
         /// Its value.
         value: u64,
         /// Required granularity.
@@ -169,14 +264,24 @@ pub enum ConfigError {
         max: u64,
     },
     /// A count or percentage out of range.
-    #[error("erase.{key} = {value} is out of range: use {expected}")]
+    #[error("{key} = {value} is out of range: use {expected}")]
     OutOfRange {
         /// The setting.
-        key: &'static str,
+        key: Setting,
         /// Its value, as written.
         value: String,
         /// The accepted range.
         expected: &'static str,
+    },
+    /// A target entry without one of the keys every target needs.
+    #[error(
+        "erase.targets[{index}]: {field} is missing: every target needs name, backend and device"
+    )]
+    MissingKey {
+        /// Position in the list.
+        index: usize,
+        /// The missing key.
+        field: TargetField,
     },
     /// A target without a name.
     #[error("erase.targets[{index}]: name is empty: give every target a unique name")]
@@ -187,12 +292,20 @@ pub enum ConfigError {
     /// Two targets with one name.
     #[error("erase.targets: name {name:?} is used twice: target names must be unique")]
     DuplicateName {
+        /// Position of the second one in the list.
+        index: usize,
         /// The name.
         name: String,
     },
-    /// Two targets with one device.
-    #[error("erase.targets: device {device:?} is listed twice (targets {first:?} and {second:?})")]
+    /// Two targets with one device path.
+    #[error(
+        "erase.targets[{index}].device: {device:?} is already erase.targets[{first_index}].device (targets {first:?} and {second:?}): list each target once"
+    )]
     DuplicateDevice {
+        /// Position of the second one in the list.
+        index: usize,
+        /// Position of the first one.
+        first_index: usize,
         /// The device.
         device: PathBuf,
         /// First target's name.
@@ -200,46 +313,108 @@ pub enum ConfigError {
         /// Second target's name.
         second: String,
     },
+    /// Two targets whose device paths differ but name the same file or device (a symlink and
+    /// what it points to, two device nodes of one disk).
+    #[error(
+        "erase.targets[{index}].device {device:?} and erase.targets[{first_index}].device {first_device:?} are the same {identity}: list each target once"
+    )]
+    SameTarget {
+        /// Position of the second one in the list.
+        index: usize,
+        /// Position of the first one.
+        first_index: usize,
+        /// The second one's device path.
+        device: PathBuf,
+        /// The first one's device path.
+        first_device: PathBuf,
+        /// What both paths name ([`TargetIdentity::fingerprint`]).
+        identity: String,
+    },
     /// A target's backend has no identity pin.
     #[error(
         "erase.targets {name:?}: backend {backend} needs {key} = \"<uuid>\" to pin the volume it destroys"
     )]
     MissingPin {
+        /// Position in the list.
+        index: usize,
         /// Target name.
         name: String,
         /// Its backend.
         backend: Backend,
         /// The missing key.
-        key: &'static str,
+        key: TargetField,
     },
     /// A pin that does not belong to the backend.
     #[error("erase.targets {name:?}: {key} does not apply to backend {backend}: remove it")]
     ForeignPin {
+        /// Position in the list.
+        index: usize,
         /// Target name.
         name: String,
         /// Its backend.
         backend: Backend,
         /// The stray key.
-        key: &'static str,
+        key: TargetField,
     },
     /// A pin that is not a UUID.
     #[error("erase.targets {name:?}: {key} = {value:?} is not a UUID (8-4-4-4-12 hex digits)")]
     BadPin {
+        /// Position in the list.
+        index: usize,
         /// Target name.
         name: String,
         /// The key.
-        key: &'static str,
+        key: TargetField,
         /// Its value.
         value: String,
     },
 }
 
-fn default_state_dir() -> PathBuf {
-    if cfg!(target_os = "macos") {
-        PathBuf::from("/Library/Application Support/JexCloud/erase")
-    } else {
-        PathBuf::from("/var/lib/jex-agent/erase")
+impl ConfigError {
+    /// The setting at fault.
+    pub fn setting(&self) -> Setting {
+        let target = |index: usize, field: TargetField| Setting::Target { index, field };
+        match self {
+            ConfigError::RelativePath { key, .. }
+            | ConfigError::BadSize { key, .. }
+            | ConfigError::OutOfRange { key, .. } => *key,
+            ConfigError::MissingKey { index, field } => target(*index, *field),
+            ConfigError::EmptyName { index } | ConfigError::DuplicateName { index, .. } => {
+                target(*index, TargetField::Name)
+            }
+            ConfigError::DuplicateDevice { index, .. } | ConfigError::SameTarget { index, .. } => {
+                target(*index, TargetField::Device)
+            }
+            ConfigError::MissingPin { index, key, .. }
+            | ConfigError::ForeignPin { index, key, .. }
+            | ConfigError::BadPin { index, key, .. } => target(*index, *key),
+        }
     }
+
+    /// The other setting the error is about, when it concerns two (the first of two targets
+    /// that name one device), so that a message can point at both.
+    pub fn other_setting(&self) -> Option<Setting> {
+        match self {
+            ConfigError::DuplicateDevice { first_index, .. }
+            | ConfigError::SameTarget { first_index, .. } => Some(Setting::Target {
+                index: *first_index,
+                field: TargetField::Device,
+            }),
+            ConfigError::RelativePath { .. }
+            | ConfigError::BadSize { .. }
+            | ConfigError::OutOfRange { .. }
+            | ConfigError::MissingKey { .. }
+            | ConfigError::EmptyName { .. }
+            | ConfigError::DuplicateName { .. }
+            | ConfigError::MissingPin { .. }
+            | ConfigError::ForeignPin { .. }
+            | ConfigError::BadPin { .. } => None,
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(jex_platform::paths::ERASE_STATE_DIR)
 }
 fn default_chunk_bytes() -> u64 {
     DEFAULT_CHUNK_BYTES
@@ -288,7 +463,7 @@ impl Default for EraseConfig {
     }
 }
 
-fn check_size(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+fn check_size(key: Setting, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max || !value.is_multiple_of(IO_GRANULE) {
         return Err(ConfigError::BadSize {
             key,
@@ -301,7 +476,7 @@ fn check_size(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), C
     Ok(())
 }
 
-fn check_absolute(key: String, path: &Path) -> Result<(), ConfigError> {
+fn check_absolute(key: Setting, path: &Path) -> Result<(), ConfigError> {
     if path.is_absolute() {
         Ok(())
     } else {
@@ -312,12 +487,13 @@ fn check_absolute(key: String, path: &Path) -> Result<(), ConfigError> {
     }
 }
 
-fn check_uuid(name: &str, key: &'static str, value: &str) -> Result<(), ConfigError> {
+fn check_uuid(index: usize, name: &str, key: TargetField, value: &str) -> Result<(), ConfigError> {
     let hyphenated = value.len() == 36 && value.matches('-').count() == 4;
     if hyphenated && uuid::Uuid::parse_str(value).is_ok() {
         Ok(())
     } else {
         Err(ConfigError::BadPin {
+            index,
             name: name.to_owned(),
             key,
             value: value.to_owned(),
@@ -328,13 +504,13 @@ fn check_uuid(name: &str, key: &'static str, value: &str) -> Result<(), ConfigEr
 impl EraseConfig {
     /// Checks every setting; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_absolute("state_dir".into(), &self.state_dir)?;
-        check_size("chunk_bytes", self.chunk_bytes, IO_GRANULE, 256 << 20)?;
+        check_absolute(Setting::StateDir, &self.state_dir)?;
+        check_size(Setting::ChunkBytes, self.chunk_bytes, IO_GRANULE, 256 << 20)?;
         if self.checkpoint_bytes < self.chunk_bytes
             || !self.checkpoint_bytes.is_multiple_of(self.chunk_bytes)
         {
             return Err(ConfigError::BadSize {
-                key: "checkpoint_bytes",
+                key: Setting::CheckpointBytes,
                 value: self.checkpoint_bytes,
                 multiple_of: self.chunk_bytes,
                 min: self.chunk_bytes,
@@ -342,21 +518,21 @@ impl EraseConfig {
             });
         }
         check_size(
-            "verify_block_bytes",
+            Setting::VerifyBlockBytes,
             self.verify_block_bytes,
             IO_GRANULE,
             64 << 20,
         )?;
         if !(1..=1_000_000).contains(&self.verify_strata) {
             return Err(ConfigError::OutOfRange {
-                key: "verify_strata",
+                key: Setting::VerifyStrata,
                 value: self.verify_strata.to_string(),
                 expected: "1 to 1000000 (NIST SP 800-88 asks for at least 1000)",
             });
         }
         if !(1..=1000).contains(&self.verify_locations_per_stratum) {
             return Err(ConfigError::OutOfRange {
-                key: "verify_locations_per_stratum",
+                key: Setting::VerifyLocationsPerStratum,
                 value: self.verify_locations_per_stratum.to_string(),
                 expected: "1 to 1000 (NIST SP 800-88 asks for at least 2)",
             });
@@ -365,55 +541,66 @@ impl EraseConfig {
             && !(percent > 0.0 && percent <= 100.0)
         {
             return Err(ConfigError::OutOfRange {
-                key: "verify_coverage_percent",
+                key: Setting::VerifyCoveragePercent,
                 value: percent.to_string(),
                 expected: "a percentage above 0 and at most 100",
             });
         }
-        check_absolute("tools.cryptsetup".into(), &self.tools.cryptsetup)?;
-        check_absolute("tools.diskutil".into(), &self.tools.diskutil)?;
+        check_absolute(Setting::Cryptsetup, &self.tools.cryptsetup)?;
+        check_absolute(Setting::Diskutil, &self.tools.diskutil)?;
         for (index, target) in self.targets.iter().enumerate() {
             if target.name.trim().is_empty() {
                 return Err(ConfigError::EmptyName { index });
             }
-            check_absolute(format!("targets.{}.device", target.name), &target.device)?;
+            check_absolute(
+                Setting::Target {
+                    index,
+                    field: TargetField::Device,
+                },
+                &target.device,
+            )?;
             let (needed, needed_key, stray, stray_key) = match target.backend {
                 Backend::Luks2 => (
                     &target.luks_uuid,
-                    "luks_uuid",
+                    TargetField::LuksUuid,
                     &target.apfs_volume_uuid,
-                    "apfs_volume_uuid",
+                    TargetField::ApfsVolumeUuid,
                 ),
                 Backend::ApfsVolume => (
                     &target.apfs_volume_uuid,
-                    "apfs_volume_uuid",
+                    TargetField::ApfsVolumeUuid,
                     &target.luks_uuid,
-                    "luks_uuid",
+                    TargetField::LuksUuid,
                 ),
             };
             let Some(pin) = needed else {
                 return Err(ConfigError::MissingPin {
+                    index,
                     name: target.name.clone(),
                     backend: target.backend,
                     key: needed_key,
                 });
             };
-            check_uuid(&target.name, needed_key, pin)?;
+            check_uuid(index, &target.name, needed_key, pin)?;
             if stray.is_some() {
                 return Err(ConfigError::ForeignPin {
+                    index,
                     name: target.name.clone(),
                     backend: target.backend,
                     key: stray_key,
                 });
             }
-            for earlier in &self.targets[..index] {
+            for (first_index, earlier) in self.targets[..index].iter().enumerate() {
                 if earlier.name == target.name {
                     return Err(ConfigError::DuplicateName {
+                        index,
                         name: target.name.clone(),
                     });
                 }
                 if earlier.device == target.device {
                     return Err(ConfigError::DuplicateDevice {
+                        index,
+                        first_index,
                         device: target.device.clone(),
                         first: earlier.name.clone(),
                         second: target.name.clone(),
@@ -422,6 +609,216 @@ impl EraseConfig {
             }
         }
         Ok(())
+    }
+
+    /// Refuses two targets whose device paths differ but name the same file or device: a
+    /// symlink and what it points to, `/dev/disk/by-id/…` and `/dev/sdb`. [`Self::validate`]
+    /// only compares the paths as written; this compares what they name now, as `identify`
+    /// reports it (the erase's own [`jex_platform::blockdev::probe`]): files by `(st_dev,
+    /// st_ino)`, devices by `st_rdev`. A target `identify` cannot name (missing, unreadable) is
+    /// left out here: the checks of the target itself report it.
+    pub fn check_distinct_targets(
+        &self,
+        identify: impl Fn(&Path) -> Option<TargetIdentity>,
+    ) -> Result<(), ConfigError> {
+        let identities: Vec<Option<TargetIdentity>> =
+            self.targets.iter().map(|t| identify(&t.device)).collect();
+        for (index, (target, identity)) in self.targets.iter().zip(&identities).enumerate() {
+            let Some(identity) = identity else { continue };
+            let first = identities[..index]
+                .iter()
+                .position(|earlier| earlier.as_ref().is_some_and(|e| same_object(e, identity)));
+            if let Some(first_index) = first {
+                let earlier = &self.targets[first_index];
+                return Err(ConfigError::SameTarget {
+                    index,
+                    first_index,
+                    device: target.device.clone(),
+                    first_device: earlier.device.clone(),
+                    identity: identity.fingerprint(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two identities name the same object: a file by `(st_dev, st_ino)`, a device by
+/// `st_rdev` (size and serial follow from those).
+fn same_object(a: &TargetIdentity, b: &TargetIdentity) -> bool {
+    match (a.kind, b.kind) {
+        (TargetKind::File, TargetKind::File) => a.dev == b.dev && a.ino == b.ino,
+        (TargetKind::Device, TargetKind::Device) => a.rdev == b.rdev,
+        (TargetKind::File, TargetKind::Device) | (TargetKind::Device, TargetKind::File) => false,
+    }
+}
+
+/// The `[erase]` table as the agent's config file writes it: every setting optional and
+/// [`Spanned`] (byte offsets into the file), so that a validation error lands on the setting at
+/// fault, or on the header of the table that should hold it when it was left out. Turned into an
+/// [`EraseConfig`] by [`EraseSection::into_config`]; the same keys, unknown keys rejected.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EraseSection {
+    /// [`EraseConfig::state_dir`].
+    pub state_dir: Option<Spanned<PathBuf>>,
+    /// [`EraseConfig::chunk_bytes`].
+    pub chunk_bytes: Option<Spanned<u64>>,
+    /// [`EraseConfig::checkpoint_bytes`].
+    pub checkpoint_bytes: Option<Spanned<u64>>,
+    /// [`EraseConfig::verify_strata`].
+    pub verify_strata: Option<Spanned<u64>>,
+    /// [`EraseConfig::verify_locations_per_stratum`].
+    pub verify_locations_per_stratum: Option<Spanned<u32>>,
+    /// [`EraseConfig::verify_coverage_percent`].
+    pub verify_coverage_percent: Option<Spanned<f64>>,
+    /// [`EraseConfig::verify_block_bytes`].
+    pub verify_block_bytes: Option<Spanned<u64>>,
+    /// `[erase.tools]`.
+    pub tools: Option<Spanned<ToolsSection>>,
+    /// `[[erase.targets]]`, in order.
+    #[serde(default)]
+    pub targets: Vec<Spanned<TargetSection>>,
+}
+
+/// `[erase.tools]` as written; see [`ToolsConfig`].
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    /// [`ToolsConfig::cryptsetup`].
+    pub cryptsetup: Option<Spanned<PathBuf>>,
+    /// [`ToolsConfig::diskutil`].
+    pub diskutil: Option<Spanned<PathBuf>>,
+}
+
+/// One `[[erase.targets]]` entry as written; see [`TargetConfig`]. `name`, `backend` and
+/// `device` are required: their absence is a [`ConfigError::MissingKey`] placed on the entry.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// [`TargetConfig::name`].
+    pub name: Option<Spanned<String>>,
+    /// [`TargetConfig::backend`].
+    pub backend: Option<Spanned<Backend>>,
+    /// [`TargetConfig::device`].
+    pub device: Option<Spanned<PathBuf>>,
+    /// [`TargetConfig::luks_uuid`].
+    pub luks_uuid: Option<Spanned<String>>,
+    /// [`TargetConfig::apfs_volume_uuid`].
+    pub apfs_volume_uuid: Option<Spanned<String>>,
+}
+
+/// A [`ConfigError`] and where it is in the config file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{error}")]
+pub struct Located {
+    /// What is wrong.
+    pub error: ConfigError,
+    /// Byte offsets of the setting's value, or of the header of the table that should hold it
+    /// when the setting was left out.
+    pub span: Range<usize>,
+}
+
+fn written<T: Clone>(setting: &Option<Spanned<T>>) -> Option<T> {
+    setting.as_ref().map(|s| s.get_ref().clone())
+}
+
+fn span_of<T>(setting: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    setting.as_ref().map(Spanned::span)
+}
+
+impl EraseSection {
+    /// Fills in the defaults (`default_state_dir` for an unwritten `state_dir`), validates with
+    /// [`EraseConfig::validate`] and places any error. `table` is the span of the `[erase]` table
+    /// itself, where settings it does not write are reported.
+    pub fn into_config(
+        self,
+        table: Range<usize>,
+        default_state_dir: PathBuf,
+    ) -> Result<EraseConfig, Located> {
+        let config = self.to_config(default_state_dir).and_then(|config| {
+            config.validate()?;
+            Ok(config)
+        });
+        config.map_err(|error| Located {
+            span: self.span(error.setting()).unwrap_or(table),
+            error,
+        })
+    }
+
+    fn to_config(&self, default_state_dir: PathBuf) -> Result<EraseConfig, ConfigError> {
+        let tools = self.tools.as_ref().map(Spanned::get_ref);
+        let targets = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| target.get_ref().to_config(index))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(EraseConfig {
+            state_dir: written(&self.state_dir).unwrap_or(default_state_dir),
+            chunk_bytes: written(&self.chunk_bytes).unwrap_or(DEFAULT_CHUNK_BYTES),
+            checkpoint_bytes: written(&self.checkpoint_bytes).unwrap_or(DEFAULT_CHECKPOINT_BYTES),
+            verify_strata: written(&self.verify_strata).unwrap_or(DEFAULT_VERIFY_STRATA),
+            verify_locations_per_stratum: written(&self.verify_locations_per_stratum)
+                .unwrap_or(DEFAULT_VERIFY_LOCATIONS_PER_STRATUM),
+            verify_coverage_percent: written(&self.verify_coverage_percent),
+            verify_block_bytes: written(&self.verify_block_bytes)
+                .unwrap_or(DEFAULT_VERIFY_BLOCK_BYTES),
+            tools: ToolsConfig {
+                cryptsetup: tools
+                    .and_then(|t| written(&t.cryptsetup))
+                    .unwrap_or_else(default_cryptsetup),
+                diskutil: tools
+                    .and_then(|t| written(&t.diskutil))
+                    .unwrap_or_else(default_diskutil),
+            },
+            targets,
+        })
+    }
+
+    /// Where `setting` is written, else where the table that should hold it is; `None` when
+    /// neither is in the file.
+    fn span(&self, setting: Setting) -> Option<Range<usize>> {
+        let tool = |pick: fn(&ToolsSection) -> &Option<Spanned<PathBuf>>| {
+            let tools = self.tools.as_ref()?;
+            span_of(pick(tools.get_ref())).or_else(|| Some(tools.span()))
+        };
+        match setting {
+            Setting::StateDir => span_of(&self.state_dir),
+            Setting::ChunkBytes => span_of(&self.chunk_bytes),
+            Setting::CheckpointBytes => span_of(&self.checkpoint_bytes),
+            Setting::VerifyStrata => span_of(&self.verify_strata),
+            Setting::VerifyLocationsPerStratum => span_of(&self.verify_locations_per_stratum),
+            Setting::VerifyCoveragePercent => span_of(&self.verify_coverage_percent),
+            Setting::VerifyBlockBytes => span_of(&self.verify_block_bytes),
+            Setting::Cryptsetup => tool(|t| &t.cryptsetup),
+            Setting::Diskutil => tool(|t| &t.diskutil),
+            Setting::Target { index, field } => {
+                let entry = self.targets.get(index)?;
+                let t = entry.get_ref();
+                match field {
+                    TargetField::Name => span_of(&t.name),
+                    TargetField::Backend => span_of(&t.backend),
+                    TargetField::Device => span_of(&t.device),
+                    TargetField::LuksUuid => span_of(&t.luks_uuid),
+                    TargetField::ApfsVolumeUuid => span_of(&t.apfs_volume_uuid),
+                }
+                .or_else(|| Some(entry.span()))
+            }
+        }
+    }
+}
+
+impl TargetSection {
+    fn to_config(&self, index: usize) -> Result<TargetConfig, ConfigError> {
+        let missing = |field| ConfigError::MissingKey { index, field };
+        Ok(TargetConfig {
+            name: written(&self.name).ok_or(missing(TargetField::Name))?,
+            backend: written(&self.backend).ok_or(missing(TargetField::Backend))?,
+            device: written(&self.device).ok_or(missing(TargetField::Device))?,
+            luks_uuid: written(&self.luks_uuid),
+            apfs_volume_uuid: written(&self.apfs_volume_uuid),
+        })
     }
 }
 
@@ -528,5 +925,238 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
+    }
+
+    /// The error of a `[erase]` table (written at the top level here) and the text it points at.
+    fn located(text: &str) -> (ConfigError, String) {
+        let section: EraseSection = toml::from_str(text).unwrap();
+        let err = section
+            .into_config(0..0, PathBuf::from("/var/lib/jex-agent/erase"))
+            .expect_err(text);
+        let at = text[err.span.clone()].to_owned();
+        (err.error, at)
+    }
+
+    #[test]
+    fn the_section_fills_in_the_defaults() {
+        let section: EraseSection = toml::from_str("").unwrap();
+        let config = section
+            .into_config(0..0, PathBuf::from("/srv/agent/erase"))
+            .unwrap();
+        assert_eq!(
+            config,
+            EraseConfig {
+                state_dir: PathBuf::from("/srv/agent/erase"),
+                ..EraseConfig::default()
+            }
+        );
+        let text = with_target(&format!(
+            "backend = \"luks2\"\ndevice = \"/dev/loop7\"\nluks_uuid = \"{UUID}\""
+        ));
+        let section: EraseSection = toml::from_str(&text).unwrap();
+        assert_eq!(
+            section.into_config(0..0, PathBuf::from("/x")).unwrap(),
+            parse(&text).unwrap()
+        );
+    }
+
+    #[test]
+    fn section_errors_point_at_the_setting_or_its_table() {
+        let luks = |device: &str| {
+            format!("backend = \"luks2\"\ndevice = \"{device}\"\nluks_uuid = \"{UUID}\"")
+        };
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("chunk_bytes = 1000".to_owned(), "erase.chunk_bytes", "1000"),
+            // Left out, and wrong only against another setting: the table (the root here).
+            (
+                "chunk_bytes = 12288".to_owned(),
+                "erase.checkpoint_bytes",
+                "",
+            ),
+            (
+                "[tools]\ncryptsetup = \"cryptsetup\"".to_owned(),
+                "erase.tools.cryptsetup",
+                "\"cryptsetup\"",
+            ),
+            (
+                with_target(&luks("dev/x")),
+                "erase.targets[0].device",
+                "\"dev/x\"",
+            ),
+            (
+                with_target("backend = \"luks2\"\ndevice = \"/dev/x\""),
+                "erase.targets[0].luks_uuid",
+                "[[targets]]",
+            ),
+            (
+                with_target(
+                    "backend = \"apfs-volume\"\ndevice = \"/dev/x\"\napfs_volume_uuid = \"nope\"",
+                ),
+                "erase.targets[0].apfs_volume_uuid",
+                "\"nope\"",
+            ),
+            (
+                with_target("device = \"/dev/x\""),
+                "erase.targets[0].backend",
+                "[[targets]]",
+            ),
+            (
+                format!(
+                    "{}[[targets]]\nname = \"data\"\n{}\n",
+                    with_target(&luks("/dev/x")),
+                    luks("/dev/y")
+                ),
+                "erase.targets[1].name",
+                "\"data\"",
+            ),
+        ];
+        for (text, key, at) in cases {
+            let (error, found) = located(&text);
+            assert_eq!(error.setting().to_string(), key, "{text:?}: {error}");
+            assert_eq!(found, at, "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_target_without_a_required_key_says_which() {
+        let (error, _) = located(&with_target("backend = \"luks2\""));
+        assert_eq!(
+            error.to_string(),
+            "erase.targets[0]: device is missing: every target needs name, backend and device"
+        );
+    }
+    fn luks_target(name: &str, device: &Path) -> TargetConfig {
+        TargetConfig {
+            name: name.to_owned(),
+            backend: Backend::Luks2,
+            device: device.to_owned(),
+            luks_uuid: Some(UUID.to_owned()),
+            apfs_volume_uuid: None,
+        }
+    }
+
+    fn with_targets(targets: Vec<TargetConfig>) -> EraseConfig {
+        EraseConfig {
+            targets,
+            ..EraseConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_symlink_and_the_file_it_names_are_one_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("tenant.img");
+        std::fs::write(&image, vec![0u8; 8192]).unwrap();
+        let link = dir.path().join("by-id-tenant");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let other = dir.path().join("other.img");
+        std::fs::write(&other, vec![0u8; 8192]).unwrap();
+        let probe = |p: &Path| jex_platform::blockdev::probe(p).ok();
+
+        let config = with_targets(vec![
+            luks_target("a", &image),
+            luks_target("b", &other),
+            luks_target("c", &link),
+        ]);
+        // Different paths: the path comparison of `validate` lets them through.
+        config.validate().unwrap();
+        let err = config.check_distinct_targets(probe).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::SameTarget {
+                    index: 2,
+                    first_index: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.setting().to_string(), "erase.targets[2].device");
+        assert_eq!(
+            err.other_setting().map(|s| s.to_string()).as_deref(),
+            Some("erase.targets[0].device")
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("erase.targets[2].device")
+                && text.contains("erase.targets[0].device")
+                && text.contains("same file:dev="),
+            "{text}"
+        );
+
+        // Distinct files, and a target that is missing (reported by its own check), pass.
+        let config = with_targets(vec![
+            luks_target("a", &image),
+            luks_target("b", &other),
+            luks_target("c", &dir.path().join("missing.img")),
+        ]);
+        config.check_distinct_targets(probe).unwrap();
+    }
+
+    #[test]
+    fn devices_are_the_same_by_rdev_and_never_the_same_as_a_file() {
+        let identity = |kind, dev, ino, rdev, serial: Option<&str>| TargetIdentity {
+            kind,
+            dev,
+            ino,
+            rdev,
+            size_bytes: 1 << 30,
+            serial: serial.map(str::to_owned),
+        };
+        let config = with_targets(vec![
+            luks_target("a", Path::new("/dev/disk/by-id/nvme-X")),
+            luks_target("b", Path::new("/img/b")),
+            luks_target("c", Path::new("/dev/nvme1n1")),
+        ]);
+        let err = config
+            .check_distinct_targets(|p| {
+                Some(match p.to_str() {
+                    Some("/img/b") => identity(TargetKind::File, 259, 7, 0, None),
+                    // One disk through two nodes: the serial is read once and may be missing.
+                    Some("/dev/nvme1n1") => identity(TargetKind::Device, 0, 0, 259 << 8, None),
+                    _ => identity(TargetKind::Device, 0, 0, 259 << 8, Some("S4EW")),
+                })
+            })
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::SameTarget {
+                    index: 2,
+                    first_index: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // A file whose st_dev equals a device's st_rdev is another object.
+        let config = with_targets(vec![
+            luks_target("a", Path::new("/img/a")),
+            luks_target("b", Path::new("/dev/b")),
+        ]);
+        config
+            .check_distinct_targets(|p| {
+                Some(if p.starts_with("/img") {
+                    identity(TargetKind::File, 2049, 12, 0, None)
+                } else {
+                    identity(TargetKind::Device, 0, 0, 2049, None)
+                })
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_same_path_twice_names_both_targets() {
+        let config = with_targets(vec![
+            luks_target("a", Path::new("/dev/x")),
+            luks_target("b", Path::new("/dev/x")),
+        ]);
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.setting().to_string(), "erase.targets[1].device");
+        assert_eq!(
+            err.other_setting().map(|s| s.to_string()).as_deref(),
+            Some("erase.targets[0].device")
+        );
     }
 }

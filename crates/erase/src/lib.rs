@@ -1,258 +1,108 @@
 //! The verified cryptographic erase run on `Terminate`.
 //!
-//! An operation is a journaled state machine (see [`engine`] for records and resume rules):
+//! An operation is a journaled state machine ([`record`] for the journal records, [`state`]
+//! for the transitions and what replay does with a damaged journal):
 //!
 //! ```text
-//! Requested -> KeysDestroyed -> Overwriting{offset} -> Verifying -> Certified -> Reclaimable
-//!          \-> Failed{reason}   (from any step; never Reclaimable afterwards)
+//! Requested -> TargetsPinned -> KeysSnapshotted -> KeysDestroyed -> Overwriting{target, offset}
+//!   -> Verifying -> Certified{outcome} -> Reclaimable      (only with an ERASED certificate)
+//!   \-> Failed{phase, reason}   (from any state that has not ended; never Reclaimable afterwards)
 //! ```
 //!
 //! 1. keys first: every configured target's keys are destroyed through its [`keys`] backend
 //!    and the destruction is checked (NIST SP 800-88 Purge by crypto erase);
 //! 2. every target is overwritten with a seekable AES-256-CTR [`pattern`] by direct I/O
-//!    ([`blockdev`], [`overwrite`]), with durable checkpoints;
+//!    ([`overwrite`]), with durable checkpoints;
 //! 3. the overwrite is read back at locations derived from the controller's nonce ([`verify`]);
-//! 4. a certificate is signed ([`jex_attest`]); only a verified, signed `ERASED` makes the host
-//!    reclaimable.
+//! 4. a certificate is assembled ([`certify`]) and signed ([`jex_attest`]); only a verified,
+//!    signed `ERASED` makes the host reclaimable.
 //!
 //! [`service::EraseService`] is the API the gRPC edge calls. Targets come only from
 //! [`config::EraseConfig`], pinned by identity and re-checked before every destructive step; the
 //! root/boot device and mounted devices are refused.
+//!
+//! # Layout
+//!
+//! - [`config`]: the `[erase]` settings and their validation.
+//! - [`pattern`], [`journal`], [`keys`]: the overwrite pattern, the append-only journal, the
+//!   key-destruction backends.
+//! - [`record`]: the journal record schema, [`Phase`] and [`Outcome`].
+//! - [`state`]: the state machine: one transition per record, replay.
+//! - [`error`]: every failure, [`EraseError`].
+//! - [`overwrite`], [`verify`]: the overwrite pass and the read-back.
+//! - [`layout`]: the state directory (journal, lock, key files, certificates).
+//! - [`deps`]: what the engine gets from the agent (signer, host, key backends).
+//! - [`progress`]: the views and the snapshot read-only queries read.
+//! - `store` (private): the journal and the operations under the engine's one lock.
+//! - [`certify`]: the certificate document.
+//! - `steps` (private): the steps of an operation, on its worker thread.
+//! - [`plan`]: what a `Terminate` would erase.
+//! - [`service`]: the API, [`EraseService`].
+//! - `testing` (feature `test-util`): the fake key backend and the test signer.
+//!
+//! # Module dependencies
+//!
+//! Dependencies point one way: each module uses only modules listed before it (bottom first),
+//! test code included (a unit test checks it):
+//!
+//! ```text
+//! config, pattern, journal, keys      no crate dependency
+//! record    -> config, keys
+//! state     -> keys, record
+//! error     -> config, journal, keys, pattern, record, state
+//! overwrite -> error, pattern
+//! verify    -> error, pattern
+//! layout    -> error, journal, pattern
+//! deps      -> config, error, keys
+//! progress  -> error, record, state
+//! store     -> config, deps, error, journal, layout, progress, record, state
+//! certify   -> pattern, record, state, verify
+//! steps     -> certify, error, keys, layout, overwrite, pattern, progress, record, state,
+//!              store, verify
+//! plan      -> config, deps, error
+//! service   -> config, deps, error, journal, layout, plan, progress, record, state, steps,
+//!              store
+//! testing   -> config, deps, keys
+//! ```
+//!
+//! The crate root only declares modules and re-exports; modules never import through it.
+//!
+//! # Threads and locks
+//!
+//! An operation runs on its own worker thread. The engine's one lock (`store`) guards the
+//! journal and the operations; it is held while a record is journaled (an fsync). After every
+//! change the engine publishes immutable views and a snapshot ([`progress`]) through `tokio`
+//! `watch` channels; the read-only calls of [`EraseService`] read those and never take the lock.
 
+pub mod certify;
 pub mod config;
-pub mod engine;
+pub mod deps;
+pub mod error;
 pub mod journal;
 pub mod keys;
+pub mod layout;
 pub mod overwrite;
 pub mod pattern;
+pub mod plan;
+pub mod progress;
+pub mod record;
 pub mod service;
+pub mod state;
+mod steps;
+mod store;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod verify;
 
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
-
+pub use certify::AGENT_VERSION;
 pub use config::{Backend, ConfigError, EraseConfig, TargetConfig, ToolsConfig};
-pub use service::{
-    EraseDeps, EraseService, KeyDestroyerFactory, Lifecycle, OperationView, Outcome, Phase,
-    PlanCheck, PlannedTarget, TargetView, TerminateCommand, plan_offline,
-};
-
-use crate::journal::JournalError;
-use jex_attest::AttestError;
-use jex_platform::blockdev::BlockDevError;
-use keys::KeyError;
-use pattern::PatternError;
-
-/// Smallest controller nonce accepted, bytes.
-pub const MIN_NONCE_LEN: usize = 32;
-
-/// Erase failures: refused requests (first group) and failures of a running operation, whose
-/// message becomes the operation's `failure_reason`.
-#[derive(Debug, thiserror::Error)]
-pub enum EraseError {
-    // --- Refused requests ---
-    /// `Terminate` named another host.
-    #[error(
-        "terminate names host {got:?} but this host is {expected:?}: check the controller's inventory"
-    )]
-    HostMismatch {
-        /// This host's id.
-        expected: String,
-        /// The id in the request.
-        got: String,
-    },
-    /// The controller's nonce is too short.
-    #[error("nonce is {len} bytes: send a fresh random nonce of at least {MIN_NONCE_LEN} bytes")]
-    NonceTooShort {
-        /// The length received.
-        len: usize,
-    },
-    /// No idempotency key.
-    #[error("request_id is empty: send a unique idempotency key with every terminate")]
-    EmptyRequestId,
-    /// Nothing to erase.
-    #[error("no erase targets are configured: add [[erase.targets]] to the agent config")]
-    NoTargets,
-    /// Another operation is running.
-    #[error("erase operation {operation_id} is still running: wait for it or retry its request_id")]
-    AlreadyRunning {
-        /// The running operation.
-        operation_id: String,
-    },
-    /// No such operation.
-    #[error("no erase operation {operation_id:?} on this host (an empty id: none has run yet)")]
-    NotFound {
-        /// The id asked for (empty: the current one).
-        operation_id: String,
-    },
-    /// The operation has no certificate (yet).
-    #[error("erase operation {operation_id} has no certificate: it is {phase}")]
-    NotCertified {
-        /// The operation.
-        operation_id: String,
-        /// Where it is.
-        phase: Phase,
-    },
-    /// The configuration is invalid.
-    #[error("invalid erase configuration")]
-    Config(#[from] ConfigError),
-
-    // --- State directory and journal ---
-    /// The state directory or a file in it could not be used.
-    #[error("{operation} {path}")]
-    State {
-        /// What was being done.
-        operation: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Another process holds the state directory.
-    #[error("erase state directory {path} is locked by another jex-agent process: stop it first")]
-    Locked {
-        /// The lock file.
-        path: PathBuf,
-    },
-    /// The journal failed.
-    #[error("erase journal")]
-    Journal(#[from] JournalError),
-    /// The stored pattern key does not match the journaled commitment or is malformed.
-    #[error("pattern key file {path} does not match the journaled commitment")]
-    PatternKeyMismatch {
-        /// The key file.
-        path: PathBuf,
-    },
-    /// A pattern key could not be generated or decoded.
-    #[error("pattern key")]
-    Pattern(#[from] PatternError),
-
-    // --- Failures of a running operation ---
-    /// A target could not be opened or probed.
-    #[error("target {target}")]
-    Target {
-        /// Target name.
-        target: String,
-        /// The cause.
-        #[source]
-        source: BlockDevError,
-    },
-    /// A target is not the one pinned when the operation started.
-    #[error("target {target} refused")]
-    Identity {
-        /// Target name.
-        target: String,
-        /// The cause.
-        #[source]
-        source: BlockDevError,
-    },
-    /// Key destruction failed or could not be checked.
-    #[error("destroying the keys of target {target}")]
-    Keys {
-        /// Target name.
-        target: String,
-        /// The cause.
-        #[source]
-        source: KeyError,
-    },
-    /// The key backend built for a target is not the configured one.
-    #[error("target {target}: configured backend {expected} but the key destroyer is {got}")]
-    BackendMismatch {
-        /// Target name.
-        target: String,
-        /// Configured backend.
-        expected: String,
-        /// The destroyer's backend.
-        got: String,
-    },
-    /// A key backend could not be built for a target.
-    #[error("target {target}: key backend {backend} unavailable: {detail}")]
-    BackendUnavailable {
-        /// Target name.
-        target: String,
-        /// Backend.
-        backend: String,
-        /// What is missing.
-        detail: String,
-    },
-    /// A write failed.
-    #[error("target {target}: writing {path} at offset {offset}")]
-    Write {
-        /// Target name.
-        target: String,
-        /// The path.
-        path: PathBuf,
-        /// Byte offset.
-        offset: u64,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A durable flush failed.
-    #[error("target {target}: flushing {path} to stable storage at offset {offset}")]
-    Flush {
-        /// Target name.
-        target: String,
-        /// The path.
-        path: PathBuf,
-        /// Bytes written when the flush failed.
-        offset: u64,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A verification read failed.
-    #[error("target {target}: reading back {path} at offset {offset}")]
-    Read {
-        /// Target name.
-        target: String,
-        /// The path.
-        path: PathBuf,
-        /// Byte offset.
-        offset: u64,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Read-back differs from the pattern.
-    #[error(
-        "target {target}: verification failed: {path} differs from the pattern at byte offset {offset}"
-    )]
-    Mismatch {
-        /// Target name.
-        target: String,
-        /// The path.
-        path: PathBuf,
-        /// First mismatching byte.
-        offset: u64,
-    },
-    /// Signing the certificate failed.
-    #[error("signing the erase certificate")]
-    Sign {
-        /// The cause.
-        #[source]
-        source: AttestError,
-    },
-    /// A certificate could not be encoded or decoded.
-    #[error("erase certificate {path}: {detail}")]
-    CertificateFormat {
-        /// The certificate file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A bug or an unexpected condition (a worker thread stopped).
-    #[error("internal error: {detail}")]
-    Internal {
-        /// What happened.
-        detail: String,
-    },
-}
-
+pub use deps::{EraseDeps, KeyDestroyerFactory};
+pub use error::EraseError;
 pub use jex_platform::error_chain;
-
-/// The version of the erase tool, as named in certificates (`jex-agent <version>`).
-pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use plan::{PlanCheck, PlannedTarget, plan_offline};
+pub use progress::{Lifecycle, OperationView, TargetView};
+pub use record::{MIN_NONCE_LEN, Outcome, Phase};
+pub use service::{EraseService, TerminateCommand};

@@ -16,8 +16,8 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
-use super::EraseError;
-use super::pattern::Pattern;
+use crate::error::EraseError;
+use crate::pattern::Pattern;
 use jex_platform::blockdev::{
     AlignedBuf, TargetIdentity, TargetIo, check_identity, check_open_identity,
 };

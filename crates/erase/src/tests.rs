@@ -1,6 +1,6 @@
-//! End-to-end tests of the erase engine: real files, real direct I/O, a real ECDSA signer; a
-//! fake key destroyer (the real backends are tested with their own module) and an I/O wrapper
-//! that injects faults.
+//! End-to-end tests of the erase engine: real files, real direct I/O, the test signer and the
+//! fake key destroyer of [`crate::testing`] (the real backends are tested with their own
+//! module), and an I/O wrapper that injects faults.
 
 #![allow(clippy::unwrap_used)]
 
@@ -11,15 +11,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-
-use super::engine::{IoOpener, PinnedTarget, Record};
-use super::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
-use super::pattern::{Pattern, PatternKey};
-use super::*;
+use crate::deps::{DirectOpener, IoOpener};
 use crate::journal::Journal;
-use jex_attest::{AttestError, CertificateDocument, HostIdentity, SignedCertificate, Signer};
+use crate::keys::KeyState;
+use crate::layout::{JOURNAL_FILE, write_key_file};
+use crate::pattern::{Pattern, PatternKey};
+use crate::record::{OperationSettings, PinnedTarget, Record, RecordKind, RequestedRecord};
+use crate::state::{StateKind, replay};
+use crate::store::RecordHook;
+use crate::testing::{
+    DestroyHook, FakeKeys, fake_destruction, load_test_signer, write_test_signer,
+};
+use crate::*;
+use jex_attest::{CertificateDocument, HostIdentity, SignedCertificate};
 use jex_platform::blockdev::{
     Access, BlockDevError, DirectTarget, MediaInfo, TargetIdentity, TargetIo,
 };
@@ -28,67 +32,10 @@ const UUID: &str = "5b0c7a4e-1d2f-4e3a-9b8c-7d6e5f4a3b2c";
 const HOST: &str = "host-test-1";
 const TENANT_BYTE: u8 = 0xa5;
 
-// === Test signer: an rcgen P-256 key and self-signed certificate, signing with ring ===
-
-struct TestSigner {
-    key: EcdsaKeyPair,
-    chain: Vec<Vec<u8>>,
-    rng: SystemRandom,
-}
-
-impl std::fmt::Debug for TestSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TestSigner(...)")
-    }
-}
-
-impl TestSigner {
-    fn new() -> Self {
-        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])
-            .unwrap()
-            .self_signed(&key_pair)
-            .unwrap();
-        let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(
-            &ECDSA_P256_SHA256_ASN1_SIGNING,
-            &key_pair.serialize_der(),
-            &rng,
-        )
-        .unwrap();
-        TestSigner {
-            key,
-            chain: vec![cert.der().to_vec()],
-            rng,
-        }
-    }
-}
-
-impl Signer for TestSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AttestError> {
-        let signature = self
-            .key
-            .sign(&self.rng, message)
-            .expect("ring ECDSA P-256 signing");
-        Ok(signature.as_ref().to_vec())
-    }
-
-    fn chain_der(&self) -> Vec<Vec<u8>> {
-        self.chain.clone()
-    }
-}
-
-/// Checks the signature against the leaf certificate's key and returns the document.
-fn verified_document(certificate: &SignedCertificate) -> CertificateDocument {
-    let (_, leaf) = x509_parser::parse_x509_certificate(&certificate.signer_chain_der[0]).unwrap();
-    let public_key = leaf.public_key().subject_public_key.data.to_vec();
-    let mut message = b"jex-erase-certificate-v1\0".to_vec();
-    message.extend_from_slice(&certificate.document_json);
-    ring::signature::UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &public_key)
-        .verify(&message, &certificate.signature)
-        .expect("certificate signature verifies");
-    assert_eq!(certificate.signature_algorithm, "ecdsa-p256-sha256");
-    serde_json::from_slice(&certificate.document_json).unwrap()
+/// Checks the certificate with the certificate verifier against the test fleet CA and returns
+/// its document.
+fn verified_document(h: &Harness, certificate: &SignedCertificate) -> CertificateDocument {
+    jex_attest::verify(certificate, h.ca_pem.as_bytes(), None).expect("certificate verifies")
 }
 
 fn host() -> HostIdentity {
@@ -100,92 +47,6 @@ fn host() -> HostIdentity {
         os: "Linux test".to_owned(),
         agent_version: crate::AGENT_VERSION.to_owned(),
     }
-}
-
-// === Fake key destroyer ===
-
-type Hook = Arc<dyn Fn() + Send + Sync>;
-
-#[derive(Clone, Default)]
-struct KeyLog(Arc<Mutex<Vec<String>>>);
-
-impl KeyLog {
-    fn push(&self, entry: String) {
-        self.0.lock().unwrap().push(entry);
-    }
-    fn entries(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-struct FakeKeys {
-    target: String,
-    log: KeyLog,
-    destroyed: Arc<AtomicBool>,
-    on_destroy: Option<Hook>,
-}
-
-impl std::fmt::Debug for FakeKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FakeKeys({})", self.target)
-    }
-}
-
-impl KeyDestroyer for FakeKeys {
-    fn backend(&self) -> &'static str {
-        "luks2"
-    }
-    fn check_identity(&self) -> Result<(), KeyError> {
-        self.log.push(format!("{}:check_identity", self.target));
-        Ok(())
-    }
-    fn snapshot(&self) -> Result<KeyState, KeyError> {
-        self.log.push(format!("{}:snapshot", self.target));
-        Ok(KeyState {
-            facts: [("keyslots".to_owned(), "1".to_owned())].into(),
-        })
-    }
-    fn destroy(&self) -> Result<(), KeyError> {
-        self.log.push(format!("{}:destroy", self.target));
-        if let Some(hook) = &self.on_destroy {
-            hook();
-        }
-        self.destroyed.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-    fn verify_destroyed(&self, before: &KeyState) -> Result<KeyDestruction, KeyError> {
-        self.log.push(format!("{}:verify_destroyed", self.target));
-        if !self.destroyed.load(Ordering::SeqCst) {
-            return Err(KeyError::NotDestroyed {
-                target: self.target.clone(),
-                detail: "keyslot 0 still active".into(),
-            });
-        }
-        Ok(KeyDestruction {
-            method: "fake luksErase".into(),
-            tool: "fake 1.0".into(),
-            evidence: [
-                (
-                    "keyslots_before".to_owned(),
-                    before.facts["keyslots"].clone(),
-                ),
-                ("keyslots_after".to_owned(), "0".to_owned()),
-            ]
-            .into(),
-        })
-    }
-}
-
-fn factory(log: &KeyLog, on_destroy: Option<Hook>) -> KeyDestroyerFactory {
-    let log = log.clone();
-    Box::new(move |target: &TargetConfig| {
-        Ok(Box::new(FakeKeys {
-            target: target.name.clone(),
-            log: log.clone(),
-            destroyed: Arc::new(AtomicBool::new(false)),
-            on_destroy: on_destroy.clone(),
-        }) as Box<dyn KeyDestroyer>)
-    })
 }
 
 // === Fault-injecting I/O ===
@@ -338,7 +199,11 @@ fn flip_byte(path: &Path, offset: u64) {
 struct Harness {
     dir: tempfile::TempDir,
     images: Vec<PathBuf>,
-    keys: KeyLog,
+    keys: FakeKeys,
+    /// The test signer's files.
+    signer_dir: PathBuf,
+    /// The test signer's CA, PEM.
+    ca_pem: String,
 }
 
 impl Harness {
@@ -353,10 +218,15 @@ impl Harness {
                 path
             })
             .collect();
+        let signer_dir = dir.path().join("signer");
+        std::fs::create_dir(&signer_dir).unwrap();
+        let ca_pem = write_test_signer(&signer_dir, HOST);
         Harness {
             dir,
             images,
-            keys: KeyLog::default(),
+            keys: FakeKeys::new(),
+            signer_dir,
+            ca_pem,
         }
     }
 
@@ -386,15 +256,43 @@ impl Harness {
         }
     }
 
-    fn open(&self, config: EraseConfig, io: Arc<dyn IoOpener>, hook: Option<Hook>) -> EraseService {
+    fn deps(&self, on_destroy: Option<DestroyHook>) -> EraseDeps {
+        let keys = match on_destroy {
+            Some(hook) => self.keys.clone().on_destroy(hook),
+            None => self.keys.clone(),
+        };
+        EraseDeps {
+            signer: Arc::new(load_test_signer(&self.signer_dir)),
+            host: host(),
+            key_destroyer_factory: keys.factory(),
+        }
+    }
+
+    fn open(
+        &self,
+        config: EraseConfig,
+        io: Arc<dyn IoOpener>,
+        on_destroy: Option<DestroyHook>,
+    ) -> EraseService {
+        self.open_hooked(config, io, on_destroy, None)
+    }
+
+    fn open_hooked(
+        &self,
+        config: EraseConfig,
+        io: Arc<dyn IoOpener>,
+        on_destroy: Option<DestroyHook>,
+        before_append: Option<RecordHook>,
+    ) -> EraseService {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let deps = EraseDeps {
-                signer: Arc::new(TestSigner::new()),
-                host: host(),
-                key_destroyer_factory: factory(&self.keys, hook.clone()),
-            };
-            match EraseService::open_with_io(config.clone(), deps, Arc::clone(&io)) {
+            let deps = self.deps(on_destroy.clone());
+            match EraseService::open_with(
+                config.clone(),
+                deps,
+                Arc::clone(&io),
+                before_append.clone(),
+            ) {
                 // The previous service's worker may still be releasing the state lock.
                 Err(EraseError::Locked { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10))
@@ -405,11 +303,11 @@ impl Harness {
     }
 
     fn service(&self) -> EraseService {
-        self.open(self.config(), Arc::new(super::engine::DirectOpener), None)
+        self.open(self.config(), Arc::new(DirectOpener), None)
     }
 
     fn records(&self) -> Vec<Record> {
-        Journal::<Record>::read(&self.state_dir().join(super::engine::JOURNAL_FILE))
+        Journal::<Record>::read(&self.state_dir().join(JOURNAL_FILE))
             .unwrap()
             .records
     }
@@ -521,7 +419,7 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
 
     let certificate = service.certificate(None).unwrap();
     assert_eq!(view.certificate.as_ref(), Some(&certificate));
-    let document = verified_document(&certificate);
+    let document = verified_document(&h, &certificate);
     assert_eq!(document.schema, jex_attest::DOCUMENT_SCHEMA);
     assert_eq!(document.operation_id, started.operation_id);
     assert_eq!(document.request_id, "req-1");
@@ -530,7 +428,7 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
         document.controller_nonce_hex,
         hex::encode((0u8..32).collect::<Vec<_>>())
     );
-    assert_eq!(document.outcome, "ERASED");
+    assert_eq!(document.outcome, jex_attest::OUTCOME_ERASED);
     assert_eq!(document.method_type, "Purge");
     assert_eq!(document.method_used, "Crypto Erase + Overwrite");
     assert!(document.exceptions.is_empty());
@@ -561,7 +459,7 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
 
     // Keys were destroyed first, per target, in protocol order.
     assert_eq!(
-        h.keys.entries(),
+        h.keys.calls(),
         [
             "tenant0:check_identity",
             "tenant0:snapshot",
@@ -635,7 +533,7 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
     let again = service.terminate(terminate_cmd("req-1")).unwrap();
     assert_eq!(again.operation_id, started.operation_id);
     assert_eq!(again.phase, Phase::Reclaimable);
-    assert_eq!(h.keys.entries().len(), 8, "no key destruction repeated");
+    assert_eq!(h.keys.calls().len(), 8, "no key destruction repeated");
 }
 
 #[test]
@@ -650,7 +548,7 @@ fn the_next_certificate_chains_to_the_previous_one() {
     assert_ne!(second.operation_id, first.operation_id);
     let view = wait_finished(&service, &second.operation_id);
     assert_eq!(view.phase, Phase::Reclaimable);
-    let document = verified_document(&service.certificate(None).unwrap());
+    let document = verified_document(&h, &service.certificate(None).unwrap());
     let first_hash = hex::encode(ring::digest::digest(
         &ring::digest::SHA256,
         &first_cert.document_json,
@@ -658,7 +556,7 @@ fn the_next_certificate_chains_to_the_previous_one() {
     assert_eq!(document.previous_certificate_sha256, Some(first_hash));
     assert_ne!(
         document.pattern.key_hex,
-        verified_document(&first_cert).pattern.key_hex,
+        verified_document(&h, &first_cert).pattern.key_hex,
         "every operation gets a fresh pattern key"
     );
 }
@@ -697,16 +595,12 @@ fn terminate_refuses_bad_requests_and_is_idempotent_while_running() {
     // Hold key destruction until released, to observe a running operation.
     let release = Arc::new(AtomicBool::new(false));
     let gate = Arc::clone(&release);
-    let hook: Hook = Arc::new(move || {
+    let hook: DestroyHook = Arc::new(move || {
         while !gate.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(2));
         }
     });
-    let service = h.open(
-        h.config(),
-        Arc::new(super::engine::DirectOpener),
-        Some(hook),
-    );
+    let service = h.open(h.config(), Arc::new(DirectOpener), Some(hook));
     let first = service.terminate(terminate_cmd("req-1")).unwrap();
     assert_eq!(service.lifecycle(), Lifecycle::Erasing);
     let same = service.terminate(terminate_cmd("req-1")).unwrap();
@@ -729,7 +623,7 @@ fn terminate_refuses_bad_requests_and_is_idempotent_while_running() {
     let mut empty = h.config();
     empty.targets.clear();
     empty.state_dir = h.dir.path().join("empty-state");
-    let service = h.open(empty, Arc::new(super::engine::DirectOpener), None);
+    let service = h.open(empty, Arc::new(DirectOpener), None);
     assert!(matches!(
         service.terminate(terminate_cmd("req-9")),
         Err(EraseError::NoTargets)
@@ -740,13 +634,8 @@ fn terminate_refuses_bad_requests_and_is_idempotent_while_running() {
 fn a_second_service_on_the_same_state_dir_is_refused() {
     let h = Harness::new(&[64 * 1024]);
     let _service = h.service();
-    let deps = EraseDeps {
-        signer: Arc::new(TestSigner::new()),
-        host: host(),
-        key_destroyer_factory: factory(&h.keys, None),
-    };
     assert!(matches!(
-        EraseService::open(h.config(), deps),
+        EraseService::open(h.config(), h.deps(None)),
         Err(EraseError::Locked { .. })
     ));
 }
@@ -818,8 +707,8 @@ fn a_file_on_a_copy_on_write_filesystem_is_certified_with_exceptions_and_not_rec
         ["overwrite-not-in-place:tenant0: file on a copy-on-write filesystem (btrfs)"]
     );
     assert_eq!(service.lifecycle(), Lifecycle::EraseFailed);
-    let document = verified_document(&service.certificate(None).unwrap());
-    assert_eq!(document.outcome, "ERASED_WITH_EXCEPTIONS");
+    let document = verified_document(&h, &service.certificate(None).unwrap());
+    assert_eq!(document.outcome, jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS);
     assert_eq!(document.exceptions, view.exceptions);
     assert!(
         !h.records()
@@ -842,12 +731,8 @@ fn a_target_replaced_between_steps_is_refused_and_left_untouched() {
     let original_ino = std::fs::metadata(&image).unwrap().ino();
     // While the keys are destroyed, another file (new inode) takes the target's path.
     let (from, to) = (replacement.clone(), image.clone());
-    let hook: Hook = Arc::new(move || std::fs::rename(&from, &to).unwrap());
-    let service = h.open(
-        h.config(),
-        Arc::new(super::engine::DirectOpener),
-        Some(hook),
-    );
+    let hook: DestroyHook = Arc::new(move || std::fs::rename(&from, &to).unwrap());
+    let service = h.open(h.config(), Arc::new(DirectOpener), Some(hook));
     let started = service.terminate(terminate_cmd("req-swap")).unwrap();
     let view = wait_finished(&service, &started.operation_id);
     assert_failed_not_reclaimable(&h, &service, &view);
@@ -869,13 +754,8 @@ fn a_target_replaced_between_steps_is_refused_and_left_untouched() {
 fn the_root_device_is_refused_before_any_key_is_destroyed() {
     let h = Harness::new(&[]);
     let node = h.dir.path().join("rootdisk");
-    nix::sys::stat::mknod(
-        &node,
-        nix::sys::stat::SFlag::S_IFBLK,
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-        std::fs::metadata("/").unwrap().dev(),
-    )
-    .unwrap();
+    jex_platform::blockdev::make_block_device_node(&node, std::fs::metadata("/").unwrap().dev())
+        .unwrap();
     let mut config = h.config();
     config.targets = vec![TargetConfig {
         name: "root".into(),
@@ -884,7 +764,7 @@ fn the_root_device_is_refused_before_any_key_is_destroyed() {
         luks_uuid: Some(UUID.to_owned()),
         apfs_volume_uuid: None,
     }];
-    let service = h.open(config, Arc::new(super::engine::DirectOpener), None);
+    let service = h.open(config, Arc::new(DirectOpener), None);
 
     let plan = service.plan().unwrap();
     assert_eq!(plan.len(), 1);
@@ -908,9 +788,9 @@ fn the_root_device_is_refused_before_any_key_is_destroyed() {
         "{reason}"
     );
     assert!(
-        h.keys.entries().iter().all(|e| !e.ends_with(":destroy")),
+        h.keys.calls().iter().all(|e| !e.ends_with(":destroy")),
         "keys destroyed on a refused target: {:?}",
-        h.keys.entries()
+        h.keys.calls()
     );
 }
 
@@ -926,7 +806,7 @@ fn plan_reports_size_identity_and_passing_checks_without_writing() {
     assert!(plan[0].identity.as_deref().unwrap().contains("file:dev="));
     assert!(plan[0].ready, "{:?}", plan[0].checks);
     assert_eq!(std::fs::read(&h.images[0]).unwrap(), before);
-    assert_eq!(h.keys.entries(), ["tenant0:check_identity"]);
+    assert_eq!(h.keys.calls(), ["tenant0:check_identity"]);
 }
 
 /// Writes the journal of an operation interrupted at `last`, as a crash would leave it.
@@ -934,10 +814,9 @@ fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> Stri
     let config = h.config();
     let operation_id = "7f0c1d2e-3b4a-4c5d-8e9f-0a1b2c3d4e5f".to_owned();
     std::fs::create_dir_all(h.state_dir().join("keys")).unwrap();
-    super::engine::write_key_file(&h.state_dir().join(format!("keys/{operation_id}.key")), key)
-        .unwrap();
+    write_key_file(&h.state_dir().join(format!("keys/{operation_id}.key")), key).unwrap();
     let target = DirectTarget::open(&h.images[0], Access::Read).unwrap();
-    let requested = super::engine::RequestedRecord {
+    let requested = RequestedRecord {
         operation_id: operation_id.clone(),
         request_id: "req-crash".into(),
         host_id: HOST.into(),
@@ -945,7 +824,7 @@ fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> Stri
         started_unix_ms: 1_700_000_000_000,
         pattern_key_sha256: key.commitment(),
         previous_certificate_sha256: None,
-        settings: super::engine::OperationSettings {
+        settings: OperationSettings {
             chunk_bytes: config.chunk_bytes,
             checkpoint_bytes: config.checkpoint_bytes,
             verify_strata: config.verify_strata,
@@ -955,8 +834,7 @@ fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> Stri
         },
         targets: config.targets.clone(),
     };
-    let (mut journal, _) =
-        Journal::<Record>::open(&h.state_dir().join(super::engine::JOURNAL_FILE)).unwrap();
+    let (mut journal, _) = Journal::<Record>::open(&h.state_dir().join(JOURNAL_FILE)).unwrap();
     journal.append(&Record::Requested(requested)).unwrap();
     journal
         .append(&Record::TargetsPinned {
@@ -996,19 +874,6 @@ fn set_operation_id(record: &mut Record, id: &str) {
     }
 }
 
-fn fake_destruction() -> KeyDestruction {
-    KeyDestruction {
-        method: "fake luksErase".into(),
-        tool: "fake 1.0".into(),
-        evidence: [
-            ("keyslots_before".to_owned(), "1".to_owned()),
-            ("keyslots_after".to_owned(), "0".to_owned()),
-        ]
-        .into_iter()
-        .collect(),
-    }
-}
-
 #[test]
 fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
     let h = Harness::new(&[2 << 20]);
@@ -1028,7 +893,7 @@ fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
         &[
             Record::KeysDestroyed {
                 operation_id: String::new(),
-                destructions: vec![fake_destruction()],
+                destructions: vec![fake_destruction("1")],
             },
             Record::Overwriting {
                 operation_id: String::new(),
@@ -1062,10 +927,10 @@ fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
     );
     assert_eq!(writes.len(), (2 << 20) / (64 * 1024) - 8);
     assert!(
-        h.keys.entries().is_empty(),
+        h.keys.calls().is_empty(),
         "keys already destroyed: not touched again"
     );
-    let document = verified_document(&service.certificate(Some(&id)).unwrap());
+    let document = verified_document(&h, &service.certificate(Some(&id)).unwrap());
     assert!(document.verification.resumed);
     assert_eq!(document.pattern.key_hex, hex::encode([3u8; 32]));
     assert_matches_pattern(&h.images[0], &document.pattern.key_hex);
@@ -1088,7 +953,12 @@ fn resuming_during_verification_verifies_again_from_scratch() {
         &[
             Record::KeysDestroyed {
                 operation_id: String::new(),
-                destructions: vec![fake_destruction()],
+                destructions: vec![fake_destruction("1")],
+            },
+            Record::Overwriting {
+                operation_id: String::new(),
+                target: 0,
+                offset: 0,
             },
             Record::Overwriting {
                 operation_id: String::new(),
@@ -1118,7 +988,7 @@ fn resuming_during_verification_verifies_again_from_scratch() {
         .filter(|r| matches!(r, Record::Verifying { .. }))
         .count();
     assert_eq!(verifying, 2, "verification restarted and journaled again");
-    let document = verified_document(&service.certificate(Some(&id)).unwrap());
+    let document = verified_document(&h, &service.certificate(Some(&id)).unwrap());
     assert!(document.verification.resumed);
     assert_eq!(document.verification.sampled_blocks, 16);
 }
@@ -1200,12 +1070,12 @@ fn a_loop_block_device_is_erased_through_the_block_device_path() {
         luks_uuid: Some(UUID.to_owned()),
         apfs_volume_uuid: None,
     }];
-    let service = h.open(config, Arc::new(super::engine::DirectOpener), None);
+    let service = h.open(config, Arc::new(DirectOpener), None);
     assert!(service.plan().unwrap()[0].ready);
     let started = service.terminate(terminate_cmd("req-loop")).unwrap();
     let view = wait_finished(&service, &started.operation_id);
     assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
-    let document = verified_document(&service.certificate(None).unwrap());
+    let document = verified_document(&h, &service.certificate(None).unwrap());
     let record = &document.targets[0];
     assert_eq!(record.media_type, "block device");
     assert!(
@@ -1217,4 +1087,400 @@ fn a_loop_block_device_is_erased_through_the_block_device_path() {
     // Through the device and in the backing file: every byte is the pattern.
     assert_matches_pattern(&device.0, &document.pattern.key_hex);
     assert_matches_pattern(&image, &document.pattern.key_hex);
+}
+
+// === The state machine on real journals ===
+
+/// The state a journal ending with `last` implies.
+fn state_after(last: &Record) -> StateKind {
+    match last.kind() {
+        RecordKind::Requested => StateKind::Requested,
+        RecordKind::TargetsPinned => StateKind::TargetsPinned,
+        RecordKind::KeysSnapshot => StateKind::KeysSnapshotted,
+        RecordKind::KeysDestroyed => StateKind::KeysDestroyed,
+        RecordKind::Overwriting => StateKind::Overwriting,
+        RecordKind::Verifying => StateKind::Verifying,
+        RecordKind::Certified => StateKind::Certified,
+        RecordKind::Reclaimable => StateKind::Reclaimable,
+        RecordKind::Failed => StateKind::Failed,
+    }
+}
+
+#[test]
+fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimable() {
+    let h = Harness::new(&[512 << 10, 256 << 10]);
+    let service = h.service();
+    let started = service.terminate(terminate_cmd("req-prefix")).unwrap();
+    assert_eq!(
+        wait_finished(&service, &started.operation_id).phase,
+        Phase::Reclaimable
+    );
+    let original = service.certificate(None).unwrap();
+    drop(service);
+    let id = started.operation_id;
+    let key_hex = verified_document(&h, &original).pattern.key_hex;
+    let key = PatternKey::from_hex(&key_hex).unwrap();
+    let journal = h.records();
+    let kinds: Vec<RecordKind> = journal.iter().map(Record::kind).collect();
+    // 512 KiB and 256 KiB with a checkpoint every 256 KiB: 5 overwrite records.
+    assert_eq!(kinds.len(), 13, "{kinds:?}");
+    assert!(replay(&[]).operations.is_empty());
+
+    for len in 1..=journal.len() {
+        let prefix = &journal[..len];
+        let last = &prefix[len - 1];
+        // Replay gives the state the last record implies, with its data.
+        let replayed = replay(prefix);
+        assert!(replayed.refused.is_empty(), "prefix {len}: {replayed:?}");
+        let op = &replayed.operations[0];
+        assert_eq!(op.state.kind(), state_after(last), "prefix {len}");
+        if let Record::Overwriting { target, offset, .. } = last {
+            let at = op.state.overwrite_checkpoint().unwrap();
+            assert_eq!((at.target, at.offset), (*target, *offset), "prefix {len}");
+        }
+        let snapshots = prefix
+            .iter()
+            .filter(|r| r.kind() == RecordKind::KeysSnapshot)
+            .count();
+
+        // A state directory holding just this prefix, as a crash would leave it.
+        let mut config = h.config();
+        config.state_dir = h.dir.path().join(format!("resume-{len}"));
+        let dirs = crate::layout::StateDirs {
+            root: config.state_dir.clone(),
+        };
+        dirs.create().unwrap();
+        let (mut prefix_journal, _) = Journal::<Record>::open(&dirs.journal()).unwrap();
+        for record in prefix {
+            prefix_journal.append(record).unwrap();
+        }
+        drop(prefix_journal);
+        if !op.has_ended() {
+            write_key_file(&dirs.key_file(&id), &key).unwrap();
+        }
+        if op.state.certification().is_some() {
+            dirs.store_certificate(&id, &original).unwrap();
+        }
+
+        let calls_before = h.keys.calls().len();
+        let service = h.open(config, Arc::new(DirectOpener), None);
+        let view = wait_finished(&service, &id);
+        assert_eq!(view.phase, Phase::Reclaimable, "prefix {len}: {view:?}");
+        assert_eq!(service.lifecycle(), Lifecycle::Reclaimable);
+        let certificate = service.certificate(None).unwrap();
+        drop(service);
+
+        // The resumed journal continues the prefix legally, to the end.
+        let resumed = Journal::<Record>::read(&dirs.journal()).unwrap().records;
+        assert_eq!(&resumed[..len], prefix, "prefix {len}");
+        let replayed = replay(&resumed);
+        assert!(replayed.refused.is_empty(), "prefix {len}: {replayed:?}");
+        assert_eq!(replayed.operations[0].state.kind(), StateKind::Reclaimable);
+        let next = resumed.get(len).map(Record::kind);
+        let expected_next = match last {
+            Record::Requested(_) => Some(RecordKind::TargetsPinned),
+            Record::TargetsPinned { .. } => Some(RecordKind::KeysSnapshot),
+            Record::KeysSnapshot { .. } if snapshots < 2 => Some(RecordKind::KeysSnapshot),
+            Record::KeysSnapshot { .. } => Some(RecordKind::KeysDestroyed),
+            Record::KeysDestroyed { .. } => Some(RecordKind::Overwriting),
+            // The last checkpoint of the last target: verification starts.
+            Record::Overwriting { target, offset, .. } if (*target, *offset) == (1, 256 << 10) => {
+                Some(RecordKind::Verifying)
+            }
+            Record::Overwriting { .. } => Some(RecordKind::Overwriting),
+            // Verification restarts from scratch.
+            Record::Verifying { .. } => Some(RecordKind::Verifying),
+            Record::Certified { .. } => Some(RecordKind::Reclaimable),
+            Record::Reclaimable { .. } | Record::Failed { .. } => None,
+        };
+        assert_eq!(next, expected_next, "prefix {len}: {resumed:?}");
+
+        // Keys: snapshots already journaled are never taken again.
+        let calls = h.keys.calls()[calls_before..].to_vec();
+        let snapshot_calls = calls.iter().filter(|c| c.ends_with(":snapshot")).count();
+        let destroyed = prefix.iter().any(|r| r.kind() == RecordKind::KeysDestroyed);
+        let expected_snapshots = if destroyed { 0 } else { 2 - snapshots };
+        assert_eq!(
+            snapshot_calls, expected_snapshots,
+            "prefix {len}: {calls:?}"
+        );
+
+        // The certificate verifies, with the same pattern, now written over every image.
+        let document = verified_document(&h, &certificate);
+        assert_eq!(document.pattern.key_hex, key_hex, "prefix {len}");
+        assert_eq!(document.operation_id, id);
+        if last.kind() >= RecordKind::Certified {
+            assert_eq!(
+                certificate, original,
+                "prefix {len}: the stored certificate"
+            );
+        } else {
+            assert!(document.verification.resumed, "prefix {len}");
+        }
+        for image in &h.images {
+            assert_matches_pattern(image, &key_hex);
+        }
+    }
+}
+
+#[test]
+fn a_damaged_journal_fails_its_operation_and_a_new_terminate_erases_again() {
+    let h = Harness::new(&[256 << 10]);
+    let key = PatternKey::from_bytes([7u8; 32]);
+    // Hand-edited: the overwrite starts while key destruction was never journaled.
+    let id = interrupted_operation(
+        &h,
+        &key,
+        &[Record::Overwriting {
+            operation_id: String::new(),
+            target: 0,
+            offset: 0,
+        }],
+    );
+    let service = h.service();
+    assert_eq!(service.lifecycle(), Lifecycle::EraseFailed);
+    let view = service.watch(Some(&id)).unwrap().borrow().clone();
+    assert_eq!(view.phase, Phase::Failed);
+    assert_eq!(view.outcome, Some(Outcome::Failed));
+    assert_eq!(view.finished_unix_ms, None);
+    let reason = view.failure_reason.unwrap();
+    assert!(
+        reason.contains("damaged")
+            && reason.contains("record 3")
+            && reason.contains("keys_snapshotted"),
+        "{reason}"
+    );
+    assert!(matches!(
+        service.certificate(Some(&id)),
+        Err(EraseError::NotCertified {
+            phase: Phase::Failed,
+            ..
+        })
+    ));
+    // Never resumed: no key touched, no byte written, the key file removed.
+    assert!(h.keys.calls().is_empty());
+    assert!(
+        std::fs::read(&h.images[0])
+            .unwrap()
+            .iter()
+            .all(|b| *b == TENANT_BYTE)
+    );
+    assert_eq!(
+        std::fs::read_dir(h.state_dir().join("keys"))
+            .unwrap()
+            .count(),
+        0
+    );
+    // The controller can start over.
+    let next = service.terminate(terminate_cmd("req-again")).unwrap();
+    assert_eq!(
+        wait_finished(&service, &next.operation_id).phase,
+        Phase::Reclaimable
+    );
+}
+
+// === Read-only queries never wait for the engine's lock ===
+
+#[test]
+fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_write() {
+    let h = Harness::new(&[512 << 10]);
+    // The journal writes of `keys_destroyed` and of `reclaimable` block, inside the engine's
+    // lock, until the test releases them.
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel::<RecordKind>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let hook: RecordHook = Arc::new(move |record: &Record| {
+        if matches!(
+            record.kind(),
+            RecordKind::KeysDestroyed | RecordKind::Reclaimable
+        ) {
+            inside_tx.send(record.kind()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    let service = Arc::new(h.open_hooked(h.config(), Arc::new(DirectOpener), None, Some(hook)));
+    let started = service.terminate(terminate_cmd("req-lock")).unwrap();
+    let id = started.operation_id.clone();
+    let hang_guard = Duration::from_secs(60);
+
+    // Queries from another thread, as the gRPC edge makes them from tokio's workers.
+    let query = |service: &Arc<EraseService>| {
+        let service = Arc::clone(service);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let held = service.engine_lock_is_held();
+            let answers = (
+                service.lifecycle(),
+                service.current_operation_id(),
+                service.watch(None).map(|rx| rx.borrow().clone()),
+                service.certificate(None),
+            );
+            tx.send((held, answers)).unwrap();
+        });
+        rx.recv_timeout(hang_guard)
+            .expect("read-only queries waited for the engine's lock")
+    };
+
+    let blocked = inside_rx.recv_timeout(hang_guard).unwrap();
+    assert_eq!(blocked, RecordKind::KeysDestroyed);
+    let (held, (lifecycle, current, view, certificate)) = query(&service);
+    assert!(held, "the engine holds its lock inside the journal write");
+    assert!(service.engine_lock_is_held());
+    assert_eq!(lifecycle, Lifecycle::Erasing);
+    assert_eq!(current.as_deref(), Some(id.as_str()));
+    let view = view.unwrap();
+    assert_eq!(view.operation_id, id);
+    assert_eq!(view.phase, Phase::Requested);
+    assert!(matches!(
+        certificate,
+        Err(EraseError::NotCertified {
+            phase: Phase::Requested,
+            ..
+        })
+    ));
+    release_tx.send(()).unwrap();
+
+    let blocked = inside_rx.recv_timeout(hang_guard).unwrap();
+    assert_eq!(blocked, RecordKind::Reclaimable);
+    let (held, (lifecycle, current, view, certificate)) = query(&service);
+    assert!(held, "the engine holds its lock inside the journal write");
+    assert_eq!(
+        lifecycle,
+        Lifecycle::Erasing,
+        "certified, not yet reclaimable"
+    );
+    assert_eq!(current.as_deref(), Some(id.as_str()));
+    let view = view.unwrap();
+    assert_eq!(view.phase, Phase::Certified);
+    assert_eq!(view.outcome, Some(Outcome::Erased));
+    let certificate = certificate.unwrap();
+    assert_eq!(view.certificate.as_ref(), Some(&certificate));
+    verified_document(&h, &certificate);
+    release_tx.send(()).unwrap();
+
+    assert_eq!(wait_finished(&service, &id).phase, Phase::Reclaimable);
+    assert_eq!(service.lifecycle(), Lifecycle::Reclaimable);
+}
+
+// === Module dependencies ===
+
+/// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
+const MODULE_ORDER: [&str; 18] = [
+    "config",
+    "pattern",
+    "journal",
+    "keys",
+    "record",
+    "state",
+    "error",
+    "overwrite",
+    "verify",
+    "layout",
+    "deps",
+    "progress",
+    "store",
+    "certify",
+    "steps",
+    "plan",
+    "service",
+    "testing",
+];
+
+/// The first path segment after every `crate::` in `source`, comments left out.
+fn crate_paths(source: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut found = Vec::new();
+    for line in source.lines() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("crate::") {
+            rest = &rest[at + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let end = group.find('}').unwrap_or(group.len());
+                for item in group[..end].split(',') {
+                    found.push(ident(item.trim()));
+                }
+            } else {
+                found.push(ident(rest));
+            }
+        }
+    }
+    found.retain(|s| !s.is_empty());
+    found
+}
+
+fn module_sources(module: &str) -> Vec<(PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.join(format!("{module}.rs"))];
+    let mut dirs = vec![src.join(module)];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files
+        .into_iter()
+        .filter(|f| f.exists())
+        .map(|f| {
+            let text = std::fs::read_to_string(&f).unwrap();
+            (f, text)
+        })
+        .collect()
+}
+
+#[test]
+fn module_dependencies_point_one_way() {
+    let mut checked = 0;
+    for (rank, module) in MODULE_ORDER.iter().enumerate() {
+        let sources = module_sources(module);
+        assert!(!sources.is_empty(), "module {module} has no source");
+        for (file, text) in sources {
+            checked += 1;
+            for used in crate_paths(&text) {
+                assert!(
+                    used == *module || MODULE_ORDER[..rank].contains(&used.as_str()),
+                    "{} uses crate::{used}, which is not a module below {module}",
+                    file.display()
+                );
+            }
+            // A top-level module reaches others by `crate::` only (its `super` is the root).
+            if file.parent().is_some_and(|p| p.ends_with("src")) {
+                assert!(
+                    !text.lines().any(|l| l.starts_with("use super::")),
+                    "{} imports through the crate root",
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(checked >= MODULE_ORDER.len());
+    // Every module of the crate is in the order.
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let declared: Vec<&str> = lib
+        .lines()
+        .filter_map(|l| {
+            l.trim_start_matches("pub ")
+                .strip_prefix("mod ")
+                .and_then(|m| m.strip_suffix(';'))
+        })
+        .filter(|m| *m != "tests")
+        .collect();
+    let mut expected = MODULE_ORDER.to_vec();
+    expected.sort_unstable();
+    assert_eq!(declared, expected);
 }

@@ -27,8 +27,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use ring::hmac;
 
-use super::EraseError;
-use super::pattern::Pattern;
+use crate::error::EraseError;
+use crate::pattern::Pattern;
 use jex_platform::blockdev::{AlignedBuf, TargetIdentity, TargetIo, check_identity};
 
 /// Domain separation for the sample seed.

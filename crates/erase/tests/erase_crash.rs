@@ -18,14 +18,13 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use ring::rand::SystemRandom;
-use ring::signature::{ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 
-use jex_attest::{AttestError, CertificateDocument, HostIdentity, SignedCertificate, Signer};
-use jex_erase::engine::{JOURNAL_FILE, Record};
+use jex_attest::{HostIdentity, SignedCertificate};
 use jex_erase::journal::Journal;
-use jex_erase::keys::{KeyDestroyer, KeyDestruction, KeyError, KeyState};
+use jex_erase::layout::JOURNAL_FILE;
 use jex_erase::pattern::{Pattern, PatternKey};
+use jex_erase::record::{Record, RecordKind};
+use jex_erase::testing::{FakeKeys, load_test_signer, test_signer_ca, write_test_signer};
 use jex_erase::{
     Backend, EraseConfig, EraseDeps, EraseService, Outcome, Phase, TargetConfig, TerminateCommand,
 };
@@ -79,113 +78,6 @@ fn nonce() -> Vec<u8> {
     (100u8..140).collect()
 }
 
-/// A P-256 signing key shared by every run of a trial (as the agent's identity key would be).
-struct FileSigner {
-    key: EcdsaKeyPair,
-    chain: Vec<Vec<u8>>,
-    rng: SystemRandom,
-}
-
-impl std::fmt::Debug for FileSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FileSigner(...)")
-    }
-}
-
-impl FileSigner {
-    fn create(dir: &Path) {
-        let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])
-            .unwrap()
-            .self_signed(&key_pair)
-            .unwrap();
-        std::fs::write(dir.join("signer.pk8"), key_pair.serialize_der()).unwrap();
-        std::fs::write(dir.join("signer.der"), cert.der()).unwrap();
-    }
-
-    fn load(dir: &Path) -> Self {
-        let rng = SystemRandom::new();
-        let pkcs8 = std::fs::read(dir.join("signer.pk8")).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng).unwrap();
-        FileSigner {
-            key,
-            chain: vec![std::fs::read(dir.join("signer.der")).unwrap()],
-            rng,
-        }
-    }
-}
-
-impl Signer for FileSigner {
-    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, AttestError> {
-        let signature = self
-            .key
-            .sign(&self.rng, message)
-            .expect("ring ECDSA P-256 signing");
-        Ok(signature.as_ref().to_vec())
-    }
-
-    fn chain_der(&self) -> Vec<Vec<u8>> {
-        self.chain.clone()
-    }
-}
-
-/// Key destruction whose effect survives the process, like a real `luksErase`: `destroy`
-/// leaves a marker file, idempotently; it takes a few milliseconds so kills can land inside.
-#[derive(Debug)]
-struct MarkerKeys {
-    marker: PathBuf,
-    calls: PathBuf,
-}
-
-impl MarkerKeys {
-    fn log(&self, call: &str) {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.calls)
-            .unwrap();
-        writeln!(file, "{call}").unwrap();
-    }
-}
-
-impl KeyDestroyer for MarkerKeys {
-    fn backend(&self) -> &'static str {
-        "luks2"
-    }
-    fn check_identity(&self) -> Result<(), KeyError> {
-        Ok(())
-    }
-    fn snapshot(&self) -> Result<KeyState, KeyError> {
-        Ok(KeyState {
-            facts: [("keyslots".to_owned(), "1".to_owned())].into(),
-        })
-    }
-    fn destroy(&self) -> Result<(), KeyError> {
-        self.log("destroy");
-        std::thread::sleep(Duration::from_millis(15));
-        std::fs::write(&self.marker, b"destroyed").unwrap();
-        Ok(())
-    }
-    fn verify_destroyed(&self, before: &KeyState) -> Result<KeyDestruction, KeyError> {
-        if !self.marker.exists() {
-            return Err(KeyError::NotDestroyed {
-                target: "marker".into(),
-                detail: "marker missing".into(),
-            });
-        }
-        Ok(KeyDestruction {
-            method: "marker".into(),
-            tool: "test".into(),
-            evidence: [(
-                "keyslots_before".to_owned(),
-                before.facts["keyslots"].clone(),
-            )]
-            .into(),
-        })
-    }
-}
-
 // === Child ===
 
 #[test]
@@ -194,16 +86,15 @@ fn crash_child_runs_erase() {
     let dir = PathBuf::from(
         std::env::var(CHILD_ENV).expect("run by the sigkill test, which sets JEX_ERASE_CRASH_DIR"),
     );
-    let key_dir = dir.clone();
+    // Key destruction survives the process, like a real `luksErase`, and takes a few
+    // milliseconds so that kills can land inside it.
+    let keys = FakeKeys::new()
+        .persist_in(&dir)
+        .on_destroy(Arc::new(|| std::thread::sleep(Duration::from_millis(15))));
     let deps = EraseDeps {
-        signer: Arc::new(FileSigner::load(&dir)),
+        signer: Arc::new(load_test_signer(&dir)),
         host: host(),
-        key_destroyer_factory: Box::new(move |target: &TargetConfig| {
-            Ok(Box::new(MarkerKeys {
-                marker: key_dir.join(format!("{}.keys-destroyed", target.name)),
-                calls: key_dir.join("key-calls.log"),
-            }) as Box<dyn KeyDestroyer>)
-        }),
+        key_destroyer_factory: keys.factory(),
     };
     let service = EraseService::open(config(&dir), deps).unwrap();
     let existing = service.current_operation_id();
@@ -242,37 +133,21 @@ enum KillPoint {
     AfterStart(Duration),
 }
 
-fn record_kind(record: &Record) -> &'static str {
-    match record {
-        Record::Requested(_) => "requested",
-        Record::TargetsPinned { .. } => "targets_pinned",
-        Record::KeysSnapshot { .. } => "keys_snapshot",
-        Record::KeysDestroyed { .. } => "keys_destroyed",
-        Record::Overwriting { .. } => "overwriting",
-        Record::Verifying { .. } => "verifying",
-        Record::Certified { .. } => "certified",
-        Record::Reclaimable { .. } => "reclaimable",
-        Record::Failed { .. } => "failed",
-    }
-}
-
-fn rank(record: &Record) -> u8 {
-    match record {
-        Record::Requested(_) => 0,
-        Record::TargetsPinned { .. } => 1,
-        Record::KeysSnapshot { .. } => 2,
-        Record::KeysDestroyed { .. } => 3,
-        Record::Overwriting { .. } => 4,
-        Record::Verifying { .. } => 5,
-        Record::Certified { .. } => 6,
-        Record::Reclaimable { .. } => 7,
-        Record::Failed { .. } => 8,
-    }
+fn rank(record: &Record) -> usize {
+    RecordKind::ALL
+        .iter()
+        .position(|kind| *kind == record.kind())
+        .unwrap_or(usize::MAX)
 }
 
 /// Checks the safety invariants on a journal prefix.
 fn check_invariants(records: &[Record]) -> Result<(), String> {
-    let mut stage = 0u8;
+    // The engine's own state machine accepts every record.
+    let replayed = jex_erase::state::replay(records);
+    if let Some(refused) = replayed.refused.first() {
+        return Err(format!("the state machine refused record {refused:?}"));
+    }
+    let mut stage = 0;
     let mut overwrite: Option<(u32, u64)> = None;
     let mut verified_after_full_overwrite = false;
     let mut certified_erased = false;
@@ -281,7 +156,7 @@ fn check_invariants(records: &[Record]) -> Result<(), String> {
         if r < stage {
             return Err(format!(
                 "record {i} ({}) goes back in the state machine",
-                record_kind(record)
+                record.kind()
             ));
         }
         stage = r;
@@ -421,27 +296,18 @@ fn run_child(dir: &Path, run: usize, kill: Option<KillPoint>) -> Run {
             }
             let records = read_journal(dir);
             return Run {
-                killed_after: Some(records.last().map(record_kind).unwrap_or("nothing")),
+                killed_after: Some(
+                    records
+                        .last()
+                        .map(|r| r.kind().as_str())
+                        .unwrap_or("nothing"),
+                ),
                 records_at_kill: records.len(),
             };
         }
         assert!(Instant::now() < deadline, "child run {run} hangs");
         std::thread::sleep(Duration::from_micros(300));
     }
-}
-
-fn verify_signature(certificate: &SignedCertificate, signer_der: &[u8]) -> CertificateDocument {
-    assert_eq!(certificate.signer_chain_der, vec![signer_der.to_vec()]);
-    let (_, leaf) = x509_parser::parse_x509_certificate(signer_der).unwrap();
-    let mut message = b"jex-erase-certificate-v1\0".to_vec();
-    message.extend_from_slice(&certificate.document_json);
-    ring::signature::UnparsedPublicKey::new(
-        &ECDSA_P256_SHA256_ASN1,
-        leaf.public_key().subject_public_key.data.as_ref(),
-    )
-    .verify(&message, &certificate.signature)
-    .expect("certificate signature verifies");
-    serde_json::from_slice(&certificate.document_json).unwrap()
 }
 
 #[test]
@@ -460,7 +326,7 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
         for (i, size) in IMAGE_SIZES.iter().enumerate() {
             std::fs::write(image_path(dir, i), vec![TENANT_BYTE; *size as usize]).unwrap();
         }
-        FileSigner::create(dir);
+        write_test_signer(dir, HOST);
 
         let kills = 1 + trial % 3;
         let mut run = 0;
@@ -520,11 +386,10 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
             .join(format!("{}.json", requested.operation_id));
         let certificate =
             SignedCertificate::from_bundle_json(&std::fs::read(&cert_path).unwrap()).unwrap();
-        let document = verify_signature(
-            &certificate,
-            &std::fs::read(dir.join("signer.der")).unwrap(),
-        );
-        assert_eq!(document.outcome, "ERASED");
+        let document =
+            jex_attest::verify(&certificate, test_signer_ca(dir).as_bytes(), Some(&nonce()))
+                .expect("certificate verifies against the test fleet CA");
+        assert_eq!(document.outcome, Outcome::Erased.as_str());
         assert_eq!(document.operation_id, requested.operation_id);
         assert_eq!(document.request_id, REQUEST);
         assert_eq!(document.controller_nonce_hex, hex::encode(nonce()));

@@ -239,14 +239,14 @@ pub fn cpu_kinds(
             tracing::warn!(
                 cpu = c.cpu,
                 logical_cpus,
-                "A CPU number from ioreg is out of range; leaving every CPU unlabelled."
+                "a CPU number from ioreg is out of range; leaving every CPU unlabelled"
             );
             return unlabelled;
         };
         if std::mem::replace(slot, true) {
             tracing::warn!(
                 cpu = c.cpu,
-                "A CPU number appears twice in ioreg; leaving every CPU unlabelled."
+                "a CPU number appears twice in ioreg; leaving every CPU unlabelled"
             );
             return unlabelled;
         }
@@ -261,7 +261,7 @@ pub fn cpu_kinds(
             tracing::warn!(
                 found = clusters.len(),
                 logical_cpus,
-                "ioreg does not list every CPU; leaving every CPU unlabelled."
+                "ioreg does not list every CPU; leaving every CPU unlabelled"
             );
         }
         return unlabelled;
@@ -278,7 +278,7 @@ pub fn cpu_kinds(
                 ?kind,
                 by_letter,
                 by_level,
-                "ioreg cluster types and sysctl performance levels disagree; leaving every CPU unlabelled."
+                "ioreg cluster types and sysctl performance levels disagree; leaving every CPU unlabelled"
             );
             return unlabelled;
         }

@@ -7,6 +7,8 @@
 //!   processes and keeps whatever handles it needs between calls.
 //! - [`host_info`]: the host's identity and hardware, read once at startup.
 //!
+//! It also provides the system log sink ([`logsink`]: the unified log on macOS, none elsewhere).
+//!
 //! Layout:
 //! - [`procfs`]: pure parsers of Linux `/proc` and `/sys` files (portable, tested here).
 //! - [`darwin`]: pure parsers and derivations of macOS outputs (`ioreg`, `sysctl` values,
@@ -22,6 +24,7 @@
 //!
 //! Also here, so that no other crate touches the OS directly: [`blockdev`] (direct I/O, device
 //! identity and the system-device rails of the erase), [`process`] (tool runs with a deadline),
+//! [`limits`] (the open-file limit, raised at start),
 //! [`paths`] (each OS's default layout), and [`error_chain`].
 //!
 //! This is the only crate with `unsafe` (allowed module by module, each block with its SAFETY
@@ -31,7 +34,9 @@
 
 pub mod blockdev;
 pub mod darwin;
+pub mod limits;
 pub mod linux;
+pub mod logsink;
 pub mod paths;
 pub mod process;
 pub mod procfs;
@@ -53,6 +58,10 @@ use unsupported as imp;
 
 use std::io;
 use std::path::PathBuf;
+
+use tracing::Subscriber;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
 
 use jex_telemetry::CoreKind;
 pub use jex_telemetry::counters::{
@@ -110,6 +119,27 @@ pub fn host_counters() -> Result<Box<dyn HostCounters>, PlatformError> {
 /// (twice: platform identity, then CPU cluster types).
 pub fn host_info() -> Result<HostInfo, PlatformError> {
     imp::host_info()
+}
+
+/// The unified log, the system log sink of macOS (see [`logsink`]).
+#[cfg(target_os = "macos")]
+fn system_log_sink<S>() -> Option<Box<dyn Layer<S> + Send + Sync>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    Some(Box::new(tracing_oslog::OsLogger::new(
+        logsink::SUBSYSTEM,
+        logsink::CATEGORY,
+    )))
+}
+
+/// No system log sink: the JSON file is the host's log (see [`logsink`]).
+#[cfg(not(target_os = "macos"))]
+fn system_log_sink<S>() -> Option<Box<dyn Layer<S> + Send + Sync>>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    None
 }
 
 /// A line of an OS file or tool output that could not be understood.

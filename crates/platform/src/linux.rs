@@ -174,17 +174,17 @@ impl HostCounters for LinuxHost {
                 Ok(()) => match procfs::parse_psi(&self.buf) {
                     Ok(psi) => Some(psi),
                     Err(error) => {
-                        tracing::warn!(%error, "Cannot parse memory pressure-stall information; reporting none for this sample.");
+                        tracing::warn!(error = %crate::error_chain(&error), "memory pressure-stall information unparseable; none reported for this sample");
                         None
                     }
                 },
                 Err(PlatformError::Read { source, .. }) if psi_absent(&source) => {
-                    tracing::debug!(error = %source, "Memory pressure-stall information is not available; not reading it again.");
+                    tracing::debug!(error = %source, "memory pressure-stall information not available; not read again");
                     self.psi_available = false;
                     None
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "Cannot read memory pressure-stall information; not reading it again.");
+                    tracing::warn!(error = %crate::error_chain(&error), "memory pressure-stall information unreadable; not read again");
                     self.psi_available = false;
                     None
                 }

@@ -20,8 +20,8 @@ use std::ptr;
 
 use super::darwin::{self, SysctlRead};
 use super::{
-    CounterWidth, Counters, CpuAccounting, CpuReading, CpuTicks, HostCounters, HostInfo,
-    MemoryCounters, PlatformError, VmCounts,
+    CounterWidth, Counters, CpuAccounting, CpuReading, HostCounters, HostInfo, MemoryCounters,
+    PlatformError, VmCounts,
 };
 use jex_telemetry::{LoadAverage, MemoryPressure, SwapSample};
 
@@ -341,7 +341,7 @@ impl MacCounters {
         let level = raw.and_then(darwin::pressure_level);
         if level.is_none() && !self.pressure_warned {
             self.pressure_warned = true;
-            tracing::warn!(raw = ?raw, "The memory pressure level is unreadable or unknown; reporting none.");
+            tracing::warn!(raw = ?raw, "memory pressure level unreadable or unknown; none reported");
         }
         MemoryPressure { level, psi: None }
     }
@@ -387,12 +387,12 @@ pub fn host_info_with_ioreg(ioreg: &Path) -> Result<HostInfo, PlatformError> {
         Ok(out) => match darwin::parse_ioreg_cluster_types(&String::from_utf8_lossy(&out)) {
             Ok(clusters) => clusters,
             Err(error) => {
-                tracing::warn!(%error, "Cannot read the CPU cluster types; CPUs stay unlabelled.");
+                tracing::warn!(error = %crate::error_chain(&error), "CPU cluster types unreadable; CPUs stay unlabelled");
                 Vec::new()
             }
         },
         Err(error) => {
-            tracing::warn!(%error, "Cannot read the CPU cluster types; CPUs stay unlabelled.");
+            tracing::warn!(error = %crate::error_chain(&error), "CPU cluster types unreadable; CPUs stay unlabelled");
             Vec::new()
         }
     };

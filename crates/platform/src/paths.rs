@@ -8,6 +8,8 @@ pub mod macos {
     pub const CONFIG_PATH: &str = "/Library/Application Support/JexCloud/agent.toml";
     /// State directory (spool, erase journal, certificates).
     pub const STATE_DIR: &str = "/Library/Application Support/JexCloud/state";
+    /// Erase journal, lock and certificates, when `[erase] state_dir` is not set.
+    pub const ERASE_STATE_DIR: &str = "/Library/Application Support/JexCloud/erase";
     /// Log directory.
     pub const LOG_DIR: &str = "/Library/Logs/JexCloud";
     /// Local status socket (root only).
@@ -20,6 +22,8 @@ pub mod linux {
     pub const CONFIG_PATH: &str = "/etc/jex-agent/agent.toml";
     /// State directory (spool, erase journal, certificates).
     pub const STATE_DIR: &str = "/var/lib/jex-agent";
+    /// Erase journal, lock and certificates, when `[erase] state_dir` is not set.
+    pub const ERASE_STATE_DIR: &str = "/var/lib/jex-agent/erase";
     /// Log directory.
     pub const LOG_DIR: &str = "/var/log/jex-agent";
     /// Local status socket (root only).

@@ -1,17 +1,21 @@
 //! Spool benchmark: on-disk size of realistic samples, append cost, open (scan) time, and the
 //! time to replay 24 h of 1 Hz samples (86,400 records) the way a resuming subscriber does.
 //!
-//! Run with `cargo bench -p jex-agent --bench spool`. Each timing is the median of several
+//! The records are the agent's telemetry records (`jex-telemetry` is a dev-dependency only).
+//!
+//! Run with `cargo bench -p jex-spool --bench spool`. Each timing is the median of several
 //! runs on a spool in a temporary directory (page cache warm, as after a controller restart).
+
+#![allow(clippy::expect_used)] // benchmark setup: a failure aborts the run
 
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use jex_spool::{Spool, SpoolConfig};
+use jex_spool::{Entry, Item, Spool, SpoolConfig};
 use jex_telemetry::{
     ClusterBusy, CoreKind, CpuSample, LoadAverage, MemoryPressure, MemorySample, PressureLevel,
-    Record, RecordBody, Sample, SwapSample,
+    RecordBody, Sample, SwapSample,
 };
 
 const DAY: u64 = 86_400;
@@ -92,7 +96,7 @@ fn per(total: Duration, n: u64) -> String {
 }
 
 /// Fills a spool with a day of samples; returns the append time and the spool.
-fn fill(dir: &Path, cores: u64) -> (Duration, Spool) {
+fn fill(dir: &Path, cores: u64) -> (Duration, Spool<RecordBody>) {
     let (mut spool, _) = Spool::open(config(dir, Duration::from_secs(1))).expect("open spool");
     let bodies: Vec<RecordBody> = (0..DAY)
         .map(|i| RecordBody::Sample(sample(cores, i)))
@@ -108,15 +112,15 @@ fn fill(dir: &Path, cores: u64) -> (Duration, Spool) {
 }
 
 /// Reads everything after 0 in batches; returns the records read.
-fn replay(spool: &Spool, batch: usize) -> u64 {
+fn replay(spool: &Spool<RecordBody>, batch: usize) -> u64 {
     let mut cursor = 0;
     let mut count = 0;
     loop {
-        let records: Vec<Record> = spool.read_after(cursor, batch).expect("read spool");
+        let records: Vec<Item<RecordBody>> = spool.read_after(cursor, batch).expect("read spool");
         let Some(last) = records.last() else {
             return count;
         };
-        cursor = last.seq;
+        cursor = last.last_seq();
         count += records.len() as u64;
         black_box(&records);
     }
@@ -125,10 +129,10 @@ fn replay(spool: &Spool, batch: usize) -> u64 {
 fn main() {
     println!("spool benchmark: {DAY} records (24 h at 1 Hz), median of {RUNS} runs");
     for cores in [2u64, 10, 24] {
-        let payload = postcard::to_allocvec(&Record {
+        let payload = postcard::to_allocvec(&Entry {
             seq: DAY,
             time_unix_ms: T0 + DAY * 1000,
-            body: RecordBody::Sample(sample(cores, DAY / 2)),
+            payload: RecordBody::Sample(sample(cores, DAY / 2)),
         })
         .expect("encode")
         .len();
@@ -194,7 +198,7 @@ fn main() {
     let opens: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
-            let (reopened, report) = Spool::open(cfg.clone()).expect("reopen");
+            let (reopened, report) = Spool::<RecordBody>::open(cfg.clone()).expect("reopen");
             let elapsed = started.elapsed();
             assert_eq!(report.records, DAY);
             drop(reopened);

@@ -9,10 +9,12 @@
 //! ```
 //!
 //! The CRC-32 (IEEE, `crc32fast`) covers the four length bytes and the payload, so a damaged
-//! length is caught as surely as a damaged payload. The payload is one `Record` encoded with
-//! `postcard`; because postcard writes struct fields in declaration order, the payload starts
-//! with the record's `seq` and `time_unix_ms` varints, which [`decode_head`] reads without
-//! decoding the body.
+//! length is caught as surely as a damaged payload. The payload is one [`Entry`] encoded with
+//! `postcard`; because postcard writes struct fields in declaration order, the payload is the
+//! entry's `seq` and `time_unix_ms` varints followed by the caller's payload, and
+//! [`decode_head`] reads the two numbers without decoding the rest. (Segments written when the
+//! spool stored telemetry `Record { seq, time_unix_ms, body }` values directly have exactly
+//! these bytes.)
 //!
 //! Invariants the reader relies on: a frame is never longer than [`FRAME_HEADER_LEN`] +
 //! [`MAX_PAYLOAD_LEN`] bytes, and frames are written with one `write_all` each, so a crash can
@@ -25,9 +27,10 @@
 
 use std::io::{self, Read};
 
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use jex_telemetry::Record;
+use crate::Entry;
 
 /// The first 8 bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"JEXSPOOL";
@@ -69,16 +72,19 @@ fn frame_crc(len_le: [u8; 4], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Encodes `record` as one frame appended to `out` (which is cleared first).
+/// Encodes `entry` as one frame appended to `out` (which is cleared first).
 ///
 /// Returns the payload length; the caller checks it against [`MAX_PAYLOAD_LEN`].
-pub(crate) fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<usize, postcard::Error> {
+pub(crate) fn encode_frame<T: Serialize>(
+    entry: &Entry<T>,
+    out: &mut Vec<u8>,
+) -> Result<usize, postcard::Error> {
     out.clear();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    let mut buf = postcard::to_extend(record, std::mem::take(out))?;
+    let mut buf = postcard::to_extend(entry, std::mem::take(out))?;
     let payload_len = buf.len() - FRAME_HEADER_LEN;
-    // A payload longer than u32::MAX cannot be built from a Sample; the caller rejects anything
-    // above MAX_PAYLOAD_LEN before writing, so saturating here only affects that rejection.
+    // The caller rejects anything above MAX_PAYLOAD_LEN before writing, so saturating a length
+    // above u32::MAX here only affects that rejection.
     let len_le = u32::try_from(payload_len).unwrap_or(u32::MAX).to_le_bytes();
     let crc = frame_crc(len_le, &buf[FRAME_HEADER_LEN..]);
     buf[..4].copy_from_slice(&FRAME_MAGIC);
@@ -88,25 +94,25 @@ pub(crate) fn encode_frame(record: &Record, out: &mut Vec<u8>) -> Result<usize, 
     Ok(payload_len)
 }
 
-/// The sequence number and time at the start of a record payload.
+/// The sequence number and time at the start of a frame payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub(crate) struct Head {
-    /// `Record::seq`.
+    /// `Entry::seq`.
     pub seq: u64,
-    /// `Record::time_unix_ms`.
+    /// `Entry::time_unix_ms`.
     pub time_unix_ms: u64,
 }
 
-/// Reads the first two fields of a record payload without decoding its body.
+/// Reads the first two fields of a frame payload without decoding the caller's payload.
 pub(crate) fn decode_head(payload: &[u8]) -> Option<Head> {
     postcard::take_from_bytes::<Head>(payload)
         .ok()
         .map(|(head, _)| head)
 }
 
-/// Decodes a whole record payload.
-pub(crate) fn decode_record(payload: &[u8]) -> Option<Record> {
-    postcard::from_bytes::<Record>(payload).ok()
+/// Decodes a whole frame payload.
+pub(crate) fn decode_entry<T: DeserializeOwned>(payload: &[u8]) -> Option<Entry<T>> {
+    postcard::from_bytes::<Entry<T>>(payload).ok()
 }
 
 /// What the reader found next.
@@ -118,7 +124,7 @@ pub(crate) enum Event<'a> {
         offset: u64,
         /// Header plus payload.
         frame_len: u64,
-        /// The record payload.
+        /// The frame's payload: one encoded entry.
         payload: &'a [u8],
     },
     /// Bytes that hold no valid frame.
@@ -323,16 +329,22 @@ impl<R: Read> FrameReader<R> {
 )]
 mod tests {
     use super::*;
-    use jex_telemetry::{Gap, GapReason, RecordBody, Sample};
 
-    fn record(seq: u64) -> Record {
-        Record {
+    /// A payload of the tests' own: a name and some numbers.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Reading {
+        name: String,
+        values: Vec<u32>,
+    }
+
+    fn record(seq: u64) -> Entry<Reading> {
+        Entry {
             seq,
             time_unix_ms: 1_700_000_000_000 + seq * 1000,
-            body: RecordBody::Sample(Sample {
-                window_ms: 1000,
-                ..Sample::default()
-            }),
+            payload: Reading {
+                name: "cpu".into(),
+                values: vec![1000; 8],
+            },
         }
     }
 
@@ -354,7 +366,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(event) = reader.next_event().unwrap() {
             out.push(match event {
-                Event::Frame { payload, .. } => Ok(decode_record(payload).unwrap().seq),
+                Event::Frame { payload, .. } => Ok(decode_entry::<Reading>(payload).unwrap().seq),
                 Event::Corrupt {
                     offset,
                     len,
@@ -368,15 +380,13 @@ mod tests {
 
     #[test]
     fn head_decodes_seq_and_time_from_the_payload_prefix() {
-        let rec = Record {
+        let rec = Entry {
             seq: 300_000,
             time_unix_ms: 1_750_000_000_123,
-            body: RecordBody::Gap(Gap {
-                reason: GapReason::AgentDown,
-                missing_seqs: None,
-                start_time_unix_ms: 1,
-                end_time_unix_ms: 2,
-            }),
+            payload: Reading {
+                name: "memory".into(),
+                values: vec![u32::MAX, 0, 7],
+            },
         };
         let mut frame = Vec::new();
         encode_frame(&rec, &mut frame).unwrap();
@@ -388,7 +398,7 @@ mod tests {
                 time_unix_ms: 1_750_000_000_123
             }
         );
-        assert_eq!(decode_record(&frame[FRAME_HEADER_LEN..]).unwrap(), rec);
+        assert_eq!(decode_entry(&frame[FRAME_HEADER_LEN..]), Some(rec));
     }
 
     #[test]

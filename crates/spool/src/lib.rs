@@ -1,12 +1,19 @@
-//! The telemetry spool: a bounded, crash-safe, on-disk sequence of numbered [`Record`]s that lets
-//! a subscriber resume after its own restart or the agent's with nothing lost silently.
+//! A bounded, crash-safe, on-disk sequence of numbered records that lets a reader resume after
+//! its own restart or the writer's with nothing lost silently.
+//!
+//! The crate owns the segment files, their format, crash recovery, the size cap and the rules
+//! for numbering. It is generic over what a record carries: each record is an [`Entry`] (a
+//! number, a time and the caller's payload, any `T: Serialize + DeserializeOwned`), and what it
+//! cannot deliver it reports as a [`Missing`] range with its [`Loss`] reason. It must not depend
+//! on the telemetry model, the platform crate, tokio or gRPC: the agent's telemetry hub stores
+//! its records here and turns missing ranges into the telemetry gaps it sends.
 //!
 //! # Layout
 //!
 //! One directory (created `0700`) of append-only segment files named by the sequence number of
 //! their first record, zero-padded so names sort by number: `00000000000000000001.seg`. Files
 //! with other names are ignored. Each segment is a header and a run of frames, each frame a
-//! length, a CRC-32 and one postcard-encoded `Record`; see `format.rs` for the bytes.
+//! length, a CRC-32 and one postcard-encoded [`Entry`]; see `format.rs` for the bytes.
 //!
 //! # Invariants
 //!
@@ -14,12 +21,13 @@
 //!   across restarts: on open, the next number is one past the highest number ever handed out
 //!   that the directory still shows (records, damaged frames at the tail, segment names).
 //! - **Durable before visible.** [`Spool::read_after`] returns only records that have been
-//!   fsync'd ([`SpoolStats::durable_seq`]), and the hub publishes live records under the same
-//!   rule. A crash can therefore lose only records nobody has seen, and re-using their numbers
-//!   after a restart cannot give a subscriber two different records under one number.
+//!   fsync'd ([`SpoolStats::durable_seq`]); a caller that also hands out records live must do so
+//!   under the same rule (the agent's hub does). A crash can therefore lose only records nobody
+//!   has seen, and re-using their numbers after a restart cannot give a reader two different
+//!   records under one number.
 //! - fsync runs at most once per `fsync_interval` on append, and on [`Spool::flush`] and segment
-//!   roll. With the default 1 s interval and 1 s sampling, every record is synced as it is
-//!   written; a shorter sampling interval publishes records in bursts of one fsync interval.
+//!   roll. With the default 1 s interval and 1 s appends, every record is synced as it is
+//!   written; appending more often makes records visible in bursts of one fsync interval.
 //! - Memory does not grow with the spool: per segment the spool keeps its counts, first and last
 //!   record heads, and one index entry every [`INDEX_STRIDE`] records. Opening scans every
 //!   segment once, one buffered chunk at a time.
@@ -27,23 +35,26 @@
 //!   started, the oldest whole segments are deleted until the new one fits. Every number below
 //!   the oldest remaining segment's name counts as evicted.
 //!
-//! # Gaps
+//! # Missing ranges
 //!
-//! [`Spool::read_after`] never skips a number in silence. Where numbers are missing it returns a
-//! synthesized `Gap` record whose own `seq` is the last missing number (so a client cursor that
-//! takes each record's `seq` moves past it) and whose `missing_seqs` is the inclusive range:
-//! `Evicted` for numbers below the oldest segment, `Corrupt` for numbers inside the spool that
-//! no valid record holds (damaged frames, unreadable segments). A gap's times are those of the
-//! records on either side; the start of an `Evicted` gap is known only when this process did
-//! the eviction, and equals its end otherwise.
+//! [`Spool::read_after`] never skips a number in silence. Where numbers are missing it returns
+//! an [`Item::Missing`] for the inclusive range `first_seq..=last_seq`: [`Loss::Evicted`] for
+//! numbers below the oldest segment, [`Loss::Corrupt`] for numbers inside the spool that no
+//! valid record holds (damaged frames, unreadable segments). A reader's cursor is the
+//! [`Item::last_seq`] of the last item it took, so it moves past a missing range as past a
+//! record (the agent's hub numbers the gap it sends for a range by its `last_seq` for this
+//! reason). A missing range's times are those of the records on either side; the start of an
+//! `Evicted` range is known only when this process did the eviction, and equals its end
+//! otherwise.
 //!
 //! # Corruption
 //!
 //! A damaged frame is skipped and counted; reading resumes at the next frame that passes its
 //! CRC. A bad tail of the newest segment (a write torn by a crash) is truncated on open; whole
 //! frames in it that fail their CRC keep their numbers reserved, so those numbers are reported
-//! as `Corrupt` rather than handed out again. A segment whose header is damaged, or that cannot
-//! be read, is skipped; none of this stops [`Spool::open`].
+//! as `Corrupt` rather than handed out again. A frame that passes its CRC but does not decode
+//! as an `Entry<T>` counts as damaged. A segment whose header is damaged, or that cannot be
+//! read, is skipped; none of this stops [`Spool::open`].
 //!
 //! # Configuration (TOML, embedded in the agent config; the table name is the config's choice)
 //!
@@ -58,18 +69,20 @@
 mod format;
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::marker::PhantomData;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tracing::{debug, info, warn};
 
 use self::format::{Event, FrameReader, Head};
-use jex_telemetry::{Gap, GapReason, Record, RecordBody};
 
 /// Default `max_bytes`: 24 MiB.
 ///
@@ -268,6 +281,72 @@ pub enum SpoolError {
     },
 }
 
+/// One record as the spool stores it: its number, its time and the caller's payload.
+///
+/// The payload is encoded with postcard after the two numbers, so a type whose serialized form
+/// is `seq`, `time_unix_ms` and then the payload (a struct with those fields in that order)
+/// reads and writes the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry<T> {
+    /// The record's number, handed out by [`Spool::append`].
+    pub seq: u64,
+    /// The time the caller gave it, in milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// What the caller stored.
+    pub payload: T,
+}
+
+/// Why the spool cannot deliver a range of numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// Deleted by the size cap.
+    Evicted,
+    /// Inside the spool, but no valid record holds them (damaged or unreadable).
+    Corrupt,
+}
+
+/// An inclusive range of numbers the spool cannot deliver, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing {
+    /// The first missing number.
+    pub first_seq: u64,
+    /// The last missing number: the reader's next cursor.
+    pub last_seq: u64,
+    /// Why they are missing.
+    pub reason: Loss,
+    /// The time of the record before the range (see the module docs for `Evicted`).
+    pub start_time_unix_ms: u64,
+    /// The time of the record after the range, or of the one before when none follows.
+    pub end_time_unix_ms: u64,
+}
+
+/// What [`Spool::read_after`] returns for each run of numbers: a record, or a missing range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item<T> {
+    /// A record.
+    Entry(Entry<T>),
+    /// Numbers no record is delivered for.
+    Missing(Missing),
+}
+
+impl<T> Item<T> {
+    /// The first number the item covers.
+    pub fn first_seq(&self) -> u64 {
+        match self {
+            Item::Entry(entry) => entry.seq,
+            Item::Missing(missing) => missing.first_seq,
+        }
+    }
+
+    /// The last number the item covers: where the next read continues.
+    pub fn last_seq(&self) -> u64 {
+        match self {
+            Item::Entry(entry) => entry.seq,
+            Item::Missing(missing) => missing.last_seq,
+        }
+    }
+}
+
 /// What [`Spool::open`] found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OpenReport {
@@ -414,12 +493,22 @@ struct Active {
     broken: bool,
 }
 
-/// A bounded on-disk spool of numbered records; see the module docs.
+/// The monotonic clock that paces fsyncs.
+struct Clock(Box<dyn Fn() -> Instant + Send>);
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// A bounded on-disk spool of numbered records carrying payloads of type `T`; see the module
+/// docs.
 ///
 /// Not internally synchronised: share it behind a mutex. Reads take `&self` and open their own
 /// file handles, so a reader never disturbs the writer's position.
 #[derive(Debug)]
-pub struct Spool {
+pub struct Spool<T> {
     config: SpoolConfig,
     /// Oldest first; the last one is the segment being appended to.
     segments: VecDeque<Segment>,
@@ -438,14 +527,17 @@ pub struct Spool {
     read_errors: AtomicU64,
     /// Reused encode buffer.
     frame: Vec<u8>,
+    clock: Clock,
+    /// The spool stores and returns `T`s; it holds none.
+    payload: PhantomData<fn(T) -> T>,
 }
 
-impl Spool {
+impl<T: Serialize + DeserializeOwned> Spool<T> {
     /// Opens (creating if needed) the spool in `config.dir`, recovering from crashes and
     /// corruption as the module docs describe.
     ///
     /// Fails only on invalid settings, or when the directory cannot be created or listed.
-    pub fn open(config: SpoolConfig) -> Result<(Spool, OpenReport), SpoolError> {
+    pub fn open(config: SpoolConfig) -> Result<(Spool<T>, OpenReport), SpoolError> {
         config.validate()?;
         create_dir(&config.dir)?;
         let (listing, ignored_files) = list_segments(&config.dir)?;
@@ -460,7 +552,7 @@ impl Spool {
         let mut last_tail = None;
         let count = listing.len();
         for (i, (base_seq, path)) in listing.into_iter().enumerate() {
-            let scan = scan_segment(path, base_seq, last_valid.map(|head| head.seq));
+            let scan = scan_segment::<T>(path, base_seq, last_valid.map(|head| head.seq));
             let segment = scan.segment;
             report.corrupt_regions += scan.corrupt_regions;
             if !segment.readable {
@@ -502,6 +594,8 @@ impl Spool {
             sync_failing: false,
             read_errors: AtomicU64::new(0),
             frame: Vec::new(),
+            clock: Clock(Box::new(Instant::now)),
+            payload: PhantomData,
         };
 
         if let Some(tail) = &last_tail {
@@ -546,7 +640,7 @@ impl Spool {
                 corrupt_regions = report.corrupt_regions,
                 torn_tail_bytes = report.torn_tail_bytes,
                 unreadable_segments = report.unreadable_segments,
-                "Spool opened with damage; lost records will be reported as gaps."
+                "Spool opened with damage; lost records will be reported as missing ranges."
             );
         }
         info!(
@@ -602,17 +696,23 @@ impl Spool {
         }
     }
 
+    /// Replaces the monotonic clock that paces fsyncs ([`Instant::now`] by default), so that a
+    /// test can control when `fsync_interval` has passed.
+    pub fn set_clock(&mut self, now: impl Fn() -> Instant + Send + 'static) {
+        self.clock = Clock(Box::new(now));
+    }
+
     /// Appends a record with the next sequence number and returns it.
     ///
     /// The record is written at once and synced when the last fsync is `fsync_interval` old;
     /// it becomes visible to [`Spool::read_after`] once synced. On error nothing is written and
     /// the number is not consumed. A failed fsync is not an error here: it is logged, counted,
     /// and retried on the next append or [`Spool::flush`].
-    pub fn append(&mut self, time_unix_ms: u64, body: RecordBody) -> Result<Record, SpoolError> {
-        let record = Record {
+    pub fn append(&mut self, time_unix_ms: u64, payload: T) -> Result<Entry<T>, SpoolError> {
+        let record = Entry {
             seq: self.next_seq,
             time_unix_ms,
-            body,
+            payload,
         };
         let mut frame = std::mem::take(&mut self.frame);
         let written = self.write_frame(&record, &mut frame);
@@ -635,7 +735,7 @@ impl Spool {
         Ok(record)
     }
 
-    fn write_frame(&mut self, record: &Record, frame: &mut Vec<u8>) -> Result<(), SpoolError> {
+    fn write_frame(&mut self, record: &Entry<T>, frame: &mut Vec<u8>) -> Result<(), SpoolError> {
         let seq = record.seq;
         let payload_len = format::encode_frame(record, frame)
             .map_err(|source| SpoolError::Encode { seq, source })?;
@@ -788,9 +888,9 @@ impl Spool {
 
     fn sync_due(&self) -> bool {
         self.durable_seq + 1 < self.next_seq
-            && self
-                .last_sync
-                .is_none_or(|at| at.elapsed() >= self.config.fsync_interval)
+            && self.last_sync.is_none_or(|at| {
+                (self.clock.0)().saturating_duration_since(at) >= self.config.fsync_interval
+            })
     }
 
     /// Syncs the segment being written (and its directory entry when new).
@@ -798,7 +898,7 @@ impl Spool {
         if self.durable_seq + 1 >= self.next_seq {
             return Ok(());
         }
-        self.last_sync = Some(Instant::now());
+        self.last_sync = Some((self.clock.0)());
         if let (Some(active), Some(segment)) = (self.active.as_mut(), self.segments.back()) {
             if let Err(source) = active.file.sync_data() {
                 self.sync_failures += 1;
@@ -829,18 +929,18 @@ impl Spool {
         self.sync()
     }
 
-    /// Up to `max_records` records numbered above `after_seq`, in order, with synthesized gap
-    /// records where numbers are missing (see the module docs). Returns an empty batch once the
-    /// reader has caught up with the durable records. `max_records` of 0 counts as 1.
+    /// Up to `max_records` items covering the numbers above `after_seq`, in order: records, and
+    /// [`Item::Missing`] where numbers are missing (see the module docs). Returns an empty batch
+    /// once the reader has caught up with the durable records. `max_records` of 0 counts as 1.
     ///
-    /// A segment that cannot be read is logged and its records reported as a `Corrupt` gap, so
-    /// a reader always makes progress; the error case is reserved for future use and today
+    /// A segment that cannot be read is logged and its records reported as a `Corrupt` range,
+    /// so a reader always makes progress; the error case is reserved for future use and today
     /// never happens.
     pub fn read_after(
         &self,
         after_seq: u64,
         max_records: usize,
-    ) -> Result<Vec<Record>, SpoolError> {
+    ) -> Result<Vec<Item<T>>, SpoolError> {
         let end = self.durable_seq;
         let Some(first_wanted) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
@@ -859,7 +959,7 @@ impl Spool {
                 .map(|head| head.time_unix_ms);
             let end_time = next_time.or(self.evicted_last_time).unwrap_or(0);
             let start_time = self.evicted_last_time.unwrap_or(end_time);
-            batch.push_gap(GapReason::Evicted, last, start_time, end_time);
+            batch.push_missing(Loss::Evicted, last, start_time, end_time);
         }
 
         let start = self
@@ -879,15 +979,15 @@ impl Spool {
                 warn!(
                     segment = %segment.path.display(),
                     error = %err,
-                    "Cannot read spool segment; its records are reported as a corrupt gap."
+                    "Cannot read spool segment; its records are reported as a corrupt range."
                 );
             }
         }
         if !batch.is_full() && batch.expected <= end {
             let time = batch.prev_time.unwrap_or(0);
-            batch.push_gap(GapReason::Corrupt, end, time, time);
+            batch.push_missing(Loss::Corrupt, end, time, time);
         }
-        Ok(batch.records)
+        Ok(batch.items)
     }
 
     /// Numbers between the evicted ones and the next one that no retained record holds.
@@ -947,8 +1047,8 @@ impl Spool {
 }
 
 /// The output of one `read_after` call under construction.
-struct Batch {
-    records: Vec<Record>,
+struct Batch<T> {
+    items: Vec<Item<T>>,
     /// The next number the reader wants.
     expected: u64,
     /// The last visible number.
@@ -958,10 +1058,10 @@ struct Batch {
     prev_time: Option<u64>,
 }
 
-impl Batch {
+impl<T> Batch<T> {
     fn new(expected: u64, end: u64, max: usize) -> Self {
         Self {
-            records: Vec::with_capacity(max.min(1024)),
+            items: Vec::with_capacity(max.min(1024)),
             expected,
             end,
             max,
@@ -970,37 +1070,34 @@ impl Batch {
     }
 
     fn is_full(&self) -> bool {
-        self.records.len() >= self.max
+        self.items.len() >= self.max
     }
 
     fn is_done(&self) -> bool {
         self.is_full() || self.expected > self.end
     }
 
-    /// A gap for numbers `expected..=last`, numbered `last`.
-    fn push_gap(&mut self, reason: GapReason, last: u64, start_time: u64, end_time: u64) {
-        self.records.push(Record {
-            seq: last,
-            time_unix_ms: end_time,
-            body: RecordBody::Gap(Gap {
-                reason,
-                missing_seqs: Some((self.expected, last)),
-                start_time_unix_ms: start_time,
-                end_time_unix_ms: end_time,
-            }),
-        });
+    /// A missing range for numbers `expected..=last`.
+    fn push_missing(&mut self, reason: Loss, last: u64, start_time: u64, end_time: u64) {
+        self.items.push(Item::Missing(Missing {
+            first_seq: self.expected,
+            last_seq: last,
+            reason,
+            start_time_unix_ms: start_time,
+            end_time_unix_ms: end_time,
+        }));
         self.expected = last + 1;
     }
 
-    fn push(&mut self, record: Record) {
-        self.expected = record.seq + 1;
-        self.prev_time = Some(record.time_unix_ms);
-        self.records.push(record);
+    fn push(&mut self, entry: Entry<T>) {
+        self.expected = entry.seq + 1;
+        self.prev_time = Some(entry.time_unix_ms);
+        self.items.push(Item::Entry(entry));
     }
 }
 
 /// Reads one segment's records into `batch`, from the index entry before `batch.expected`.
-fn read_segment(segment: &Segment, batch: &mut Batch) -> io::Result<()> {
+fn read_segment<T: DeserializeOwned>(segment: &Segment, batch: &mut Batch<T>) -> io::Result<()> {
     let offset = segment.offset_for(batch.expected);
     let mut file = File::open(&segment.path)?;
     file.seek(SeekFrom::Start(offset))?;
@@ -1022,13 +1119,13 @@ fn read_segment(segment: &Segment, batch: &mut Batch) -> io::Result<()> {
         if head.seq > batch.end {
             break;
         }
-        let Some(record) = format::decode_record(payload) else {
+        let Some(record) = format::decode_entry::<T>(payload) else {
             continue;
         };
         if record.seq > batch.expected {
             let start_time = batch.prev_time.unwrap_or(record.time_unix_ms);
-            batch.push_gap(
-                GapReason::Corrupt,
+            batch.push_missing(
+                Loss::Corrupt,
                 record.seq - 1,
                 start_time,
                 record.time_unix_ms,
@@ -1100,11 +1197,12 @@ fn list_segments(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, usize), SpoolError>
     Ok((segments, ignored))
 }
 
-/// Scans one segment: validates every frame, builds the sparse index, finds damage.
+/// Scans one segment: validates every frame (it must decode as an `Entry<T>`), builds the sparse
+/// index, finds damage.
 ///
 /// `prev_seq` is the last valid number of the previous segments; records at or below it, or
 /// below the segment's own name, are out of place and skipped as corrupt.
-fn scan_segment(path: PathBuf, base_seq: u64, prev_seq: Option<u64>) -> Scan {
+fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Option<u64>) -> Scan {
     let bytes = fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
     let mut scan = Scan {
         segment: Segment::new(path, base_seq, bytes),
@@ -1153,7 +1251,7 @@ fn scan_segment(path: PathBuf, base_seq: u64, prev_seq: Option<u64>) -> Scan {
                 frame_len,
                 payload,
             } => {
-                let head = format::decode_record(payload)
+                let head = format::decode_entry::<T>(payload)
                     .map(|record| Head {
                         seq: record.seq,
                         time_unix_ms: record.time_unix_ms,

@@ -1,4 +1,5 @@
-//! Tests of the spool on real files in temporary directories.
+//! Tests of the spool on real files in temporary directories, with a payload type of their own;
+//! and of the format against segments written when the spool stored telemetry records.
 
 #![allow(
     clippy::unwrap_used,
@@ -8,21 +9,42 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
 use super::format::{self, Event, FrameReader};
 use super::*;
 use jex_telemetry::{
-    ClusterBusy, CoreKind, CpuSample, LoadAverage, MemoryPressure, MemorySample, PressureLevel,
-    Sample, SwapSample,
+    ClusterBusy, CoreKind, CpuSample, Gap, GapReason, LoadAverage, MemoryPressure, MemorySample,
+    PressureLevel, Record, RecordBody, Sample, SwapSample,
 };
 
 const T0: u64 = 1_760_000_000_000;
 
+/// The tests' payload: about the size on disk of a 10-core telemetry sample (some 150 bytes a
+/// frame), so that segments hold a realistic number of records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Reading {
+    window_ms: u32,
+    core_busy_bp: Vec<u32>,
+    memory_bytes: [u64; 20],
+    note: Option<String>,
+}
+
+fn body(i: u64) -> Reading {
+    Reading {
+        window_ms: 1000,
+        core_busy_bp: (0..10).map(|c| ((i + c) * 331 % 10_000) as u32).collect(),
+        memory_bytes: std::array::from_fn(|k| (18 << 30) + i * 16384 + k as u64 * 4096),
+        note: None,
+    }
+}
+
 /// A sample shaped like a real 10-core Apple Silicon host's.
-fn sample(i: u64) -> Sample {
+fn telemetry_sample(i: u64) -> Sample {
     let cores = 10;
     Sample {
         window_ms: 1000,
@@ -78,10 +100,6 @@ fn sample(i: u64) -> Sample {
     }
 }
 
-fn body(i: u64) -> RecordBody {
-    RecordBody::Sample(sample(i))
-}
-
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig {
         fsync_interval: Duration::ZERO,
@@ -97,12 +115,12 @@ fn small_config(dir: &Path) -> SpoolConfig {
     }
 }
 
-fn open(config: &SpoolConfig) -> (Spool, OpenReport) {
+fn open(config: &SpoolConfig) -> (Spool<Reading>, OpenReport) {
     Spool::open(config.clone()).unwrap()
 }
 
-/// Appends `n` samples timed one second apart from the spool's next number on.
-fn append_n(spool: &mut Spool, n: u64) -> Vec<Record> {
+/// Appends `n` readings timed one second apart from the spool's next number on.
+fn append_n(spool: &mut Spool<Reading>, n: u64) -> Vec<Entry<Reading>> {
     (0..n)
         .map(|_| {
             let i = spool.last_seq().unwrap_or(0) + 1;
@@ -111,7 +129,7 @@ fn append_n(spool: &mut Spool, n: u64) -> Vec<Record> {
         .collect()
 }
 
-fn read_all(spool: &Spool, after: u64) -> Vec<Record> {
+fn read_all<T: Serialize + DeserializeOwned>(spool: &Spool<T>, after: u64) -> Vec<Item<T>> {
     let mut out = Vec::new();
     let mut cursor = after;
     loop {
@@ -119,13 +137,19 @@ fn read_all(spool: &Spool, after: u64) -> Vec<Record> {
         let Some(last) = batch.last() else {
             return out;
         };
-        cursor = last.seq;
+        cursor = last.last_seq();
         out.extend(batch);
     }
 }
 
-fn seqs(records: &[Record]) -> Vec<u64> {
-    records.iter().map(|record| record.seq).collect()
+/// The cursor after each item: a record's number, a missing range's last number.
+fn seqs<T>(items: &[Item<T>]) -> Vec<u64> {
+    items.iter().map(Item::last_seq).collect()
+}
+
+/// `entries` as `read_after` returns them.
+fn items<T: Clone>(entries: &[Entry<T>]) -> Vec<Item<T>> {
+    entries.iter().cloned().map(Item::Entry).collect()
 }
 
 fn segment_paths(config: &SpoolConfig) -> Vec<PathBuf> {
@@ -173,10 +197,10 @@ fn flip_byte(path: &Path, offset: u64) {
     fs::write(path, bytes).unwrap();
 }
 
-fn gap_of(record: &Record) -> Gap {
-    match &record.body {
-        RecordBody::Gap(gap) => *gap,
-        RecordBody::Sample(_) => panic!("record {} is a sample, not a gap", record.seq),
+fn missing_of<T>(item: &Item<T>) -> Missing {
+    match item {
+        Item::Missing(missing) => *missing,
+        Item::Entry(entry) => panic!("{} is a record, not a missing range", entry.seq),
     }
 }
 
@@ -187,10 +211,10 @@ fn appends_across_segments_and_reads_back_every_record_in_order() {
     let (mut spool, report) = open(&config);
     assert_eq!(report, OpenReport::default());
     let written = append_n(&mut spool, 300);
-    assert_eq!(seqs(&written), (1..=300).collect::<Vec<_>>());
+    assert_eq!(seqs(&items(&written)), (1..=300).collect::<Vec<_>>());
 
     let read = read_all(&spool, 0);
-    assert_eq!(read, written);
+    assert_eq!(read, items(&written));
     let stats = spool.stats();
     assert!(stats.segments > 5, "expected several segments: {stats:?}");
     assert_eq!(stats.segments, segment_paths(&config).len());
@@ -275,8 +299,8 @@ fn reopening_continues_the_sequence_and_recovers_the_last_time() {
 
     let all = read_all(&spool, 0);
     assert_eq!(seqs(&all), (1..=170).collect::<Vec<_>>());
-    assert_eq!(all[..150], first[..]);
-    assert_eq!(all[150..], second[..]);
+    assert_eq!(all[..150], items(&first)[..]);
+    assert_eq!(all[150..], items(&second)[..]);
 }
 
 #[test]
@@ -287,14 +311,30 @@ fn records_become_visible_only_once_synced() {
         ..SpoolConfig::new(tmp.path().join("spool"))
     };
     let (mut spool, _) = open(&config);
+    let start = Instant::now();
+    let elapsed_s = Arc::new(AtomicU64::new(0));
+    let clock = Arc::clone(&elapsed_s);
+    spool.set_clock(move || start + Duration::from_secs(clock.load(Ordering::SeqCst)));
+
     // The first append syncs at once (no sync yet), the next ones wait for the interval.
     append_n(&mut spool, 3);
     assert_eq!(spool.durable_seq(), 1);
     assert_eq!(seqs(&spool.read_after(0, 10).unwrap()), vec![1]);
     assert_eq!(spool.last_seq(), Some(3));
+    elapsed_s.store(59, Ordering::SeqCst);
+    append_n(&mut spool, 1);
+    assert_eq!(spool.durable_seq(), 1);
+    // Once the interval has passed, the next append syncs every record written so far.
+    elapsed_s.store(60, Ordering::SeqCst);
+    append_n(&mut spool, 1);
+    assert_eq!(spool.durable_seq(), 5);
+    assert_eq!(seqs(&spool.read_after(0, 10).unwrap()), vec![1, 2, 3, 4, 5]);
+    // A flush syncs at once.
+    append_n(&mut spool, 2);
+    assert_eq!(spool.durable_seq(), 5);
     spool.flush().unwrap();
-    assert_eq!(spool.durable_seq(), 3);
-    assert_eq!(seqs(&spool.read_after(0, 10).unwrap()), vec![1, 2, 3]);
+    assert_eq!(spool.durable_seq(), 7);
+    assert_eq!(seqs(&spool.read_after(5, 10).unwrap()), vec![6, 7]);
 }
 
 #[test]
@@ -320,11 +360,11 @@ fn a_torn_tail_is_truncated_and_its_number_handed_out_again() {
     assert_eq!(again.seq, 40);
     let all = read_all(&spool, 0);
     assert_eq!(seqs(&all), (1..=40).collect::<Vec<_>>());
-    assert!(all.iter().all(|r| matches!(r.body, RecordBody::Sample(_))));
+    assert_eq!(all[39], Item::Entry(again));
 }
 
 #[test]
-fn a_torn_tail_in_an_older_segment_is_a_corrupt_gap_for_exactly_its_records() {
+fn a_torn_tail_in_an_older_segment_is_a_corrupt_range_of_exactly_its_records() {
     let tmp = tempfile::tempdir().unwrap();
     let config = small_config(tmp.path());
     let (mut spool, _) = open(&config);
@@ -349,16 +389,25 @@ fn a_torn_tail_in_an_older_segment_is_a_corrupt_gap_for_exactly_its_records() {
             .filter(|s| *s < victim || *s >= last_in_segment)
             .collect::<Vec<_>>()
     );
-    let gap_record = all.iter().find(|r| r.seq == last_in_segment).unwrap();
-    let gap = gap_of(gap_record);
-    assert_eq!(gap.reason, GapReason::Corrupt);
-    assert_eq!(gap.missing_seqs, Some((victim, last_in_segment)));
-    assert_eq!(gap.start_time_unix_ms, T0 + (victim - 1) * 1000);
-    assert_eq!(gap.end_time_unix_ms, T0 + (last_in_segment + 1) * 1000);
+    let missing = all
+        .iter()
+        .find(|item| item.last_seq() == last_in_segment)
+        .map(missing_of)
+        .unwrap();
+    assert_eq!(
+        missing,
+        Missing {
+            first_seq: victim,
+            last_seq: last_in_segment,
+            reason: Loss::Corrupt,
+            start_time_unix_ms: T0 + (victim - 1) * 1000,
+            end_time_unix_ms: T0 + (last_in_segment + 1) * 1000,
+        }
+    );
 }
 
 #[test]
-fn flipped_bytes_inside_a_segment_become_a_corrupt_gap_for_exactly_the_lost_records() {
+fn flipped_bytes_inside_a_segment_become_a_corrupt_range_of_exactly_the_lost_records() {
     let tmp = tempfile::tempdir().unwrap();
     let config = small_config(tmp.path());
     let (mut spool, _) = open(&config);
@@ -378,45 +427,31 @@ fn flipped_bytes_inside_a_segment_become_a_corrupt_gap_for_exactly_the_lost_reco
     let all = read_all(&spool, 0);
     let expect: Vec<u64> = (1..=200).filter(|s| *s != 50).collect();
     assert_eq!(seqs(&all), expect);
-    let gap = gap_of(&all[49]);
-    assert_eq!(all[49].seq, 51);
-    assert_eq!(gap.reason, GapReason::Corrupt);
-    assert_eq!(gap.missing_seqs, Some((50, 51)));
-    assert_eq!(gap.start_time_unix_ms, T0 + 49 * 1000);
-    assert_eq!(gap.end_time_unix_ms, T0 + 52 * 1000);
+    assert_eq!(
+        missing_of(&all[49]),
+        Missing {
+            first_seq: 50,
+            last_seq: 51,
+            reason: Loss::Corrupt,
+            start_time_unix_ms: T0 + 49 * 1000,
+            end_time_unix_ms: T0 + 52 * 1000,
+        }
+    );
 
-    // A cursor inside the damaged range gets the rest of the gap, then record 52.
+    // A cursor inside the damaged range gets the rest of the range, then record 52.
     let batch = spool.read_after(49, 2).unwrap();
     assert_eq!(seqs(&batch), vec![51, 52]);
     let batch = spool.read_after(50, 2).unwrap();
     assert_eq!(seqs(&batch), vec![51, 52]);
-    assert_eq!(gap_of(&batch[0]).missing_seqs, Some((51, 51)));
-    // A batch of one ends on the gap; the next batch continues after it.
+    assert_eq!(missing_of(&batch[0]).first_seq, 51);
+    // A batch of one ends on the missing range; the next batch continues after it.
     let batch = spool.read_after(49, 1).unwrap();
     assert_eq!(seqs(&batch), vec![51]);
     assert_eq!(seqs(&spool.read_after(51, 1).unwrap()), vec![52]);
 }
 
-/// The numbers a record stands for: a gap with a range of missing numbers covers all of them
-/// (and carries the last as its `seq`); any other record covers its own `seq`.
-fn covered(record: &Record) -> (u64, u64) {
-    match &record.body {
-        RecordBody::Gap(Gap {
-            missing_seqs: Some((first, last)),
-            ..
-        }) => {
-            assert_eq!(
-                *last, record.seq,
-                "a gap is numbered by its last missing seq"
-            );
-            (*first, *last)
-        }
-        _ => (record.seq, record.seq),
-    }
-}
-
 #[test]
-fn damage_across_a_frame_boundary_is_one_gap_numbered_by_the_last_lost_record() {
+fn damage_across_a_frame_boundary_is_one_missing_range_up_to_the_last_lost_record() {
     let tmp = tempfile::tempdir().unwrap();
     let config = config(tmp.path());
     let (mut spool, _) = open(&config);
@@ -437,20 +472,23 @@ fn damage_across_a_frame_boundary_is_one_gap_numbered_by_the_last_lost_record() 
     let all = read_all(&spool, 0);
     let expect: Vec<u64> = (1..=40).filter(|s| *s != 20).collect();
     assert_eq!(seqs(&all), expect);
-    let gap = gap_of(&all[19]);
-    assert_eq!(all[19].seq, 21);
-    assert_eq!(gap.reason, GapReason::Corrupt);
-    assert_eq!(gap.missing_seqs, Some((20, 21)));
-    assert_eq!(gap.start_time_unix_ms, T0 + 19 * 1000);
-    assert_eq!(gap.end_time_unix_ms, T0 + 22 * 1000);
-    // Taken with their ranges, the records cover every number once, in order, even one
-    // record per read.
+    assert_eq!(
+        missing_of(&all[19]),
+        Missing {
+            first_seq: 20,
+            last_seq: 21,
+            reason: Loss::Corrupt,
+            start_time_unix_ms: T0 + 19 * 1000,
+            end_time_unix_ms: T0 + 22 * 1000,
+        }
+    );
+    // Taken with their ranges, the items cover every number once, in order, even one item
+    // per read.
     let mut next = 1;
     let mut cursor = 0;
-    while let Some(record) = spool.read_after(cursor, 1).unwrap().pop() {
-        let (first, last) = covered(&record);
-        assert_eq!(first, next, "record {} after cursor {cursor}", record.seq);
-        (next, cursor) = (last + 1, record.seq);
+    while let Some(item) = spool.read_after(cursor, 1).unwrap().pop() {
+        assert_eq!(item.first_seq(), next, "item after cursor {cursor}");
+        (next, cursor) = (item.last_seq() + 1, item.last_seq());
     }
     assert_eq!(next, 41);
 }
@@ -469,11 +507,12 @@ fn a_damaged_last_frame_keeps_its_number_reserved() {
     assert_eq!(report.torn_tail_bytes, len);
     assert_eq!(report.last_seq, Some(30));
     assert_eq!(report.corrupt_records, 1);
-    // Record 30 was whole on disk, so it may have been seen: it is a gap, never reused.
+    // Record 30 was whole on disk, so it may have been seen: it is missing, never reused.
     let all = read_all(&spool, 0);
     assert_eq!(seqs(&all), (1..=30).collect::<Vec<_>>());
-    assert_eq!(gap_of(&all[29]).missing_seqs, Some((30, 30)));
-    assert_eq!(gap_of(&all[29]).reason, GapReason::Corrupt);
+    let missing = missing_of(&all[29]);
+    assert_eq!((missing.first_seq, missing.last_seq), (30, 30));
+    assert_eq!(missing.reason, Loss::Corrupt);
     assert_eq!(spool.append(T0, body(31)).unwrap().seq, 31);
 }
 
@@ -498,11 +537,12 @@ fn damaged_frames_filling_the_newest_segment_keep_their_numbers_reserved() {
     assert_eq!(append_n(&mut spool, 1)[0].seq, 101);
     let all = read_all(&spool, first_lost - 1);
     assert_eq!(seqs(&all), vec![100, 101]);
-    assert_eq!(gap_of(&all[0]).missing_seqs, Some((first_lost, 100)));
+    let missing = missing_of(&all[0]);
+    assert_eq!((missing.first_seq, missing.last_seq), (first_lost, 100));
 }
 
 #[test]
-fn a_segment_with_a_damaged_header_is_skipped_as_a_corrupt_gap() {
+fn a_segment_with_a_damaged_header_is_skipped_as_a_corrupt_range() {
     let tmp = tempfile::tempdir().unwrap();
     let config = small_config(tmp.path());
     let (mut spool, _) = open(&config);
@@ -519,8 +559,13 @@ fn a_segment_with_a_damaged_header_is_skipped_as_a_corrupt_gap() {
     assert_eq!(report.corrupt_records, lost_last - lost_first + 1);
     assert_eq!(report.last_seq, Some(150));
     let all = read_all(&spool, 0);
-    let gap = gap_of(all.iter().find(|r| r.seq == lost_last).unwrap());
-    assert_eq!(gap.missing_seqs, Some((lost_first, lost_last)));
+    let missing = missing_of(
+        all.iter()
+            .find(|item| item.last_seq() == lost_last)
+            .unwrap(),
+    );
+    assert_eq!(missing.first_seq, lost_first);
+    assert_eq!(missing.reason, Loss::Corrupt);
     assert_eq!(seqs(&all).len() as u64, 150 - (lost_last - lost_first));
     assert_eq!(append_n(&mut spool, 1)[0].seq, 151);
 }
@@ -544,8 +589,11 @@ fn an_unreadable_newest_segment_does_not_stop_appends() {
     assert_eq!(next, frames[0].0 + 1);
     let all = read_all(&spool, 0);
     assert_eq!(*seqs(&all).last().unwrap(), next);
-    let gap = gap_of(&all[all.len() - 2]);
-    assert_eq!(gap.missing_seqs, Some((frames[0].0, frames[0].0)));
+    let missing = missing_of(&all[all.len() - 2]);
+    assert_eq!(
+        (missing.first_seq, missing.last_seq),
+        (frames[0].0, frames[0].0)
+    );
 }
 
 #[test]
@@ -583,7 +631,7 @@ fn files_that_are_not_segments_are_left_alone() {
 }
 
 #[test]
-fn the_size_cap_evicts_oldest_segments_and_reports_an_evicted_gap() {
+fn the_size_cap_evicts_oldest_segments_and_reports_an_evicted_range() {
     let tmp = tempfile::tempdir().unwrap();
     let config = SpoolConfig {
         segment_bytes: 4096,
@@ -607,14 +655,20 @@ fn the_size_cap_evicts_oldest_segments_and_reports_an_evicted_gap() {
 
     let batch = spool.read_after(0, 3).unwrap();
     assert_eq!(seqs(&batch), vec![first - 1, first, first + 1]);
-    let gap = gap_of(&batch[0]);
-    assert_eq!(gap.reason, GapReason::Evicted);
-    assert_eq!(gap.missing_seqs, Some((1, first - 1)));
-    assert_eq!(gap.start_time_unix_ms, T0 + (first - 1) * 1000);
-    assert_eq!(gap.end_time_unix_ms, T0 + first * 1000);
+    assert_eq!(
+        missing_of(&batch[0]),
+        Missing {
+            first_seq: 1,
+            last_seq: first - 1,
+            reason: Loss::Evicted,
+            start_time_unix_ms: T0 + (first - 1) * 1000,
+            end_time_unix_ms: T0 + first * 1000,
+        }
+    );
     // A cursor inside the evicted range gets the rest of it.
     let batch = spool.read_after(5, 1).unwrap();
-    assert_eq!(gap_of(&batch[0]).missing_seqs, Some((6, first - 1)));
+    let missing = missing_of(&batch[0]);
+    assert_eq!((missing.first_seq, missing.last_seq), (6, first - 1));
     // A cursor at the edge gets records only.
     assert_eq!(seqs(&spool.read_after(first - 1, 1).unwrap()), vec![first]);
 
@@ -624,8 +678,12 @@ fn the_size_cap_evicts_oldest_segments_and_reports_an_evicted_gap() {
     assert_eq!(report.first_seq, Some(first));
     assert_eq!(report.corrupt_records, 0);
     let batch = spool.read_after(0, 1).unwrap();
-    assert_eq!(gap_of(&batch[0]).reason, GapReason::Evicted);
-    assert_eq!(gap_of(&batch[0]).missing_seqs, Some((1, first - 1)));
+    let missing = missing_of(&batch[0]);
+    assert_eq!(missing.reason, Loss::Evicted);
+    assert_eq!((missing.first_seq, missing.last_seq), (1, first - 1));
+    // This process did not evict them, so only the end time is known.
+    assert_eq!(missing.start_time_unix_ms, missing.end_time_unix_ms);
+    assert_eq!(missing.end_time_unix_ms, T0 + first * 1000);
     assert_eq!(read_all(&spool, 0).len() as u64, 1000 - first + 2);
 }
 
@@ -651,9 +709,9 @@ fn a_record_too_large_for_a_frame_is_refused_without_using_a_number() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut spool, _) = open(&config(tmp.path()));
     append_n(&mut spool, 2);
-    let mut huge = sample(0);
-    huge.cpu.core_busy_bp = vec![9999; 40_000];
-    let err = spool.append(T0, RecordBody::Sample(huge)).unwrap_err();
+    let mut huge = body(0);
+    huge.core_busy_bp = vec![9999; 40_000];
+    let err = spool.append(T0, huge).unwrap_err();
     assert!(
         matches!(err, SpoolError::RecordTooLarge { seq: 3, .. }),
         "{err:?}"
@@ -666,8 +724,6 @@ fn a_record_too_large_for_a_frame_is_refused_without_using_a_number() {
 fn config_reads_toml_with_defaults_and_rejects_unknown_keys() {
     let parsed: SpoolConfig = toml::from_str(r#"dir = "/var/lib/jex-agent/spool""#).unwrap();
     assert_eq!(parsed, SpoolConfig::new("/var/lib/jex-agent/spool"));
-    assert_eq!(parsed.max_bytes, DEFAULT_MAX_BYTES);
-    assert_eq!(parsed.fsync_interval, Duration::from_secs(1));
     parsed.validate().unwrap();
 
     let parsed: SpoolConfig = toml::from_str(
@@ -729,7 +785,7 @@ fn config_validation_names_the_bad_setting() {
             other => panic!("{field}: {other:?}"),
         }
         assert!(matches!(
-            Spool::open(config),
+            Spool::<Reading>::open(config),
             Err(SpoolError::InvalidConfig { .. })
         ));
     }
@@ -740,9 +796,108 @@ fn an_uncreatable_directory_is_an_error_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let blocker = tmp.path().join("file");
     fs::write(&blocker, b"x").unwrap();
-    let err = Spool::open(SpoolConfig::new(blocker.join("spool"))).unwrap_err();
+    let err = Spool::<Reading>::open(SpoolConfig::new(blocker.join("spool"))).unwrap_err();
     assert!(matches!(err, SpoolError::CreateDir { .. }), "{err:?}");
     assert!(err.to_string().contains("file/spool"), "{err}");
+}
+
+/// The records of `testdata/pre-generic-segment.seg`, written by the spool when it stored
+/// telemetry `Record`s itself: samples and the gaps the agent spools.
+fn telemetry_records() -> Vec<Record> {
+    let gap = |reason, start, end| {
+        RecordBody::Gap(Gap {
+            reason,
+            missing_seqs: None,
+            start_time_unix_ms: start,
+            end_time_unix_ms: end,
+        })
+    };
+    let bodies = [
+        (T0 + 1000, RecordBody::Sample(telemetry_sample(1))),
+        (T0 + 2000, RecordBody::Sample(Sample::default())),
+        (T0 + 9000, gap(GapReason::AgentDown, T0 + 2000, T0 + 9000)),
+        (
+            T0 + 10_000,
+            gap(GapReason::SamplerError, T0 + 9000, T0 + 10_000),
+        ),
+        (T0 + 11_000, RecordBody::Sample(telemetry_sample(5))),
+    ];
+    bodies
+        .into_iter()
+        .zip(1..)
+        .map(|((time_unix_ms, body), seq)| Record {
+            seq,
+            time_unix_ms,
+            body,
+        })
+        .collect()
+}
+
+fn as_entry(record: &Record) -> Entry<RecordBody> {
+    Entry {
+        seq: record.seq,
+        time_unix_ms: record.time_unix_ms,
+        payload: record.body.clone(),
+    }
+}
+
+#[test]
+fn a_telemetry_record_and_an_entry_of_its_body_are_the_same_bytes() {
+    let mut records = telemetry_records();
+    records.push(Record {
+        seq: u64::MAX,
+        time_unix_ms: u64::MAX,
+        body: RecordBody::Gap(Gap {
+            reason: GapReason::Corrupt,
+            missing_seqs: Some((7, u64::MAX)),
+            start_time_unix_ms: 0,
+            end_time_unix_ms: u64::MAX,
+        }),
+    });
+    for record in records {
+        let entry = as_entry(&record);
+        let record_bytes = postcard::to_allocvec(&record).unwrap();
+        let entry_bytes = postcard::to_allocvec(&entry).unwrap();
+        assert_eq!(entry_bytes, record_bytes, "record {}", record.seq);
+        assert_eq!(
+            postcard::from_bytes::<Entry<RecordBody>>(&record_bytes).unwrap(),
+            entry
+        );
+        assert_eq!(
+            postcard::from_bytes::<Record>(&entry_bytes).unwrap(),
+            record
+        );
+    }
+}
+
+#[test]
+fn a_segment_written_with_telemetry_records_reads_back_and_is_written_byte_for_byte() {
+    let old_segment = include_bytes!("../testdata/pre-generic-segment.seg");
+    let name = segment_file_name(1);
+    let records = telemetry_records();
+    let entries: Vec<Entry<RecordBody>> = records.iter().map(as_entry).collect();
+
+    let old = tempfile::tempdir().unwrap();
+    let old_config = config(old.path());
+    fs::create_dir_all(&old_config.dir).unwrap();
+    fs::write(old_config.dir.join(&name), old_segment).unwrap();
+    let (spool, report) = Spool::<RecordBody>::open(old_config.clone()).unwrap();
+    assert_eq!(report.records, 5);
+    assert_eq!(report.corrupt_records + report.corrupt_regions, 0);
+    assert_eq!(report.torn_tail_bytes, 0);
+    assert_eq!(read_all(&spool, 0), items(&entries));
+
+    let new = tempfile::tempdir().unwrap();
+    let new_config = config(new.path());
+    let (mut spool, _) = Spool::<RecordBody>::open(new_config.clone()).unwrap();
+    for entry in &entries {
+        let written = spool
+            .append(entry.time_unix_ms, entry.payload.clone())
+            .unwrap();
+        assert_eq!(&written, entry);
+    }
+    spool.flush().unwrap();
+    assert_eq!(fs::read(new_config.dir.join(&name)).unwrap(), old_segment);
 }
 
 /// One step of the model test.
@@ -766,13 +921,13 @@ proptest! {
 
     /// Against a model (every record ever appended): numbers are 1, 2, 3, ... across reopens;
     /// a read returns, in order and without holes, the model's records after the cursor, except
-    /// that numbers below the oldest retained record come back as one `Evicted` gap.
+    /// that numbers below the oldest retained record come back as one `Evicted` range.
     #[test]
     fn reads_match_a_model_across_reopens_and_eviction(ops in proptest::collection::vec(op(), 1..40)) {
         let tmp = tempfile::tempdir().unwrap();
         let config = SpoolConfig { segment_bytes: 4096, max_bytes: 12 * 1024, ..config(tmp.path()) };
         let (mut spool, _) = open(&config);
-        let mut model: Vec<Record> = Vec::new();
+        let mut model: Vec<Entry<Reading>> = Vec::new();
         for op in ops {
             match op {
                 Op::Append(n) => {
@@ -797,17 +952,21 @@ proptest! {
                     prop_assert!(batch.len() <= max);
                     let first_kept = spool.first_seq().unwrap_or(model.len() as u64 + 1);
                     let mut expected = after + 1;
-                    for record in &batch {
-                        if expected < first_kept {
-                            let gap = gap_of(record);
-                            prop_assert_eq!(gap.reason, GapReason::Evicted);
-                            prop_assert_eq!(gap.missing_seqs, Some((expected, first_kept - 1)));
-                            prop_assert_eq!(record.seq, first_kept - 1);
-                        } else {
-                            prop_assert_eq!(record, &model[(record.seq - 1) as usize]);
-                            prop_assert_eq!(record.seq, expected);
+                    for item in &batch {
+                        match item {
+                            Item::Missing(missing) => {
+                                prop_assert!(expected < first_kept);
+                                prop_assert_eq!(missing.reason, Loss::Evicted);
+                                prop_assert_eq!(missing.first_seq, expected);
+                                prop_assert_eq!(missing.last_seq, first_kept - 1);
+                            }
+                            Item::Entry(entry) => {
+                                prop_assert!(expected >= first_kept);
+                                prop_assert_eq!(entry.seq, expected);
+                                prop_assert_eq!(entry, &model[(entry.seq - 1) as usize]);
+                            }
                         }
-                        expected = record.seq + 1;
+                        expected = item.last_seq() + 1;
                     }
                     let available = (model.len() as u64).saturating_sub(after) as usize;
                     prop_assert!(batch.len() == max || expected == model.len() as u64 + 1 || available == 0);

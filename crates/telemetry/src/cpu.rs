@@ -119,7 +119,7 @@ impl CpuState {
             let Some(d) = delta(old, new, self.accounting.width) else {
                 tracing::debug!(
                     cpu,
-                    "CPU tick counters went backwards; leaving the CPU out of this window."
+                    "CPU tick counters went backwards; CPU left out of this window"
                 );
                 continue;
             };

@@ -1,0 +1,332 @@
+//! Refusals, logged so that a flood cannot fill the disk or bury earlier lines.
+//!
+//! Every refused call, failed TLS handshake, connection over a cap, connection closed for
+//! sending no request, and failed accept goes through [`RefusalLog::refused`]. The first
+//! refusal of a (peer, reason) pair is logged at once, with its detail; later ones are only
+//! counted, and [`RefusalLog::flush`] (every [`WINDOW`]) writes one line per pair that had any:
+//!
+//! ```text
+//! 12034 refusals from 127.0.0.2 in the last 10 s: no client certificate
+//! ```
+//!
+//! A pair with nothing to report at a flush is forgotten, so its next refusal is logged at once
+//! again. At most [`MAX_TRACKED`] pairs are tracked; refusals beyond that are summed per reason
+//! under "other peers". So a window logs at most two lines per tracked pair plus one per
+//! reason, however many refusals arrive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// How often counted refusals are summed up in the log.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// The most (peer, reason) pairs tracked at once.
+pub const MAX_TRACKED: usize = 256;
+
+/// Why a client was refused or cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// A call without a client certificate (`UNAUTHENTICATED`).
+    NoCertificate,
+    /// A certificate whose URI SANs hold no configured role (`PERMISSION_DENIED`).
+    NoRole,
+    /// A role calling a method it may not (`PERMISSION_DENIED`).
+    NotAllowed,
+    /// Plaintext or garbage on the TLS port.
+    NotTls,
+    /// The handshake refused the client's certificate (other CA, expired, …).
+    CertificateRefused,
+    /// The client does not speak TLS 1.3.
+    Incompatible,
+    /// Any other handshake failure.
+    HandshakeFailed,
+    /// No request (TLS handshake and HTTP/2 preface included) before the first-request
+    /// deadline.
+    NoRequest,
+    /// The total connection cap was reached.
+    OverTotalCap,
+    /// The client's address holds its cap of connections.
+    OverPeerCap,
+    /// `accept` failed.
+    AcceptFailed,
+}
+
+impl Reason {
+    /// The reason, as a log line says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoCertificate => "no client certificate",
+            Reason::NoRole => "client certificate holds no role",
+            Reason::NotAllowed => "method not allowed for the caller's role",
+            Reason::NotTls => "not a TLS client",
+            Reason::CertificateRefused => "client certificate refused",
+            Reason::Incompatible => "client incompatible (TLS 1.3 required)",
+            Reason::HandshakeFailed => "TLS handshake failed",
+            Reason::NoRequest => "no request before the first-request deadline",
+            Reason::OverTotalCap => "over the total connection cap",
+            Reason::OverPeerCap => "over the per-peer connection cap",
+            Reason::AcceptFailed => "accept failed",
+        }
+    }
+
+    /// The message of the immediate line, by kind (what an SRE greps for).
+    fn message(self) -> &'static str {
+        match self {
+            Reason::NoCertificate | Reason::NoRole | Reason::NotAllowed => "call refused",
+            Reason::NotTls
+            | Reason::CertificateRefused
+            | Reason::Incompatible
+            | Reason::HandshakeFailed => "TLS handshake refused",
+            Reason::NoRequest => "connection closed",
+            Reason::OverTotalCap | Reason::OverPeerCap => "connection refused",
+            Reason::AcceptFailed => "accept failed",
+        }
+    }
+}
+
+/// Where refusals came from: a client address, or the listener itself (failed accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// A client IP address.
+    Peer(IpAddr),
+    /// The listening socket.
+    Listener,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Peer(ip) => write!(f, "{ip}"),
+            Source::Listener => f.write_str("the listener"),
+        }
+    }
+}
+
+/// One summary line due at a flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Who; `None` for the peers beyond [`MAX_TRACKED`].
+    pub source: Option<Source>,
+    /// Why.
+    pub reason: Reason,
+    /// Refusals counted since the last flush (the immediately logged first one excluded).
+    pub count: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = match self.source {
+            Some(s) => s.to_string(),
+            None => "other peers".to_owned(),
+        };
+        write!(
+            f,
+            "{} refusal{} from {who} in the last {} s: {}",
+            self.count,
+            if self.count == 1 { "" } else { "s" },
+            WINDOW.as_secs(),
+            self.reason.as_str()
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    tracked: HashMap<(Source, Reason), u64>,
+    others: BTreeMap<Reason, u64>,
+}
+
+/// The counts behind the rate-limited refusal lines.
+#[derive(Debug)]
+pub struct RefusalLog {
+    state: Mutex<State>,
+    max_tracked: usize,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self::new(MAX_TRACKED)
+    }
+}
+
+impl RefusalLog {
+    /// A log tracking at most `max_tracked` (peer, reason) pairs.
+    pub fn new(max_tracked: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            max_tracked,
+        }
+    }
+
+    /// Records a refusal; the first of its (source, reason) pair is logged now, with `detail`
+    /// (only built then).
+    pub fn refused(&self, source: Source, reason: Reason, detail: impl FnOnce() -> String) {
+        if self.count(source, reason) {
+            let detail = detail();
+            tracing::warn!(
+                peer = %source,
+                reason = reason.as_str(),
+                detail = %detail,
+                "{}",
+                reason.message()
+            );
+        }
+    }
+
+    /// Counts a refusal; true when it is the first of its pair (to be logged now).
+    fn count(&self, source: Source, reason: Reason) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = st.tracked.get_mut(&(source, reason)) {
+            *n += 1;
+            return false;
+        }
+        if st.tracked.len() < self.max_tracked {
+            st.tracked.insert((source, reason), 0);
+            return true;
+        }
+        *st.others.entry(reason).or_default() += 1;
+        false
+    }
+
+    /// The summaries due now; resets the counts and forgets pairs that had nothing to report.
+    pub fn take_summaries(&self) -> Vec<Summary> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Summary> = st
+            .tracked
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|((source, reason), n)| Summary {
+                source: Some(*source),
+                reason: *reason,
+                count: *n,
+            })
+            .collect();
+        out.sort_by_key(|s| (s.source, s.reason));
+        st.tracked.retain(|_, n| *n > 0);
+        st.tracked.values_mut().for_each(|n| *n = 0);
+        out.extend(
+            std::mem::take(&mut st.others)
+                .into_iter()
+                .map(|(reason, count)| Summary {
+                    source: None,
+                    reason,
+                    count,
+                }),
+        );
+        out
+    }
+
+    /// Writes the summaries due now, one line each.
+    pub fn flush(&self) {
+        for s in self.take_summaries() {
+            let peer = s
+                .source
+                .map_or_else(|| "other peers".to_owned(), |p| p.to_string());
+            tracing::warn!(
+                peer = %peer,
+                reason = s.reason.as_str(),
+                count = s.count,
+                window_secs = WINDOW.as_secs(),
+                "{s}"
+            );
+        }
+    }
+
+    /// Flushes every [`WINDOW`] until `stop` turns true, then once more.
+    pub async fn run(self: std::sync::Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + WINDOW, WINDOW);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.flush(),
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(last: u8) -> Source {
+        Source::Peer(IpAddr::from([127, 0, 0, last]))
+    }
+
+    #[test]
+    fn the_first_refusal_of_a_pair_is_logged_at_once_and_the_rest_summed() {
+        let log = RefusalLog::new(8);
+        assert!(log.count(peer(2), Reason::NoCertificate));
+        for _ in 0..12_033 {
+            assert!(!log.count(peer(2), Reason::NoCertificate));
+        }
+        // Another reason from the same peer is a pair of its own.
+        assert!(log.count(peer(2), Reason::OverPeerCap));
+        let s = log.take_summaries();
+        assert_eq!(
+            s,
+            vec![Summary {
+                source: Some(peer(2)),
+                reason: Reason::NoCertificate,
+                count: 12_033
+            }]
+        );
+        assert_eq!(
+            s[0].to_string(),
+            "12033 refusals from 127.0.0.2 in the last 10 s: no client certificate"
+        );
+    }
+
+    #[test]
+    fn a_pair_quiet_for_a_window_is_forgotten_and_logged_at_once_again() {
+        let log = RefusalLog::new(8);
+        assert!(log.count(peer(3), Reason::NotTls));
+        assert!(!log.count(peer(3), Reason::NotTls));
+        assert_eq!(log.take_summaries().len(), 1);
+        // Still tracked (it had something to report), so the next one is counted...
+        assert!(!log.count(peer(3), Reason::NotTls));
+        assert_eq!(log.take_summaries()[0].count, 1);
+        // ... then a window with nothing forgets it.
+        assert!(log.take_summaries().is_empty());
+        assert!(log.count(peer(3), Reason::NotTls));
+    }
+
+    #[test]
+    fn pairs_beyond_the_cap_are_summed_under_other_peers() {
+        let log = RefusalLog::new(2);
+        assert!(log.count(peer(1), Reason::NoCertificate));
+        assert!(log.count(peer(2), Reason::NoCertificate));
+        for last in 3..=200 {
+            assert!(!log.count(peer(last), Reason::NoCertificate));
+        }
+        assert!(!log.count(Source::Listener, Reason::AcceptFailed));
+        let s = log.take_summaries();
+        assert_eq!(
+            s,
+            vec![
+                Summary {
+                    source: None,
+                    reason: Reason::NoCertificate,
+                    count: 198
+                },
+                Summary {
+                    source: None,
+                    reason: Reason::AcceptFailed,
+                    count: 1
+                },
+            ]
+        );
+        assert_eq!(
+            s[0].to_string(),
+            "198 refusals from other peers in the last 10 s: no client certificate"
+        );
+        assert_eq!(
+            s[1].to_string(),
+            "1 refusal from other peers in the last 10 s: accept failed"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! What the erase engine gets from outside: the certificate signer, this host's identity, the
+//! key backend of each target ([`EraseDeps`]), and how targets are opened (`IoOpener`, crate-private).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::TargetConfig;
+use crate::error::EraseError;
+use crate::keys::KeyDestroyer;
+use jex_attest::{HostIdentity, Signer};
+use jex_platform::blockdev::{Access, BlockDevError, DirectTarget, TargetIo};
+
+/// Builds the key destroyer of a configured target.
+pub type KeyDestroyerFactory =
+    Box<dyn Fn(&TargetConfig) -> Result<Box<dyn KeyDestroyer>, EraseError> + Send + Sync>;
+
+/// What the erase service needs from the rest of the agent.
+pub struct EraseDeps {
+    /// Signs certificates.
+    pub signer: Arc<dyn Signer>,
+    /// This host, as written into certificates; `host_id` is compared with `Terminate`'s.
+    pub host: HostIdentity,
+    /// Builds the key-destruction backend of a target (real `luks2`/`apfs-volume` backends in
+    /// the agent, the fake of `testing` in tests).
+    pub key_destroyer_factory: KeyDestroyerFactory,
+}
+
+/// Opens targets for the engine. The real one opens [`DirectTarget`]s; tests wrap it to inject
+/// I/O faults. Not exposed outside the crate.
+pub(crate) trait IoOpener: Send + Sync {
+    /// Opens target number `index` at `path`.
+    fn open(
+        &self,
+        index: usize,
+        path: &Path,
+        access: Access,
+    ) -> Result<Box<dyn TargetIo>, BlockDevError>;
+}
+
+/// Direct I/O on the real path.
+pub(crate) struct DirectOpener;
+
+impl IoOpener for DirectOpener {
+    fn open(
+        &self,
+        _index: usize,
+        path: &Path,
+        access: Access,
+    ) -> Result<Box<dyn TargetIo>, BlockDevError> {
+        Ok(Box::new(DirectTarget::open(path, access)?))
+    }
+}

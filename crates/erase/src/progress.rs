@@ -1,0 +1,375 @@
+//! What watchers and read-only queries see, published by the engine after every change:
+//!
+//! - per operation, an [`OperationView`] in its own `watch` channel: phase, outcome, byte
+//!   counts and rate of the running phase, per-target state, the certificate once signed;
+//! - for the service, a [`Snapshot`] of every operation (phase, outcome, whether a certificate
+//!   exists, and the operation's view channel) in one `watch` channel.
+//!
+//! Both are immutable values replaced whole. Read-only queries (`GetHost`, `WatchErase`,
+//! `GetEraseCertificate`) read them without ever taking the engine's lock, which is held
+//! across journal writes (an fsync).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::error::EraseError;
+use crate::record::{Outcome, Phase};
+use crate::state::{Operation, State};
+use jex_attest::{CertificateDocument, SignedCertificate};
+
+/// Publishing progress more often than this is pointless for watchers.
+pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where the host is between two tenancies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// No erase requested (or none ever ran).
+    Serving,
+    /// An erase operation is running.
+    Erasing,
+    /// Erased, verified and certified: the host can be given to another tenant.
+    Reclaimable,
+    /// The last erase failed or had exceptions: the host must not be given to another tenant.
+    EraseFailed,
+}
+
+impl Lifecycle {
+    /// The lifecycle a host is in when `phase`/`outcome` describe its last operation.
+    pub fn of(phase: Phase, outcome: Option<Outcome>) -> Self {
+        match phase {
+            Phase::Reclaimable => Lifecycle::Reclaimable,
+            Phase::Failed => Lifecycle::EraseFailed,
+            Phase::Certified if outcome != Some(Outcome::Erased) => Lifecycle::EraseFailed,
+            _ => Lifecycle::Erasing,
+        }
+    }
+}
+
+/// An operation's state, as reported to the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationView {
+    /// Operation id (UUID).
+    pub operation_id: String,
+    /// The request that started it.
+    pub request_id: String,
+    /// Current phase.
+    pub phase: Phase,
+    /// Set when the operation ended (or is certified).
+    pub outcome: Option<Outcome>,
+    /// Bytes to overwrite or verify in the current phase, over all targets.
+    pub bytes_total: u64,
+    /// Bytes done in the current phase.
+    pub bytes_done: u64,
+    /// Current rate in the phase.
+    pub rate_bytes_per_second: f64,
+    /// Estimated seconds left in the phase; 0 when unknown or done.
+    pub eta_seconds: u64,
+    /// When it was accepted.
+    pub started_unix_ms: u64,
+    /// When it finished (certified or failed); `None` while running, and for an operation
+    /// failed because its journal was found damaged.
+    pub finished_unix_ms: Option<u64>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Machine-readable reasons for `ERASED_WITH_EXCEPTIONS`.
+    pub exceptions: Vec<String>,
+    /// Per-target state.
+    pub targets: Vec<TargetView>,
+    /// The signed certificate, once certified.
+    pub certificate: Option<SignedCertificate>,
+}
+
+impl OperationView {
+    /// No more work will be done: reclaimable, failed, or certified with exceptions.
+    pub fn is_terminal(&self) -> bool {
+        match self.phase {
+            Phase::Failed | Phase::Reclaimable => true,
+            Phase::Certified => self.outcome != Some(Outcome::Erased),
+            _ => false,
+        }
+    }
+
+    fn placeholder(operation_id: &str) -> Self {
+        OperationView {
+            operation_id: operation_id.to_owned(),
+            request_id: String::new(),
+            phase: Phase::Requested,
+            outcome: None,
+            bytes_total: 0,
+            bytes_done: 0,
+            rate_bytes_per_second: 0.0,
+            eta_seconds: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: None,
+            failure_reason: None,
+            exceptions: Vec::new(),
+            targets: Vec::new(),
+            certificate: None,
+        }
+    }
+}
+
+/// One target within an operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetView {
+    /// Name from config.
+    pub name: String,
+    /// Key backend.
+    pub backend: String,
+    /// Size in bytes (0 until pinned).
+    pub size_bytes: u64,
+    /// The target's phase.
+    pub phase: Phase,
+    /// Bytes done in that phase.
+    pub bytes_done: u64,
+}
+
+/// Every operation, as read-only queries see it.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// In the order they were requested.
+    pub operations: Vec<SnapshotEntry>,
+}
+
+/// One operation in a [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct SnapshotEntry {
+    /// Operation id.
+    pub operation_id: String,
+    /// The request that started it.
+    pub request_id: String,
+    /// Its phase.
+    pub phase: Phase,
+    /// Its outcome, once certified or failed.
+    pub outcome: Option<Outcome>,
+    /// Whether a certificate was signed and stored (also when the operation failed after).
+    pub certified: bool,
+    views: Arc<watch::Sender<OperationView>>,
+}
+
+impl SnapshotEntry {
+    /// A receiver of the operation's views, holding the latest one.
+    pub fn subscribe(&self) -> watch::Receiver<OperationView> {
+        self.views.subscribe()
+    }
+
+    /// The operation's latest view.
+    pub fn view(&self) -> OperationView {
+        self.views.borrow().clone()
+    }
+}
+
+impl Snapshot {
+    /// Where the host is, from its last operation.
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.operations.last() {
+            None => Lifecycle::Serving,
+            Some(op) => Lifecycle::of(op.phase, op.outcome),
+        }
+    }
+
+    /// The current or last operation.
+    pub fn current(&self) -> Option<&SnapshotEntry> {
+        self.operations.last()
+    }
+
+    /// Operation `operation_id`, or the current one when `None` or empty.
+    pub fn resolve(&self, operation_id: Option<&str>) -> Result<&SnapshotEntry, EraseError> {
+        match operation_id.filter(|id| !id.is_empty()) {
+            Some(id) => self
+                .operations
+                .iter()
+                .find(|op| op.operation_id == id)
+                .ok_or_else(|| EraseError::NotFound {
+                    operation_id: id.to_owned(),
+                }),
+            None => self.current().ok_or_else(|| EraseError::NotFound {
+                operation_id: String::new(),
+            }),
+        }
+    }
+}
+
+/// Live progress of an operation's running phase, and its view channel.
+pub(crate) struct Live {
+    views: Arc<watch::Sender<OperationView>>,
+    bytes_total: u64,
+    bytes_done: u64,
+    target_done: Vec<u64>,
+    phase_started: Instant,
+    phase_start_bytes: u64,
+    last_publish: Instant,
+    certificate: Option<SignedCertificate>,
+}
+
+impl Live {
+    /// The live state of an operation just created or loaded from the journal, with its
+    /// stored certificate if it has one.
+    pub(crate) fn new(op: &Operation, certificate: Option<SignedCertificate>) -> Self {
+        let sizes: Vec<u64> = match op.state.pinned() {
+            Some(pinned) => pinned.iter().map(|t| t.identity.size_bytes).collect(),
+            None => vec![0; op.requested.targets.len()],
+        };
+        // Only an interrupted overwrite has bytes already done.
+        let (bytes_total, target_done) = match op.state.overwrite_checkpoint() {
+            Some(at) => (
+                sizes.iter().sum(),
+                done_before(&sizes, at.target, at.offset),
+            ),
+            None => (0, vec![0; sizes.len()]),
+        };
+        let done = target_done.iter().sum();
+        let (views, _) = watch::channel(OperationView::placeholder(op.id()));
+        let now = Instant::now();
+        let mut live = Live {
+            views: Arc::new(views),
+            bytes_total,
+            bytes_done: done,
+            target_done,
+            phase_started: now,
+            phase_start_bytes: done,
+            last_publish: now,
+            certificate,
+        };
+        live.publish(op);
+        live
+    }
+
+    /// Starts a progress phase with `total` bytes, of which `target_done` (per target) are
+    /// already done.
+    pub(crate) fn start(&mut self, op: &Operation, total: u64, target_done: Vec<u64>) {
+        let done = target_done.iter().sum();
+        self.bytes_total = total;
+        self.bytes_done = done;
+        self.target_done = target_done;
+        self.phase_started = Instant::now();
+        self.phase_start_bytes = done;
+        self.publish(op);
+    }
+
+    /// Records that target `index` has `done` bytes done in the current phase; publishes at
+    /// most every [`PUBLISH_INTERVAL`], and at the end of the phase.
+    pub(crate) fn advance(&mut self, op: &Operation, index: usize, done: u64) {
+        if let Some(slot) = self.target_done.get_mut(index) {
+            *slot = done;
+        }
+        self.bytes_done = self.target_done.iter().sum();
+        let finished = self.bytes_done >= self.bytes_total;
+        if finished || self.last_publish.elapsed() >= PUBLISH_INTERVAL {
+            self.publish(op);
+        }
+    }
+
+    /// Keeps the signed certificate for the views (published with the next change).
+    pub(crate) fn set_certificate(&mut self, certificate: SignedCertificate) {
+        self.certificate = Some(certificate);
+    }
+
+    /// Sends the current view of `op` to its watchers.
+    pub(crate) fn publish(&mut self, op: &Operation) {
+        let view = self.view(op);
+        self.last_publish = Instant::now();
+        self.views.send_replace(view);
+    }
+
+    /// The snapshot entry of `op`.
+    pub(crate) fn entry(&self, op: &Operation) -> SnapshotEntry {
+        SnapshotEntry {
+            operation_id: op.id().to_owned(),
+            request_id: op.requested.request_id.clone(),
+            phase: op.phase(),
+            outcome: op.outcome(),
+            certified: op.state.certification().is_some(),
+            views: Arc::clone(&self.views),
+        }
+    }
+
+    /// The view of `op` with this live progress.
+    pub(crate) fn view(&self, op: &Operation) -> OperationView {
+        let phase = op.phase();
+        let running = !op.has_ended() && phase != Phase::Certified;
+        let elapsed = self.phase_started.elapsed().as_secs_f64();
+        let moved = self.bytes_done.saturating_sub(self.phase_start_bytes);
+        let rate = if running && elapsed > 0.0 && moved > 0 {
+            moved as f64 / elapsed
+        } else {
+            0.0
+        };
+        let eta = if rate > 0.0 {
+            (self.bytes_total.saturating_sub(self.bytes_done) as f64 / rate).ceil() as u64
+        } else {
+            0
+        };
+        let current_target = op.state.overwrite_checkpoint().map(|at| at.target as usize);
+        let pinned = op.state.pinned();
+        let targets = op
+            .requested
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(index, target)| {
+                let size = pinned
+                    .and_then(|p| p.get(index))
+                    .map(|p| p.identity.size_bytes)
+                    .unwrap_or(0);
+                // Targets after the one being overwritten still wait, keys destroyed.
+                let target_phase = match phase {
+                    Phase::Overwriting if current_target.is_some_and(|c| index > c) => {
+                        Phase::KeysDestroyed
+                    }
+                    other => other,
+                };
+                TargetView {
+                    name: target.name.clone(),
+                    backend: target.backend.as_str().to_owned(),
+                    size_bytes: size,
+                    phase: target_phase,
+                    bytes_done: self.target_done.get(index).copied().unwrap_or(0),
+                }
+            })
+            .collect();
+        let failure = op.state.failure();
+        OperationView {
+            operation_id: op.id().to_owned(),
+            request_id: op.requested.request_id.clone(),
+            phase,
+            outcome: op.outcome(),
+            bytes_total: self.bytes_total,
+            bytes_done: self.bytes_done,
+            rate_bytes_per_second: rate,
+            eta_seconds: eta,
+            started_unix_ms: op.requested.started_unix_ms,
+            finished_unix_ms: match &op.state {
+                State::Failed { failure, .. } => failure.finished_unix_ms,
+                state => state.certification().map(|c| c.finished_unix_ms),
+            },
+            failure_reason: failure.map(|f| f.reason.clone()),
+            exceptions: certificate_exceptions(self.certificate.as_ref()),
+            targets,
+            certificate: self.certificate.clone(),
+        }
+    }
+}
+
+/// Bytes done per target when target `current` is durable up to `offset`: every target before
+/// it in full, none after it.
+pub(crate) fn done_before(sizes: &[u64], current: u32, offset: u64) -> Vec<u64> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, size)| match (i as u64).cmp(&u64::from(current)) {
+            std::cmp::Ordering::Less => *size,
+            std::cmp::Ordering::Equal => offset,
+            std::cmp::Ordering::Greater => 0,
+        })
+        .collect()
+}
+
+fn certificate_exceptions(certificate: Option<&SignedCertificate>) -> Vec<String> {
+    certificate
+        .and_then(|c| serde_json::from_slice::<CertificateDocument>(&c.document_json).ok())
+        .map(|d| d.exceptions)
+        .unwrap_or_default()
+}

@@ -1,0 +1,463 @@
+//! The journal record schema: what the erase engine writes to `journal.log` (framing in
+//! [`crate::journal`]), plus the public [`Phase`] and [`Outcome`] names the records carry.
+//!
+//! Each record is one JSON object tagged by `record`, e.g.
+//!
+//! ```text
+//! {"record":"overwriting","operation_id":"5b0c…","target":0,"offset":268435456}
+//! ```
+//!
+//! Records of one operation, in order (each durable before the step it announces runs; the
+//! legal sequences are enforced by [`crate::state`]):
+//!
+//! | record | written | on resume |
+//! |---|---|---|
+//! | `requested` | by `terminate`, after the key file | pin the targets |
+//! | `targets_pinned` | identities and media facts probed | compare identities |
+//! | `keys_snapshot` (per target, in order) | before `destroy()` | reuse it, never re-snapshot |
+//! | `keys_destroyed` | every target's destruction verified | start or continue the overwrite |
+//! | `overwriting {target, offset}` | before the first write of a target, then after each durable flush | continue from `offset` |
+//! | `verifying` | before the first read-back, again at every restart | verify again, in full |
+//! | `certified` | after the certificate file is durable | mark reclaimable if `ERASED` |
+//! | `reclaimable` | last | nothing |
+//! | `failed` | from any step | nothing: terminal, never reclaimable |
+//!
+//! Field names and tags are a durable format: a journal written by one version is replayed by
+//! the next. Add fields with `#[serde(default)]`; never rename.
+
+use crate::config::{EraseConfig, TargetConfig};
+use crate::keys::{KeyDestruction, KeyState};
+use jex_platform::blockdev::{MediaInfo, TargetIdentity};
+
+/// Smallest controller nonce accepted, bytes.
+pub const MIN_NONCE_LEN: usize = 32;
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    /// `Terminate` accepted.
+    Requested(RequestedRecord),
+    /// Target identities probed and pinned.
+    TargetsPinned {
+        /// The operation.
+        operation_id: String,
+        /// One per target, in config order.
+        targets: Vec<PinnedTarget>,
+    },
+    /// A target's key state, observed just before destruction.
+    KeysSnapshot {
+        /// The operation.
+        operation_id: String,
+        /// Target name.
+        target: String,
+        /// What the backend observed.
+        state: KeyState,
+    },
+    /// Every target's keys destroyed and checked.
+    KeysDestroyed {
+        /// The operation.
+        operation_id: String,
+        /// One per target, in config order.
+        destructions: Vec<KeyDestruction>,
+    },
+    /// Overwrite progress: `target` (index) is durable up to `offset`.
+    Overwriting {
+        /// The operation.
+        operation_id: String,
+        /// Target index in config order.
+        target: u32,
+        /// Bytes durable.
+        offset: u64,
+    },
+    /// Verification (re)started.
+    Verifying {
+        /// The operation.
+        operation_id: String,
+    },
+    /// The certificate is signed and stored.
+    Certified {
+        /// The operation.
+        operation_id: String,
+        /// `ERASED` or `ERASED_WITH_EXCEPTIONS`.
+        outcome: Outcome,
+        /// SHA-256 of the certificate's `document_json`.
+        certificate_sha256: String,
+        /// When verification finished.
+        finished_unix_ms: u64,
+    },
+    /// The host may be reclaimed.
+    Reclaimable {
+        /// The operation.
+        operation_id: String,
+    },
+    /// The operation failed; terminal.
+    Failed {
+        /// The operation.
+        operation_id: String,
+        /// The phase it failed in.
+        phase: Phase,
+        /// Why.
+        reason: String,
+        /// When.
+        finished_unix_ms: u64,
+    },
+}
+
+impl Record {
+    /// The operation a record belongs to.
+    pub fn operation_id(&self) -> &str {
+        match self {
+            Record::Requested(r) => &r.operation_id,
+            Record::TargetsPinned { operation_id, .. }
+            | Record::KeysSnapshot { operation_id, .. }
+            | Record::KeysDestroyed { operation_id, .. }
+            | Record::Overwriting { operation_id, .. }
+            | Record::Verifying { operation_id }
+            | Record::Certified { operation_id, .. }
+            | Record::Reclaimable { operation_id }
+            | Record::Failed { operation_id, .. } => operation_id,
+        }
+    }
+
+    /// Which kind of record this is.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Requested(_) => RecordKind::Requested,
+            Record::TargetsPinned { .. } => RecordKind::TargetsPinned,
+            Record::KeysSnapshot { .. } => RecordKind::KeysSnapshot,
+            Record::KeysDestroyed { .. } => RecordKind::KeysDestroyed,
+            Record::Overwriting { .. } => RecordKind::Overwriting,
+            Record::Verifying { .. } => RecordKind::Verifying,
+            Record::Certified { .. } => RecordKind::Certified,
+            Record::Reclaimable { .. } => RecordKind::Reclaimable,
+            Record::Failed { .. } => RecordKind::Failed,
+        }
+    }
+}
+
+/// The kinds of [`Record`], without their data; displayed as the journal's `record` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordKind {
+    /// [`Record::Requested`].
+    Requested,
+    /// [`Record::TargetsPinned`].
+    TargetsPinned,
+    /// [`Record::KeysSnapshot`].
+    KeysSnapshot,
+    /// [`Record::KeysDestroyed`].
+    KeysDestroyed,
+    /// [`Record::Overwriting`].
+    Overwriting,
+    /// [`Record::Verifying`].
+    Verifying,
+    /// [`Record::Certified`].
+    Certified,
+    /// [`Record::Reclaimable`].
+    Reclaimable,
+    /// [`Record::Failed`].
+    Failed,
+}
+
+impl RecordKind {
+    /// Every kind, in the order an operation writes them.
+    pub const ALL: [RecordKind; 9] = [
+        RecordKind::Requested,
+        RecordKind::TargetsPinned,
+        RecordKind::KeysSnapshot,
+        RecordKind::KeysDestroyed,
+        RecordKind::Overwriting,
+        RecordKind::Verifying,
+        RecordKind::Certified,
+        RecordKind::Reclaimable,
+        RecordKind::Failed,
+    ];
+
+    /// The journal's `record` tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Requested => "requested",
+            RecordKind::TargetsPinned => "targets_pinned",
+            RecordKind::KeysSnapshot => "keys_snapshot",
+            RecordKind::KeysDestroyed => "keys_destroyed",
+            RecordKind::Overwriting => "overwriting",
+            RecordKind::Verifying => "verifying",
+            RecordKind::Certified => "certified",
+            RecordKind::Reclaimable => "reclaimable",
+            RecordKind::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The accepted request, with everything needed to run or resume it even if the config changes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RequestedRecord {
+    /// New UUID.
+    pub operation_id: String,
+    /// The controller's idempotency key.
+    pub request_id: String,
+    /// The host id the controller named (equal to this host's).
+    pub host_id: String,
+    /// The controller's nonce, hex.
+    pub nonce_hex: String,
+    /// When accepted.
+    pub started_unix_ms: u64,
+    /// SHA-256 of the pattern key (the key itself is in the key file).
+    pub pattern_key_sha256: String,
+    /// SHA-256 of this host's previous certificate, for the chain.
+    pub previous_certificate_sha256: Option<String>,
+    /// I/O and verification settings in force.
+    pub settings: OperationSettings,
+    /// The targets, as configured when accepted.
+    pub targets: Vec<TargetConfig>,
+}
+
+/// Settings snapshotted into the journal so that a resume uses the same ones.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OperationSettings {
+    /// Overwrite write size.
+    pub chunk_bytes: u64,
+    /// Overwrite checkpoint distance.
+    pub checkpoint_bytes: u64,
+    /// Verification strata.
+    pub verify_strata: u64,
+    /// Verification locations per stratum.
+    pub verify_locations_per_stratum: u32,
+    /// Verification coverage, percent.
+    pub verify_coverage_percent: Option<f64>,
+    /// Verification block size.
+    pub verify_block_bytes: u64,
+}
+
+impl OperationSettings {
+    /// The settings of `config`, as a new operation journals them.
+    pub fn from_config(config: &EraseConfig) -> Self {
+        OperationSettings {
+            chunk_bytes: config.chunk_bytes,
+            checkpoint_bytes: config.checkpoint_bytes,
+            verify_strata: config.verify_strata,
+            verify_locations_per_stratum: config.verify_locations_per_stratum,
+            verify_coverage_percent: config.verify_coverage_percent,
+            verify_block_bytes: config.verify_block_bytes,
+        }
+    }
+}
+
+/// A target's identity and facts, pinned when the operation starts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PinnedTarget {
+    /// Target name.
+    pub name: String,
+    /// Identity re-checked before every destructive step.
+    pub identity: TargetIdentity,
+    /// Direct-I/O alignment.
+    pub io_align: u64,
+    /// Media facts for the certificate.
+    pub media: MediaInfo,
+    /// Set when a file target lives on a copy-on-write filesystem (named here): the overwrite
+    /// then may not reach the blocks that held the old data.
+    pub copy_on_write_fs: Option<String>,
+}
+
+/// The erase state machine's phases, as reported to the controller and journaled in
+/// [`Record::Failed`]. [`crate::state::State`] refines `Requested` into the steps before key
+/// destruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Accepted and journaled.
+    Requested,
+    /// Every key destroyed and checked.
+    KeysDestroyed,
+    /// Overwriting.
+    Overwriting,
+    /// Reading back.
+    Verifying,
+    /// Certificate signed.
+    Certified,
+    /// Done: the host can be reclaimed.
+    Reclaimable,
+    /// Failed; see the reason.
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, in order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Requested,
+        Phase::KeysDestroyed,
+        Phase::Overwriting,
+        Phase::Verifying,
+        Phase::Certified,
+        Phase::Reclaimable,
+        Phase::Failed,
+    ];
+
+    /// Lowercase name, as in logs and in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Requested => "requested",
+            Phase::KeysDestroyed => "keys_destroyed",
+            Phase::Overwriting => "overwriting",
+            Phase::Verifying => "verifying",
+            Phase::Certified => "certified",
+            Phase::Reclaimable => "reclaimable",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// Keys destroyed, overwritten, verified: the host is reclaimable.
+    Erased,
+    /// Erased with exceptions (listed); the host is not reclaimable.
+    ErasedWithExceptions,
+    /// Failed; the host is not reclaimable.
+    Failed,
+}
+
+impl Outcome {
+    /// Every outcome.
+    pub const ALL: [Outcome; 3] = [
+        Outcome::Erased,
+        Outcome::ErasedWithExceptions,
+        Outcome::Failed,
+    ];
+
+    /// The certificate spelling: [`jex_attest::OUTCOME_ERASED`],
+    /// [`jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS`], [`jex_attest::OUTCOME_FAILED`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Erased => jex_attest::OUTCOME_ERASED,
+            Outcome::ErasedWithExceptions => jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS,
+            Outcome::Failed => jex_attest::OUTCOME_FAILED,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The serde spelling (what the journal and certificates hold) is the one `as_str` gives,
+    /// and for outcomes the one the certificate verifier accepts.
+    #[test]
+    fn outcome_spellings_are_the_certificate_constants() {
+        let expected = [
+            (Outcome::Erased, jex_attest::OUTCOME_ERASED),
+            (
+                Outcome::ErasedWithExceptions,
+                jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS,
+            ),
+            (Outcome::Failed, jex_attest::OUTCOME_FAILED),
+        ];
+        assert_eq!(expected.len(), Outcome::ALL.len());
+        for (outcome, constant) in expected {
+            assert_eq!(
+                serde_json::to_value(outcome).unwrap(),
+                serde_json::Value::String(constant.to_owned()),
+                "{outcome:?}"
+            );
+            let back: Outcome = serde_json::from_value(constant.into()).unwrap();
+            assert_eq!(back, outcome);
+        }
+    }
+
+    #[test]
+    fn phase_names_in_logs_are_the_journal_spelling() {
+        for phase in Phase::ALL {
+            assert_eq!(
+                serde_json::to_value(phase).unwrap(),
+                serde_json::Value::String(phase.to_string()),
+            );
+        }
+        let failed = Record::Failed {
+            operation_id: "op".into(),
+            phase: Phase::KeysDestroyed,
+            reason: "r".into(),
+            finished_unix_ms: 1,
+        };
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["phase"], "keys_destroyed");
+    }
+
+    #[test]
+    fn record_kinds_display_as_the_journal_tag() {
+        let samples = [
+            Record::Requested(RequestedRecord {
+                operation_id: "op".into(),
+                request_id: "req".into(),
+                host_id: "h".into(),
+                nonce_hex: String::new(),
+                started_unix_ms: 0,
+                pattern_key_sha256: String::new(),
+                previous_certificate_sha256: None,
+                settings: OperationSettings::from_config(&EraseConfig::default()),
+                targets: vec![],
+            }),
+            Record::TargetsPinned {
+                operation_id: "op".into(),
+                targets: vec![],
+            },
+            Record::KeysSnapshot {
+                operation_id: "op".into(),
+                target: "t".into(),
+                state: KeyState {
+                    facts: Default::default(),
+                },
+            },
+            Record::KeysDestroyed {
+                operation_id: "op".into(),
+                destructions: vec![],
+            },
+            Record::Overwriting {
+                operation_id: "op".into(),
+                target: 0,
+                offset: 0,
+            },
+            Record::Verifying {
+                operation_id: "op".into(),
+            },
+            Record::Certified {
+                operation_id: "op".into(),
+                outcome: Outcome::Erased,
+                certificate_sha256: String::new(),
+                finished_unix_ms: 0,
+            },
+            Record::Reclaimable {
+                operation_id: "op".into(),
+            },
+            Record::Failed {
+                operation_id: "op".into(),
+                phase: Phase::Requested,
+                reason: String::new(),
+                finished_unix_ms: 0,
+            },
+        ];
+        let kinds: Vec<RecordKind> = samples.iter().map(Record::kind).collect();
+        assert_eq!(kinds, RecordKind::ALL);
+        for record in &samples {
+            let json = serde_json::to_value(record).unwrap();
+            assert_eq!(json["record"], record.kind().to_string(), "{record:?}");
+            assert_eq!(record.operation_id(), "op");
+            let back: Record = serde_json::from_value(json).unwrap();
+            assert_eq!(&back, record);
+        }
+    }
+}
