@@ -36,6 +36,9 @@ pub const HEADER_SIZE: usize = 28;
 pub const CHECKSUM_SHA1: u32 = 1;
 /// Length of a sha1 digest: the TOC checksum size.
 pub const SHA1_LEN: usize = 20;
+/// The largest table of contents read (decompressed). A flat package's TOC is a few KiB; the
+/// bound keeps a small file from inflating into gigabytes before anything in it is checked.
+pub const MAX_TOC_BYTES: u64 = 16 << 20;
 const MAGIC: &[u8; 4] = b"xar!";
 const OCTET_STREAM: &str = "application/octet-stream";
 const XMLDSIG_NS: &str = "http://www.w3.org/2000/09/xmldsig#";
@@ -613,10 +616,23 @@ impl<'a> XarArchive<'a> {
             .checked_add(toc_len)
             .filter(|end| *end <= bytes.len())
             .ok_or_else(|| malformed("table of contents runs past the end of the file"))?;
+        if toc_plain_len > MAX_TOC_BYTES {
+            return Err(XarError::Malformed(format!(
+                "header says the table of contents is {toc_plain_len} bytes, more than the \
+                 {MAX_TOC_BYTES} read"
+            )));
+        }
+        // Inflated up to one byte past the declared length: enough to see a longer stream.
         let mut xml = Vec::new();
         flate2::read::ZlibDecoder::new(&bytes[HEADER_SIZE..toc_end])
+            .take(toc_plain_len + 1)
             .read_to_end(&mut xml)
             .map_err(|e| XarError::Malformed(format!("table of contents is not zlib data: {e}")))?;
+        if xml.len() as u64 > toc_plain_len {
+            return Err(XarError::Malformed(format!(
+                "table of contents is longer than the {toc_plain_len} bytes the header says"
+            )));
+        }
         if xml.len() as u64 != toc_plain_len {
             return Err(XarError::Malformed(format!(
                 "table of contents is {} bytes, header says {toc_plain_len}",
@@ -950,5 +966,51 @@ mod tests {
         wrong_len[23] ^= 1;
         assert!(XarArchive::parse(&wrong_len).is_err());
         assert!(XarArchive::parse(&bytes[..40]).is_err());
+    }
+
+    /// A header and `toc` zlib-compressed, declaring `declared` decompressed bytes.
+    fn archive_with_toc(toc: &[u8], declared: u64) -> Vec<u8> {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(toc).expect("compress");
+        let compressed = z.finish().expect("compress");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(HEADER_SIZE as u16).to_be_bytes());
+        bytes.extend_from_slice(&1u16.to_be_bytes());
+        bytes.extend_from_slice(&(compressed.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(&declared.to_be_bytes());
+        bytes.extend_from_slice(&CHECKSUM_SHA1.to_be_bytes());
+        bytes.extend_from_slice(&compressed);
+        bytes
+    }
+
+    fn malformed(bytes: &[u8]) -> String {
+        match XarArchive::parse(bytes) {
+            Err(XarError::Malformed(what)) => what,
+            other => panic!("expected a malformed archive, got {other:?}"),
+        }
+    }
+
+    // Found by fuzzing (pkg_verify): a 3 MB package whose TOC inflates to 3 GiB made the reader
+    // allocate it all before comparing with the header.
+    #[test]
+    fn a_toc_is_not_inflated_past_the_length_its_header_declares() {
+        let mut bomb = archive_with_toc(&vec![b' '; 8 << 20], 100);
+        // A wrong Adler-32 trailer: only a reader that inflates the whole stream sees it.
+        *bomb.last_mut().expect("trailer") ^= 1;
+        assert_eq!(
+            malformed(&bomb),
+            "table of contents is longer than the 100 bytes the header says"
+        );
+        let short = archive_with_toc(b"<xar/>", 100);
+        assert_eq!(
+            malformed(&short),
+            "table of contents is 6 bytes, header says 100"
+        );
+    }
+
+    #[test]
+    fn a_toc_declared_larger_than_the_bound_is_refused_unread() {
+        let toc = vec![b' '; 64];
+        assert!(malformed(&archive_with_toc(&toc, MAX_TOC_BYTES + 1)).contains("more than"));
     }
 }
