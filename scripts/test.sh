@@ -87,3 +87,6 @@ scripts/check-macos-package.sh --binary "$mac_bin" --signature adhoc
 echo "== macOS: code-signed binary in a signed, reproducible .pkg, checked independently"
 scripts/package.sh --binary "$mac_bin" --out target/package/ci
 # ---- end of macOS -----------------------------------------------------------------------------
+
+echo "== fuzzing: every parser of untrusted input, a short bounded run each (fails on a crash)"
+bash scripts/fuzz.sh ci
