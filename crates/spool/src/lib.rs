@@ -310,7 +310,8 @@ impl SpoolError {
     pub fn is_storage(&self) -> bool {
         matches!(
             self,
-            SpoolError::CreateSegment { .. }
+            SpoolError::CreateDir { .. }
+                | SpoolError::CreateSegment { .. }
                 | SpoolError::Write { .. }
                 | SpoolError::MarkUnwritten { .. }
         )
@@ -319,7 +320,8 @@ impl SpoolError {
     /// The file system is out of space (or quota): `ENOSPC`, `EDQUOT`.
     pub fn is_out_of_space(&self) -> bool {
         let source = match self {
-            SpoolError::CreateSegment { source, .. }
+            SpoolError::CreateDir { source, .. }
+            | SpoolError::CreateSegment { source, .. }
             | SpoolError::Write { source, .. }
             | SpoolError::Sync { source, .. }
             | SpoolError::MarkUnwritten { source, .. } => source,
@@ -596,6 +598,8 @@ pub struct Spool<T> {
     /// The range `skip` is handing out now, not yet recorded in a marker file.
     skipping: Option<(u64, u64)>,
     unwritten_records: u64,
+    /// Opened by `open_or_detached` without a directory: create it before writing.
+    dir_missing: bool,
     read_errors: AtomicU64,
     /// Reused encode buffer.
     frame: Vec<u8>,
@@ -651,26 +655,10 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         }
 
         let mut spool = Spool {
-            config,
             segments,
-            active: None,
             next_seq,
-            durable_seq: 0,
             last_time_unix_ms: last_valid.map(|head| head.time_unix_ms),
-            last_sync: None,
-            total_bytes: 0,
-            evicted_through: 0,
-            evicted_last_time: None,
-            evicted_records: 0,
-            sync_failures: 0,
-            sync_failing: false,
-            unwritten: Vec::new(),
-            skipping: None,
-            unwritten_records: 0,
-            read_errors: AtomicU64::new(0),
-            frame: Vec::new(),
-            clock: Clock(Box::new(Instant::now)),
-            payload: PhantomData,
+            ..Spool::empty(config)
         };
 
         if let Some(tail) = &last_tail {
@@ -743,6 +731,61 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             "Spool opened."
         );
         Ok((spool, report))
+    }
+
+    /// Like [`Spool::open`], but when the directory cannot be created for lack of space (a
+    /// first start on a full disk), returns an empty spool and the error instead of failing:
+    /// every append then first tries to create the directory and fails with a storage error
+    /// ([`Spool::append_or_skip`] skips it) until there is room again.
+    pub fn open_or_detached(
+        config: SpoolConfig,
+    ) -> Result<(Spool<T>, OpenReport, Option<SpoolError>), SpoolError> {
+        match Spool::open(config.clone()) {
+            Ok((spool, report)) => Ok((spool, report, None)),
+            Err(err @ SpoolError::CreateDir { .. }) if err.is_out_of_space() => {
+                warn!(dir = %config.dir.display(), error = %error_chain(&err), "Cannot create the spool directory; telemetry is not durable until there is room.");
+                let mut spool = Spool::empty(config);
+                spool.dir_missing = true;
+                Ok((spool, OpenReport::default(), Some(err)))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn empty(config: SpoolConfig) -> Spool<T> {
+        Spool {
+            config,
+            segments: VecDeque::new(),
+            active: None,
+            next_seq: 1,
+            durable_seq: 0,
+            last_time_unix_ms: None,
+            last_sync: None,
+            total_bytes: 0,
+            evicted_through: 0,
+            evicted_last_time: None,
+            evicted_records: 0,
+            sync_failures: 0,
+            sync_failing: false,
+            unwritten: Vec::new(),
+            skipping: None,
+            unwritten_records: 0,
+            dir_missing: false,
+            read_errors: AtomicU64::new(0),
+            frame: Vec::new(),
+            clock: Clock(Box::new(Instant::now)),
+            payload: PhantomData,
+        }
+    }
+
+    /// Creates the directory if a full disk kept [`Spool::open_or_detached`] from it.
+    fn ensure_dir(&mut self) -> Result<(), SpoolError> {
+        if self.dir_missing {
+            create_dir(&self.config.dir)?;
+            info!(dir = %self.config.dir.display(), "Created the spool directory.");
+            self.dir_missing = false;
+        }
+        Ok(())
     }
 
     /// Truncates the newest segment's damaged tail and opens it for appending, when it is
@@ -840,7 +883,8 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         let mut frame = std::mem::take(&mut self.frame);
         let written = loop {
             let result = self
-                .mark_unwritten()
+                .ensure_dir()
+                .and_then(|()| self.mark_unwritten())
                 .and_then(|()| self.write_frame(record, &mut frame));
             match result {
                 // Give up the oldest records rather than refuse this one (never the segment

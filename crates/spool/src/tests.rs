@@ -990,7 +990,12 @@ impl SmallFs {
     fn mount(bytes: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700")])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},nr_inodes=1000,mode=0700"),
+            ])
             .arg("tmpfs")
             .arg(dir.path())
             .status()
@@ -1003,7 +1008,7 @@ impl SmallFs {
         self.dir.path()
     }
 
-    /// Writes a filler file until the file system is full.
+    /// Writes a filler file until the file system is full, then takes every free inode.
     fn fill(&self) {
         let mut file = fs::File::create(self.filler()).unwrap();
         let block = vec![0xa5u8; 4096];
@@ -1017,10 +1022,27 @@ impl SmallFs {
                 }
             }
         }
+        for i in 0.. {
+            if let Err(err) = fs::File::create(self.path().join(format!("inode-{i}"))) {
+                assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+                break;
+            }
+        }
     }
 
     fn free(&self) {
         fs::remove_file(self.filler()).unwrap();
+        for entry in fs::read_dir(self.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("inode-")
+            {
+                fs::remove_file(path).unwrap();
+            }
+        }
     }
 
     fn filler(&self) -> PathBuf {
@@ -1175,4 +1197,36 @@ fn a_marker_made_before_the_numbers_are_handed_out_keeps_them_from_being_reused(
         (range.first_seq, range.last_seq, range.reason),
         (4, 5, Loss::Unwritten)
     );
+}
+
+#[test]
+fn a_first_open_on_a_full_disk_gives_a_spool_that_skips_until_there_is_room() {
+    let small = SmallFs::mount(64 * 1024);
+    small.fill();
+    let config = small_config(small.path());
+    let (mut spool, report, err) = Spool::<Reading>::open_or_detached(config.clone()).unwrap();
+    let err = err.unwrap();
+    assert!(err.is_out_of_space(), "{err}");
+    assert_eq!(report.last_seq, None);
+    assert!(!config.dir.exists());
+
+    let skipped = spool.append_or_skip(T0, body(1)).unwrap();
+    assert_eq!(skipped.entry.seq, 1);
+    assert!(skipped.skipped.unwrap().is_out_of_space());
+    assert!(spool.stats().not_durable);
+
+    small.free();
+    let stored = spool.append_or_skip(T0 + 1000, body(2)).unwrap();
+    assert!(stored.skipped.is_none());
+    assert_eq!(stored.entry.seq, 2);
+    let items = read_all(&spool, 0);
+    let range = missing_of(&items[0]);
+    assert_eq!(
+        (range.first_seq, range.last_seq, range.reason),
+        (1, 1, Loss::Unwritten)
+    );
+    assert_eq!(items[1..], items_of(&[stored.entry]));
+    drop(spool);
+    let (_, report) = open(&config);
+    assert_eq!((report.last_seq, report.corrupt_records), (Some(2), 0));
 }
