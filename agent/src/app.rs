@@ -629,6 +629,7 @@ fn status_responder(
                     spool_bytes: stats.spool.bytes,
                     corrupt_records: stats.spool.corrupt_records,
                     evicted_records: stats.spool.evicted_records,
+                    not_durable: stats.spool.not_durable,
                 },
                 erase: erase_view,
             };
@@ -780,7 +781,15 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     create_private_dir(&config.state_dir)?;
-    let (spool, report) = jex_spool::Spool::open(config.spool_config())?;
+    // A first start on a full disk still serves GetHost and the status socket: telemetry then
+    // goes live only, not durable, until the spool directory can be created.
+    let (spool, report, detached) = jex_spool::Spool::open_or_detached(config.spool_config())?;
+    if let Some(err) = &detached {
+        tracing::warn!(
+            error = %jex_platform::error_chain(err),
+            "telemetry is not durable: the spool directory cannot be created (disk full); records are sent live only until there is room"
+        );
+    }
     tracing::info!(
         records = report.records,
         last_seq = report.last_seq,

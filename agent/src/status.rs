@@ -115,6 +115,9 @@ pub struct TelemetryStatus {
     pub corrupt_records: u64,
     /// Records evicted by the size cap since start.
     pub evicted_records: u64,
+    /// The spool cannot store records (disk full): they are sent live only.
+    #[serde(default)]
+    pub not_durable: bool,
 }
 
 /// Erase progress.
@@ -583,6 +586,12 @@ pub fn render(s: &StatusSnapshot, now_unix_ms: u64) -> String {
         t.corrupt_records,
         t.evicted_records
     );
+    if t.not_durable {
+        let _ = writeln!(
+            o,
+            "            NOT DURABLE: the spool cannot store records (disk full); they are sent live only"
+        );
+    }
     let c = &s.connections;
     let _ = writeln!(
         o,

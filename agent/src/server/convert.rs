@@ -52,6 +52,7 @@ pub fn record(r: &Record) -> pb::TelemetryRecord {
                     GapReason::Evicted => pb::GapReason::Evicted,
                     GapReason::Corrupt => pb::GapReason::Corrupt,
                     GapReason::SamplerError => pb::GapReason::SamplerError,
+                    GapReason::DiskFull => pb::GapReason::DiskFull,
                 } as i32,
                 first_missing_seq: first,
                 last_missing_seq: last,

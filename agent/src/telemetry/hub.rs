@@ -16,8 +16,17 @@
 //! returns durable records, so a subscriber can never see a number that a crash could hand out
 //! again.
 //!
-//! If the spool cannot take a record (disk full), the sample is dropped, and the first append
-//! that succeeds afterwards is preceded by a `SamplerError` gap covering the lost period.
+//! If the disk refuses a record (full: the spool first gives up its own oldest segments), the
+//! record is published live anyway, with the number the spool hands out for it without storing
+//! it ([`jex_spool::Spool::append_or_skip`]). This is the one exception to "durable before
+//! visible": live subscribers keep getting every record while the disk is full. A subscriber
+//! that resumes before such records (or falls behind and reads the spool) gets one `DiskFull`
+//! gap covering their numbers instead (`missing_seqs`, numbered by the last of them, like
+//! `Evicted`), also after a restart once the spool has written again. If the agent crashes
+//! before the spool writes again, those numbers may be handed out again. "Accepts records
+//! again" is logged only once a record has been written and synced. A record the spool refuses
+//! for another reason (it does not encode, or is too large) is dropped, and the next record is
+//! preceded by a `SamplerError` gap covering the lost period.
 //!
 //! # Subscribers
 //!
@@ -61,6 +70,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
+use jex_platform::error_chain;
 use jex_spool::{Entry, Item, Loss, Missing, Spool, SpoolError, SpoolStats};
 
 /// Default capacity of the live channel, in records: about 4 minutes at 1 Hz, a few tens of KB.
@@ -312,6 +322,7 @@ impl Hub {
             max_pending: capacity,
             failing_since: None,
             unspooled_since: None,
+            not_durable_since: None,
         };
         thread::Builder::new()
             .name("jex-sampler".into())
@@ -457,6 +468,8 @@ struct Sampler {
     failing_since: Option<u64>,
     /// Start of a period whose samples the spool could not take.
     unspooled_since: Option<u64>,
+    /// The first number published live only, and when, in the current run of disk failures.
+    not_durable_since: Option<(u64, u64)>,
 }
 
 impl Sampler {
@@ -509,21 +522,19 @@ impl Sampler {
             start_time_unix_ms: last_time,
             end_time_unix_ms: now.max(last_time),
         };
-        match spool.append(now, RecordBody::Gap(gap)) {
-            Ok(entry) => {
+        match self.store(&mut spool, now, RecordBody::Gap(gap)) {
+            Ok(seq) => {
                 info!(
-                    seq = entry.seq,
+                    seq,
                     down_ms = now.saturating_sub(last_time),
                     "Recorded the time the agent was down."
                 );
-                self.pending.push_back(record_of(entry));
                 if let Err(err) = spool.flush() {
-                    warn!(error = %err, "Cannot sync the spool; records stay unpublished until a sync succeeds.");
+                    warn!(error = %error_chain(&err), "Cannot sync the spool; records stay unpublished until a sync succeeds.");
                 }
             }
             Err(err) => {
-                warn!(error = %err, "Cannot record the time the agent was down.");
-                lock(&self.shared.status).spool_errors += 1;
+                warn!(error = %error_chain(&err), "Cannot record the time the agent was down.");
                 self.unspooled_since = Some(last_time);
             }
         }
@@ -560,35 +571,83 @@ impl Sampler {
             }
         };
         if let Some(since) = self.unspooled_since {
-            // Samples the spool could not take: say so before the next record.
-            match spool.append(now, sampler_gap(since, now)) {
-                Ok(entry) => {
+            // Samples the spool refused: say so before the next record.
+            match self.store(&mut spool, now, sampler_gap(since, now)) {
+                Ok(seq) => {
                     info!(
-                        seq = entry.seq,
+                        seq,
                         lost_ms = now.saturating_sub(since),
-                        "Spool accepts records again; recorded the lost period as a gap."
+                        "Recorded the period whose records the spool refused as a gap."
                     );
-                    self.pending.push_back(record_of(entry));
                     self.unspooled_since = None;
                 }
                 Err(_) => {
-                    lock(&self.shared.status).spool_errors += 1;
                     self.publish(spool);
                     return;
                 }
             }
         }
-        match spool.append(now, body) {
-            Ok(entry) => self.pending.push_back(record_of(entry)),
-            Err(err) => {
-                if self.unspooled_since.is_none() {
-                    warn!(error = %err, "Cannot spool telemetry records; they are lost until the spool accepts records again, then reported as a gap.");
-                    self.unspooled_since = Some(window_start);
-                }
-                lock(&self.shared.status).spool_errors += 1;
-            }
+        if let Err(err) = self.store(&mut spool, now, body)
+            && self.unspooled_since.is_none()
+        {
+            warn!(error = %error_chain(&err), "The spool refused a telemetry record; it is lost and reported as a gap before the next record.");
+            self.unspooled_since = Some(window_start);
         }
         self.publish(spool);
+    }
+
+    /// Appends a record to the spool and queues it for publishing, also when the disk refuses
+    /// it (see the module docs); returns its number, or the error when the spool refused the
+    /// record itself (it is then dropped).
+    fn store(
+        &mut self,
+        spool: &mut Spool<RecordBody>,
+        now: u64,
+        body: RecordBody,
+    ) -> Result<u64, SpoolError> {
+        let appended = match spool.append_or_skip(now, body) {
+            Ok(appended) => appended,
+            Err(err) => {
+                lock(&self.shared.status).spool_errors += 1;
+                return Err(err);
+            }
+        };
+        let seq = appended.entry.seq;
+        match appended.skipped {
+            Some(err) => {
+                lock(&self.shared.status).spool_errors += 1;
+                if self.not_durable_since.is_none() {
+                    warn!(
+                        error = %error_chain(&err),
+                        seq,
+                        "Cannot store telemetry records in the spool; publishing them live only until it accepts records again. Subscribers resuming before them get a DISK_FULL gap."
+                    );
+                    self.not_durable_since = Some((seq, now));
+                }
+            }
+            None => {
+                if let Some((first_seq, since)) = self.not_durable_since {
+                    // Written; it counts as accepted once it is synced too.
+                    match spool.flush() {
+                        Ok(()) => {
+                            info!(
+                                seq,
+                                not_durable_first_seq = first_seq,
+                                not_durable_last_seq = seq - 1,
+                                not_durable_ms = now.saturating_sub(since),
+                                "Spool accepts records again; the records published live only are reported as a DISK_FULL gap."
+                            );
+                            self.not_durable_since = None;
+                        }
+                        Err(err) => {
+                            debug!(error = %error_chain(&err), "Spool wrote a record but cannot sync it yet.");
+                        }
+                    }
+                }
+            }
+        }
+        self.pending.push_back(record_of(appended.entry));
+        Ok(seq)
     }
 
     fn note_sampler_error(&mut self, now: u64) {
@@ -685,6 +744,7 @@ fn record_of_item(item: Item<RecordBody>) -> Record {
                 reason: match reason {
                     Loss::Evicted => GapReason::Evicted,
                     Loss::Corrupt => GapReason::Corrupt,
+                    Loss::Unwritten => GapReason::DiskFull,
                 },
                 missing_seqs: Some((first_seq, last_seq)),
                 start_time_unix_ms,
@@ -1441,5 +1501,115 @@ mod tests {
         let stats = running.hub.stats();
         assert_eq!(stats.sampler_errors, gaps);
         assert_eq!(stats.samples, all.len() as u64 - gaps);
+    }
+
+    /// A tmpfs of a fixed size mounted on a temporary directory, unmounted on drop. The tests
+    /// run as root; a mount that fails fails the test.
+    struct SmallFs {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallFs {
+        fn mount(bytes: u64) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700")])
+                .arg("tmpfs")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "mounting a tmpfs (needs root): {status}");
+            Self { dir }
+        }
+
+        /// Writes a filler file until the file system is full.
+        fn fill(&self) {
+            use std::io::Write as _;
+            let mut file = std::fs::File::create(self.dir.path().join("filler")).unwrap();
+            let block = vec![0xa5u8; 4096];
+            while let Ok(written) = file.write(&block) {
+                if written == 0 {
+                    break;
+                }
+            }
+        }
+
+        fn free(&self) {
+            std::fs::remove_file(self.dir.path().join("filler")).unwrap();
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_full_disk_every_record_goes_live_and_a_resume_gets_one_disk_full_gap() {
+        let small = SmallFs::mount(64 * 1024);
+        let clock = TestClock::new();
+        let spool = open_spool(spool_config(small.dir.path()), &clock);
+        let (source, _) = scripted(u64::MAX);
+        let running = start_with(source, spool, fast(), &clock);
+        let mut sub = running.hub.subscribe(0, 1000);
+        let (mut cursor, mut live) = (0, Vec::new());
+        while cursor < 5 {
+            take(next_batch(&mut sub).await.unwrap(), &mut cursor, &mut live);
+        }
+        small.fill();
+        // The spool gives up its oldest segments, then refuses records: they still go live,
+        // every number, as samples.
+        while running.hub.stats().spool_errors < 10 {
+            take(next_batch(&mut sub).await.unwrap(), &mut cursor, &mut live);
+        }
+        assert!(running.hub.stats().spool.not_durable);
+        small.free();
+        while running.hub.stats().spool.not_durable {
+            take(next_batch(&mut sub).await.unwrap(), &mut cursor, &mut live);
+        }
+        let refused = running.hub.stats().spool_errors;
+        let newest = cursor;
+        running.shutdown().await;
+        assert!(live.iter().all(|record| gap(record).is_none()));
+
+        // A subscriber resuming from the start gets every number once: what the spool still
+        // holds, and one DISK_FULL gap for exactly the records that were only published live.
+        let history = drain(running.hub.subscribe_history(0, 1000)).await;
+        let mut expected = 1;
+        let mut disk_full = Vec::new();
+        for record in &history {
+            let (first, last) = gap(record)
+                .and_then(|gap| gap.missing_seqs)
+                .unwrap_or((record.seq, record.seq));
+            assert_eq!((first, last.max(first)), (expected, record.seq));
+            expected = record.seq + 1;
+            if let Some(found) = gap(record).filter(|gap| gap.reason == GapReason::DiskFull) {
+                disk_full.push(found);
+            }
+        }
+        assert!(expected > newest);
+        let [only] = disk_full[..] else {
+            panic!("DISK_FULL gaps: {disk_full:?}");
+        };
+        let (first, last) = only.missing_seqs.unwrap();
+        assert_eq!(last - first + 1, refused);
+        // Those numbers were live samples, and the gap spans their times.
+        let skipped = &live[usize::try_from(first - 1).unwrap()..usize::try_from(last).unwrap()];
+        assert_eq!(skipped.first().unwrap().seq, first);
+        assert_eq!(skipped.last().unwrap().seq, last);
+        assert!(only.start_time_unix_ms <= skipped[0].time_unix_ms);
+        assert!(only.end_time_unix_ms >= skipped.last().unwrap().time_unix_ms);
+
+        // A subscriber that saw some of them live resumes with the rest of the range.
+        let resumed = drain(running.hub.subscribe_history(first + 1, 1)).await;
+        let rest = gap(&resumed[0]).unwrap();
+        assert_eq!(
+            (rest.reason, rest.missing_seqs),
+            (GapReason::DiskFull, Some((first + 2, last)))
+        );
+        assert_eq!(resumed[1].seq, last + 1);
     }
 }

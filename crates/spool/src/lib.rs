@@ -34,13 +34,23 @@
 //! - The spool never exceeds `max_bytes` (give or take one record): before a new segment is
 //!   started, the oldest whole segments are deleted until the new one fits. Every number below
 //!   the oldest remaining segment's name counts as evicted.
+//! - On a full disk (`ENOSPC`, `EDQUOT`) an append deletes the oldest whole segments, never the
+//!   one being written, and retries before it refuses a record: an `Evicted` range is better
+//!   than silence. A refused record's number is not consumed.
+//! - [`Spool::skip`] hands out a number without storing a record, for a caller that publishes
+//!   a record the spool refused. Such numbers are reported as [`Loss::Unwritten`]; the next
+//!   append that succeeds first records them in an empty marker file named
+//!   `<first>-<last>.unwritten` (zero-padded like segment names), so they keep that reason and
+//!   are never handed out again across a restart. Markers go with the segments evicted past
+//!   them.
 //!
 //! # Missing ranges
 //!
 //! [`Spool::read_after`] never skips a number in silence. Where numbers are missing it returns
 //! an [`Item::Missing`] for the inclusive range `first_seq..=last_seq`: [`Loss::Evicted`] for
 //! numbers below the oldest segment, [`Loss::Corrupt`] for numbers inside the spool that no
-//! valid record holds (damaged frames, unreadable segments). A reader's cursor is the
+//! valid record holds (damaged frames, unreadable segments), [`Loss::Unwritten`] for numbers
+//! handed out by [`Spool::skip`]. A reader's cursor is the
 //! [`Item::last_seq`] of the last item it took, so it moves past a missing range as past a
 //! record (the agent's hub numbers the gap it sends for a range by its `last_seq` for this
 //! reason). A missing range's times are those of the records on either side; the start of an
@@ -269,6 +279,19 @@ pub enum SpoolError {
         #[source]
         source: postcard::Error,
     },
+    /// The file that records a range of unwritten numbers could not be created.
+    #[error("recording unwritten numbers {first_seq}..={last_seq} in {path}; check free space")]
+    MarkUnwritten {
+        /// The first unwritten number.
+        first_seq: u64,
+        /// The last unwritten number.
+        last_seq: u64,
+        /// The marker file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// A record is larger than a frame may be.
     #[error("record {seq} encodes to {bytes} bytes, above the spool's limit of {max}")]
     RecordTooLarge {
@@ -279,6 +302,36 @@ pub enum SpoolError {
         /// The limit.
         max: u32,
     },
+}
+
+impl SpoolError {
+    /// The disk refused the record: creating a segment or marker, or writing, failed. Only the
+    /// record's storage failed; another record may well be stored later.
+    pub fn is_storage(&self) -> bool {
+        matches!(
+            self,
+            SpoolError::CreateDir { .. }
+                | SpoolError::CreateSegment { .. }
+                | SpoolError::Write { .. }
+                | SpoolError::MarkUnwritten { .. }
+        )
+    }
+
+    /// The file system is out of space (or quota): `ENOSPC`, `EDQUOT`.
+    pub fn is_out_of_space(&self) -> bool {
+        let source = match self {
+            SpoolError::CreateDir { source, .. }
+            | SpoolError::CreateSegment { source, .. }
+            | SpoolError::Write { source, .. }
+            | SpoolError::Sync { source, .. }
+            | SpoolError::MarkUnwritten { source, .. } => source,
+            _ => return false,
+        };
+        matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        )
+    }
 }
 
 /// One record as the spool stores it: its number, its time and the caller's payload.
@@ -296,6 +349,15 @@ pub struct Entry<T> {
     pub payload: T,
 }
 
+/// What [`Spool::append_or_skip`] did with a record.
+#[derive(Debug)]
+pub struct Appended<T> {
+    /// The record with its number.
+    pub entry: Entry<T>,
+    /// Why it was not stored, if it was only numbered ([`Loss::Unwritten`] for readers).
+    pub skipped: Option<SpoolError>,
+}
+
 /// Why the spool cannot deliver a range of numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loss {
@@ -303,6 +365,9 @@ pub enum Loss {
     Evicted,
     /// Inside the spool, but no valid record holds them (damaged or unreadable).
     Corrupt,
+    /// Handed out by [`Spool::skip`] without being stored (the disk was full): the caller
+    /// published them without durability, and they cannot be replayed.
+    Unwritten,
 }
 
 /// An inclusive range of numbers the spool cannot deliver, and why.
@@ -395,8 +460,12 @@ pub struct SpoolStats {
     pub segments: usize,
     /// Numbers inside the retained range that no valid record holds.
     pub corrupt_records: u64,
-    /// Records deleted by the size cap since open (including at open).
+    /// Records deleted by the size cap or to free disk space since open (including at open).
     pub evicted_records: u64,
+    /// Numbers handed out by [`Spool::skip`] since open (never stored).
+    pub unwritten_records: u64,
+    /// The last append failed and numbers are being skipped: records are not durable.
+    pub not_durable: bool,
     /// Every number up to this one has been evicted (0: none).
     pub evicted_through_seq: u64,
     /// fsync calls that failed since open.
@@ -524,6 +593,13 @@ pub struct Spool<T> {
     sync_failures: u64,
     /// The last fsync failed (logged once per run of failures).
     sync_failing: bool,
+    /// Ranges of numbers handed out by `skip` and recorded in marker files, oldest first.
+    unwritten: Vec<(u64, u64)>,
+    /// The range `skip` is handing out now, not yet recorded in a marker file.
+    skipping: Option<(u64, u64)>,
+    unwritten_records: u64,
+    /// Opened by `open_or_detached` without a directory: create it before writing.
+    dir_missing: bool,
     read_errors: AtomicU64,
     /// Reused encode buffer.
     frame: Vec<u8>,
@@ -540,7 +616,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
     pub fn open(config: SpoolConfig) -> Result<(Spool<T>, OpenReport), SpoolError> {
         config.validate()?;
         create_dir(&config.dir)?;
-        let (listing, ignored_files) = list_segments(&config.dir)?;
+        let (listing, markers, ignored_files) = list_segments(&config.dir)?;
         let mut report = OpenReport {
             ignored_files,
             ..OpenReport::default()
@@ -579,23 +655,10 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         }
 
         let mut spool = Spool {
-            config,
             segments,
-            active: None,
             next_seq,
-            durable_seq: 0,
             last_time_unix_ms: last_valid.map(|head| head.time_unix_ms),
-            last_sync: None,
-            total_bytes: 0,
-            evicted_through: 0,
-            evicted_last_time: None,
-            evicted_records: 0,
-            sync_failures: 0,
-            sync_failing: false,
-            read_errors: AtomicU64::new(0),
-            frame: Vec::new(),
-            clock: Clock(Box::new(Instant::now)),
-            payload: PhantomData,
+            ..Spool::empty(config)
         };
 
         if let Some(tail) = &last_tail {
@@ -606,6 +669,10 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
                 spool.next_seq = spool.next_seq.max(first_in_tail + tail.whole_frames);
             }
         }
+        // A marker is written before the record after its range: its numbers were handed out.
+        if let Some(last) = markers.iter().map(|(_, last, _)| *last).max() {
+            spool.next_seq = spool.next_seq.max(last + 1);
+        }
         spool.reopen_active(last_tail.map(|tail| tail.valid_end));
 
         spool.total_bytes = spool.segments.iter().map(|segment| segment.bytes).sum();
@@ -613,13 +680,24 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         spool.evicted_through = spool.segments.front().map_or(spool.durable_seq, |segment| {
             segment.base_seq.saturating_sub(1)
         });
+        spool.unwritten = merge_ranges(markers.iter().map(|(first, last, _)| (*first, *last)));
+        spool.marker_paths_at_open(markers);
+        // Unwritten numbers just below the oldest segment are not evicted ones.
+        while let Some(&(first, _)) = spool
+            .unwritten
+            .iter()
+            .find(|&&(_, last)| last == spool.evicted_through)
+        {
+            spool.evicted_through = first - 1;
+        }
         report.corrupt_records = spool.missing_records();
 
         while spool.total_bytes > spool.config.max_bytes && spool.segments.len() > 1 {
-            if !spool.evict_oldest() {
+            if !spool.evict_oldest("to stay under max_bytes") {
                 break;
             }
         }
+        spool.drop_evicted_markers();
 
         report.segments = spool.segments.len();
         report.records = spool.segments.iter().map(|segment| segment.records).sum();
@@ -653,6 +731,61 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             "Spool opened."
         );
         Ok((spool, report))
+    }
+
+    /// Like [`Spool::open`], but when the directory cannot be created for lack of space (a
+    /// first start on a full disk), returns an empty spool and the error instead of failing:
+    /// every append then first tries to create the directory and fails with a storage error
+    /// ([`Spool::append_or_skip`] skips it) until there is room again.
+    pub fn open_or_detached(
+        config: SpoolConfig,
+    ) -> Result<(Spool<T>, OpenReport, Option<SpoolError>), SpoolError> {
+        match Spool::open(config.clone()) {
+            Ok((spool, report)) => Ok((spool, report, None)),
+            Err(err @ SpoolError::CreateDir { .. }) if err.is_out_of_space() => {
+                warn!(dir = %config.dir.display(), error = %error_chain(&err), "Cannot create the spool directory; telemetry is not durable until there is room.");
+                let mut spool = Spool::empty(config);
+                spool.dir_missing = true;
+                Ok((spool, OpenReport::default(), Some(err)))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    fn empty(config: SpoolConfig) -> Spool<T> {
+        Spool {
+            config,
+            segments: VecDeque::new(),
+            active: None,
+            next_seq: 1,
+            durable_seq: 0,
+            last_time_unix_ms: None,
+            last_sync: None,
+            total_bytes: 0,
+            evicted_through: 0,
+            evicted_last_time: None,
+            evicted_records: 0,
+            sync_failures: 0,
+            sync_failing: false,
+            unwritten: Vec::new(),
+            skipping: None,
+            unwritten_records: 0,
+            dir_missing: false,
+            read_errors: AtomicU64::new(0),
+            frame: Vec::new(),
+            clock: Clock(Box::new(Instant::now)),
+            payload: PhantomData,
+        }
+    }
+
+    /// Creates the directory if a full disk kept [`Spool::open_or_detached`] from it.
+    fn ensure_dir(&mut self) -> Result<(), SpoolError> {
+        if self.dir_missing {
+            create_dir(&self.config.dir)?;
+            info!(dir = %self.config.dir.display(), "Created the spool directory.");
+            self.dir_missing = false;
+        }
+        Ok(())
     }
 
     /// Truncates the newest segment's damaged tail and opens it for appending, when it is
@@ -714,8 +847,55 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             time_unix_ms,
             payload,
         };
+        self.store(&record)?;
+        Ok(record)
+    }
+
+    /// Like [`Spool::append`], but a record the disk refuses (an I/O error creating, writing or
+    /// marking, see [`SpoolError::is_storage`]) gets its number all the same, as
+    /// [`Spool::skip`] hands it out, so the caller can still publish it; the error is returned
+    /// beside the record. Other errors (encoding, size) refuse the record as `append` does.
+    pub fn append_or_skip(
+        &mut self,
+        time_unix_ms: u64,
+        payload: T,
+    ) -> Result<Appended<T>, SpoolError> {
+        let record = Entry {
+            seq: self.next_seq,
+            time_unix_ms,
+            payload,
+        };
+        match self.store(&record) {
+            Ok(()) => Ok(Appended {
+                entry: record,
+                skipped: None,
+            }),
+            Err(err) if err.is_storage() => Ok(Appended {
+                entry: self.skip(record.time_unix_ms, record.payload),
+                skipped: Some(err),
+            }),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Writes `record` (numbered `next_seq`), evicting on a full disk, and syncs when due.
+    fn store(&mut self, record: &Entry<T>) -> Result<(), SpoolError> {
         let mut frame = std::mem::take(&mut self.frame);
-        let written = self.write_frame(&record, &mut frame);
+        let written = loop {
+            let result = self
+                .ensure_dir()
+                .and_then(|()| self.mark_unwritten())
+                .and_then(|()| self.write_frame(record, &mut frame));
+            match result {
+                // Give up the oldest records rather than refuse this one (never the segment
+                // being written): an `Evicted` range is better than silence.
+                Err(err)
+                    if err.is_out_of_space()
+                        && self.segments.len() > 1
+                        && self.evict_oldest("to free disk space") => {}
+                result => break result,
+            }
+        };
         self.frame = frame;
         written?;
         if self.sync_due() {
@@ -727,12 +907,12 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
                 Ok(()) => {}
                 Err(err) if !self.sync_failing => {
                     self.sync_failing = true;
-                    warn!(error = %err, seq = record.seq, "Spool fsync failed; records stay unpublished until a retry succeeds.");
+                    warn!(error = %error_chain(&err), seq = record.seq, "Spool fsync failed; records stay unpublished until a retry succeeds.");
                 }
                 Err(_) => {}
             }
         }
-        Ok(record)
+        Ok(())
     }
 
     fn write_frame(&mut self, record: &Entry<T>, frame: &mut Vec<u8>) -> Result<(), SpoolError> {
@@ -802,7 +982,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         while self.total_bytes + self.config.segment_bytes > self.config.max_bytes
             && self.segments.len() > 1
         {
-            if !self.evict_oldest() {
+            if !self.evict_oldest("to stay under max_bytes") {
                 break;
             }
         }
@@ -851,7 +1031,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
     }
 
     /// Deletes the oldest segment; returns false (and logs) if it cannot be deleted.
-    fn evict_oldest(&mut self) -> bool {
+    fn evict_oldest(&mut self, why: &str) -> bool {
         let Some(oldest) = self.segments.front() else {
             return false;
         };
@@ -881,9 +1061,128 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             segment = %oldest.path.display(),
             records = oldest.records,
             evicted_through_seq = self.evicted_through,
-            "Evicted the oldest spool segment to stay under max_bytes."
+            "Evicted the oldest spool segment {why}."
         );
+        self.drop_evicted_markers();
         true
+    }
+
+    /// Deletes stale marker files found on open that an already-known range covers.
+    fn marker_paths_at_open(&mut self, markers: Vec<(u64, u64, PathBuf)>) {
+        for (first, last, path) in markers {
+            let kept = self.unwritten.contains(&(first, last));
+            if !kept && let Err(err) = fs::remove_file(&path) {
+                debug!(file = %path.display(), error = %err, "Cannot remove a merged unwritten-range marker.");
+            }
+        }
+        for &(first, last) in &self.unwritten {
+            let path = self.config.dir.join(marker_file_name(first, last));
+            if !path.exists() {
+                // Merged from several markers: record the union, then the parts are gone.
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path);
+            }
+        }
+    }
+
+    /// Forgets (and deletes the markers of) unwritten ranges wholly evicted.
+    fn drop_evicted_markers(&mut self) {
+        let through = self.evicted_through;
+        let dir = self.config.dir.clone();
+        self.unwritten.retain(|&(first, last)| {
+            if last > through {
+                return true;
+            }
+            let path = dir.join(marker_file_name(first, last));
+            if let Err(err) = fs::remove_file(&path)
+                && err.kind() != io::ErrorKind::NotFound
+            {
+                warn!(file = %path.display(), error = %err, "Cannot remove an evicted unwritten-range marker.");
+            }
+            false
+        });
+    }
+
+    /// Hands out the next number without storing anything, for a record the caller could not
+    /// [`Spool::append`] (typically because the disk is full) and publishes anyway.
+    ///
+    /// The number counts as visible at once if every record before it is durable (the spool
+    /// tries a sync first), else with the next successful sync. Readers get it inside an
+    /// [`Item::Missing`] range with [`Loss::Unwritten`]. The next successful append first
+    /// records the range in a marker file (an empty file named
+    /// `<first>-<last>.unwritten`), so it is still reported as `Unwritten`, and its numbers
+    /// are not handed out again, after a restart. A crash before that may hand its numbers out
+    /// again; a reader whose cursor is past them then gets a cursor-ahead error or, once the
+    /// numbers are reached again, new records under numbers it saw live.
+    pub fn skip(&mut self, time_unix_ms: u64, payload: T) -> Entry<T> {
+        if self.durable_seq + 1 < self.next_seq {
+            match self.sync() {
+                Ok(()) => self.sync_failing = false,
+                Err(err) if !self.sync_failing => {
+                    self.sync_failing = true;
+                    warn!(error = %error_chain(&err), "Spool fsync failed; records stay unpublished until a retry succeeds.");
+                }
+                Err(_) => {}
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unwritten_records += 1;
+        self.skipping = match (self.skipping, self.unwritten.last()) {
+            (Some((first, _)), _) => Some((first, seq)),
+            // The marker was made but the record after it failed: continue that run.
+            (None, Some(&(first, last))) if last + 1 == seq => Some((first, seq)),
+            (None, _) => Some((seq, seq)),
+        };
+        self.last_time_unix_ms = Some(time_unix_ms);
+        if self.durable_seq + 1 == seq {
+            self.durable_seq = seq;
+        }
+        Entry {
+            seq,
+            time_unix_ms,
+            payload,
+        }
+    }
+
+    /// Records the range being skipped in a marker file, before the record after it is
+    /// written.
+    fn mark_unwritten(&mut self) -> Result<(), SpoolError> {
+        let Some((first_seq, last_seq)) = self.skipping else {
+            return Ok(());
+        };
+        let path = self.config.dir.join(marker_file_name(first_seq, last_seq));
+        let made = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|_| File::open(&self.config.dir))
+            .and_then(|dir| nix::unistd::fsync(&dir).map_err(io::Error::from));
+        if let Err(source) = made {
+            let _ = fs::remove_file(&path);
+            return Err(SpoolError::MarkUnwritten {
+                first_seq,
+                last_seq,
+                path,
+                source,
+            });
+        }
+        // A shorter marker of the same run, made before a write that then failed.
+        if let Some(&(first, last)) = self.unwritten.last()
+            && first == first_seq
+        {
+            let _ = fs::remove_file(self.config.dir.join(marker_file_name(first, last)));
+            self.unwritten.pop();
+        }
+        self.unwritten.push((first_seq, last_seq));
+        self.skipping = None;
+        Ok(())
     }
 
     fn sync_due(&self) -> bool {
@@ -949,6 +1248,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             return Ok(Vec::new());
         }
         let mut batch = Batch::new(first_wanted, end, max_records.max(1));
+        batch.unwritten = self.unwritten_ranges().collect();
 
         if batch.expected <= self.evicted_through {
             let last = self.evicted_through.min(end);
@@ -990,12 +1290,27 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         Ok(batch.items)
     }
 
-    /// Numbers between the evicted ones and the next one that no retained record holds.
+    /// Numbers between the evicted ones and the next one that no retained record holds and
+    /// that were not skipped.
     fn missing_records(&self) -> u64 {
         let retained: u64 = self.segments.iter().map(|segment| segment.records).sum();
+        let unwritten: u64 = self
+            .unwritten_ranges()
+            .map(|(first, last)| last - first.max(self.evicted_through + 1) + 1)
+            .sum();
         self.next_seq
             .saturating_sub(self.evicted_through + 1)
             .saturating_sub(retained)
+            .saturating_sub(unwritten)
+    }
+
+    /// Every range of unwritten numbers above the evicted ones, oldest first.
+    fn unwritten_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.unwritten
+            .iter()
+            .copied()
+            .chain(self.skipping)
+            .filter(|&(_, last)| last > self.evicted_through)
     }
 
     /// The highest number handed out, if any.
@@ -1040,6 +1355,8 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             corrupt_records: self.missing_records(),
             evicted_records: self.evicted_records,
             evicted_through_seq: self.evicted_through,
+            unwritten_records: self.unwritten_records,
+            not_durable: self.skipping.is_some(),
             sync_failures: self.sync_failures,
             read_errors: self.read_errors.load(Ordering::Relaxed),
         }
@@ -1056,6 +1373,8 @@ struct Batch<T> {
     max: usize,
     /// The time of the record just before `expected`, once seen.
     prev_time: Option<u64>,
+    /// Ranges of numbers the spool skipped: reported as `Unwritten`, not `Corrupt`.
+    unwritten: Vec<(u64, u64)>,
 }
 
 impl<T> Batch<T> {
@@ -1066,6 +1385,7 @@ impl<T> Batch<T> {
             end,
             max,
             prev_time: None,
+            unwritten: Vec::new(),
         }
     }
 
@@ -1077,8 +1397,38 @@ impl<T> Batch<T> {
         self.is_full() || self.expected > self.end
     }
 
-    /// A missing range for numbers `expected..=last`.
+    /// Missing ranges for numbers `expected..=last`: a `Corrupt` range is split where numbers
+    /// in it were skipped (`Unwritten`). Stops early when the batch fills up.
     fn push_missing(&mut self, reason: Loss, last: u64, start_time: u64, end_time: u64) {
+        if reason != Loss::Corrupt {
+            return self.push_range(reason, last, start_time, end_time);
+        }
+        while self.expected <= last && !self.is_full() {
+            let at = self.expected;
+            let inside = self
+                .unwritten
+                .iter()
+                .find(|&&(first, end)| first <= at && at <= end);
+            if let Some(&(_, end)) = inside {
+                self.push_range(Loss::Unwritten, end.min(last), start_time, end_time);
+            } else {
+                let next = self
+                    .unwritten
+                    .iter()
+                    .map(|&(first, _)| first)
+                    .filter(|&first| first > at && first <= last)
+                    .min();
+                self.push_range(
+                    Loss::Corrupt,
+                    next.map_or(last, |first| first - 1),
+                    start_time,
+                    end_time,
+                );
+            }
+        }
+    }
+
+    fn push_range(&mut self, reason: Loss, last: u64, start_time: u64, end_time: u64) {
         self.items.push(Item::Missing(Missing {
             first_seq: self.expected,
             last_seq: last,
@@ -1172,21 +1522,63 @@ fn parse_segment_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The segment files in `dir`, sorted by number, and the count of other entries.
-fn list_segments(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, usize), SpoolError> {
+/// The file name of the marker for the unwritten numbers `first..=last`.
+fn marker_file_name(first: u64, last: u64) -> String {
+    format!("{first:020}-{last:020}.unwritten")
+}
+
+/// The range of an unwritten-range marker file name, or `None` for other files.
+fn parse_marker_name(name: &str) -> Option<(u64, u64)> {
+    let (first, last) = name.strip_suffix(".unwritten")?.split_once('-')?;
+    let number = |digits: &str| {
+        (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    let (first, last) = (number(first)?, number(last)?);
+    (first >= 1 && first <= last).then_some((first, last))
+}
+
+/// Sorted, overlapping or adjacent ranges merged.
+fn merge_ranges(ranges: impl Iterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = ranges.collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match merged.last_mut() {
+            Some(prev) if first <= prev.1 + 1 => prev.1 = prev.1.max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+}
+
+/// An unwritten-range marker found on open: its range and file.
+type Marker = (u64, u64, PathBuf);
+
+/// What [`list_segments`] finds: segments (number and file) sorted by number, markers, and the
+/// count of other entries.
+type Listing = (Vec<(u64, PathBuf)>, Vec<Marker>, usize);
+
+/// The segment files in `dir`, sorted by number, the unwritten-range markers, and the count of
+/// other entries.
+fn list_segments(dir: &Path) -> Result<Listing, SpoolError> {
     let wrap = |source| SpoolError::ListDir {
         path: dir.to_path_buf(),
         source,
     };
     let mut segments = Vec::new();
+    let mut markers = Vec::new();
     let mut ignored = 0;
     for entry in fs::read_dir(dir).map_err(wrap)? {
         let entry = entry.map_err(wrap)?;
         let name = entry.file_name();
         let parsed = name.to_str().and_then(parse_segment_name);
         let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
-        match parsed {
-            Some(base_seq) if is_file => segments.push((base_seq, entry.path())),
+        let marker = name.to_str().and_then(parse_marker_name);
+        match (parsed, marker) {
+            (Some(base_seq), _) if is_file => segments.push((base_seq, entry.path())),
+            (_, Some((first, last))) if is_file => markers.push((first, last, entry.path())),
             _ => {
                 ignored += 1;
                 debug!(file = %entry.path().display(), "Ignoring a file that is not a spool segment.");
@@ -1194,7 +1586,7 @@ fn list_segments(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, usize), SpoolError>
         }
     }
     segments.sort_unstable_by_key(|(base_seq, _)| *base_seq);
-    Ok((segments, ignored))
+    Ok((segments, markers, ignored))
 }
 
 /// Scans one segment: validates every frame (it must decode as an `Entry<T>`), builds the sparse
@@ -1300,6 +1692,18 @@ fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Opt
         }
     }
     scan
+}
+
+/// An error and its causes, `: `-separated, so a log line carries the OS error too.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

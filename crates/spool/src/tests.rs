@@ -7,6 +7,7 @@
 )]
 
 use std::fs;
+use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -975,4 +976,257 @@ proptest! {
             }
         }
     }
+}
+
+// === A full disk, on a real small file system ===
+
+/// A tmpfs of a fixed size mounted on a temporary directory, unmounted on drop. The tests run
+/// as root; a mount that fails fails the test.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},nr_inodes=1000,mode=0700"),
+            ])
+            .arg("tmpfs")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs (needs root): {status}");
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the file system is full, then takes every free inode.
+    fn fill(&self) {
+        let mut file = fs::File::create(self.filler()).unwrap();
+        let block = vec![0xa5u8; 4096];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+                    break;
+                }
+            }
+        }
+        for i in 0.. {
+            if let Err(err) = fs::File::create(self.path().join(format!("inode-{i}"))) {
+                assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+                break;
+            }
+        }
+    }
+
+    fn free(&self) {
+        fs::remove_file(self.filler()).unwrap();
+        for entry in fs::read_dir(self.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("inode-")
+            {
+                fs::remove_file(path).unwrap();
+            }
+        }
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path().join("filler")
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Appends until the spool refuses a record; returns what was appended and the error.
+fn append_until_refused(spool: &mut Spool<Reading>) -> (Vec<Entry<Reading>>, SpoolError) {
+    let mut appended = Vec::new();
+    for _ in 0..100_000 {
+        let i = spool.last_seq().unwrap_or(0) + 1;
+        match spool.append(T0 + i * 1000, body(i)) {
+            Ok(entry) => appended.push(entry),
+            Err(err) => return (appended, err),
+        }
+    }
+    panic!("the spool never refused a record on a full file system");
+}
+
+#[test]
+fn on_a_full_disk_the_oldest_segments_are_evicted_before_a_record_is_refused() {
+    let small = SmallFs::mount(256 * 1024);
+    let config = small_config(small.path());
+    let (mut spool, _) = open(&config);
+    let before = append_n(&mut spool, 100);
+    let segments_before = segment_paths(&config).len();
+    assert!(segments_before >= 4, "{segments_before} segments");
+    small.fill();
+
+    // More than the file system could hold even empty: room is made from the spool's own
+    // oldest segments, again and again, and no record is refused.
+    let after = append_n(&mut spool, 3000);
+
+    assert!(fs::metadata(small.filler()).is_ok());
+    let stats = spool.stats();
+    // 3000 records do not fit in the file system: all those from before it filled are gone.
+    assert!(stats.evicted_through_seq > 100, "{stats:?}");
+    // Readers get one explicit Evicted range, then every record still held, in order.
+    let items = read_all(&spool, 0);
+    let evicted = missing_of(&items[0]);
+    assert_eq!(
+        (evicted.first_seq, evicted.last_seq, evicted.reason),
+        (1, stats.evicted_through_seq, Loss::Evicted)
+    );
+    let all: Vec<Entry<Reading>> = before.into_iter().chain(after).collect();
+    let kept = usize::try_from(stats.evicted_through_seq).unwrap();
+    assert_eq!(items[1..], items_of(&all[kept..]));
+}
+
+fn items_of(entries: &[Entry<Reading>]) -> Vec<Item<Reading>> {
+    items(entries)
+}
+
+#[test]
+fn numbers_skipped_on_a_full_disk_read_as_one_unwritten_range_also_after_a_restart() {
+    let small = SmallFs::mount(64 * 1024);
+    let config = small_config(small.path());
+    let (mut spool, _) = open(&config);
+    small.fill();
+    // Only the segment being written is left, and it cannot grow: the record is refused.
+    let (written, err) = append_until_refused(&mut spool);
+    assert!(err.is_out_of_space(), "{err}");
+    assert!(
+        error_chain(&err).contains("No space left on device"),
+        "{}",
+        error_chain(&err)
+    );
+    let durable_before = spool.durable_seq();
+
+    // The caller publishes these without durability; readers see them as unwritten at once.
+    let skipped: Vec<u64> = (0..5)
+        .map(|k| spool.skip(T0 + 900_000 + k, body(k)).seq)
+        .collect();
+    let first = durable_before + 1;
+    assert_eq!(skipped, (first..first + 5).collect::<Vec<_>>());
+    assert!(spool.stats().not_durable);
+    let unwritten = Item::Missing(Missing {
+        first_seq: first,
+        last_seq: first + 4,
+        reason: Loss::Unwritten,
+        start_time_unix_ms: written.last().map_or(0, |entry| entry.time_unix_ms),
+        end_time_unix_ms: written.last().map_or(0, |entry| entry.time_unix_ms),
+    });
+    let mut expected = items_of(&written);
+    expected.push(unwritten.clone());
+    assert_eq!(read_all(&spool, 0), expected);
+    // Still full: the next append fails too and its record is skipped as well.
+    assert!(spool.append(T0 + 950_000, body(1)).is_err());
+    assert_eq!(spool.skip(T0 + 950_000, body(1)).seq, first + 5);
+
+    small.free();
+    let next = spool.append(T0 + 1_000_000, body(2)).unwrap();
+    assert_eq!(next.seq, first + 6);
+    assert!(!spool.stats().not_durable);
+    let items = read_all(&spool, 0);
+    let tail = &items[written.len()..];
+    let range = missing_of(&tail[0]);
+    assert_eq!(
+        (range.first_seq, range.last_seq, range.reason),
+        (first, first + 5, Loss::Unwritten)
+    );
+    assert_eq!(tail[1..], items_of(std::slice::from_ref(&next)));
+    // A reader part-way through the range gets the rest of it.
+    let from_middle = read_all(&spool, first + 2);
+    let rest = missing_of(&from_middle[0]);
+    assert_eq!((rest.first_seq, rest.last_seq), (first + 3, first + 5));
+
+    drop(spool);
+    let (spool, report) = open(&config);
+    assert_eq!(report.last_seq, Some(next.seq));
+    assert_eq!(report.corrupt_records, 0);
+    assert_eq!(read_all(&spool, 0), items);
+    let markers: Vec<_> = fs::read_dir(&config.dir)
+        .unwrap()
+        .filter_map(|entry| entry.unwrap().file_name().into_string().ok())
+        .filter(|name| name.ends_with(".unwritten"))
+        .collect();
+    assert_eq!(
+        markers,
+        vec![format!("{first:020}-{:020}.unwritten", first + 5)]
+    );
+}
+
+#[test]
+fn a_marker_made_before_the_numbers_are_handed_out_keeps_them_from_being_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(tmp.path());
+    let (mut spool, _) = open(&config);
+    append_n(&mut spool, 3);
+    spool.skip(T0, body(0));
+    spool.skip(T0, body(0));
+    // The marker is made by the next append; a crash right after it leaves no record after
+    // the range.
+    spool.mark_unwritten().unwrap();
+    drop(spool);
+    let (mut spool, report) = open(&config);
+    assert_eq!(report.last_seq, Some(5));
+    let next = spool.append(T0, body(6)).unwrap();
+    assert_eq!(next.seq, 6);
+    let items = read_all(&spool, 3);
+    let range = missing_of(&items[0]);
+    assert_eq!(
+        (range.first_seq, range.last_seq, range.reason),
+        (4, 5, Loss::Unwritten)
+    );
+}
+
+#[test]
+fn a_first_open_on_a_full_disk_gives_a_spool_that_skips_until_there_is_room() {
+    let small = SmallFs::mount(64 * 1024);
+    small.fill();
+    let config = small_config(small.path());
+    let (mut spool, report, err) = Spool::<Reading>::open_or_detached(config.clone()).unwrap();
+    let err = err.unwrap();
+    assert!(err.is_out_of_space(), "{err}");
+    assert_eq!(report.last_seq, None);
+    assert!(!config.dir.exists());
+
+    let skipped = spool.append_or_skip(T0, body(1)).unwrap();
+    assert_eq!(skipped.entry.seq, 1);
+    assert!(skipped.skipped.unwrap().is_out_of_space());
+    assert!(spool.stats().not_durable);
+
+    small.free();
+    let stored = spool.append_or_skip(T0 + 1000, body(2)).unwrap();
+    assert!(stored.skipped.is_none());
+    assert_eq!(stored.entry.seq, 2);
+    let items = read_all(&spool, 0);
+    let range = missing_of(&items[0]);
+    assert_eq!(
+        (range.first_seq, range.last_seq, range.reason),
+        (1, 1, Loss::Unwritten)
+    );
+    assert_eq!(items[1..], items_of(&[stored.entry]));
+    drop(spool);
+    let (_, report) = open(&config);
+    assert_eq!((report.last_seq, report.corrupt_records), (Some(2), 0));
 }

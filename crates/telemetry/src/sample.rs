@@ -202,6 +202,9 @@ pub enum GapReason {
     Corrupt,
     /// The sampler could not read the counters.
     SamplerError,
+    /// Sent live, but the spool could not store them (the disk was full): they cannot be
+    /// replayed. Stays last: the spool stores this enum by position.
+    DiskFull,
 }
 
 /// Something that takes samples: the platform sampler in production, a scripted source in tests.

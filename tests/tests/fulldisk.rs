@@ -1,0 +1,221 @@
+//! The agent with its state directory on a small, full file system (a tmpfs with `size=` and
+//! `nr_inodes=`, mounted as root; a mount that fails fails the test): a first start still
+//! serves, and live telemetry goes on while the disk is full, with the records that could not
+//! be stored reported to resuming subscribers as one DISK_FULL gap.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use jex_e2e::*;
+use jex_proto::v1 as pb;
+use pb::telemetry_record::Body;
+
+/// A tmpfs mounted on a directory, unmounted on drop.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(dir: &Path, bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},nr_inodes=200,mode=0700"))
+            .arg("tmpfs")
+            .arg(dir)
+            .status()?;
+        ensure!(status.success(), "mounting a tmpfs (needs root): {status}");
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills every block and inode.
+    fn fill(&self) -> Result<()> {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(self.dir.join("filler"))?;
+        let block = vec![0xa5u8; 4096];
+        while let Ok(n) = file.write(&block) {
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0.. {
+            if std::fs::File::create(self.dir.join(format!("inode-{i}"))).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn free(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name == "filler" || name.starts_with("inode-") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// Polls the status CLI until `pred` holds for its output (bounded, not a timing assertion).
+fn wait_status(agent: &AgentProcess, pred: impl Fn(&str) -> bool) -> Result<String> {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = agent.status_cli()?;
+        if pred(&out) {
+            return Ok(out);
+        }
+        if Instant::now() > end {
+            bail!("status never matched:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const NOT_DURABLE: &str = "NOT DURABLE";
+
+/// The spool directory cannot be created. The erase service's state directories were made by
+/// an earlier run: the erase service does not open without them (it fails safe), so a start
+/// on a full disk that has never held them still exits.
+#[tokio::test]
+async fn a_start_on_a_full_disk_without_a_spool_serves_get_host_and_says_it_is_not_durable()
+-> Result<()> {
+    let pki = TestPki::new()?;
+    let tmp = tempfile::tempdir()?;
+    let small = SmallFs::mount(&tmp.path().join("state"), 256 * 1024)?;
+    let earlier = start_agent(&pki, tmp.path(), &AgentOptions::default())?;
+    earlier.terminate()?;
+    std::fs::remove_dir_all(tmp.path().join("state/spool"))?;
+    small.fill()?;
+    let agent = start_agent(&pki, tmp.path(), &AgentOptions::default())?;
+
+    let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
+    let host = c.get_host(pb::GetHostRequest {}).await?.into_inner().host;
+    ensure!(host.is_some_and(|h| !h.host_id.is_empty()), "no host");
+    let log = agent.wait_for_log(&["telemetry is not durable"], Duration::from_secs(10))?;
+    ensure!(log.contains("No space left on device"), "{log}");
+    wait_status(&agent, |out| out.contains(NOT_DURABLE))?;
+
+    // Records still go live, every number: those sent before this subscriber came arrive as
+    // a DISK_FULL gap (they cannot be replayed), then samples as they are taken.
+    let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
+    let (mut covered, mut samples) = (0, 0);
+    while samples < 5 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await??
+            .context("stream ended")?;
+        for r in batch.records {
+            let first = match &r.body {
+                Some(Body::Gap(g)) if g.reason == pb::GapReason::DiskFull as i32 => {
+                    g.first_missing_seq
+                }
+                Some(Body::Sample(_)) => {
+                    samples += 1;
+                    r.seq
+                }
+                _ => bail!("unexpected {r:?}"),
+            };
+            ensure!(first == covered + 1, "expected {}, got {r:?}", covered + 1);
+            covered = r.seq;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_disk_keeps_live_records_flowing_and_a_resume_gets_one_disk_full_gap() -> Result<()>
+{
+    let pki = TestPki::new()?;
+    let tmp = tempfile::tempdir()?;
+    let small = SmallFs::mount(&tmp.path().join("state"), 256 * 1024)?;
+    let agent = start_agent(&pki, tmp.path(), &AgentOptions::default())?;
+    let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
+    let mut live: Vec<pb::TelemetryRecord> = Vec::new();
+    let take = |batch: pb::StreamTelemetryResponse, live: &mut Vec<pb::TelemetryRecord>| {
+        for r in batch.records {
+            let expected = live.last().map_or(1, |l| l.seq + 1);
+            assert_eq!(r.seq, expected, "a live hole or duplicate");
+            live.push(r);
+        }
+    };
+    while live.len() < 5 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await??
+            .context("stream ended")?;
+        take(batch, &mut live);
+    }
+    small.fill()?;
+    wait_status(&agent, |out| out.contains(NOT_DURABLE))?;
+    let seen_full = live.len();
+    while live.len() < seen_full + 10 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await??
+            .context("stream ended")?;
+        take(batch, &mut live);
+    }
+    small.free()?;
+    let status = wait_status(&agent, |out| !out.contains(NOT_DURABLE))?;
+    // Read live up to the last number the status shows, past every record sent live only.
+    let last_seq: u64 = status
+        .lines()
+        .find_map(|l| l.split("last seq ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no last seq in the status")?
+        .parse()?;
+    while live.last().map_or(0, |r| r.seq) < last_seq {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await??
+            .context("stream ended")?;
+        take(batch, &mut live);
+    }
+    let log = agent.log();
+    ensure!(log.contains("No space left on device"), "{log}");
+    ensure!(log.contains("Spool accepts records again"), "{log}");
+    let newest = live.last().map_or(0, |r| r.seq);
+    ensure!(
+        live.iter().all(|r| matches!(r.body, Some(Body::Sample(_)))),
+        "a live gap"
+    );
+
+    // A subscriber resuming from the start: one DISK_FULL gap, covering only numbers that
+    // went live as samples, and every number once.
+    let mut resume = open_telemetry(&pki, &agent, 0, 0).await?;
+    let mut covered = 0;
+    let mut disk_full = Vec::new();
+    while covered < newest {
+        let batch = tokio::time::timeout(Duration::from_secs(10), resume.message())
+            .await??
+            .context("stream ended")?;
+        for r in batch.records {
+            let first = match &r.body {
+                Some(Body::Gap(g)) if g.last_missing_seq != 0 => g.first_missing_seq,
+                _ => r.seq,
+            };
+            ensure!(first == covered + 1, "expected {}, got {r:?}", covered + 1);
+            covered = r.seq;
+            if let Some(Body::Gap(g)) = &r.body
+                && g.reason == pb::GapReason::DiskFull as i32
+            {
+                disk_full.push(*g);
+            }
+        }
+    }
+    let [gap] = disk_full[..] else {
+        bail!("DISK_FULL gaps: {disk_full:?}");
+    };
+    ensure!(
+        gap.first_missing_seq > 5 && gap.last_missing_seq <= newest,
+        "{gap:?}"
+    );
+    Ok(())
+}
