@@ -27,6 +27,8 @@
 # - zig's headers lack <os/log.h> and <os/activity.h>, which tracing-oslog's C shim includes;
 #   minimal declarations of what the shim uses are written to target/tools/macos/sdk-include.
 #   The functions themselves live in libSystem (libsystem_trace).
+# - rustc warns at link time that `xcrun` is missing (it looks for an SDK to hand the linker);
+#   zig links against its own libSystem stubs, so that warning is expected here.
 # - MACOSX_DEPLOYMENT_TARGET is the package's minimum macOS (MIN_MACOS_VERSION in
 #   packaging/src/layout.rs, the value the Distribution's allowed-os-versions uses), so the
 #   binary's LC_BUILD_VERSION minos matches what the installer allows (zig's default is newer).
@@ -82,10 +84,16 @@ install_zig() {
      [ "$("$TOOLS/venv/bin/cargo-zigbuild" --version 2>/dev/null)" = "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
     return 0
   fi
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    [ "$(id -u)" -eq 0 ] || die "python3 cannot make a virtualenv: install python3-venv or run as root"
+    echo "== apt: python3-venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+  fi
   echo "== pip: ziglang $ZIGLANG_VERSION, cargo-zigbuild $CARGO_ZIGBUILD_VERSION"
   rm -rf "$TOOLS/venv"
   mkdir -p "$TOOLS"
-  python3 -m venv "$TOOLS/venv" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+  python3 -m venv "$TOOLS/venv" || die "python3 -m venv failed"
   "$py" -m pip install -q --disable-pip-version-check --no-cache-dir \
     "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
 }
@@ -170,7 +178,7 @@ install_tools() {
 setup_env() {
   export PATH="$TOOLS/bin:$TOOLS/venv/bin:$PATH"
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
-  # The rustup wrapper's own variables would point cargo back at the 1.95 toolchain.
+  # A toolchain override or a compiler wrapper (sccache...) from the caller is for the host build.
   unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER
   export CARGO_TARGET_DIR=$MAC_TARGET_DIR
   export CFLAGS_aarch64_apple_darwin="-I$TOOLS/sdk-include"
