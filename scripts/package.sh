@@ -93,7 +93,9 @@ signing_time=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 
 # A throwaway PKI shaped like Apple's: a root, an intermediate, a "Developer ID Application"
 # leaf for code and a "Developer ID Installer" leaf for the package, RSA-2048, with Apple's
-# marker extensions (1.2.840.113635.100.6.1.13 / .14) and the team id as OU.
+# marker extensions (1.2.840.113635.100.6.1.13 / .14) and the team id as OU. The installer's
+# marker is not critical here: `jex-packaging verify` checks chains with webpki, which refuses
+# any critical extension it does not know, so a fleet-CA installer certificate must not carry one.
 make_dev_pki() {
   local d=$1
   [ -f "$d/complete" ] && return 0
@@ -121,7 +123,7 @@ keyUsage = critical,digitalSignature
 extendedKeyUsage = critical,codeSigning
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
-1.2.840.113635.100.6.1.14 = critical,DER:0500
+1.2.840.113635.100.6.1.14 = DER:0500
 EOF
     openssl genrsa -out root.key 2048 2>/dev/null
     openssl req -x509 -new -key root.key -sha256 -days 3650 -subj "/O=JexCloud Dev/CN=JexCloud Dev Root CA" \
