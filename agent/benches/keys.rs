@@ -14,10 +14,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use jex_attest::{
-    self, CertificateDocument, DOCUMENT_SCHEMA, FileSigner, HostIdentity, KeyDestruction,
-    PatternRecord, SignedCertificate, TargetRecord, VerificationRecord,
-};
+use jex_attest::{FileSigner, SignedCertificate};
 use jex_erase::keys::KeyDestroyer;
 use jex_erase::keys::luks2::{DEFAULT_CRYPTSETUP, Luks2};
 use jex_erase::testing::{TestCa, write_signer_files};
@@ -65,70 +62,6 @@ fn bench_luks2(dir: &Path, iterations: usize) {
     report("luks2 destroy again (no-op)", again);
 }
 
-fn document() -> CertificateDocument {
-    let target = |name: &str, verified| TargetRecord {
-        name: name.into(),
-        backend: "luks2".into(),
-        media_make: String::new(),
-        media_model: "disk image".into(),
-        media_serial: String::new(),
-        media_type: "file".into(),
-        device: format!("/var/lib/jex-agent/{name}.img"),
-        identity: "luks-uuid:111374da-f7d5-40df-9097-26f7f1ed2a29".into(),
-        size_bytes: 512 << 30,
-        key_destruction: KeyDestruction {
-            method: "cryptsetup luksErase".into(),
-            tool: "cryptsetup 2.6.1".into(),
-            evidence: [("keyslots_before", "1"), ("keyslots_after", "0")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        },
-        overwrite_passes: 1,
-        verified_blocks: verified,
-        mismatched_blocks: 0,
-    };
-    CertificateDocument {
-        schema: DOCUMENT_SCHEMA.into(),
-        operation_id: "6f1c0f1e-8a8e-4c55-9b0e-3f0b7d5f2a10".into(),
-        request_id: "req-42".into(),
-        host: HostIdentity {
-            host_id: "h-1".into(),
-            hardware_uuid: "00008103-000A1D2E3F40001E".into(),
-            serial_number: "C02XK0AAJGH5".into(),
-            model: "Macmini9,1".into(),
-            os: "macOS 15.1".into(),
-            agent_version: "0.1.0".into(),
-        },
-        controller_nonce_hex: "ab".repeat(32),
-        standard: "NIST SP 800-88 Rev. 2; IEEE 2883-2022".into(),
-        method_type: "Purge".into(),
-        method_used: "Crypto Erase + Overwrite".into(),
-        tool: "jex-agent 0.1.0".into(),
-        targets: vec![target("tenant-disk", 2002), target("scratch", 2002)],
-        verification: VerificationRecord {
-            method: "sampled read-back (direct I/O) compared with regenerated pattern".into(),
-            strata: 1000,
-            locations_per_stratum: 2,
-            block_size: 1 << 20,
-            sampled_blocks: 4004,
-            coverage_percent: 0.39,
-            mismatched_blocks: 0,
-            resumed: false,
-        },
-        pattern: PatternRecord {
-            algorithm: "AES-256-CTR keystream, 128-bit big-endian counter = byte offset / 16"
-                .into(),
-            key_hex: "5c".repeat(32),
-        },
-        outcome: "ERASED".into(),
-        exceptions: vec![],
-        started_at: "2025-06-01T10:00:00Z".into(),
-        finished_at: "2025-06-01T10:14:27Z".into(),
-        previous_certificate_sha256: None,
-    }
-}
-
 fn bench_attest(dir: &Path, iterations: usize) {
     // The test PKI: a fleet CA and an agent certificate for host h-1 (the document's host).
     let ca = TestCa::new("bench fleet CA");
@@ -136,8 +69,9 @@ fn bench_attest(dir: &Path, iterations: usize) {
     let ca_pem = ca.cert_pem;
 
     let signer = FileSigner::load(&key_path, &chain_path).unwrap();
-    let doc = document();
-    let nonce = vec![0xab; 32];
+    // The same consistent two-target ERASED document the certificate tests use.
+    let doc = jex_attest::testing::sample_document();
+    let nonce = jex_attest::testing::NONCE.to_vec();
     let (mut canon, mut sign, mut verify, mut bundle) = (vec![], vec![], vec![], vec![]);
     let mut size = 0;
     for _ in 0..iterations {
