@@ -1,16 +1,21 @@
-//! Erase benchmarks: `cargo bench -p jex-agent --bench erase [-- --sizes 1,8 --dir /work/target-bench]`.
+//! Erase benchmarks against the device's limit:
+//! `cargo bench -p jex-agent --bench erase [-- --sizes 1,8 --dir /work/target-bench --sweep --no-loop]`.
 //!
-//! On the same files, in one run:
-//! - pattern generation rate on one core (AES-256-CTR keystream), and generate+compare rate;
-//! - overwrite throughput of the engine (direct I/O, 8 MiB chunks, fdatasync every 256 MiB)
-//!   against `dd if=/dev/zero of=F oflag=direct bs=4M` and `shred -n1 F`;
-//! - verification time (default sample: 1000 strata x 2 blocks of 1 MiB + first/last; and full);
-//! - time from `terminate` to `Reclaimable` through `EraseService` (fake key destruction,
-//!   real ECDSA signing), extrapolated to 512 GB at the measured rates.
+//! On the same target, in one run, for a file on the directory's disk and for a loop device
+//! (`losetup --direct-io=on`) over a file on that disk (root needed; `--no-loop` skips it):
+//! - `fio --direct=1 --ioengine=libaio --rw=write --bs=1M --iodepth=32` and `--rw=read`: what
+//!   the device gives with 32 I/Os in flight, the limit to measure the engine against;
+//! - `dd if=/dev/zero oflag=direct bs=4M` and `shred -n1` (files only): the usual tools;
+//! - the engine's overwrite (direct I/O, checkpoints every 256 MiB) at the default queue depth
+//!   and chunk, and with `--sweep` over queue depths 1..32 and chunk sizes, to choose defaults;
+//! - the engine's full read-back verification (100 %) and the default sample;
+//! - time from `terminate` to `Reclaimable` through `EraseService` (fake key destruction, real
+//!   ECDSA signing) at the defaults, extrapolated to 512 GB at the measured rates.
 //!
-//! Sizes are GiB; the directory needs twice the largest size free (checked first).
+//! Also the pattern generation rate on one core and on all cores. Sizes are GiB; the directory
+//! needs the largest size plus 1 GiB free (checked first). `fio` must be installed.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,10 +25,12 @@ use std::time::{Duration, Instant};
 use ring::rand::SystemRandom;
 
 use jex_attest::HostIdentity;
-use jex_erase::overwrite::{OverwriteSettings, overwrite_target};
+use jex_erase::config::{DEFAULT_CHECKPOINT_BYTES, DEFAULT_CHUNK_BYTES, DEFAULT_QUEUE_DEPTH};
+use jex_erase::overwrite::{OverwriteSettings, buffer_bytes, overwrite_target};
 use jex_erase::pattern::{Pattern, PatternKey};
+use jex_erase::pipeline::Parallelism;
 use jex_erase::testing::{FakeKeys, load_test_signer, write_test_signer};
-use jex_erase::verify::{SampleSeed, SampleSettings, sample_plan, verify_target};
+use jex_erase::verify::{ReadSettings, SampleSeed, SampleSettings, sample_plan, verify_target};
 use jex_erase::{
     Backend, EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TerminateCommand,
 };
@@ -68,24 +75,62 @@ fn pattern_rates() {
         bytes += buf.len() as u64;
     }
     let compare = rate(bytes, started.elapsed());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let all: u64 = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..cores)
+            .map(|core| {
+                let pattern = pattern.clone();
+                scope.spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut bytes = 0u64;
+                    let started = Instant::now();
+                    while started.elapsed() < Duration::from_secs(3) {
+                        pattern.fill(((core as u64) << 40) + bytes, &mut buf);
+                        bytes += buf.len() as u64;
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    });
     println!("pattern generation, 1 core: {fill:.0} MB/s");
     println!("pattern generate+compare, 1 core: {compare:.0} MB/s");
+    println!(
+        "pattern generation, {cores} cores: {:.0} MB/s",
+        rate(all, Duration::from_secs(3))
+    );
 }
 
-fn engine_overwrite(path: &Path, pattern: &Pattern) -> Duration {
-    let mut io = DirectTarget::open(path, Access::ReadWrite).unwrap();
+/// Peak resident memory of this process so far, MiB.
+fn max_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn parallelism(queue_depth: usize) -> Parallelism {
+    Parallelism {
+        queue_depth,
+        cpu_threads: std::thread::available_parallelism().map_or(1, usize::from),
+    }
+}
+
+fn engine_overwrite(path: &Path, pattern: &Pattern, settings: &OverwriteSettings) -> Duration {
+    let io = DirectTarget::open(path, Access::ReadWrite).unwrap();
     let pinned = io.identity().clone();
     let started = Instant::now();
     overwrite_target(
         "bench",
-        &mut io,
+        &io,
         &pinned,
         pattern,
         0,
-        &OverwriteSettings {
-            chunk_bytes: 8 << 20,
-            checkpoint_bytes: 256 << 20,
-        },
+        settings,
         &mut |_| {},
         &mut |_| Ok(()),
     )
@@ -93,8 +138,13 @@ fn engine_overwrite(path: &Path, pattern: &Pattern) -> Duration {
     started.elapsed()
 }
 
-fn engine_verify(path: &Path, pattern: &Pattern, coverage: Option<f64>) -> (Duration, u64) {
-    let mut io = DirectTarget::open(path, Access::Read).unwrap();
+fn engine_verify(
+    path: &Path,
+    pattern: &Pattern,
+    coverage: Option<f64>,
+    read: &ReadSettings,
+) -> (Duration, u64) {
+    let io = DirectTarget::open(path, Access::Read).unwrap();
     let pinned = io.identity().clone();
     let plan = sample_plan(
         &SampleSeed::new(&[1u8; 32], "bench"),
@@ -109,7 +159,7 @@ fn engine_verify(path: &Path, pattern: &Pattern, coverage: Option<f64>) -> (Dura
         },
     );
     let started = Instant::now();
-    let report = verify_target("bench", &mut io, &pinned, pattern, &plan, &mut |_| {}).unwrap();
+    let report = verify_target("bench", &io, &pinned, pattern, &plan, read, &mut |_| {}).unwrap();
     (started.elapsed(), report.bytes)
 }
 
@@ -171,6 +221,203 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
     (total, verify)
 }
 
+/// Runs `fio` on `path` (`rw` = write or read, 1 MiB blocks, 32 in flight) and returns MB/s.
+fn fio(path: &Path, rw: &str, size: u64) -> f64 {
+    let output = Command::new("fio")
+        .args([
+            "--name=limit",
+            &format!("--filename={}", path.display()),
+            &format!("--rw={rw}"),
+            "--bs=1M",
+            "--iodepth=32",
+            "--direct=1",
+            "--ioengine=libaio",
+            &format!("--size={size}"),
+            "--output-format=json",
+        ])
+        .output()
+        .expect("fio is installed (apt-get install fio)");
+    assert!(
+        output.status.success(),
+        "fio failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let job = &json["jobs"][0][rw];
+    job["bw_bytes"].as_f64().unwrap() / MB
+}
+
+/// A loop device over `backing`, with direct I/O to the backing file; detached on drop.
+struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    fn attach(backing: &Path) -> Option<Self> {
+        let output = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(backing)
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            println!(
+                "no loop device ({}): the loop-device rows are left out",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return None;
+        }
+        Some(LoopDevice(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim(),
+        )))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
+
+struct Row {
+    name: String,
+    seconds: f64,
+    mb_s: f64,
+    note: String,
+}
+
+fn row(rows: &mut Vec<Row>, name: impl Into<String>, bytes: u64, took: Duration, note: String) {
+    rows.push(Row {
+        name: name.into(),
+        seconds: took.as_secs_f64(),
+        mb_s: rate(bytes, took),
+        note,
+    });
+}
+
+fn print_rows(title: &str, rows: &[Row]) {
+    println!("\n== {title} ==");
+    for r in rows {
+        println!(
+            "{:<52} {:>7.2} s {:>7.0} MB/s  {}",
+            r.name, r.seconds, r.mb_s, r.note
+        );
+    }
+}
+
+/// Times every writer and reader on `target` (a file or a loop device) of `size` bytes.
+fn measure_target(target: &Path, size: u64, is_file: bool, sweep: bool) -> (f64, f64, f64) {
+    let mut rows = Vec::new();
+    let fio_write = fio(target, "write", size);
+    rows.push(Row {
+        name: "fio write, bs=1M iodepth=32 libaio direct".into(),
+        seconds: size as f64 / (fio_write * MB),
+        mb_s: fio_write,
+        note: "the limit".into(),
+    });
+    let fio_read = fio(target, "read", size);
+    rows.push(Row {
+        name: "fio read, bs=1M iodepth=32 libaio direct".into(),
+        seconds: size as f64 / (fio_read * MB),
+        mb_s: fio_read,
+        note: "the limit".into(),
+    });
+    let count = (size / (4 << 20)).to_string();
+    let dd = |extra: &[&str]| {
+        let mut cmd = Command::new("/usr/bin/dd");
+        cmd.arg("if=/dev/zero")
+            .arg(format!("of={}", target.display()))
+            .args([
+                "oflag=direct",
+                "bs=4M",
+                &format!("count={count}"),
+                "conv=notrunc",
+            ])
+            .args(extra)
+            .stderr(std::process::Stdio::null());
+        run(&mut cmd)
+    };
+    let took = dd(&["conv=fdatasync,notrunc"]);
+    row(
+        &mut rows,
+        "dd if=/dev/zero oflag=direct bs=4M conv=fdatasync",
+        size,
+        took,
+        String::new(),
+    );
+    if is_file {
+        let took = run(Command::new("/usr/bin/shred").arg("-n1").arg(target));
+        row(&mut rows, "shred -n1", size, took, String::new());
+    }
+    let pattern = Pattern::new(PatternKey::generate(&SystemRandom::new()).unwrap());
+    let mut configs = vec![(DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES)];
+    if sweep {
+        for qd in [1usize, 2, 4, 8, 16, 32] {
+            for chunk in [1u64 << 20, 4 << 20, 8 << 20] {
+                if (qd, chunk) != configs[0] {
+                    configs.push((qd, chunk));
+                }
+            }
+        }
+    }
+    let mut default_write = 0.0;
+    for (qd, chunk) in configs {
+        let settings = OverwriteSettings {
+            chunk_bytes: chunk,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            parallelism: parallelism(qd),
+        };
+        let took = engine_overwrite(target, &pattern, &settings);
+        let mb_s = rate(size, took);
+        let default = (qd, chunk) == (DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES);
+        if default {
+            default_write = mb_s;
+        }
+        row(
+            &mut rows,
+            format!(
+                "engine overwrite qd={qd} chunk={}M{}",
+                chunk >> 20,
+                if default { " (default)" } else { "" }
+            ),
+            size,
+            took,
+            format!(
+                "{:.2}x fio write, buffers {} MiB",
+                mb_s / fio_write,
+                buffer_bytes(&settings) >> 20
+            ),
+        );
+    }
+    let read = ReadSettings {
+        read_bytes: DEFAULT_CHUNK_BYTES,
+        parallelism: parallelism(DEFAULT_QUEUE_DEPTH as usize),
+    };
+    let (took, bytes) = engine_verify(target, &pattern, Some(100.0), &read);
+    let full_read = rate(bytes, took);
+    row(
+        &mut rows,
+        "engine verify, full (100 %), default qd",
+        bytes,
+        took,
+        format!("{:.2}x fio read", full_read / fio_read),
+    );
+    let (took, bytes) = engine_verify(target, &pattern, None, &read);
+    row(
+        &mut rows,
+        format!(
+            "engine verify, default sample ({:.1} %)",
+            bytes as f64 * 100.0 / size as f64
+        ),
+        bytes,
+        took,
+        format!("{} MiB read", bytes >> 20),
+    );
+    let kind = if is_file { "file" } else { "loop device" };
+    print_rows(
+        &format!("{} GiB {kind} {}", size / GIB, target.display()),
+        &rows,
+    );
+    (default_write, fio_write, full_read)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| {
@@ -179,6 +426,8 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let sweep = args.iter().any(|a| a == "--sweep");
+    let with_loop = !args.iter().any(|a| a == "--no-loop");
     let sizes: Vec<u64> = arg("--sizes")
         .unwrap_or_else(|| "1,8".into())
         .split(',')
@@ -186,14 +435,18 @@ fn main() {
         .collect();
     let dir = PathBuf::from(arg("--dir").unwrap_or_else(|| "/work/target-bench".into()));
     std::fs::create_dir_all(&dir).unwrap();
-    println!("jex-agent erase benchmark, directory {}", dir.display());
+    println!(
+        "jex-agent erase benchmark, directory {}, {} cores",
+        dir.display(),
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
     pattern_rates();
 
-    let mut results = Vec::new();
+    let mut last = None;
     for gib in sizes {
         let size = gib * GIB;
         let free = free_bytes(&dir);
-        if free < size * 2 + GIB {
+        if free < size + GIB {
             println!(
                 "skipping {gib} GiB: {:.1} GiB free in {}",
                 free as f64 / GIB as f64,
@@ -202,94 +455,49 @@ fn main() {
             continue;
         }
         let file = dir.join(format!("erase-bench-{gib}g.img"));
-        let count = (size / (4 << 20)).to_string();
-        let dd = |extra: &[&str]| {
-            let mut cmd = Command::new("/usr/bin/dd");
-            cmd.arg("if=/dev/zero")
-                .arg(format!("of={}", file.display()))
-                .args([
-                    "oflag=direct",
-                    "bs=4M",
-                    &format!("count={count}"),
-                    "conv=notrunc",
-                ])
-                .args(extra)
-                .stderr(std::process::Stdio::null());
-            run(&mut cmd)
-        };
-        // Allocate the file, then time each writer on the same, allocated file.
-        dd(&[]);
-        let dd_time = dd(&[]);
-        let dd_sync_time = dd(&["conv=fdatasync"]);
-        let shred_time = run(Command::new("/usr/bin/shred").arg("-n1").arg(&file));
-        let pattern = Pattern::new(PatternKey::generate(&SystemRandom::new()).unwrap());
-        let overwrite_time = engine_overwrite(&file, &pattern);
-        let (sample_time, sample_bytes) = engine_verify(&file, &pattern, None);
-        let (full_time, full_bytes) = engine_verify(&file, &pattern, Some(100.0));
-        let (e2e_time, e2e_verify) = terminate_to_reclaimable(&dir, &file);
-        std::fs::remove_file(&file).unwrap();
-
-        println!("\n== {gib} GiB file ==");
+        // Allocate the file, so that every writer below overwrites allocated blocks.
+        let mut alloc = Command::new("/usr/bin/dd");
+        alloc
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", file.display()))
+            .args([
+                "oflag=direct",
+                "bs=4M",
+                &format!("count={}", size / (4 << 20)),
+            ])
+            .stderr(std::process::Stdio::null());
+        run(&mut alloc);
+        let (write, fio_write, full_read) = measure_target(&file, size, true, sweep);
+        if with_loop && let Some(device) = LoopDevice::attach(&file) {
+            measure_target(&device.0, size, false, sweep);
+        }
+        let (e2e, e2e_verify) = terminate_to_reclaimable(&dir, &file);
         println!(
-            "dd if=/dev/zero oflag=direct bs=4M:           {:>7.2} s  {:>6.0} MB/s",
-            dd_time.as_secs_f64(),
-            rate(size, dd_time)
-        );
-        println!(
-            "dd ... oflag=direct bs=4M conv=fdatasync:     {:>7.2} s  {:>6.0} MB/s",
-            dd_sync_time.as_secs_f64(),
-            rate(size, dd_sync_time)
-        );
-        println!(
-            "shred -n1:                                    {:>7.2} s  {:>6.0} MB/s",
-            shred_time.as_secs_f64(),
-            rate(size, shred_time)
-        );
-        println!(
-            "engine overwrite (8 MiB chunks, sync/256 MiB):{:>7.2} s  {:>6.0} MB/s  ({:.2}x dd)",
-            overwrite_time.as_secs_f64(),
-            rate(size, overwrite_time),
-            dd_time.as_secs_f64() / overwrite_time.as_secs_f64()
-        );
-        println!(
-            "verify, default sample ({:.1} % = {} MiB):   {:>7.2} s  {:>6.0} MB/s",
-            sample_bytes as f64 * 100.0 / size as f64,
-            sample_bytes >> 20,
-            sample_time.as_secs_f64(),
-            rate(sample_bytes, sample_time)
-        );
-        println!(
-            "verify, full:                                 {:>7.2} s  {:>6.0} MB/s",
-            full_time.as_secs_f64(),
-            rate(full_bytes, full_time)
-        );
-        println!(
-            "terminate -> Reclaimable (service):           {:>7.2} s  (of which verifying {:.2} s)",
-            e2e_time.as_secs_f64(),
+            "terminate -> Reclaimable, {gib} GiB file, defaults (service): {:.2} s (of which verifying {:.2} s)",
+            e2e.as_secs_f64(),
             e2e_verify.as_secs_f64()
         );
-        results.push((
-            gib,
-            rate(size, overwrite_time),
-            sample_bytes,
-            sample_time,
-            e2e_time,
-        ));
+        std::fs::remove_file(&file).unwrap();
+        last = Some((gib, write, fio_write, full_read, e2e));
     }
+    println!(
+        "\npeak RSS of the benchmark process: {:.0} MiB",
+        max_rss_mib()
+    );
 
     // 512 GB: the overwrite at the measured rate, plus the default sample (2000 strata blocks
-    // + first/last, 1 MiB each) at the measured sampled-read rate.
-    if let Some((gib, write_rate, sample_bytes, sample_time, _)) = results.last() {
+    // + first/last, 1 MiB each) read at the full-verification rate.
+    if let Some((gib, write, fio_write, full_read, _)) = last {
         let target = 512e9;
         let sample_512 = 2002.0 * (1u64 << 20) as f64;
-        let sample_rate = *sample_bytes as f64 / sample_time.as_secs_f64();
-        let write_s = target / (write_rate * MB);
-        let verify_s = sample_512 / sample_rate;
+        let write_s = target / (write * MB);
+        let verify_s = sample_512 / (full_read * MB);
         println!(
-            "\n512 GB extrapolated from the {gib} GiB run: overwrite {:.0} s + verify {:.0} s = {:.1} min to Reclaimable (key destruction not included)",
+            "512 GB extrapolated from the {gib} GiB file: overwrite {:.0} s + sampled verify {:.0} s = {:.1} min to Reclaimable (key destruction not included; fio's write limit would give {:.1} min)",
             write_s,
             verify_s,
-            (write_s + verify_s) / 60.0
+            (write_s + verify_s) / 60.0,
+            (target / (fio_write * MB) + verify_s) / 60.0
         );
     }
 }

@@ -13,6 +13,8 @@
 //! state_dir = "/var/lib/jex-agent/erase"
 //! chunk_bytes = 8388608            # 8 MiB direct-I/O writes
 //! checkpoint_bytes = 268435456     # durable flush + journal every 256 MiB
+//! queue_depth = 8                  # direct-I/O writes and reads in flight
+//! cpu_threads = 0                  # threads generating/comparing the pattern; 0 = every core
 //! verify_strata = 1000
 //! verify_locations_per_stratum = 2
 //! # verify_coverage_percent = 10   # NIST SP 800-88 r1 sampling: >= 10 % of the media
@@ -37,6 +39,15 @@ use toml::Spanned;
 pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
 /// Default distance between durable checkpoints.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 256 << 20;
+/// Default number of direct-I/O writes (and reads) in flight; chosen by measurement
+/// (BENCHMARKS.md, "Overwrite against the device's limit").
+pub const DEFAULT_QUEUE_DEPTH: u32 = 8;
+/// Largest `queue_depth`.
+pub const MAX_QUEUE_DEPTH: u32 = 256;
+/// Largest `cpu_threads`.
+pub const MAX_CPU_THREADS: u32 = 1024;
+/// Largest buffer memory of an erase, `queue_depth × chunk_bytes`.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 30;
 /// Default number of verification strata (NIST SP 800-88: at least 1000 subsections).
 pub const DEFAULT_VERIFY_STRATA: u64 = 1000;
 /// Default random locations per stratum (NIST SP 800-88: at least 2).
@@ -60,6 +71,13 @@ pub struct EraseConfig {
     /// redoes at most this much.
     #[serde(default = "default_checkpoint_bytes")]
     pub checkpoint_bytes: u64,
+    /// Direct-I/O writes (overwrite) and reads (verification) in flight, 1 to 256; the buffer
+    /// memory is `queue_depth × chunk_bytes` (at most 1 GiB).
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: u32,
+    /// Threads that generate and compare the pattern at once; 0 means one per core.
+    #[serde(default)]
+    pub cpu_threads: u32,
     /// Verification strata per target.
     #[serde(default = "default_verify_strata")]
     pub verify_strata: u64,
@@ -161,6 +179,10 @@ pub enum Setting {
     ChunkBytes,
     /// `checkpoint_bytes`.
     CheckpointBytes,
+    /// `queue_depth`.
+    QueueDepth,
+    /// `cpu_threads`.
+    CpuThreads,
     /// `verify_strata`.
     VerifyStrata,
     /// `verify_locations_per_stratum`.
@@ -224,6 +246,8 @@ impl std::fmt::Display for Setting {
             Setting::StateDir => "state_dir",
             Setting::ChunkBytes => "chunk_bytes",
             Setting::CheckpointBytes => "checkpoint_bytes",
+            Setting::QueueDepth => "queue_depth",
+            Setting::CpuThreads => "cpu_threads",
             Setting::VerifyStrata => "verify_strata",
             Setting::VerifyLocationsPerStratum => "verify_locations_per_stratum",
             Setting::VerifyCoveragePercent => "verify_coverage_percent",
@@ -422,6 +446,9 @@ fn default_chunk_bytes() -> u64 {
 fn default_checkpoint_bytes() -> u64 {
     DEFAULT_CHECKPOINT_BYTES
 }
+fn default_queue_depth() -> u32 {
+    DEFAULT_QUEUE_DEPTH
+}
 fn default_verify_strata() -> u64 {
     DEFAULT_VERIFY_STRATA
 }
@@ -453,6 +480,8 @@ impl Default for EraseConfig {
             state_dir: default_state_dir(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            cpu_threads: 0,
             verify_strata: DEFAULT_VERIFY_STRATA,
             verify_locations_per_stratum: DEFAULT_VERIFY_LOCATIONS_PER_STRATUM,
             verify_coverage_percent: None,
@@ -515,6 +544,27 @@ impl EraseConfig {
                 multiple_of: self.chunk_bytes,
                 min: self.chunk_bytes,
                 max: u64::MAX - u64::MAX % self.chunk_bytes,
+            });
+        }
+        if !(1..=MAX_QUEUE_DEPTH).contains(&self.queue_depth) {
+            return Err(ConfigError::OutOfRange {
+                key: Setting::QueueDepth,
+                value: self.queue_depth.to_string(),
+                expected: "1 to 256 I/Os in flight",
+            });
+        }
+        if u64::from(self.queue_depth) * self.chunk_bytes > MAX_BUFFER_BYTES {
+            return Err(ConfigError::OutOfRange {
+                key: Setting::QueueDepth,
+                value: self.queue_depth.to_string(),
+                expected: "a depth with queue_depth × chunk_bytes at most 1 GiB of buffers: lower it or chunk_bytes",
+            });
+        }
+        if self.cpu_threads > MAX_CPU_THREADS {
+            return Err(ConfigError::OutOfRange {
+                key: Setting::CpuThreads,
+                value: self.cpu_threads.to_string(),
+                expected: "0 (one per core) to 1024",
             });
         }
         check_size(
@@ -666,6 +716,10 @@ pub struct EraseSection {
     pub chunk_bytes: Option<Spanned<u64>>,
     /// [`EraseConfig::checkpoint_bytes`].
     pub checkpoint_bytes: Option<Spanned<u64>>,
+    /// [`EraseConfig::queue_depth`].
+    pub queue_depth: Option<Spanned<u32>>,
+    /// [`EraseConfig::cpu_threads`].
+    pub cpu_threads: Option<Spanned<u32>>,
     /// [`EraseConfig::verify_strata`].
     pub verify_strata: Option<Spanned<u64>>,
     /// [`EraseConfig::verify_locations_per_stratum`].
@@ -758,6 +812,8 @@ impl EraseSection {
             state_dir: written(&self.state_dir).unwrap_or(default_state_dir),
             chunk_bytes: written(&self.chunk_bytes).unwrap_or(DEFAULT_CHUNK_BYTES),
             checkpoint_bytes: written(&self.checkpoint_bytes).unwrap_or(DEFAULT_CHECKPOINT_BYTES),
+            queue_depth: written(&self.queue_depth).unwrap_or(DEFAULT_QUEUE_DEPTH),
+            cpu_threads: written(&self.cpu_threads).unwrap_or(0),
             verify_strata: written(&self.verify_strata).unwrap_or(DEFAULT_VERIFY_STRATA),
             verify_locations_per_stratum: written(&self.verify_locations_per_stratum)
                 .unwrap_or(DEFAULT_VERIFY_LOCATIONS_PER_STRATUM),
@@ -787,6 +843,8 @@ impl EraseSection {
             Setting::StateDir => span_of(&self.state_dir),
             Setting::ChunkBytes => span_of(&self.chunk_bytes),
             Setting::CheckpointBytes => span_of(&self.checkpoint_bytes),
+            Setting::QueueDepth => span_of(&self.queue_depth),
+            Setting::CpuThreads => span_of(&self.cpu_threads),
             Setting::VerifyStrata => span_of(&self.verify_strata),
             Setting::VerifyLocationsPerStratum => span_of(&self.verify_locations_per_stratum),
             Setting::VerifyCoveragePercent => span_of(&self.verify_coverage_percent),

@@ -83,6 +83,7 @@ pub mod keys;
 pub mod layout;
 pub mod overwrite;
 pub mod pattern;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod record;

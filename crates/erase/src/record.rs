@@ -225,6 +225,12 @@ pub struct OperationSettings {
     pub chunk_bytes: u64,
     /// Overwrite checkpoint distance.
     pub checkpoint_bytes: u64,
+    /// I/Os in flight (absent from journals written before it existed: 1, as they ran).
+    #[serde(default = "serial")]
+    pub queue_depth: u32,
+    /// Pattern threads; 0 = one per core.
+    #[serde(default)]
+    pub cpu_threads: u32,
     /// Verification strata.
     pub verify_strata: u64,
     /// Verification locations per stratum.
@@ -235,12 +241,18 @@ pub struct OperationSettings {
     pub verify_block_bytes: u64,
 }
 
+fn serial() -> u32 {
+    1
+}
+
 impl OperationSettings {
     /// The settings of `config`, as a new operation journals them.
     pub fn from_config(config: &EraseConfig) -> Self {
         OperationSettings {
             chunk_bytes: config.chunk_bytes,
             checkpoint_bytes: config.checkpoint_bytes,
+            queue_depth: config.queue_depth,
+            cpu_threads: config.cpu_threads,
             verify_strata: config.verify_strata,
             verify_locations_per_stratum: config.verify_locations_per_stratum,
             verify_coverage_percent: config.verify_coverage_percent,

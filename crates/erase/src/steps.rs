@@ -12,13 +12,16 @@ use crate::certify::{self, Verification};
 use crate::error::EraseError;
 use crate::keys::KeyDestruction;
 use crate::layout::{read_key_file, write_key_file};
-use crate::overwrite::{OverwriteSettings, overwrite_target};
+use crate::overwrite::{OverwriteSettings, buffer_bytes, overwrite_target};
 use crate::pattern::{Pattern, PatternKey};
+use crate::pipeline::Parallelism;
 use crate::progress::{OperationView, done_before};
 use crate::record::{OperationSettings, Outcome, Phase, PinnedTarget, Record, RequestedRecord};
 use crate::state::{Destroyed, Operation, State};
 use crate::store::{Core, Shared};
-use crate::verify::{SamplePlan, SampleSeed, SampleSettings, sample_plan, verify_target};
+use crate::verify::{
+    ReadSettings, SamplePlan, SampleSeed, SampleSettings, sample_plan, verify_target,
+};
 use jex_platform::blockdev::{Access, BlockDevError, SystemDevices, check_identity};
 use jex_platform::error_chain;
 
@@ -313,6 +316,7 @@ fn overwrite_all(
     let settings = OverwriteSettings {
         chunk_bytes: op.requested.settings.chunk_bytes,
         checkpoint_bytes: op.requested.settings.checkpoint_bytes,
+        parallelism: parallelism(&op.requested.settings),
     };
     for (index, (target, pin)) in op.requested.targets.iter().zip(pinned).enumerate() {
         if index < first {
@@ -327,12 +331,20 @@ fn overwrite_all(
             start = 0;
         }
         let size = pin.identity.size_bytes;
-        let mut io = shared.open_target(index, target, Access::ReadWrite)?;
-        info!(target = %target.name, offset = start, bytes = size, "overwriting target");
+        let io = shared.open_target(index, target, Access::ReadWrite)?;
+        info!(
+            target = %target.name,
+            offset = start,
+            bytes = size,
+            queue_depth = settings.parallelism.queue_depth,
+            cpu_threads = settings.parallelism.cpu_threads,
+            buffer_bytes = buffer_bytes(&settings),
+            "overwriting target"
+        );
         let started = Instant::now();
         overwrite_target(
             &target.name,
-            io.as_mut(),
+            io.as_ref(),
             &pin.identity,
             pattern,
             start,
@@ -350,6 +362,18 @@ fn overwrite_all(
         info!(target = %target.name, bytes = size - start, elapsed_ms, "target overwritten");
     }
     Ok(())
+}
+
+/// The I/O parallelism of `settings`, `cpu_threads = 0` resolved to the cores present.
+fn parallelism(settings: &OperationSettings) -> Parallelism {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    Parallelism {
+        queue_depth: settings.queue_depth.max(1) as usize,
+        cpu_threads: match settings.cpu_threads {
+            0 => cores,
+            n => n as usize,
+        },
+    }
 }
 
 fn sample_settings(settings: &OperationSettings) -> SampleSettings {
@@ -378,6 +402,10 @@ fn verify_all(
     })?;
     let seed = SampleSeed::new(&nonce, operation_id);
     let settings = sample_settings(&op.requested.settings);
+    let read_settings = ReadSettings {
+        read_bytes: op.requested.settings.chunk_bytes,
+        parallelism: parallelism(&op.requested.settings),
+    };
     let plans: Vec<SamplePlan> = pinned
         .iter()
         .enumerate()
@@ -404,14 +432,15 @@ fn verify_all(
         .zip(&plans)
         .enumerate()
     {
-        let mut io = shared.open_target(index, target, Access::Read)?;
+        let io = shared.open_target(index, target, Access::Read)?;
         let started = Instant::now();
         let report = verify_target(
             &target.name,
-            io.as_mut(),
+            io.as_ref(),
             &pin.identity,
             pattern,
             plan,
+            &read_settings,
             &mut |done| shared.progress(operation_id, index, done),
         )?;
         info!(

@@ -126,7 +126,7 @@ impl TargetIo for FaultyIo {
     fn io_align(&self) -> u64 {
         self.inner.io_align()
     }
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
         self.log.0.lock().unwrap().push(('w', offset));
         if let Fault::WriteFailsAt(at) = self.fault
             && offset + buf.len() as u64 > at
@@ -147,7 +147,7 @@ impl TargetIo for FaultyIo {
         }
         Ok(())
     }
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.log.0.lock().unwrap().push(('r', offset));
         match self.fault {
             Fault::ReadFailsAt(at) if offset <= at && at < offset + buf.len() as u64 => {
@@ -160,7 +160,7 @@ impl TargetIo for FaultyIo {
         }
         self.inner.read_at(offset, buf)
     }
-    fn flush_durable(&mut self) -> std::io::Result<()> {
+    fn flush_durable(&self) -> std::io::Result<()> {
         self.inner.flush_durable()
     }
     fn open_identity(&self) -> Result<TargetIdentity, BlockDevError> {
@@ -503,11 +503,33 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
             "reclaimable"
         ]
     );
-    // 4 MiB / 256 KiB + 2 MiB / 256 KiB checkpoints, plus the start of each target.
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "overwriting").count(),
-        16 + 8 + 2
-    );
+    // Each target: its start, then checkpoints at growing offsets up to its end. Writes
+    // complete out of order, so a checkpoint may cover more than one 256 KiB segment (the
+    // prefix jumped), but never more than a segment plus the window writers may run ahead.
+    let config = h.config();
+    let window =
+        (config.checkpoint_bytes / config.chunk_bytes).max(2 * u64::from(config.queue_depth));
+    let most = config.checkpoint_bytes + window * config.chunk_bytes;
+    for (target, size) in [(0u32, 4u64 << 20), (1, 2 << 20)] {
+        let offsets: Vec<u64> = h
+            .records()
+            .iter()
+            .filter_map(|r| match r {
+                Record::Overwriting {
+                    target: t, offset, ..
+                } if *t == target => Some(*offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offsets.first(), Some(&0), "target {target}: {offsets:?}");
+        assert_eq!(offsets.last(), Some(&size), "target {target}: {offsets:?}");
+        assert!(
+            offsets
+                .windows(2)
+                .all(|w| w[0] < w[1] && w[1] - w[0] <= most),
+            "target {target}: {offsets:?}"
+        );
+    }
 
     // The key file is gone; the certificate file is world-readable; the state dir is private.
     let state = h.state_dir();
@@ -686,14 +708,32 @@ fn a_block_altered_after_its_overwrite_fails_verification_at_that_offset() {
 
 #[test]
 fn a_target_truncated_mid_overwrite_is_refused() {
-    let (h, service, view) = run_with_fault(Fault::TruncateAfterWrites(5, 1 << 20));
+    let h = Harness::new(&[2 << 20]);
+    let opener = Arc::new(FaultyOpener::new(Fault::TruncateAfterWrites(5, 1 << 20)));
+    let log = opener.log.clone();
+    let config = h.config();
+    let depth = config.queue_depth as usize;
+    assert!(depth > 1, "the default runs several writes at once");
+    let service = h.open(config, opener, None);
+    let started = service.terminate(terminate_cmd("req-fault")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
     assert_failed_not_reclaimable(&h, &service, &view);
     let reason = view.failure_reason.as_deref().unwrap();
     assert!(
         reason.contains("identity changed") && reason.contains("size=1048576"),
         "{reason}"
     );
-    // Nothing was written after the truncation was seen.
+    // No write starts once the truncation can be seen: besides the five before it, only the
+    // writes already in flight (at most queue_depth - 1) were issued, out of 32 chunks.
+    let writes = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k == 'w')
+        .count();
+    assert!(writes < 5 + depth, "{writes} writes issued");
+    // Jobs are taken in order, so those writes all land below the truncated end.
     assert_eq!(std::fs::metadata(&h.images[0]).unwrap().len(), 1 << 20);
 }
 
@@ -827,6 +867,8 @@ fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> Stri
         settings: OperationSettings {
             chunk_bytes: config.chunk_bytes,
             checkpoint_bytes: config.checkpoint_bytes,
+            queue_depth: config.queue_depth,
+            cpu_threads: config.cpu_threads,
             verify_strata: config.verify_strata,
             verify_locations_per_stratum: config.verify_locations_per_stratum,
             verify_coverage_percent: None,
@@ -881,7 +923,7 @@ fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
     // The first 768 KiB were written and the checkpoint at 512 KiB was journaled.
     let pattern = Pattern::new(key.clone());
     {
-        let mut io = DirectTarget::open(&h.images[0], Access::ReadWrite).unwrap();
+        let io = DirectTarget::open(&h.images[0], Access::ReadWrite).unwrap();
         let mut buf = jex_platform::blockdev::AlignedBuf::new(768 * 1024);
         pattern.fill(0, &mut buf);
         io.write_at(0, &buf).unwrap();
@@ -920,8 +962,9 @@ fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
         .filter(|(kind, _)| *kind == 'w')
         .map(|(_, offset)| *offset)
         .collect();
+    // Writes complete out of order, but none is below the checkpoint.
     assert_eq!(
-        writes.first(),
+        writes.iter().min(),
         Some(&(512 * 1024)),
         "resumed at the checkpoint"
     );
@@ -941,7 +984,7 @@ fn resuming_during_verification_verifies_again_from_scratch() {
     let h = Harness::new(&[1 << 20]);
     let key = PatternKey::from_bytes([4u8; 32]);
     {
-        let mut io = DirectTarget::open(&h.images[0], Access::ReadWrite).unwrap();
+        let io = DirectTarget::open(&h.images[0], Access::ReadWrite).unwrap();
         let mut buf = jex_platform::blockdev::AlignedBuf::new(1 << 20);
         Pattern::new(key.clone()).fill(0, &mut buf);
         io.write_at(0, &buf).unwrap();
@@ -1109,7 +1152,13 @@ fn state_after(last: &Record) -> StateKind {
 #[test]
 fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimable() {
     let h = Harness::new(&[512 << 10, 256 << 10]);
-    let service = h.service();
+    // One write at a time, so that the journal has exactly one checkpoint per segment; the
+    // replay below does not depend on how the writes ran.
+    let serial = EraseConfig {
+        queue_depth: 1,
+        ..h.config()
+    };
+    let service = h.open(serial, Arc::new(DirectOpener), None);
     let started = service.terminate(terminate_cmd("req-prefix")).unwrap();
     assert_eq!(
         wait_finished(&service, &started.operation_id).phase,
@@ -1365,7 +1414,7 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
 // === Module dependencies ===
 
 /// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
-const MODULE_ORDER: [&str; 18] = [
+const MODULE_ORDER: [&str; 19] = [
     "config",
     "pattern",
     "journal",
@@ -1373,6 +1422,7 @@ const MODULE_ORDER: [&str; 18] = [
     "record",
     "state",
     "error",
+    "pipeline",
     "overwrite",
     "verify",
     "layout",

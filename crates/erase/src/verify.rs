@@ -20,22 +20,32 @@
 //!
 //! Each sampled range is read with direct I/O (never the page cache) and compared with the
 //! pattern regenerated from the key; the first mismatch fails verification with its byte offset.
-//! Reading and comparing overlap: the calling thread reads while a helper thread regenerates and
-//! compares.
-
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+//! Reads go through the [`pipeline`](crate::pipeline): ranges are cut into pieces of at most
+//! `read_bytes`, `queue_depth` reads are in flight, and each reading thread regenerates and
+//! compares its piece (on up to `cpu_threads` cores at once) in cache-sized slices. With several
+//! mismatches, the one in the lowest-numbered piece is reported (see the pipeline's ordering).
 
 use ring::hmac;
 
 use crate::error::EraseError;
 use crate::pattern::Pattern;
+use crate::pipeline::{Parallelism, run_jobs};
 use jex_platform::blockdev::{AlignedBuf, TargetIdentity, TargetIo, check_identity};
 
 /// Domain separation for the sample seed.
 pub const SAMPLE_DOMAIN: &[u8] = b"jex-erase-sample-v1\0";
 
-/// Largest single read during verification.
-const READ_BYTES: u64 = 4 << 20;
+/// Expected pattern bytes generated at a time while comparing (fits a core's L2 cache).
+const COMPARE_BYTES: usize = 256 << 10;
+
+/// Read sizes and parallelism of one verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSettings {
+    /// Largest single read, bytes (multiple of the direct-I/O alignment).
+    pub read_bytes: u64,
+    /// Reads in flight and comparing threads.
+    pub parallelism: Parallelism,
+}
 
 /// How to sample one target.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,116 +208,63 @@ pub struct VerifyReport {
 
 /// Reads back `plan` from `io` and compares it with `pattern`. Calls `progress` with the bytes
 /// verified so far. Fails on the first mismatch (with its offset), any read error, or an
-/// identity change.
+/// identity change (checked before and after the reads).
 pub fn verify_target(
     target_name: &str,
-    io: &mut dyn TargetIo,
+    io: &dyn TargetIo,
     pinned: &TargetIdentity,
     pattern: &Pattern,
     plan: &SamplePlan,
+    settings: &ReadSettings,
     progress: &mut dyn FnMut(u64),
 ) -> Result<VerifyReport, EraseError> {
-    check_identity(io, pinned).map_err(|source| EraseError::Identity {
+    let identity_err = |source| EraseError::Identity {
         target: target_name.to_owned(),
         source,
-    })?;
-    const DEPTH: usize = 3;
+    };
+    check_identity(io, pinned).map_err(identity_err)?;
+    let align = io.io_align().max(1);
+    let step = settings.read_bytes.max(align).div_ceil(align) * align;
     let buf_len = plan
         .ranges
         .iter()
         .map(|r| r.len)
         .max()
         .unwrap_or(0)
-        .min(READ_BYTES) as usize;
+        .min(step);
     if buf_len == 0 {
         return Ok(VerifyReport { bytes: 0 });
     }
-    std::thread::scope(|scope| {
-        let (full_tx, full_rx) = sync_channel::<Piece>(DEPTH);
-        let (back_tx, back_rx) = sync_channel::<Checked>(DEPTH + 1);
-        let checker = scope.spawn(move || compare_loop(pattern, buf_len, full_rx, back_tx));
-        let result = read_loop(
-            target_name,
-            io,
-            plan,
-            buf_len,
-            DEPTH,
-            full_tx,
-            back_rx,
-            progress,
-        );
-        // `read_loop` consumed its channel ends, so the comparer has stopped; it cannot panic
-        // short of a bug, and then the read loop already reported the comparer as stopped.
-        let _ = checker.join();
-        result
-    })
-}
-
-/// A buffer read from `offset`, `len` bytes of it valid.
-type Piece = (u64, usize, AlignedBuf);
-/// A compared buffer: its length and the first mismatching offset, if any.
-type Checked = (AlignedBuf, usize, Option<u64>);
-
-fn compare_loop(
-    pattern: &Pattern,
-    buf_len: usize,
-    full_rx: Receiver<Piece>,
-    back_tx: SyncSender<Checked>,
-) {
-    let mut expected = vec![0u8; buf_len];
-    while let Ok((offset, len, buf)) = full_rx.recv() {
-        let mismatch = pattern.first_mismatch(offset, &buf[..len], &mut expected);
-        if back_tx.send((buf, len, mismatch)).is_err() {
-            break;
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn read_loop(
-    target_name: &str,
-    io: &mut dyn TargetIo,
-    plan: &SamplePlan,
-    buf_len: usize,
-    depth: usize,
-    full_tx: SyncSender<Piece>,
-    back_rx: Receiver<Checked>,
-    progress: &mut dyn FnMut(u64),
-) -> Result<VerifyReport, EraseError> {
-    let stopped = || EraseError::Internal {
-        detail: "the verification comparer thread stopped".into(),
-    };
-    let path = io.path().to_path_buf();
-    let mut free: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(buf_len)).collect();
-    let mut in_flight = 0usize;
-    let mut done = 0u64;
-    // Takes back one compared buffer, failing on a mismatch.
-    let mut settle = |done: &mut u64| -> Result<AlignedBuf, EraseError> {
-        let (buf, len, mismatch) = back_rx.recv().map_err(|_| stopped())?;
-        if let Some(offset) = mismatch {
-            return Err(EraseError::Mismatch {
-                target: target_name.to_owned(),
-                path: path.clone(),
-                offset,
-            });
-        }
-        *done += len as u64;
-        progress(*done);
-        Ok(buf)
-    };
-    let step = buf_len as u64;
+    // first_piece[i]: number of pieces in ranges before range i.
+    let mut first_piece = Vec::with_capacity(plan.ranges.len());
+    let mut pieces = 0u64;
     for range in &plan.ranges {
-        let mut offset = range.offset;
-        let end = range.offset + range.len;
-        while offset < end {
-            let len = (end - offset).min(step) as usize;
-            let mut buf = match free.pop() {
-                Some(buf) => buf,
-                None => {
-                    in_flight -= 1;
-                    settle(&mut done)?
-                }
-            };
+        first_piece.push(pieces);
+        pieces += range.len.div_ceil(step);
+    }
+    let piece = |job: u64| {
+        let index = first_piece.partition_point(|first| *first <= job) - 1;
+        let range = plan.ranges[index];
+        let offset = range.offset + (job - first_piece[index]) * step;
+        (
+            offset,
+            (range.offset + range.len - offset).min(step) as usize,
+        )
+    };
+    let mut done = 0u64;
+    run_jobs(
+        pieces,
+        settings.parallelism,
+        // Nothing is journaled during verification: the prefix only bounds the bookkeeping.
+        4 * settings.parallelism.queue_depth.max(1) as u64,
+        || {
+            (
+                AlignedBuf::new(buf_len as usize),
+                vec![0u8; COMPARE_BYTES.min(buf_len as usize)],
+            )
+        },
+        |(buf, expected), permits, job| {
+            let (offset, len) = piece(job);
             io.read_at(offset, &mut buf[..len])
                 .map_err(|source| EraseError::Read {
                     target: target_name.to_owned(),
@@ -315,15 +272,32 @@ fn read_loop(
                     offset,
                     source,
                 })?;
-            full_tx.send((offset, len, buf)).map_err(|_| stopped())?;
-            in_flight += 1;
-            offset += len as u64;
-        }
-    }
-    while in_flight > 0 {
-        in_flight -= 1;
-        free.push(settle(&mut done)?);
-    }
+            let slice = expected.len();
+            let mismatch = permits.run(|| {
+                buf[..len]
+                    .chunks(slice)
+                    .enumerate()
+                    .find_map(|(i, actual)| {
+                        pattern.first_mismatch(offset + (i * slice) as u64, actual, expected)
+                    })
+            });
+            match mismatch {
+                Some(offset) => Err(EraseError::Mismatch {
+                    target: target_name.to_owned(),
+                    path: io.path().to_path_buf(),
+                    offset,
+                }),
+                None => Ok(len as u64),
+            }
+        },
+        &mut |bytes| {
+            done += bytes;
+            progress(done);
+        },
+        &mut |_| Ok(()),
+    )?;
+    // What was read must still be the pinned target.
+    check_identity(io, pinned).map_err(identity_err)?;
     Ok(VerifyReport { bytes: done })
 }
 

@@ -49,6 +49,8 @@ fn config(dir: &Path) -> EraseConfig {
         state_dir: dir.join("state"),
         chunk_bytes: 64 * 1024,
         checkpoint_bytes: 128 * 1024,
+        // Several writes in flight, completing out of order, whenever a kill lands.
+        queue_depth: 4,
         verify_block_bytes: 64 * 1024,
         targets: (0..IMAGE_SIZES.len())
             .map(|i| TargetConfig {
@@ -207,6 +209,42 @@ fn check_invariants(records: &[Record]) -> Result<(), String> {
     Ok(())
 }
 
+/// After a kill: every byte below the last journaled checkpoint holds the pattern (so a
+/// checkpoint never covered a write still in flight or lost), for every target before it too.
+/// Checked while the pattern key is still on disk (until the certificate is signed).
+fn check_checkpointed_prefix(dir: &Path, records: &[Record]) -> Result<usize, String> {
+    let Some(Record::Requested(requested)) = records.first() else {
+        return Ok(0);
+    };
+    let Some((target, offset)) = records.iter().rev().find_map(|r| match r {
+        Record::Overwriting { target, offset, .. } => Some((*target as usize, *offset)),
+        _ => None,
+    }) else {
+        return Ok(0);
+    };
+    let key_file = dir
+        .join("state/keys")
+        .join(format!("{}.key", requested.operation_id));
+    let Ok(key_hex) = std::fs::read_to_string(&key_file) else {
+        return Ok(0);
+    };
+    let pattern = Pattern::new(PatternKey::from_hex(&key_hex).map_err(|e| e.to_string())?);
+    let mut checked = 0;
+    for (index, size) in IMAGE_SIZES.iter().enumerate().take(target + 1) {
+        let end = if index < target { *size } else { offset } as usize;
+        let data = std::fs::read(image_path(dir, index)).map_err(|e| e.to_string())?;
+        let mut expected = vec![0u8; end];
+        pattern.fill(0, &mut expected);
+        if let Some(at) = data[..end].iter().zip(&expected).position(|(a, b)| a != b) {
+            return Err(format!(
+                "tenant{index}: byte {at} below the checkpoint {end} is not the pattern"
+            ));
+        }
+        checked += end;
+    }
+    Ok(checked)
+}
+
 fn read_journal(dir: &Path) -> Vec<Record> {
     let path = dir.join("state").join(JOURNAL_FILE);
     if !path.exists() {
@@ -245,6 +283,8 @@ fn sigkill(child: &mut Child) {
 struct Run {
     killed_after: Option<&'static str>,
     records_at_kill: usize,
+    /// Bytes found holding the pattern below the last checkpoint after the kill.
+    prefix_checked: usize,
 }
 
 /// Runs the child until it exits or `kill` triggers, checking invariants on the journal all
@@ -270,6 +310,7 @@ fn run_child(dir: &Path, run: usize, kill: Option<KillPoint>) -> Run {
             return Run {
                 killed_after: None,
                 records_at_kill: records.len(),
+                prefix_checked: 0,
             };
         }
         match kill {
@@ -292,9 +333,19 @@ fn run_child(dir: &Path, run: usize, kill: Option<KillPoint>) -> Run {
                 return Run {
                     killed_after: None,
                     records_at_kill: records.len(),
+                    prefix_checked: 0,
                 };
             }
             let records = read_journal(dir);
+            let prefix_checked = match check_checkpointed_prefix(dir, &records) {
+                Ok(bytes) => bytes,
+                Err(violation) => {
+                    panic!(
+                        "after the kill of run {run} in {}: {violation}",
+                        dir.display()
+                    )
+                }
+            };
             return Run {
                 killed_after: Some(
                     records
@@ -303,6 +354,7 @@ fn run_child(dir: &Path, run: usize, kill: Option<KillPoint>) -> Run {
                         .unwrap_or("nothing"),
                 ),
                 records_at_kill: records.len(),
+                prefix_checked,
             };
         }
         assert!(Instant::now() < deadline, "child run {run} hangs");
@@ -320,6 +372,7 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut killed_in: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let mut total_kills = 0;
+    let mut prefix_checks = 0;
     for trial in 0..TRIALS {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
@@ -354,6 +407,7 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
             match outcome.killed_after {
                 Some(kind) => {
                     total_kills += 1;
+                    prefix_checks += usize::from(outcome.prefix_checked > 0);
                     *killed_in.entry(kind).or_default() += 1;
                     // A run killed once its certificate is signed ("certified" or later) has
                     // nothing left to verify: the certificate it signed says how it got there.
@@ -416,6 +470,13 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
             "pattern key left behind"
         );
     }
-    eprintln!("{total_kills} kills over {TRIALS} trials, by last durable record: {killed_in:?}");
+    eprintln!(
+        "{total_kills} kills over {TRIALS} trials, by last durable record: {killed_in:?}; \
+         {prefix_checks} kills checked the overwritten prefix"
+    );
+    assert!(
+        prefix_checks > 0,
+        "no kill landed during the overwrite: {killed_in:?}"
+    );
     assert!(total_kills >= TRIALS, "too few kills landed: {killed_in:?}");
 }

@@ -239,8 +239,10 @@ impl std::fmt::Debug for AlignedBuf {
 
 /// Positioned, direct I/O on one target: what the overwrite and the verification use.
 ///
-/// [`DirectTarget`] is the real implementation; tests wrap it to inject faults.
-pub trait TargetIo: Send {
+/// [`DirectTarget`] is the real implementation; tests wrap it to inject faults. Positioned I/O
+/// takes `&self`: several threads read or write disjoint ranges of one target at once
+/// (`pread`/`pwrite` on one descriptor are safe to call concurrently).
+pub trait TargetIo: Send + Sync {
     /// The path (for messages).
     fn path(&self) -> &Path;
     /// The target's size in bytes, as found when it was opened.
@@ -248,11 +250,11 @@ pub trait TargetIo: Send {
     /// Alignment of offsets and lengths for direct I/O.
     fn io_align(&self) -> u64;
     /// Writes all of `buf` at `offset` (aligned).
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Reads exactly `buf.len()` bytes at `offset` (aligned); a short read is an error.
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Makes every completed write durable (`fdatasync` / `F_FULLFSYNC`).
-    fn flush_durable(&mut self) -> io::Result<()>;
+    fn flush_durable(&self) -> io::Result<()>;
     /// The identity of the open descriptor now (cheap: `fstat`, plus the size ioctl on devices).
     fn open_identity(&self) -> Result<TargetIdentity, BlockDevError>;
     /// The identity of what the path names now (detects a replaced file or device node).
@@ -343,15 +345,15 @@ impl TargetIo for DirectTarget {
         self.io_align
     }
 
-    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
     }
 
-    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
 
-    fn flush_durable(&mut self) -> io::Result<()> {
+    fn flush_durable(&self) -> io::Result<()> {
         os::flush_durable(&self.file)
     }
 
@@ -1017,7 +1019,7 @@ mod tests {
     fn direct_io_round_trips_on_a_regular_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = image(dir.path(), "disk.img", 1 << 20);
-        let mut target = DirectTarget::open(&path, Access::ReadWrite).unwrap();
+        let target = DirectTarget::open(&path, Access::ReadWrite).unwrap();
         assert_eq!(target.size(), 1 << 20);
         assert_eq!(target.identity().kind, TargetKind::File);
         let mut buf = AlignedBuf::new(8192);
@@ -1038,7 +1040,7 @@ mod tests {
     fn reading_past_the_end_is_an_error_not_a_short_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = image(dir.path(), "disk.img", 64 * 1024);
-        let mut target = DirectTarget::open(&path, Access::Read).unwrap();
+        let target = DirectTarget::open(&path, Access::Read).unwrap();
         let mut buf = AlignedBuf::new(8192);
         assert!(target.read_at(60 * 1024, &mut buf).is_err());
     }
