@@ -971,6 +971,13 @@ mod tests {
                 "chunk_bytes = 8192\ncheckpoint_bytes = 12288".to_owned(),
                 "erase.checkpoint_bytes",
             ),
+            ("queue_depth = 0".to_owned(), "erase.queue_depth = 0"),
+            ("queue_depth = 300".to_owned(), "1 to 256"),
+            (
+                "chunk_bytes = 268435456\nqueue_depth = 8".to_owned(),
+                "queue_depth × chunk_bytes at most 1 GiB",
+            ),
+            ("cpu_threads = 5000".to_owned(), "erase.cpu_threads = 5000"),
             ("verify_coverage_percent = 150.0".to_owned(), "at most 100"),
             ("verify_strata = 0".to_owned(), "at least 1000"),
             ("state_dir = \"state\"".to_owned(), "erase.state_dir"),
