@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Footprint of the agent against Debian's prometheus-node-exporter, measured in the same run:
-# both run for DURATION seconds; the agent samples at 1 Hz with one live mTLS subscriber
-# (`jex-agent ctl telemetry --follow`), node_exporter is scraped once a second with curl.
+# all run for DURATION seconds; the agent samples at 1 Hz with one live mTLS subscriber
+# (`jex-agent ctl telemetry --follow`); two node_exporters are scraped once a second with curl:
+# one with its default collectors, one limited to the agent's data (cpu, meminfo, loadavg,
+# pressure).
 # Reports peak RSS (VmHWM) and CPU time (utime+stime) of each server process.
 #
 #   bash benches/footprint.sh            # 60 s
@@ -42,25 +44,31 @@ AGENT=$!
 NEPORT=$((PORT + 1))
 "$NE" --web.listen-address="127.0.0.1:$NEPORT" >"$WORK/ne.log" 2>&1 &
 NEPID=$!
+NELPORT=$((PORT + 2))
+"$NE" --web.listen-address="127.0.0.1:$NELPORT" --collector.disable-defaults --collector.cpu \
+  --collector.meminfo --collector.loadavg --collector.pressure >"$WORK/nel.log" 2>&1 &
+NELPID=$!
 sleep 1
 "$BIN" ctl --agent "https://127.0.0.1:$PORT" --ca "$WORK/pki/ca.pem" --cert "$WORK/pki/controller.pem" \
   --key "$WORK/pki/controller.key" --server-name localhost telemetry --follow >"$WORK/stream.out" &
 
 # CPU time in nanoseconds, summed over every thread (schedstat is ns-precise; stat is 10 ms ticks).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {print s}'; }
-a0=$(cpu_ns $AGENT); n0=$(cpu_ns $NEPID)
+a0=$(cpu_ns $AGENT); n0=$(cpu_ns $NEPID); l0=$(cpu_ns $NELPID)
 for _ in $(seq "$DURATION"); do
   curl -s "http://127.0.0.1:$NEPORT/metrics" >/dev/null
+  curl -s "http://127.0.0.1:$NELPORT/metrics" >/dev/null
   sleep 1
 done
-a1=$(cpu_ns $AGENT); n1=$(cpu_ns $NEPID)
+a1=$(cpu_ns $AGENT); n1=$(cpu_ns $NEPID); l1=$(cpu_ns $NELPID)
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 records=$(grep -c '^seq=' "$WORK/stream.out" || true)
-printf '%-28s %12s %14s %16s\n' "process" "peak RSS" "CPU time" "CPU % of 1 core"
-for p in "jex-agent:$AGENT:$a0:$a1" "prometheus-node-exporter:$NEPID:$n0:$n1"; do
+printf '%-36s %12s %14s %16s\n' "process" "peak RSS" "CPU time" "CPU % of 1 core"
+for p in "jex-agent:$AGENT:$a0:$a1" "node-exporter (defaults):$NEPID:$n0:$n1" \
+  "node-exporter (cpu,meminfo,loadavg,pressure):$NELPID:$l0:$l1"; do
   IFS=: read -r name pid t0 t1 <<<"$p"
   ns=$((t1 - t0))
-  printf '%-28s %9s KiB %11s ms %15s\n' "$name" "$(hwm "$pid")" "$((ns / 1000000))" \
-    "$(awk -v t=$ns -v d=$DURATION 'BEGIN { printf "%.3f%%", t / 1e9 / d * 100 }')"
+  printf '%-36s %9s KiB %11s ms %15s\n' "$name" "$(hwm "$pid")" "$((ns / 1000000))" \
+    "$(awk -v t="$ns" -v d="$DURATION" 'BEGIN { printf "%.3f%%", t / 1e9 / d * 100 }')"
 done
 echo "duration ${DURATION}s; records received by the subscriber: $records; $( "$NE" --version 2>&1 | head -1)"
