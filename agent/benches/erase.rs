@@ -305,19 +305,15 @@ fn print_rows(title: &str, rows: &[Row]) {
 /// Times every writer and reader on `target` (a file or a loop device) of `size` bytes.
 fn measure_target(target: &Path, size: u64, is_file: bool, sweep: bool) -> (f64, f64, f64) {
     let mut rows = Vec::new();
-    let fio_write = fio(target, "write", size);
-    rows.push(Row {
-        name: "fio write, bs=1M iodepth=32 libaio direct".into(),
-        seconds: size as f64 / (fio_write * MB),
-        mb_s: fio_write,
-        note: "the limit".into(),
-    });
-    let fio_read = fio(target, "read", size);
-    rows.push(Row {
-        name: "fio read, bs=1M iodepth=32 libaio direct".into(),
-        seconds: size as f64 / (fio_read * MB),
-        mb_s: fio_read,
-        note: "the limit".into(),
+    let [fio_write, fio_read] = ["write", "read"].map(|rw| {
+        let mb_s = fio(target, rw, size);
+        rows.push(Row {
+            name: format!("fio {rw}, bs=1M iodepth=32 libaio direct"),
+            seconds: size as f64 / (mb_s * MB),
+            mb_s,
+            note: "the limit".into(),
+        });
+        mb_s
     });
     let count = (size / (4 << 20)).to_string();
     let dd = |extra: &[&str]| {
