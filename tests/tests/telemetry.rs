@@ -225,7 +225,13 @@ fn continue_after(last: u64, batch: &pb::StreamTelemetryResponse) -> Result<u64>
 async fn on_sigterm_an_open_stream_gets_the_last_record_sampled_then_unavailable() -> Result<()> {
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
-    let agent = start_agent(&pki, dir.path(), &AgentOptions::default())?;
+    // Sampling at 100 ms with the default fsync interval (1 s): a record must not wait for the
+    // group commit, nor for the stop's final sync, to reach a stream that follows live.
+    let opts = AgentOptions {
+        fsync_interval_ms: Some(1000),
+        ..AgentOptions::default()
+    };
+    let agent = start_agent(&pki, dir.path(), &opts)?;
     let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
     let mut last = 0;
     while last < 10 {
@@ -234,6 +240,10 @@ async fn on_sigterm_an_open_stream_gets_the_last_record_sampled_then_unavailable
             .ok_or_else(|| anyhow::anyhow!("the stream ended after seq {last}"))?;
         last = continue_after(last, &batch)?;
     }
+    // Stop in the middle of a group-commit interval, with records sampled since the last one
+    // (where they used to wait unpublished for it). The outcome does not depend on how long
+    // this takes; only where the stop lands.
+    tokio::time::sleep(Duration::from_millis(550)).await;
     agent.signal(nix::sys::signal::Signal::SIGTERM)?;
     // The agent's shutdown grace is 20 s; 30 s is the outer bound of this wait.
     let status = loop {
@@ -249,7 +259,7 @@ async fn on_sigterm_an_open_stream_gets_the_last_record_sampled_then_unavailable
 
     // What the agent had sampled when it stopped: its spool, up to the AGENT_DOWN gap that the
     // next start records first.
-    let agent = start_agent(&pki, dir.path(), &AgentOptions::default())?;
+    let agent = start_agent(&pki, dir.path(), &opts)?;
     let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
     let mut history = c
         .stream_telemetry(pb::StreamTelemetryRequest {
