@@ -9,8 +9,8 @@
 //!
 //! Signals: SIGHUP reloads the TLS certificate and key (open streams keep running); SIGTERM
 //! and SIGINT stop telemetry (its last record synced and sent on live streams), stop accepting,
-//! end open streams (clients resume from their last `seq`) and exit within [`SHUTDOWN_GRACE`]. An erase in progress is not waited for: its journal resumes it at
-//! the next start.
+//! end open streams (clients resume from their last `seq`) and exit within [`SHUTDOWN_GRACE`].
+//! An erase in progress is not waited for: its journal resumes it at the next start.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;

@@ -30,8 +30,8 @@
 //!
 //! # On time and durable first
 //!
-//! A record is published in the tick that samples it, within the time of one fsync, and never
-//! before it is durable. Each tick appends its record and then syncs the spool when either
+//! A record reaches live subscribers in the tick that samples it, within the time of one fsync,
+//! and never before it is durable. Each tick appends its record and then syncs the spool when
 //!
 //! - anyone holds the live channel (a following subscriber, also one still replaying the spool):
 //!   the hub syncs at once ([`jex_spool::Spool::sync_now`]) and publishes right after, so the
@@ -44,15 +44,17 @@
 //!   reached subscribers one interval late at 1 Hz. With the slack, a sample interval at or
 //!   above `fsync_interval` syncs every tick whether anyone listens or not.
 //!
-//! Publishing before the fsync would take the fsync off the path, but a subscriber could then
-//! hold a record that a power loss erases, and after the restart the spool would hand its number
-//! out again for another record. Durable first keeps that impossible, at the cost of one fsync
-//! per tick while anyone follows live. The fsync rate is therefore bounded by the sample
-//! interval: at most one per tick, 1/s at the default 1 s interval and 10/s at the shortest
-//! (100 ms), while someone follows; with nobody following it falls to at most one per
-//! `fsync_interval` less half a tick (about 1/s with the default 1 s, at any sample interval).
-//! Segment rolls add one sync each (about every 2 h at 1 Hz). [`SpoolStats::syncs`] counts
-//! them; the stop is logged with the count (`syncs`).
+//! Publishing before the fsync would take the fsync off the path, but a power loss or a kernel
+//! panic would then erase records that subscribers already hold (up to one `fsync_interval` of
+//! them; a crash of the agent alone loses nothing written), and after the restart the spool
+//! would hand their numbers out again for other records, so a controller would keep two
+//! different records under one number. Durable first keeps that impossible, at the cost of one
+//! fsync per tick while anyone follows live. The fsync rate stays bounded by the sample
+//! interval: while someone follows, at most one per tick, that is 1/s at the default 1 s
+//! interval and 10/s at the shortest (100 ms); with nobody following, at most one per tick and
+//! one per `fsync_interval` less half a tick (about 1/s with the default 1 s). A segment roll
+//! adds at most one (about every 2 h at 1 Hz). [`SpoolStats::syncs`] counts them; the stop is
+//! logged with the count (`syncs`).
 //!
 //! # Subscribers
 //!
