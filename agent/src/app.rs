@@ -8,9 +8,9 @@
 //! the one map from failures to [`ExitKind`]).
 //!
 //! Signals: SIGHUP reloads the TLS certificate and key (open streams keep running); SIGTERM
-//! and SIGINT stop accepting, end open streams (clients resume from their last `seq`) and exit
-//! within [`SHUTDOWN_GRACE`]. An erase in progress is not waited for: its journal resumes it at
-//! the next start.
+//! and SIGINT stop telemetry (its last record synced and sent on live streams), stop accepting,
+//! end open streams (clients resume from their last `seq`) and exit within [`SHUTDOWN_GRACE`].
+//! An erase in progress is not waited for: its journal resumes it at the next start.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -666,8 +666,12 @@ impl RunningAgent {
         self.tls.reload()
     }
 
-    /// Stops accepting, ends open streams and waits up to [`SHUTDOWN_GRACE`].
+    /// Stops telemetry (its last record synced and published, so live streams send it and end),
+    /// then stops accepting, ends the other open streams and waits up to [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) {
+        if let Err(e) = self.hub.shutdown().await {
+            tracing::error!(error = %error_chain(&e), "telemetry did not stop cleanly");
+        }
         let _ = self.shutdown.send(true);
         let mut server = self.server;
         if tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
@@ -679,9 +683,6 @@ impl RunningAgent {
                 "drain took too long; stopping anyway"
             );
             server.abort();
-        }
-        if let Err(e) = self.hub.shutdown().await {
-            tracing::error!(error = %error_chain(&e), "telemetry did not stop cleanly");
         }
     }
 }

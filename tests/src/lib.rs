@@ -83,6 +83,8 @@ impl TestPki {
 pub struct AgentOptions {
     /// Sampling interval.
     pub interval_ms: u64,
+    /// The spool's `fsync_interval_ms`; `None`: the sampling interval, as the demo config has.
+    pub fsync_interval_ms: Option<u64>,
     /// Extra TOML appended to the generated config (e.g. `[erase]` tables, `[server.limits]`).
     pub extra_toml: String,
     /// The open-file limit (soft, hard) the agent process starts with; `None` inherits ours.
@@ -95,6 +97,7 @@ impl Default for AgentOptions {
     fn default() -> Self {
         Self {
             interval_ms: 100,
+            fsync_interval_ms: None,
             extra_toml: String::new(),
             nofile: None,
             listen: None,
@@ -239,6 +242,13 @@ impl Drop for AgentProcess {
 pub fn write_config(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut text = jex_agent::demo::demo_config(dir, &pki.paths, opts.interval_ms);
+    if let Some(ms) = opts.fsync_interval_ms {
+        let demo = format!("\nfsync_interval_ms = {}\n", opts.interval_ms);
+        if !text.contains(&demo) {
+            bail!("the demo config has no `{}` line to replace", demo.trim());
+        }
+        text = text.replace(&demo, &format!("\nfsync_interval_ms = {ms}\n"));
+    }
     if let Some(addr) = opts.listen {
         text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
     }

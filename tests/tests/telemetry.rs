@@ -1,5 +1,5 @@
 //! Resumable telemetry, end to end over real mTLS against real agent processes: reconnects,
-//! `kill -9`, a corrupted spool, a subscriber that stops reading.
+//! `kill -9`, a corrupted spool, a subscriber that stops reading, the last record before a stop.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
 use pb::telemetry_record::Body;
+use tonic::Code;
 
 /// Reads from a fresh connection after `after_seq` until `want` records arrived; checks that the
 /// records cover exactly `after_seq + 1, + 2, …`, each number once, and returns them. A gap
@@ -204,5 +205,87 @@ async fn a_subscriber_that_stops_reading_stalls_neither_the_sampler_nor_others()
             next += 1;
         }
     }
+    Ok(())
+}
+
+/// Takes the records of `batch`, checking they continue exactly after `last`; returns the new
+/// last seq.
+fn continue_after(last: u64, batch: &pb::StreamTelemetryResponse) -> Result<u64> {
+    let mut last = last;
+    for r in &batch.records {
+        if r.seq != last + 1 {
+            bail!("after seq {last}: got {}", r.seq);
+        }
+        last = r.seq;
+    }
+    Ok(last)
+}
+
+#[tokio::test]
+async fn on_sigterm_an_open_stream_gets_the_last_record_sampled_then_unavailable() -> Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    // Sampling at 100 ms with the default fsync interval (1 s): a record must not wait for the
+    // group commit, nor for the stop's final sync, to reach a stream that follows live.
+    let opts = AgentOptions {
+        fsync_interval_ms: Some(1000),
+        ..AgentOptions::default()
+    };
+    let agent = start_agent(&pki, dir.path(), &opts)?;
+    let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
+    let mut last = 0;
+    while last < 10 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the stream ended after seq {last}"))?;
+        last = continue_after(last, &batch)?;
+    }
+    // Stop in the middle of a group-commit interval, with records sampled since the last one
+    // (where they used to wait unpublished for it). The outcome does not depend on how long
+    // this takes; only where the stop lands.
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    // The agent's shutdown grace is 20 s; 30 s is the outer bound of this wait.
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.message()).await? {
+            Ok(Some(batch)) => last = continue_after(last, &batch)?,
+            Ok(None) => bail!("the stream ended with OK after seq {last}, as if complete"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let (code, _) = tokio::task::spawn_blocking(move || agent.terminate()).await??;
+    assert_eq!(code, Some(0));
+
+    // What the agent had sampled when it stopped: its spool, up to the AGENT_DOWN gap that the
+    // next start records first.
+    let agent = start_agent(&pki, dir.path(), &opts)?;
+    let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
+    let mut history = c
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq: 0,
+            max_batch_records: 0,
+            history_only: true,
+        })
+        .await?
+        .into_inner();
+    let mut down = None;
+    while let Some(batch) =
+        tokio::time::timeout(Duration::from_secs(10), history.message()).await??
+    {
+        down = down.or_else(|| {
+            batch.records.iter().find_map(|r| match &r.body {
+                Some(Body::Gap(g)) if g.reason == pb::GapReason::AgentDown as i32 => Some(r.seq),
+                _ => None,
+            })
+        });
+    }
+    let down = down.ok_or_else(|| anyhow::anyhow!("no AGENT_DOWN gap after the restart"))?;
+    assert_eq!(
+        last,
+        down - 1,
+        "the stream ended at seq {last}; the stopped agent's last record was {}",
+        down - 1
+    );
     Ok(())
 }

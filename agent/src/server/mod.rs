@@ -9,7 +9,11 @@
 //! What a client can hold is bounded in `listener` and `conn` (connection caps, first-request
 //! and idle deadlines, closing after a refusal); refusals are logged, rate-limited, through
 //! `refusals`. Server streams ended by the agent's shutdown end with `UNAVAILABLE`, so a client
-//! knows to reconnect rather than take the end as complete.
+//! knows to reconnect rather than take the end as complete. A live telemetry stream is ended by
+//! the telemetry hub stopping, not by the shutdown signal: the agent stops the hub first, which
+//! syncs and publishes the last record it sampled, and the stream sends every record up to that
+//! one before its `UNAVAILABLE`. Cutting it at the signal instead lost the records published
+//! (or still to be published) around it until the client resumed.
 
 pub mod auth;
 pub mod conn;
@@ -268,18 +272,24 @@ impl NodeAgent for AgentService {
                 Err(status)
             }
         });
-        let out = until_shutdown(
-            batches,
-            async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            },
-            || {
-                Status::unavailable(
-                    "the agent is stopping: reconnect and resume after the last seq received",
-                )
-            },
-        );
-        Ok(Response::new(Box::pin(out)))
+        let stopped = || {
+            Status::unavailable(
+                "the agent is stopping: reconnect and resume after the last seq received",
+            )
+        };
+        let out: Self::StreamTelemetryStream = if r.history_only {
+            Box::pin(until_shutdown(
+                batches,
+                async move {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                },
+                stopped,
+            ))
+        } else {
+            // A following subscription ends only when the hub stops, after the last record.
+            Box::pin(then_unavailable(batches, stopped))
+        };
+        Ok(Response::new(out))
     }
 
     async fn terminate(
@@ -377,6 +387,33 @@ impl NodeAgent for AgentService {
     }
 }
 
+/// `inner`, then, unless it ended with an error, the error `stopped()` makes (`UNAVAILABLE`): for
+/// a stream whose own end means the agent is stopping (a following telemetry subscription), so
+/// a client does not mistake the end for a complete answer.
+fn then_unavailable<S, T>(
+    inner: S,
+    stopped: impl FnOnce() -> Status + Send + 'static,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+    T: Send + 'static,
+{
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failed = Arc::new(AtomicBool::new(false));
+    let seen = failed.clone();
+    inner
+        .inspect(move |item| {
+            if item.is_err() {
+                seen.store(true, Ordering::SeqCst);
+            }
+        })
+        .map(Some)
+        .chain(futures::stream::once(async move {
+            (!failed.load(Ordering::SeqCst)).then(|| Err(stopped()))
+        }))
+        .filter_map(futures::future::ready)
+}
+
 /// A stream that ends when `stop` completes (agent shutdown), whatever the inner stream does;
 /// ended that way, its last item is the error `stopped()` makes (`UNAVAILABLE`), so a client
 /// does not mistake the end for a complete answer.
@@ -403,4 +440,38 @@ where
             fired.load(Ordering::SeqCst).then(|| Err(stopped()))
         }))
         .filter_map(futures::future::ready)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on an unexpected error"
+)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    async fn codes(items: Vec<Result<u32, Status>>) -> Vec<Result<u32, Code>> {
+        then_unavailable(futures::stream::iter(items), || {
+            Status::unavailable("stopping")
+        })
+        .map(|item| item.map_err(|status| status.code()))
+        .collect()
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_by_itself_ends_with_unavailable_after_its_items() {
+        assert_eq!(
+            codes(vec![Ok(1), Ok(2)]).await,
+            [Ok(1), Ok(2), Err(Code::Unavailable)]
+        );
+        assert_eq!(codes(Vec::new()).await, [Err(Code::Unavailable)]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_with_an_error_keeps_that_error_as_its_end() {
+        let items = vec![Ok(1), Err(Status::out_of_range("cursor ahead"))];
+        assert_eq!(codes(items).await, [Ok(1), Err(Code::OutOfRange)]);
+    }
 }

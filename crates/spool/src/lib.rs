@@ -25,9 +25,12 @@
 //!   under the same rule (the agent's hub does). A crash can therefore lose only records nobody
 //!   has seen, and re-using their numbers after a restart cannot give a reader two different
 //!   records under one number.
-//! - fsync runs at most once per `fsync_interval` on append, and on [`Spool::flush`] and segment
-//!   roll. With the default 1 s interval and 1 s appends, every record is synced as it is
-//!   written; appending more often makes records visible in bursts of one fsync interval.
+//! - fsync runs on append once the last fsync is `fsync_interval` old (less the writer's
+//!   [`Spool::set_sync_slack`]), on [`Spool::flush`] and [`Spool::sync_now`], and on segment
+//!   roll. A writer on a jittery schedule sets a slack of half its period, so that a sync due
+//!   about now happens in this append and not one period later: with a 1 s interval, 1 s appends
+//!   and a 500 ms slack every record is synced as it is written; appending more often makes
+//!   records visible in bursts of one fsync interval unless the writer calls `sync_now`.
 //! - Memory does not grow with the spool: per segment the spool keeps its counts, first and last
 //!   record heads, and one index entry every [`INDEX_STRIDE`] records. Opening scans every
 //!   segment once, one buffered chunk at a time.
@@ -470,6 +473,9 @@ pub struct SpoolStats {
     pub evicted_through_seq: u64,
     /// fsync calls that failed since open.
     pub sync_failures: u64,
+    /// Syncs of written records that succeeded since open (each one fsync of the segment being
+    /// written, plus one of its directory after a new segment).
+    pub syncs: u64,
     /// Segment reads that failed since open (their records were reported as `Corrupt`).
     pub read_errors: u64,
 }
@@ -593,6 +599,10 @@ pub struct Spool<T> {
     sync_failures: u64,
     /// The last fsync failed (logged once per run of failures).
     sync_failing: bool,
+    /// Successful fsyncs since open.
+    syncs: u64,
+    /// How much earlier than `fsync_interval` an append may sync.
+    sync_slack: Duration,
     /// Ranges of numbers handed out by `skip` and recorded in marker files, oldest first.
     unwritten: Vec<(u64, u64)>,
     /// The range `skip` is handing out now, not yet recorded in a marker file.
@@ -767,6 +777,8 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             evicted_records: 0,
             sync_failures: 0,
             sync_failing: false,
+            syncs: 0,
+            sync_slack: Duration::ZERO,
             unwritten: Vec::new(),
             skipping: None,
             unwritten_records: 0,
@@ -835,9 +847,21 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         self.clock = Clock(Box::new(now));
     }
 
+    /// Lets an append sync when the last fsync is `fsync_interval - slack` old rather than
+    /// `fsync_interval` (default: no slack).
+    ///
+    /// For a writer that appends every `period` on a schedule that jitters: with a slack of
+    /// `period / 2`, the append nearest to the moment a sync is due makes it, where without slack
+    /// an append that comes a millisecond early leaves its records unsynced for a whole period.
+    /// Syncs then come at most once per `fsync_interval - slack`.
+    pub fn set_sync_slack(&mut self, slack: Duration) {
+        self.sync_slack = slack;
+    }
+
     /// Appends a record with the next sequence number and returns it.
     ///
-    /// The record is written at once and synced when the last fsync is `fsync_interval` old;
+    /// The record is written at once and synced when the last fsync is `fsync_interval` old
+    /// (less the slack of [`Spool::set_sync_slack`]);
     /// it becomes visible to [`Spool::read_after`] once synced. On error nothing is written and
     /// the number is not consumed. A failed fsync is not an error here: it is logged, counted,
     /// and retried on the next append or [`Spool::flush`].
@@ -899,20 +923,36 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         self.frame = frame;
         written?;
         if self.sync_due() {
-            match self.sync() {
-                Ok(()) if self.sync_failing => {
-                    self.sync_failing = false;
-                    info!(seq = record.seq, "Spool fsync works again.");
-                }
-                Ok(()) => {}
-                Err(err) if !self.sync_failing => {
-                    self.sync_failing = true;
-                    warn!(error = %error_chain(&err), seq = record.seq, "Spool fsync failed; records stay unpublished until a retry succeeds.");
-                }
-                Err(_) => {}
-            }
+            self.sync_logged();
         }
         Ok(())
+    }
+
+    /// Syncs every written record now, as an append does when a sync is due: for a writer that
+    /// publishes its records as soon as they are durable and cannot wait for the interval.
+    /// Returns whether every written record is durable. A failed fsync is not an error here:
+    /// it is logged (once per run of failures), counted, and retried on the next append or
+    /// sync.
+    pub fn sync_now(&mut self) -> bool {
+        self.sync_logged();
+        self.durable_seq + 1 >= self.next_seq
+    }
+
+    /// Syncs, logging a failure once per run of failures and the recovery after one.
+    fn sync_logged(&mut self) {
+        let seq = self.next_seq.saturating_sub(1);
+        match self.sync() {
+            Ok(()) if self.sync_failing => {
+                self.sync_failing = false;
+                info!(seq, "Spool fsync works again.");
+            }
+            Ok(()) => {}
+            Err(err) if !self.sync_failing => {
+                self.sync_failing = true;
+                warn!(error = %error_chain(&err), seq, "Spool fsync failed; records stay unpublished until a retry succeeds.");
+            }
+            Err(_) => {}
+        }
     }
 
     fn write_frame(&mut self, record: &Entry<T>, frame: &mut Vec<u8>) -> Result<(), SpoolError> {
@@ -1188,7 +1228,8 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
     fn sync_due(&self) -> bool {
         self.durable_seq + 1 < self.next_seq
             && self.last_sync.is_none_or(|at| {
-                (self.clock.0)().saturating_duration_since(at) >= self.config.fsync_interval
+                (self.clock.0)().saturating_duration_since(at) + self.sync_slack
+                    >= self.config.fsync_interval
             })
     }
 
@@ -1218,6 +1259,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
                 }
                 active.dir_unsynced = false;
             }
+            self.syncs += 1;
         }
         self.durable_seq = self.next_seq - 1;
         Ok(())
@@ -1358,6 +1400,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
             unwritten_records: self.unwritten_records,
             not_durable: self.skipping.is_some(),
             sync_failures: self.sync_failures,
+            syncs: self.syncs,
             read_errors: self.read_errors.load(Ordering::Relaxed),
         }
     }

@@ -339,6 +339,67 @@ fn records_become_visible_only_once_synced() {
 }
 
 #[test]
+fn a_sync_slack_lets_the_append_nearest_the_interval_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        fsync_interval: Duration::from_millis(1000),
+        ..SpoolConfig::new(tmp.path().join("spool"))
+    };
+    let (mut spool, _) = open(&config);
+    let start = Instant::now();
+    let elapsed_ms = Arc::new(AtomicU64::new(0));
+    let clock = Arc::clone(&elapsed_ms);
+    spool.set_clock(move || start + Duration::from_millis(clock.load(Ordering::SeqCst)));
+    let at = |ms: u64| elapsed_ms.store(ms, Ordering::SeqCst);
+
+    // Without slack, an append 1 ms short of the interval leaves its record unsynced.
+    append_n(&mut spool, 1);
+    assert_eq!(spool.durable_seq(), 1);
+    at(999);
+    append_n(&mut spool, 1);
+    assert_eq!(spool.durable_seq(), 1);
+
+    // With half a 1 s period of slack, appends on a jittery 1 s schedule each sync.
+    spool.set_sync_slack(Duration::from_millis(500));
+    at(1_000);
+    append_n(&mut spool, 1);
+    assert_eq!(spool.durable_seq(), 3);
+    for (ms, durable) in [(1_990, 4), (3_010, 5), (3_980, 6), (4_560, 7)] {
+        at(ms);
+        append_n(&mut spool, 1);
+        assert_eq!(spool.durable_seq(), durable, "append at {ms} ms");
+    }
+    // Never more often than every `fsync_interval - slack`.
+    at(4_900);
+    append_n(&mut spool, 1);
+    assert_eq!(spool.durable_seq(), 7);
+    assert_eq!(spool.stats().syncs, 6);
+}
+
+#[test]
+fn sync_now_syncs_whatever_the_interval_and_counts_only_real_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        fsync_interval: Duration::from_secs(60),
+        ..SpoolConfig::new(tmp.path().join("spool"))
+    };
+    let (mut spool, _) = open(&config);
+    let start = Instant::now();
+    spool.set_clock(move || start);
+    append_n(&mut spool, 3);
+    assert_eq!(spool.durable_seq(), 1);
+    assert_eq!(spool.stats().syncs, 1);
+    assert!(spool.sync_now());
+    assert_eq!(spool.durable_seq(), 3);
+    assert_eq!(seqs(&spool.read_after(0, 10).unwrap()), vec![1, 2, 3]);
+    assert_eq!(spool.stats().syncs, 2);
+    // Nothing new written: nothing to sync, and no fsync is spent on it.
+    assert!(spool.sync_now());
+    spool.flush().unwrap();
+    assert_eq!(spool.stats().syncs, 2);
+}
+
+#[test]
 fn a_torn_tail_is_truncated_and_its_number_handed_out_again() {
     let tmp = tempfile::tempdir().unwrap();
     let config = small_config(tmp.path());
