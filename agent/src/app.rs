@@ -865,7 +865,10 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         // writes nothing), so the agent serves everything else and refuses erase calls.
         Err(e) if is_out_of_space(&e) => {
             let state_dir = config.erase.state_dir.display();
-            let error = error_chain(&e);
+            let error = match &e {
+                AppError::Erase(inner) => error_chain(inner),
+                other => error_chain(other),
+            };
             tracing::warn!(
                 state_dir = %state_dir,
                 error = %error,

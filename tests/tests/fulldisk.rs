@@ -164,8 +164,9 @@ async fn a_first_start_on_a_full_disk_serves_without_the_erase_and_refuses_termi
         Duration::from_secs(10),
     )?;
     ensure!(warn.contains("No space left on device"), "{warn}");
-    let status = wait_status(&agent, |out| out.contains("erase:      UNAVAILABLE"))?;
-    ensure!(status.contains(NOT_DURABLE), "{status}");
+    let status = wait_status(&agent, |out| {
+        out.contains("erase:      UNAVAILABLE") && out.contains(NOT_DURABLE)
+    })?;
     ensure!(
         status.contains(&erase_dir) && status.contains("No space left on device"),
         "{status}"
