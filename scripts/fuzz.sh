@@ -4,7 +4,8 @@
 #
 #   scripts/fuzz.sh ci                       every target for a short bounded time; fails on a crash
 #   scripts/fuzz.sh long [SECONDS] [TARGET...]  long runs (default 600 s each, every target)
-#   scripts/fuzz.sh seeds                    regenerates fuzz/fixtures/ and fuzz/corpus/ (commit both)
+#   scripts/fuzz.sh seeds [TARGET...]        regenerates fuzz/fixtures/ and fuzz/corpus/ (commit both),
+#                                            of every target or of the named ones
 #
 # Only the stable toolchain is needed: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's unstable
 # flags. cargo-fuzz is installed, pinned, under target/tools/ when missing. Builds go to
@@ -16,8 +17,10 @@ cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
 TOOLS="$PWD/target/tools/cargo-fuzz"
-TARGETS=(cert_bundle pkg_verify darwin_parsers diskutil_parsers client_san)
-# Per-target budget in ci mode: 5 targets x 20 s on 2 cores, plus the build.
+TARGETS=(cert_bundle pkg_verify darwin_parsers diskutil_parsers client_san
+  spool_segments erase_journal agent_config status_request)
+# Per-target budget in ci mode: 9 targets x 20 s (3 minutes of fuzzing) on 2 cores, plus the
+# build.
 CI_SECONDS=${FUZZ_CI_SECONDS:-20}
 
 export RUSTC_BOOTSTRAP=1
@@ -92,10 +95,11 @@ case "$mode" in
   seeds)
     # A plain (uninstrumented) build of the generator, with the features the targets never use.
     unset RUSTC_BOOTSTRAP
-    cargo run --locked --manifest-path fuzz/Cargo.toml --features seeds --bin seeds
+    shift
+    cargo run --locked --manifest-path fuzz/Cargo.toml --features seeds --bin seeds -- "$@"
     ;;
   *)
-    echo "usage: $0 ci | long [SECONDS] [TARGET...] | repro TARGET FILE | seeds" >&2
+    echo "usage: $0 ci | long [SECONDS] [TARGET...] | repro TARGET FILE | seeds [TARGET...]" >&2
     exit 2
     ;;
 esac

@@ -11,6 +11,12 @@
 //! and SIGINT stop telemetry (its last record synced and sent on live streams), stop accepting,
 //! end open streams (clients resume from their last `seq`) and exit within [`SHUTDOWN_GRACE`].
 //! An erase in progress is not waited for: its journal resumes it at the next start.
+//!
+//! A first start on a full disk (`ENOSPC`, `EDQUOT`) does not exit: the spool starts detached
+//! (telemetry live only, not durable) and, when the erase state directory cannot be created,
+//! the erase service is unavailable ([`Erase::Unavailable`]): `GetHost` and the status socket
+//! are served, erase calls are refused with the directory and the OS error, and a WARN line
+//! says so.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -27,7 +33,7 @@ use jex_erase::EraseError;
 use jex_platform::blockdev::{BlockDevError, SystemDevices};
 
 use crate::config::{Config, ConfigError, Place};
-use crate::server::{AgentService, HostFacts, auth::AuthLayer, listener};
+use crate::server::{AgentService, Erase, HostFacts, auth::AuthLayer, listener};
 use crate::status::StatusError;
 use crate::tls::{ServerTls, TlsError};
 
@@ -493,6 +499,23 @@ fn create_private_dir(path: &Path) -> Result<(), AppError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
+/// Whether `e` comes from a full file system (`ENOSPC`, `EDQUOT`) anywhere in its chain.
+fn is_out_of_space(e: &AppError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// Builds each target's key-destruction backend from its config (absolute tool paths).
 pub fn key_destroyer_factory(erase: &jex_erase::EraseConfig) -> jex_erase::KeyDestroyerFactory {
     use jex_erase::keys::{KeyDestroyer, apfs::ApfsVolume, luks2::Luks2};
@@ -563,7 +586,7 @@ fn status_responder(
     listen: SocketAddr,
     config: &Config,
     hub: Arc<crate::telemetry::hub::Hub>,
-    erase: Arc<jex_erase::EraseService>,
+    erase: crate::server::Erase,
     streams: Arc<crate::server::Streams>,
     connections: Arc<crate::server::conn::Tracker>,
 ) -> crate::status::Responder {
@@ -573,15 +596,28 @@ fn status_responder(
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
-    Arc::new(move |query| match query {
-        Query::Plan => match erase.plan() {
+    Arc::new(move |query| match (query, &erase) {
+        (Query::Plan, Erase::Ready(erase)) => match erase.plan() {
             Ok(plan) => plan_json(&plan),
             Err(e) => serde_json::json!({ "error": error_chain(&e) }),
         },
-        Query::Status => {
+        (Query::Plan, Erase::Unavailable(reason)) => {
+            serde_json::json!({ "error": format!("erase unavailable: {reason}") })
+        }
+        (Query::Status, erase) => {
             let stats = hub.stats();
-            let lifecycle = crate::server::convert::lifecycle_state(erase.lifecycle());
-            let erase_view = erase.watch(None).ok().map(|rx| {
+            let (lifecycle, erase_unavailable) = match erase {
+                Erase::Ready(erase) => (erase.lifecycle(), None),
+                Erase::Unavailable(reason) => {
+                    (jex_erase::Lifecycle::Serving, Some(reason.to_string()))
+                }
+            };
+            let lifecycle = crate::server::convert::lifecycle_state(lifecycle);
+            let ready = match erase {
+                Erase::Ready(erase) => Some(erase),
+                Erase::Unavailable(_) => None,
+            };
+            let erase_view = ready.and_then(|erase| erase.watch(None).ok()).map(|rx| {
                 let op = rx.borrow().clone();
                 EraseStatus {
                     operation_id: op.operation_id,
@@ -632,6 +668,7 @@ fn status_responder(
                     not_durable: stats.spool.not_durable,
                 },
                 erase: erase_view,
+                erase_unavailable,
             };
             serde_json::to_value(&snap).unwrap_or_default()
         }
@@ -781,7 +818,15 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         telemetry_interval_ms: config.telemetry.interval_ms as u32,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    create_private_dir(&config.state_dir)?;
+    // On a full disk, the spool and the erase service below each degrade on their own.
+    match create_private_dir(&config.state_dir) {
+        Err(e) if is_out_of_space(&e) => tracing::warn!(
+            state_dir = %config.state_dir.display(),
+            error = %error_chain(&e),
+            "state directory cannot be created (disk full)"
+        ),
+        other => other?,
+    }
     // A first start on a full disk still serves GetHost and the status socket: telemetry then
     // goes live only, not durable, until the spool directory can be created.
     let (spool, report, detached) = jex_spool::Spool::open_or_detached(config.spool_config())?;
@@ -812,8 +857,28 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         spool,
         crate::telemetry::hub::HubConfig::new(Duration::from_millis(config.telemetry.interval_ms)),
     )?);
-    let erase = Arc::new(open_erase(&config, &facts)?);
-    tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
+    let erase = match open_erase(&config, &facts) {
+        Ok(erase) => {
+            tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
+            Erase::Ready(Arc::new(erase))
+        }
+        // A first start on a full disk: nothing was ever journaled (opening an existing journal
+        // writes nothing), so the agent serves everything else and refuses erase calls.
+        Err(e) if is_out_of_space(&e) => {
+            let state_dir = config.erase.state_dir.display();
+            let error = match &e {
+                AppError::Erase(inner) => error_chain(inner),
+                other => error_chain(other),
+            };
+            tracing::warn!(
+                state_dir = %state_dir,
+                error = %error,
+                "erase unavailable: the erase state directory cannot be created (disk full); Terminate is refused until the agent restarts with room"
+            );
+            Erase::Unavailable(format!("erase state directory {state_dir}: {error}").into())
+        }
+        Err(e) => return Err(e),
+    };
 
     let listen_error = |source| AppError::Listen {
         place: config.source.place("server.listen"),

@@ -23,6 +23,10 @@
 //!   (`log show --predicate 'subsystem == "com.jexcloud.agent"'`), so a macOS host has two
 //!   copies of each event (unified log, JSON file), not three; elsewhere there is none.
 //!
+//! The level filter keeps the TLS library (`rustls`, whose `log` records arrive through the
+//! `log` bridge) at ERROR unless it names it: rustls warns on every refused handshake, and the
+//! agent already logs refusals itself, rate-limited.
+//!
 //! Each JSON line carries the span fields (`rpc`, `peer`, `operation_id`, …), so one
 //! `jq 'select(.span.operation_id == "…")'` follows an erase from start to certificate.
 //! Nothing that logs goes through here with key material: secret types print `"..."`.
@@ -346,9 +350,12 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let level = std::env::var("AGENT_LOG").unwrap_or_else(|_| targets.level.clone());
-    let filter = EnvFilter::try_new(&level).map_err(|_| LoggingError::Filter {
-        level: level.clone(),
-    })?;
+    let filter =
+        quiet_tls_library(
+            EnvFilter::try_new(&level).map_err(|_| LoggingError::Filter {
+                level: level.clone(),
+            })?,
+        );
     let (json, guard) = match &targets.file {
         Some((dir, max_bytes, max_files)) => {
             let file = RotatingFile::open(dir, *max_bytes, *max_files)?;
@@ -384,6 +391,25 @@ where
         .with(json);
     Ok((with_system_log(subscriber), guard))
 }
+
+/// Keeps the TLS library at ERROR unless the level filter names it: rustls logs a WARN line of
+/// its own for every refused handshake, outside the agent's rate-limited refusal log, so a peer
+/// failing handshakes in a loop would flood the logs. (Its `log` records reach the subscriber
+/// through the `log` bridge that `init` installs, with targets `rustls::…`.) A filter that turns
+/// everything off stays off.
+fn quiet_tls_library(filter: EnvFilter) -> EnvFilter {
+    let names_it = filter.to_string().contains(TLS_LIBRARY_TARGET);
+    if names_it || filter.max_level_hint() == Some(LevelFilter::OFF) {
+        return filter;
+    }
+    match format!("{TLS_LIBRARY_TARGET}=error").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
+/// The target prefix of the TLS library's log records.
+const TLS_LIBRARY_TARGET: &str = "rustls";
 
 /// Adds the platform's system log sink, if it has one.
 fn with_system_log<S>(subscriber: S) -> Layered<Option<Box<dyn Layer<S> + Send + Sync>>, S>
@@ -534,6 +560,57 @@ mod tests {
             messages,
             ["call served", "call refused", "spool write failed"],
             "the file has every level"
+        );
+    }
+
+    /// What rustls logs for a refused handshake (through the `log` bridge, under its module's
+    /// target), and one of its errors.
+    fn tls_library_events() {
+        tracing::warn!(target: "rustls::conn", "Sending fatal alert BadCertificate");
+        tracing::error!(target: "rustls::server::hs", "unrecoverable TLS state");
+        tracing::warn!("TLS handshake refused");
+    }
+
+    fn messages(path: &Path) -> Vec<String> {
+        json_lines(path)
+            .iter()
+            .map(|l| l["fields"]["message"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_tls_library_logs_errors_only_unless_the_level_names_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr = Captured::default();
+        let (default, guard) =
+            subscriber(&file_targets(dir.path()), stderr.clone()).expect("logging");
+        tracing::subscriber::with_default(default, tls_library_events);
+        drop(guard);
+        assert_eq!(
+            messages(&dir.path().join(LOG_FILE)),
+            ["unrecoverable TLS state", "TLS handshake refused"]
+        );
+        assert!(
+            !stderr.text().contains("BadCertificate"),
+            "{}",
+            stderr.text()
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let targets = LogTargets {
+            level: "info,rustls=warn".to_owned(),
+            ..file_targets(dir.path())
+        };
+        let (named, guard) = subscriber(&targets, Captured::default()).expect("logging");
+        tracing::subscriber::with_default(named, tls_library_events);
+        drop(guard);
+        assert_eq!(
+            messages(&dir.path().join(LOG_FILE)),
+            [
+                "Sending fatal alert BadCertificate",
+                "unrecoverable TLS state",
+                "TLS handshake refused"
+            ]
         );
     }
 

@@ -68,6 +68,10 @@ pub struct StatusSnapshot {
     pub telemetry: TelemetryStatus,
     /// The current or last erase operation.
     pub erase: Option<EraseStatus>,
+    /// Why the erase service is unavailable (a first start on a full disk could not create its
+    /// state directory), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erase_unavailable: Option<String>,
 }
 
 /// Network connections (counted from TCP accept).
@@ -607,6 +611,10 @@ pub fn render(s: &StatusSnapshot, now_unix_ms: u64) -> String {
         );
     }
     match &s.erase {
+        None if s.erase_unavailable.is_some() => {
+            let reason = s.erase_unavailable.as_deref().unwrap_or_default();
+            let _ = writeln!(o, "erase:      UNAVAILABLE: {reason}");
+        }
         None => {
             let _ = writeln!(o, "erase:      none requested");
         }
@@ -697,6 +705,26 @@ mod tests {
                 .expect_err("too long")
                 .contains("longer than 64 bytes")
         );
+    }
+
+    #[test]
+    fn an_unavailable_erase_service_is_shown_with_its_reason_and_kept_off_older_answers() {
+        let reason = "erase state directory /s/erase: No space left on device (os error 28)";
+        let unavailable = StatusSnapshot {
+            erase_unavailable: Some(reason.into()),
+            ..snapshot()
+        };
+        let shown = render(&unavailable, 0);
+        assert!(
+            shown.contains(&format!("erase:      UNAVAILABLE: {reason}")),
+            "{shown}"
+        );
+        assert!(render(&snapshot(), 0).contains("erase:      none requested"));
+        // An answer of an agent without the field still reads, and none is sent when unset.
+        let json = serde_json::to_value(snapshot()).expect("json");
+        assert!(json.get("erase_unavailable").is_none(), "{json}");
+        let read: StatusSnapshot = serde_json::from_value(json).expect("read back");
+        assert_eq!(read.erase_unavailable, None);
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@
 //!    no overlap, nothing after the last region, so no byte of the file is outside the chain of
 //!    trust;
 //! 3. every file's archived bytes match `archived-checksum`, and its decoded bytes match
-//!    `extracted-checksum` and `size`.
+//!    `extracted-checksum` and `size` (zlib data is inflated no further than one byte past
+//!    `size`).
 //!
 //! The signer runs these checks so that it never signs a damaged package, and the verifier runs
 //! them around its signature checks. This module depends only on [`crate::xar`].
@@ -118,11 +119,20 @@ fn check_file(archive: &XarArchive<'_>, entry: &xar::TocEntry) -> Result<u64, In
     let extracted: std::borrow::Cow<'_, [u8]> = match data.encoding.as_str() {
         "application/octet-stream" => archived.into(),
         // XAR's "x-gzip" is a zlib stream without a gzip header.
+        // Inflated at most one byte past the declared size, so that a small stream cannot
+        // inflate into gigabytes before the size check.
         "application/x-gzip" => {
             let mut out = Vec::new();
             flate2::read::ZlibDecoder::new(archived)
+                .take(data.size.saturating_add(1))
                 .read_to_end(&mut out)
                 .map_err(|e| file_err(path, format!("cannot decode zlib data: {e}")))?;
+            if out.len() as u64 > data.size {
+                return Err(file_err(
+                    path,
+                    format!("zlib data inflates beyond the declared size {}", data.size),
+                ));
+            }
             out.into()
         }
         other => return Err(file_err(path, format!("unsupported encoding {other}"))),
@@ -187,4 +197,105 @@ pub fn check_archive(archive: &XarArchive<'_>) -> Result<(), IntegrityError> {
     check_toc(archive)?;
     check_files(archive)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+    use crate::xar::{XarFile, XarKind, layout};
+
+    fn sha1_hex(data: &[u8]) -> String {
+        hex::encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, data))
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(data).expect("compress");
+        z.finish().expect("compress")
+    }
+
+    /// An archive of one file `Payload` whose archived bytes are `stored`, declared as
+    /// `application/x-gzip` data of `size` bytes with the extracted checksum of `extracted`
+    /// (the writer stores files as octet streams: its TOC is rewritten).
+    fn gzip_archive(stored: &[u8], size: u64, extracted: &[u8]) -> Vec<u8> {
+        let files = [XarFile {
+            name: "Payload".to_owned(),
+            kind: XarKind::File(stored.to_vec()),
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+        }];
+        let bytes = layout(&files, "t", &[]).expect("layout").into_bytes();
+        let archive = XarArchive::parse(&bytes).expect("parse");
+        let stored_hex = sha1_hex(stored);
+        let edits = [
+            (
+                "<encoding style=\"application/octet-stream\"/>".to_owned(),
+                "<encoding style=\"application/x-gzip\"/>".to_owned(),
+            ),
+            (
+                format!("<size>{}</size>", stored.len()),
+                format!("<size>{size}</size>"),
+            ),
+            (
+                format!("<extracted-checksum style=\"sha1\">{stored_hex}</extracted-checksum>"),
+                format!(
+                    "<extracted-checksum style=\"sha1\">{}</extracted-checksum>",
+                    sha1_hex(extracted)
+                ),
+            ),
+        ];
+        let mut toc = archive.toc_xml.clone();
+        for (from, to) in edits {
+            assert_eq!(toc.matches(&from).count(), 1, "{from} in {toc}");
+            toc = toc.replace(&from, &to);
+        }
+        let compressed = zlib(toc.as_bytes());
+        let mut out = bytes[..archive.toc_range.start].to_vec();
+        out[8..16].copy_from_slice(&(compressed.len() as u64).to_be_bytes());
+        out[16..24].copy_from_slice(&(toc.len() as u64).to_be_bytes());
+        out.extend_from_slice(&compressed);
+        out.extend_from_slice(&bytes[archive.heap_start..]);
+        out
+    }
+
+    #[test]
+    fn zlib_file_data_of_its_declared_size_is_checked() {
+        let content = b"#!/bin/sh\nexit 0\n".repeat(100);
+        let bytes = gzip_archive(&zlib(&content), content.len() as u64, &content);
+        let archive = XarArchive::parse(&bytes).expect("parse");
+        let files = check_files(&archive).expect("a well-formed gzip file");
+        assert_eq!(files, vec![("Payload".to_owned(), content.len() as u64)]);
+    }
+
+    #[test]
+    fn zlib_file_data_that_inflates_beyond_its_declared_size_is_refused() {
+        // 64 MiB of zeros in about 64 KiB, declared as 1 KiB.
+        let bomb = zlib(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 128 << 10, "{}", bomb.len());
+        let bytes = gzip_archive(&bomb, 1024, &[0u8; 1024]);
+        let archive = XarArchive::parse(&bytes).expect("parse");
+        match check_files(&archive) {
+            Err(IntegrityError::File { path, what }) => {
+                assert_eq!(path, "Payload");
+                assert_eq!(what, "zlib data inflates beyond the declared size 1024");
+            }
+            other => panic!("expected the bomb refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn zlib_file_data_shorter_than_declared_is_refused() {
+        let content = vec![7u8; 4000];
+        let bytes = gzip_archive(&zlib(&content), 5000, &content);
+        let archive = XarArchive::parse(&bytes).expect("parse");
+        match check_files(&archive) {
+            Err(IntegrityError::File { what, .. }) => {
+                assert_eq!(what, "extracted size 4000 is not the declared 5000");
+            }
+            other => panic!("expected a size mismatch, got {other:?}"),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The agent with its state directory on a small, full file system (a tmpfs with `size=` and
 //! `nr_inodes=`, mounted as root; a mount that fails fails the test): a first start still
-//! serves, and live telemetry goes on while the disk is full, with the records that could not
-//! be stored reported to resuming subscribers as one DISK_FULL gap.
+//! serves (without the erase service when its state directory cannot be created), and live
+//! telemetry goes on while the disk is full, with the records that could not be stored
+//! reported to resuming subscribers as one DISK_FULL gap.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -84,9 +85,8 @@ fn wait_status(agent: &AgentProcess, pred: impl Fn(&str) -> bool) -> Result<Stri
 
 const NOT_DURABLE: &str = "NOT DURABLE";
 
-/// The spool directory cannot be created. The erase service's state directories were made by
-/// an earlier run: the erase service does not open without them (it fails safe), so a start
-/// on a full disk that has never held them still exits.
+/// The spool directory cannot be created; the erase service's state directories were made by
+/// an earlier run, so the erase service opens (the next test starts without them).
 #[tokio::test]
 async fn a_start_on_a_full_disk_without_a_spool_serves_get_host_and_says_it_is_not_durable()
 -> Result<()> {
@@ -129,6 +129,82 @@ async fn a_start_on_a_full_disk_without_a_spool_serves_get_host_and_says_it_is_n
             covered = r.seq;
         }
     }
+    Ok(())
+}
+
+/// A first start on a full disk that has never held any state: neither the spool nor the erase
+/// state directory can be created. The agent still starts: GetHost and the status socket are
+/// served, telemetry is not durable, and the erase service is unavailable: Terminate is refused
+/// with FAILED_PRECONDITION naming the erase state directory and the OS error, and a WARN line
+/// says so.
+#[tokio::test]
+async fn a_first_start_on_a_full_disk_serves_without_the_erase_and_refuses_terminate() -> Result<()>
+{
+    let pki = TestPki::new()?;
+    let tmp = tempfile::tempdir()?;
+    let small = SmallFs::mount(&tmp.path().join("state"), 256 * 1024)?;
+    small.fill()?;
+    let agent = start_agent(&pki, tmp.path(), &AgentOptions::default())?;
+    let erase_dir = tmp.path().join("state/erase").display().to_string();
+
+    let mut c = client(&pki, &agent, Some(&pki.controller())).await?;
+    let host = c
+        .get_host(pb::GetHostRequest {})
+        .await?
+        .into_inner()
+        .host
+        .context("no host")?;
+    ensure!(!host.host_id.is_empty(), "{host:?}");
+    ensure!(
+        host.lifecycle_state == pb::LifecycleState::Serving as i32,
+        "{host:?}"
+    );
+    let warn = agent.wait_for_log(
+        &["erase unavailable", "\"WARN\"", &erase_dir],
+        Duration::from_secs(10),
+    )?;
+    ensure!(warn.contains("No space left on device"), "{warn}");
+    let status = wait_status(&agent, |out| {
+        out.contains("erase:      UNAVAILABLE") && out.contains(NOT_DURABLE)
+    })?;
+    ensure!(
+        status.contains(&erase_dir) && status.contains("No space left on device"),
+        "{status}"
+    );
+
+    let refused = c
+        .terminate(pb::TerminateRequest {
+            request_id: "full-disk".into(),
+            host_id: host.host_id.clone(),
+            nonce: vec![7; 32],
+        })
+        .await
+        .err()
+        .context("Terminate accepted without an erase service")?;
+    ensure!(
+        refused.code() == tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let message = refused.message();
+    ensure!(
+        message.contains("erase unavailable")
+            && message.contains(&erase_dir)
+            && message.contains("No space left on device"),
+        "{message}"
+    );
+    let watch = c
+        .watch_erase(pb::WatchEraseRequest::default())
+        .await
+        .err()
+        .context("WatchErase served without an erase service")?;
+    ensure!(watch.code() == tonic::Code::FailedPrecondition, "{watch:?}");
+
+    // Live telemetry still flows.
+    let mut stream = open_telemetry(&pki, &agent, 0, 0).await?;
+    let batch = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await??
+        .context("stream ended")?;
+    ensure!(!batch.records.is_empty(), "{batch:?}");
     Ok(())
 }
 

@@ -143,12 +143,42 @@ impl Drop for StreamGuard {
     }
 }
 
+/// The erase service, or why the agent serves without it.
+#[derive(Clone)]
+pub enum Erase {
+    /// Opened.
+    Ready(Arc<EraseService>),
+    /// A first start on a full disk could not create the erase state directory. The reason
+    /// names the directory and the OS error; the erase calls are refused with it
+    /// ([`status::erase_unavailable`]) until the agent restarts with room, and the host is
+    /// reported serving with no operation (none could have been journaled).
+    Unavailable(Arc<str>),
+}
+
+impl Erase {
+    /// The service, or the refusal of an erase call.
+    fn service(&self) -> Result<&Arc<EraseService>, Status> {
+        match self {
+            Erase::Ready(service) => Ok(service),
+            Erase::Unavailable(reason) => Err(status::erase_unavailable(reason)),
+        }
+    }
+
+    /// The host's lifecycle and current operation, for `GetHost`.
+    fn lifecycle(&self) -> (jex_erase::Lifecycle, Option<String>) {
+        match self {
+            Erase::Ready(service) => (service.lifecycle(), service.current_operation_id()),
+            Erase::Unavailable(_) => (jex_erase::Lifecycle::Serving, None),
+        }
+    }
+}
+
 /// The `NodeAgent` implementation.
 #[derive(Clone)]
 pub struct AgentService {
     facts: Arc<HostFacts>,
     hub: Arc<Hub>,
-    erase: Arc<EraseService>,
+    erase: Erase,
     streams: Arc<Streams>,
     shutdown: watch::Receiver<bool>,
 }
@@ -167,7 +197,7 @@ impl AgentService {
     pub fn new(
         facts: HostFacts,
         hub: Arc<Hub>,
-        erase: Arc<EraseService>,
+        erase: Erase,
         streams: Arc<Streams>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -214,11 +244,8 @@ impl NodeAgent for AgentService {
     ) -> Result<Response<pb::GetHostResponse>, Status> {
         let peer = peer_of(&req);
         async {
-            let host = convert::host(
-                &self.facts,
-                self.erase.lifecycle(),
-                self.erase.current_operation_id(),
-            );
+            let (lifecycle, operation_id) = self.erase.lifecycle();
+            let host = convert::host(&self.facts, lifecycle, operation_id);
             tracing::debug!("host served");
             Ok(Response::new(pb::GetHostResponse { host: Some(host) }))
         }
@@ -304,7 +331,7 @@ impl NodeAgent for AgentService {
         }
         let cmd = convert::terminate_command(r);
         let request_id = cmd.request_id.clone();
-        let erase = self.erase.clone();
+        let erase = span.in_scope(|| self.erase.service().cloned())?;
         async move {
             // Journaling the request fsyncs: keep it off the runtime's workers.
             let span = tracing::Span::current();
@@ -334,9 +361,12 @@ impl NodeAgent for AgentService {
         let r = req.into_inner();
         fields::watch_erase(&r).map_err(|e| status::from_field(&e))?;
         let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
-        let rx = span
-            .in_scope(|| self.erase.watch(id.as_deref()))
-            .map_err(|e| status::from_erase(&e))?;
+        let rx = span.in_scope(|| {
+            self.erase
+                .service()?
+                .watch(id.as_deref())
+                .map_err(|e| status::from_erase(&e))
+        })?;
         let mut shutdown = self.shutdown.clone();
         // The current state at once, then every change, until the operation ends.
         let updates = tokio_stream::wrappers::WatchStream::new(rx);
@@ -378,9 +408,12 @@ impl NodeAgent for AgentService {
         let r = req.into_inner();
         fields::get_erase_certificate(&r).map_err(|e| status::from_field(&e))?;
         let id = (!r.operation_id.is_empty()).then_some(r.operation_id);
-        let cert = rpc_span("GetEraseCertificate", &peer)
-            .in_scope(|| self.erase.certificate(id.as_deref()))
-            .map_err(|e| status::from_erase(&e))?;
+        let cert = rpc_span("GetEraseCertificate", &peer).in_scope(|| {
+            self.erase
+                .service()?
+                .certificate(id.as_deref())
+                .map_err(|e| status::from_erase(&e))
+        })?;
         Ok(Response::new(pb::GetEraseCertificateResponse {
             certificate: Some(convert::certificate(&cert)),
         }))

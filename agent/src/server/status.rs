@@ -61,6 +61,15 @@ pub fn from_erase(e: &EraseError) -> Status {
     }
 }
 
+/// The status for an erase call while the erase service is unavailable (it could not be opened
+/// at start, see [`super::Erase::Unavailable`]): the host cannot accept it until the agent is
+/// restarted with room.
+pub fn erase_unavailable(reason: &str) -> Status {
+    Status::failed_precondition(format!(
+        "erase unavailable: {reason}; free space and restart the agent"
+    ))
+}
+
 /// The status for a telemetry stream error.
 pub fn from_hub(e: &HubError) -> Status {
     match e {

@@ -18,6 +18,8 @@
 //! Durability: each append is followed by `fdatasync` (`F_FULLFSYNC` on macOS, through
 //! `File::sync_data`); creating the file also syncs its directory, so the file itself survives.
 //! The file is created with mode 0600.
+//!
+//! With the `test-util` feature, a [`WriteFault`] can make appends fail as on a full disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -94,13 +96,30 @@ pub enum JournalError {
     },
 }
 
+/// A write fault injected into a journal's appends (tests; feature `test-util`): called with
+/// each record's JSON payload before its frame is written. When it returns an error, the append
+/// writes the first half of the frame, as a short write on a full disk does, and fails with
+/// that error.
+#[cfg(any(test, feature = "test-util"))]
+pub type WriteFault = std::sync::Arc<dyn Fn(&[u8]) -> Option<io::Error> + Send + Sync>;
+
 /// An open journal, positioned for appending records of type `T`.
-#[derive(Debug)]
 pub struct Journal<T> {
     file: File,
     path: PathBuf,
     len: u64,
+    #[cfg(any(test, feature = "test-util"))]
+    write_fault: Option<WriteFault>,
     _record: PhantomData<fn(T) -> T>,
+}
+
+impl<T> std::fmt::Debug for Journal<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What was read from a journal file.
@@ -151,6 +170,8 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
                 file,
                 path: path.to_path_buf(),
                 len: MAGIC.len() as u64,
+                #[cfg(any(test, feature = "test-util"))]
+                write_fault: None,
                 _record: PhantomData,
             };
             return Ok((journal, Vec::new()));
@@ -166,6 +187,8 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             file,
             path: path.to_path_buf(),
             len: replay.valid_len,
+            #[cfg(any(test, feature = "test-util"))]
+            write_fault: None,
             _record: PhantomData,
         };
         Ok((journal, replay.records))
@@ -214,6 +237,13 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         };
         // Write at the known end: after a failed append, the next one overwrites the partial frame.
         self.file.seek(SeekFrom::Start(self.len)).map_err(io_err)?;
+        #[cfg(any(test, feature = "test-util"))]
+        if let Some(err) = self.write_fault.as_ref().and_then(|fault| fault(&payload)) {
+            self.file
+                .write_all(&frame[..frame.len() / 2])
+                .map_err(io_err)?;
+            return Err(io_err(err));
+        }
         self.file.write_all(&frame).map_err(io_err)?;
         self.file.sync_data().map_err(io_err)?;
         self.len += frame.len() as u64;
@@ -223,6 +253,12 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// The journal file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes later appends consult `fault` (see [`WriteFault`]); `None` removes it.
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn set_write_fault(&mut self, fault: Option<WriteFault>) {
+        self.write_fault = fault;
     }
 }
 
@@ -456,6 +492,34 @@ mod tests {
             Err(JournalError::Corrupt { .. })
         ));
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing truncated");
+    }
+
+    #[test]
+    fn an_append_that_hits_a_full_disk_fails_and_the_next_one_overwrites_its_short_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.log");
+        let (mut journal, _) = Journal::<Rec>::open(&path).unwrap();
+        journal.append(&rec(1)).unwrap();
+        let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = full.clone();
+        journal.set_write_fault(Some(std::sync::Arc::new(move |_: &[u8]| {
+            flag.load(std::sync::atomic::Ordering::SeqCst)
+                .then(|| io::Error::from_raw_os_error(libc::ENOSPC))
+        })));
+        let err = journal.append(&rec(2)).unwrap_err();
+        let JournalError::Io { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::StorageFull);
+        assert!(jex_platform::error_chain(&err).contains("No space left on device"));
+        // The short write is on disk, and read as a torn tail.
+        assert_eq!(Journal::<Rec>::read(&path).unwrap().records, vec![rec(1)]);
+        assert!(Journal::<Rec>::read(&path).unwrap().torn_bytes > 0);
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        journal.append(&rec(3)).unwrap();
+        drop(journal);
+        let (_, records) = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(records, vec![rec(1), rec(3)]);
     }
 
     #[test]

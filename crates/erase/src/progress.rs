@@ -331,6 +331,12 @@ impl Live {
             })
             .collect();
         let failure = op.state.failure();
+        // Signed and stored just before `certified` is journaled: shown only once it is, so an
+        // operation that failed on that journal write (a full disk) shows no certificate.
+        let certificate = self
+            .certificate
+            .as_ref()
+            .filter(|_| op.state.certification().is_some());
         OperationView {
             operation_id: op.id().to_owned(),
             request_id: op.requested.request_id.clone(),
@@ -346,9 +352,9 @@ impl Live {
                 state => state.certification().map(|c| c.finished_unix_ms),
             },
             failure_reason: failure.map(|f| f.reason.clone()),
-            exceptions: certificate_exceptions(self.certificate.as_ref()),
+            exceptions: certificate_exceptions(certificate),
             targets,
-            certificate: self.certificate.clone(),
+            certificate: certificate.cloned(),
         }
     }
 }

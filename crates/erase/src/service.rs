@@ -255,6 +255,12 @@ impl EraseService {
         self.shared.core_is_locked()
     }
 
+    /// Makes the journal's later appends consult `fault` (tests).
+    #[cfg(test)]
+    pub(crate) fn set_journal_write_fault(&self, fault: Option<crate::journal::WriteFault>) {
+        self.shared.lock_core().journal.set_write_fault(fault);
+    }
+
     /// What `terminate` would erase, with each target's identity and safety checks. Writes
     /// nothing: devices are opened read-only.
     pub fn plan(&self) -> Result<Vec<PlannedTarget>, EraseError> {

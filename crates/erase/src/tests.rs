@@ -1328,6 +1328,79 @@ fn a_damaged_journal_fails_its_operation_and_a_new_terminate_erases_again() {
     );
 }
 
+// === A full disk under the journal ===
+
+/// A write fault that fails appends of records whose JSON holds `needle` with `ENOSPC`: once,
+/// or (`stays_full`) from the first such record on.
+fn disk_full_at(needle: &'static str, stays_full: bool) -> crate::journal::WriteFault {
+    let full = AtomicBool::new(false);
+    let fired = AtomicBool::new(false);
+    Arc::new(move |payload: &[u8]| {
+        let hit = payload
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes());
+        if hit && !fired.swap(true, Ordering::SeqCst) {
+            full.store(true, Ordering::SeqCst);
+            return Some(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        (stays_full && full.load(Ordering::SeqCst))
+            .then(|| std::io::Error::from_raw_os_error(libc::ENOSPC))
+    })
+}
+
+#[test]
+fn a_journal_append_hitting_a_full_disk_fails_the_operation_with_the_os_error() {
+    let h = Harness::new(&[512 << 10]);
+    let service = h.service();
+    // The last record before `reclaimable`: the certificate is signed and stored by then.
+    service.set_journal_write_fault(Some(disk_full_at("\"record\":\"certified\"", false)));
+    let started = service.terminate(terminate_cmd("req-enospc")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    let reason = view.failure_reason.clone().unwrap_or_default();
+    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(reason.contains(JOURNAL_FILE), "{reason}");
+    assert_failed_not_reclaimable(&h, &service, &view);
+    let Some(Record::Failed { reason, .. }) = h.records().pop() else {
+        panic!("the failure is journaled");
+    };
+    assert!(reason.contains("No space left on device"), "{reason}");
+
+    // After a restart the operation is still failed: nothing resumes it to reclaimable.
+    drop(service);
+    let service = h.service();
+    let view = service
+        .watch(Some(&started.operation_id))
+        .unwrap()
+        .borrow()
+        .clone();
+    assert_failed_not_reclaimable(&h, &service, &view);
+}
+
+#[test]
+fn a_disk_that_stays_full_fails_the_operation_without_journaling_the_failure() {
+    let h = Harness::new(&[512 << 10]);
+    let service = h.service();
+    service.set_journal_write_fault(Some(disk_full_at("\"record\":\"keys_destroyed\"", true)));
+    let started = service
+        .terminate(terminate_cmd("req-enospc-stays"))
+        .unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    assert_eq!(view.phase, Phase::Failed, "{view:?}");
+    assert_eq!(service.lifecycle(), Lifecycle::EraseFailed);
+    let reason = view.failure_reason.clone().unwrap_or_default();
+    assert!(reason.contains("No space left on device"), "{reason}");
+    // The failure could not be journaled either: the journal ends before the keys were
+    // recorded destroyed, and holds nothing past it.
+    let records = h.records();
+    assert!(
+        records.iter().all(|r| matches!(
+            r.kind(),
+            RecordKind::Requested | RecordKind::TargetsPinned | RecordKind::KeysSnapshot
+        )),
+        "{records:?}"
+    );
+}
+
 // === Read-only queries never wait for the engine's lock ===
 
 #[test]

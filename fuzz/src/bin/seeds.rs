@@ -18,6 +18,20 @@
 //!   one of them converted to a binary plist, and `cryptsetup luksDump --dump-json-metadata` and
 //!   `cryptsetup --version` from the real `cryptsetup` on a fresh two-keyslot LUKS2 image.
 //! - `client_san`: the agent, controller and observer certificates (DER) of the development PKI.
+//! - `spool_segments`: a segment written by `jex_spool::Spool<RecordBody>` with three samples
+//!   of this machine (the agent's own sampler) and a gap; the same cut in its last frame (a
+//!   torn tail), without its header (the target's frames-only form), and twice in a row (the
+//!   target's two-segment form).
+//! - `erase_journal`: the journal of a whole erase by `jex_erase::EraseService` (one 1 MiB
+//!   image file, the crate's fake key backend and test signer) up to `reclaimable`; the same
+//!   cut in its last frame, and without its magic (the target's frames-only form).
+//! - `agent_config`: `launchd/agent.toml.example`, and a configuration that writes every key
+//!   (two erase targets, one of each backend).
+//! - `status_request`: `status` and `plan` requests as the CLI sends them, one in pieces of
+//!   one byte, and an over-long line (each prefixed with the target's piece-size byte).
+//!
+//! `scripts/fuzz.sh seeds TARGET...` regenerates only the named targets (a target's fixture
+//! with it): the other corpora and fixtures stay as committed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -41,15 +55,59 @@ fn main() -> Result<()> {
     let out = Out { fuzz: fuzz.clone() };
     fs::create_dir_all(fuzz.join("fixtures"))?;
 
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    for target in &only {
+        if !TARGETS.contains(&target.as_str()) {
+            return Err(format!("unknown target {target}: one of {TARGETS:?}").into());
+        }
+    }
+    let wanted = |target: &str| only.is_empty() || only.iter().any(|t| t == target);
     let pki_dir = tmp.path().join("pki");
-    let (paths, _) = jex_agent::pki::write_dev_pki(&pki_dir, "fleet.example", "h-1")?;
-    cert_bundle(&out, &paths.agent_key, &paths.agent_cert, &paths.ca_cert)?;
-    client_san(&out, &paths)?;
-    pkg_verify(&out, &repo, &tmp.path().join("pkg-pki"))?;
-    darwin_parsers(&out, &repo)?;
-    diskutil_parsers(&out, &repo, tmp.path())?;
+    if wanted("cert_bundle") || wanted("client_san") {
+        let (paths, _) = jex_agent::pki::write_dev_pki(&pki_dir, "fleet.example", "h-1")?;
+        if wanted("cert_bundle") {
+            cert_bundle(&out, &paths.agent_key, &paths.agent_cert, &paths.ca_cert)?;
+        }
+        if wanted("client_san") {
+            client_san(&out, &paths)?;
+        }
+    }
+    if wanted("pkg_verify") {
+        pkg_verify(&out, &repo, &tmp.path().join("pkg-pki"))?;
+    }
+    if wanted("darwin_parsers") {
+        darwin_parsers(&out, &repo)?;
+    }
+    if wanted("diskutil_parsers") {
+        diskutil_parsers(&out, &repo, tmp.path())?;
+    }
+    if wanted("spool_segments") {
+        spool_segments(&out, tmp.path())?;
+    }
+    if wanted("erase_journal") {
+        erase_journal(&out, tmp.path())?;
+    }
+    if wanted("agent_config") {
+        agent_config(&out, &repo)?;
+    }
+    if wanted("status_request") {
+        status_request(&out)?;
+    }
     Ok(())
 }
+
+/// Every target this generator writes seeds for.
+const TARGETS: [&str; 9] = [
+    "cert_bundle",
+    "client_san",
+    "pkg_verify",
+    "darwin_parsers",
+    "diskutil_parsers",
+    "spool_segments",
+    "erase_journal",
+    "agent_config",
+    "status_request",
+];
 
 struct Out {
     fuzz: PathBuf,
@@ -388,5 +446,195 @@ fn diskutil_parsers(out: &Out, repo: &Path, tmp: &Path) -> Result<()> {
         "cryptsetup-version.txt",
         &cryptsetup(&["--version"])?,
     )?;
+    Ok(())
+}
+
+fn spool_segments(out: &Out, tmp: &Path) -> Result<()> {
+    use jex_spool::{Spool, SpoolConfig};
+    use jex_telemetry::{Gap, GapReason, RecordBody};
+    let target = "spool_segments";
+    out.reset(target)?;
+    let dir = tmp.join("spool");
+    let mut source = jex_agent::telemetry::sampler::platform_source(Vec::new())?;
+    let (mut spool, _) = Spool::<RecordBody>::open(SpoolConfig::new(&dir))?;
+    let t0 = 1_750_000_000_000u64;
+    for i in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        spool.append(t0 + i * 1000, RecordBody::Sample(source.sample()?))?;
+    }
+    spool.append(
+        t0 + 10_000,
+        RecordBody::Gap(Gap {
+            reason: GapReason::AgentDown,
+            missing_seqs: None,
+            start_time_unix_ms: t0 + 3000,
+            end_time_unix_ms: t0 + 10_000,
+        }),
+    )?;
+    spool.flush()?;
+    drop(spool);
+    let segment = fs::read(dir.join(format!("{:020}.seg", 1)))?;
+    out.seed(target, "samples-and-gap.seg", &segment)?;
+    out.seed(target, "torn-tail.seg", &segment[..segment.len() - 7])?;
+    // The target puts a header in front of input that does not start with one.
+    out.seed(target, "frames-only", &segment[16..])?;
+    // The target starts a second segment at the second header.
+    out.seed(
+        target,
+        "two-segments",
+        &[&segment[..], &segment[..]].concat(),
+    )?;
+    Ok(())
+}
+
+fn erase_journal(out: &Out, tmp: &Path) -> Result<()> {
+    use jex_erase::testing::{FakeKeys, load_test_signer, write_test_signer};
+    use jex_erase::{
+        Backend, EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TerminateCommand,
+    };
+    let target = "erase_journal";
+    out.reset(target)?;
+    let dir = tmp.join("erase");
+    fs::create_dir_all(&dir)?;
+    let image = dir.join("tenant0.img");
+    fs::File::create(&image)?.set_len(1 << 20)?;
+    write_test_signer(&dir, "h-1");
+    let keys = FakeKeys::new();
+    let deps = EraseDeps {
+        signer: std::sync::Arc::new(load_test_signer(&dir)),
+        host: jex_attest::HostIdentity {
+            host_id: "h-1".to_owned(),
+            hardware_uuid: "00000000-0000-4000-8000-000000000000".to_owned(),
+            serial_number: "FUZZSERIAL0".to_owned(),
+            model: "Mac15,12".to_owned(),
+            os: "Linux seed".to_owned(),
+            agent_version: jex_erase::AGENT_VERSION.to_owned(),
+        },
+        key_destroyer_factory: keys.factory(),
+    };
+    let config = EraseConfig {
+        state_dir: dir.join("state"),
+        chunk_bytes: 64 * 1024,
+        checkpoint_bytes: 256 * 1024,
+        verify_block_bytes: 64 * 1024,
+        targets: vec![TargetConfig {
+            name: "tenant0".to_owned(),
+            backend: Backend::Luks2,
+            device: image,
+            luks_uuid: Some("0d7c6b5a-4e3f-4a2b-9c1d-0e9f8a7b6c5d".to_owned()),
+            apfs_volume_uuid: None,
+        }],
+        ..EraseConfig::default()
+    };
+    let journal_path = config.state_dir.join(jex_erase::layout::JOURNAL_FILE);
+    let service = EraseService::open(config, deps)?;
+    let view = service.terminate(TerminateCommand {
+        request_id: "seed-request".to_owned(),
+        host_id: "h-1".to_owned(),
+        nonce: (0u8..40).collect(),
+    })?;
+    let rx = service.watch(Some(&view.operation_id))?;
+    loop {
+        let view = rx.borrow().clone();
+        match view.phase {
+            Phase::Reclaimable => break,
+            Phase::Failed => return Err(format!("seed erase failed: {view:?}").into()),
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    drop(service);
+    let journal = fs::read(&journal_path)?;
+    out.seed(target, "reclaimable.journal", &journal)?;
+    out.seed(target, "torn-tail.journal", &journal[..journal.len() - 5])?;
+    // The target puts the magic in front of input that does not start with it.
+    let magic = jex_erase::journal::MAGIC.len();
+    out.seed(target, "frames-only", &journal[magic..])?;
+    Ok(())
+}
+
+fn agent_config(out: &Out, repo: &Path) -> Result<()> {
+    let target = "agent_config";
+    out.reset(target)?;
+    out.seed(
+        target,
+        "agent.toml.example",
+        &fs::read(repo.join("launchd/agent.toml.example"))?,
+    )?;
+    let every_key = r#"state_dir = "/var/lib/jex-agent"
+
+[server]
+listen = "[::]:7443"
+status_socket = "/run/jex-agent.sock"
+
+[server.limits]
+max_connections = 64
+max_connections_per_peer = 8
+first_request_timeout_ms = 10000
+idle_timeout_ms = 300000
+status_max_connections = 4
+
+[tls]
+cert = "/etc/jex/agent.pem"
+key = "/etc/jex/agent.key"
+client_ca = "/etc/jex/fleet-ca.pem"
+
+[roles]
+controller = ["spiffe://fleet.example/controller"]
+observer = ["spiffe://fleet.example/observer", "spiffe://fleet.example/dashboard"]
+
+[telemetry]
+interval_ms = 500
+
+[telemetry.spool]
+dir = "/var/lib/jex-agent/spool"
+max_bytes = 25165824
+segment_bytes = 1048576
+fsync_interval_ms = 1000
+
+[logging]
+dir = "/var/log/jex-agent"
+level = "info,jex_agent=debug"
+max_file_bytes = 10485760
+max_files = 5
+
+[erase]
+state_dir = "/var/lib/jex-agent/erase"
+chunk_bytes = 8388608
+checkpoint_bytes = 268435456
+verify_strata = 64
+verify_locations_per_stratum = 4
+verify_coverage_percent = 10.0
+verify_block_bytes = 1048576
+
+[erase.tools]
+cryptsetup = "/usr/sbin/cryptsetup"
+diskutil = "/usr/sbin/diskutil"
+
+[[erase.targets]]
+name = "tenant-luks"
+backend = "luks2"
+device = "/dev/vdb"
+luks_uuid = "9f5d0c8e-3a1b-4c2d-8e7f-0a1b2c3d4e5f"
+
+[[erase.targets]]
+name = "tenant-apfs"
+backend = "apfs-volume"
+device = "/dev/rdisk4"
+apfs_volume_uuid = "00000000-0000-0000-0000-000000000000"
+"#;
+    jex_agent::config::Config::parse(Path::new("every-key.toml"), every_key)?;
+    out.seed(target, "every-key.toml", every_key.as_bytes())?;
+    Ok(())
+}
+
+fn status_request(out: &Out) -> Result<()> {
+    let target = "status_request";
+    out.reset(target)?;
+    // The first byte sets the size of the pieces the reader gets (0: all at once, 1..=8).
+    out.seed(target, "status", b"\x00status\n")?;
+    out.seed(target, "plan", b"\x00plan\n")?;
+    out.seed(target, "status-in-one-byte-pieces", b"\x01status\n")?;
+    let long = [&b"\x04"[..], &[b's'; 70], b"\n"].concat();
+    out.seed(target, "too-long", &long)?;
     Ok(())
 }
