@@ -11,9 +11,9 @@
 //! ```toml
 //! [erase]
 //! state_dir = "/var/lib/jex-agent/erase"
-//! chunk_bytes = 8388608            # 8 MiB direct-I/O writes
+//! chunk_bytes = 1048576            # 1 MiB direct-I/O writes and reads
 //! checkpoint_bytes = 268435456     # durable flush + journal every 256 MiB
-//! queue_depth = 8                  # direct-I/O writes and reads in flight
+//! queue_depth = 16                 # direct-I/O writes and reads in flight
 //! cpu_threads = 0                  # threads generating/comparing the pattern; 0 = every core
 //! verify_strata = 1000
 //! verify_locations_per_stratum = 2
@@ -36,12 +36,13 @@ use jex_platform::blockdev::{TargetIdentity, TargetKind};
 use toml::Spanned;
 
 /// Default chunk size of overwrite writes.
-pub const DEFAULT_CHUNK_BYTES: u64 = 8 << 20;
+/// (1 MiB with 16 in flight measured best of 1, 4 and 8 MiB at depths 1 to 32: BENCHMARKS.md.)
+pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
 /// Default distance between durable checkpoints.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 256 << 20;
 /// Default number of direct-I/O writes (and reads) in flight; chosen by measurement
 /// (BENCHMARKS.md, "Overwrite against the device's limit").
-pub const DEFAULT_QUEUE_DEPTH: u32 = 8;
+pub const DEFAULT_QUEUE_DEPTH: u32 = 16;
 /// Largest `queue_depth`.
 pub const MAX_QUEUE_DEPTH: u32 = 256;
 /// Largest `cpu_threads`.
@@ -64,7 +65,7 @@ pub struct EraseConfig {
     /// Directory for the journal, pattern keys and certificates (created 0700).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Size of each direct-I/O write, bytes (multiple of 4096).
+    /// Size of each direct-I/O write (and verification read), bytes (multiple of 4096).
     #[serde(default = "default_chunk_bytes")]
     pub chunk_bytes: u64,
     /// Bytes between durable flush + journaled checkpoint (multiple of `chunk_bytes`): a crash
