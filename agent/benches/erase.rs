@@ -302,116 +302,154 @@ fn print_rows(title: &str, rows: &[Row]) {
     }
 }
 
+fn fio_row(rows: &mut Vec<Row>, target: &Path, rw: &str, size: u64, when: &str) -> f64 {
+    let mb_s = fio(target, rw, size);
+    rows.push(Row {
+        name: format!("fio {rw}, bs=1M iodepth=32 libaio direct ({when})"),
+        seconds: size as f64 / (mb_s * MB),
+        mb_s,
+        note: "the limit".into(),
+    });
+    mb_s
+}
+
+fn overwrite_row(
+    rows: &mut Vec<Row>,
+    target: &Path,
+    size: u64,
+    pattern: &Pattern,
+    (qd, chunk): (usize, u64),
+    fio_write: f64,
+) -> f64 {
+    let settings = OverwriteSettings {
+        chunk_bytes: chunk,
+        checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+        parallelism: parallelism(qd),
+    };
+    let took = engine_overwrite(target, pattern, &settings);
+    let mb_s = rate(size, took);
+    let default = (qd, chunk) == (DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES);
+    row(
+        rows,
+        format!(
+            "engine overwrite qd={qd} chunk={}M{}",
+            chunk >> 20,
+            if default { " (default)" } else { "" }
+        ),
+        size,
+        took,
+        format!(
+            "{:.2}x fio write, buffers {} MiB",
+            mb_s / fio_write,
+            buffer_bytes(&settings) >> 20
+        ),
+    );
+    mb_s
+}
+
 /// Times every writer and reader on `target` (a file or a loop device) of `size` bytes.
+///
+/// The device's rate drifts over minutes, so the engine's default overwrite and full
+/// verification are each measured between two `fio` runs of the same kind, and compared with
+/// their mean: fio write, overwrite, fio read, verification, fio read, fio write. The other
+/// writers (dd, shred) and the sweep come after.
 fn measure_target(target: &Path, size: u64, is_file: bool, sweep: bool) -> (f64, f64, f64) {
     let mut rows = Vec::new();
-    let [fio_write, fio_read] = ["write", "read"].map(|rw| {
-        let mb_s = fio(target, rw, size);
-        rows.push(Row {
-            name: format!("fio {rw}, bs=1M iodepth=32 libaio direct"),
-            seconds: size as f64 / (mb_s * MB),
-            mb_s,
-            note: "the limit".into(),
-        });
-        mb_s
-    });
-    let count = (size / (4 << 20)).to_string();
-    let dd = |extra: &[&str]| {
-        let mut cmd = Command::new("/usr/bin/dd");
-        cmd.arg("if=/dev/zero")
-            .arg(format!("of={}", target.display()))
-            .args([
-                "oflag=direct",
-                "bs=4M",
-                &format!("count={count}"),
-                "conv=notrunc",
-            ])
-            .args(extra)
-            .stderr(std::process::Stdio::null());
-        run(&mut cmd)
+    let pattern = Pattern::new(PatternKey::generate(&SystemRandom::new()).unwrap());
+    let default = (DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES);
+    let write_before = fio_row(&mut rows, target, "write", size, "before");
+    let overwrite_at = rows.len();
+    let write = overwrite_row(&mut rows, target, size, &pattern, default, write_before);
+    let read_before = fio_row(&mut rows, target, "read", size, "before");
+    let read = ReadSettings {
+        read_bytes: DEFAULT_CHUNK_BYTES,
+        parallelism: parallelism(DEFAULT_QUEUE_DEPTH as usize),
     };
-    let took = dd(&["conv=fdatasync,notrunc"]);
+    let (verify_took, verify_bytes) = engine_verify(target, &pattern, Some(100.0), &read);
+    let verify_at = rows.len();
+    row(
+        &mut rows,
+        "engine verify, full (100 %), default qd",
+        verify_bytes,
+        verify_took,
+        String::new(),
+    );
+    let (sample_took, sample_bytes) = engine_verify(target, &pattern, None, &read);
+    let read_after = fio_row(&mut rows, target, "read", size, "after");
+    let write_after = fio_row(&mut rows, target, "write", size, "after");
+    let fio_write = (write_before + write_after) / 2.0;
+    let fio_read = (read_before + read_after) / 2.0;
+    rows[overwrite_at].note = format!(
+        "{:.2}x fio write (mean {fio_write:.0}), buffers {} MiB",
+        write / fio_write,
+        (DEFAULT_CHUNK_BYTES * u64::from(DEFAULT_QUEUE_DEPTH)) >> 20
+    );
+    let full_read = rate(verify_bytes, verify_took);
+    rows[verify_at].note = format!("{:.2}x fio read (mean {fio_read:.0})", full_read / fio_read);
+    row(
+        &mut rows,
+        format!(
+            "engine verify, default sample ({:.1} %)",
+            sample_bytes as f64 * 100.0 / size as f64
+        ),
+        sample_bytes,
+        sample_took,
+        format!("{} MiB read", sample_bytes >> 20),
+    );
+    let count = (size / (4 << 20)).to_string();
+    let mut dd = Command::new("/usr/bin/dd");
+    dd.arg("if=/dev/zero")
+        .arg(format!("of={}", target.display()))
+        .args([
+            "oflag=direct",
+            "bs=4M",
+            &format!("count={count}"),
+            "conv=fdatasync,notrunc",
+        ])
+        .stderr(std::process::Stdio::null());
+    let took = run(&mut dd);
     row(
         &mut rows,
         "dd if=/dev/zero oflag=direct bs=4M conv=fdatasync",
         size,
         took,
-        String::new(),
+        format!("{:.2}x fio write", rate(size, took) / fio_write),
     );
     if is_file {
         let took = run(Command::new("/usr/bin/shred").arg("-n1").arg(target));
         row(&mut rows, "shred -n1", size, took, String::new());
     }
-    let pattern = Pattern::new(PatternKey::generate(&SystemRandom::new()).unwrap());
-    let mut configs = vec![(DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES)];
     if sweep {
         for qd in [1usize, 2, 4, 8, 16, 32] {
             for chunk in [1u64 << 20, 4 << 20, 8 << 20] {
-                if (qd, chunk) != configs[0] {
-                    configs.push((qd, chunk));
+                if (qd, chunk) != default {
+                    overwrite_row(&mut rows, target, size, &pattern, (qd, chunk), fio_write);
                 }
             }
         }
-    }
-    let mut default_write = 0.0;
-    for (qd, chunk) in configs {
-        let settings = OverwriteSettings {
-            chunk_bytes: chunk,
-            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
-            parallelism: parallelism(qd),
-        };
-        let took = engine_overwrite(target, &pattern, &settings);
-        let mb_s = rate(size, took);
-        let default = (qd, chunk) == (DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES);
-        if default {
-            default_write = mb_s;
+        for qd in [4usize, 8, 16, 32] {
+            for chunk in [1u64 << 20, 4 << 20] {
+                let read = ReadSettings {
+                    read_bytes: chunk,
+                    parallelism: parallelism(qd),
+                };
+                let (took, bytes) = engine_verify(target, &pattern, Some(100.0), &read);
+                row(
+                    &mut rows,
+                    format!("engine verify, full, qd={qd} read={}M", chunk >> 20),
+                    bytes,
+                    took,
+                    format!("{:.2}x fio read", rate(bytes, took) / fio_read),
+                );
+            }
         }
-        row(
-            &mut rows,
-            format!(
-                "engine overwrite qd={qd} chunk={}M{}",
-                chunk >> 20,
-                if default { " (default)" } else { "" }
-            ),
-            size,
-            took,
-            format!(
-                "{:.2}x fio write, buffers {} MiB",
-                mb_s / fio_write,
-                buffer_bytes(&settings) >> 20
-            ),
-        );
     }
-    let read = ReadSettings {
-        read_bytes: DEFAULT_CHUNK_BYTES,
-        parallelism: parallelism(DEFAULT_QUEUE_DEPTH as usize),
-    };
-    let (took, bytes) = engine_verify(target, &pattern, Some(100.0), &read);
-    let full_read = rate(bytes, took);
-    row(
-        &mut rows,
-        "engine verify, full (100 %), default qd",
-        bytes,
-        took,
-        format!("{:.2}x fio read", full_read / fio_read),
-    );
-    let (took, bytes) = engine_verify(target, &pattern, None, &read);
-    row(
-        &mut rows,
-        format!(
-            "engine verify, default sample ({:.1} %)",
-            bytes as f64 * 100.0 / size as f64
-        ),
-        bytes,
-        took,
-        format!("{} MiB read", bytes >> 20),
-    );
     let kind = if is_file { "file" } else { "loop device" };
     print_rows(
         &format!("{} GiB {kind} {}", size / GIB, target.display()),
         &rows,
     );
-    (default_write, fio_write, full_read)
+    (write, fio_write, full_read)
 }
 
 fn main() {
