@@ -458,6 +458,22 @@ pub async fn query(path: &Path) -> Result<StatusSnapshot, StatusError> {
     })
 }
 
+/// Parses an answer of the socket; an error answer is [`StatusError::Refused`].
+fn decode_answer(path: &Path, buf: &[u8]) -> Result<serde_json::Value, StatusError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(buf).map_err(|source| StatusError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+    if let Some(message) = value.get(REQUEST_ERROR).and_then(|m| m.as_str()) {
+        return Err(StatusError::Refused {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+    Ok(value)
+}
+
 /// How long [`query_blocking`] waits for the answer.
 const BLOCKING_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -481,17 +497,7 @@ pub fn query_blocking(path: &Path) -> Result<StatusSnapshot, StatusError> {
     conn.shutdown(std::net::Shutdown::Write).map_err(read_err)?;
     let mut buf = Vec::new();
     conn.read_to_end(&mut buf).map_err(read_err)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&buf).map_err(|source| StatusError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-    if let Some(message) = value.get(REQUEST_ERROR).and_then(|m| m.as_str()) {
-        return Err(StatusError::Refused {
-            path: path.to_owned(),
-            message: message.to_owned(),
-        });
-    }
+    let value = decode_answer(path, &buf)?;
     serde_json::from_value(value).map_err(|source| StatusError::Parse {
         path: path.to_owned(),
         source,
@@ -522,17 +528,7 @@ pub async fn ask(path: &Path, query: Query) -> Result<serde_json::Value, StatusE
             ))
         })?
         .map_err(read_err)?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&buf).map_err(|source| StatusError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-    if let Some(message) = value.get(REQUEST_ERROR).and_then(|m| m.as_str()) {
-        return Err(StatusError::Refused {
-            path: path.to_owned(),
-            message: message.to_owned(),
-        });
-    }
+    let value = decode_answer(path, &buf)?;
     Ok(value)
 }
 
