@@ -663,13 +663,20 @@ async fn a_flood_of_refusals_grows_the_logs_by_little_and_keeps_earlier_lines() 
         tasks.push(tokio::spawn(async move {
             let mut c = pb::node_agent_client::NodeAgentClient::new(ch);
             while Instant::now() < until {
-                let r = c
-                    .terminate(pb::TerminateRequest {
+                // A call the agent dropped with the connection (h2's reset-flood guard) must not
+                // hold the loop past the flood: each call gets a deadline.
+                let Ok(r) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    c.terminate(pb::TerminateRequest {
                         request_id: "r".into(),
                         host_id: HOST_ID.into(),
                         nonce: vec![1; 32],
-                    })
-                    .await;
+                    }),
+                )
+                .await
+                else {
+                    continue;
+                };
                 if matches!(&r, Err(s) if s.code() == Code::PermissionDenied) {
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -685,7 +692,13 @@ async fn a_flood_of_refusals_grows_the_logs_by_little_and_keeps_earlier_lines() 
         tasks.push(tokio::spawn(async move {
             let mut c = anonymous;
             while Instant::now() < until {
-                if let Err(s) = c.get_host(pb::GetHostRequest {}).await
+                let Ok(r) =
+                    tokio::time::timeout(Duration::from_secs(2), c.get_host(pb::GetHostRequest {}))
+                        .await
+                else {
+                    continue;
+                };
+                if let Err(s) = r
                     && s.code() == Code::Unauthenticated
                 {
                     unauthenticated.fetch_add(1, Ordering::Relaxed);
