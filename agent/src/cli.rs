@@ -9,9 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::app::{AppError, ExitKind, ListenCheck, error_chain};
+use crate::app::{AppError, ExitKind, ListenCheck};
 use crate::config::{Config, defaults};
 use crate::ctl;
+use crate::error_chain;
 
 /// jex-agent: node agent for Apple Silicon bare-metal hosts.
 #[derive(Debug, Parser)]
@@ -220,7 +221,7 @@ pub fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
         Command::Status { socket, json } => block_on(async move {
-            match crate::status::query(&socket).await {
+            match crate::local_socket::query(&socket).await {
                 Ok(snap) => {
                     if json {
                         println!(
@@ -231,7 +232,7 @@ pub fn main() -> ExitCode {
                         let now = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0, |d| d.as_millis() as u64);
-                        print!("{}", crate::status::render(&snap, now));
+                        print!("{}", crate::local_socket::render::render_report(&snap, now));
                     }
                     ExitKind::Ok.into()
                 }
@@ -239,9 +240,9 @@ pub fn main() -> ExitCode {
             }
         }),
         Command::ErasePlan { socket, config } => block_on(async move {
-            match crate::status::ask(&socket, crate::status::Query::Plan).await {
+            match crate::local_socket::ask(&socket, crate::local_socket::Query::Plan).await {
                 Ok(plan) => {
-                    print!("{}", crate::render::render_plan(&plan));
+                    print!("{}", crate::local_socket::render::render_plan(&plan));
                     ExitKind::Ok.into()
                 }
                 // Only when no agent runs: one that runs knows its journal.
@@ -310,7 +311,7 @@ fn erase_warnings(config: &Config) -> Vec<String> {
                 .to_owned(),
         ];
     }
-    let factory = crate::app::key_destroyer_factory(&config.erase);
+    let factory = jex_erase::keys::destroyer_for(&config.erase);
     match jex_erase::plan_offline(&config.erase, &factory) {
         Ok(plan) => plan
             .iter()
@@ -375,7 +376,7 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
         .map_err(AppError::from)
         .and_then(|config| {
             crate::app::check_targets(&config)?;
-            let factory = crate::app::key_destroyer_factory(&config.erase);
+            let factory = jex_erase::keys::destroyer_for(&config.erase);
             Ok(jex_erase::plan_offline(&config.erase, &factory)?)
         });
     match planned {
@@ -386,7 +387,9 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
             );
             print!(
                 "{}",
-                crate::render::render_plan(&crate::app::plan_json(&plan))
+                crate::local_socket::render::render_plan(&crate::local_socket::view::plan_json(
+                    &plan
+                ))
             );
             ExitKind::Ok.into()
         }
@@ -398,7 +401,7 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
 fn status_failure(
     command: &'static str,
     socket: &std::path::Path,
-    e: crate::status::StatusError,
+    e: crate::local_socket::LocalSocketError,
 ) -> AppError {
     if e.not_permitted() {
         AppError::NeedsRoot { command }
@@ -526,7 +529,7 @@ async fn run_ctl(conn: ctl::Connection, command: CtlCommand) -> ExitCode {
                     println!(
                         "{} {} eta={}s{}",
                         op.operation_id,
-                        crate::render::progress_line(
+                        crate::local_socket::render::progress_line(
                             phase,
                             op.bytes_done,
                             op.bytes_total,

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use jex_proto::v1 as pb;
 
-use crate::app::{ExitKind, error_chain};
+use crate::app::ExitKind;
 use crate::config::Config;
 use crate::ctl;
+use crate::error_chain;
 
 const TRUST_DOMAIN: &str = "fleet.example";
 const HOST_ID: &str = "h-demo";
@@ -311,10 +312,10 @@ async fn erase_part(
     println!(
         "== 7. erase plan: what a Terminate would destroy (asked through the local status socket)"
     );
-    let plan = crate::status::ask(socket, crate::status::Query::Plan)
+    let plan = crate::local_socket::ask(socket, crate::local_socket::Query::Plan)
         .await
         .map_err(step("erase plan"))?;
-    for line in crate::render::render_plan(&plan).lines() {
+    for line in crate::local_socket::render::render_plan(&plan).lines() {
         println!("   {line}");
     }
 
@@ -368,7 +369,7 @@ async fn erase_part(
         let Some(op) = msg.operation else { continue };
         let phase = pb::ErasePhase::try_from(op.phase)
             .map_or("?", |p| p.as_str_name().trim_start_matches("ERASE_PHASE_"));
-        let line = crate::render::progress_line(
+        let line = crate::local_socket::render::progress_line(
             phase,
             op.bytes_done,
             op.bytes_total,

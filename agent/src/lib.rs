@@ -1,12 +1,15 @@
 //! jex-agent: the node agent that runs on every Apple Silicon host of the fleet.
 //!
 //! It serves the fleet controller over mTLS gRPC (`server`), samples host CPU and memory
-//! aggregates into a resumable spool (`telemetry`, `spool`), runs the verified cryptographic
-//! erase on termination (`erase`, `journal`) and signs its certificate (`attest`).
+//! aggregates into a resumable spool (`telemetry`, with the `jex-spool` crate), runs the verified
+//! cryptographic erase on termination and signs its certificate (the `jex-erase` and
+//! `jex-attest` crates), answers `jex-agent status` on a root-only socket (`local_socket`) and
+//! writes its own logs (`logging`).
 //!
 //! Dependencies point one way:
-//! `cli -> app (wiring) -> server (gRPC edge) -> {telemetry, spool, erase, attest, journal} -> platform`.
-//! Proto types stop at `server`; `cfg(target_os)` lives only where `platform` modules are declared.
+//! `main -> cli -> app (wiring) -> {server, local_socket, telemetry, tls, logging} -> the crates`.
+//! Proto types stop at `server` (and the controller client, `ctl`); `cfg(target_os)` lives only
+//! in the `jex-platform` crate.
 
 #![forbid(unsafe_code)]
 
@@ -15,11 +18,10 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod local_socket;
 pub mod logging;
 pub mod pki;
-pub mod render;
 pub mod server;
-pub mod status;
 pub mod telemetry;
 pub mod tls;
 

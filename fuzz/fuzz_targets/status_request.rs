@@ -1,6 +1,6 @@
-//! A request on the local status socket, as the agent reads it: `status::read_request` (one
+//! A request on the local status socket, as the agent reads it: `local_socket::read_request` (one
 //! line of at most `MAX_REQUEST_BYTES`, from a client that may send it in any pieces) and
-//! `status::parse_request` (exactly `status` or `plan`). The first input byte sets the size
+//! `local_socket::parse_request` (exactly `status` or `plan`). The first input byte sets the size
 //! of the pieces the reader receives (1 to 8 bytes, or everything at once); the rest is what
 //! the client sends before closing.
 //!
@@ -13,7 +13,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use jex_agent::status::{Line, MAX_REQUEST_BYTES, Query, parse_request, read_request};
+use jex_agent::local_socket::{Line, MAX_REQUEST_BYTES, Query, parse_request, read_request};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 

@@ -30,6 +30,12 @@ pub mod tool;
 
 use std::collections::BTreeMap;
 
+use crate::config::{Backend, EraseConfig, TargetConfig};
+use crate::deps::KeyDestroyerFactory;
+use crate::error::EraseError;
+use apfs::ApfsVolume;
+use luks2::Luks2;
+
 /// What a backend observed of the keys before destruction; opaque to the engine, stored in
 /// the journal as JSON. Holds hashes and counts, never key material.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -205,4 +211,37 @@ pub enum OutputError {
     /// Well-formed, but inconsistent or missing something.
     #[error("{0}")]
     Inconsistent(String),
+}
+
+/// The production factory: builds each target's key-destruction backend from its config (the
+/// tools by the absolute paths the config names). Tests pass [`crate::testing::FakeKeys`] instead.
+pub fn destroyer_for(erase: &EraseConfig) -> KeyDestroyerFactory {
+    let tools = erase.tools.clone();
+    let factory = move |t: &TargetConfig| -> Result<Box<dyn KeyDestroyer>, EraseError> {
+        let keys_err = |source| EraseError::Keys {
+            target: t.name.clone(),
+            source,
+        };
+        let pin = |v: &Option<String>| v.clone().unwrap_or_default();
+        Ok(match t.backend {
+            Backend::Luks2 => Box::new(
+                Luks2::new(
+                    t.name.clone(),
+                    t.device.clone(),
+                    &pin(&t.luks_uuid),
+                    tools.cryptsetup.clone(),
+                )
+                .map_err(keys_err)?,
+            ),
+            Backend::ApfsVolume => Box::new(
+                ApfsVolume::new(
+                    t.name.clone(),
+                    &pin(&t.apfs_volume_uuid),
+                    tools.diskutil.clone(),
+                )
+                .map_err(keys_err)?,
+            ),
+        })
+    };
+    Box::new(factory)
 }
