@@ -15,7 +15,7 @@ NE=/usr/bin/prometheus-node-exporter
 if [ ! -x "$NE" ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-node-exporter curl >/dev/null
 fi
-cargo build --release -q -p jex-agent
+cargo build --release -q -p jex-agent --features dev  # for `pki dev`
 BIN=${CARGO_TARGET_DIR:-target}/release/jex-agent
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT

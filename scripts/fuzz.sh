@@ -8,15 +8,18 @@
 #                                            of every target or of the named ones
 #
 # Only the stable toolchain is needed: RUSTC_BOOTSTRAP=1 lets it take cargo-fuzz's unstable
-# flags. cargo-fuzz is installed, pinned, under target/tools/ when missing. Builds go to
+# flags. cargo-fuzz is installed, pinned, when missing, outside the clone (scripts/tools.sh:
+# ~/.cache/jex-agent/tools/cargo-fuzz-<version>, or $JEX_TOOLS_DIR). Builds go to
 # target/fuzz/; inputs a run finds go to target/fuzz-corpus/<target>/ (the committed seeds are
 # only read), crashes to fuzz/artifacts/<target>/ (not committed). A crash fails the run and
 # prints the input's path: reproduce with `scripts/fuzz.sh repro TARGET FILE`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# shellcheck source=scripts/tools.sh
+. scripts/tools.sh
 CARGO_FUZZ_VERSION=0.13.2
-TOOLS="$PWD/target/tools/cargo-fuzz"
+TOOLS=$(tool_dir cargo-fuzz "$CARGO_FUZZ_VERSION")
 TARGETS=(cert_bundle pkg_verify darwin_parsers diskutil_parsers client_san
   spool_segments erase_journal agent_config status_request)
 # Per-target budget in ci mode: 9 targets x 20 s (3 minutes of fuzzing) on 2 cores, plus the
@@ -26,10 +29,16 @@ CI_SECONDS=${FUZZ_CI_SECONDS:-20}
 export RUSTC_BOOTSTRAP=1
 export CARGO_TARGET_DIR="$PWD/target/fuzz"
 
-if [ "$("$TOOLS/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
-  echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION under $TOOLS"
-  cargo install --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$TOOLS"
-fi
+cargo_fuzz_ok() { [ "$("$1/bin/cargo-fuzz" --version 2>/dev/null)" = "cargo-fuzz $CARGO_FUZZ_VERSION" ]; }
+cargo_fuzz_install() {
+  echo "== installing cargo-fuzz $CARGO_FUZZ_VERSION into $1"
+  # Its own target dir: not the fuzz build's, and not kept.
+  CARGO_TARGET_DIR="$1.build" cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$1"
+  local rc=$?
+  rm -rf "$1.build"
+  return "$rc"
+}
+tool_install "$TOOLS" cargo_fuzz_ok cargo_fuzz_install
 cargo_fuzz() { "$TOOLS/bin/cargo-fuzz" fuzz "$@"; }
 
 build() {

@@ -2,7 +2,7 @@
 # Cross-builds the workspace for Apple Silicon Macs (aarch64-apple-darwin) on Debian 12 x86_64,
 # with no Apple SDK. On a Mac, plain `cargo build --release -p jex-agent` does the same job.
 #
-#   scripts/macos.sh tools     # install the pinned toolchain (once; cached under target/tools)
+#   scripts/macos.sh tools     # install the pinned toolchain (once; cached outside the clone)
 #   scripts/macos.sh check     # cargo check, whole workspace, all targets
 #   scripts/macos.sh clippy    # cargo clippy, whole workspace, all targets, -D warnings
 #   scripts/macos.sh build     # release build and link of the jex-agent binary; prints its path
@@ -14,13 +14,17 @@
 # build's fingerprints.
 #
 # The toolchain:
-# - Rust: Debian's rustc-web/cargo-web/rust-web-clippy 1.96 and its std source (rust-web-src).
-#   No prebuilt std for the Mac exists in Debian, so std is compiled from that source with
-#   -Zbuild-std; RUSTC_BOOTSTRAP=1 allows the -Z flag on this stable compiler. The compiler must
-#   be the exact version of the source, which is why rustup's 1.95 is not used here. The Debian
-#   binaries are put first on PATH only inside this script.
+# - Rust: Debian's rustc-web/cargo-web/rust-web-clippy and its std source (rust-web-src), any
+#   1.x release from the workspace's rust-version (Cargo.toml) on: today bookworm-security carries
+#   1.96. The newest such version apt offers is installed, the four packages at the same version;
+#   when none is offered the script says which versions are and stops. No prebuilt std for the
+#   Mac exists in Debian, so std is compiled from that source with -Zbuild-std; RUSTC_BOOTSTRAP=1
+#   allows the -Z flag on this stable compiler. The compiler must be the exact version of the
+#   source (checked), which is why rustup's toolchain is not used here. The Debian binaries are
+#   put first on PATH only inside this script.
 # - C compiler (ring, tracing-oslog) and linker: zig, from PyPI's `ziglang`, driven by
-#   `cargo-zigbuild`, both pinned, in a virtualenv under target/tools. zig ships the macOS libc
+#   `cargo-zigbuild`, both pinned, in a virtualenv outside the clone (scripts/tools.sh:
+#   ~/.cache/jex-agent/tools/macos-zig-<versions>, or $JEX_TOOLS_DIR). zig ships the macOS libc
 #   headers and libSystem's link stubs (.tbd), but no frameworks: test binaries that pull
 #   CoreFoundation (jex-packaging's and the end-to-end tests, through apple-bom -> chrono ->
 #   iana-time-zone) are checked and linted here, not linked.
@@ -37,9 +41,15 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 TARGET=aarch64-apple-darwin
-RUST_DEBIAN_VERSION=1.96            # rustc-web, cargo-web, rust-web-src, rust-web-clippy
+# rustc-web, cargo-web, rust-web-src, rust-web-clippy: any 1.x from RUST_DEBIAN_MIN (default: the
+# workspace's rust-version) on.
+RUST_DEBIAN_PACKAGES=(rustc-web cargo-web rust-web-src rust-web-clippy)
 ZIGLANG_VERSION=0.17.1              # PyPI ziglang
 CARGO_ZIGBUILD_VERSION=0.24.1       # PyPI cargo-zigbuild
+# shellcheck source=scripts/tools.sh
+. scripts/tools.sh
+ZIG_VENV=$(tool_dir macos-zig "$ZIGLANG_VERSION-cargo-zigbuild-$CARGO_ZIGBUILD_VERSION")
+# What this script generates (the SDK header stand-ins, the PATH prefix) stays in the clone.
 TOOLS=$ROOT/target/tools/macos
 MAC_TARGET_DIR=${MAC_TARGET_DIR:-$ROOT/target/macos}
 AGENT_PACKAGE=${AGENT_PACKAGE:-jex-agent}
@@ -55,47 +65,94 @@ min_macos() {
   echo "$v"
 }
 
-install_debian_rust() {
-  local pkgs=(rustc-web cargo-web rust-web-src rust-web-clippy) missing=() p installed
-  for p in "${pkgs[@]}"; do
-    installed=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null || true)
-    case "$installed" in
-      "install ok installed $RUST_DEBIAN_VERSION".*) ;;
-      *) missing+=("$p") ;;
-    esac
-  done
-  ((${#missing[@]})) || return 0
-  [ "$(id -u)" -eq 0 ] || die "Debian packages ${missing[*]} ($RUST_DEBIAN_VERSION) are missing: run as root or install them first"
-  echo "== apt: ${missing[*]} $RUST_DEBIAN_VERSION"
-  apt-get update -qq
-  local version
-  # Newest Debian build of the pinned Rust release (bookworm-security carries it).
-  version=$(apt-cache madison rustc-web | awk -v v="$RUST_DEBIAN_VERSION." '$3 ~ "^"v {print $3}' | sort -V | tail -n1)
-  [ -n "$version" ] || die "no rustc-web $RUST_DEBIAN_VERSION in the apt sources (bookworm-security is needed)"
-  local args=()
-  for p in "${missing[@]}"; do args+=("$p=$version"); done
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${args[@]}" >/dev/null
+# The workspace's rust-version, the oldest Rust it builds with.
+rust_version() {
+  local v
+  v=$(sed -n '/^\[workspace.package\]/,/^\[/s/^rust-version = "\([0-9][0-9.]*\)"$/\1/p' Cargo.toml)
+  [ -n "$v" ] || die "rust-version not found in [workspace.package] of Cargo.toml"
+  echo "$v"
 }
 
-install_zig() {
-  local py=$TOOLS/venv/bin/python3
-  if [ -x "$py" ] &&
-     [ "$("$py" -m ziglang version 2>/dev/null)" = "$ZIGLANG_VERSION" ] &&
-     [ "$("$TOOLS/venv/bin/cargo-zigbuild" --version 2>/dev/null)" = "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]; then
-    return 0
+# rust_fits DEBIAN_VERSION: whether a Debian version (e.g. 1.96.0+dfsg1-1~deb12u2) of the Rust
+# packages is in the range this build takes: 1.x, x.y at least RUST_DEBIAN_MIN.
+rust_fits() {
+  local upstream=${1#*:} min=$RUST_DEBIAN_MIN
+  upstream=${upstream%%[+~-]*}
+  [[ $upstream =~ ^1\.[0-9]+(\.[0-9]+)?$ ]] || return 1
+  [ "$(printf '%s\n%s\n' "$min" "$upstream" | sort -V | head -n1)" = "$min" ]
+}
+
+# The newest version offered by apt for every Rust package, in the range; empty when none.
+rust_candidate() {
+  local p versions common=''
+  for p in "${RUST_DEBIAN_PACKAGES[@]}"; do
+    versions=$(apt-cache madison "$p" 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -u)
+    if [ -z "$common" ]; then
+      common=$versions
+    else
+      common=$(comm -12 <(echo "$common") <(echo "$versions"))
+    fi
+  done
+  local v best=''
+  while IFS= read -r v; do
+    [ -n "$v" ] && rust_fits "$v" && best=$v
+  done < <(echo "$common" | sort -V)
+  echo "$best"
+}
+
+install_debian_rust() {
+  RUST_DEBIAN_MIN=${RUST_DEBIAN_MIN:-$(rust_version)}
+  local p installed version='' ok=1
+  for p in "${RUST_DEBIAN_PACKAGES[@]}"; do
+    installed=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null || true)
+    case "$installed" in
+      "install ok installed "*) ;;
+      *) ok=0; continue ;;
+    esac
+    installed=${installed#install ok installed }
+    rust_fits "$installed" || ok=0
+    # The four must be one release: the compiler and its std source above all.
+    [ -z "$version" ] || [ "$version" = "$installed" ] || ok=0
+    version=$installed
+  done
+  ((ok)) && return 0
+  [ "$(id -u)" -eq 0 ] ||
+    die "Debian's Rust (${RUST_DEBIAN_PACKAGES[*]}, one version, 1.x >= $RUST_DEBIAN_MIN) is missing or mixed: run as root or install them first"
+  apt-get update -qq
+  version=$(rust_candidate)
+  if [ -z "$version" ]; then
+    local offered
+    offered=$(apt-cache madison rustc-web 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); gsub(/^ +| +$/, "", $3); print "  " $2 " (" $3 ")"}')
+    die "no version of ${RUST_DEBIAN_PACKAGES[*]} in the apt sources is 1.x >= $RUST_DEBIAN_MIN (RUST_DEBIAN_MIN, by default the workspace's rust-version) for all four; apt offers rustc-web:
+${offered:-  nothing}
+Add Debian's bookworm-security (or a newer suite) to the apt sources, or set RUST_DEBIAN_MIN to accept an older one."
   fi
+  echo "== apt: ${RUST_DEBIAN_PACKAGES[*]} $version" >&2
+  local args=()
+  for p in "${RUST_DEBIAN_PACKAGES[@]}"; do args+=("$p=$version"); done
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades "${args[@]}" >/dev/null
+}
+
+zig_ok() {
+  [ -x "$1/bin/python3" ] &&
+    [ "$("$1/bin/python3" -m ziglang version 2>/dev/null)" = "$ZIGLANG_VERSION" ] &&
+    [ "$("$1/bin/cargo-zigbuild" --version 2>/dev/null)" = "cargo-zigbuild $CARGO_ZIGBUILD_VERSION" ]
+}
+zig_install() {
+  echo "== pip: ziglang $ZIGLANG_VERSION, cargo-zigbuild $CARGO_ZIGBUILD_VERSION into $1" >&2
+  python3 -m venv "$1" &&
+    "$1/bin/python3" -m pip install -q --disable-pip-version-check --no-cache-dir \
+      "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION" >&2
+}
+install_zig() {
+  zig_ok "$ZIG_VENV" && return 0
   if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     [ "$(id -u)" -eq 0 ] || die "python3 cannot make a virtualenv: install python3-venv or run as root"
-    echo "== apt: python3-venv"
+    echo "== apt: python3-venv" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
   fi
-  echo "== pip: ziglang $ZIGLANG_VERSION, cargo-zigbuild $CARGO_ZIGBUILD_VERSION"
-  rm -rf "$TOOLS/venv"
-  mkdir -p "$TOOLS"
-  python3 -m venv "$TOOLS/venv" || die "python3 -m venv failed"
-  "$py" -m pip install -q --disable-pip-version-check --no-cache-dir \
-    "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$CARGO_ZIGBUILD_VERSION"
+  tool_install "$ZIG_VENV" zig_ok zig_install || die "installing zig and cargo-zigbuild into $ZIG_VENV failed"
 }
 
 # Writes stdin to $1 only when the content differs, so that nothing rebuilds needlessly.
@@ -176,7 +233,7 @@ install_tools() {
 }
 
 setup_env() {
-  export PATH="$TOOLS/bin:$TOOLS/venv/bin:$PATH"
+  export PATH="$TOOLS/bin:$ZIG_VENV/bin:$PATH"
   export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1
   # A toolchain override or a compiler wrapper (sccache...) from the caller is for the host build.
   unset RUSTUP_TOOLCHAIN RUSTC_WRAPPER RUSTC_WORKSPACE_WRAPPER

@@ -32,13 +32,17 @@
 # needs Apple's service and is not done here (see the README).
 #
 # Tools: scripts/macos.sh's toolchain on Linux; rcodesign (apple-codesign, pinned) is installed
-# under target/tools with `cargo install` on first use; openssl for the development PKI.
+# with `cargo install` on first use, outside the clone (scripts/tools.sh:
+# ~/.cache/jex-agent/tools/rcodesign-<version>, or $JEX_TOOLS_DIR); openssl for the development
+# PKI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+# shellcheck source=scripts/tools.sh
+. scripts/tools.sh
 RCODESIGN_VERSION=0.29.0
-RCODESIGN_ROOT=$ROOT/target/tools/rcodesign-$RCODESIGN_VERSION
+RCODESIGN_ROOT=$(tool_dir rcodesign "$RCODESIGN_VERSION")
 RCODESIGN=$RCODESIGN_ROOT/bin/rcodesign
 IDENTIFIER=com.jexcloud.agent
 
@@ -168,12 +172,12 @@ if [ -z "$binary" ]; then
 fi
 
 # 2. rcodesign, pinned, outside the workspace's dependency graph.
-install_rcodesign() {
-  [ "$("$RCODESIGN" --version 2>/dev/null)" = "apple-codesign $RCODESIGN_VERSION" ] && return 0
-  echo "== cargo install apple-codesign $RCODESIGN_VERSION (rcodesign) into $RCODESIGN_ROOT" >&2
-  cargo install --locked --no-default-features --root "$RCODESIGN_ROOT" apple-codesign --version "$RCODESIGN_VERSION"
+rcodesign_ok() { [ "$("$1/bin/rcodesign" --version 2>/dev/null)" = "apple-codesign $RCODESIGN_VERSION" ]; }
+rcodesign_install() {
+  echo "== cargo install apple-codesign $RCODESIGN_VERSION (rcodesign) into $1" >&2
+  cargo install --locked --no-default-features --root "$1" apple-codesign --version "$RCODESIGN_VERSION" >&2
 }
-[ "$codesign" = linker ] || install_rcodesign
+[ "$codesign" = linker ] || tool_install "$RCODESIGN_ROOT" rcodesign_ok rcodesign_install >&2
 
 # The team identifier is the code-signing certificate's OU, as in Apple's Developer ID
 # certificates; codesign records it in the CodeDirectory, rcodesign only when told.

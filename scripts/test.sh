@@ -53,6 +53,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== architecture: crate graph, unsafe and cfg(target_os) only in platform, one dependency list"
 bash scripts/check-architecture.sh
+echo "== architecture check, fed broken copies: it must fail on every rule, one and several at once"
+bash scripts/tests/check-architecture.sh
 
 echo "== buf lint (STANDARD + COMMENTS)"
 (cd proto && "../$BUF_DIR/node_modules/.bin/buf" lint)

@@ -41,7 +41,8 @@ pub enum Command {
         #[arg(long, default_value = defaults::CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Certificates.
+    /// Certificates (built with the `dev` feature only).
+    #[cfg(feature = "dev")]
     Pki {
         /// What to make.
         #[command(subcommand)]
@@ -92,6 +93,8 @@ pub enum Command {
     },
     /// Run everything on loopback in a temporary directory: a dev PKI, a real agent, a real
     /// controller client over mTLS; shows live telemetry, a disconnect and a gap-free resume.
+    /// (Built with the `dev` feature only.)
+    #[cfg(feature = "dev")]
     Demo {
         /// Seconds of live telemetry to show before disconnecting.
         #[arg(long, default_value_t = 4)]
@@ -103,6 +106,7 @@ pub enum Command {
 }
 
 /// `pki` subcommands.
+#[cfg(feature = "dev")]
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
     /// Write a development CA and agent, controller and observer certificates (keys 0600).
@@ -183,6 +187,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => crate::app::run(&config),
         Command::CheckConfig { config } => check_config(&config),
+        #[cfg(feature = "dev")]
         Command::Pki {
             command:
                 PkiCommand::Dev {
@@ -252,11 +257,9 @@ pub fn main() -> ExitCode {
         }),
         Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
+        // The demo sets up the daemon's logging itself, on its own directory.
+        #[cfg(feature = "dev")]
         Command::Demo { seconds, keep } => {
-            let _log = crate::logging::init(&crate::logging::LogTargets {
-                level: "warn".to_owned(),
-                file: None,
-            });
             block_on(async move { crate::demo::run(seconds, keep).await })
         }
     }

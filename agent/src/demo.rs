@@ -3,7 +3,14 @@
 //! In a temporary directory: a development PKI, a real agent (the same `app::start` as
 //! `jex-agent run`) on a loopback port, and a real controller client over mTLS. It shows the
 //! host, a live view of telemetry, disconnects, resumes from the last `seq` and checks that
-//! nothing was lost.
+//! nothing was lost, then erases a LUKS2 image and checks the signed certificate. The agent
+//! logs as `jex-agent run` does ([`crate::logging`]): JSON lines in `<dir>/logs/agent.log`,
+//! warnings and errors on stderr.
+//!
+//! Built only with the `dev` feature (`cargo run --features dev -- demo`, `scripts/demo.sh`) and
+//! for this crate's unit tests: the shipped binary has no demo.
+
+#![cfg(any(test, feature = "dev"))]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -236,14 +243,26 @@ async fn run_in(dir: &Path, seconds: u64) -> Result<(), DemoError> {
     text.push_str(&erase_toml(&image, &luks_uuid, &cryptsetup));
     std::fs::write(&config_path, text).map_err(step("writing config"))?;
     let config = Config::load(&config_path).map_err(step("config"))?;
+    // The daemon's logging, on the demo's directory: declared before the agent, so dropped after
+    // it, when the last lines are written out.
+    let _log = crate::logging::init(&crate::logging::LogTargets {
+        level: config.logging.level.clone(),
+        file: Some((
+            config.logging.dir.clone(),
+            config.logging.max_file_bytes,
+            config.logging.max_files,
+        )),
+    })
+    .map_err(step("logging"))?;
+    let log_file = config.logging.dir.join(crate::logging::LOG_FILE);
     let socket = config.server.status_socket.clone();
     let agent = crate::app::start(config)
         .await
         .map_err(step("starting the agent"))?;
     let addr = agent.local_addr();
     println!(
-        "   listening on https://{addr} (logs: {}/logs/agent.log)",
-        dir.display()
+        "   listening on https://{addr} (logs: {})",
+        log_file.display()
     );
 
     let conn = ctl::Connection {

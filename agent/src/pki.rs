@@ -7,6 +7,11 @@
 //! - controller / observer: URI `spiffe://<td>/controller` / `spiffe://<td>/observer`, clientAuth.
 //!
 //! Private keys are written with mode 0600.
+//!
+//! Built only with the `dev` feature (`jex-agent pki dev`, the demo, the end-to-end tests) and
+//! for this crate's unit tests: the shipped binary has no development PKI.
+
+#![cfg(any(test, feature = "dev"))]
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

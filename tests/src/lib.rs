@@ -4,11 +4,16 @@
 //! An agent here is a child process (`jex-agent-e2e run --config …`) on `127.0.0.1:0`; the
 //! harness learns its port from the agent's own JSON log line `agent serving`, so the tests also
 //! read the log the way an SRE would.
+//!
+//! Every wait on a child process here has a deadline ([`wait_within`], [`output_within`]): a
+//! child that hangs (an agent stuck in its drain, a command that never returns) is killed and the
+//! test fails saying what did not exit and in how long, instead of holding CI until its budget
+//! runs out.
 
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -191,14 +196,14 @@ impl AgentProcess {
     }
 
     /// Runs `jex-agent status` (the real command line) against this agent; its output, or why
-    /// it failed.
+    /// it failed (also when it has not answered within [`COMMAND_DEADLINE`]).
     pub fn status_cli(&self) -> Result<String> {
-        let out = Command::new(agent_bin()?)
+        let mut command = Command::new(agent_bin()?);
+        command
             .arg("status")
             .arg("--socket")
-            .arg(self.status_socket())
-            .stdin(Stdio::null())
-            .output()?;
+            .arg(self.status_socket());
+        let out = output_within(&mut command, COMMAND_DEADLINE)?;
         if !out.status.success() {
             bail!(
                 "jex-agent status exited with {}: {}",
@@ -215,27 +220,136 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL and reap (failing if the process is not gone within [`REAP_DEADLINE`]).
     pub fn kill9(mut self) -> Result<()> {
         self.child.kill()?;
-        self.child.wait()?;
+        wait_within(&mut self.child, REAP_DEADLINE, "the agent after SIGKILL")?;
         Ok(())
     }
 
-    /// SIGTERM and wait for a clean exit; returns the exit code and how long it took.
+    /// SIGTERM and wait for a clean exit; returns the exit code and how long it took. An agent
+    /// that has not exited within [`DRAIN_DEADLINE`] is killed and the call fails, with the end
+    /// of its log.
     pub fn terminate(mut self) -> Result<(Option<i32>, Duration)> {
         let start = Instant::now();
         self.signal(nix::sys::signal::Signal::SIGTERM)?;
-        let status = self.child.wait()?;
+        let status = wait_within(&mut self.child, DRAIN_DEADLINE, "the agent after SIGTERM")
+            .with_context(|| format!("the end of its log:\n{}", tail(&self.log(), 40)))?;
         Ok((status.code(), start.elapsed()))
     }
 }
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Err(e) = wait_within(&mut self.child, REAP_DEADLINE, "the agent being dropped") {
+            // Nothing to fail from a drop: say so, the test's own result stands.
+            eprintln!("jex-e2e: {e:#}");
+        }
     }
+}
+
+/// How long an agent may take to exit after SIGTERM: its drain (20 s by default) and margin.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a killed process may take to be reaped.
+pub const REAP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a one-shot command (`jex-agent status`, `check-config`, …) may run.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits for `child` to exit, for at most `timeout`. When it has not, it is killed (SIGKILL),
+/// reaped (a few more seconds at most) and the wait fails naming `what` and the deadline.
+pub fn wait_within(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let reap_end = Instant::now() + Duration::from_secs(5);
+    let reaped = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < reap_end => std::thread::sleep(Duration::from_millis(20)),
+            _ => break None,
+        }
+    };
+    bail!(
+        "{what} (pid {}) did not exit within {timeout:?}: killed{}",
+        child.id(),
+        if reaped.is_some() {
+            ""
+        } else {
+            ", and still not reaped 5 s later"
+        }
+    )
+}
+
+/// Runs `command` to the end like [`Command::output`] (stdin closed, stdout and stderr
+/// captured), for at most `timeout` (see [`wait_within`]).
+pub fn output_within(command: &mut Command, timeout: Duration) -> Result<Output> {
+    use std::io::Read;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {command:?}"))?;
+    // Read both pipes while waiting, so a chatty child never blocks on a full pipe.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let status = wait_within(&mut child, timeout, &format!("{command:?}"))?;
+    // The child has exited: its pipes close unless it left a descendant holding them.
+    let join = |reader: std::thread::JoinHandle<Vec<u8>>| {
+        let end = Instant::now() + REAP_DEADLINE;
+        while !reader.is_finished() {
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        reader.join().ok()
+    };
+    let (Some(stdout), Some(stderr)) = (join(stdout), join(stderr)) else {
+        bail!("{command:?} exited but its output pipes stayed open (a child of it still runs?)");
+    };
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Writes the agent config for `dir` and returns its path.
@@ -390,4 +504,55 @@ pub async fn open_telemetry(
         history_only: false,
     };
     Ok(c.stream_telemetry(req).await?.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_past_its_deadline_is_killed_and_the_wait_fails() -> Result<()> {
+        let mut child = Command::new("sleep").arg("30").spawn()?;
+        let start = Instant::now();
+        let err = match wait_within(&mut child, Duration::from_millis(200), "sleep 30") {
+            Ok(status) => bail!("sleep 30 returned {status} within 200 ms"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("sleep 30") && err.contains("did not exit within 200ms: killed"),
+            "{err}"
+        );
+        assert!(!err.contains("not reaped"), "{err}");
+        // Killed and reaped: nothing is left to wait for.
+        assert!(child.try_wait()?.is_some());
+        assert!(start.elapsed() < Duration::from_secs(25));
+        Ok(())
+    }
+
+    #[test]
+    fn output_within_captures_both_pipes_and_the_status() -> Result<()> {
+        let out = output_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            COMMAND_DEADLINE,
+        )?;
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+        Ok(())
+    }
+
+    #[test]
+    fn output_within_fails_on_a_command_that_hangs() -> Result<()> {
+        match output_within(
+            Command::new("sh").args(["-c", "echo started; exec sleep 30"]),
+            Duration::from_millis(300),
+        ) {
+            Ok(out) => bail!("a hung command returned {:?}", out.status),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("did not exit within 300ms: killed"), "{e}");
+            }
+        }
+        Ok(())
+    }
 }
