@@ -193,6 +193,54 @@ async fn observer_may_read_but_not_terminate() -> Result<()> {
     Ok(())
 }
 
+/// Calls `path` (a unary method taking and returning `GetHostRequest`-shaped messages) as `who`.
+async fn call_path(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    who: Option<&ClientFiles>,
+    path: &'static str,
+) -> Result<tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", agent.addr))?
+        .tls_config(tls_config(pki, who)?)?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let answer = grpc
+        .unary(
+            tonic::Request::new(pb::GetHostRequest {}),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::<pb::GetHostRequest, pb::GetHostResponse>::default(),
+        )
+        .await;
+    match answer {
+        Ok(_) => anyhow::bail!("{path} answered"),
+        Err(status) => Ok(status),
+    }
+}
+
+#[tokio::test]
+async fn a_method_not_in_the_table_of_roles_is_refused_for_every_role() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (_d, agent) = start(&pki)?;
+    const UNKNOWN: &str = "/jex.agent.v1.NodeAgent/Reboot";
+    for who in [pki.controller(), pki.observer()] {
+        let status = call_path(&pki, &agent, Some(&who), UNKNOWN).await?;
+        assert_refused(&status, Code::Unimplemented, "not a method of this agent");
+    }
+    // Another service altogether.
+    let status = call_path(&pki, &agent, Some(&pki.controller()), "/x.Admin/Shell").await?;
+    assert_refused(&status, Code::Unimplemented, "/x.Admin/Shell");
+    // Without a certificate the identity is refused first.
+    let status = call_path(&pki, &agent, None, UNKNOWN).await?;
+    assert_refused(&status, Code::Unauthenticated, "client certificate");
+    agent.wait_for_log(&["call refused", "unknown method", "Reboot"], LOG_WAIT)?;
+    // The agent still serves.
+    let host = get_host_code(&pki, &agent, Some(&pki.observer())).await??;
+    assert_eq!(host.host_id, HOST_ID);
+    Ok(())
+}
+
 #[tokio::test]
 async fn plaintext_http2_client_is_refused() -> Result<()> {
     let pki = TestPki::new()?;

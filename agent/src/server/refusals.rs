@@ -35,6 +35,8 @@ pub enum Reason {
     NoRole,
     /// A role calling a method it may not (`PERMISSION_DENIED`).
     NotAllowed,
+    /// A method not in the table of roles (`UNIMPLEMENTED`).
+    UnknownMethod,
     /// Plaintext or garbage on the TLS port.
     NotTls,
     /// The handshake refused the client's certificate (other CA, expired, …).
@@ -61,6 +63,7 @@ impl Reason {
             Reason::NoCertificate => "no client certificate",
             Reason::NoRole => "client certificate holds no role",
             Reason::NotAllowed => "method not allowed for the caller's role",
+            Reason::UnknownMethod => "unknown method",
             Reason::NotTls => "not a TLS client",
             Reason::CertificateRefused => "client certificate refused",
             Reason::Incompatible => "client incompatible (TLS 1.3 required)",
@@ -75,7 +78,9 @@ impl Reason {
     /// The message of the immediate line, by kind (what an SRE greps for).
     fn message(self) -> &'static str {
         match self {
-            Reason::NoCertificate | Reason::NoRole | Reason::NotAllowed => "call refused",
+            Reason::NoCertificate | Reason::NoRole | Reason::NotAllowed | Reason::UnknownMethod => {
+                "call refused"
+            }
             Reason::NotTls
             | Reason::CertificateRefused
             | Reason::Incompatible
