@@ -35,7 +35,7 @@ use super::conn::{
     CloseReason, ConnInfo, ConnState, Deadlines, Permit, Tracked, Tracker, Verdict, verdict,
 };
 use super::refusals::{Reason, RefusalLog, Source};
-use crate::tls::{HandshakeFailure, ServerTls, classify_handshake_error, handshake_refusal_reason};
+use crate::tls::{ServerTls, classify_handshake_error, handshake_refusal_reason};
 
 /// How long a client has to finish after the agent started closing its connection gracefully
 /// (GOAWAY) before the socket is simply closed; streams still open keep it longer.
@@ -254,12 +254,7 @@ async fn connection<S: EdgeService>(
         done = handshake => match done {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                let reason = match classify_handshake_error(&e) {
-                    HandshakeFailure::NotTls => Reason::NotTls,
-                    HandshakeFailure::Certificate => Reason::CertificateRefused,
-                    HandshakeFailure::Incompatible => Reason::Incompatible,
-                    HandshakeFailure::Other => Reason::HandshakeFailed,
-                };
+                let reason = Reason::of_handshake(classify_handshake_error(&e));
                 edge.refusals.refused(peer, reason, || {
                     format!("{addr}: {}", handshake_refusal_reason(&e))
                 });
