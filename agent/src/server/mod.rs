@@ -20,14 +20,14 @@
 //! (or still to be published) around it until the client resumed.
 
 pub mod auth;
-pub mod conn;
+pub(crate) mod conn;
 pub mod convert;
-pub mod fields;
-pub mod listener;
-pub mod refusals;
-pub mod rpc;
-pub mod schema;
-pub mod status;
+pub(crate) mod fields;
+pub(crate) mod listener;
+pub(crate) mod refusals;
+pub(crate) mod rpc;
+pub(crate) mod schema;
+pub(crate) mod status;
 
 use std::sync::Arc;
 
