@@ -302,18 +302,7 @@ async fn connection<S: EdgeService>(
         permit.unverified()
     };
     if let Err(reason) = placed {
-        let caps = edge.tracker.caps();
-        edge.refusals.refused(peer, reason, || match reason {
-            Reason::OverVerifiedCap => format!(
-                "{addr}: {} connections with a verified certificate held",
-                caps.verified()
-            ),
-            Reason::OverPeerCap => format!(
-                "{addr}: {} connections with a verified certificate from this address held",
-                caps.per_peer
-            ),
-            _ => format!("{addr}: no room among connections without a certificate"),
-        });
+        note_eviction(&edge, peer, addr, reason);
         return;
     }
     let state = ConnState::new(accepted);
@@ -399,12 +388,21 @@ async fn connection<S: EdgeService>(
     }
 }
 
+/// Logs (rate-limited) why a connection was closed for want of room in its share.
 fn note_eviction(edge: &Edge, peer: Source, addr: SocketAddr, reason: Reason) {
     let caps = edge.tracker.caps();
     edge.refusals.refused(peer, reason, || match reason {
         Reason::EvictedHandshake => format!(
             "{addr}: closed in its TLS handshake, {} handshakes in progress",
             caps.handshakes
+        ),
+        Reason::OverVerifiedCap => format!(
+            "{addr}: {} connections with a verified certificate held",
+            caps.verified()
+        ),
+        Reason::OverPeerCap => format!(
+            "{addr}: {} connections with a verified certificate from this address held",
+            caps.per_peer
         ),
         _ => format!(
             "{addr}: closed, {} connections without a client certificate held",
