@@ -158,9 +158,19 @@ pub struct LimitsConfig {
     /// agent lowers it at start when the open-file limit leaves too little headroom.
     #[serde(default = "default_max_connections")]
     pub max_connections: NonZeroU32,
-    /// Connections held at once from one client IP address.
+    /// Connections held at once from one client IP address (counted apart for connections
+    /// with a verified client certificate and for the others).
     #[serde(default = "default_max_connections_per_peer")]
     pub max_connections_per_peer: NonZeroU32,
+    /// The share of `max_connections` for TLS handshakes in progress (at most a third of it);
+    /// when it is full, a new connection takes the place of the oldest handshake of the
+    /// address holding the most.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: NonZeroU32,
+    /// The share of `max_connections` for connections that finished their handshake without a
+    /// client certificate (at most a sixth of it), full the same way.
+    #[serde(default = "default_max_unverified")]
+    pub max_unverified: NonZeroU32,
     /// From TCP accept to the first request (TLS handshake and HTTP/2 preface included).
     #[serde(default = "default_first_request_timeout_ms")]
     pub first_request_timeout_ms: NonZeroU64,
@@ -178,6 +188,8 @@ impl Default for LimitsConfig {
         Self {
             max_connections: default_max_connections(),
             max_connections_per_peer: default_max_connections_per_peer(),
+            max_handshakes: default_max_handshakes(),
+            max_unverified: default_max_unverified(),
             first_request_timeout_ms: default_first_request_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             status_max_connections: default_status_max_connections(),
@@ -190,6 +202,12 @@ fn default_max_connections() -> NonZeroU32 {
 }
 fn default_max_connections_per_peer() -> NonZeroU32 {
     NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_handshakes() -> NonZeroU32 {
+    NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN)
+}
+fn default_max_unverified() -> NonZeroU32 {
+    NonZeroU32::new(128).unwrap_or(NonZeroU32::MIN)
 }
 fn default_first_request_timeout_ms() -> NonZeroU64 {
     NonZeroU64::new(10_000).unwrap_or(NonZeroU64::MIN)

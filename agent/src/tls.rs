@@ -281,14 +281,70 @@ pub fn host_id_from_uri(uri: &str) -> Option<String> {
     (!id.is_empty() && !id.contains('/')).then(|| id.to_owned())
 }
 
-/// The kind of a failed handshake, for counting refusals.
+/// What was wrong with a client certificate the handshake refused: one kind per cause, so that
+/// each is counted (and its first occurrence from a peer logged) on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CertificateProblem {
+    /// Past its `notAfter`.
+    Expired,
+    /// Before its `notBefore`.
+    NotYetValid,
+    /// Not issued by the fleet CA (another CA, or self-signed).
+    UnknownIssuer,
+    /// Not issued for client authentication (extended key usage).
+    WrongUsage,
+    /// Its signature does not verify.
+    BadSignature,
+    /// Revoked, or its revocation status could not be established.
+    Revoked,
+    /// The client sent no certificate where one was required.
+    Missing,
+    /// Anything else (bad encoding, an unsupported critical extension or algorithm, …).
+    Other,
+}
+
+impl CertificateProblem {
+    /// Every kind, in order.
+    pub const ALL: [CertificateProblem; 8] = [
+        CertificateProblem::Expired,
+        CertificateProblem::NotYetValid,
+        CertificateProblem::UnknownIssuer,
+        CertificateProblem::WrongUsage,
+        CertificateProblem::BadSignature,
+        CertificateProblem::Revoked,
+        CertificateProblem::Missing,
+        CertificateProblem::Other,
+    ];
+
+    /// The kind of a certificate error from the verifier (webpki, through rustls).
+    pub fn of(e: &rustls::CertificateError) -> Self {
+        use rustls::CertificateError as C;
+        match e {
+            C::Expired | C::ExpiredContext { .. } => CertificateProblem::Expired,
+            C::NotValidYet | C::NotValidYetContext { .. } => CertificateProblem::NotYetValid,
+            C::UnknownIssuer => CertificateProblem::UnknownIssuer,
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => CertificateProblem::WrongUsage,
+            C::BadSignature => CertificateProblem::BadSignature,
+            C::Revoked
+            | C::UnknownRevocationStatus
+            | C::ExpiredRevocationList
+            | C::ExpiredRevocationListContext { .. } => CertificateProblem::Revoked,
+            _ => CertificateProblem::Other,
+        }
+    }
+}
+
+/// The kind of a failed handshake, for counting refusals: one kind per cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeFailure {
     /// Plaintext or garbage on the TLS port.
     NotTls,
-    /// The client's certificate was refused.
-    Certificate,
-    /// The client does not speak TLS 1.3 (or shares nothing else with the agent).
+    /// The client's certificate was refused, and why.
+    Certificate(CertificateProblem),
+    /// The client does not offer TLS 1.3.
+    TlsVersion,
+    /// The client shares no cipher suite, key exchange group, signature scheme or application
+    /// protocol (`h2`) with the agent.
     Incompatible,
     /// Anything else (the client went away mid-handshake, …).
     Other,
@@ -299,14 +355,28 @@ fn rustls_error(err: &std::io::Error) -> Option<&rustls::Error> {
         .and_then(|e| e.downcast_ref::<rustls::Error>())
 }
 
-/// Classifies a failed handshake.
+/// Classifies a failed handshake by the rustls error it ended with.
 pub fn classify_handshake_error(err: &std::io::Error) -> HandshakeFailure {
+    use rustls::PeerIncompatible as P;
     match rustls_error(err) {
-        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
-            HandshakeFailure::Certificate
+        Some(rustls::Error::InvalidCertificate(c)) => {
+            HandshakeFailure::Certificate(CertificateProblem::of(c))
+        }
+        Some(rustls::Error::NoCertificatesPresented) => {
+            HandshakeFailure::Certificate(CertificateProblem::Missing)
         }
         Some(rustls::Error::InvalidMessage(_)) => HandshakeFailure::NotTls,
-        Some(rustls::Error::PeerIncompatible(_)) => HandshakeFailure::Incompatible,
+        Some(rustls::Error::PeerIncompatible(
+            P::SupportedVersionsExtensionRequired
+            | P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled
+            | P::ServerDoesNotSupportTls12Or13
+            | P::ServerTlsVersionIsDisabledByOurConfig
+            | P::Tls13RequiredForQuic,
+        )) => HandshakeFailure::TlsVersion,
+        Some(rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol) => {
+            HandshakeFailure::Incompatible
+        }
         _ => HandshakeFailure::Other,
     }
 }
@@ -432,7 +502,7 @@ mod tests {
         ));
         assert_eq!(
             classify_handshake_error(&unknown),
-            HandshakeFailure::Certificate
+            HandshakeFailure::Certificate(CertificateProblem::UnknownIssuer)
         );
         assert_eq!(
             handshake_refusal_reason(&unknown),
@@ -447,6 +517,65 @@ mod tests {
         assert_eq!(
             handshake_refusal_reason(&eof),
             "the client closed the connection during the handshake"
+        );
+    }
+
+    #[test]
+    fn each_cause_of_a_refused_handshake_is_a_kind_of_its_own() {
+        use rustls::CertificateError as C;
+        use rustls::pki_types::UnixTime;
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1));
+        let cert = |c: C| classify_handshake_error(&io(rustls::Error::InvalidCertificate(c)));
+        let kind = HandshakeFailure::Certificate;
+        assert_eq!(cert(C::Expired), kind(CertificateProblem::Expired));
+        assert_eq!(
+            cert(C::ExpiredContext {
+                time: at,
+                not_after: at
+            }),
+            kind(CertificateProblem::Expired)
+        );
+        assert_eq!(
+            cert(C::NotValidYetContext {
+                time: at,
+                not_before: at
+            }),
+            kind(CertificateProblem::NotYetValid)
+        );
+        assert_eq!(
+            cert(C::UnknownIssuer),
+            kind(CertificateProblem::UnknownIssuer)
+        );
+        assert_eq!(
+            cert(C::InvalidPurpose),
+            kind(CertificateProblem::WrongUsage)
+        );
+        assert_eq!(
+            cert(C::BadSignature),
+            kind(CertificateProblem::BadSignature)
+        );
+        assert_eq!(cert(C::Revoked), kind(CertificateProblem::Revoked));
+        assert_eq!(cert(C::BadEncoding), kind(CertificateProblem::Other));
+        assert_eq!(
+            classify_handshake_error(&io(rustls::Error::NoCertificatesPresented)),
+            kind(CertificateProblem::Missing)
+        );
+        assert_eq!(
+            classify_handshake_error(&io(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::SupportedVersionsExtensionRequired
+            ))),
+            HandshakeFailure::TlsVersion
+        );
+        assert_eq!(
+            classify_handshake_error(&io(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::NoCipherSuitesInCommon
+            ))),
+            HandshakeFailure::Incompatible
+        );
+        assert_eq!(
+            classify_handshake_error(&io(rustls::Error::NoApplicationProtocol)),
+            HandshakeFailure::Incompatible
         );
     }
 

@@ -57,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(role, Role::Observer);
             }
             Err(Refusal::NoCertificate) => panic!("a certificate was given"),
+            Err(Refusal::UnknownMethod) => panic!("both methods are in the table"),
         }
     }
 });

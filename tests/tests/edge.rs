@@ -325,18 +325,27 @@ async fn an_unauthenticated_connection_gets_its_answer_and_is_then_closed() -> R
 // Caps.
 
 #[tokio::test]
-async fn connections_over_a_cap_are_closed_at_once_and_others_still_served() -> Result<()> {
+async fn each_share_of_connections_is_capped_and_verified_ones_never_compete() -> Result<()> {
     let pki = TestPki::new()?;
+    // 12 in total: 4 handshakes, 2 without a certificate, 1 closing, 5 verified.
     let (_d, agent) = start_with(
         &pki,
-        "\n[server.limits]\nmax_connections = 6\nmax_connections_per_peer = 4\nfirst_request_timeout_ms = 60000\n",
+        "\n[server.limits]\nmax_connections = 12\nmax_connections_per_peer = 4\nfirst_request_timeout_ms = 60000\n",
     )?;
+    let line = agent.wait_for_log(&["connection limits"], LOG_WAIT)?;
+    for field in [
+        "\"max_handshakes\":4",
+        "\"max_unverified\":2",
+        "\"max_verified\":5",
+    ] {
+        assert!(line.contains(field), "{field} not in {line}");
+    }
     let quick = Duration::from_secs(5);
+    // Four silent connections from one address fill the handshake share and its address cap.
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(tcp_from([127, 0, 0, 2], agent.addr).await?);
     }
-    // Wait until the agent holds them (handshakes in progress count).
     wait_for_open(&agent, |n| n == 4).await?;
     let mut fifth = tcp_from([127, 0, 0, 2], agent.addr).await?;
     assert!(
@@ -344,23 +353,47 @@ async fn connections_over_a_cap_are_closed_at_once_and_others_still_served() -> 
         "over the per-peer cap, left open"
     );
     agent.wait_for_log(&["connection refused", "per-peer connection cap"], LOG_WAIT)?;
-    // The controller, from another address, is served.
+    // A newcomer from another address takes the place of the oldest handshake of the address
+    // holding the most.
+    let _newcomer = tcp_from([127, 0, 0, 3], agent.addr).await?;
+    assert!(
+        agent_closes(&mut held[0], quick).await,
+        "the oldest handshake was not evicted"
+    );
+    agent.wait_for_log(&["connection closed", "handshake share full"], LOG_WAIT)?;
+    // Verified connections (silent, each from its own address) fill their share of 5; the
+    // next verified one is closed at once.
+    let controller_tls = rustls_client(&pki, Some(&pki.controller()))?;
+    let mut verified = Vec::new();
+    for last in 10..16u8 {
+        let tcp = tcp_from([127, 0, 0, last], agent.addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(controller_tls.clone())
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        verified.push(tls);
+    }
+    let mut sixth = verified.pop().context("six made")?;
+    assert!(
+        agent_closes(&mut sixth, quick).await,
+        "over the verified share, left open"
+    );
+    agent.wait_for_log(
+        &["connection refused", "over the verified connection cap"],
+        LOG_WAIT,
+    )?;
+    for (i, v) in verified.iter_mut().enumerate() {
+        assert!(
+            !agent_closes(v, Duration::from_millis(200)).await,
+            "verified connection {i} was closed"
+        );
+    }
+    // One verified place given back: the controller is served on a new connection (its
+    // handshake gets a place among the handshakes the same way as the crowd's).
+    let open = connections_open(&agent)?;
+    drop(verified.pop());
+    wait_for_open(&agent, |n| n < open).await?;
     let c = client(&pki, &agent, Some(&pki.controller())).await?;
     assert_eq!(get_host_on_client(c).await?.host_id, HOST_ID);
-
-    // Once the controller's connection is gone, two more from a third address fill the total
-    // cap; the next is closed at once.
-    wait_for_open(&agent, |n| n == 4).await?;
-    for _ in 0..2 {
-        held.push(tcp_from([127, 0, 0, 3], agent.addr).await?);
-    }
-    wait_for_open(&agent, |n| n == 6).await?;
-    let mut over = tcp_from([127, 0, 0, 4], agent.addr).await?;
-    assert!(
-        agent_closes(&mut over, quick).await,
-        "over the total cap, left open"
-    );
-    agent.wait_for_log(&["connection refused", "total connection cap"], LOG_WAIT)?;
     drop(held);
     Ok(())
 }
@@ -638,6 +671,195 @@ async fn a_crowd_of_silent_connections_locks_out_neither_the_controller_nor_stat
     // Per-peer cap 64 (the default), plus the controller's own connection.
     assert!(max_open <= 64 + 4, "held {max_open} connections");
     agent.wait_for_log(&["connection refused", "per-peer connection cap"], LOG_WAIT)?;
+    Ok(())
+}
+
+/// The crowd's addresses: 240 loopback addresses, 127.0.1.1 to 127.0.2.120 (the controller
+/// connects from 127.0.0.1).
+fn crowd_address(slot: usize) -> [u8; 4] {
+    let k = slot % 240;
+    [127, 0, 1 + (k / 120) as u8, 1 + (k % 120) as u8]
+}
+
+/// One churning client without a certificate: connects from its address, completes TLS
+/// without a certificate, stays silent until the agent closes the connection (in its handshake
+/// or after), and reconnects at once, until `until` or until the crowd has made `max_connects`
+/// connections.
+async fn churning_slot(
+    slot: usize,
+    to: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    until: Instant,
+    max_connects: u64,
+    stats: Arc<FloodStats>,
+) {
+    while Instant::now() < until && stats.connects.load(Ordering::Relaxed) < max_connects {
+        let left = until.saturating_duration_since(Instant::now());
+        let Ok(Ok(tcp)) = tokio::time::timeout(left, tcp_from(crowd_address(slot), to)).await
+        else {
+            // Refused or out of time: try again at once (the loop condition bounds it).
+            tokio::task::yield_now().await;
+            continue;
+        };
+        stats.connects.fetch_add(1, Ordering::Relaxed);
+        let Ok(name) = ServerName::try_from("localhost") else {
+            return;
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        let connect = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp);
+        let closed = match tokio::time::timeout(left, connect).await {
+            Ok(Ok(mut s)) => {
+                stats.tls_done.fetch_add(1, Ordering::Relaxed);
+                let left = until.saturating_duration_since(Instant::now());
+                agent_closes(&mut s, left).await
+            }
+            Ok(Err(_)) => true,
+            Err(_) => false,
+        };
+        if closed {
+            stats.closed_by_agent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The issue's crowd: at the open-file limit of 1024 (a total cap of 768), 1,500 silent TLS
+/// connections without a client certificate from 240 addresses, each reopened as soon as the
+/// agent closes it. The
+/// controller opens a fresh connection for every `GetHost`, and every one succeeds: the crowd
+/// churns through the handshake and no-certificate shares and never takes a verified place,
+/// and a lone handshake is never the one evicted while the crowd's addresses hold more.
+///
+/// The test process holds a socket per slot (1,500) besides its own files, so it raises its
+/// soft open-file limit to at least 4096 (it fails, saying so, when the hard limit is lower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_churning_crowd_without_certificates_never_holds_the_controller_out() -> Result<()> {
+    const SLOTS: usize = 1500;
+    const MAX_CONNECTS: u64 = 400_000;
+    let _alone = FLOODS.lock().await;
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    if soft < 4096 {
+        if hard < 4096 {
+            bail!(
+                "this test needs an open-file limit of 4096 (1,500 crowd sockets and the rest); the hard limit is {hard}: raise it (ulimit -Hn)"
+            );
+        }
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(8192),
+            hard,
+        )?;
+    }
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let agent = start_agent(
+        &pki,
+        dir.path(),
+        &AgentOptions {
+            nofile: Some((1024, 1024)),
+            ..Default::default()
+        },
+    )?;
+    assert_eq!(agent.nofile_limit()?, (1024, 1024));
+    let limits = agent.wait_for_log(&["connection limits"], LOG_WAIT)?;
+    assert!(limits.contains("\"max_connections\":768"), "{limits}");
+    assert!(limits.contains("\"max_handshakes\":256"), "{limits}");
+
+    let stats = Arc::new(FloodStats::default());
+    let flood_for = Duration::from_secs(15);
+    let until = Instant::now() + flood_for;
+    let no_cert = rustls_client(&pki, None)?;
+    let flood = {
+        let stats = stats.clone();
+        let addr = agent.addr;
+        std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let mut slots = Vec::with_capacity(SLOTS);
+                for i in 0..SLOTS {
+                    slots.push(tokio::spawn(churning_slot(
+                        i,
+                        addr,
+                        no_cert.clone(),
+                        until,
+                        MAX_CONNECTS,
+                        stats.clone(),
+                    )));
+                }
+                for s in slots {
+                    let _ = s.await;
+                }
+            });
+            Ok(())
+        })
+    };
+    // Let the crowd fill both of its shares before probing.
+    let filled = Instant::now() + Duration::from_secs(10);
+    while stats.closed_by_agent.load(Ordering::Relaxed) < SLOTS as u64 {
+        if Instant::now() > filled {
+            bail!(
+                "the crowd was never closed by the agent: {} connects",
+                stats.connects.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let churned_before = stats.closed_by_agent.load(Ordering::Relaxed);
+
+    // The controller: a new connection for every GetHost. The deadline is functional: a
+    // working agent answers in milliseconds even under the crowd, a locked-out controller
+    // never does.
+    let mut latencies = Vec::new();
+    let mut max_open = 0;
+    while Instant::now() + Duration::from_secs(1) < until {
+        let c = client(&pki, &agent, Some(&pki.controller())).await?;
+        let t0 = Instant::now();
+        let host = tokio::time::timeout(Duration::from_secs(5), get_host_on_client(c))
+            .await
+            .with_context(|| {
+                format!(
+                    "GetHost did not answer within 5 s, after {} answers",
+                    latencies.len()
+                )
+            })?
+            .with_context(|| format!("GetHost refused after {} answers", latencies.len()))?;
+        latencies.push(t0.elapsed());
+        assert_eq!(host.host_id, HOST_ID);
+        if latencies.len() % 10 == 0 {
+            max_open = max_open.max(connections_open(&agent)?);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let churned_during = stats.closed_by_agent.load(Ordering::Relaxed) - churned_before;
+    tokio::task::spawn_blocking(move || flood.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the flood thread panicked"))??;
+    latencies.sort();
+    eprintln!(
+        "churning crowd: {SLOTS} slots from 240 addresses for {}s: {} connects, {} TLS handshakes done, \
+         {} closed by the agent ({churned_during} while the controller probed); agent held at most {max_open} \
+         connections; GetHost (new connection each) n={} p50={:?} p99={:?} max={:?}",
+        flood_for.as_secs(),
+        stats.connects.load(Ordering::Relaxed),
+        stats.tls_done.load(Ordering::Relaxed),
+        stats.closed_by_agent.load(Ordering::Relaxed),
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+    );
+    assert!(latencies.len() >= 20, "only {} probes", latencies.len());
+    assert!(
+        churned_during >= SLOTS as u64,
+        "the crowd did not churn while the controller probed ({churned_during} closed)"
+    );
+    assert!(max_open <= 768, "held {max_open} connections");
+    agent.wait_for_log(&["connection closed", "handshake share full"], LOG_WAIT)?;
+    agent.wait_for_log(
+        &["connection closed", "without a certificate closed"],
+        LOG_WAIT,
+    )?;
     Ok(())
 }
 
@@ -1045,10 +1267,21 @@ fn connection_limits_are_configurable_and_zero_is_refused() -> Result<()> {
     assert_eq!(c.server.limits.first_request_timeout_ms.get(), 10_000);
     assert_eq!(c.server.limits.idle_timeout_ms.get(), 300_000);
     assert_eq!(c.server.limits.status_max_connections.get(), 16);
-    let set = format!("{base}\n[server.limits]\nmax_connections = 10\nidle_timeout_ms = 5000\n");
+    assert_eq!(c.server.limits.max_handshakes.get(), 256);
+    assert_eq!(c.server.limits.max_unverified.get(), 128);
+    let set = format!(
+        "{base}\n[server.limits]\nmax_connections = 10\nidle_timeout_ms = 5000\nmax_handshakes = 32\nmax_unverified = 16\n"
+    );
     let c = Config::parse(path, &set)?;
     assert_eq!(c.server.limits.max_connections.get(), 10);
     assert_eq!(c.server.limits.idle_timeout_ms.get(), 5000);
+    assert_eq!(c.server.limits.max_handshakes.get(), 32);
+    assert_eq!(c.server.limits.max_unverified.get(), 16);
+    let zero = format!("{base}\n[server.limits]\nmax_handshakes = 0\n");
+    let err = Config::parse(path, &zero)
+        .expect_err("zero refused")
+        .to_string();
+    assert!(err.contains("max_handshakes"), "{err}");
     let zero = format!("{base}\n[server.limits]\nmax_connections_per_peer = 0\n");
     let err = Config::parse(path, &zero)
         .expect_err("zero refused")

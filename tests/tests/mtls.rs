@@ -133,6 +133,81 @@ async fn expired_certificate_fails_the_handshake() -> Result<()> {
 }
 
 #[tokio::test]
+async fn each_cause_of_a_refused_certificate_is_logged_at_once_with_its_detail() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (_d, agent) = start(&pki)?;
+    let controller = vec![jex_agent::pki::controller_uri(TRUST_DOMAIN)];
+    let rogue = DevCa::generate("rogue CA")?;
+    let unknown = pki.issue(
+        "rogue",
+        Some(&rogue),
+        &LeafSpec::client("rogue", controller.clone(), 30),
+    )?;
+    let mut spec = LeafSpec::client("expired", controller.clone(), 1);
+    spec.not_before = time::Duration::days(-30);
+    spec.not_after = time::Duration::days(-1);
+    let expired = pki.issue("expired", None, &spec)?;
+    let mut spec = LeafSpec::client("early", controller, 1);
+    spec.not_before = time::Duration::days(2);
+    spec.not_after = time::Duration::days(30);
+    let early = pki.issue("early", None, &spec)?;
+
+    // A run of unknown-issuer refusals from 127.0.0.1: one line, the rest counted.
+    for _ in 0..5 {
+        get_host_code(&pki, &agent, Some(&unknown))
+            .await?
+            .expect_err("refused");
+    }
+    agent.wait_for_log(
+        &[
+            "TLS handshake refused",
+            "client certificate from an unknown issuer",
+            "unknown issuer",
+        ],
+        LOG_WAIT,
+    )?;
+    // Then, from the same address and within the same 10 s window, an expired certificate and
+    // one not valid yet: each is a cause of its own, logged at once with its detail (the
+    // immediate line, not a summary: the summary lines say "refusals from").
+    get_host_code(&pki, &agent, Some(&expired))
+        .await?
+        .expect_err("refused");
+    let line = agent.wait_for_log(
+        &[
+            "TLS handshake refused",
+            "client certificate expired",
+            "certificate expired at ",
+        ],
+        LOG_WAIT,
+    )?;
+    assert!(line.contains("127.0.0.1"), "{line}");
+    get_host_code(&pki, &agent, Some(&early))
+        .await?
+        .expect_err("refused");
+    agent.wait_for_log(
+        &[
+            "TLS handshake refused",
+            "client certificate not yet valid",
+            "certificate not valid before ",
+        ],
+        LOG_WAIT,
+    )?;
+    // The rest of the unknown-issuer run is summed when its window ends, not logged one by one
+    // (a window boundary inside the run can make it two immediate lines, never five).
+    agent.wait_for_log(
+        &["refusals from 127.0.0.1", "unknown issuer"],
+        Duration::from_secs(15),
+    )?;
+    let immediate = agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("TLS handshake refused") && l.contains("unknown issuer"))
+        .count();
+    assert!((1..=2).contains(&immediate), "{immediate} immediate lines");
+    Ok(())
+}
+
+#[tokio::test]
 async fn valid_certificate_without_a_role_is_permission_denied() -> Result<()> {
     let pki = TestPki::new()?;
     let (_d, agent) = start(&pki)?;
@@ -190,6 +265,54 @@ async fn observer_may_read_but_not_terminate() -> Result<()> {
         ],
         LOG_WAIT,
     )?;
+    Ok(())
+}
+
+/// Calls `path` (a unary method taking and returning `GetHostRequest`-shaped messages) as `who`.
+async fn call_path(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    who: Option<&ClientFiles>,
+    path: &'static str,
+) -> Result<tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("https://{}", agent.addr))?
+        .tls_config(tls_config(pki, who)?)?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let answer = grpc
+        .unary(
+            tonic::Request::new(pb::GetHostRequest {}),
+            tonic::codegen::http::uri::PathAndQuery::from_static(path),
+            tonic_prost::ProstCodec::<pb::GetHostRequest, pb::GetHostResponse>::default(),
+        )
+        .await;
+    match answer {
+        Ok(_) => anyhow::bail!("{path} answered"),
+        Err(status) => Ok(status),
+    }
+}
+
+#[tokio::test]
+async fn a_method_not_in_the_table_of_roles_is_refused_for_every_role() -> Result<()> {
+    let pki = TestPki::new()?;
+    let (_d, agent) = start(&pki)?;
+    const UNKNOWN: &str = "/jex.agent.v1.NodeAgent/Reboot";
+    for who in [pki.controller(), pki.observer()] {
+        let status = call_path(&pki, &agent, Some(&who), UNKNOWN).await?;
+        assert_refused(&status, Code::Unimplemented, "not a method of this agent");
+    }
+    // Another service altogether.
+    let status = call_path(&pki, &agent, Some(&pki.controller()), "/x.Admin/Shell").await?;
+    assert_refused(&status, Code::Unimplemented, "/x.Admin/Shell");
+    // Without a certificate the identity is refused first.
+    let status = call_path(&pki, &agent, None, UNKNOWN).await?;
+    assert_refused(&status, Code::Unauthenticated, "client certificate");
+    agent.wait_for_log(&["call refused", "unknown method", "Reboot"], LOG_WAIT)?;
+    // The agent still serves.
+    let host = get_host_code(&pki, &agent, Some(&pki.observer())).await??;
+    assert_eq!(host.host_id, HOST_ID);
     Ok(())
 }
 

@@ -163,10 +163,12 @@ fn edge(config: &Config, tls: Arc<ServerTls>) -> listener::Edge {
             "server.limits.max_connections lowered to leave room under the open-file limit"
         );
     }
-    let caps = Caps {
+    let caps = Caps::shared(
         total,
-        per_peer: limits.max_connections_per_peer.get().min(total),
-    };
+        limits.max_connections_per_peer.get(),
+        limits.max_handshakes.get(),
+        limits.max_unverified.get(),
+    );
     let deadlines = Deadlines {
         first_request: Duration::from_millis(limits.first_request_timeout_ms.get()),
         idle: Duration::from_millis(limits.idle_timeout_ms.get()),
@@ -174,6 +176,9 @@ fn edge(config: &Config, tls: Arc<ServerTls>) -> listener::Edge {
     tracing::info!(
         max_connections = caps.total,
         max_connections_per_peer = caps.per_peer,
+        max_handshakes = caps.handshakes,
+        max_unverified = caps.unverified,
+        max_verified = caps.verified(),
         first_request_timeout_ms = deadlines.first_request.as_millis() as u64,
         idle_timeout_ms = deadlines.idle.as_millis() as u64,
         "connection limits"

@@ -3,9 +3,19 @@
 //! (NodeAgent, health and reflection alike). This is a tower layer in front of all routes, so no
 //! handler can forget it.
 //!
+//! It is an allow-list: [`METHODS`] is one table of roles per method, built from the entries of
+//! the RPC files (`rpc`) plus the health and reflection methods. A unit test over the compiled
+//! service descriptors fails for any served method without an entry. In order:
+//!
 //! - no client certificate → `UNAUTHENTICATED`
 //! - a certificate whose URI SANs hold no configured role → `PERMISSION_DENIED`
-//! - an observer calling a controller-only RPC (`Terminate`) → `PERMISSION_DENIED`
+//! - a method not in the table → `UNIMPLEMENTED`, for every role, without reaching the routes
+//!   (the code gRPC gives an unknown method; a method served but left out of the table is
+//!   unreachable, never open)
+//! - a role the method's entry does not list (an observer calling `Terminate`) →
+//!   `PERMISSION_DENIED`
+//! - a request that does not carry its connection's details (which the edge always inserts) →
+//!   `INTERNAL`, logged, never a role
 //!
 //! (A certificate from another CA, or an expired one, never gets here: the TLS handshake
 //! refuses it, see `tls`.)
@@ -21,6 +31,7 @@ use std::task::{Context, Poll};
 
 use super::conn::ConnInfo;
 use super::refusals::{Reason, RefusalLog, Source};
+use super::rpc::{ANY_ROLE, Method, NODE_AGENT};
 use crate::config::RolesConfig;
 use crate::tls::peer_identity;
 
@@ -54,8 +65,42 @@ pub struct Peer {
     pub addr: String,
 }
 
-/// Methods only a controller may call.
-const CONTROLLER_ONLY: &[&str] = &["/jex.agent.v1.NodeAgent/Terminate"];
+/// `grpc.health.v1`: read-only, every role.
+const HEALTH: [Method; 2] = [
+    Method {
+        path: "/grpc.health.v1.Health/Check",
+        roles: ANY_ROLE,
+    },
+    Method {
+        path: "/grpc.health.v1.Health/Watch",
+        roles: ANY_ROLE,
+    },
+];
+
+/// Server reflection, both versions: read-only, every role.
+const REFLECTION: [Method; 2] = [
+    Method {
+        path: "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        roles: ANY_ROLE,
+    },
+    Method {
+        path: "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        roles: ANY_ROLE,
+    },
+];
+
+/// Every method the agent serves, with the roles allowed to call it; nothing else is reachable.
+pub const METHODS: [Method; 9] = {
+    let [a, b, c, d, e] = NODE_AGENT;
+    let [h1, h2] = HEALTH;
+    let [r1, r2] = REFLECTION;
+    [a, b, c, d, e, h1, h2, r1, r2]
+};
+
+/// The roles allowed to call `path`; `None` when it is not in the table.
+pub fn roles_for(path: &str) -> Option<&'static [Role]> {
+    METHODS.iter().find(|m| m.path == path).map(|m| m.roles)
+}
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +112,8 @@ pub enum Refusal {
         /// The URI SANs the certificate holds.
         uris: Vec<String>,
     },
+    /// The method is not in the table (not served, or served without an entry).
+    UnknownMethod,
     /// The role does not allow the method.
     NotAllowed {
         /// The caller's id.
@@ -82,6 +129,7 @@ impl Refusal {
         match self {
             Refusal::NoCertificate => Reason::NoCertificate,
             Refusal::NoRole { .. } => Reason::NoRole,
+            Refusal::UnknownMethod => Reason::UnknownMethod,
             Refusal::NotAllowed { .. } => Reason::NotAllowed,
         }
     }
@@ -89,7 +137,7 @@ impl Refusal {
     /// What the log says of it, besides the reason.
     pub fn detail(&self) -> String {
         match self {
-            Refusal::NoCertificate => String::new(),
+            Refusal::NoCertificate | Refusal::UnknownMethod => String::new(),
             Refusal::NoRole { uris } => format!("URI SANs {uris:?}"),
             Refusal::NotAllowed { id, role } => format!("{id} is {}", role.as_str()),
         }
@@ -104,10 +152,22 @@ impl Refusal {
             Refusal::NoRole { uris } => tonic::Status::permission_denied(format!(
                 "client certificate URI SANs {uris:?} hold no role on this agent: use a controller or observer identity listed in its [roles] config"
             )),
-            Refusal::NotAllowed { id, role } => tonic::Status::permission_denied(format!(
-                "{method} needs the controller role; {id} is {}",
-                role.as_str()
+            Refusal::UnknownMethod => tonic::Status::unimplemented(format!(
+                "{} is not a method of this agent",
+                quoted_method(method)
             )),
+            Refusal::NotAllowed { id, role } => {
+                let needs = roles_for(method)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                tonic::Status::permission_denied(format!(
+                    "{method} needs the {needs} role; {id} is {}",
+                    role.as_str()
+                ))
+            }
         }
     }
 }
@@ -134,7 +194,8 @@ pub fn authorize(
         }
     });
     let (id, role) = found.ok_or(Refusal::NoRole { uris })?;
-    if role != Role::Controller && CONTROLLER_ONLY.contains(&method) {
+    let allowed = roles_for(method).ok_or(Refusal::UnknownMethod)?;
+    if !allowed.contains(&role) {
         return Err(Refusal::NotAllowed { id, role });
     }
     Ok(Peer {
@@ -144,8 +205,13 @@ pub fn authorize(
     })
 }
 
-/// The longest method path a log line quotes (the path is the client's to choose).
+/// The longest method path a log line or an answer quotes (the path is the client's to
+/// choose).
 const LOGGED_METHOD_CHARS: usize = 96;
+
+fn quoted_method(method: &str) -> String {
+    method.chars().take(LOGGED_METHOD_CHARS).collect()
+}
 
 /// The tower layer.
 #[derive(Debug, Clone)]
@@ -200,11 +266,20 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        let info = req.extensions().get::<ConnInfo>().cloned();
-        let addr = info
-            .as_ref()
-            .map_or_else(|| "unknown".to_owned(), |i| i.remote.to_string());
-        let certs = info.as_ref().and_then(|i| i.peer_certs.clone());
+        let Some(info) = req.extensions().get::<ConnInfo>().cloned() else {
+            // The edge inserts the connection's details in every request: without them there
+            // is no peer to authorize, and no role to fall back on.
+            tracing::error!(
+                rpc = %quoted_method(&method),
+                "a request arrived without its connection's details; refused"
+            );
+            let status = tonic::Status::internal(
+                "internal error: the caller could not be identified; the agent log has the details",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let addr = info.remote.to_string();
+        let certs = info.peer_certs.clone();
         match authorize(
             &self.roles,
             certs.as_deref().map(|v| v.as_slice()),
@@ -219,21 +294,152 @@ where
                 Box::pin(async move { inner.call(req).await })
             }
             Err(refusal) => {
-                if let Some(info) = &info {
-                    if refusal == Refusal::NoCertificate {
-                        info.state.refuse();
-                    }
-                    self.refusals
-                        .refused(Source::Peer(info.remote.ip()), refusal.reason(), || {
-                            let rpc: String = method.chars().take(LOGGED_METHOD_CHARS).collect();
-                            let detail = refusal.detail();
-                            let sep = if detail.is_empty() { "" } else { ": " };
-                            format!("{addr} called {rpc}{sep}{detail}")
-                        });
+                if refusal == Refusal::NoCertificate {
+                    info.state.refuse();
                 }
+                self.refusals
+                    .refused(Source::Peer(info.remote.ip()), refusal.reason(), || {
+                        let rpc = quoted_method(&method);
+                        let detail = refusal.detail();
+                        let sep = if detail.is_empty() { "" } else { ": " };
+                        format!("{addr} called {rpc}{sep}{detail}")
+                    });
                 let status = refusal.to_status(&method);
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use prost_types::FileDescriptorSet;
+
+    /// Every method of every service in the descriptor sets the agent serves (the same bytes
+    /// reflection serves), as `/<package>.<Service>/<Method>`.
+    fn served_methods() -> Vec<String> {
+        let sets: [&[u8]; 4] = [
+            jex_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ];
+        let mut out = Vec::new();
+        for bytes in sets {
+            let set = FileDescriptorSet::decode(bytes).expect("a compiled descriptor set decodes");
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        out.push(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_served_method_has_an_entry_and_every_entry_is_served() {
+        let served = served_methods();
+        // The four services are all there (a descriptor set that lost one would pass below).
+        for service in [
+            "/jex.agent.v1.NodeAgent/",
+            "/grpc.health.v1.Health/",
+            "/grpc.reflection.v1.ServerReflection/",
+            "/grpc.reflection.v1alpha.ServerReflection/",
+        ] {
+            assert!(
+                served.iter().any(|m| m.starts_with(service)),
+                "no method of {service} in the descriptors"
+            );
+        }
+        let missing: Vec<_> = served.iter().filter(|m| roles_for(m).is_none()).collect();
+        assert!(
+            missing.is_empty(),
+            "methods served without an entry in auth::METHODS (refused for everyone): {missing:?}"
+        );
+        let stale: Vec<_> = METHODS
+            .iter()
+            .filter(|m| !served.iter().any(|s| s == m.path))
+            .map(|m| m.path)
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "entries for methods not served: {stale:?}"
+        );
+        for m in METHODS {
+            assert!(!m.roles.is_empty(), "{} allows no role", m.path);
+            assert_eq!(
+                METHODS.iter().filter(|n| n.path == m.path).count(),
+                1,
+                "{} has two entries",
+                m.path
+            );
+        }
+    }
+
+    #[test]
+    fn only_terminate_is_the_controllers_alone() {
+        let controller_only: Vec<_> = METHODS
+            .iter()
+            .filter(|m| !m.roles.contains(&Role::Observer))
+            .map(|m| m.path)
+            .collect();
+        assert_eq!(controller_only, ["/jex.agent.v1.NodeAgent/Terminate"]);
+        assert!(METHODS.iter().all(|m| m.roles.contains(&Role::Controller)));
+    }
+
+    fn cert_with(uri: &str) -> rustls::pki_types::CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().expect("an IA5 URI")));
+        let key = rcgen::KeyPair::generate().expect("key");
+        params.self_signed(&key).expect("cert").der().clone()
+    }
+
+    #[test]
+    fn a_method_not_in_the_table_is_refused_for_every_role() {
+        let roles = RolesConfig {
+            controller: vec!["spiffe://t/controller".to_owned()],
+            observer: vec!["spiffe://t/observer".to_owned()],
+        };
+        let controller = [cert_with("spiffe://t/controller")];
+        let observer = [cert_with("spiffe://t/observer")];
+        for certs in [&controller, &observer] {
+            let refusal = authorize(&roles, Some(certs), "/jex.agent.v1.NodeAgent/Reboot", "a")
+                .expect_err("not in the table");
+            assert_eq!(refusal, Refusal::UnknownMethod);
+            let status = refusal.to_status("/jex.agent.v1.NodeAgent/Reboot");
+            assert_eq!(status.code(), tonic::Code::Unimplemented);
+        }
+        // The identity is checked first: a caller without a certificate learns nothing more.
+        assert_eq!(
+            authorize(&roles, None, "/x.Y/Z", "a").expect_err("refused"),
+            Refusal::NoCertificate
+        );
+        let observer_terminates =
+            authorize(&roles, Some(&observer), terminate_path(), "a").expect_err("refused");
+        assert!(matches!(observer_terminates, Refusal::NotAllowed { .. }));
+        assert_eq!(
+            observer_terminates.to_status(terminate_path()).message(),
+            "/jex.agent.v1.NodeAgent/Terminate needs the controller role; spiffe://t/observer is observer"
+        );
+        let peer = authorize(&roles, Some(&controller), terminate_path(), "a").expect("allowed");
+        assert_eq!(peer.role, Role::Controller);
+        let peer = authorize(&roles, Some(&observer), "/grpc.health.v1.Health/Check", "a")
+            .expect("allowed");
+        assert_eq!(peer.role, Role::Observer);
+    }
+
+    fn terminate_path() -> &'static str {
+        super::super::rpc::terminate::METHOD.path
     }
 }

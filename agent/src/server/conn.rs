@@ -1,7 +1,12 @@
 //! What the agent knows of each connection, and the rules that bound them.
 //!
-//! - [`Tracker`]: the total and per-peer connection caps, counted from TCP accept (a TLS
-//!   handshake in progress holds its place); a [`Permit`] gives the place back when dropped.
+//! - [`Tracker`]: admission, counted from TCP accept. The total is shared ([`Caps`]) so that
+//!   connections with a verified client certificate never compete with the others: handshakes
+//!   in progress and connections without a certificate each have a small share of their own,
+//!   where a newcomer evicts the oldest connection of the address holding the most, and
+//!   verified connections have the rest. Per address, connections before verification and
+//!   verified ones are capped apart. A [`Permit`] follows its connection from share to share
+//!   and gives the place back when dropped.
 //! - [`ConnState`]: per connection, the open streams (a call admitted until its response body
 //!   is dropped), whether any request came, when the last stream ended, and whether a call was
 //!   refused for want of a certificate. [`verdict`] turns that into "keep it" or "close it, and
@@ -13,7 +18,7 @@
 //! - [`Tracked`]: the response body that holds a stream open until it is dropped, and remaps
 //!   the status of tonic's decode errors in trailers (see [`super::status::remap_codec_status`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -37,22 +42,160 @@ pub fn connection_budget(configured: u32, nofile: u64) -> u32 {
     u32::try_from(room).map_or(configured, |room| configured.min(room))
 }
 
-/// Caps on connections held at once.
+/// Caps on connections held at once, and how the total is shared.
+///
+/// The total is split so that connections with a verified client certificate never compete
+/// with the others: handshakes in progress get [`Caps::handshakes`], connections that finished
+/// their handshake without a certificate get [`Caps::unverified`], connections closed to make
+/// room but not yet gone get [`Caps::draining`], and verified connections get the rest
+/// ([`Caps::verified`]). Build it with [`Caps::shared`], which keeps every share within the
+/// total.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caps {
-    /// In total.
+    /// In total (every share below adds up to it).
     pub total: u32,
-    /// From one IP address.
+    /// From one IP address, counted apart for verified connections and for the others.
     pub per_peer: u32,
+    /// Handshakes in progress.
+    pub handshakes: u32,
+    /// Connections without a client certificate.
+    pub unverified: u32,
+}
+
+impl Caps {
+    /// The caps with the two shares before verification fitted into `total`: handshakes at
+    /// most a third of it, connections without a certificate at most a sixth (each at least
+    /// one).
+    pub fn shared(total: u32, per_peer: u32, handshakes: u32, unverified: u32) -> Self {
+        let total = total.max(1);
+        Self {
+            total,
+            per_peer: per_peer.clamp(1, total),
+            handshakes: handshakes.clamp(1, (total / 3).max(1)),
+            unverified: unverified.clamp(1, (total / 6).max(1)),
+        }
+    }
+
+    /// Connections closed to make room that may still hold their socket; while that many are
+    /// closing, the agent accepts nothing new (the kernel's backlog holds the newcomers).
+    pub fn draining(&self) -> u32 {
+        (self.handshakes / 4).max(1)
+    }
+
+    /// Connections with a verified client certificate: the rest of the total (at least one).
+    pub fn verified(&self) -> u32 {
+        self.total
+            .saturating_sub(self.handshakes + self.unverified + self.draining())
+            .max(1)
+    }
+}
+
+/// Where a connection stands, for the shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// TCP accepted, TLS handshake in progress.
+    Handshake,
+    /// TLS done without a client certificate.
+    Unverified,
+    /// TLS done with a certificate the fleet CA verified.
+    Verified,
+    /// Closed to make room; its socket is on its way out.
+    Draining,
+}
+
+/// Set when a connection must close to make room for a newer one.
+#[derive(Debug, Default)]
+struct Eviction {
+    evicted: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+/// One share before verification: its connections by address, oldest first, so that the one
+/// to evict is the oldest of the address holding the most.
+#[derive(Debug, Default)]
+struct Pool {
+    by_ip: HashMap<IpAddr, BTreeMap<u64, Arc<Eviction>>>,
+    len: u32,
+}
+
+impl Pool {
+    fn insert(&mut self, ip: IpAddr, id: u64, eviction: Arc<Eviction>) {
+        self.by_ip.entry(ip).or_default().insert(id, eviction);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, ip: IpAddr, id: u64) {
+        if let Some(mine) = self.by_ip.get_mut(&ip)
+            && mine.remove(&id).is_some()
+        {
+            self.len -= 1;
+            if mine.is_empty() {
+                self.by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Takes out the oldest connection of the address holding the most (ties: the address
+    /// whose oldest is oldest). A client alone on its address is only taken when every other
+    /// address holds one connection too: a crowd must spread over as many addresses as the
+    /// share holds to push out a lone client's handshake.
+    fn evict(&mut self) -> Option<(IpAddr, u64, Arc<Eviction>)> {
+        let (ip, _) = self
+            .by_ip
+            .iter()
+            .filter_map(|(ip, m)| Some((*ip, (m.len(), std::cmp::Reverse(*m.keys().next()?)))))
+            .max_by_key(|(_, rank)| *rank)?;
+        let mine = self.by_ip.get_mut(&ip)?;
+        let (id, eviction) = mine.pop_first()?;
+        if mine.is_empty() {
+            self.by_ip.remove(&ip);
+        }
+        self.len -= 1;
+        Some((ip, id, eviction))
+    }
 }
 
 #[derive(Debug, Default)]
 struct Counts {
-    total: u32,
-    per_peer: HashMap<IpAddr, u32>,
+    next_id: u64,
+    class: HashMap<u64, Class>,
+    handshakes: Pool,
+    unverified: Pool,
+    verified: u32,
+    draining: u32,
+    /// Handshakes and unverified connections per address.
+    before_verification: HashMap<IpAddr, u32>,
+    /// Verified connections per address.
+    verified_per_peer: HashMap<IpAddr, u32>,
 }
 
-/// Counts connections against the caps.
+fn decrement(map: &mut HashMap<IpAddr, u32>, ip: IpAddr) {
+    if let Some(n) = map.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&ip);
+        }
+    }
+}
+
+impl Counts {
+    fn total(&self) -> u32 {
+        self.handshakes.len + self.unverified.len + self.verified + self.draining
+    }
+
+    /// Moves an evicted connection to draining and tells its task.
+    fn drain(&mut self, ip: IpAddr, id: u64, eviction: &Eviction) {
+        decrement(&mut self.before_verification, ip);
+        self.class.insert(id, Class::Draining);
+        self.draining += 1;
+        eviction
+            .evicted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        eviction.notify.notify_one();
+    }
+}
+
+/// Counts connections against the caps and their shares.
 #[derive(Debug)]
 pub struct Tracker {
     caps: Caps,
@@ -75,31 +218,56 @@ impl Tracker {
         self.caps
     }
 
-    /// Connections held now.
+    /// Connections held now (every share, closing ones included).
     pub fn open(&self) -> u32 {
-        self.lock().total
+        self.lock().total()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a place for a connection from `ip`, or says which cap it is over.
+    /// Takes a place among the handshakes for a connection from `ip`; when that share is full,
+    /// the oldest handshake of the address holding the most is evicted to make room. Refused
+    /// only when `ip` holds its cap of connections without a verified certificate.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Reason> {
         let mut c = self.lock();
-        if c.total >= self.caps.total {
-            return Err(Reason::OverTotalCap);
-        }
-        let mine = c.per_peer.entry(ip).or_default();
-        if *mine >= self.caps.per_peer {
+        if c.before_verification.get(&ip).copied().unwrap_or(0) >= self.caps.per_peer {
             return Err(Reason::OverPeerCap);
         }
-        *mine += 1;
-        c.total += 1;
+        if c.handshakes.len >= self.caps.handshakes
+            && let Some((victim_ip, victim, eviction)) = c.handshakes.evict()
+        {
+            c.drain(victim_ip, victim, &eviction);
+        }
+        let id = c.next_id;
+        c.next_id += 1;
+        let eviction = Arc::new(Eviction::default());
+        c.handshakes.insert(ip, id, eviction.clone());
+        c.class.insert(id, Class::Handshake);
+        *c.before_verification.entry(ip).or_default() += 1;
         Ok(Permit {
             tracker: self.clone(),
             ip,
+            id,
+            eviction,
         })
+    }
+
+    /// Waits while [`Caps::draining`] connections are closing: the accept loop calls it before
+    /// each accept, so that evictions cannot run ahead of the sockets actually closed. (An
+    /// eviction for a connection leaving its handshake can land between this check and the
+    /// accept's own eviction: the sockets held then exceed the total by one, for an instant.)
+    pub async fn room(&self) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.lock().draining < self.caps.draining() {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// Waits until no connection is held.
@@ -121,17 +289,95 @@ impl Tracker {
 pub struct Permit {
     tracker: Arc<Tracker>,
     ip: IpAddr,
+    id: u64,
+    eviction: Arc<Eviction>,
+}
+
+impl Permit {
+    /// Completes when the connection was evicted to make room for a newer one (it must close
+    /// now). Pending forever for a verified connection.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.eviction.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .eviction
+                .evicted
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The handshake verified a client certificate: the connection moves to the verified share.
+    /// Refused (the connection must close) when that share, or this address's part of it, is
+    /// full, or when the connection was evicted meanwhile.
+    pub fn verified(&self) -> Result<(), Reason> {
+        let caps = self.tracker.caps;
+        let mut c = self.tracker.lock();
+        if c.class.get(&self.id) != Some(&Class::Handshake) {
+            return Err(Reason::EvictedHandshake);
+        }
+        if c.verified >= caps.verified() {
+            return Err(Reason::OverVerifiedCap);
+        }
+        if c.verified_per_peer.get(&self.ip).copied().unwrap_or(0) >= caps.per_peer {
+            return Err(Reason::OverPeerCap);
+        }
+        c.handshakes.remove(self.ip, self.id);
+        decrement(&mut c.before_verification, self.ip);
+        c.verified += 1;
+        *c.verified_per_peer.entry(self.ip).or_default() += 1;
+        c.class.insert(self.id, Class::Verified);
+        Ok(())
+    }
+
+    /// The handshake finished without a client certificate: the connection moves to the
+    /// unverified share, evicting the oldest connection of the address holding the most there
+    /// when it is full. When as many connections are already closing as may be
+    /// ([`Caps::draining`]), this one is refused instead (it must close).
+    pub fn unverified(&self) -> Result<(), Reason> {
+        let caps = self.tracker.caps;
+        let mut c = self.tracker.lock();
+        if c.class.get(&self.id) != Some(&Class::Handshake) {
+            return Err(Reason::EvictedHandshake);
+        }
+        if c.unverified.len >= caps.unverified {
+            if c.draining >= caps.draining() {
+                return Err(Reason::EvictedUnverified);
+            }
+            if let Some((ip, id, eviction)) = c.unverified.evict() {
+                c.drain(ip, id, &eviction);
+            }
+        }
+        c.handshakes.remove(self.ip, self.id);
+        c.unverified.insert(self.ip, self.id, self.eviction.clone());
+        c.class.insert(self.id, Class::Unverified);
+        Ok(())
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut c = self.tracker.lock();
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_peer.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_peer.remove(&self.ip);
+        match c.class.remove(&self.id) {
+            Some(Class::Handshake) => {
+                c.handshakes.remove(self.ip, self.id);
+                decrement(&mut c.before_verification, self.ip);
             }
+            Some(Class::Unverified) => {
+                c.unverified.remove(self.ip, self.id);
+                decrement(&mut c.before_verification, self.ip);
+            }
+            Some(Class::Verified) => {
+                c.verified = c.verified.saturating_sub(1);
+                decrement(&mut c.verified_per_peer, self.ip);
+            }
+            Some(Class::Draining) => c.draining = c.draining.saturating_sub(1),
+            None => {}
         }
         drop(c);
         self.tracker.released.notify_waiters();
@@ -424,22 +670,140 @@ mod tests {
         );
     }
 
+    fn ip(a: u8, b: u8) -> IpAddr {
+        [127, 0, a, b].into()
+    }
+
+    fn is_evicted(p: &Permit) -> bool {
+        p.eviction.evicted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     #[test]
-    fn caps_count_from_admission_and_give_places_back() {
-        let t = Tracker::new(Caps {
-            total: 3,
-            per_peer: 2,
-        });
-        let a: IpAddr = [127, 0, 0, 2].into();
-        let b: IpAddr = [127, 0, 0, 3].into();
-        let p1 = t.admit(a).expect("first");
-        let _p2 = t.admit(a).expect("second");
+    fn the_total_is_shared_and_every_share_fits_in_it() {
+        // The defaults at an open-file limit of 1024 (768) and of 8192 (1024).
+        let c = Caps::shared(768, 64, 256, 128);
+        assert_eq!((c.handshakes, c.unverified, c.draining()), (256, 128, 64));
+        assert_eq!(c.verified(), 320);
+        let c = Caps::shared(1024, 64, 256, 128);
+        assert_eq!(c.verified(), 576);
+        // Small totals: shares shrink, none is zero, none overflows the total.
+        for total in 1..200 {
+            let c = Caps::shared(total, 64, 256, 128);
+            assert!(c.handshakes >= 1 && c.unverified >= 1 && c.verified() >= 1);
+            if total >= 6 {
+                assert_eq!(
+                    c.handshakes + c.unverified + c.draining() + c.verified(),
+                    total,
+                    "total {total}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_handshake_share_evicts_the_oldest_of_the_address_holding_the_most() {
+        let t = Tracker::new(Caps::shared(60, 64, 4, 2));
+        assert_eq!(t.caps().handshakes, 4);
+        let lone = t.admit(ip(0, 1)).expect("the controller's handshake");
+        let crowd: Vec<_> = [ip(1, 1), ip(1, 2), ip(1, 1)]
+            .into_iter()
+            .map(|a| t.admit(a).expect("admitted"))
+            .collect();
+        // Full: the next one evicts 127.0.1.1's oldest (it holds two), not the older lone one.
+        let _new = t.admit(ip(1, 3)).expect("admitted by evicting");
+        assert!(is_evicted(&crowd[0]));
+        assert!(!is_evicted(&lone) && !is_evicted(&crowd[1]) && !is_evicted(&crowd[2]));
+        assert_eq!(
+            t.open(),
+            5,
+            "the evicted one holds its socket until it closes"
+        );
+        // When every address holds one, the oldest goes: the lone client too, at last.
+        drop(crowd);
+        let _b = t.admit(ip(1, 4)).expect("admitted");
+        let _c = t.admit(ip(1, 5)).expect("admitted");
+        let _d = t.admit(ip(1, 6)).expect("admitted, evicting the oldest");
+        assert!(is_evicted(&lone));
+    }
+
+    #[test]
+    fn verified_connections_never_compete_with_the_others() {
+        let t = Tracker::new(Caps::shared(12, 64, 4, 2));
+        let caps = t.caps();
+        assert_eq!(
+            (caps.handshakes, caps.unverified, caps.verified()),
+            (4, 2, 5)
+        );
+        // Verified connections up to their share.
+        let mut verified = Vec::new();
+        for i in 0..5 {
+            let p = t.admit(ip(0, 1)).expect("admitted");
+            p.verified().expect("verified");
+            verified.push((i, p));
+        }
+        let over = t.admit(ip(0, 1)).expect("admitted as a handshake");
+        assert_eq!(over.verified(), Err(Reason::OverVerifiedCap));
+        drop(over);
+        // A crowd without certificates churning through both of its shares...
+        let mut held = Vec::new();
+        for i in 0..200u8 {
+            let p = t.admit(ip(2, i)).expect("a handshake always gets in");
+            if i % 2 == 0 {
+                // Refused when too many are still closing: the connection closes.
+                let _ = p.unverified();
+            }
+            held.push(p);
+            // Evicted ones close (their task drops the permit).
+            held.retain(|p| !is_evicted(p));
+        }
+        // ... never took a verified place, and a new controller connection still gets one.
+        assert!(verified.iter().all(|(_, p)| !is_evicted(p)));
+        drop(verified.pop());
+        let fresh = t.admit(ip(0, 1)).expect("admitted");
+        assert_eq!(fresh.verified(), Ok(()));
+        assert!(t.open() <= caps.total, "{} open", t.open());
+    }
+
+    #[test]
+    fn the_per_peer_cap_counts_before_and_after_verification_apart() {
+        let t = Tracker::new(Caps::shared(100, 2, 30, 10));
+        let a = ip(3, 1);
+        let v1 = t.admit(a).expect("first");
+        v1.verified().expect("verified");
+        let h1 = t.admit(a).expect("second");
+        let h2 = t
+            .admit(a)
+            .expect("third: the verified one is counted apart");
         assert_eq!(t.admit(a).err(), Some(Reason::OverPeerCap));
-        let _p3 = t.admit(b).expect("another peer");
-        assert_eq!(t.admit(b).err(), Some(Reason::OverTotalCap));
-        drop(p1);
+        h1.verified().expect("a second verified one");
+        let h3 = t.admit(a).expect("h1 left the handshakes");
+        assert_eq!(h3.verified(), Err(Reason::OverPeerCap));
+        drop(h2);
+        drop(v1);
         assert_eq!(t.open(), 2);
-        let _p4 = t.admit(a).expect("a place was given back");
+    }
+
+    #[tokio::test]
+    async fn accepting_waits_while_too_many_evicted_connections_are_closing() {
+        let t = Tracker::new(Caps::shared(24, 64, 4, 2));
+        assert_eq!(t.caps().draining(), 1);
+        let first = t.admit(ip(4, 1)).expect("admitted");
+        let _rest: Vec<_> = (2..=4)
+            .map(|i| t.admit(ip(4, i)).expect("admitted"))
+            .collect();
+        let _new = t.admit(ip(4, 5)).expect("evicts the oldest");
+        assert!(is_evicted(&first));
+        first.evicted().await;
+        // One closing: the next accept waits until it is gone.
+        let room = tokio::time::timeout(Duration::from_millis(50), t.room()).await;
+        assert!(
+            room.is_err(),
+            "accepted while the evicted one still held its socket"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), t.room())
+            .await
+            .expect("room once it closed");
     }
 
     #[test]

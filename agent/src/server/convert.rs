@@ -4,7 +4,7 @@ use jex_proto::v1 as pb;
 
 use crate::telemetry::{CoreKind, GapReason, PressureLevel, Record, RecordBody, Sample};
 use jex_attest::SignedCertificate;
-use jex_erase::{Lifecycle, OperationView, Outcome, Phase, TerminateCommand};
+use jex_erase::{Lifecycle, OperationView, Outcome, Phase};
 
 use super::HostFacts;
 
@@ -131,15 +131,6 @@ pub fn sample(s: &Sample) -> pb::Sample {
             full_avg10: s.pressure.psi.map_or(0.0, |p| p.full_avg10),
             psi_present: s.pressure.psi.is_some(),
         }),
-    }
-}
-
-/// `Terminate`'s request as a domain command (validation happens in the domain).
-pub fn terminate_command(r: pb::TerminateRequest) -> TerminateCommand {
-    TerminateCommand {
-        request_id: r.request_id,
-        host_id: r.host_id,
-        nonce: r.nonce,
     }
 }
 

@@ -1,9 +1,15 @@
 //! The accept loop and one task per connection: TCP accept, the caps, the TLS 1.3 handshake
 //! with the current (reloadable) configuration, HTTP/2, and the deadlines.
 //!
-//! - A connection over the total or the per-peer cap is closed at once; the loop keeps
-//!   accepting, on a thread of its own, so the listen backlog never fills and a controller
-//!   always gets a verdict.
+//! - Admission is shared ([`super::conn::Caps`]): every connection starts among the handshakes
+//!   in progress, then moves to the verified share (a client certificate the fleet CA
+//!   verified) or to the share without a certificate. The two shares before verification are
+//!   small; when one is full, a newcomer evicts the oldest connection of the address holding
+//!   the most there, which is closed at once. A connection over its address's cap, or a
+//!   verified one over the verified share, is closed at once. So a crowd without certificates
+//!   churns through its own shares and never takes a verified place. The loop accepts on a
+//!   thread of its own, so the listen backlog drains however busy the connections are; it
+//!   pauses only while [`super::conn::Caps::draining`] evicted connections are still closing.
 //! - From TCP accept, a client has [`EdgeLimits::deadlines`]`.first_request` to finish the
 //!   handshake and send its first request; a connection with no open stream is closed after the
 //!   idle deadline; a connection whose call was refused for want of a certificate is closed once
@@ -35,7 +41,7 @@ use super::conn::{
     CloseReason, ConnInfo, ConnState, Deadlines, Permit, Tracked, Tracker, Verdict, verdict,
 };
 use super::refusals::{Reason, RefusalLog, Source};
-use crate::tls::{HandshakeFailure, ServerTls, classify_handshake_error, handshake_refusal_reason};
+use crate::tls::{ServerTls, classify_handshake_error, handshake_refusal_reason};
 
 /// How long a client has to finish after the agent started closing its connection gracefully
 /// (GOAWAY) before the socket is simply closed; streams still open keep it longer.
@@ -191,6 +197,12 @@ async fn accept_loop<S: EdgeService>(
         }
     };
     loop {
+        // While as many evicted connections are still closing as may be, accept nothing: the
+        // kernel's backlog holds the newcomers, and the sockets held stay within the total.
+        tokio::select! {
+            _ = stopped(&mut stop) => break,
+            () = edge.tracker.room() => {}
+        }
         let (tcp, addr) = tokio::select! {
             _ = stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
@@ -207,13 +219,12 @@ async fn accept_loop<S: EdgeService>(
             Err(reason) => {
                 drop(tcp);
                 let caps = edge.tracker.caps();
-                edge.refusals
-                    .refused(Source::Peer(addr.ip()), reason, || match reason {
-                        Reason::OverPeerCap => {
-                            format!("{} connections from this address held", caps.per_peer)
-                        }
-                        _ => format!("{} connections held", caps.total),
-                    });
+                edge.refusals.refused(Source::Peer(addr.ip()), reason, || {
+                    format!(
+                        "{} connections without a verified certificate from this address held",
+                        caps.per_peer
+                    )
+                });
                 continue;
             }
         };
@@ -242,7 +253,6 @@ async fn connection<S: EdgeService>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _permit = permit;
     let accepted = Instant::now();
     let peer = Source::Peer(addr.ip());
     let deadlines = edge.limits.deadlines;
@@ -254,12 +264,7 @@ async fn connection<S: EdgeService>(
         done = handshake => match done {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                let reason = match classify_handshake_error(&e) {
-                    HandshakeFailure::NotTls => Reason::NotTls,
-                    HandshakeFailure::Certificate => Reason::CertificateRefused,
-                    HandshakeFailure::Incompatible => Reason::Incompatible,
-                    HandshakeFailure::Other => Reason::HandshakeFailed,
-                };
+                let reason = Reason::of_handshake(classify_handshake_error(&e));
                 edge.refusals.refused(peer, reason, || {
                     format!("{addr}: {}", handshake_refusal_reason(&e))
                 });
@@ -275,6 +280,10 @@ async fn connection<S: EdgeService>(
                 return;
             }
         },
+        () = permit.evicted() => {
+            note_eviction(&edge, peer, addr, Reason::EvictedHandshake);
+            return;
+        }
         _ = stopped(&mut stop) => return,
     };
     let peer_certs = tls.get_ref().1.peer_certificates().map(|certs| {
@@ -285,6 +294,17 @@ async fn connection<S: EdgeService>(
                 .collect::<Vec<_>>(),
         )
     });
+    // A certificate here is one the fleet CA verified (the handshake refuses any other).
+    let verified = peer_certs.is_some();
+    let placed = if verified {
+        permit.verified()
+    } else {
+        permit.unverified()
+    };
+    if let Err(reason) = placed {
+        note_eviction(&edge, peer, addr, reason);
+        return;
+    }
     let state = ConnState::new(accepted);
     let info = ConnInfo {
         remote: addr,
@@ -358,8 +378,37 @@ async fn connection<S: EdgeService>(
             _ = state.changed() => {}
             _ = sleep => {}
             _ = stopped(&mut stop), if stopping => {}
+            // Only a connection without a certificate can be evicted (a newer one took its
+            // place): it is closed at once.
+            () = permit.evicted(), if !verified => {
+                note_eviction(&edge, peer, addr, Reason::EvictedUnverified);
+                break;
+            }
         }
     }
+}
+
+/// Logs (rate-limited) why a connection was closed for want of room in its share.
+fn note_eviction(edge: &Edge, peer: Source, addr: SocketAddr, reason: Reason) {
+    let caps = edge.tracker.caps();
+    edge.refusals.refused(peer, reason, || match reason {
+        Reason::EvictedHandshake => format!(
+            "{addr}: closed in its TLS handshake, {} handshakes in progress",
+            caps.handshakes
+        ),
+        Reason::OverVerifiedCap => format!(
+            "{addr}: {} connections with a verified certificate held",
+            caps.verified()
+        ),
+        Reason::OverPeerCap => format!(
+            "{addr}: {} connections with a verified certificate from this address held",
+            caps.per_peer
+        ),
+        _ => format!(
+            "{addr}: closed, {} connections without a client certificate held",
+            caps.unverified
+        ),
+    });
 }
 
 /// Completes when the agent stops (or its stop signal is gone).

@@ -9,10 +9,15 @@
 //! 12034 refusals from 127.0.0.2 in the last 10 s: no client certificate
 //! ```
 //!
+//! Each cause is a reason of its own ([`Reason`]: a certificate refused as expired, not yet
+//! valid, from an unknown issuer, … are separate), so the first refusal of a new cause from a
+//! peer is logged at once with its detail even right after a flood of another cause.
+//!
 //! A pair with nothing to report at a flush is forgotten, so its next refusal is logged at once
 //! again. At most [`MAX_TRACKED`] pairs are tracked; refusals beyond that are summed per reason
-//! under "other peers". So a window logs at most two lines per tracked pair plus one per
-//! reason, however many refusals arrive.
+//! under "other peers". So a window logs at most two lines per tracked pair (and there are at
+//! most peers × reasons pairs, and never more than [`MAX_TRACKED`]) plus one per reason,
+//! however many refusals arrive.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -20,13 +25,17 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::tls::{CertificateProblem, HandshakeFailure};
+
 /// How often counted refusals are summed up in the log.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// The most (peer, reason) pairs tracked at once.
 pub const MAX_TRACKED: usize = 256;
 
-/// Why a client was refused or cut off.
+/// Why a client was refused or cut off: one reason per cause, so that a cause a peer has not
+/// met yet in this window is logged at once, with its detail, however many refusals of
+/// another cause came before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
     /// A call without a client certificate (`UNAUTHENTICATED`).
@@ -35,18 +44,30 @@ pub enum Reason {
     NoRole,
     /// A role calling a method it may not (`PERMISSION_DENIED`).
     NotAllowed,
+    /// A method not in the table of roles (`UNIMPLEMENTED`).
+    UnknownMethod,
     /// Plaintext or garbage on the TLS port.
     NotTls,
-    /// The handshake refused the client's certificate (other CA, expired, …).
-    CertificateRefused,
-    /// The client does not speak TLS 1.3.
+    /// The handshake refused the client's certificate, for this cause.
+    Certificate(CertificateProblem),
+    /// The client does not offer TLS 1.3.
+    TlsVersion,
+    /// The client shares no cipher suite, group or protocol with the agent.
     Incompatible,
     /// Any other handshake failure.
     HandshakeFailed,
     /// No request (TLS handshake and HTTP/2 preface included) before the first-request
     /// deadline.
     NoRequest,
-    /// The total connection cap was reached.
+    /// A connection still in its TLS handshake was closed to make room for a new one (the
+    /// handshake share was full).
+    EvictedHandshake,
+    /// A connection without a client certificate was closed to make room for a new one (the
+    /// share of connections without a certificate was full).
+    EvictedUnverified,
+    /// The share of connections with a verified certificate was full.
+    OverVerifiedCap,
+    /// The total connection cap was reached (the status socket's requests in progress).
     OverTotalCap,
     /// The client's address holds its cap of connections.
     OverPeerCap,
@@ -55,17 +76,78 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in order: what bounds the lines a window can write.
+    pub const ALL: [Reason; 23] = {
+        let [c0, c1, c2, c3, c4, c5, c6, c7] = CertificateProblem::ALL;
+        [
+            Reason::NoCertificate,
+            Reason::NoRole,
+            Reason::NotAllowed,
+            Reason::UnknownMethod,
+            Reason::NotTls,
+            Reason::Certificate(c0),
+            Reason::Certificate(c1),
+            Reason::Certificate(c2),
+            Reason::Certificate(c3),
+            Reason::Certificate(c4),
+            Reason::Certificate(c5),
+            Reason::Certificate(c6),
+            Reason::Certificate(c7),
+            Reason::TlsVersion,
+            Reason::Incompatible,
+            Reason::HandshakeFailed,
+            Reason::NoRequest,
+            Reason::EvictedHandshake,
+            Reason::EvictedUnverified,
+            Reason::OverVerifiedCap,
+            Reason::OverTotalCap,
+            Reason::OverPeerCap,
+            Reason::AcceptFailed,
+        ]
+    };
+
+    /// The reason counted for a failed handshake.
+    pub fn of_handshake(f: HandshakeFailure) -> Self {
+        match f {
+            HandshakeFailure::NotTls => Reason::NotTls,
+            HandshakeFailure::Certificate(problem) => Reason::Certificate(problem),
+            HandshakeFailure::TlsVersion => Reason::TlsVersion,
+            HandshakeFailure::Incompatible => Reason::Incompatible,
+            HandshakeFailure::Other => Reason::HandshakeFailed,
+        }
+    }
+
     /// The reason, as a log line says it.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoCertificate => "no client certificate",
             Reason::NoRole => "client certificate holds no role",
             Reason::NotAllowed => "method not allowed for the caller's role",
+            Reason::UnknownMethod => "unknown method",
             Reason::NotTls => "not a TLS client",
-            Reason::CertificateRefused => "client certificate refused",
-            Reason::Incompatible => "client incompatible (TLS 1.3 required)",
+            Reason::Certificate(p) => match p {
+                CertificateProblem::Expired => "client certificate expired",
+                CertificateProblem::NotYetValid => "client certificate not yet valid",
+                CertificateProblem::UnknownIssuer => "client certificate from an unknown issuer",
+                CertificateProblem::WrongUsage => {
+                    "client certificate not issued for client authentication"
+                }
+                CertificateProblem::BadSignature => "client certificate signature does not verify",
+                CertificateProblem::Revoked => "client certificate revoked",
+                CertificateProblem::Missing => "no client certificate in the handshake",
+                CertificateProblem::Other => "client certificate refused",
+            },
+            Reason::TlsVersion => "client incompatible (TLS 1.3 required)",
+            Reason::Incompatible => {
+                "client incompatible (no common cipher suite, group or protocol)"
+            }
             Reason::HandshakeFailed => "TLS handshake failed",
             Reason::NoRequest => "no request before the first-request deadline",
+            Reason::EvictedHandshake => "handshake closed to make room (handshake share full)",
+            Reason::EvictedUnverified => {
+                "connection without a certificate closed to make room (its share full)"
+            }
+            Reason::OverVerifiedCap => "over the verified connection cap",
             Reason::OverTotalCap => "over the total connection cap",
             Reason::OverPeerCap => "over the per-peer connection cap",
             Reason::AcceptFailed => "accept failed",
@@ -75,13 +157,20 @@ impl Reason {
     /// The message of the immediate line, by kind (what an SRE greps for).
     fn message(self) -> &'static str {
         match self {
-            Reason::NoCertificate | Reason::NoRole | Reason::NotAllowed => "call refused",
+            Reason::NoCertificate | Reason::NoRole | Reason::NotAllowed | Reason::UnknownMethod => {
+                "call refused"
+            }
             Reason::NotTls
-            | Reason::CertificateRefused
+            | Reason::Certificate(_)
+            | Reason::TlsVersion
             | Reason::Incompatible
             | Reason::HandshakeFailed => "TLS handshake refused",
-            Reason::NoRequest => "connection closed",
-            Reason::OverTotalCap | Reason::OverPeerCap => "connection refused",
+            Reason::NoRequest | Reason::EvictedHandshake | Reason::EvictedUnverified => {
+                "connection closed"
+            }
+            Reason::OverVerifiedCap | Reason::OverTotalCap | Reason::OverPeerCap => {
+                "connection refused"
+            }
             Reason::AcceptFailed => "accept failed",
         }
     }
@@ -293,6 +382,69 @@ mod tests {
         // ... then a window with nothing forgets it.
         assert!(log.take_summaries().is_empty());
         assert!(log.count(peer(3), Reason::NotTls));
+    }
+
+    #[test]
+    fn each_cause_from_a_peer_is_logged_at_once_after_a_flood_of_another() {
+        let log = RefusalLog::new(MAX_TRACKED);
+        let unknown = Reason::Certificate(CertificateProblem::UnknownIssuer);
+        let expired = Reason::Certificate(CertificateProblem::Expired);
+        assert!(log.count(peer(9), unknown));
+        for _ in 0..1000 {
+            assert!(!log.count(peer(9), unknown));
+        }
+        // Seconds later, in the same window: expired is a cause of its own.
+        assert!(
+            log.count(peer(9), expired),
+            "the first expired refusal is logged at once"
+        );
+        assert!(!log.count(peer(9), expired));
+        // And so is every other reason.
+        for reason in Reason::ALL {
+            if reason != unknown && reason != expired {
+                assert!(log.count(peer(9), reason), "{reason:?} not logged at once");
+            }
+        }
+        let mut said: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        said.sort_unstable();
+        said.dedup();
+        assert_eq!(said.len(), Reason::ALL.len(), "two reasons read the same");
+    }
+
+    /// Lines one window writes for `refusals`: the immediate ones, then the summaries.
+    fn lines_in_a_window(
+        log: &RefusalLog,
+        refusals: impl Iterator<Item = (Source, Reason)>,
+    ) -> usize {
+        let immediate = refusals.filter(|(s, r)| log.count(*s, *r)).count();
+        immediate + log.take_summaries().len()
+    }
+
+    #[test]
+    fn a_window_writes_at_most_two_lines_per_pair_plus_one_per_reason() {
+        // A few peers, every reason, many times each: two lines per (peer, reason) pair.
+        let log = RefusalLog::new(MAX_TRACKED);
+        let few = (0..3u8).flat_map(|p| {
+            Reason::ALL
+                .into_iter()
+                .flat_map(move |r| std::iter::repeat_n((peer(p), r), 50))
+        });
+        assert_eq!(lines_in_a_window(&log, few), 2 * 3 * Reason::ALL.len());
+        // A crowd of 1000 addresses, every reason, in two windows: never more than two lines
+        // per tracked pair plus one per reason.
+        let log = RefusalLog::new(MAX_TRACKED);
+        let bound = 2 * MAX_TRACKED + Reason::ALL.len();
+        for _ in 0..2 {
+            let crowd = (0..1000u32).flat_map(|i| {
+                let ip = Source::Peer(IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
+                Reason::ALL
+                    .into_iter()
+                    .flat_map(move |r| std::iter::repeat_n((ip, r), 3))
+            });
+            let lines = lines_in_a_window(&log, crowd);
+            assert!(lines <= bound, "{lines} lines in a window, bound {bound}");
+            assert!(lines >= MAX_TRACKED, "the tracked pairs were logged");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Every domain error that reaches a caller becomes a gRPC status here, in one exhaustive
-//! match per error type (no catch-all arm: a new variant must be mapped on purpose). Internal
-//! failures send a generic message with a correlation id; the full chain goes to the log.
+//! The erase errors, which three RPCs share, become gRPC statuses here, in one exhaustive match
+//! (no catch-all arm: a new variant must be mapped on purpose); an RPC's own errors are mapped
+//! in its file under `rpc`. Internal failures ([`internal`]: any error of the agent's own,
+//! a task that failed to run included) send a fixed message with a correlation id; the full
+//! chain goes to the log, never to the caller.
 //!
 //! Two more maps live here: a request field over its limit ([`from_field`]), and the codes of
 //! tonic's own decode errors, which do not follow the convention this API uses
@@ -11,11 +13,10 @@
 use tonic::Status;
 
 use super::fields::FieldError;
-use crate::telemetry::hub::HubError;
 use jex_erase::EraseError;
 
 /// Logs the full error chain under a fresh correlation id and returns a generic status.
-fn internal(err: &dyn std::error::Error) -> Status {
+pub fn internal(err: &dyn std::error::Error) -> Status {
     let id = uuid::Uuid::new_v4();
     let chain = crate::error_chain(err);
     tracing::error!(correlation_id = %id, error = %chain, "internal error");
@@ -68,21 +69,6 @@ pub fn erase_unavailable(reason: &str) -> Status {
     Status::failed_precondition(format!(
         "erase unavailable: {reason}; free space and restart the agent"
     ))
-}
-
-/// The status for a telemetry stream error.
-pub fn from_hub(e: &HubError) -> Status {
-    match e {
-        // The controller's cursor is from another life of this host's spool: it must restart.
-        HubError::CursorAhead { .. } => Status::out_of_range(e.to_string()),
-        // The agent is stopping or its sampler died: try again later.
-        HubError::SamplerLost | HubError::Flush { .. } => Status::unavailable(e.to_string()),
-        // Our own failures.
-        HubError::InvalidInterval
-        | HubError::SpawnSampler { .. }
-        | HubError::ReadSpool { .. }
-        | HubError::ReadTask { .. } => internal(e),
-    }
 }
 
 /// The status for a request field over its limit: `INVALID_ARGUMENT`, naming the field and the
@@ -154,6 +140,19 @@ mod tests {
             status_of(tonic::Code::OutOfRange, m),
             (tonic::Code::ResourceExhausted, m.to_owned())
         );
+    }
+
+    #[test]
+    fn an_internal_error_reaches_the_caller_as_a_fixed_message() {
+        let e = std::io::Error::other("task 42 panicked at src/secret/path.rs: key=abc");
+        let s = internal(&e);
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert!(
+            s.message().starts_with("internal error (correlation id "),
+            "{s:?}"
+        );
+        assert!(!s.message().contains("panicked"), "{s:?}");
+        assert!(!s.message().contains("secret"), "{s:?}");
     }
 
     #[test]
