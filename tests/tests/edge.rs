@@ -808,18 +808,19 @@ async fn a_churning_crowd_without_certificates_never_holds_the_controller_out() 
     let churned_before = stats.closed_by_agent.load(Ordering::Relaxed);
 
     // The controller: a new connection for every GetHost. The deadline is functional: a
-    // working agent answers in milliseconds even under the crowd, a locked-out controller
-    // never does.
+    // working agent answers in milliseconds even under the crowd (p50 about 12 ms, the worst
+    // of a few runs 2 s on 2 shared cores), while a locked-out controller is refused at once
+    // or never answered.
     let mut latencies = Vec::new();
     let mut max_open = 0;
     while Instant::now() + Duration::from_secs(1) < until {
         let c = client(&pki, &agent, Some(&pki.controller())).await?;
         let t0 = Instant::now();
-        let host = tokio::time::timeout(Duration::from_secs(5), get_host_on_client(c))
+        let host = tokio::time::timeout(Duration::from_secs(10), get_host_on_client(c))
             .await
             .with_context(|| {
                 format!(
-                    "GetHost did not answer within 5 s, after {} answers",
+                    "GetHost did not answer within 10 s, after {} answers",
                     latencies.len()
                 )
             })?
