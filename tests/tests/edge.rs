@@ -361,6 +361,34 @@ async fn each_share_of_connections_is_capped_and_verified_ones_never_compete() -
         "the oldest handshake was not evicted"
     );
     agent.wait_for_log(&["connection closed", "handshake share full"], LOG_WAIT)?;
+    // Connections that finish the handshake without a certificate have a share of 2: a third
+    // one (each from its own address) takes the place of the oldest.
+    let no_cert = rustls_client(&pki, None)?;
+    let mut unverified = Vec::new();
+    for last in 20..23u8 {
+        let tcp = tcp_from([127, 0, 0, last], agent.addr).await?;
+        let tls = tokio_rustls::TlsConnector::from(no_cert.clone())
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        unverified.push(tls);
+        // The agent places each before the next arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        agent_closes(&mut unverified[0], quick).await,
+        "the oldest connection without a certificate was not evicted"
+    );
+    agent.wait_for_log(
+        &["connection closed", "without a certificate closed"],
+        LOG_WAIT,
+    )?;
+    for (i, u) in unverified.iter_mut().enumerate().skip(1) {
+        assert!(
+            !agent_closes(u, Duration::from_millis(200)).await,
+            "connection {i} without a certificate was closed"
+        );
+    }
+
     // Verified connections (silent, each from its own address) fill their share of 5; the
     // next verified one is closed at once.
     let controller_tls = rustls_client(&pki, Some(&pki.controller()))?;
@@ -726,8 +754,10 @@ async fn churning_slot(
 /// connections without a client certificate from 240 addresses, each reopened as soon as the
 /// agent closes it. The
 /// controller opens a fresh connection for every `GetHost`, and every one succeeds: the crowd
-/// churns through the handshake and no-certificate shares and never takes a verified place,
-/// and a lone handshake is never the one evicted while the crowd's addresses hold more.
+/// churns through the handshake share (and the no-certificate share, for the handshakes it
+/// completes) and never takes a verified place, and a lone handshake is never the one evicted
+/// while the crowd's addresses hold more. (`each_share_of_connections_is_capped_...` checks
+/// each share's eviction one connection at a time.)
 ///
 /// The test process holds a socket per slot (1,500) besides its own files, so it raises its
 /// soft open-file limit to at least 4096 (it fails, saying so, when the hard limit is lower).
@@ -808,18 +838,19 @@ async fn a_churning_crowd_without_certificates_never_holds_the_controller_out() 
     let churned_before = stats.closed_by_agent.load(Ordering::Relaxed);
 
     // The controller: a new connection for every GetHost. The deadline is functional: a
-    // working agent answers in milliseconds even under the crowd, a locked-out controller
-    // never does.
+    // working agent answers in milliseconds even under the crowd (p50 about 12 ms, the worst
+    // of a few runs 2 s on 2 shared cores), while a locked-out controller is refused at once
+    // or never answered.
     let mut latencies = Vec::new();
     let mut max_open = 0;
     while Instant::now() + Duration::from_secs(1) < until {
         let c = client(&pki, &agent, Some(&pki.controller())).await?;
         let t0 = Instant::now();
-        let host = tokio::time::timeout(Duration::from_secs(5), get_host_on_client(c))
+        let host = tokio::time::timeout(Duration::from_secs(10), get_host_on_client(c))
             .await
             .with_context(|| {
                 format!(
-                    "GetHost did not answer within 5 s, after {} answers",
+                    "GetHost did not answer within 10 s, after {} answers",
                     latencies.len()
                 )
             })?
@@ -856,10 +887,6 @@ async fn a_churning_crowd_without_certificates_never_holds_the_controller_out() 
     );
     assert!(max_open <= 768, "held {max_open} connections");
     agent.wait_for_log(&["connection closed", "handshake share full"], LOG_WAIT)?;
-    agent.wait_for_log(
-        &["connection closed", "without a certificate closed"],
-        LOG_WAIT,
-    )?;
     Ok(())
 }
 
