@@ -16,7 +16,7 @@
 //! - [`ConnInfo`]: what each request of a connection carries in its extensions (peer address,
 //!   verified certificates, the state above).
 //! - [`Tracked`]: the response body that holds a stream open until it is dropped, and remaps
-//!   the status of tonic's decode errors in trailers (see [`super::status::remap_codec_status`]).
+//!   the status of tonic's decode errors in trailers (see [`super::grpc_error::remap_codec_status`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -566,7 +566,7 @@ impl http_body::Body for Tracked {
             f.map(|r| {
                 r.map(|frame| match frame.into_trailers() {
                     Ok(mut trailers) => {
-                        super::status::remap_codec_status(&mut trailers);
+                        super::grpc_error::remap_codec_status(&mut trailers);
                         http_body::Frame::trailers(trailers)
                     }
                     Err(frame) => frame,

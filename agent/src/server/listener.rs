@@ -484,7 +484,7 @@ where
         Box::pin(async move {
             let response = inner.call(req).await?;
             let (mut parts, body) = response.into_parts();
-            super::status::remap_codec_status(&mut parts.headers);
+            super::grpc_error::remap_codec_status(&mut parts.headers);
             Ok(http::Response::from_parts(
                 parts,
                 tonic::body::Body::new(Tracked::new(body, stream)),

@@ -23,11 +23,11 @@ pub mod auth;
 pub(crate) mod conn;
 pub mod convert;
 pub(crate) mod fields;
+pub(crate) mod grpc_error;
 pub(crate) mod listener;
 pub(crate) mod refusals;
 pub(crate) mod rpc;
 pub(crate) mod schema;
-pub(crate) mod status;
 
 use std::sync::Arc;
 
@@ -150,7 +150,7 @@ pub enum Erase {
     Ready(Arc<EraseService>),
     /// A first start on a full disk could not create the erase state directory. The reason
     /// names the directory and the OS error; the erase calls are refused with it
-    /// ([`status::erase_unavailable`]) until the agent restarts with room, and the host is
+    /// ([`grpc_error::erase_unavailable`]) until the agent restarts with room, and the host is
     /// reported serving with no operation (none could have been journaled).
     Unavailable(Arc<str>),
 }
@@ -160,7 +160,7 @@ impl Erase {
     fn service(&self) -> Result<&Arc<EraseService>, Status> {
         match self {
             Erase::Ready(service) => Ok(service),
-            Erase::Unavailable(reason) => Err(status::erase_unavailable(reason)),
+            Erase::Unavailable(reason) => Err(grpc_error::erase_unavailable(reason)),
         }
     }
 

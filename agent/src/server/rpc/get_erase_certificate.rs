@@ -2,7 +2,7 @@
 //!
 //! - Roles: controller and observer.
 //! - Command: [`command`], the operation id (empty: the last operation), within its limit.
-//! - Errors: [`status::from_erase`] (`NOT_FOUND` for an unknown operation,
+//! - Errors: [`grpc_error::from_erase`] (`NOT_FOUND` for an unknown operation,
 //!   `FAILED_PRECONDITION` for one not certified); an erase service that could not be opened is
 //!   `FAILED_PRECONDITION`.
 
@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ANY_ROLE, Method, peer_of, rpc_span};
 use crate::server::fields::{self, FieldError};
-use crate::server::{AgentService, convert, status};
+use crate::server::{AgentService, convert, grpc_error};
 
 /// The table entry.
 pub const METHOD: Method = Method {
@@ -31,12 +31,12 @@ pub(super) fn handle(
     req: Request<pb::GetEraseCertificateRequest>,
 ) -> Result<Response<pb::GetEraseCertificateResponse>, Status> {
     let peer = peer_of(&req, "GetEraseCertificate")?;
-    let id = command(req.into_inner()).map_err(|e| status::from_field(&e))?;
+    let id = command(req.into_inner()).map_err(|e| grpc_error::from_field(&e))?;
     let cert = rpc_span("GetEraseCertificate", &peer).in_scope(|| {
         svc.erase
             .service()?
             .certificate(id.as_deref())
-            .map_err(|e| status::from_erase(&e))
+            .map_err(|e| grpc_error::from_erase(&e))
     })?;
     Ok(Response::new(pb::GetEraseCertificateResponse {
         certificate: Some(convert::certificate(&cert)),

@@ -12,7 +12,7 @@ use jex_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{ANY_ROLE, BoxStream, Method, peer_of, rpc_span, then_unavailable, until_shutdown};
-use crate::server::{AgentService, convert, status};
+use crate::server::{AgentService, convert, grpc_error};
 use crate::telemetry::hub::HubError;
 
 /// The table entry.
@@ -61,7 +61,7 @@ pub fn from_hub(e: &HubError) -> Status {
         HubError::InvalidInterval
         | HubError::SpawnSampler { .. }
         | HubError::ReadSpool { .. }
-        | HubError::ReadTask { .. } => status::internal(e),
+        | HubError::ReadTask { .. } => grpc_error::internal(e),
     }
 }
 

@@ -3,7 +3,7 @@
 //! - Roles: the controller only.
 //! - Command: [`command`], the field limits first (`INVALID_ARGUMENT` naming the field), then a
 //!   [`TerminateCommand`]; the erase service checks the host id and the nonce's minimum.
-//! - Errors: [`status::from_erase`] (the one map of erase errors, shared with the other erase
+//! - Errors: [`grpc_error::from_erase`] (the one map of erase errors, shared with the other erase
 //!   calls); an erase service that could not be opened is `FAILED_PRECONDITION`; a task that
 //!   failed to run is `INTERNAL` with a fixed message and a correlation id, its error logged.
 
@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::{CONTROLLER_ONLY, Method, peer_of, rpc_span};
 use crate::server::fields::{self, FieldError};
-use crate::server::{AgentService, convert, status};
+use crate::server::{AgentService, convert, grpc_error};
 
 /// The table entry.
 pub const METHOD: Method = Method {
@@ -39,7 +39,7 @@ pub(super) async fn handle(
 ) -> Result<Response<pb::TerminateResponse>, Status> {
     let peer = peer_of(&req, "Terminate")?;
     let span = rpc_span("Terminate", &peer);
-    let cmd = command(req.into_inner()).map_err(|e| status::from_field(&e))?;
+    let cmd = command(req.into_inner()).map_err(|e| grpc_error::from_field(&e))?;
     let request_id = cmd.request_id.clone();
     let erase = span.in_scope(|| svc.erase.service().cloned())?;
     async move {
@@ -47,7 +47,7 @@ pub(super) async fn handle(
         let span = tracing::Span::current();
         let result = tokio::task::spawn_blocking(move || span.in_scope(|| erase.terminate(cmd)))
             .await
-            .map_err(|e| status::internal(&e))?;
+            .map_err(|e| grpc_error::internal(&e))?;
         match result {
             Ok(op) => {
                 tracing::info!(request_id = %request_id, operation_id = %op.operation_id, "terminate accepted");
@@ -55,7 +55,7 @@ pub(super) async fn handle(
                     operation: Some(convert::operation(&op)),
                 }))
             }
-            Err(e) => Err(status::from_erase(&e)),
+            Err(e) => Err(grpc_error::from_erase(&e)),
         }
     }
     .instrument(span)

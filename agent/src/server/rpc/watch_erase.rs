@@ -4,7 +4,7 @@
 //! - Roles: controller and observer.
 //! - Command: [`command`], the operation id (empty: the current or last operation), within its
 //!   limit.
-//! - Errors: [`status::from_erase`]; an erase service that could not be opened is
+//! - Errors: [`grpc_error::from_erase`]; an erase service that could not be opened is
 //!   `FAILED_PRECONDITION`; a stream ended by the agent's shutdown ends with `UNAVAILABLE`.
 
 use futures::StreamExt;
@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::{ANY_ROLE, BoxStream, Method, peer_of, rpc_span, until_shutdown};
 use crate::server::fields::{self, FieldError};
-use crate::server::{AgentService, convert, status};
+use crate::server::{AgentService, convert, grpc_error};
 
 /// The table entry.
 pub const METHOD: Method = Method {
@@ -34,12 +34,12 @@ pub(super) fn handle(
 ) -> Result<Response<BoxStream<pb::WatchEraseResponse>>, Status> {
     let peer = peer_of(&req, "WatchErase")?;
     let span = rpc_span("WatchErase", &peer);
-    let id = command(req.into_inner()).map_err(|e| status::from_field(&e))?;
+    let id = command(req.into_inner()).map_err(|e| grpc_error::from_field(&e))?;
     let rx = span.in_scope(|| {
         svc.erase
             .service()?
             .watch(id.as_deref())
-            .map_err(|e| status::from_erase(&e))
+            .map_err(|e| grpc_error::from_erase(&e))
     })?;
     let mut shutdown = svc.shutdown.clone();
     // The current state at once, then every change, until the operation ends.
