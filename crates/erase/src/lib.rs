@@ -74,6 +74,8 @@
 //! change the engine publishes immutable views and a snapshot ([`progress`]) through `tokio`
 //! `watch` channels; the read-only calls of [`EraseService`] read those and never take the lock.
 
+#![forbid(unsafe_code)]
+
 pub mod certify;
 pub mod config;
 pub mod deps;

@@ -79,6 +79,8 @@
 //! fsync_interval_ms = 1000           # default: 1 s
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod format;
 
 use std::collections::VecDeque;
