@@ -1,5 +1,6 @@
 //! Erase benchmarks against the device's limit:
-//! `cargo bench -p jex-agent --bench erase [-- --sizes 1,8 --dir /work/target-bench --sweep --no-loop]`.
+//! `cargo bench -p jex-agent --bench erase [-- --sizes 1,8 --dir /work/target-bench --sweep
+//! --rounds 3 --seed N --no-loop]`.
 //!
 //! On the same target, in one run, for a file on the directory's disk and for a loop device
 //! (`losetup --direct-io=on`) over a file on that disk (root needed; `--no-loop` skips it):
@@ -7,10 +8,16 @@
 //!   the device gives with 32 I/Os in flight, the limit to measure the engine against;
 //! - `dd if=/dev/zero oflag=direct bs=4M` and `shred -n1` (files only): the usual tools;
 //! - the engine's overwrite (direct I/O, checkpoints every 256 MiB) at the default queue depth
-//!   and chunk, and with `--sweep` over queue depths 1..32 and chunk sizes, to choose defaults;
+//!   and chunk;
 //! - the engine's full read-back verification (100 %) and the default sample;
 //! - time from `terminate` to `Reclaimable` through `EraseService` (fake key destruction, real
 //!   ECDSA signing) at the defaults, extrapolated to 512 GB at the measured rates.
+//!
+//! With `--sweep`, to choose the defaults: every overwrite setting (queue depths 1..32 x chunk
+//! sizes 1, 4, 8 MiB) and `fio write`, then every full-verification read setting and `fio read`,
+//! each measured once per round in a new shuffled order (SplitMix64 from `--seed`, or a random
+//! seed, printed), over `--rounds` rounds (default and minimum 3). Each candidate gets its median,
+//! min-max and per-round rates; the winner by median is named, and whether it is the default.
 //!
 //! Also the pattern generation rate on one core and on all cores. Sizes are GiB; the directory
 //! needs the largest size plus 1 GiB free (checked first). `fio` must be installed.
@@ -352,8 +359,8 @@ fn overwrite_row(
 /// The device's rate drifts over minutes, so the engine's default overwrite and full
 /// verification are each measured between two `fio` runs of the same kind, and compared with
 /// their mean: fio write, overwrite, fio read, verification, fio read, fio write. The other
-/// writers (dd, shred) and the sweep come after.
-fn measure_target(target: &Path, size: u64, is_file: bool, sweep: bool) -> (f64, f64, f64) {
+/// writers (dd, shred) come after. The sweep ([`sweep_target`]) is separate.
+fn measure_target(target: &Path, size: u64, is_file: bool) -> (f64, f64, f64) {
     let mut rows = Vec::new();
     let pattern = Pattern::new(PatternKey::generate(&SystemRandom::new()).unwrap());
     let default = (DEFAULT_QUEUE_DEPTH as usize, DEFAULT_CHUNK_BYTES);
@@ -419,37 +426,226 @@ fn measure_target(target: &Path, size: u64, is_file: bool, sweep: bool) -> (f64,
         let took = run(Command::new("/usr/bin/shred").arg("-n1").arg(target));
         row(&mut rows, "shred -n1", size, took, String::new());
     }
-    if sweep {
-        for qd in [1usize, 2, 4, 8, 16, 32] {
-            for chunk in [1u64 << 20, 4 << 20, 8 << 20] {
-                if (qd, chunk) != default {
-                    overwrite_row(&mut rows, target, size, &pattern, (qd, chunk), fio_write);
-                }
-            }
-        }
-        for qd in [4usize, 8, 16, 32] {
-            for chunk in [1u64 << 20, 4 << 20] {
-                let read = ReadSettings {
-                    read_bytes: chunk,
-                    parallelism: parallelism(qd),
-                };
-                let (took, bytes) = engine_verify(target, &pattern, Some(100.0), &read);
-                row(
-                    &mut rows,
-                    format!("engine verify, full, qd={qd} read={}M", chunk >> 20),
-                    bytes,
-                    took,
-                    format!("{:.2}x fio read", rate(bytes, took) / fio_read),
-                );
-            }
-        }
-    }
     let kind = if is_file { "file" } else { "loop device" };
     print_rows(
         &format!("{} GiB {kind} {}", size / GIB, target.display()),
         &rows,
     );
     (write, fio_write, full_read)
+}
+
+/// A small deterministic generator (SplitMix64) for the sweep's order: the same seed gives the
+/// same order, so a run can be repeated exactly.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Fisher–Yates.
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// One thing the sweep measures: `fio` (the device's limit) or the engine at one setting.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Candidate {
+    Fio,
+    Engine { qd: usize, chunk: u64 },
+}
+
+impl Candidate {
+    fn is_default(self) -> bool {
+        self == Candidate::Engine {
+            qd: DEFAULT_QUEUE_DEPTH as usize,
+            chunk: DEFAULT_CHUNK_BYTES,
+        }
+    }
+
+    fn label(self, fio_label: &str) -> String {
+        match self {
+            Candidate::Fio => fio_label.to_owned(),
+            Candidate::Engine { qd, chunk } => format!(
+                "qd={qd} chunk={}M{}",
+                chunk >> 20,
+                if self.is_default() { " (default)" } else { "" }
+            ),
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+/// Measures every candidate once per round, in a new shuffled order each round, then prints
+/// each candidate's median and min–max (MB/s), its median over fio's median, and which engine
+/// setting wins by median, and whether that is the default.
+fn sweep_rounds(
+    title: &str,
+    fio_label: &str,
+    candidates: &[Candidate],
+    rounds: usize,
+    rng: &mut SplitMix,
+    mut measure: impl FnMut(Candidate) -> f64,
+) {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
+    for round in 1..=rounds {
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        rng.shuffle(&mut order);
+        let names: Vec<String> = order
+            .iter()
+            .map(|&i| match candidates[i] {
+                Candidate::Fio => "fio".to_owned(),
+                Candidate::Engine { qd, chunk } => format!("{qd}x{}M", chunk >> 20),
+            })
+            .collect();
+        println!("{title}: round {round}/{rounds}: {}", names.join(" "));
+        for i in order {
+            rates[i].push(measure(candidates[i]));
+        }
+    }
+    let fio_at = candidates
+        .iter()
+        .position(|&c| c == Candidate::Fio)
+        .unwrap();
+    let fio_median = median(&rates[fio_at]);
+    println!("\n== {title}: {rounds} rounds, shuffled, MB/s ==");
+    println!(
+        "{:<34} {:>7} {:>13} {:>8}  per round",
+        "candidate", "median", "min-max", "x fio"
+    );
+    for (candidate, values) in candidates.iter().zip(&rates) {
+        let (lo, hi) = min_max(values);
+        let each: Vec<String> = values.iter().map(|v| format!("{v:.0}")).collect();
+        println!(
+            "{:<34} {:>7.0} {:>13} {:>8.2}  {}",
+            candidate.label(fio_label),
+            median(values),
+            format!("{lo:.0}-{hi:.0}"),
+            median(values) / fio_median,
+            each.join(" ")
+        );
+    }
+    let engine: Vec<(Candidate, f64, (f64, f64))> = candidates
+        .iter()
+        .zip(&rates)
+        .filter(|(c, _)| **c != Candidate::Fio)
+        .map(|(c, v)| (*c, median(v), min_max(v)))
+        .collect();
+    let (winner, win_median, win_spread) =
+        *engine.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    println!(
+        "winner by median: {} at {win_median:.0} MB/s ({:.2}x fio)",
+        winner.label(fio_label),
+        win_median / fio_median
+    );
+    match engine.iter().find(|(c, ..)| c.is_default()) {
+        Some(_) if winner.is_default() => println!("the default is the winner by median"),
+        Some(&(default, default_median, default_spread)) => {
+            let rank = 1 + engine.iter().filter(|e| e.1 > default_median).count();
+            let overlap = default_spread.1 >= win_spread.0 && win_spread.1 >= default_spread.0;
+            println!(
+                "the default {} is NOT the winner by median: rank {rank} of {}, {default_median:.0} MB/s = {:.2}x the winner; their min-max ranges {}",
+                default.label(fio_label),
+                engine.len(),
+                default_median / win_median,
+                if overlap { "overlap" } else { "do not overlap" }
+            );
+        }
+        None => println!("the default is not among the candidates"),
+    }
+}
+
+/// The queue depth x chunk size sweep on `target`: every overwrite setting and `fio write`,
+/// then every read setting of the full verification and `fio read`, each in shuffled rounds.
+fn sweep_target(target: &Path, size: u64, kind: &str, rounds: usize, rng: &mut SplitMix) {
+    let title = format!("{} GiB {kind} {}", size / GIB, target.display());
+    let pattern = &Pattern::new(PatternKey::generate(&SystemRandom::new()).unwrap());
+    let mut writes = vec![Candidate::Fio];
+    for qd in [1usize, 2, 4, 8, 16, 32] {
+        for chunk in [1u64 << 20, 4 << 20, 8 << 20] {
+            writes.push(Candidate::Engine { qd, chunk });
+        }
+    }
+    sweep_rounds(
+        &format!("overwrite sweep, {title}"),
+        "fio write, bs=1M iodepth=32",
+        &writes,
+        rounds,
+        rng,
+        |candidate| match candidate {
+            Candidate::Fio => fio(target, "write", size),
+            Candidate::Engine { qd, chunk } => {
+                let settings = OverwriteSettings {
+                    chunk_bytes: chunk,
+                    checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+                    parallelism: parallelism(qd),
+                };
+                rate(size, engine_overwrite(target, pattern, &settings))
+            }
+        },
+    );
+    let mut reads = vec![Candidate::Fio];
+    for qd in [4usize, 8, 16, 32] {
+        for chunk in [1u64 << 20, 4 << 20] {
+            reads.push(Candidate::Engine { qd, chunk });
+        }
+    }
+    // The overwrite sweep may have ended with fio's data: write the pattern once (not
+    // measured). fio read writes nothing, so every verification below reads the pattern.
+    engine_overwrite(
+        target,
+        pattern,
+        &OverwriteSettings {
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_BYTES,
+            parallelism: parallelism(DEFAULT_QUEUE_DEPTH as usize),
+        },
+    );
+    sweep_rounds(
+        &format!("full verification sweep, {title}"),
+        "fio read, bs=1M iodepth=32",
+        &reads,
+        rounds,
+        rng,
+        |candidate| match candidate {
+            Candidate::Fio => fio(target, "read", size),
+            Candidate::Engine { qd, chunk } => {
+                let read = ReadSettings {
+                    read_bytes: chunk,
+                    parallelism: parallelism(qd),
+                };
+                let (took, bytes) = engine_verify(target, pattern, Some(100.0), &read);
+                rate(bytes, took)
+            }
+        },
+    );
 }
 
 fn main() {
@@ -461,6 +657,26 @@ fn main() {
             .cloned()
     };
     let sweep = args.iter().any(|a| a == "--sweep");
+    let rounds: usize = arg("--rounds").map_or(3, |r| {
+        r.parse()
+            .expect("--rounds takes a whole number of rounds, e.g. --rounds 5")
+    });
+    assert!(
+        rounds >= 3,
+        "--rounds {rounds}: the sweep needs at least 3 rounds, or a median is one run"
+    );
+    let seed: u64 = arg("--seed").map_or_else(
+        || {
+            let mut bytes = [0u8; 8];
+            ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut bytes).unwrap();
+            u64::from_le_bytes(bytes)
+        },
+        |s| {
+            s.parse()
+                .expect("--seed takes the number a previous run printed, e.g. --seed 42")
+        },
+    );
+    let mut rng = SplitMix(seed);
     let with_loop = !args.iter().any(|a| a == "--no-loop");
     let sizes: Vec<u64> = arg("--sizes")
         .unwrap_or_else(|| "1,8".into())
@@ -474,6 +690,11 @@ fn main() {
         dir.display(),
         std::thread::available_parallelism().map_or(1, usize::from)
     );
+    if sweep {
+        println!(
+            "sweep: {rounds} rounds, order shuffled with seed {seed} (repeat it with --seed {seed})"
+        );
+    }
     pattern_rates();
 
     let mut last = None;
@@ -501,9 +722,15 @@ fn main() {
             ])
             .stderr(std::process::Stdio::null());
         run(&mut alloc);
-        let (write, fio_write, full_read) = measure_target(&file, size, true, sweep);
+        let (write, fio_write, full_read) = measure_target(&file, size, true);
+        if sweep {
+            sweep_target(&file, size, "file", rounds, &mut rng);
+        }
         if with_loop && let Some(device) = LoopDevice::attach(&file) {
-            measure_target(&device.0, size, false, sweep);
+            measure_target(&device.0, size, false);
+            if sweep {
+                sweep_target(&device.0, size, "loop device", rounds, &mut rng);
+            }
         }
         let (e2e, e2e_verify) = terminate_to_reclaimable(&dir, &file);
         println!(

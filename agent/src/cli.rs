@@ -234,9 +234,7 @@ pub fn main() -> ExitCode {
                             serde_json::to_string_pretty(&snap).unwrap_or_default()
                         );
                     } else {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
+                        let now = jex_attest::clock::now_unix_ms();
                         print!("{}", crate::local_socket::render::render_report(&snap, now));
                     }
                     ExitKind::Ok.into()

@@ -290,7 +290,7 @@ fn write_lines(mut sink: impl LineSink, lines: &Receiver<Message>) {
 
 /// The line that reports a gap, in the shape of the JSON layer's lines.
 fn dropped_line(count: u64) -> Vec<u8> {
-    let timestamp = time::OffsetDateTime::now_utc()
+    let timestamp = jex_attest::clock::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let event = serde_json::json!({

@@ -21,7 +21,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
 };
-use time::{Duration, OffsetDateTime};
+use time::Duration;
 
 /// Making or writing certificates failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +126,7 @@ impl DevCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let now = OffsetDateTime::now_utc();
+        let now = jex_attest::clock::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
         let cert = params.self_signed(&key).map_err(gen_err)?;
@@ -157,7 +157,7 @@ impl DevCa {
         } else {
             ExtendedKeyUsagePurpose::ClientAuth
         }];
-        let now = OffsetDateTime::now_utc();
+        let now = jex_attest::clock::now_utc();
         params.not_before = now + spec.not_before;
         params.not_after = now + spec.not_after;
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;

@@ -388,7 +388,7 @@ pub fn handshake_refusal_reason(err: &std::io::Error) -> String {
         Some(rustls::Error::InvalidCertificate(c)) => {
             format!(
                 "client certificate refused: {}",
-                certificate_refusal(c, now_unix())
+                certificate_refusal(c, jex_attest::clock::now_unix_secs())
             )
         }
         Some(rustls::Error::InvalidMessage(_)) => {
@@ -403,12 +403,6 @@ pub fn handshake_refusal_reason(err: &std::io::Error) -> String {
         }
         None => err.to_string(),
     }
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A Unix time as RFC 3339 (UTC), or the raw seconds when out of range.

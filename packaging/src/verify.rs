@@ -181,6 +181,10 @@ mod tests {
 
     const SIGNING_TIME: u64 = 1_760_000_000;
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "tests of a build tool outside the agent's crates"
+    )]
     fn now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -752,6 +752,10 @@ subjectKeyIdentifier = hash\n";
         }
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "tests of a build tool outside the agent's crates"
+    )]
     fn now() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

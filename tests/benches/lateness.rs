@@ -15,7 +15,7 @@
 //! `LATENESS_SECS=10 cargo bench -p jex-e2e --bench lateness`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use jex_e2e::*;
@@ -28,7 +28,7 @@ const SUBSCRIBERS: [usize; 2] = [1, 100];
 const FSYNC_INTERVAL_MS: u64 = 1000;
 
 fn now_unix_ms() -> f64 {
-    SystemTime::now()
+    jex_attest::clock::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }

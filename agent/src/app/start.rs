@@ -118,12 +118,6 @@ impl RunningAgent {
     }
 }
 
-fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// How often the server pings a client over HTTP/2, and how long it waits for the answer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -213,7 +207,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         memory_bytes: host.memory_bytes,
         os_name: host.os_name.clone(),
         os_version: host.os_version.clone().unwrap_or_default(),
-        agent_start_unix_ms: now_unix_ms(),
+        agent_start_unix_ms: jex_attest::clock::now_unix_ms(),
         telemetry_interval_ms: config.telemetry.interval_ms as u32,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -1,10 +1,11 @@
 //! Erase certificates: the signed proof of an erase.
 //!
 //! This crate owns the certificate document, its canonical form, the [`Signer`] trait, the file
-//! signer and the offline verifier. It is written to be used alone: a fleet controller or an
-//! auditor who only wants to check a certificate depends on this crate and nothing else of the
-//! agent. So it must not depend on the platform crate, an async runtime (tokio), the gRPC stack
-//! (tonic) or nix; `scripts/check-architecture.sh` enforces that. Offline check:
+//! signer and the offline verifier, and [`clock`], the workspace's one read of the wall clock.
+//! It is written to be used alone: a fleet controller or an auditor who only wants to check a
+//! certificate depends on this crate and nothing else of the agent. So it must not depend on the
+//! platform crate, an async runtime (tokio), the gRPC stack (tonic) or nix;
+//! `scripts/check-architecture.sh` enforces that. Offline check:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,6 +60,7 @@
 
 pub mod bundle;
 pub mod canonical;
+pub mod clock;
 pub mod consistency;
 pub mod document;
 pub mod file_signer;
@@ -69,7 +71,7 @@ pub mod verify;
 pub use bundle::{BUNDLE_FORMAT, BundleError};
 pub use canonical::canonical_json;
 pub use consistency::{
-    DocumentError, OUTCOME_ERASED, OUTCOME_ERASED_WITH_EXCEPTIONS, OUTCOME_FAILED,
+    DocumentError, MIN_NONCE_BYTES, OUTCOME_ERASED, OUTCOME_ERASED_WITH_EXCEPTIONS, OUTCOME_FAILED,
 };
 pub use document::*;
 pub use file_signer::FileSigner;

@@ -235,7 +235,7 @@ pub fn verify(
 
     // 9. Not from the future.
     let skew = time::Duration::try_from(MAX_CLOCK_SKEW).unwrap_or(time::Duration::ZERO);
-    if signed_at > OffsetDateTime::now_utc() + skew {
+    if signed_at > crate::clock::now_utc() + skew {
         return Err(VerifyError::FromTheFuture {
             finished_at: doc.finished_at.clone(),
         });

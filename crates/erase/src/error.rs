@@ -8,9 +8,10 @@ use crate::config::ConfigError;
 use crate::journal::JournalError;
 use crate::keys::KeyError;
 use crate::pattern::PatternError;
-use crate::record::{MIN_NONCE_LEN, Phase};
+use crate::record::Phase;
 use crate::state::TransitionError;
 use jex_attest::AttestError;
+use jex_attest::MIN_NONCE_BYTES;
 use jex_platform::blockdev::BlockDevError;
 
 /// Erase failures: refused requests (first group) and failures of a running operation, whose
@@ -29,7 +30,7 @@ pub enum EraseError {
         got: String,
     },
     /// The controller's nonce is too short.
-    #[error("nonce is {len} bytes: send a fresh random nonce of at least {MIN_NONCE_LEN} bytes")]
+    #[error("nonce is {len} bytes: send a fresh random nonce of at least {MIN_NONCE_BYTES} bytes")]
     NonceTooShort {
         /// The length received.
         len: usize,

@@ -107,5 +107,5 @@ pub use error::EraseError;
 pub use jex_platform::error_chain;
 pub use plan::{PlanCheck, PlannedTarget, plan_offline};
 pub use progress::{Lifecycle, OperationView, TargetView};
-pub use record::{MIN_NONCE_LEN, Outcome, Phase};
+pub use record::{Outcome, Phase};
 pub use service::{EraseService, TerminateCommand};

@@ -29,9 +29,6 @@ use crate::config::{EraseConfig, TargetConfig};
 use crate::keys::{KeyDestruction, KeyState};
 use jex_platform::blockdev::{MediaInfo, TargetIdentity};
 
-/// Smallest controller nonce accepted, bytes.
-pub const MIN_NONCE_LEN: usize = 32;
-
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]

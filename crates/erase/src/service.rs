@@ -25,10 +25,11 @@ use crate::journal::Journal;
 use crate::layout::StateDirs;
 use crate::plan::{PlannedTarget, plan_targets};
 use crate::progress::{Lifecycle, Live, OperationView};
-use crate::record::{MIN_NONCE_LEN, Phase, Record};
+use crate::record::{Phase, Record};
 use crate::state::replay;
 use crate::steps::{self, now_unix_ms};
 use crate::store::{Core, RecordHook, Shared, Tracked};
+use jex_attest::MIN_NONCE_BYTES;
 use jex_attest::SignedCertificate;
 use jex_platform::error_chain;
 
@@ -161,7 +162,7 @@ impl EraseService {
                 got: cmd.host_id,
             });
         }
-        if cmd.nonce.len() < MIN_NONCE_LEN {
+        if cmd.nonce.len() < MIN_NONCE_BYTES {
             return Err(EraseError::NonceTooShort {
                 len: cmd.nonce.len(),
             });

@@ -25,13 +25,7 @@ use crate::verify::{
 use jex_platform::blockdev::{Access, BlockDevError, SystemDevices, check_identity};
 use jex_platform::error_chain;
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use jex_attest::clock::now_unix_ms;
 
 /// Creates a new operation: key file, then the durable `requested` record.
 pub(crate) fn new_operation(
