@@ -164,10 +164,14 @@ impl Erase {
         }
     }
 
-    /// The host's lifecycle and current operation, for `GetHost`.
+    /// The host's lifecycle and current operation, for `GetHost`: both from the one snapshot
+    /// WatchErase's messages come from, so never older than a message already sent.
     fn lifecycle(&self) -> (jex_erase::Lifecycle, Option<String>) {
         match self {
-            Erase::Ready(service) => (service.lifecycle(), service.current_operation_id()),
+            Erase::Ready(service) => {
+                let host = service.host_state();
+                (host.lifecycle, host.operation_id)
+            }
             Erase::Unavailable(_) => (jex_erase::Lifecycle::Serving, None),
         }
     }
@@ -369,14 +373,14 @@ impl NodeAgent for AgentService {
         })?;
         let mut shutdown = self.shutdown.clone();
         // The current state at once, then every change, until the operation ends.
-        let updates = tokio_stream::wrappers::WatchStream::new(rx);
+        let updates = rx;
         // Every state until (and including) the terminal one, then the end of the stream.
         let until_terminal =
             futures::stream::unfold((updates, false), |(mut updates, done)| async move {
                 if done {
                     return None;
                 }
-                let op = updates.next().await?;
+                let op = updates.next_view().await?;
                 let end = op.is_terminal();
                 Some((op, (updates, end)))
             });

@@ -71,8 +71,9 @@
 //!
 //! An operation runs on its own worker thread. The engine's one lock (`store`) guards the
 //! journal and the operations; it is held while a record is journaled (an fsync). After every
-//! change the engine publishes immutable views and a snapshot ([`progress`]) through `tokio`
-//! `watch` channels; the read-only calls of [`EraseService`] read those and never take the lock.
+//! change the engine publishes one immutable snapshot ([`progress`]: every operation's view and
+//! the lifecycle) through a `tokio` `watch` channel; the read-only calls of [`EraseService`]
+//! read it and never take the lock.
 
 pub mod certify;
 pub mod config;
@@ -104,6 +105,6 @@ pub use deps::{EraseDeps, KeyDestroyerFactory};
 pub use error::EraseError;
 pub use jex_platform::error_chain;
 pub use plan::{PlanCheck, PlannedTarget, plan_offline};
-pub use progress::{Lifecycle, OperationView, TargetView};
+pub use progress::{HostEraseState, Lifecycle, OperationView, OperationWatch, TargetView};
 pub use record::{MIN_NONCE_LEN, Outcome, Phase};
 pub use service::{EraseService, TerminateCommand};

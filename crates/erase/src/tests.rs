@@ -1611,3 +1611,115 @@ fn module_dependencies_point_one_way() {
     expected.sort_unstable();
     assert_eq!(declared, expected);
 }
+
+// === One view of an erase ===
+
+/// Threads that keep every core busy until dropped.
+struct BusyCores {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCores {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        BusyCores { stop, threads }
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn once_a_watcher_sees_the_end_of_an_operation_every_query_agrees_under_cpu_contention() {
+    // Each round: a refused Terminate, an accepted one whose overwrite fails (every other
+    // round) or succeeds, a watcher that reads the operation's views as fast as it can and,
+    // the moment one is terminal, asks the lifecycle and current operation as GetHost does.
+    const ROUNDS: usize = 120;
+    let h = Harness::new(&[256 << 10]);
+    let failing = h.open(
+        h.config(),
+        Arc::new(FaultyOpener::new(Fault::WriteFailsAt(0))),
+        None,
+    );
+    let _busy = BusyCores::start();
+    let mut contradictions = Vec::new();
+    let mut ends = std::collections::BTreeMap::<String, usize>::new();
+    let mut service = failing;
+    for round in 0..ROUNDS {
+        if round % 2 == 1 {
+            // Alternate between a service whose writes fail and one whose erase succeeds.
+            drop(service);
+            let io: Arc<dyn IoOpener> = if round % 4 == 1 {
+                Arc::new(DirectOpener)
+            } else {
+                Arc::new(FaultyOpener::new(Fault::WriteFailsAt(0)))
+            };
+            service = h.open(h.config(), io, None);
+        }
+        let mut refused = terminate_cmd(&format!("req-{round}"));
+        refused.host_id = "another-host".into();
+        assert!(matches!(
+            service.terminate(refused),
+            Err(EraseError::HostMismatch { .. })
+        ));
+        let started = service
+            .terminate(terminate_cmd(&format!("req-{round}")))
+            .unwrap();
+        let rx = service.watch(Some(&started.operation_id)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let last = loop {
+            let view = rx.borrow().clone();
+            if is_finished(&view) {
+                // What GetHost reads, right after WatchErase's last message.
+                let host = service.host_state();
+                break (view, host.lifecycle, host.operation_id);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round} did not finish: {view:?}"
+            );
+            std::hint::spin_loop();
+        };
+        let (view, lifecycle, current) = last;
+        *ends.entry(view.phase.as_str().to_owned()).or_default() += 1;
+        let expected = Lifecycle::of(view.phase, view.outcome);
+        if lifecycle != expected || current.as_deref() != Some(view.operation_id.as_str()) {
+            contradictions.push(format!(
+                "round {round}: watcher saw {:?}/{:?}, then lifecycle {lifecycle:?}, operation {current:?}",
+                view.phase, view.outcome
+            ));
+        }
+    }
+    assert!(
+        contradictions.is_empty(),
+        "{} of {ROUNDS} rounds contradicted the watcher's last message: {contradictions:#?}",
+        contradictions.len()
+    );
+    // Both kinds of end were exercised.
+    assert!(ends.get("failed").copied().unwrap_or(0) > 0, "{ends:?}");
+    assert!(
+        ends.get("reclaimable").copied().unwrap_or(0) > 0,
+        "{ends:?}"
+    );
+}
