@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
 use tonic::Code;
@@ -348,35 +348,73 @@ async fn a_replaced_disk_is_refused_and_the_host_is_never_reclaimable() -> Resul
     Ok(())
 }
 
+/// The records of the agent's erase journal (`<agent dir>/state/erase/journal.log`).
+fn journal_kinds(s: &Setup) -> Result<Vec<jex_erase::record::RecordKind>> {
+    let path = s
+        .dir
+        .path()
+        .join("agent/state/erase")
+        .join(jex_erase::layout::JOURNAL_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let replay = jex_erase::journal::Journal::<jex_erase::record::Record>::read(&path)?;
+    Ok(replay.records.iter().map(|r| r.kind()).collect())
+}
+
 #[tokio::test]
 async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Result<()> {
-    let s = setup(32)?;
+    use jex_erase::record::RecordKind;
+    let mut s = setup(32)?;
+    // A slow overwrite (one 64 KiB write in flight, a journaled checkpoint every 256 KiB: 128
+    // fsyncs over 32 MiB), so that the phase the kill is aimed at lasts.
+    s.opts.extra_toml = s.opts.extra_toml.replace(
+        "chunk_bytes = 1048576\ncheckpoint_bytes = 2097152\n",
+        "chunk_bytes = 65536\ncheckpoint_bytes = 262144\nqueue_depth = 1\n",
+    );
+    ensure!(
+        s.opts.extra_toml.contains("queue_depth = 1"),
+        "the setup's [erase] sizes changed: {}",
+        s.opts.extra_toml
+    );
     let agent = s.start()?;
     let nonce = nonce();
     let op = terminate(&s.pki, &agent, "r-kill", HOST_ID, &nonce).await??;
-    // Wait until the overwrite has begun, then kill the agent.
-    let mut c = client(&s.pki, &agent, Some(&s.pki.observer())).await?;
-    let mut w = c
-        .watch_erase(pb::WatchEraseRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await?
-        .into_inner();
+    // The chosen phase: the overwrite, with its first checkpoint journaled. Watched in the
+    // journal itself (WatchErase coalesces states), then the agent is stopped (SIGSTOP) so it
+    // cannot move on while the journal is read again, and killed there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let Some(m) = tokio::time::timeout(Duration::from_secs(60), w.message()).await?? else {
-            bail!("watch ended before the overwrite");
-        };
-        let o = m.operation.unwrap_or_default();
-        if o.phase == pb::ErasePhase::Overwriting as i32 && o.bytes_done > 0 {
+        if journal_kinds(&s)?.contains(&RecordKind::Overwriting) {
             break;
         }
-        if o.phase > pb::ErasePhase::Overwriting as i32 {
-            break;
-        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no overwrite checkpoint journaled within 60 s: {:?}",
+            journal_kinds(&s)?
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    drop(w);
-    drop(c);
+    agent.signal(nix::sys::signal::Signal::SIGSTOP)?;
+    // The signal is delivered asynchronously: read the journal once the process is stopped.
+    let stat = format!("/proc/{}/stat", agent.pid());
+    while !std::fs::read_to_string(&stat)?
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop on SIGSTOP"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let at_kill = journal_kinds(&s)?;
     tokio::task::spawn_blocking(move || agent.kill9()).await??;
+    ensure!(
+        at_kill.last() == Some(&RecordKind::Overwriting),
+        "the kill was to land in the overwrite, but the journal had reached {:?}: {at_kill:?}",
+        at_kill.last()
+    );
 
     let agent = s.start()?;
     let h = host(&s.pki, &agent).await?;
