@@ -618,3 +618,125 @@ fn erase_plan_without_a_running_agent_plans_from_the_config_and_touches_nothing(
 
     Ok(())
 }
+
+/// Threads that keep every core busy until dropped.
+struct BusyCores {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCores {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        BusyCores { stop, threads }
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_host_right_after_watch_erase_ends_never_contradicts_it_under_cpu_contention()
+-> Result<()> {
+    // The first erase makes the host reclaimable; every later one fails at once (the disk no
+    // longer holds the pinned LUKS volume). Each round: a refused Terminate, an accepted one,
+    // WatchErase to its last message, then GetHost at once on the same connection.
+    const ROUNDS: usize = 60;
+    let s = setup(8)?;
+    let agent = s.start()?;
+    let mut c = client(&s.pki, &agent, Some(&s.pki.controller())).await?;
+    let _busy = BusyCores::start();
+    let mut contradictions = Vec::new();
+    let mut ends = std::collections::BTreeMap::<i32, usize>::new();
+    for round in 0..ROUNDS {
+        let request_id = format!("req-{round}");
+        let refused = c
+            .terminate(pb::TerminateRequest {
+                request_id: request_id.clone(),
+                host_id: "another-host".into(),
+                nonce: nonce(),
+            })
+            .await
+            .expect_err("another host's Terminate is refused");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let op = c
+            .terminate(pb::TerminateRequest {
+                request_id,
+                host_id: HOST_ID.into(),
+                nonce: nonce(),
+            })
+            .await?
+            .into_inner()
+            .operation
+            .context("Terminate answered no operation")?;
+        let mut stream = c
+            .watch_erase(pb::WatchEraseRequest {
+                operation_id: op.operation_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut last = None;
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .context("WatchErase did not end within 60 s")??
+        {
+            last = m.operation;
+        }
+        let host = c
+            .get_host(pb::GetHostRequest {})
+            .await?
+            .into_inner()
+            .host
+            .context("GetHost answered no host")?;
+        let last = last.context("no WatchErase message")?;
+        *ends.entry(last.phase).or_default() += 1;
+        let expected = if last.phase == pb::ErasePhase::Reclaimable as i32 {
+            pb::LifecycleState::Reclaimable
+        } else {
+            pb::LifecycleState::EraseFailed
+        };
+        if host.lifecycle_state != expected as i32 || host.erase_operation_id != last.operation_id {
+            contradictions.push(format!(
+                "round {round}: WatchErase ended in phase {} outcome {}, then GetHost said {} for {}",
+                last.phase, last.outcome, host.lifecycle_state, host.erase_operation_id
+            ));
+        }
+    }
+    assert!(
+        contradictions.is_empty(),
+        "{} of {ROUNDS} rounds: {contradictions:#?}",
+        contradictions.len()
+    );
+    assert_eq!(
+        ends.get(&(pb::ErasePhase::Reclaimable as i32)),
+        Some(&1),
+        "{ends:?}"
+    );
+    assert_eq!(
+        ends.get(&(pb::ErasePhase::Failed as i32)),
+        Some(&(ROUNDS - 1)),
+        "{ends:?}"
+    );
+    Ok(())
+}
