@@ -519,31 +519,26 @@ fn is_out_of_space(e: &AppError) -> bool {
 /// Builds each target's key-destruction backend from its config (absolute tool paths).
 pub fn key_destroyer_factory(erase: &jex_erase::EraseConfig) -> jex_erase::KeyDestroyerFactory {
     use jex_erase::keys::{KeyDestroyer, apfs::ApfsVolume, luks2::Luks2};
-    use jex_erase::{Backend, EraseError, TargetConfig};
+    use jex_erase::{EraseError, TargetConfig, TargetKeys};
     let tools = erase.tools.clone();
     let factory = move |t: &TargetConfig| -> Result<Box<dyn KeyDestroyer>, EraseError> {
         let keys_err = |source| EraseError::Keys {
             target: t.name.clone(),
             source,
         };
-        let pin = |v: &Option<String>| v.clone().unwrap_or_default();
-        Ok(match t.backend {
-            Backend::Luks2 => Box::new(
+        Ok(match &t.keys {
+            TargetKeys::Luks2 { luks_uuid } => Box::new(
                 Luks2::new(
                     t.name.clone(),
                     t.device.clone(),
-                    &pin(&t.luks_uuid),
+                    luks_uuid,
                     tools.cryptsetup.clone(),
                 )
                 .map_err(keys_err)?,
             ),
-            Backend::ApfsVolume => Box::new(
-                ApfsVolume::new(
-                    t.name.clone(),
-                    &pin(&t.apfs_volume_uuid),
-                    tools.diskutil.clone(),
-                )
-                .map_err(keys_err)?,
+            TargetKeys::ApfsVolume { apfs_volume_uuid } => Box::new(
+                ApfsVolume::new(t.name.clone(), apfs_volume_uuid, tools.diskutil.clone())
+                    .map_err(keys_err)?,
             ),
         })
     };

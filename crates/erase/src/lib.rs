@@ -100,7 +100,9 @@ pub mod verify;
 mod tests;
 
 pub use certify::AGENT_VERSION;
-pub use config::{Backend, ConfigError, EraseConfig, TargetConfig, ToolsConfig};
+pub use config::{
+    Backend, ConfigError, EraseConfig, TargetConfig, TargetKeys, TargetShapeError, ToolsConfig,
+};
 pub use deps::{EraseDeps, KeyDestroyerFactory};
 pub use error::EraseError;
 pub use jex_platform::error_chain;

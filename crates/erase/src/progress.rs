@@ -414,7 +414,7 @@ impl Live {
                 };
                 TargetView {
                     name: target.name.clone(),
-                    backend: target.backend.as_str().to_owned(),
+                    backend: target.backend().as_str().to_owned(),
                     size_bytes: size,
                     phase: target_phase,
                     bytes_done: self.target_done.get(index).copied().unwrap_or(0),

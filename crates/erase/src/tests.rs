@@ -246,10 +246,10 @@ impl Harness {
                 .enumerate()
                 .map(|(i, path)| TargetConfig {
                     name: format!("tenant{i}"),
-                    backend: Backend::Luks2,
                     device: path.clone(),
-                    luks_uuid: Some(UUID.to_owned()),
-                    apfs_volume_uuid: None,
+                    keys: TargetKeys::Luks2 {
+                        luks_uuid: UUID.to_owned(),
+                    },
                 })
                 .collect(),
             ..EraseConfig::default()
@@ -803,10 +803,10 @@ fn the_root_device_is_refused_before_any_key_is_destroyed() {
     let mut config = h.config();
     config.targets = vec![TargetConfig {
         name: "root".into(),
-        backend: Backend::Luks2,
         device: node.clone(),
-        luks_uuid: Some(UUID.to_owned()),
-        apfs_volume_uuid: None,
+        keys: TargetKeys::Luks2 {
+            luks_uuid: UUID.to_owned(),
+        },
     }];
     let service = h.open(config, Arc::new(DirectOpener), None);
 
@@ -1112,10 +1112,10 @@ fn a_loop_block_device_is_erased_through_the_block_device_path() {
     let mut config = h.config();
     config.targets = vec![TargetConfig {
         name: "loop".into(),
-        backend: Backend::Luks2,
         device: device.0.clone(),
-        luks_uuid: Some(UUID.to_owned()),
-        apfs_volume_uuid: None,
+        keys: TargetKeys::Luks2 {
+            luks_uuid: UUID.to_owned(),
+        },
     }];
     let service = h.open(config, Arc::new(DirectOpener), None);
     assert!(service.plan().unwrap()[0].ready);
