@@ -740,3 +740,58 @@ async fn get_host_right_after_watch_erase_ends_never_contradicts_it_under_cpu_co
     );
     Ok(())
 }
+
+#[test]
+fn every_phase_and_outcome_reaches_the_wire_under_its_own_name() {
+    // The Rust names (one table per enum, `as_str`) and the proto names (prost's
+    // `as_str_name`) describe one position: each maps to the proto value of the same name, and
+    // every proto value but UNSPECIFIED is reached.
+    use jex_erase::{OperationView, Outcome, Phase};
+    let view = |phase: Phase, outcome: Option<Outcome>| OperationView {
+        operation_id: "op".into(),
+        request_id: "req".into(),
+        phase,
+        outcome,
+        bytes_total: 0,
+        bytes_done: 0,
+        rate_bytes_per_second: 0.0,
+        eta_seconds: 0,
+        started_unix_ms: 0,
+        finished_unix_ms: None,
+        failure_reason: None,
+        exceptions: Vec::new(),
+        targets: Vec::new(),
+        certificate: None,
+    };
+    let mut phases = std::collections::BTreeSet::new();
+    for phase in Phase::ALL {
+        let wire = jex_agent::server::convert::operation(&view(phase, None));
+        let name = pb::ErasePhase::try_from(wire.phase)
+            .expect("a proto phase")
+            .as_str_name();
+        assert_eq!(
+            name,
+            format!("ERASE_PHASE_{}", phase.as_str().to_ascii_uppercase())
+        );
+        phases.insert(name);
+    }
+    let mut outcomes = std::collections::BTreeSet::new();
+    for outcome in Outcome::ALL {
+        let wire = jex_agent::server::convert::operation(&view(Phase::Failed, Some(outcome)));
+        let name = pb::EraseOutcome::try_from(wire.outcome)
+            .expect("a proto outcome")
+            .as_str_name();
+        assert_eq!(name, format!("ERASE_OUTCOME_{}", outcome.as_str()));
+        outcomes.insert(name);
+    }
+    let all_phases = (1..)
+        .map_while(|n| pb::ErasePhase::try_from(n).ok())
+        .map(|p| p.as_str_name())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(phases, all_phases);
+    let all_outcomes = (1..)
+        .map_while(|n| pb::EraseOutcome::try_from(n).ok())
+        .map(|o| o.as_str_name())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(outcomes, all_outcomes);
+}

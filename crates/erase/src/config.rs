@@ -32,6 +32,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::names::named_enum;
 use jex_platform::blockdev::{TargetIdentity, TargetKind};
 use toml::Spanned;
 
@@ -112,30 +113,14 @@ pub struct ToolsConfig {
     pub diskutil: PathBuf,
 }
 
-/// The key-destruction backend of a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Backend {
-    /// LUKS2 keyslots destroyed with `cryptsetup luksErase`.
-    #[serde(rename = "luks2")]
-    Luks2,
-    /// An APFS volume deleted with `diskutil apfs deleteVolume`.
-    #[serde(rename = "apfs-volume")]
-    ApfsVolume,
-}
-
-impl Backend {
-    /// The name as written in config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Luks2 => "luks2",
-            Backend::ApfsVolume => "apfs-volume",
-        }
-    }
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// The key-destruction backend of a target, by its name in config and in the journal.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Backend: serde {
+        /// LUKS2 keyslots destroyed with `cryptsetup luksErase`.
+        Luks2 => "luks2",
+        /// An APFS volume deleted with `diskutil apfs deleteVolume`.
+        ApfsVolume => "apfs-volume",
     }
 }
 
@@ -370,37 +355,20 @@ pub enum Setting {
     },
 }
 
-/// A key of a `[[erase.targets]]` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetField {
-    /// `name`.
-    Name,
-    /// `backend`.
-    Backend,
-    /// `device`.
-    Device,
-    /// `luks_uuid`.
-    LuksUuid,
-    /// `apfs_volume_uuid`.
-    ApfsVolumeUuid,
-}
-
-impl TargetField {
-    /// The key as written in config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetField::Name => "name",
-            TargetField::Backend => "backend",
-            TargetField::Device => "device",
-            TargetField::LuksUuid => "luks_uuid",
-            TargetField::ApfsVolumeUuid => "apfs_volume_uuid",
-        }
-    }
-}
-
-impl std::fmt::Display for TargetField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// A key of a `[[erase.targets]]` entry, by its name in config.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TargetField {
+        /// `name`.
+        Name => "name",
+        /// `backend`.
+        Backend => "backend",
+        /// `device`.
+        Device => "device",
+        /// `luks_uuid`.
+        LuksUuid => "luks_uuid",
+        /// `apfs_volume_uuid`.
+        ApfsVolumeUuid => "apfs_volume_uuid",
     }
 }
 

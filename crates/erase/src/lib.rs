@@ -23,6 +23,7 @@
 //!
 //! # Layout
 //!
+//! - `names` (private): `named_enum!`, each named enum's spellings from one table.
 //! - [`config`]: the `[erase]` settings and their validation.
 //! - [`pattern`], [`journal`], [`keys`]: the overwrite pattern, the append-only journal, the
 //!   key-destruction backends.
@@ -46,9 +47,11 @@
 //! test code included (a unit test checks it):
 //!
 //! ```text
-//! config, pattern, journal, keys      no crate dependency
-//! record    -> config, keys
-//! state     -> keys, record
+//! names                               no crate dependency
+//! config    -> names
+//! pattern, journal, keys              no crate dependency
+//! record    -> config, keys, names
+//! state     -> keys, names, record
 //! error     -> config, journal, keys, pattern, record, state
 //! overwrite -> error, pattern
 //! verify    -> error, pattern
@@ -82,6 +85,7 @@ pub mod error;
 pub mod journal;
 pub mod keys;
 pub mod layout;
+mod names;
 pub mod overwrite;
 pub mod pattern;
 pub mod pipeline;

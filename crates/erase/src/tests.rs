@@ -1491,7 +1491,8 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
 // === Module dependencies ===
 
 /// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
-const MODULE_ORDER: [&str; 19] = [
+const MODULE_ORDER: [&str; 20] = [
+    "names",
     "config",
     "pattern",
     "journal",
