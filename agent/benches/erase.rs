@@ -39,7 +39,7 @@ use jex_erase::pipeline::Parallelism;
 use jex_erase::testing::{FakeKeys, load_test_signer, write_test_signer};
 use jex_erase::verify::{ReadSettings, SampleSeed, SampleSettings, sample_plan, verify_target};
 use jex_erase::{
-    Backend, EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TerminateCommand,
+    EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TargetKeys, TerminateCommand,
 };
 use jex_platform::blockdev::{Access, DirectTarget, TargetIo};
 
@@ -182,10 +182,10 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
         state_dir: state,
         targets: vec![TargetConfig {
             name: "bench".into(),
-            backend: Backend::Luks2,
             device: image.to_path_buf(),
-            luks_uuid: Some("5b0c7a4e-1d2f-4e3a-9b8c-7d6e5f4a3b2c".into()),
-            apfs_volume_uuid: None,
+            keys: TargetKeys::Luks2 {
+                luks_uuid: "5b0c7a4e-1d2f-4e3a-9b8c-7d6e5f4a3b2c".into(),
+            },
         }],
         ..EraseConfig::default()
     };

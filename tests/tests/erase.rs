@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
 use tonic::Code;
@@ -348,35 +348,73 @@ async fn a_replaced_disk_is_refused_and_the_host_is_never_reclaimable() -> Resul
     Ok(())
 }
 
+/// The records of the agent's erase journal (`<agent dir>/state/erase/journal.log`).
+fn journal_kinds(s: &Setup) -> Result<Vec<jex_erase::record::RecordKind>> {
+    let path = s
+        .dir
+        .path()
+        .join("agent/state/erase")
+        .join(jex_erase::layout::JOURNAL_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let replay = jex_erase::journal::Journal::<jex_erase::record::Record>::read(&path)?;
+    Ok(replay.records.iter().map(|r| r.kind()).collect())
+}
+
 #[tokio::test]
 async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Result<()> {
-    let s = setup(32)?;
+    use jex_erase::record::RecordKind;
+    let mut s = setup(32)?;
+    // A slow overwrite (one 64 KiB write in flight, a journaled checkpoint every 256 KiB: 128
+    // fsyncs over 32 MiB), so that the phase the kill is aimed at lasts.
+    s.opts.extra_toml = s.opts.extra_toml.replace(
+        "chunk_bytes = 1048576\ncheckpoint_bytes = 2097152\n",
+        "chunk_bytes = 65536\ncheckpoint_bytes = 262144\nqueue_depth = 1\n",
+    );
+    ensure!(
+        s.opts.extra_toml.contains("queue_depth = 1"),
+        "the setup's [erase] sizes changed: {}",
+        s.opts.extra_toml
+    );
     let agent = s.start()?;
     let nonce = nonce();
     let op = terminate(&s.pki, &agent, "r-kill", HOST_ID, &nonce).await??;
-    // Wait until the overwrite has begun, then kill the agent.
-    let mut c = client(&s.pki, &agent, Some(&s.pki.observer())).await?;
-    let mut w = c
-        .watch_erase(pb::WatchEraseRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await?
-        .into_inner();
+    // The chosen phase: the overwrite, with its first checkpoint journaled. Watched in the
+    // journal itself (WatchErase coalesces states), then the agent is stopped (SIGSTOP) so it
+    // cannot move on while the journal is read again, and killed there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let Some(m) = tokio::time::timeout(Duration::from_secs(60), w.message()).await?? else {
-            bail!("watch ended before the overwrite");
-        };
-        let o = m.operation.unwrap_or_default();
-        if o.phase == pb::ErasePhase::Overwriting as i32 && o.bytes_done > 0 {
+        if journal_kinds(&s)?.contains(&RecordKind::Overwriting) {
             break;
         }
-        if o.phase > pb::ErasePhase::Overwriting as i32 {
-            break;
-        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no overwrite checkpoint journaled within 60 s: {:?}",
+            journal_kinds(&s)?
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    drop(w);
-    drop(c);
+    agent.signal(nix::sys::signal::Signal::SIGSTOP)?;
+    // The signal is delivered asynchronously: read the journal once the process is stopped.
+    let stat = format!("/proc/{}/stat", agent.pid());
+    while !std::fs::read_to_string(&stat)?
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop on SIGSTOP"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let at_kill = journal_kinds(&s)?;
     tokio::task::spawn_blocking(move || agent.kill9()).await??;
+    ensure!(
+        at_kill.last() == Some(&RecordKind::Overwriting),
+        "the kill was to land in the overwrite, but the journal had reached {:?}: {at_kill:?}",
+        at_kill.last()
+    );
 
     let agent = s.start()?;
     let h = host(&s.pki, &agent).await?;
@@ -579,4 +617,181 @@ fn erase_plan_without_a_running_agent_plans_from_the_config_and_touches_nothing(
     );
 
     Ok(())
+}
+
+/// Threads that keep every core busy until dropped.
+struct BusyCores {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCores {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        BusyCores { stop, threads }
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_host_right_after_watch_erase_ends_never_contradicts_it_under_cpu_contention()
+-> Result<()> {
+    // The first erase makes the host reclaimable; every later one fails at once (the disk no
+    // longer holds the pinned LUKS volume). Each round: a refused Terminate, an accepted one,
+    // WatchErase to its last message, then GetHost at once on the same connection.
+    const ROUNDS: usize = 60;
+    let s = setup(8)?;
+    let agent = s.start()?;
+    let mut c = client(&s.pki, &agent, Some(&s.pki.controller())).await?;
+    let _busy = BusyCores::start();
+    let mut contradictions = Vec::new();
+    let mut ends = std::collections::BTreeMap::<i32, usize>::new();
+    for round in 0..ROUNDS {
+        let request_id = format!("req-{round}");
+        let refused = c
+            .terminate(pb::TerminateRequest {
+                request_id: request_id.clone(),
+                host_id: "another-host".into(),
+                nonce: nonce(),
+            })
+            .await
+            .expect_err("another host's Terminate is refused");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let op = c
+            .terminate(pb::TerminateRequest {
+                request_id,
+                host_id: HOST_ID.into(),
+                nonce: nonce(),
+            })
+            .await?
+            .into_inner()
+            .operation
+            .context("Terminate answered no operation")?;
+        let mut stream = c
+            .watch_erase(pb::WatchEraseRequest {
+                operation_id: op.operation_id.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut last = None;
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .context("WatchErase did not end within 60 s")??
+        {
+            last = m.operation;
+        }
+        let host = c
+            .get_host(pb::GetHostRequest {})
+            .await?
+            .into_inner()
+            .host
+            .context("GetHost answered no host")?;
+        let last = last.context("no WatchErase message")?;
+        *ends.entry(last.phase).or_default() += 1;
+        let expected = if last.phase == pb::ErasePhase::Reclaimable as i32 {
+            pb::LifecycleState::Reclaimable
+        } else {
+            pb::LifecycleState::EraseFailed
+        };
+        if host.lifecycle_state != expected as i32 || host.erase_operation_id != last.operation_id {
+            contradictions.push(format!(
+                "round {round}: WatchErase ended in phase {} outcome {}, then GetHost said {} for {}",
+                last.phase, last.outcome, host.lifecycle_state, host.erase_operation_id
+            ));
+        }
+    }
+    assert!(
+        contradictions.is_empty(),
+        "{} of {ROUNDS} rounds: {contradictions:#?}",
+        contradictions.len()
+    );
+    assert_eq!(
+        ends.get(&(pb::ErasePhase::Reclaimable as i32)),
+        Some(&1),
+        "{ends:?}"
+    );
+    assert_eq!(
+        ends.get(&(pb::ErasePhase::Failed as i32)),
+        Some(&(ROUNDS - 1)),
+        "{ends:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn every_phase_and_outcome_reaches_the_wire_under_its_own_name() {
+    // The Rust names (one table per enum, `as_str`) and the proto names (prost's
+    // `as_str_name`) describe one position: each maps to the proto value of the same name, and
+    // every proto value but UNSPECIFIED is reached.
+    use jex_erase::{OperationView, Outcome, Phase};
+    let view = |phase: Phase, outcome: Option<Outcome>| OperationView {
+        operation_id: "op".into(),
+        request_id: "req".into(),
+        phase,
+        outcome,
+        bytes_total: 0,
+        bytes_done: 0,
+        rate_bytes_per_second: 0.0,
+        eta_seconds: 0,
+        started_unix_ms: 0,
+        finished_unix_ms: None,
+        failure_reason: None,
+        exceptions: Vec::new(),
+        targets: Vec::new(),
+        certificate: None,
+    };
+    let mut phases = std::collections::BTreeSet::new();
+    for phase in Phase::ALL {
+        let wire = jex_agent::server::convert::operation(&view(phase, None));
+        let name = pb::ErasePhase::try_from(wire.phase)
+            .expect("a proto phase")
+            .as_str_name();
+        assert_eq!(
+            name,
+            format!("ERASE_PHASE_{}", phase.as_str().to_ascii_uppercase())
+        );
+        phases.insert(name);
+    }
+    let mut outcomes = std::collections::BTreeSet::new();
+    for outcome in Outcome::ALL {
+        let wire = jex_agent::server::convert::operation(&view(Phase::Failed, Some(outcome)));
+        let name = pb::EraseOutcome::try_from(wire.outcome)
+            .expect("a proto outcome")
+            .as_str_name();
+        assert_eq!(name, format!("ERASE_OUTCOME_{}", outcome.as_str()));
+        outcomes.insert(name);
+    }
+    let all_phases = (1..)
+        .map_while(|n| pb::ErasePhase::try_from(n).ok())
+        .map(|p| p.as_str_name())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(phases, all_phases);
+    let all_outcomes = (1..)
+        .map_while(|n| pb::EraseOutcome::try_from(n).ok())
+        .map(|o| o.as_str_name())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(outcomes, all_outcomes);
 }

@@ -164,10 +164,14 @@ impl Erase {
         }
     }
 
-    /// The host's lifecycle and current operation, for `GetHost`.
+    /// The host's lifecycle and current operation, for `GetHost`: both from the one snapshot
+    /// WatchErase's messages come from, so never older than a message already sent.
     fn lifecycle(&self) -> (jex_erase::Lifecycle, Option<String>) {
         match self {
-            Erase::Ready(service) => (service.lifecycle(), service.current_operation_id()),
+            Erase::Ready(service) => {
+                let host = service.host_state();
+                (host.lifecycle, host.operation_id)
+            }
             Erase::Unavailable(_) => (jex_erase::Lifecycle::Serving, None),
         }
     }

@@ -65,7 +65,7 @@ pub fn document(
         .zip(&verification.plans)
         .map(|(((target, pin), destruction), plan)| TargetRecord {
             name: target.name.clone(),
-            backend: target.backend.as_str().to_owned(),
+            backend: target.backend().as_str().to_owned(),
             media_make: pin.media.make.clone(),
             media_model: pin.media.model.clone(),
             media_serial: pin.media.serial.clone(),

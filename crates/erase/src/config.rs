@@ -32,6 +32,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::names::named_enum;
 use jex_platform::blockdev::{TargetIdentity, TargetKind};
 use toml::Spanned;
 
@@ -112,61 +113,210 @@ pub struct ToolsConfig {
     pub diskutil: PathBuf,
 }
 
-/// The key-destruction backend of a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Backend {
-    /// LUKS2 keyslots destroyed with `cryptsetup luksErase`.
-    #[serde(rename = "luks2")]
-    Luks2,
-    /// An APFS volume deleted with `diskutil apfs deleteVolume`.
-    #[serde(rename = "apfs-volume")]
-    ApfsVolume,
+named_enum! {
+    /// The key-destruction backend of a target, by its name in config and in the journal.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Backend: serde {
+        /// LUKS2 keyslots destroyed with `cryptsetup luksErase`.
+        Luks2 => "luks2",
+        /// An APFS volume deleted with `diskutil apfs deleteVolume`.
+        ApfsVolume => "apfs-volume",
+    }
 }
 
-impl Backend {
-    /// The name as written in config.
-    pub fn as_str(self) -> &'static str {
+/// One tenant target: what is overwritten and the key backend that destroys its keys, with
+/// exactly the pin that backend needs ([`TargetKeys`]). Written in config and in the journal
+/// flat, as `backend` plus the pin's key (`luks_uuid`, `apfs_volume_uuid`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "FlatTarget", into = "FlatTarget")]
+pub struct TargetConfig {
+    /// A unique name (used in logs, progress and the certificate).
+    pub name: String,
+    /// What is overwritten: a block device (by a stable path such as `/dev/disk/by-id/…`),
+    /// a raw disk on macOS (`/dev/rdiskN`), or a disk image file. Absolute.
+    pub device: PathBuf,
+    /// How its keys are destroyed, and what pins the volume they belong to.
+    pub keys: TargetKeys,
+}
+
+/// A target's key backend with the identity it pins: one variant per [`Backend`], each with the
+/// fields that backend needs and no other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetKeys {
+    /// LUKS2 keyslots destroyed with `cryptsetup luksErase`.
+    Luks2 {
+        /// The LUKS2 header UUID pinned.
+        luks_uuid: String,
+    },
+    /// An APFS volume deleted with `diskutil apfs deleteVolume`.
+    ApfsVolume {
+        /// The APFS volume UUID pinned.
+        apfs_volume_uuid: String,
+    },
+}
+
+impl TargetKeys {
+    /// The backend.
+    pub fn backend(&self) -> Backend {
         match self {
-            Backend::Luks2 => "luks2",
-            Backend::ApfsVolume => "apfs-volume",
+            TargetKeys::Luks2 { .. } => Backend::Luks2,
+            TargetKeys::ApfsVolume { .. } => Backend::ApfsVolume,
+        }
+    }
+
+    /// The pinned UUID and the key it is written under.
+    pub fn pin_uuid(&self) -> (&str, TargetField) {
+        match self {
+            TargetKeys::Luks2 { luks_uuid } => (luks_uuid, TargetField::LuksUuid),
+            TargetKeys::ApfsVolume { apfs_volume_uuid } => {
+                (apfs_volume_uuid, TargetField::ApfsVolumeUuid)
+            }
+        }
+    }
+
+    /// The keys of `backend` from the pins as written: the one it needs, no other.
+    fn from_pins(
+        backend: Backend,
+        luks_uuid: Option<String>,
+        apfs_volume_uuid: Option<String>,
+    ) -> Result<Self, PinProblem> {
+        match (backend, luks_uuid, apfs_volume_uuid) {
+            (Backend::Luks2, Some(luks_uuid), None) => Ok(TargetKeys::Luks2 { luks_uuid }),
+            (Backend::ApfsVolume, None, Some(apfs_volume_uuid)) => {
+                Ok(TargetKeys::ApfsVolume { apfs_volume_uuid })
+            }
+            (Backend::Luks2, None, _) => Err(PinProblem::Missing(TargetField::LuksUuid)),
+            (Backend::ApfsVolume, _, None) => Err(PinProblem::Missing(TargetField::ApfsVolumeUuid)),
+            (Backend::Luks2, Some(_), Some(_)) => {
+                Err(PinProblem::Foreign(TargetField::ApfsVolumeUuid))
+            }
+            (Backend::ApfsVolume, Some(_), Some(_)) => {
+                Err(PinProblem::Foreign(TargetField::LuksUuid))
+            }
         }
     }
 }
 
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// What is wrong with a target's pins as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PinProblem {
+    /// The backend's pin is missing.
+    Missing(TargetField),
+    /// A pin of another backend is present.
+    Foreign(TargetField),
+}
+
+impl PinProblem {
+    /// The [`ConfigError`] of target `index` named `name` with backend `backend`.
+    fn at(self, index: usize, name: &str, backend: Backend) -> ConfigError {
+        let name = name.to_owned();
+        match self {
+            PinProblem::Missing(key) => ConfigError::MissingPin {
+                index,
+                name,
+                backend,
+                key,
+            },
+            PinProblem::Foreign(key) => ConfigError::ForeignPin {
+                index,
+                name,
+                backend,
+                key,
+            },
+        }
     }
 }
 
-/// One tenant target.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// [`TargetConfig`] as written in config and in the journal: `backend` and every pin key
+/// optional (a pin left out is written `null` in the journal, as it always was).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    /// A unique name (used in logs, progress and the certificate).
-    pub name: String,
-    /// How its keys are destroyed.
-    pub backend: Backend,
-    /// What is overwritten: a block device (by a stable path such as `/dev/disk/by-id/…`),
-    /// a raw disk on macOS (`/dev/rdiskN`), or a disk image file. Absolute.
-    pub device: PathBuf,
-    /// The LUKS2 UUID pinned for a `luks2` target.
+struct FlatTarget {
+    name: String,
+    backend: Backend,
+    device: PathBuf,
     #[serde(default)]
-    pub luks_uuid: Option<String>,
-    /// The APFS volume UUID pinned for an `apfs-volume` target.
+    luks_uuid: Option<String>,
     #[serde(default)]
-    pub apfs_volume_uuid: Option<String>,
+    apfs_volume_uuid: Option<String>,
+}
+
+/// A target whose pins do not fit its backend, read without its position (from the journal or
+/// a bare [`EraseConfig`]); the agent's config file reports [`ConfigError::MissingPin`] and
+/// [`ConfigError::ForeignPin`] with the position and line instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("erase target {name:?}: {}", self.describe())]
+pub struct TargetShapeError {
+    name: String,
+    backend: Backend,
+    problem: PinProblem,
+}
+
+impl TargetShapeError {
+    fn describe(&self) -> String {
+        match self.problem {
+            PinProblem::Missing(key) => format!(
+                "backend {} needs {key} = \"<uuid>\" to pin the volume it destroys",
+                self.backend
+            ),
+            PinProblem::Foreign(key) => {
+                format!(
+                    "{key} does not apply to backend {}: remove it",
+                    self.backend
+                )
+            }
+        }
+    }
+}
+
+impl TryFrom<FlatTarget> for TargetConfig {
+    type Error = TargetShapeError;
+
+    fn try_from(flat: FlatTarget) -> Result<Self, TargetShapeError> {
+        let keys = TargetKeys::from_pins(flat.backend, flat.luks_uuid, flat.apfs_volume_uuid)
+            .map_err(|problem| TargetShapeError {
+                name: flat.name.clone(),
+                backend: flat.backend,
+                problem,
+            })?;
+        Ok(TargetConfig {
+            name: flat.name,
+            device: flat.device,
+            keys,
+        })
+    }
+}
+
+impl From<TargetConfig> for FlatTarget {
+    fn from(target: TargetConfig) -> Self {
+        let backend = target.backend();
+        let (luks_uuid, apfs_volume_uuid) = match target.keys {
+            TargetKeys::Luks2 { luks_uuid } => (Some(luks_uuid), None),
+            TargetKeys::ApfsVolume { apfs_volume_uuid } => (None, Some(apfs_volume_uuid)),
+        };
+        FlatTarget {
+            name: target.name,
+            backend,
+            device: target.device,
+            luks_uuid,
+            apfs_volume_uuid,
+        }
+    }
 }
 
 impl TargetConfig {
-    /// The pinned key identity, e.g. `luks-uuid:9f5d…`; empty if missing (caught by validation).
+    /// How its keys are destroyed.
+    pub fn backend(&self) -> Backend {
+        self.keys.backend()
+    }
+
+    /// The pinned key identity, e.g. `luks-uuid:9f5d…`.
     pub fn pin(&self) -> String {
-        match self.backend {
-            Backend::Luks2 => format!("luks-uuid:{}", self.luks_uuid.as_deref().unwrap_or("")),
-            Backend::ApfsVolume => format!(
-                "apfs-volume-uuid:{}",
-                self.apfs_volume_uuid.as_deref().unwrap_or("")
-            ),
+        match &self.keys {
+            TargetKeys::Luks2 { luks_uuid } => format!("luks-uuid:{luks_uuid}"),
+            TargetKeys::ApfsVolume { apfs_volume_uuid } => {
+                format!("apfs-volume-uuid:{apfs_volume_uuid}")
+            }
         }
     }
 }
@@ -205,37 +355,20 @@ pub enum Setting {
     },
 }
 
-/// A key of a `[[erase.targets]]` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetField {
-    /// `name`.
-    Name,
-    /// `backend`.
-    Backend,
-    /// `device`.
-    Device,
-    /// `luks_uuid`.
-    LuksUuid,
-    /// `apfs_volume_uuid`.
-    ApfsVolumeUuid,
-}
-
-impl TargetField {
-    /// The key as written in config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetField::Name => "name",
-            TargetField::Backend => "backend",
-            TargetField::Device => "device",
-            TargetField::LuksUuid => "luks_uuid",
-            TargetField::ApfsVolumeUuid => "apfs_volume_uuid",
-        }
-    }
-}
-
-impl std::fmt::Display for TargetField {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// A key of a `[[erase.targets]]` entry, by its name in config.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum TargetField {
+        /// `name`.
+        Name => "name",
+        /// `backend`.
+        Backend => "backend",
+        /// `device`.
+        Device => "device",
+        /// `luks_uuid`.
+        LuksUuid => "luks_uuid",
+        /// `apfs_volume_uuid`.
+        ApfsVolumeUuid => "apfs_volume_uuid",
     }
 }
 
@@ -610,37 +743,8 @@ impl EraseConfig {
                 },
                 &target.device,
             )?;
-            let (needed, needed_key, stray, stray_key) = match target.backend {
-                Backend::Luks2 => (
-                    &target.luks_uuid,
-                    TargetField::LuksUuid,
-                    &target.apfs_volume_uuid,
-                    TargetField::ApfsVolumeUuid,
-                ),
-                Backend::ApfsVolume => (
-                    &target.apfs_volume_uuid,
-                    TargetField::ApfsVolumeUuid,
-                    &target.luks_uuid,
-                    TargetField::LuksUuid,
-                ),
-            };
-            let Some(pin) = needed else {
-                return Err(ConfigError::MissingPin {
-                    index,
-                    name: target.name.clone(),
-                    backend: target.backend,
-                    key: needed_key,
-                });
-            };
-            check_uuid(index, &target.name, needed_key, pin)?;
-            if stray.is_some() {
-                return Err(ConfigError::ForeignPin {
-                    index,
-                    name: target.name.clone(),
-                    backend: target.backend,
-                    key: stray_key,
-                });
-            }
+            let (pin, key) = target.keys.pin_uuid();
+            check_uuid(index, &target.name, key, pin)?;
             for (first_index, earlier) in self.targets[..index].iter().enumerate() {
                 if earlier.name == target.name {
                     return Err(ConfigError::DuplicateName {
@@ -757,9 +861,9 @@ pub struct TargetSection {
     pub backend: Option<Spanned<Backend>>,
     /// [`TargetConfig::device`].
     pub device: Option<Spanned<PathBuf>>,
-    /// [`TargetConfig::luks_uuid`].
+    /// [`TargetKeys::Luks2`]'s pin.
     pub luks_uuid: Option<Spanned<String>>,
-    /// [`TargetConfig::apfs_volume_uuid`].
+    /// [`TargetKeys::ApfsVolume`]'s pin.
     pub apfs_volume_uuid: Option<Spanned<String>>,
 }
 
@@ -871,13 +975,16 @@ impl EraseSection {
 impl TargetSection {
     fn to_config(&self, index: usize) -> Result<TargetConfig, ConfigError> {
         let missing = |field| ConfigError::MissingKey { index, field };
-        Ok(TargetConfig {
-            name: written(&self.name).ok_or(missing(TargetField::Name))?,
-            backend: written(&self.backend).ok_or(missing(TargetField::Backend))?,
-            device: written(&self.device).ok_or(missing(TargetField::Device))?,
-            luks_uuid: written(&self.luks_uuid),
-            apfs_volume_uuid: written(&self.apfs_volume_uuid),
-        })
+        let name = written(&self.name).ok_or(missing(TargetField::Name))?;
+        let backend = written(&self.backend).ok_or(missing(TargetField::Backend))?;
+        let device = written(&self.device).ok_or(missing(TargetField::Device))?;
+        let keys = TargetKeys::from_pins(
+            backend,
+            written(&self.luks_uuid),
+            written(&self.apfs_volume_uuid),
+        )
+        .map_err(|problem| problem.at(index, &name, backend))?;
+        Ok(TargetConfig { name, device, keys })
     }
 }
 
@@ -914,7 +1021,7 @@ mod tests {
         .unwrap();
         config.validate().unwrap();
         assert_eq!(config.targets[0].pin(), format!("luks-uuid:{UUID}"));
-        assert_eq!(config.targets[0].backend.as_str(), "luks2");
+        assert_eq!(config.targets[0].backend().as_str(), "luks2");
     }
 
     #[test]
@@ -984,11 +1091,11 @@ mod tests {
             ("state_dir = \"state\"".to_owned(), "erase.state_dir"),
         ];
         for (text, expected) in cases {
-            let err = parse(&text)
-                .unwrap()
-                .validate()
-                .expect_err(&text)
-                .to_string();
+            // A target whose pins do not fit its backend cannot be built: the parser says so.
+            let err = match parse(&text) {
+                Ok(config) => config.validate().expect_err(&text).to_string(),
+                Err(err) => err.to_string(),
+            };
             assert!(err.contains(expected), "{text:?}: {err}");
         }
     }
@@ -1091,13 +1198,68 @@ mod tests {
             "erase.targets[0]: device is missing: every target needs name, backend and device"
         );
     }
+    #[test]
+    fn targets_read_and_write_the_flat_form_the_journal_has_always_held() {
+        // As journals written before the typed targets hold them.
+        let luks = format!(
+            r#"{{"name":"a","backend":"luks2","device":"/dev/x","luks_uuid":"{UUID}","apfs_volume_uuid":null}}"#
+        );
+        let apfs = format!(
+            r#"{{"name":"b","backend":"apfs-volume","device":"/dev/rdisk4","luks_uuid":null,"apfs_volume_uuid":"{UUID}"}}"#
+        );
+        let target: TargetConfig = serde_json::from_str(&luks).unwrap();
+        assert_eq!(
+            target.keys,
+            TargetKeys::Luks2 {
+                luks_uuid: UUID.to_owned()
+            }
+        );
+        assert_eq!(serde_json::to_string(&target).unwrap(), luks);
+        let target: TargetConfig = serde_json::from_str(&apfs).unwrap();
+        assert_eq!(target.backend(), Backend::ApfsVolume);
+        assert_eq!(target.pin(), format!("apfs-volume-uuid:{UUID}"));
+        assert_eq!(serde_json::to_string(&target).unwrap(), apfs);
+        // A pin left out entirely reads as absent.
+        let short =
+            format!(r#"{{"name":"a","backend":"luks2","device":"/dev/x","luks_uuid":"{UUID}"}}"#);
+        assert!(serde_json::from_str::<TargetConfig>(&short).is_ok());
+    }
+
+    #[test]
+    fn a_target_whose_pins_do_not_fit_its_backend_cannot_be_read() {
+        let cases = [
+            (
+                r#"{"name":"a","backend":"luks2","device":"/dev/x"}"#.to_owned(),
+                "erase target \"a\": backend luks2 needs luks_uuid",
+            ),
+            (
+                format!(
+                    r#"{{"name":"a","backend":"luks2","device":"/dev/x","luks_uuid":"{UUID}","apfs_volume_uuid":"{UUID}"}}"#
+                ),
+                "apfs_volume_uuid does not apply to backend luks2",
+            ),
+            (
+                format!(
+                    r#"{{"name":"b","backend":"apfs-volume","device":"/dev/x","luks_uuid":"{UUID}"}}"#
+                ),
+                "backend apfs-volume needs apfs_volume_uuid",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = serde_json::from_str::<TargetConfig>(&json)
+                .expect_err(&json)
+                .to_string();
+            assert!(err.contains(expected), "{json}: {err}");
+        }
+    }
+
     fn luks_target(name: &str, device: &Path) -> TargetConfig {
         TargetConfig {
             name: name.to_owned(),
-            backend: Backend::Luks2,
             device: device.to_owned(),
-            luks_uuid: Some(UUID.to_owned()),
-            apfs_volume_uuid: None,
+            keys: TargetKeys::Luks2 {
+                luks_uuid: UUID.to_owned(),
+            },
         }
     }
 

@@ -23,6 +23,7 @@
 //!
 //! # Layout
 //!
+//! - `names` (private): `named_enum!`, each named enum's spellings from one table.
 //! - [`config`]: the `[erase]` settings and their validation.
 //! - [`pattern`], [`journal`], [`keys`]: the overwrite pattern, the append-only journal, the
 //!   key-destruction backends.
@@ -46,9 +47,11 @@
 //! test code included (a unit test checks it):
 //!
 //! ```text
-//! config, pattern, journal, keys      no crate dependency
-//! record    -> config, keys
-//! state     -> keys, record
+//! names                               no crate dependency
+//! config    -> names
+//! pattern, journal, keys              no crate dependency
+//! record    -> config, keys, names
+//! state     -> keys, names, record
 //! error     -> config, journal, keys, pattern, record, state
 //! overwrite -> error, pattern
 //! verify    -> error, pattern
@@ -71,8 +74,9 @@
 //!
 //! An operation runs on its own worker thread. The engine's one lock (`store`) guards the
 //! journal and the operations; it is held while a record is journaled (an fsync). After every
-//! change the engine publishes immutable views and a snapshot ([`progress`]) through `tokio`
-//! `watch` channels; the read-only calls of [`EraseService`] read those and never take the lock.
+//! change the engine publishes one immutable snapshot ([`progress`]: every operation's view and
+//! the lifecycle) through a `tokio` `watch` channel; the read-only calls of [`EraseService`]
+//! read it and never take the lock.
 
 #![forbid(unsafe_code)]
 
@@ -83,6 +87,7 @@ pub mod error;
 pub mod journal;
 pub mod keys;
 pub mod layout;
+mod names;
 pub mod overwrite;
 pub mod pattern;
 pub mod pipeline;
@@ -101,11 +106,13 @@ pub mod verify;
 mod tests;
 
 pub use certify::AGENT_VERSION;
-pub use config::{Backend, ConfigError, EraseConfig, TargetConfig, ToolsConfig};
+pub use config::{
+    Backend, ConfigError, EraseConfig, TargetConfig, TargetKeys, TargetShapeError, ToolsConfig,
+};
 pub use deps::{EraseDeps, KeyDestroyerFactory};
 pub use error::EraseError;
 pub use jex_platform::error_chain;
 pub use plan::{PlanCheck, PlannedTarget, plan_offline};
-pub use progress::{Lifecycle, OperationView, TargetView};
+pub use progress::{HostEraseState, Lifecycle, OperationView, OperationWatch, TargetView};
 pub use record::{Outcome, Phase};
 pub use service::{EraseService, TerminateCommand};

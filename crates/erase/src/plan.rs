@@ -100,7 +100,7 @@ fn plan_target(
         // Never opened, not even read-only.
         return PlannedTarget {
             name: target.name.clone(),
-            backend: target.backend.as_str().to_owned(),
+            backend: target.backend().as_str().to_owned(),
             device: target.device.clone(),
             size_bytes: None,
             identity: None,
@@ -146,7 +146,7 @@ fn plan_target(
     let ready = checks.iter().all(|c| c.passed);
     PlannedTarget {
         name: target.name.clone(),
-        backend: target.backend.as_str().to_owned(),
+        backend: target.backend().as_str().to_owned(),
         device: target.device.clone(),
         size_bytes: size,
         identity: identity.map(|i| format!("{}; {}", target.pin(), i.fingerprint())),

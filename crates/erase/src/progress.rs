@@ -1,13 +1,13 @@
-//! What watchers and read-only queries see, published by the engine after every change:
+//! What watchers and read-only queries see, published by the engine after every change: one
+//! [`Snapshot`] in one `watch` channel, holding every operation's [`OperationView`] (phase,
+//! outcome, byte counts and rate of the running phase, per-target state, the certificate once
+//! signed) and the host's [`Lifecycle`] derived from the same views.
 //!
-//! - per operation, an [`OperationView`] in its own `watch` channel: phase, outcome, byte
-//!   counts and rate of the running phase, per-target state, the certificate once signed;
-//! - for the service, a [`Snapshot`] of every operation (phase, outcome, whether a certificate
-//!   exists, and the operation's view channel) in one `watch` channel.
-//!
-//! Both are immutable values replaced whole. Read-only queries (`GetHost`, `WatchErase`,
-//! `GetEraseCertificate`) read them without ever taking the engine's lock, which is held
-//! across journal writes (an fsync).
+//! The snapshot is an immutable value replaced whole. Read-only queries (`GetHost`,
+//! `WatchErase` through an [`OperationWatch`], `GetEraseCertificate`) read it without ever
+//! taking the engine's lock, which is held across journal writes (an fsync). Because the views
+//! and the lifecycle are one value, nothing read after a watcher's last view (the lifecycle,
+//! the current operation) can be older than that view.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +126,7 @@ pub struct TargetView {
     pub bytes_done: u64,
 }
 
-/// Every operation, as read-only queries see it.
+/// Every operation, as read-only queries see it: the one value the engine publishes.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// In the order they were requested.
@@ -138,36 +138,50 @@ pub struct Snapshot {
 pub struct SnapshotEntry {
     /// Operation id.
     pub operation_id: String,
-    /// The request that started it.
-    pub request_id: String,
-    /// Its phase.
-    pub phase: Phase,
-    /// Its outcome, once certified or failed.
-    pub outcome: Option<Outcome>,
     /// Whether a certificate was signed and stored (also when the operation failed after).
     pub certified: bool,
-    views: Arc<watch::Sender<OperationView>>,
+    view: Arc<OperationView>,
 }
 
 impl SnapshotEntry {
-    /// A receiver of the operation's views, holding the latest one.
-    pub fn subscribe(&self) -> watch::Receiver<OperationView> {
-        self.views.subscribe()
+    /// The operation's view in this snapshot.
+    pub fn view(&self) -> &OperationView {
+        &self.view
     }
 
-    /// The operation's latest view.
-    pub fn view(&self) -> OperationView {
-        self.views.borrow().clone()
+    /// Its phase (the view's).
+    pub fn phase(&self) -> Phase {
+        self.view.phase
+    }
+
+    /// Its outcome, once certified or failed (the view's).
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.view.outcome
     }
 }
 
 impl Snapshot {
-    /// Where the host is, from its last operation.
+    /// Where the host is, from its last operation's view.
     pub fn lifecycle(&self) -> Lifecycle {
         match self.operations.last() {
             None => Lifecycle::Serving,
-            Some(op) => Lifecycle::of(op.phase, op.outcome),
+            Some(op) => Lifecycle::of(op.phase(), op.outcome()),
         }
+    }
+
+    /// What `GetHost` shows: the lifecycle and the current or last operation's id, from this
+    /// one snapshot.
+    pub fn host_state(&self) -> HostEraseState {
+        HostEraseState {
+            lifecycle: self.lifecycle(),
+            operation_id: self.current().map(|op| op.operation_id.clone()),
+        }
+    }
+
+    fn find(&self, operation_id: &str) -> Option<&SnapshotEntry> {
+        self.operations
+            .iter()
+            .find(|op| op.operation_id == operation_id)
     }
 
     /// The current or last operation.
@@ -192,9 +206,88 @@ impl Snapshot {
     }
 }
 
-/// Live progress of an operation's running phase, and its view channel.
+/// The host's erase state as `GetHost` shows it, read from one [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEraseState {
+    /// Where the host is between tenancies.
+    pub lifecycle: Lifecycle,
+    /// The current or last operation.
+    pub operation_id: Option<String>,
+}
+
+/// Follows one operation through the published snapshots: each view it yields, and anything
+/// read from the service after it, comes from a snapshot at least as new.
+#[derive(Debug, Clone)]
+pub struct OperationWatch {
+    operation_id: String,
+    snapshots: watch::Receiver<Snapshot>,
+    yielded: Option<Arc<OperationView>>,
+}
+
+/// The latest view of a watched operation (see [`OperationWatch::borrow`]).
+#[derive(Debug)]
+pub struct ViewRef(Arc<OperationView>);
+
+impl std::ops::Deref for ViewRef {
+    type Target = OperationView;
+
+    fn deref(&self) -> &OperationView {
+        &self.0
+    }
+}
+
+impl OperationWatch {
+    /// A watch of `operation_id` over `snapshots`; the caller checked that the operation is in
+    /// the latest snapshot (operations are never removed from later ones).
+    pub(crate) fn new(operation_id: String, snapshots: watch::Receiver<Snapshot>) -> Self {
+        OperationWatch {
+            operation_id,
+            snapshots,
+            yielded: None,
+        }
+    }
+
+    /// The watched operation's id.
+    pub fn operation_id(&self) -> &str {
+        &self.operation_id
+    }
+
+    fn latest(snapshot: &Snapshot, operation_id: &str) -> Option<Arc<OperationView>> {
+        snapshot
+            .find(operation_id)
+            .map(|entry| Arc::clone(&entry.view))
+    }
+
+    /// The operation's view in the latest snapshot.
+    pub fn borrow(&self) -> ViewRef {
+        let snapshot = self.snapshots.borrow();
+        let view = Self::latest(&snapshot, &self.operation_id)
+            .unwrap_or_else(|| Arc::new(OperationView::placeholder(&self.operation_id)));
+        ViewRef(view)
+    }
+
+    /// The latest view on the first call, then each changed view as it is published (views
+    /// published in between are skipped, as a `watch` channel does); `None` once the service
+    /// is gone.
+    pub async fn next_view(&mut self) -> Option<OperationView> {
+        loop {
+            let current = Self::latest(&self.snapshots.borrow_and_update(), &self.operation_id)?;
+            let changed = self
+                .yielded
+                .as_ref()
+                .is_none_or(|before| !Arc::ptr_eq(before, &current));
+            if changed {
+                self.yielded = Some(Arc::clone(&current));
+                return Some(OperationView::clone(&current));
+            }
+            self.snapshots.changed().await.ok()?;
+        }
+    }
+}
+
+/// Live progress of an operation's running phase, and its latest published view.
 pub(crate) struct Live {
-    views: Arc<watch::Sender<OperationView>>,
+    published: Arc<OperationView>,
     bytes_total: u64,
     bytes_done: u64,
     target_done: Vec<u64>,
@@ -221,10 +314,9 @@ impl Live {
             None => (0, vec![0; sizes.len()]),
         };
         let done = target_done.iter().sum();
-        let (views, _) = watch::channel(OperationView::placeholder(op.id()));
         let now = Instant::now();
         let mut live = Live {
-            views: Arc::new(views),
+            published: Arc::new(OperationView::placeholder(op.id())),
             bytes_total,
             bytes_done: done,
             target_done,
@@ -249,17 +341,20 @@ impl Live {
         self.publish(op);
     }
 
-    /// Records that target `index` has `done` bytes done in the current phase; publishes at
-    /// most every [`PUBLISH_INTERVAL`], and at the end of the phase.
-    pub(crate) fn advance(&mut self, op: &Operation, index: usize, done: u64) {
+    /// Records that target `index` has `done` bytes done in the current phase; updates the
+    /// view at most every [`PUBLISH_INTERVAL`], and at the end of the phase. Returns whether it
+    /// did (the caller then publishes a snapshot).
+    pub(crate) fn advance(&mut self, op: &Operation, index: usize, done: u64) -> bool {
         if let Some(slot) = self.target_done.get_mut(index) {
             *slot = done;
         }
         self.bytes_done = self.target_done.iter().sum();
         let finished = self.bytes_done >= self.bytes_total;
-        if finished || self.last_publish.elapsed() >= PUBLISH_INTERVAL {
+        let due = finished || self.last_publish.elapsed() >= PUBLISH_INTERVAL;
+        if due {
             self.publish(op);
         }
+        due
     }
 
     /// Keeps the signed certificate for the views (published with the next change).
@@ -267,22 +362,18 @@ impl Live {
         self.certificate = Some(certificate);
     }
 
-    /// Sends the current view of `op` to its watchers.
+    /// Makes the current view of `op` the one the next snapshot carries.
     pub(crate) fn publish(&mut self, op: &Operation) {
-        let view = self.view(op);
+        self.published = Arc::new(self.view(op));
         self.last_publish = Instant::now();
-        self.views.send_replace(view);
     }
 
-    /// The snapshot entry of `op`.
+    /// The snapshot entry of `op`: its last published view.
     pub(crate) fn entry(&self, op: &Operation) -> SnapshotEntry {
         SnapshotEntry {
             operation_id: op.id().to_owned(),
-            request_id: op.requested.request_id.clone(),
-            phase: op.phase(),
-            outcome: op.outcome(),
             certified: op.state.certification().is_some(),
-            views: Arc::clone(&self.views),
+            view: Arc::clone(&self.published),
         }
     }
 
@@ -323,7 +414,7 @@ impl Live {
                 };
                 TargetView {
                     name: target.name.clone(),
-                    backend: target.backend.as_str().to_owned(),
+                    backend: target.backend().as_str().to_owned(),
                     size_bytes: size,
                     phase: target_phase,
                     bytes_done: self.target_done.get(index).copied().unwrap_or(0),

@@ -27,6 +27,7 @@
 
 use crate::config::{EraseConfig, TargetConfig};
 use crate::keys::{KeyDestruction, KeyState};
+use crate::names::named_enum;
 use jex_platform::blockdev::{MediaInfo, TargetIdentity};
 
 /// One journal record.
@@ -133,62 +134,28 @@ impl Record {
     }
 }
 
-/// The kinds of [`Record`], without their data; displayed as the journal's `record` tag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum RecordKind {
-    /// [`Record::Requested`].
-    Requested,
-    /// [`Record::TargetsPinned`].
-    TargetsPinned,
-    /// [`Record::KeysSnapshot`].
-    KeysSnapshot,
-    /// [`Record::KeysDestroyed`].
-    KeysDestroyed,
-    /// [`Record::Overwriting`].
-    Overwriting,
-    /// [`Record::Verifying`].
-    Verifying,
-    /// [`Record::Certified`].
-    Certified,
-    /// [`Record::Reclaimable`].
-    Reclaimable,
-    /// [`Record::Failed`].
-    Failed,
-}
-
-impl RecordKind {
-    /// Every kind, in the order an operation writes them.
-    pub const ALL: [RecordKind; 9] = [
-        RecordKind::Requested,
-        RecordKind::TargetsPinned,
-        RecordKind::KeysSnapshot,
-        RecordKind::KeysDestroyed,
-        RecordKind::Overwriting,
-        RecordKind::Verifying,
-        RecordKind::Certified,
-        RecordKind::Reclaimable,
-        RecordKind::Failed,
-    ];
-
-    /// The journal's `record` tag.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordKind::Requested => "requested",
-            RecordKind::TargetsPinned => "targets_pinned",
-            RecordKind::KeysSnapshot => "keys_snapshot",
-            RecordKind::KeysDestroyed => "keys_destroyed",
-            RecordKind::Overwriting => "overwriting",
-            RecordKind::Verifying => "verifying",
-            RecordKind::Certified => "certified",
-            RecordKind::Reclaimable => "reclaimable",
-            RecordKind::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for RecordKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// The kinds of [`Record`], without their data; named as the journal's `record` tag.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum RecordKind {
+        /// [`Record::Requested`].
+        Requested => "requested",
+        /// [`Record::TargetsPinned`].
+        TargetsPinned => "targets_pinned",
+        /// [`Record::KeysSnapshot`].
+        KeysSnapshot => "keys_snapshot",
+        /// [`Record::KeysDestroyed`].
+        KeysDestroyed => "keys_destroyed",
+        /// [`Record::Overwriting`].
+        Overwriting => "overwriting",
+        /// [`Record::Verifying`].
+        Verifying => "verifying",
+        /// [`Record::Certified`].
+        Certified => "certified",
+        /// [`Record::Reclaimable`].
+        Reclaimable => "reclaimable",
+        /// [`Record::Failed`].
+        Failed => "failed",
     }
 }
 
@@ -274,88 +241,41 @@ pub struct PinnedTarget {
     pub copy_on_write_fs: Option<String>,
 }
 
-/// The erase state machine's phases, as reported to the controller and journaled in
-/// [`Record::Failed`]. [`crate::state::State`] refines `Requested` into the steps before key
-/// destruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Accepted and journaled.
-    Requested,
-    /// Every key destroyed and checked.
-    KeysDestroyed,
-    /// Overwriting.
-    Overwriting,
-    /// Reading back.
-    Verifying,
-    /// Certificate signed.
-    Certified,
-    /// Done: the host can be reclaimed.
-    Reclaimable,
-    /// Failed; see the reason.
-    Failed,
-}
-
-impl Phase {
-    /// Every phase, in order.
-    pub const ALL: [Phase; 7] = [
-        Phase::Requested,
-        Phase::KeysDestroyed,
-        Phase::Overwriting,
-        Phase::Verifying,
-        Phase::Certified,
-        Phase::Reclaimable,
-        Phase::Failed,
-    ];
-
-    /// Lowercase name, as in logs and in the journal.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Requested => "requested",
-            Phase::KeysDestroyed => "keys_destroyed",
-            Phase::Overwriting => "overwriting",
-            Phase::Verifying => "verifying",
-            Phase::Certified => "certified",
-            Phase::Reclaimable => "reclaimable",
-            Phase::Failed => "failed",
-        }
+named_enum! {
+    /// The erase state machine's phases, as reported to the controller and journaled in
+    /// [`Record::Failed`] (by these names). [`crate::state::State`] refines `Requested` into the
+    /// steps before key destruction.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Phase: serde {
+        /// Accepted and journaled.
+        Requested => "requested",
+        /// Every key destroyed and checked.
+        KeysDestroyed => "keys_destroyed",
+        /// Overwriting.
+        Overwriting => "overwriting",
+        /// Reading back.
+        Verifying => "verifying",
+        /// Certificate signed.
+        Certified => "certified",
+        /// Done: the host can be reclaimed.
+        Reclaimable => "reclaimable",
+        /// Failed; see the reason.
+        Failed => "failed",
     }
 }
 
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How an operation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Outcome {
-    /// Keys destroyed, overwritten, verified: the host is reclaimable.
-    Erased,
-    /// Erased with exceptions (listed); the host is not reclaimable.
-    ErasedWithExceptions,
-    /// Failed; the host is not reclaimable.
-    Failed,
-}
-
-impl Outcome {
-    /// Every outcome.
-    pub const ALL: [Outcome; 3] = [
-        Outcome::Erased,
-        Outcome::ErasedWithExceptions,
-        Outcome::Failed,
-    ];
-
-    /// The certificate spelling: [`jex_attest::OUTCOME_ERASED`],
-    /// [`jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS`], [`jex_attest::OUTCOME_FAILED`].
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Erased => jex_attest::OUTCOME_ERASED,
-            Outcome::ErasedWithExceptions => jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS,
-            Outcome::Failed => jex_attest::OUTCOME_FAILED,
-        }
+named_enum! {
+    /// How an operation ended, by the certificate's spelling ([`jex_attest::OUTCOME_ERASED`],
+    /// [`jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS`], [`jex_attest::OUTCOME_FAILED`]), which
+    /// is also the journal's.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Outcome: serde {
+        /// Keys destroyed, overwritten, verified: the host is reclaimable.
+        Erased => jex_attest::OUTCOME_ERASED,
+        /// Erased with exceptions (listed); the host is not reclaimable.
+        ErasedWithExceptions => jex_attest::OUTCOME_ERASED_WITH_EXCEPTIONS,
+        /// Failed; the host is not reclaimable.
+        Failed => jex_attest::OUTCOME_FAILED,
     }
 }
 

@@ -7,15 +7,15 @@
 //!
 //! Calls that write (`open`, `terminate`) block briefly (an fsync, a `stat`), and `plan` probes
 //! devices: from async code call them inside `spawn_blocking`. The read-only calls
-//! (`lifecycle`, `current_operation_id`, `watch`, `certificate`) read the snapshot the engine
-//! publishes after every change and never wait for the engine's lock, which is held across
+//! (`lifecycle`, `host_state`, `current_operation_id`, `watch`, `certificate`) read the one
+//! snapshot the engine publishes after every change (every operation's view and the lifecycle
+//! together) and never wait for the engine's lock, which is held across
 //! journal writes; `certificate` may read a small certificate file. The erase itself never runs
 //! on the caller's thread. Every log line of an operation, from `terminate` to the
 //! certificate, is inside one `erase_operation` span carrying `operation_id`.
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
 use tracing::{info, info_span, warn};
 
 use crate::config::EraseConfig;
@@ -24,7 +24,7 @@ use crate::error::EraseError;
 use crate::journal::Journal;
 use crate::layout::StateDirs;
 use crate::plan::{PlannedTarget, plan_targets};
-use crate::progress::{Lifecycle, Live, OperationView};
+use crate::progress::{HostEraseState, Lifecycle, Live, OperationView, OperationWatch};
 use crate::record::{Phase, Record};
 use crate::state::replay;
 use crate::steps::{self, now_unix_ms};
@@ -141,6 +141,12 @@ impl EraseService {
         self.shared.snapshot().lifecycle()
     }
 
+    /// The lifecycle and the current or last operation, read from one snapshot (what `GetHost`
+    /// shows): never older than a view an [`OperationWatch`] yielded before the call.
+    pub fn host_state(&self) -> HostEraseState {
+        self.shared.snapshot().host_state()
+    }
+
     /// The id of the current or last operation.
     pub fn current_operation_id(&self) -> Option<String> {
         self.shared
@@ -224,13 +230,16 @@ impl EraseService {
         Ok(view)
     }
 
-    /// Follows an operation (`None`: the current or last one). The receiver always holds the
-    /// latest view; the last change of a finished operation carries its outcome and certificate.
-    pub fn watch(
-        &self,
-        operation_id: Option<&str>,
-    ) -> Result<watch::Receiver<OperationView>, EraseError> {
-        Ok(self.shared.snapshot().resolve(operation_id)?.subscribe())
+    /// Follows an operation (`None`: the current or last one) through the published snapshots;
+    /// the last change of a finished operation carries its outcome and certificate.
+    pub fn watch(&self, operation_id: Option<&str>) -> Result<OperationWatch, EraseError> {
+        let snapshots = self.shared.subscribe();
+        let operation_id = snapshots
+            .borrow()
+            .resolve(operation_id)?
+            .operation_id
+            .clone();
+        Ok(OperationWatch::new(operation_id, snapshots))
     }
 
     /// The signed certificate of an operation (`None`: the current or last one).
@@ -240,11 +249,11 @@ impl EraseService {
         if !op.certified {
             return Err(EraseError::NotCertified {
                 operation_id: op.operation_id.clone(),
-                phase: op.phase,
+                phase: op.phase(),
             });
         }
-        match op.view().certificate {
-            Some(certificate) => Ok(certificate),
+        match &op.view().certificate {
+            Some(certificate) => Ok(certificate.clone()),
             // Unreadable when the service opened: try the file again.
             None => self.shared.dirs.load_certificate(&op.operation_id),
         }

@@ -38,6 +38,7 @@
 use tracing::{error, warn};
 
 use crate::keys::{KeyDestruction, KeyState};
+use crate::names::named_enum;
 use crate::record::{Outcome, Phase, PinnedTarget, Record, RecordKind, RequestedRecord};
 
 /// One operation: the request, and where it is.
@@ -151,49 +152,28 @@ pub struct Failure {
     pub finished_unix_ms: Option<u64>,
 }
 
-/// The kinds of [`State`], without their data; displayed in snake case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum StateKind {
-    /// [`State::Requested`].
-    Requested,
-    /// [`State::TargetsPinned`].
-    TargetsPinned,
-    /// [`State::KeysSnapshotted`].
-    KeysSnapshotted,
-    /// [`State::KeysDestroyed`].
-    KeysDestroyed,
-    /// [`State::Overwriting`].
-    Overwriting,
-    /// [`State::Verifying`].
-    Verifying,
-    /// [`State::Certified`].
-    Certified,
-    /// [`State::Reclaimable`].
-    Reclaimable,
-    /// [`State::Failed`].
-    Failed,
-}
-
-impl StateKind {
-    /// Lowercase name, as in errors and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StateKind::Requested => "requested",
-            StateKind::TargetsPinned => "targets_pinned",
-            StateKind::KeysSnapshotted => "keys_snapshotted",
-            StateKind::KeysDestroyed => "keys_destroyed",
-            StateKind::Overwriting => "overwriting",
-            StateKind::Verifying => "verifying",
-            StateKind::Certified => "certified",
-            StateKind::Reclaimable => "reclaimable",
-            StateKind::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for StateKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+named_enum! {
+    /// The kinds of [`State`], without their data; named in snake case in errors and logs.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum StateKind {
+        /// [`State::Requested`].
+        Requested => "requested",
+        /// [`State::TargetsPinned`].
+        TargetsPinned => "targets_pinned",
+        /// [`State::KeysSnapshotted`].
+        KeysSnapshotted => "keys_snapshotted",
+        /// [`State::KeysDestroyed`].
+        KeysDestroyed => "keys_destroyed",
+        /// [`State::Overwriting`].
+        Overwriting => "overwriting",
+        /// [`State::Verifying`].
+        Verifying => "verifying",
+        /// [`State::Certified`].
+        Certified => "certified",
+        /// [`State::Reclaimable`].
+        Reclaimable => "reclaimable",
+        /// [`State::Failed`].
+        Failed => "failed",
     }
 }
 

@@ -239,10 +239,10 @@ fn destroy_keys(
         })?;
         drop(io);
         let destroyer = (shared.deps.key_destroyer_factory)(target)?;
-        if destroyer.backend() != target.backend.as_str() {
+        if destroyer.backend() != target.backend().as_str() {
             return Err(EraseError::BackendMismatch {
                 target: target.name.clone(),
-                expected: target.backend.as_str().to_owned(),
+                expected: target.backend().as_str().to_owned(),
                 got: destroyer.backend().to_owned(),
             });
         }

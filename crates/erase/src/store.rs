@@ -4,7 +4,8 @@
 //! Locking: [`Shared`]'s core lock is held while a record is checked, journaled (an fsync) and
 //! applied, so that the journal and the in-memory state never disagree. Only writers take it:
 //! the worker thread of an operation and `terminate`. Read-only queries read the published
-//! [`Snapshot`] and views ([`crate::progress`]) and never wait for it.
+//! [`Snapshot`] (every operation's view and the lifecycle, [`crate::progress`]) and never wait
+//! for it.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -117,6 +118,13 @@ impl Shared {
         self.snapshot.borrow().clone()
     }
 
+    /// A receiver of the snapshots, holding the latest one.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
+    }
+
+    /// Publishes every operation's view and the lifecycle as one value (with the core lock
+    /// held, so snapshots are published in the order of the changes they show).
     fn publish_snapshot(&self, core: &Core) {
         self.snapshot.send_replace(core.snapshot());
     }
@@ -159,6 +167,7 @@ impl Shared {
             tracked.op.state = next;
             tracked.live.publish(&tracked.op);
         }
+        // The new view and the lifecycle it implies reach readers together.
         self.publish_snapshot(core);
         Ok(())
     }
@@ -190,15 +199,20 @@ impl Shared {
     /// Starts a progress phase with `total` bytes, of which `target_done` (per target) are
     /// already done.
     pub(crate) fn start_progress(&self, operation_id: &str, total: u64, target_done: Vec<u64>) {
-        if let Some(t) = self.lock_core().find_mut(operation_id) {
+        let mut core = self.lock_core();
+        if let Some(t) = core.find_mut(operation_id) {
             t.live.start(&t.op, total, target_done);
+            self.publish_snapshot(&core);
         }
     }
 
     /// Records that target `index` has `done` bytes done in the current phase.
     pub(crate) fn progress(&self, operation_id: &str, index: usize, done: u64) {
-        if let Some(t) = self.lock_core().find_mut(operation_id) {
-            t.live.advance(&t.op, index, done);
+        let mut core = self.lock_core();
+        if let Some(t) = core.find_mut(operation_id)
+            && t.live.advance(&t.op, index, done)
+        {
+            self.publish_snapshot(&core);
         }
     }
 

@@ -246,10 +246,10 @@ impl Harness {
                 .enumerate()
                 .map(|(i, path)| TargetConfig {
                     name: format!("tenant{i}"),
-                    backend: Backend::Luks2,
                     device: path.clone(),
-                    luks_uuid: Some(UUID.to_owned()),
-                    apfs_volume_uuid: None,
+                    keys: TargetKeys::Luks2 {
+                        luks_uuid: UUID.to_owned(),
+                    },
                 })
                 .collect(),
             ..EraseConfig::default()
@@ -803,10 +803,10 @@ fn the_root_device_is_refused_before_any_key_is_destroyed() {
     let mut config = h.config();
     config.targets = vec![TargetConfig {
         name: "root".into(),
-        backend: Backend::Luks2,
         device: node.clone(),
-        luks_uuid: Some(UUID.to_owned()),
-        apfs_volume_uuid: None,
+        keys: TargetKeys::Luks2 {
+            luks_uuid: UUID.to_owned(),
+        },
     }];
     let service = h.open(config, Arc::new(DirectOpener), None);
 
@@ -1112,10 +1112,10 @@ fn a_loop_block_device_is_erased_through_the_block_device_path() {
     let mut config = h.config();
     config.targets = vec![TargetConfig {
         name: "loop".into(),
-        backend: Backend::Luks2,
         device: device.0.clone(),
-        luks_uuid: Some(UUID.to_owned()),
-        apfs_volume_uuid: None,
+        keys: TargetKeys::Luks2 {
+            luks_uuid: UUID.to_owned(),
+        },
     }];
     let service = h.open(config, Arc::new(DirectOpener), None);
     assert!(service.plan().unwrap()[0].ready);
@@ -1491,7 +1491,8 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
 // === Module dependencies ===
 
 /// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
-const MODULE_ORDER: [&str; 19] = [
+const MODULE_ORDER: [&str; 20] = [
+    "names",
     "config",
     "pattern",
     "journal",
@@ -1610,4 +1611,116 @@ fn module_dependencies_point_one_way() {
     let mut expected = MODULE_ORDER.to_vec();
     expected.sort_unstable();
     assert_eq!(declared, expected);
+}
+
+// === One view of an erase ===
+
+/// Threads that keep every core busy until dropped.
+struct BusyCores {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCores {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(
+                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                        );
+                    }
+                })
+            })
+            .collect();
+        BusyCores { stop, threads }
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn once_a_watcher_sees_the_end_of_an_operation_every_query_agrees_under_cpu_contention() {
+    // Each round: a refused Terminate, an accepted one whose overwrite fails (every other
+    // round) or succeeds, a watcher that reads the operation's views as fast as it can and,
+    // the moment one is terminal, asks the lifecycle and current operation as GetHost does.
+    const ROUNDS: usize = 120;
+    let h = Harness::new(&[256 << 10]);
+    let failing = h.open(
+        h.config(),
+        Arc::new(FaultyOpener::new(Fault::WriteFailsAt(0))),
+        None,
+    );
+    let _busy = BusyCores::start();
+    let mut contradictions = Vec::new();
+    let mut ends = std::collections::BTreeMap::<String, usize>::new();
+    let mut service = failing;
+    for round in 0..ROUNDS {
+        if round % 2 == 1 {
+            // Alternate between a service whose writes fail and one whose erase succeeds.
+            drop(service);
+            let io: Arc<dyn IoOpener> = if round % 4 == 1 {
+                Arc::new(DirectOpener)
+            } else {
+                Arc::new(FaultyOpener::new(Fault::WriteFailsAt(0)))
+            };
+            service = h.open(h.config(), io, None);
+        }
+        let mut refused = terminate_cmd(&format!("req-{round}"));
+        refused.host_id = "another-host".into();
+        assert!(matches!(
+            service.terminate(refused),
+            Err(EraseError::HostMismatch { .. })
+        ));
+        let started = service
+            .terminate(terminate_cmd(&format!("req-{round}")))
+            .unwrap();
+        let rx = service.watch(Some(&started.operation_id)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let last = loop {
+            let view = rx.borrow().clone();
+            if is_finished(&view) {
+                // What GetHost reads, right after WatchErase's last message.
+                let host = service.host_state();
+                break (view, host.lifecycle, host.operation_id);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round} did not finish: {view:?}"
+            );
+            std::hint::spin_loop();
+        };
+        let (view, lifecycle, current) = last;
+        *ends.entry(view.phase.as_str().to_owned()).or_default() += 1;
+        let expected = Lifecycle::of(view.phase, view.outcome);
+        if lifecycle != expected || current.as_deref() != Some(view.operation_id.as_str()) {
+            contradictions.push(format!(
+                "round {round}: watcher saw {:?}/{:?}, then lifecycle {lifecycle:?}, operation {current:?}",
+                view.phase, view.outcome
+            ));
+        }
+    }
+    assert!(
+        contradictions.is_empty(),
+        "{} of {ROUNDS} rounds contradicted the watcher's last message: {contradictions:#?}",
+        contradictions.len()
+    );
+    // Both kinds of end were exercised.
+    assert!(ends.get("failed").copied().unwrap_or(0) > 0, "{ends:?}");
+    assert!(
+        ends.get("reclaimable").copied().unwrap_or(0) > 0,
+        "{ends:?}"
+    );
 }

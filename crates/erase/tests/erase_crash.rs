@@ -26,7 +26,8 @@ use jex_erase::pattern::{Pattern, PatternKey};
 use jex_erase::record::{Record, RecordKind};
 use jex_erase::testing::{FakeKeys, load_test_signer, test_signer_ca, write_test_signer};
 use jex_erase::{
-    Backend, EraseConfig, EraseDeps, EraseService, Outcome, Phase, TargetConfig, TerminateCommand,
+    EraseConfig, EraseDeps, EraseService, Outcome, Phase, TargetConfig, TargetKeys,
+    TerminateCommand,
 };
 
 const CHILD_ENV: &str = "JEX_ERASE_CRASH_DIR";
@@ -55,10 +56,10 @@ fn config(dir: &Path) -> EraseConfig {
         targets: (0..IMAGE_SIZES.len())
             .map(|i| TargetConfig {
                 name: format!("tenant{i}"),
-                backend: Backend::Luks2,
                 device: image_path(dir, i),
-                luks_uuid: Some(UUID.to_owned()),
-                apfs_volume_uuid: None,
+                keys: TargetKeys::Luks2 {
+                    luks_uuid: UUID.to_owned(),
+                },
             })
             .collect(),
         ..EraseConfig::default()

@@ -490,7 +490,7 @@ fn spool_segments(out: &Out, tmp: &Path) -> Result<()> {
 fn erase_journal(out: &Out, tmp: &Path) -> Result<()> {
     use jex_erase::testing::{FakeKeys, load_test_signer, write_test_signer};
     use jex_erase::{
-        Backend, EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TerminateCommand,
+        EraseConfig, EraseDeps, EraseService, Phase, TargetConfig, TargetKeys, TerminateCommand,
     };
     let target = "erase_journal";
     out.reset(target)?;
@@ -519,10 +519,10 @@ fn erase_journal(out: &Out, tmp: &Path) -> Result<()> {
         verify_block_bytes: 64 * 1024,
         targets: vec![TargetConfig {
             name: "tenant0".to_owned(),
-            backend: Backend::Luks2,
             device: image,
-            luks_uuid: Some("0d7c6b5a-4e3f-4a2b-9c1d-0e9f8a7b6c5d".to_owned()),
-            apfs_volume_uuid: None,
+            keys: TargetKeys::Luks2 {
+                luks_uuid: "0d7c6b5a-4e3f-4a2b-9c1d-0e9f8a7b6c5d".to_owned(),
+            },
         }],
         ..EraseConfig::default()
     };

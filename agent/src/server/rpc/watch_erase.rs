@@ -43,14 +43,14 @@ pub(super) fn handle(
     })?;
     let mut shutdown = svc.shutdown.clone();
     // The current state at once, then every change, until the operation ends.
-    let updates = tokio_stream::wrappers::WatchStream::new(rx);
+    let updates = rx;
     // Every state until (and including) the terminal one, then the end of the stream.
     let until_terminal =
         futures::stream::unfold((updates, false), |(mut updates, done)| async move {
             if done {
                 return None;
             }
-            let op = updates.next().await?;
+            let op = updates.next_view().await?;
             let end = op.is_terminal();
             Some((op, (updates, end)))
         });

@@ -30,7 +30,7 @@ pub mod tool;
 
 use std::collections::BTreeMap;
 
-use crate::config::{Backend, EraseConfig, TargetConfig};
+use crate::config::{EraseConfig, TargetConfig, TargetKeys};
 use crate::deps::KeyDestroyerFactory;
 use crate::error::EraseError;
 use apfs::ApfsVolume;
@@ -222,24 +222,19 @@ pub fn destroyer_for(erase: &EraseConfig) -> KeyDestroyerFactory {
             target: t.name.clone(),
             source,
         };
-        let pin = |v: &Option<String>| v.clone().unwrap_or_default();
-        Ok(match t.backend {
-            Backend::Luks2 => Box::new(
+        Ok(match &t.keys {
+            TargetKeys::Luks2 { luks_uuid } => Box::new(
                 Luks2::new(
                     t.name.clone(),
                     t.device.clone(),
-                    &pin(&t.luks_uuid),
+                    luks_uuid,
                     tools.cryptsetup.clone(),
                 )
                 .map_err(keys_err)?,
             ),
-            Backend::ApfsVolume => Box::new(
-                ApfsVolume::new(
-                    t.name.clone(),
-                    &pin(&t.apfs_volume_uuid),
-                    tools.diskutil.clone(),
-                )
-                .map_err(keys_err)?,
+            TargetKeys::ApfsVolume { apfs_volume_uuid } => Box::new(
+                ApfsVolume::new(t.name.clone(), apfs_volume_uuid, tools.diskutil.clone())
+                    .map_err(keys_err)?,
             ),
         })
     };

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::{Backend, EraseConfig, TargetConfig};
+use crate::config::{EraseConfig, TargetConfig, TargetKeys};
 use crate::record::OperationSettings;
 use jex_platform::blockdev::{MediaInfo, TargetIdentity, TargetKind};
 
@@ -26,10 +26,10 @@ fn requested() -> RequestedRecord {
         targets: (0..SIZES.len())
             .map(|i| TargetConfig {
                 name: format!("t{i}"),
-                backend: Backend::Luks2,
                 device: format!("/dev/t{i}").into(),
-                luks_uuid: Some("5b0c7a4e-1d2f-4e3a-9b8c-7d6e5f4a3b2c".into()),
-                apfs_volume_uuid: None,
+                keys: TargetKeys::Luks2 {
+                    luks_uuid: "5b0c7a4e-1d2f-4e3a-9b8c-7d6e5f4a3b2c".into(),
+                },
             })
             .collect(),
     }
