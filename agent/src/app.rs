@@ -2,11 +2,11 @@
 //! connects them. Nothing else constructs platform services, so tests can run a real agent
 //! in-process ([`start`]) or as a process (`jex-agent run`).
 //!
-//! - [`exit`]: the one map from failures to exit codes ([`AppError::exit_kind`], [`ExitKind`]);
-//! - [`preflight`](mod@preflight): what the configuration names, checked on this host before
+//! - `exit`: the one map from failures to exit codes ([`AppError::exit_kind`], [`ExitKind`]);
+//! - `preflight`: what the configuration names, checked on this host before
 //!   anything starts (TLS material, erase targets, the listen address); `jex-agent check-config`
 //!   runs the same checks, so both stop on the same problem with the same message and code;
-//! - [`start`](mod@start): every part built and started, and the [`RunningAgent`] that stops
+//! - `start`: every part built and started, and the [`RunningAgent`] that stops
 //!   them;
 //! - this file: `jex-agent run` (configuration, logs, runtime, signals).
 //!
@@ -21,9 +21,9 @@
 //! and the status socket are served, erase calls are refused with the directory and the OS
 //! error, and a WARN line says so.
 
-pub mod exit;
-pub mod preflight;
-pub mod start;
+pub(crate) mod exit;
+pub(crate) mod preflight;
+pub(crate) mod start;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -16,7 +16,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod ctl;
+pub(crate) mod ctl;
 pub mod demo;
 pub mod local_socket;
 pub mod logging;

@@ -2,22 +2,22 @@
 //! host, read the running agent's state through a Unix domain socket (mode 0600, so root only)
 //! — no network and no certificates needed.
 //!
-//! - [`protocol`]: the request grammar and the documents answered ([`AgentReport`]);
-//! - [`server`]: the socket, served on a thread and runtime of its own with its own connection
+//! - `protocol`: the request grammar and the documents answered ([`AgentReport`]);
+//! - `server`: the socket, served on a thread and runtime of its own with its own connection
 //!   cap, so that nothing on the network side can starve it;
-//! - [`client`]: what the command line uses to ask;
-//! - [`view`]: the running agent's parts turned into an [`AgentReport`] or an erase plan;
-//! - [`render`]: those documents as text for a person.
+//! - `client`: what the command line uses to ask;
+//! - `view`: the running agent's parts turned into an [`AgentReport`] or an erase plan;
+//! - `render`: those documents as text for a person.
 //!
 //! The word "status" stays in the command's name (`jex-agent status`) only; what it reads is an
 //! [`AgentReport`], and the gRPC status codes live in `server::grpc_error`.
 
-pub mod client;
+pub(crate) mod client;
 mod error;
-pub mod protocol;
-pub mod render;
-pub mod server;
-pub mod view;
+pub(crate) mod protocol;
+pub(crate) mod render;
+pub(crate) mod server;
+pub(crate) mod view;
 
 pub use client::{ask, query, query_blocking};
 pub use error::LocalSocketError;

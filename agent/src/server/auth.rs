@@ -22,7 +22,7 @@
 //!
 //! A connection whose call was refused for want of a certificate is marked, so that the edge
 //! closes it once the answer is handed over. Refusals are logged through the rate-limited
-//! [`RefusalLog`].
+//! `RefusalLog`.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -150,7 +150,7 @@ pub enum Erase {
     Ready(Arc<EraseService>),
     /// A first start on a full disk could not create the erase state directory. The reason
     /// names the directory and the OS error; the erase calls are refused with it
-    /// ([`grpc_error::erase_unavailable`]) until the agent restarts with room, and the host is
+    /// (`grpc_error::erase_unavailable`) until the agent restarts with room, and the host is
     /// reported serving with no operation (none could have been journaled).
     Unavailable(Arc<str>),
 }
@@ -214,7 +214,7 @@ impl AgentService {
         }
     }
 
-    /// The tonic server for this service; requests over [`fields::MAX_REQUEST_BYTES`] are
+    /// The tonic server for this service; requests over `fields::MAX_REQUEST_BYTES` are
     /// refused.
     pub fn into_server(self) -> NodeAgentServer<Self> {
         NodeAgentServer::new(self).max_decoding_message_size(fields::MAX_REQUEST_BYTES)
