@@ -11,8 +11,7 @@
 //! The CRC-32 (IEEE, `crc32fast`) covers the four length bytes and the payload, so a damaged
 //! length is caught as surely as a damaged payload. The payload is one [`Entry`] encoded with
 //! `postcard`; because postcard writes struct fields in declaration order, the payload is the
-//! entry's `seq` and `time_unix_ms` varints followed by the caller's payload, and
-//! [`decode_head`] reads the two numbers without decoding the rest. (Segments written when the
+//! entry's `seq` and `time_unix_ms` varints followed by the caller's payload. (Segments written when the
 //! spool stored telemetry `Record { seq, time_unix_ms, body }` values directly have exactly
 //! these bytes.)
 //!
@@ -103,7 +102,9 @@ pub(crate) struct Head {
     pub time_unix_ms: u64,
 }
 
-/// Reads the first two fields of a frame payload without decoding the caller's payload.
+/// Reads the first two fields of a frame payload without decoding the caller's payload (for
+/// tests: the spool itself accepts a frame only once all of it decodes).
+#[cfg(test)]
 pub(crate) fn decode_head(payload: &[u8]) -> Option<Head> {
     postcard::take_from_bytes::<Head>(payload)
         .ok()

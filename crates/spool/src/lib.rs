@@ -66,7 +66,9 @@
 //! CRC. A bad tail of the newest segment (a write torn by a crash) is truncated on open; whole
 //! frames in it that fail their CRC keep their numbers reserved, so those numbers are reported
 //! as `Corrupt` rather than handed out again. A frame that passes its CRC but does not decode
-//! as an `Entry<T>` counts as damaged. A segment whose header is damaged, or that cannot be
+//! as an `Entry<T>`, or whose number is not above the record before it (and at least its
+//! segment's name), counts as damaged; reads apply the same rule as the open from the same
+//! starting points, so such a frame never hides or reorders a record. A segment whose header is damaged, or that cannot be
 //! read, is skipped; none of this stops [`Spool::open`].
 //!
 //! # Configuration (TOML, embedded in the agent config; the table name is the config's choice)
@@ -497,6 +499,10 @@ struct Segment {
     records: u64,
     first: Option<Head>,
     last: Option<Head>,
+    /// The lowest number a record of this segment may carry: its name, or one past the last
+    /// record of the segments before it when that is higher. A frame below it, or not above the
+    /// record before it, is out of place and read as damage, on open and on every read alike.
+    floor: u64,
     /// An entry for record 0, INDEX_STRIDE, 2 * INDEX_STRIDE, ... of the segment.
     index: Vec<IndexEntry>,
     /// The header is valid and the whole file was read on open.
@@ -512,6 +518,7 @@ impl Segment {
             records: 0,
             first: None,
             last: None,
+            floor: base_seq,
             index: Vec::new(),
             readable: true,
         }
@@ -529,12 +536,13 @@ impl Segment {
         self.last = Some(head);
     }
 
-    /// Where to start reading for the first record numbered `seq` or more.
-    fn offset_for(&self, seq: u64) -> u64 {
+    /// Where to start reading for the first record numbered `seq` or more, and the lowest
+    /// number a record there may carry (see [`accept_frame`]).
+    fn start_for(&self, seq: u64) -> (u64, u64) {
         let after = self.index.partition_point(|entry| entry.seq <= seq);
         match after.checked_sub(1) {
-            Some(i) => self.index[i].offset,
-            None => format::SEGMENT_HEADER_LEN,
+            Some(i) => (self.index[i].offset, self.index[i].seq),
+            None => (format::SEGMENT_HEADER_LEN, self.floor),
         }
     }
 }
@@ -1489,9 +1497,17 @@ impl<T> Batch<T> {
     }
 }
 
+/// The record a frame that passed its CRC holds, if the spool accepts it: it decodes as an
+/// `Entry<T>` and its number is at least `floor` (the segment's floor, then one past the
+/// record accepted before it). Opening and reading apply this one rule from the same starting
+/// points, so a frame rejected on open can never hide or reorder records on a later read.
+fn accept_frame<T: DeserializeOwned>(payload: &[u8], floor: u64) -> Option<Entry<T>> {
+    format::decode_entry::<T>(payload).filter(|record| record.seq >= floor)
+}
+
 /// Reads one segment's records into `batch`, from the index entry before `batch.expected`.
 fn read_segment<T: DeserializeOwned>(segment: &Segment, batch: &mut Batch<T>) -> io::Result<()> {
-    let offset = segment.offset_for(batch.expected);
+    let (offset, mut floor) = segment.start_for(batch.expected);
     let mut file = File::open(&segment.path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut reader = FrameReader::new(file, offset);
@@ -1502,19 +1518,17 @@ fn read_segment<T: DeserializeOwned>(segment: &Segment, batch: &mut Batch<T>) ->
         let Event::Frame { payload, .. } = event else {
             continue;
         };
-        let Some(head) = format::decode_head(payload) else {
+        let Some(record) = accept_frame::<T>(payload, floor) else {
             continue;
         };
-        if head.seq < batch.expected {
-            batch.prev_time = Some(head.time_unix_ms);
+        floor = record.seq + 1;
+        if record.seq < batch.expected {
+            batch.prev_time = Some(record.time_unix_ms);
             continue;
         }
-        if head.seq > batch.end {
+        if record.seq > batch.end {
             break;
         }
-        let Some(record) = format::decode_entry::<T>(payload) else {
-            continue;
-        };
         if record.seq > batch.expected {
             let start_time = batch.prev_time.unwrap_or(record.time_unix_ms);
             batch.push_missing(
@@ -1664,6 +1678,7 @@ fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Opt
         return scan;
     }
     let mut floor = prev_seq.map_or(base_seq, |prev| (prev + 1).max(base_seq));
+    scan.segment.floor = floor;
     let mut reader = FrameReader::new(file, format::SEGMENT_HEADER_LEN);
     let mut valid_end = format::SEGMENT_HEADER_LEN;
     // Damage seen since the last valid frame: if nothing valid follows, it is the tail.
@@ -1686,12 +1701,10 @@ fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Opt
                 frame_len,
                 payload,
             } => {
-                let head = format::decode_entry::<T>(payload)
-                    .map(|record| Head {
-                        seq: record.seq,
-                        time_unix_ms: record.time_unix_ms,
-                    })
-                    .filter(|head| head.seq >= floor);
+                let head = accept_frame::<T>(payload, floor).map(|record| Head {
+                    seq: record.seq,
+                    time_unix_ms: record.time_unix_ms,
+                });
                 match head {
                     Some(head) => {
                         scan.segment.push_record(head, offset);

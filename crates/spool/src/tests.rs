@@ -1291,3 +1291,78 @@ fn a_first_open_on_a_full_disk_gives_a_spool_that_skips_until_there_is_room() {
     let (_, report) = open(&config);
     assert_eq!((report.last_seq, report.corrupt_records), (Some(2), 0));
 }
+
+/// A fuzz input that broke "the same items after a reopen": found by a seven-minute run of the
+/// `spool_segments` fuzz target on `main` at 31dca4d (issue 14, item 10), kept as
+/// `testdata/fuzz-crash-103b02e0.bin` (libFuzzer's `crash-103b02e0d9b3d5c230f3f6b08a619f2d0c8241f9`).
+/// The target puts a segment header in front of it and opens it as segment 1.
+///
+/// The segment holds a frame that passes its CRC but does not decode (its head reads as seq
+/// 224000001280071), then record 4 (an `AgentDown` gap), then three whole frames with bad CRCs
+/// at the tail (numbers 5 to 7, handed out). Open rejected the undecodable frame, but reads
+/// trusted its head: they stopped at it as if past the last durable number, so record 4 read
+/// as part of one `Corrupt` range 1..=7, and after an append and a reopen even the appended
+/// record 8 was hidden behind it and the range came back as 1..=8, with nothing after it.
+#[test]
+fn a_frame_rejected_on_open_hides_no_record_from_later_reads() {
+    let input = include_bytes!("../testdata/fuzz-crash-103b02e0.bin");
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(tmp.path());
+    fs::create_dir_all(&config.dir).unwrap();
+    let mut segment = format::segment_header().to_vec();
+    segment.extend_from_slice(input);
+    fs::write(config.dir.join("00000000000000000001.seg"), &segment).unwrap();
+
+    let (mut spool, report) = Spool::<RecordBody>::open(config.clone()).unwrap();
+    assert_eq!(
+        (report.records, report.first_seq, report.last_seq),
+        (1, Some(4), Some(7))
+    );
+    let before = read_all(&spool, 0);
+    let t4 = 1_750_000_010_000;
+    let missing = |first_seq, last_seq, end_time_unix_ms| {
+        Item::Missing(Missing {
+            first_seq,
+            last_seq,
+            reason: Loss::Corrupt,
+            start_time_unix_ms: t4,
+            end_time_unix_ms,
+        })
+    };
+    let record4 = Item::Entry(Entry {
+        seq: 4,
+        time_unix_ms: t4,
+        payload: RecordBody::Gap(Gap {
+            reason: GapReason::AgentDown,
+            missing_seqs: None,
+            start_time_unix_ms: 1_750_000_003_000,
+            end_time_unix_ms: t4,
+        }),
+    });
+    assert_eq!(
+        before,
+        vec![missing(1, 3, t4), record4.clone(), missing(5, 7, t4)]
+    );
+
+    // What the fuzz target does next: one append, then a reopen.
+    let appended = RecordBody::Gap(Gap {
+        reason: GapReason::AgentDown,
+        missing_seqs: None,
+        start_time_unix_ms: 1,
+        end_time_unix_ms: 2,
+    });
+    let entry = spool.append(t4 + 1000, appended).unwrap();
+    assert_eq!(entry.seq, 8);
+    spool.flush().unwrap();
+    drop(spool);
+    let (spool, _) = Spool::<RecordBody>::open(config).unwrap();
+    assert_eq!(
+        read_all(&spool, 0),
+        vec![
+            missing(1, 3, t4),
+            record4,
+            missing(5, 7, t4 + 1000),
+            Item::Entry(entry)
+        ]
+    );
+}

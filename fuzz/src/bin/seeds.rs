@@ -21,7 +21,8 @@
 //! - `spool_segments`: a segment written by `jex_spool::Spool<RecordBody>` with three samples
 //!   of this machine (the agent's own sampler) and a gap; the same cut in its last frame (a
 //!   torn tail), without its header (the target's frames-only form), and twice in a row (the
-//!   target's two-segment form).
+//!   target's two-segment form); and the crash input of issue 14 (item 10), from
+//!   `crates/spool/testdata/`.
 //! - `erase_journal`: the journal of a whole erase by `jex_erase::EraseService` (one 1 MiB
 //!   image file, the crate's fake key backend and test signer) up to `reclaimable`; the same
 //!   cut in its last frame, and without its magic (the target's frames-only form).
@@ -483,6 +484,12 @@ fn spool_segments(out: &Out, tmp: &Path) -> Result<()> {
         target,
         "two-segments",
         &[&segment[..], &segment[..]].concat(),
+    )?;
+    // A crash the target found (issue 14, item 10), kept as a regression seed.
+    out.seed(
+        target,
+        "fuzz-crash-103b02e0",
+        include_bytes!("../../../crates/spool/testdata/fuzz-crash-103b02e0.bin"),
     )?;
     Ok(())
 }
