@@ -6,7 +6,8 @@
 //!
 //! Dependencies point one way:
 //! `cli -> app (wiring) -> server (gRPC edge) -> {telemetry, spool, erase, attest, journal} -> platform`.
-//! Proto types stop at `server`; `cfg(target_os)` lives only where `platform` modules are declared.
+//! Proto types stop at `server` and `telemetry::wire` (a telemetry record is stored in its wire
+//! form); `cfg(target_os)` lives only where `platform` modules are declared.
 
 #![forbid(unsafe_code)]
 
