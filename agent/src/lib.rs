@@ -8,8 +8,9 @@
 //!
 //! Dependencies point one way:
 //! `main -> cli -> app (wiring) -> {server, local_socket, telemetry, tls, logging} -> the crates`.
-//! Proto types stop at `server` (and the controller client, `ctl`); `cfg(target_os)` lives only
-//! in the `jex-platform` crate.
+//! Proto types stop at `server`, the controller client (`ctl`) and `telemetry::wire` (a
+//! telemetry record is stored in its wire form); `cfg(target_os)` lives only in the
+//! `jex-platform` crate.
 
 #![forbid(unsafe_code)]
 

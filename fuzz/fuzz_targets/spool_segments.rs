@@ -1,10 +1,13 @@
 //! Spool recovery on damaged segment files: the input becomes the segment files of a spool
-//! directory (on tmpfs when `/dev/shm` exists), and the agent's `Spool<RecordBody>` opens it
+//! directory (on tmpfs when `/dev/shm` exists), and the agent's `Spool<StoredBody>` opens it
 //! the way it does on start (`Spool::open`: scan, resynchronise, truncate a torn tail, number
-//! past damaged frames), reads everything back, appends one record, and opens it again.
+//! past damaged frames, decode each payload: protobuf `TelemetryRecord`s in format 2 segments,
+//! postcard bodies through the kept decoder in format 1), reads everything back, appends one
+//! record, and opens it again.
 //!
-//! Input forms: the bytes of `00000000000000000001.seg`; a segment header is put in front
-//! when the input does not start with one (so frames alone reach the frame reader). A second
+//! Input forms: the bytes of `00000000000000000001.seg`; a segment header of the current
+//! format (2) is put in front when the input does not start with one (so frames alone reach
+//! the frame reader; the seeds of format 1 segments carry their own header). A second
 //! `JEXSPOOL` magic in the input starts a second segment, named `1 + (offset % 64)`, so records
 //! below a segment's name and damage in a segment that is not the newest are reached too.
 //!
@@ -16,12 +19,13 @@
 
 #![no_main]
 
+use jex_agent::telemetry::wire::StoredBody;
 use jex_spool::{Item, Spool, SpoolConfig};
 use jex_telemetry::{Gap, GapReason, RecordBody};
 use libfuzzer_sys::fuzz_target;
 
-/// The segment header `jex-spool` writes: magic, format version 1, reserved 0.
-const HEADER: [u8; 16] = *b"JEXSPOOL\x01\x00\x00\x00\x00\x00\x00\x00";
+/// The segment header `jex-spool` writes: magic, format version 2, reserved 0.
+const HEADER: [u8; 16] = *b"JEXSPOOL\x02\x00\x00\x00\x00\x00\x00\x00";
 const MAGIC: &[u8] = b"JEXSPOOL";
 
 fn segment_name(base_seq: u64) -> String {
@@ -29,7 +33,7 @@ fn segment_name(base_seq: u64) -> String {
 }
 
 /// Every item after 0, checking that they cover `1..=last` in order.
-fn read_all(spool: &Spool<RecordBody>, last: u64) -> Vec<Item<RecordBody>> {
+fn read_all(spool: &Spool<StoredBody>, last: u64) -> Vec<Item<StoredBody>> {
     let mut items = Vec::new();
     let mut cursor = 0;
     loop {
@@ -87,17 +91,17 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let (mut spool, report) =
-        Spool::<RecordBody>::open(config(tmp.path())).expect("open recovers from any damage");
+        Spool::<StoredBody>::open(config(tmp.path())).expect("open recovers from any damage");
     let last = spool.last_seq().unwrap_or(0);
     assert_eq!(report.last_seq, spool.last_seq());
     let mut before = read_all(&spool, last);
 
-    let body = RecordBody::Gap(Gap {
+    let body = StoredBody(RecordBody::Gap(Gap {
         reason: GapReason::AgentDown,
         missing_seqs: None,
         start_time_unix_ms: 1,
         end_time_unix_ms: 2,
-    });
+    }));
     let time = spool.last_time_unix_ms().unwrap_or(0).saturating_add(1000);
     let entry = spool
         .append(time, body.clone())
@@ -106,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
     spool.flush().expect("flushing");
     drop(spool);
 
-    let (spool, _) = Spool::<RecordBody>::open(config(tmp.path())).expect("reopening");
+    let (spool, _) = Spool::<StoredBody>::open(config(tmp.path())).expect("reopening");
     assert_eq!(spool.last_seq(), Some(entry.seq));
     let mut after = read_all(&spool, entry.seq);
     let appended = after.pop();

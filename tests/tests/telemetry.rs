@@ -289,3 +289,148 @@ async fn on_sigterm_an_open_stream_gets_the_last_record_sampled_then_unavailable
     );
     Ok(())
 }
+
+/// Every record of a `history_only` stream after `after_seq`, as the controller.
+async fn history(
+    pki: &TestPki,
+    agent: &AgentProcess,
+    after_seq: u64,
+) -> Result<Vec<pb::TelemetryRecord>> {
+    let mut c = client(pki, agent, Some(&pki.controller())).await?;
+    let mut stream = c
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq,
+            max_batch_records: 0,
+            history_only: true,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(batch) =
+        tokio::time::timeout(Duration::from_secs(10), stream.message()).await??
+    {
+        out.extend(batch.records);
+    }
+    Ok(out)
+}
+
+/// A gap's reason and the numbers it covers, or `None` for a sample.
+fn gap_of(r: &pb::TelemetryRecord) -> Option<(i32, u64, u64)> {
+    match &r.body {
+        Some(Body::Gap(g)) => Some((g.reason, g.first_missing_seq, g.last_missing_seq)),
+        _ => None,
+    }
+}
+
+/// The spool fuzz input of issue 14 (item 10) as the agent meets it: a damaged segment whose
+/// numbers 1 to 3 and 5 to 7 are lost around an intact record 4. The first start appends to
+/// it (the `AGENT_DOWN` gap), the second reopens it; a controller resuming from 0 must still
+/// meet both losses as `CORRUPT` gaps, and record 4 between them.
+#[tokio::test]
+async fn a_damaged_segment_keeps_its_corrupt_gaps_across_an_append_and_a_restart() -> Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let spool = dir.path().join("state").join("spool");
+    std::fs::create_dir_all(&spool)?;
+    let mut segment = b"JEXSPOOL\x01\x00\x00\x00\x00\x00\x00\x00".to_vec();
+    segment.extend_from_slice(include_bytes!(
+        "../../crates/spool/testdata/fuzz-crash-103b02e0.bin"
+    ));
+    std::fs::write(spool.join("00000000000000000001.seg"), &segment)?;
+
+    let agent = start_agent(&pki, dir.path(), &AgentOptions::default())?;
+    read_after(&pki, &agent, 0, 6).await?;
+    let (code, _) = tokio::task::spawn_blocking(move || agent.terminate()).await??;
+    assert_eq!(code, Some(0));
+
+    let agent = start_agent(&pki, dir.path(), &AgentOptions::default())?;
+    let replay = history(&pki, &agent, 0).await?;
+    let corrupt = pb::GapReason::Corrupt as i32;
+    let down = pb::GapReason::AgentDown as i32;
+    let head: Vec<_> = replay.iter().take(4).map(|r| (r.seq, gap_of(r))).collect();
+    assert_eq!(
+        head,
+        vec![
+            (3, Some((corrupt, 1, 3))),
+            (4, Some((down, 0, 0))),
+            (7, Some((corrupt, 5, 7))),
+            (8, Some((down, 0, 0))),
+        ],
+        "{replay:?}"
+    );
+    // Contiguous from there on: the first start's records, its stop, the second start's gap.
+    read_after(&pki, &agent, 0, replay.len()).await?;
+    Ok(())
+}
+
+/// An upgrade: the spool holds a segment written before records were stored in their wire
+/// form (format 1, `crates/spool/testdata/v1-segment.seg`: samples and every kind of gap). A
+/// controller resuming from 0 gets every one of those records back, intact and with no
+/// `CORRUPT` gap, then the `AGENT_DOWN` gap of the start and what this agent samples.
+#[tokio::test]
+async fn after_an_upgrade_the_spooled_history_replays_without_a_corrupt_gap() -> Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let spool = dir.path().join("state").join("spool");
+    std::fs::create_dir_all(&spool)?;
+    std::fs::write(
+        spool.join("00000000000000000001.seg"),
+        include_bytes!("../../crates/spool/testdata/v1-segment.seg"),
+    )?;
+    let agent = start_agent(&pki, dir.path(), &AgentOptions::default())?;
+    // The golden gaps name ranges of their own, so the stream is not checked for contiguity
+    // here; the start's AGENT_DOWN gap (10) follows within a tick.
+    let mut replay = history(&pki, &agent, 0).await?;
+    for _ in 0..50 {
+        if replay.len() >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        replay = history(&pki, &agent, 0).await?;
+    }
+    let corrupt = pb::GapReason::Corrupt as i32;
+    let kinds: Vec<_> = replay.iter().take(10).map(gap_of).collect();
+    let t0 = 1_760_000_000_000;
+    assert_eq!(
+        kinds,
+        vec![
+            None,
+            None,
+            Some((pb::GapReason::AgentDown as i32, 0, 0)),
+            Some((pb::GapReason::SamplerError as i32, 0, 0)),
+            // Gaps the old agent sent for numbers it had lost: stored records, not new losses.
+            Some((pb::GapReason::Evicted as i32, 1, 2)),
+            Some((corrupt, 3, 4)),
+            Some((pb::GapReason::DiskFull as i32, 5, 6)),
+            None,
+            None,
+            Some((pb::GapReason::AgentDown as i32, 0, 0)),
+        ],
+        "{replay:?}"
+    );
+    assert_eq!(
+        replay
+            .iter()
+            .take(9)
+            .map(|r| (r.seq, r.time_unix_ms))
+            .collect::<Vec<_>>(),
+        (1..=9u64)
+            .map(|i| (i, t0 + 1000 * if i <= 2 { i } else { i + 6 }))
+            .collect::<Vec<_>>()
+    );
+    let Some(Body::Sample(s)) = &replay[1].body else {
+        bail!("record 2 is not a sample: {:?}", replay[1]);
+    };
+    let memory = s.memory.unwrap_or_default();
+    let pressure = s.pressure.unwrap_or_default();
+    assert_eq!(
+        (
+            memory.slab_reclaimable_bytes,
+            pressure.psi_present,
+            pressure.some_avg10
+        ),
+        (400 << 20, true, 0.25),
+        "the old sample's fields read back whole"
+    );
+    Ok(())
+}

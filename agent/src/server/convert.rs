@@ -1,8 +1,9 @@
-//! Domain types to proto messages and back, one to one. Nothing else converts proto types.
+//! Domain types to proto messages and back, one to one. Nothing else converts proto types but
+//! `telemetry::wire`, which owns the telemetry record's wire form (the spool stores it too).
 
 use jex_proto::v1 as pb;
 
-use crate::telemetry::{CoreKind, GapReason, PressureLevel, Record, RecordBody, Sample};
+use crate::telemetry::{Record, Sample};
 use jex_attest::SignedCertificate;
 use jex_erase::{Lifecycle, OperationView, Outcome, Phase};
 
@@ -40,98 +41,14 @@ pub fn lifecycle_state(l: Lifecycle) -> pb::LifecycleState {
     }
 }
 
-/// One telemetry record.
+/// One telemetry record (its wire form is also what the spool stores: `telemetry::wire`).
 pub fn record(r: &Record) -> pb::TelemetryRecord {
-    let body = match &r.body {
-        RecordBody::Sample(s) => pb::telemetry_record::Body::Sample(sample(s)),
-        RecordBody::Gap(g) => {
-            let (first, last) = g.missing_seqs.unwrap_or((0, 0));
-            pb::telemetry_record::Body::Gap(pb::Gap {
-                reason: match g.reason {
-                    GapReason::AgentDown => pb::GapReason::AgentDown,
-                    GapReason::Evicted => pb::GapReason::Evicted,
-                    GapReason::Corrupt => pb::GapReason::Corrupt,
-                    GapReason::SamplerError => pb::GapReason::SamplerError,
-                    GapReason::DiskFull => pb::GapReason::DiskFull,
-                } as i32,
-                first_missing_seq: first,
-                last_missing_seq: last,
-                start_time_unix_ms: g.start_time_unix_ms,
-                end_time_unix_ms: g.end_time_unix_ms,
-            })
-        }
-    };
-    pb::TelemetryRecord {
-        seq: r.seq,
-        time_unix_ms: r.time_unix_ms,
-        body: Some(body),
-    }
+    crate::telemetry::wire::to_proto(r)
 }
 
 /// One sample.
 pub fn sample(s: &Sample) -> pb::Sample {
-    let m = &s.memory;
-    pb::Sample {
-        window_ms: s.window_ms,
-        cpu: Some(pb::CpuSample {
-            busy_bp: s.cpu.busy_bp,
-            user_bp: s.cpu.user_bp,
-            system_bp: s.cpu.system_bp,
-            core_busy_bp: s.cpu.core_busy_bp.clone(),
-            clusters: s
-                .cpu
-                .clusters
-                .iter()
-                .map(|c| pb::ClusterBusy {
-                    kind: match c.kind {
-                        CoreKind::Performance => pb::CoreKind::Performance,
-                        CoreKind::Efficiency => pb::CoreKind::Efficiency,
-                    } as i32,
-                    busy_bp: c.busy_bp,
-                    cpus: c.cpus,
-                })
-                .collect(),
-            online_cpus: s.cpu.online_cpus,
-            iowait_bp: s.cpu.iowait_bp,
-        }),
-        load: Some(pb::LoadAverage {
-            one: s.load.one,
-            five: s.load.five,
-            fifteen: s.load.fifteen,
-        }),
-        memory: Some(pb::MemorySample {
-            formula_version: m.formula_version,
-            total_bytes: m.total_bytes,
-            used_bytes: m.used_bytes,
-            available_bytes: m.available_bytes,
-            free_bytes: m.free_bytes,
-            active_bytes: m.active_bytes,
-            inactive_bytes: m.inactive_bytes,
-            wired_bytes: m.wired_bytes,
-            compressed_bytes: m.compressed_bytes,
-            purgeable_bytes: m.purgeable_bytes,
-            speculative_bytes: m.speculative_bytes,
-            cached_bytes: m.cached_bytes,
-            buffers_bytes: m.buffers_bytes,
-            shared_bytes: m.shared_bytes,
-            slab_reclaimable_bytes: m.slab_reclaimable_bytes,
-        }),
-        swap: Some(pb::SwapSample {
-            total_bytes: s.swap.total_bytes,
-            used_bytes: s.swap.used_bytes,
-        }),
-        pressure: Some(pb::MemoryPressure {
-            level: match s.pressure.level {
-                None => pb::PressureLevel::Unspecified,
-                Some(PressureLevel::Normal) => pb::PressureLevel::Normal,
-                Some(PressureLevel::Warn) => pb::PressureLevel::Warn,
-                Some(PressureLevel::Critical) => pb::PressureLevel::Critical,
-            } as i32,
-            some_avg10: s.pressure.psi.map_or(0.0, |p| p.some_avg10),
-            full_avg10: s.pressure.psi.map_or(0.0, |p| p.full_avg10),
-            psi_present: s.pressure.psi.is_some(),
-        }),
-    }
+    crate::telemetry::wire::sample_to_proto(s)
 }
 
 fn phase(p: Phase) -> pb::ErasePhase {

@@ -101,6 +101,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
+use crate::telemetry::wire::StoredBody;
 use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
 use jex_platform::error_chain;
 use jex_spool::{Entry, Item, Loss, Missing, Spool, SpoolError, SpoolStats};
@@ -248,7 +249,7 @@ type WallClock = Box<dyn Fn() -> u64 + Send>;
 
 /// What the sampler thread and the subscriptions share.
 struct Shared {
-    spool: Mutex<Spool<RecordBody>>,
+    spool: Mutex<Spool<StoredBody>>,
     /// Taken (closed) when the sampler stops.
     live: Mutex<Option<broadcast::Sender<Record>>>,
     status: Mutex<Status>,
@@ -280,7 +281,7 @@ impl Hub {
     /// Needs no runtime itself; subscriptions must be polled inside a tokio runtime.
     pub fn start(
         source: Box<dyn SampleSource>,
-        spool: Spool<RecordBody>,
+        spool: Spool<StoredBody>,
         config: HubConfig,
     ) -> Result<Hub, HubError> {
         let pace = Pace::Timer(config.interval);
@@ -293,7 +294,7 @@ impl Hub {
     #[cfg(test)]
     fn start_driven(
         source: Box<dyn SampleSource>,
-        spool: Spool<RecordBody>,
+        spool: Spool<StoredBody>,
         config: HubConfig,
         clock: WallClock,
     ) -> Result<(Hub, Ticker), HubError> {
@@ -313,7 +314,7 @@ impl Hub {
 
     fn launch(
         source: Box<dyn SampleSource>,
-        spool: Spool<RecordBody>,
+        spool: Spool<StoredBody>,
         config: HubConfig,
         pace: Pace,
         clock: WallClock,
@@ -637,11 +638,11 @@ impl Sampler {
     /// record itself (it is then dropped).
     fn store(
         &mut self,
-        spool: &mut Spool<RecordBody>,
+        spool: &mut Spool<StoredBody>,
         now: u64,
         body: RecordBody,
     ) -> Result<u64, SpoolError> {
-        let appended = match spool.append_or_skip(now, body) {
+        let appended = match spool.append_or_skip(now, StoredBody(body)) {
             Ok(appended) => appended,
             Err(err) => {
                 lock(&self.shared.status).spool_errors += 1;
@@ -694,7 +695,7 @@ impl Sampler {
     /// Syncs the spool first when `sync` says so and a pending record is not durable yet (see
     /// the module docs), then sends every durable pending record to the live channel and
     /// refreshes the status.
-    fn publish(&mut self, mut spool: MutexGuard<'_, Spool<RecordBody>>, sync: bool) {
+    fn publish(&mut self, mut spool: MutexGuard<'_, Spool<StoredBody>>, sync: bool) {
         if sync
             && self
                 .pending
@@ -765,17 +766,17 @@ fn next_tick(prev: Instant, interval: Duration, now: Instant) -> Instant {
 }
 
 /// A spooled record as subscribers get it.
-fn record_of(entry: Entry<RecordBody>) -> Record {
+fn record_of(entry: Entry<StoredBody>) -> Record {
     Record {
         seq: entry.seq,
         time_unix_ms: entry.time_unix_ms,
-        body: entry.payload,
+        body: entry.payload.0,
     }
 }
 
 /// What subscribers get for a spool item: the record, or for numbers the spool cannot deliver
 /// a gap numbered by the last of them and stamped with the end of the missing range.
-fn record_of_item(item: Item<RecordBody>) -> Record {
+fn record_of_item(item: Item<StoredBody>) -> Record {
     match item {
         Item::Entry(entry) => record_of(entry),
         Item::Missing(Missing {
@@ -1059,7 +1060,7 @@ mod tests {
     }
 
     /// Opens the spool with its fsync pacing on `clock`.
-    fn open_spool(config: SpoolConfig, clock: &TestClock) -> Spool<RecordBody> {
+    fn open_spool(config: SpoolConfig, clock: &TestClock) -> Spool<StoredBody> {
         let (mut spool, _) = Spool::open(config).unwrap();
         let clock = clock.clone();
         spool.set_clock(move || clock.now().into_std());
@@ -1082,7 +1083,7 @@ mod tests {
 
     fn start_with(
         source: Box<dyn SampleSource>,
-        spool: Spool<RecordBody>,
+        spool: Spool<StoredBody>,
         config: HubConfig,
         clock: &TestClock,
     ) -> Running {
@@ -1318,7 +1319,7 @@ mod tests {
         let mut spool = open_spool(spool_config(tmp.path()), &clock);
         for i in 0..100 {
             spool
-                .append(1_000 + i, RecordBody::Sample(Sample::default()))
+                .append(1_000 + i, StoredBody(RecordBody::Sample(Sample::default())))
                 .unwrap();
         }
         let (source, calls) = scripted(u64::MAX);
@@ -1371,7 +1372,7 @@ mod tests {
                     ..Sample::default()
                 };
                 let entry = spool
-                    .append(1_000 + u64::from(i), RecordBody::Sample(sample))
+                    .append(1_000 + u64::from(i), StoredBody(RecordBody::Sample(sample)))
                     .unwrap();
                 record_of(entry)
             })

@@ -1,7 +1,9 @@
 //! Spool benchmark: on-disk size of realistic samples, append cost, open (scan) time, and the
 //! time to replay 24 h of 1 Hz samples (86,400 records) the way a resuming subscriber does.
 //!
-//! The records are the agent's telemetry records (`jex-telemetry` is a dev-dependency only).
+//! The records are the agent's telemetry record bodies (`jex-telemetry` is a dev-dependency
+//! only), postcard-encoded under schema 1 (the agent itself stores their protobuf encoding,
+//! which the spool cannot depend on; its size is close, see BENCHMARKS.md).
 //!
 //! Run with `cargo bench -p jex-spool --bench spool`. Each timing is the median of several
 //! runs on a spool in a temporary directory (page cache warm, as after a controller restart).
@@ -12,11 +14,30 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use jex_spool::{Entry, Item, Spool, SpoolConfig};
+use jex_spool::{Item, Payload, PayloadError, Spool, SpoolConfig};
 use jex_telemetry::{
     ClusterBusy, CoreKind, CpuSample, LoadAverage, MemoryPressure, MemorySample, PressureLevel,
     RecordBody, Sample, SwapSample,
 };
+
+/// A telemetry body, postcard-encoded.
+struct Body(RecordBody);
+
+impl Payload for Body {
+    fn schema(&self) -> u16 {
+        1
+    }
+    fn encode(&self, _: u64, _: u64, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+        let bytes = postcard::to_allocvec(&self.0).map_err(|e| PayloadError(e.to_string()))?;
+        out.extend_from_slice(&bytes);
+        Ok(())
+    }
+    fn decode(_: u16, _: u64, _: u64, bytes: &[u8]) -> Result<Self, PayloadError> {
+        postcard::from_bytes(bytes)
+            .map(Body)
+            .map_err(|e| PayloadError(e.to_string()))
+    }
+}
 
 const DAY: u64 = 86_400;
 const T0: u64 = 1_760_000_000_000;
@@ -96,10 +117,10 @@ fn per(total: Duration, n: u64) -> String {
 }
 
 /// Fills a spool with a day of samples; returns the append time and the spool.
-fn fill(dir: &Path, cores: u64) -> (Duration, Spool<RecordBody>) {
+fn fill(dir: &Path, cores: u64) -> (Duration, Spool<Body>) {
     let (mut spool, _) = Spool::open(config(dir, Duration::from_secs(1))).expect("open spool");
-    let bodies: Vec<RecordBody> = (0..DAY)
-        .map(|i| RecordBody::Sample(sample(cores, i)))
+    let bodies: Vec<Body> = (0..DAY)
+        .map(|i| Body(RecordBody::Sample(sample(cores, i))))
         .collect();
     let started = Instant::now();
     for (i, body) in bodies.into_iter().enumerate() {
@@ -112,11 +133,11 @@ fn fill(dir: &Path, cores: u64) -> (Duration, Spool<RecordBody>) {
 }
 
 /// Reads everything after 0 in batches; returns the records read.
-fn replay(spool: &Spool<RecordBody>, batch: usize) -> u64 {
+fn replay(spool: &Spool<Body>, batch: usize) -> u64 {
     let mut cursor = 0;
     let mut count = 0;
     loop {
-        let records: Vec<Item<RecordBody>> = spool.read_after(cursor, batch).expect("read spool");
+        let records: Vec<Item<Body>> = spool.read_after(cursor, batch).expect("read spool");
         let Some(last) = records.last() else {
             return count;
         };
@@ -129,16 +150,13 @@ fn replay(spool: &Spool<RecordBody>, batch: usize) -> u64 {
 fn main() {
     println!("spool benchmark: {DAY} records (24 h at 1 Hz), median of {RUNS} runs");
     for cores in [2u64, 10, 24] {
-        let payload = postcard::to_allocvec(&Entry {
-            seq: DAY,
-            time_unix_ms: T0 + DAY * 1000,
-            payload: RecordBody::Sample(sample(cores, DAY / 2)),
-        })
-        .expect("encode")
-        .len();
+        let body = postcard::to_allocvec(&RecordBody::Sample(sample(cores, DAY / 2)))
+            .expect("encode")
+            .len();
+        // Frame header 12 B, then seq (3 B at this number), time (6 B) and schema (1 B) varints.
         println!(
-            "  {cores:>2}-core sample: postcard payload {payload} B, frame {} B",
-            payload + 12
+            "  {cores:>2}-core sample: postcard body {body} B, frame {} B",
+            body + 12 + 3 + 6 + 1
         );
     }
 
@@ -198,7 +216,7 @@ fn main() {
     let opens: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
-            let (reopened, report) = Spool::<RecordBody>::open(cfg.clone()).expect("reopen");
+            let (reopened, report) = Spool::<Body>::open(cfg.clone()).expect("reopen");
             let elapsed = started.elapsed();
             assert_eq!(report.records, DAY);
             drop(reopened);
@@ -216,7 +234,7 @@ fn main() {
     let started = Instant::now();
     for i in 0..synced_n {
         synced
-            .append(T0 + i * 1000, RecordBody::Sample(sample(10, i)))
+            .append(T0 + i * 1000, Body(RecordBody::Sample(sample(10, i))))
             .expect("append");
     }
     println!(

@@ -1,20 +1,33 @@
 //! The on-disk format of spool segments, and a buffered frame reader that resynchronises after
 //! corruption.
 //!
-//! A segment file is a 16-byte header followed by frames, all integers little-endian:
+//! A segment file is a 16-byte header followed by frames, all fixed-width integers
+//! little-endian:
 //!
 //! ```text
-//! header: magic "JEXSPOOL" (8 bytes) | format version u32 (= 1) | reserved u32 (= 0)
+//! header: magic "JEXSPOOL" (8 bytes) | format version u32 (2; 1 is still read) | reserved u32 (= 0)
 //! frame:  magic A5 4A 58 52 (4 bytes) | payload length u32 | CRC-32 u32 | payload
 //! ```
 //!
 //! The CRC-32 (IEEE, `crc32fast`) covers the four length bytes and the payload, so a damaged
-//! length is caught as surely as a damaged payload. The payload is one [`Entry`] encoded with
-//! `postcard`; because postcard writes struct fields in declaration order, the payload is the
-//! entry's `seq` and `time_unix_ms` varints followed by the caller's payload, and
-//! [`decode_head`] reads the two numbers without decoding the rest. (Segments written when the
-//! spool stored telemetry `Record { seq, time_unix_ms, body }` values directly have exactly
-//! these bytes.)
+//! length is caught as surely as a damaged payload. The payload is one record:
+//!
+//! ```text
+//! format 2: seq varint | time_unix_ms varint | schema varint | the caller's bytes
+//! format 1: seq varint | time_unix_ms varint | the caller's payload, postcard-encoded
+//! ```
+//!
+//! Varints are unsigned LEB128 (7 bits a byte, low bits first: postcard's encoding of a `u64`,
+//! so the two formats share their first two fields). In format 2 the caller's bytes are opaque
+//! to the spool: the schema number says how the caller encoded them (the agent stores the
+//! protobuf encoding of its `TelemetryRecord`, whose fields carry numbers, so a later version
+//! with more fields reads them whole). Format 1 has no schema number: its payloads were
+//! postcard-encoded structs, fields by position, and [`SCHEMA_V1`] stands for them, so that the
+//! caller can keep a decoder for them. (Segments written when the spool stored telemetry
+//! `Record { seq, time_unix_ms, body }` values directly are format 1 with exactly these bytes.)
+//!
+//! The spool writes format 2 only; it never appends to a format 1 segment, so a segment holds
+//! one format.
 //!
 //! Invariants the reader relies on: a frame is never longer than [`FRAME_HEADER_LEN`] +
 //! [`MAX_PAYLOAD_LEN`] bytes, and frames are written with one `write_all` each, so a crash can
@@ -27,15 +40,17 @@
 
 use std::io::{self, Read};
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-
-use crate::Entry;
+use serde::Deserialize;
 
 /// The first 8 bytes of every segment file.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"JEXSPOOL";
-/// The segment format this code writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The segment format this code writes.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The first segment format, still read: postcard payloads, no schema number.
+pub(crate) const FORMAT_V1: u32 = 1;
+/// The schema number the spool hands to [`crate::Payload::decode`] for the payloads of format 1
+/// segments, which carry none: postcard-encoded, fields by position.
+pub const SCHEMA_V1: u16 = 0;
 /// Length of the segment header.
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 16;
 /// The first 4 bytes of every frame.
@@ -57,11 +72,13 @@ pub(crate) fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
     header
 }
 
-/// Whether `header` is a segment header of the format this code reads.
-pub(crate) fn is_valid_header(header: &[u8]) -> bool {
-    header.len() >= SEGMENT_HEADER_LEN as usize
-        && header[..8] == SEGMENT_MAGIC
-        && header[8..12] == FORMAT_VERSION.to_le_bytes()
+/// The format version of a segment header this code reads (1 or 2), or `None`.
+pub(crate) fn header_version(header: &[u8]) -> Option<u32> {
+    if header.len() < SEGMENT_HEADER_LEN as usize || header[..8] != SEGMENT_MAGIC {
+        return None;
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    (version == FORMAT_V1 || version == FORMAT_VERSION).then_some(version)
 }
 
 /// The CRC stored in a frame: over the little-endian length and the payload.
@@ -72,25 +89,58 @@ fn frame_crc(len_le: [u8; 4], payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// Encodes `entry` as one frame appended to `out` (which is cleared first).
+/// Appends `value` as an unsigned LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads an unsigned LEB128 varint of at most 64 bits from the front of `bytes`; returns it
+/// and the rest.
+fn take_varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7F);
+        let shift = 7 * i as u32;
+        if (i == 9 && byte > 1) || (bits << shift) >> shift != bits {
+            return None;
+        }
+        value |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+/// Encodes one format 2 frame into `out` (cleared first): the record's number, time and schema
+/// followed by the caller's bytes, which `body` appends.
 ///
 /// Returns the payload length; the caller checks it against [`MAX_PAYLOAD_LEN`].
-pub(crate) fn encode_frame<T: Serialize>(
-    entry: &Entry<T>,
+pub(crate) fn encode_frame<E>(
+    seq: u64,
+    time_unix_ms: u64,
+    schema: u16,
     out: &mut Vec<u8>,
-) -> Result<usize, postcard::Error> {
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<usize, E> {
     out.clear();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    let mut buf = postcard::to_extend(entry, std::mem::take(out))?;
-    let payload_len = buf.len() - FRAME_HEADER_LEN;
+    put_varint(out, seq);
+    put_varint(out, time_unix_ms);
+    put_varint(out, u64::from(schema));
+    body(out)?;
+    let payload_len = out.len() - FRAME_HEADER_LEN;
     // The caller rejects anything above MAX_PAYLOAD_LEN before writing, so saturating a length
     // above u32::MAX here only affects that rejection.
     let len_le = u32::try_from(payload_len).unwrap_or(u32::MAX).to_le_bytes();
-    let crc = frame_crc(len_le, &buf[FRAME_HEADER_LEN..]);
-    buf[..4].copy_from_slice(&FRAME_MAGIC);
-    buf[4..8].copy_from_slice(&len_le);
-    buf[8..12].copy_from_slice(&crc.to_le_bytes());
-    *out = buf;
+    let crc = frame_crc(len_le, &out[FRAME_HEADER_LEN..]);
+    out[..4].copy_from_slice(&FRAME_MAGIC);
+    out[4..8].copy_from_slice(&len_le);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
     Ok(payload_len)
 }
 
@@ -103,16 +153,35 @@ pub(crate) struct Head {
     pub time_unix_ms: u64,
 }
 
-/// Reads the first two fields of a frame payload without decoding the caller's payload.
-pub(crate) fn decode_head(payload: &[u8]) -> Option<Head> {
-    postcard::take_from_bytes::<Head>(payload)
-        .ok()
-        .map(|(head, _)| head)
+/// A frame payload split into its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fields<'a> {
+    /// The record's number and time.
+    pub head: Head,
+    /// How `body` is encoded: the stored schema number, or [`SCHEMA_V1`] in a format 1 segment.
+    pub schema: u16,
+    /// The caller's bytes.
+    pub body: &'a [u8],
 }
 
-/// Decodes a whole frame payload.
-pub(crate) fn decode_entry<T: DeserializeOwned>(payload: &[u8]) -> Option<Entry<T>> {
-    postcard::from_bytes::<Entry<T>>(payload).ok()
+/// Splits a frame payload of a segment of format `version` into its fields.
+pub(crate) fn decode_fields(version: u32, payload: &[u8]) -> Option<Fields<'_>> {
+    if version == FORMAT_V1 {
+        let (head, body) = postcard::take_from_bytes::<Head>(payload).ok()?;
+        return Some(Fields {
+            head,
+            schema: SCHEMA_V1,
+            body,
+        });
+    }
+    let (seq, rest) = take_varint(payload)?;
+    let (time_unix_ms, rest) = take_varint(rest)?;
+    let (schema, body) = take_varint(rest)?;
+    Some(Fields {
+        head: Head { seq, time_unix_ms },
+        schema: u16::try_from(schema).ok()?,
+        body,
+    })
 }
 
 /// What the reader found next.
@@ -330,32 +399,24 @@ impl<R: Read> FrameReader<R> {
 mod tests {
     use super::*;
 
-    /// A payload of the tests' own: a name and some numbers.
-    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-    struct Reading {
-        name: String,
-        values: Vec<u32>,
-    }
-
-    fn record(seq: u64) -> Entry<Reading> {
-        Entry {
-            seq,
-            time_unix_ms: 1_700_000_000_000 + seq * 1000,
-            payload: Reading {
-                name: "cpu".into(),
-                values: vec![1000; 8],
-            },
-        }
+    /// A frame of record `seq` (schema 7, some bytes of its own).
+    fn frame(seq: u64, out: &mut Vec<u8>) {
+        let body = format!("cpu {seq} 1000 1000 1000 1000 1000 1000 1000 1000");
+        encode_frame(seq, 1_700_000_000_000 + seq * 1000, 7, out, |out| {
+            out.extend_from_slice(body.as_bytes());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
     }
 
     fn frames(seqs: impl IntoIterator<Item = u64>) -> (Vec<u8>, Vec<u64>) {
         let mut file = Vec::new();
         let mut offsets = Vec::new();
-        let mut frame = Vec::new();
+        let mut out = Vec::new();
         for seq in seqs {
             offsets.push(file.len() as u64);
-            encode_frame(&record(seq), &mut frame).unwrap();
-            file.extend_from_slice(&frame);
+            frame(seq, &mut out);
+            file.extend_from_slice(&out);
         }
         (file, offsets)
     }
@@ -366,7 +427,9 @@ mod tests {
         let mut out = Vec::new();
         while let Some(event) = reader.next_event().unwrap() {
             out.push(match event {
-                Event::Frame { payload, .. } => Ok(decode_entry::<Reading>(payload).unwrap().seq),
+                Event::Frame { payload, .. } => {
+                    Ok(decode_fields(FORMAT_VERSION, payload).unwrap().head.seq)
+                }
                 Event::Corrupt {
                     offset,
                     len,
@@ -379,26 +442,69 @@ mod tests {
     }
 
     #[test]
-    fn head_decodes_seq_and_time_from_the_payload_prefix() {
-        let rec = Entry {
+    fn fields_decode_from_both_formats() {
+        let mut out = Vec::new();
+        encode_frame(300_000, 1_750_000_000_123, 513, &mut out, |out| {
+            out.extend_from_slice(b"opaque");
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        let head = Head {
             seq: 300_000,
             time_unix_ms: 1_750_000_000_123,
-            payload: Reading {
-                name: "memory".into(),
-                values: vec![u32::MAX, 0, 7],
-            },
         };
-        let mut frame = Vec::new();
-        encode_frame(&rec, &mut frame).unwrap();
-        let head = decode_head(&frame[FRAME_HEADER_LEN..]).unwrap();
         assert_eq!(
-            head,
-            Head {
-                seq: 300_000,
-                time_unix_ms: 1_750_000_000_123
-            }
+            decode_fields(FORMAT_VERSION, &out[FRAME_HEADER_LEN..]),
+            Some(Fields {
+                head,
+                schema: 513,
+                body: b"opaque"
+            })
         );
-        assert_eq!(decode_entry(&frame[FRAME_HEADER_LEN..]), Some(rec));
+        // Format 1: postcard varints, then the postcard payload, no schema.
+        let mut v1 = postcard::to_allocvec(&(300_000u64, 1_750_000_000_123u64)).unwrap();
+        v1.extend_from_slice(b"\x03abc");
+        assert_eq!(
+            decode_fields(FORMAT_V1, &v1),
+            Some(Fields {
+                head,
+                schema: SCHEMA_V1,
+                body: b"\x03abc"
+            })
+        );
+        // The format 2 head is the same varints as format 1's.
+        assert_eq!(out[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 9], v1[..9]);
+        assert_eq!(decode_fields(FORMAT_VERSION, &[0x80, 0x80]), None);
+        assert_eq!(
+            decode_fields(FORMAT_VERSION, &[1, 2, 0x80, 0x80, 0x04]),
+            None
+        );
+    }
+
+    #[test]
+    fn varints_round_trip_and_reject_overlong_input() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            u64::from(u32::MAX),
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            out.push(0xEE);
+            assert_eq!(take_varint(&out), Some((value, &[0xEE][..])), "{value}");
+        }
+        assert_eq!(take_varint(&[0xFF; 10]), None);
+        assert_eq!(
+            take_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]),
+            None
+        );
+        assert_eq!(take_varint(&[0x80]), None);
+        assert_eq!(take_varint(&[]), None);
     }
 
     #[test]
@@ -502,15 +608,18 @@ mod tests {
     }
 
     #[test]
-    fn header_check_rejects_other_magic_and_versions() {
+    fn header_check_reads_formats_1_and_2_and_rejects_others() {
         let good = segment_header();
-        assert!(is_valid_header(&good));
+        assert_eq!(header_version(&good), Some(FORMAT_VERSION));
+        let mut older = good;
+        older[8] = 1;
+        assert_eq!(header_version(&older), Some(FORMAT_V1));
         let mut newer = good;
-        newer[8] = 2;
-        assert!(!is_valid_header(&newer));
+        newer[8] = 3;
+        assert_eq!(header_version(&newer), None);
         let mut other = good;
         other[0] = b'X';
-        assert!(!is_valid_header(&other));
-        assert!(!is_valid_header(&good[..10]));
+        assert_eq!(header_version(&other), None);
+        assert_eq!(header_version(&good[..10]), None);
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! The crate owns the segment files, their format, crash recovery, the size cap and the rules
 //! for numbering. It is generic over what a record carries: each record is an [`Entry`] (a
-//! number, a time and the caller's payload, any `T: Serialize + DeserializeOwned`), and what it
-//! cannot deliver it reports as a [`Missing`] range with its [`Loss`] reason. It must not depend
+//! number, a time and the caller's payload, any `T: `[`Payload`]), and what it cannot deliver
+//! it reports as a [`Missing`] range with its [`Loss`] reason. It must not depend
 //! on the telemetry model, the platform crate, tokio or gRPC: the agent's telemetry hub stores
 //! its records here and turns missing ranges into the telemetry gaps it sends.
 //!
@@ -13,7 +13,20 @@
 //! One directory (created `0700`) of append-only segment files named by the sequence number of
 //! their first record, zero-padded so names sort by number: `00000000000000000001.seg`. Files
 //! with other names are ignored. Each segment is a header and a run of frames, each frame a
-//! length, a CRC-32 and one postcard-encoded [`Entry`]; see `format.rs` for the bytes.
+//! length, a CRC-32 and one record: its number, its time, a schema number and the payload's
+//! bytes; see `format.rs` for the bytes.
+//!
+//! # Records that survive upgrades
+//!
+//! The spool stores a payload as the bytes its [`Payload`] impl encodes, with the schema number
+//! the impl names, and hands both back to [`Payload::decode`]: the caller picks an encoding
+//! that a later version of itself still reads (the agent stores the protobuf encoding of its
+//! `TelemetryRecord`, whose fields are numbered, so a field added later reads as its default in
+//! older records). [`Stored`] keeps the bytes as they are, for a reader that forwards them.
+//! Segments of the first format (1), whose payloads were postcard-encoded with no schema number,
+//! are still read: their payloads reach [`Payload::decode`] under [`SCHEMA_V1`], so the caller
+//! keeps a decoder for them. The spool writes only the current format (2) and never appends to
+//! a format 1 segment: after an upgrade the next record starts a new segment.
 //!
 //! # Invariants
 //!
@@ -66,7 +79,9 @@
 //! CRC. A bad tail of the newest segment (a write torn by a crash) is truncated on open; whole
 //! frames in it that fail their CRC keep their numbers reserved, so those numbers are reported
 //! as `Corrupt` rather than handed out again. A frame that passes its CRC but does not decode
-//! as an `Entry<T>` counts as damaged. A segment whose header is damaged, or that cannot be
+//! (its fields, then its payload through [`Payload::decode`]), or whose number is not above the record before it (and at least its
+//! segment's name), counts as damaged; reads apply the same rule as the open from the same
+//! starting points, so such a frame never hides or reorders a record. A segment whose header is damaged, or that cannot be
 //! read, is skipped; none of this stops [`Spool::open`].
 //!
 //! # Configuration (TOML, embedded in the agent config; the table name is the config's choice)
@@ -83,6 +98,8 @@
 
 mod format;
 
+pub use format::SCHEMA_V1;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -93,7 +110,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tracing::{debug, info, warn};
 
@@ -282,7 +298,7 @@ pub enum SpoolError {
         seq: u64,
         /// The cause.
         #[source]
-        source: postcard::Error,
+        source: PayloadError,
     },
     /// The file that records a range of unwritten numbers could not be created.
     #[error("recording unwritten numbers {first_seq}..={last_seq} in {path}; check free space")]
@@ -339,12 +355,58 @@ impl SpoolError {
     }
 }
 
+/// What a record carries, as the spool stores it: bytes in an encoding the type names by a
+/// schema number (see the module docs on upgrades).
+pub trait Payload: Sized {
+    /// The schema number stored with the bytes [`Payload::encode`] writes (any number but
+    /// [`SCHEMA_V1`], which stands for the payloads of format 1 segments).
+    fn schema(&self) -> u16;
+
+    /// Appends the payload's bytes to `out`. The record's number and time are given for an
+    /// encoding that carries them too.
+    fn encode(&self, seq: u64, time_unix_ms: u64, out: &mut Vec<u8>) -> Result<(), PayloadError>;
+
+    /// Decodes bytes stored under `schema` for record `seq` of time `time_unix_ms`. An error
+    /// makes the frame count as damaged: its number is reported in a `Corrupt` range.
+    fn decode(schema: u16, seq: u64, time_unix_ms: u64, bytes: &[u8])
+    -> Result<Self, PayloadError>;
+}
+
+/// A payload could not be encoded or decoded: what was wrong, in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PayloadError(pub String);
+
+/// A payload kept as stored: its schema number and bytes, for a reader that forwards records
+/// without decoding them (and for tests of the format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// How `bytes` are encoded ([`SCHEMA_V1`] for a format 1 segment's postcard payload).
+    pub schema: u16,
+    /// The payload's bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Payload for Stored {
+    fn schema(&self) -> u16 {
+        self.schema
+    }
+
+    fn encode(&self, _: u64, _: u64, out: &mut Vec<u8>) -> Result<(), PayloadError> {
+        out.extend_from_slice(&self.bytes);
+        Ok(())
+    }
+
+    fn decode(schema: u16, _: u64, _: u64, bytes: &[u8]) -> Result<Self, PayloadError> {
+        Ok(Stored {
+            schema,
+            bytes: bytes.to_vec(),
+        })
+    }
+}
+
 /// One record as the spool stores it: its number, its time and the caller's payload.
-///
-/// The payload is encoded with postcard after the two numbers, so a type whose serialized form
-/// is `seq`, `time_unix_ms` and then the payload (a struct with those fields in that order)
-/// reads and writes the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<T> {
     /// The record's number, handed out by [`Spool::append`].
     pub seq: u64,
@@ -499,6 +561,12 @@ struct Segment {
     records: u64,
     first: Option<Head>,
     last: Option<Head>,
+    /// The segment's format (see `format.rs`); records are appended only to the current one.
+    version: u32,
+    /// The lowest number a record of this segment may carry: its name, or one past the last
+    /// record of the segments before it when that is higher. A frame below it, or not above the
+    /// record before it, is out of place and read as damage, on open and on every read alike.
+    floor: u64,
     /// An entry for record 0, INDEX_STRIDE, 2 * INDEX_STRIDE, ... of the segment.
     index: Vec<IndexEntry>,
     /// The header is valid and the whole file was read on open.
@@ -514,6 +582,8 @@ impl Segment {
             records: 0,
             first: None,
             last: None,
+            version: format::FORMAT_VERSION,
+            floor: base_seq,
             index: Vec::new(),
             readable: true,
         }
@@ -531,12 +601,13 @@ impl Segment {
         self.last = Some(head);
     }
 
-    /// Where to start reading for the first record numbered `seq` or more.
-    fn offset_for(&self, seq: u64) -> u64 {
+    /// Where to start reading for the first record numbered `seq` or more, and the lowest
+    /// number a record there may carry (see [`accept_frame`]).
+    fn start_for(&self, seq: u64) -> (u64, u64) {
         let after = self.index.partition_point(|entry| entry.seq <= seq);
         match after.checked_sub(1) {
-            Some(i) => self.index[i].offset,
-            None => format::SEGMENT_HEADER_LEN,
+            Some(i) => (self.index[i].offset, self.index[i].seq),
+            None => (format::SEGMENT_HEADER_LEN, self.floor),
         }
     }
 }
@@ -620,7 +691,7 @@ pub struct Spool<T> {
     payload: PhantomData<fn(T) -> T>,
 }
 
-impl<T: Serialize + DeserializeOwned> Spool<T> {
+impl<T: Payload> Spool<T> {
     /// Opens (creating if needed) the spool in `config.dir`, recovering from crashes and
     /// corruption as the module docs describe.
     ///
@@ -811,6 +882,9 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
         if !segment.readable {
             return;
         }
+        // Never appended to after an upgrade (its tail is still cut): the next record starts a
+        // segment of the current format.
+        let current = segment.version == format::FORMAT_VERSION;
         let opened = OpenOptions::new()
             .append(true)
             .open(&segment.path)
@@ -824,6 +898,7 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
                 Ok(file)
             });
         match opened {
+            Ok(_) if !current => {}
             Ok(file) => {
                 self.active = Some(Active {
                     file,
@@ -959,8 +1034,12 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
 
     fn write_frame(&mut self, record: &Entry<T>, frame: &mut Vec<u8>) -> Result<(), SpoolError> {
         let seq = record.seq;
-        let payload_len = format::encode_frame(record, frame)
-            .map_err(|source| SpoolError::Encode { seq, source })?;
+        let time = record.time_unix_ms;
+        let payload = &record.payload;
+        let payload_len = format::encode_frame(seq, time, payload.schema(), frame, |out| {
+            payload.encode(seq, time, out)
+        })
+        .map_err(|source| SpoolError::Encode { seq, source })?;
         if payload_len > format::MAX_PAYLOAD_LEN as usize {
             return Err(SpoolError::RecordTooLarge {
                 seq,
@@ -1491,9 +1570,28 @@ impl<T> Batch<T> {
     }
 }
 
+/// The record a frame that passed its CRC holds, if the spool accepts it: its fields decode
+/// (for a segment of format `version`), its number is at least `floor` (the segment's floor,
+/// then one past the record accepted before it), and its payload decodes. Opening and reading
+/// apply this one rule from the same starting points, so a frame rejected on open can never
+/// hide or reorder records on a later read.
+fn accept_frame<T: Payload>(version: u32, payload: &[u8], floor: u64) -> Option<Entry<T>> {
+    let fields = format::decode_fields(version, payload)?;
+    let Head { seq, time_unix_ms } = fields.head;
+    if seq < floor {
+        return None;
+    }
+    let payload = T::decode(fields.schema, seq, time_unix_ms, fields.body).ok()?;
+    Some(Entry {
+        seq,
+        time_unix_ms,
+        payload,
+    })
+}
+
 /// Reads one segment's records into `batch`, from the index entry before `batch.expected`.
-fn read_segment<T: DeserializeOwned>(segment: &Segment, batch: &mut Batch<T>) -> io::Result<()> {
-    let offset = segment.offset_for(batch.expected);
+fn read_segment<T: Payload>(segment: &Segment, batch: &mut Batch<T>) -> io::Result<()> {
+    let (offset, mut floor) = segment.start_for(batch.expected);
     let mut file = File::open(&segment.path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut reader = FrameReader::new(file, offset);
@@ -1504,19 +1602,17 @@ fn read_segment<T: DeserializeOwned>(segment: &Segment, batch: &mut Batch<T>) ->
         let Event::Frame { payload, .. } = event else {
             continue;
         };
-        let Some(head) = format::decode_head(payload) else {
+        let Some(record) = accept_frame::<T>(segment.version, payload, floor) else {
             continue;
         };
-        if head.seq < batch.expected {
-            batch.prev_time = Some(head.time_unix_ms);
+        floor = record.seq + 1;
+        if record.seq < batch.expected {
+            batch.prev_time = Some(record.time_unix_ms);
             continue;
         }
-        if head.seq > batch.end {
+        if record.seq > batch.end {
             break;
         }
-        let Some(record) = format::decode_entry::<T>(payload) else {
-            continue;
-        };
         if record.seq > batch.expected {
             let start_time = batch.prev_time.unwrap_or(record.time_unix_ms);
             batch.push_missing(
@@ -1634,12 +1730,12 @@ fn list_segments(dir: &Path) -> Result<Listing, SpoolError> {
     Ok((segments, markers, ignored))
 }
 
-/// Scans one segment: validates every frame (it must decode as an `Entry<T>`), builds the sparse
-/// index, finds damage.
+/// Scans one segment: validates every frame ([`accept_frame`]), builds the sparse index, finds
+/// damage.
 ///
 /// `prev_seq` is the last valid number of the previous segments; records at or below it, or
 /// below the segment's own name, are out of place and skipped as corrupt.
-fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Option<u64>) -> Scan {
+fn scan_segment<T: Payload>(path: PathBuf, base_seq: u64, prev_seq: Option<u64>) -> Scan {
     let bytes = fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
     let mut scan = Scan {
         segment: Segment::new(path, base_seq, bytes),
@@ -1657,15 +1753,21 @@ fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Opt
         }
     };
     let mut header = [0u8; format::SEGMENT_HEADER_LEN as usize];
-    if file.read_exact(&mut header).is_err() || !format::is_valid_header(&header) {
+    let version = file
+        .read_exact(&mut header)
+        .ok()
+        .and_then(|()| format::header_version(&header));
+    let Some(version) = version else {
         if bytes > 0 {
             warn!(segment = %scan.segment.path.display(), bytes, "Spool segment has no valid header; skipping it.");
         }
         scan.segment.readable = false;
         scan.has_garbage = bytes > 0;
         return scan;
-    }
+    };
+    scan.segment.version = version;
     let mut floor = prev_seq.map_or(base_seq, |prev| (prev + 1).max(base_seq));
+    scan.segment.floor = floor;
     let mut reader = FrameReader::new(file, format::SEGMENT_HEADER_LEN);
     let mut valid_end = format::SEGMENT_HEADER_LEN;
     // Damage seen since the last valid frame: if nothing valid follows, it is the tail.
@@ -1688,12 +1790,10 @@ fn scan_segment<T: DeserializeOwned>(path: PathBuf, base_seq: u64, prev_seq: Opt
                 frame_len,
                 payload,
             } => {
-                let head = format::decode_entry::<T>(payload)
-                    .map(|record| Head {
-                        seq: record.seq,
-                        time_unix_ms: record.time_unix_ms,
-                    })
-                    .filter(|head| head.seq >= floor);
+                let head = accept_frame::<T>(version, payload, floor).map(|record| Head {
+                    seq: record.seq,
+                    time_unix_ms: record.time_unix_ms,
+                });
                 match head {
                     Some(head) => {
                         scan.segment.push_record(head, offset);

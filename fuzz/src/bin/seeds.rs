@@ -18,10 +18,11 @@
 //!   one of them converted to a binary plist, and `cryptsetup luksDump --dump-json-metadata` and
 //!   `cryptsetup --version` from the real `cryptsetup` on a fresh two-keyslot LUKS2 image.
 //! - `client_san`: the agent, controller and observer certificates (DER) of the development PKI.
-//! - `spool_segments`: a segment written by `jex_spool::Spool<RecordBody>` with three samples
+//! - `spool_segments`: a segment written by the agent's `jex_spool::Spool<StoredBody>` with three samples
 //!   of this machine (the agent's own sampler) and a gap; the same cut in its last frame (a
 //!   torn tail), without its header (the target's frames-only form), and twice in a row (the
-//!   target's two-segment form).
+//!   target's two-segment form); the golden format 1 segment and the crash input of issue 14
+//!   (item 10, behind a format 1 header), from `crates/spool/testdata/`.
 //! - `erase_journal`: the journal of a whole erase by `jex_erase::EraseService` (one 1 MiB
 //!   image file, the crate's fake key backend and test signer) up to `reclaimable`; the same
 //!   cut in its last frame, and without its magic (the target's frames-only form).
@@ -450,26 +451,30 @@ fn diskutil_parsers(out: &Out, repo: &Path, tmp: &Path) -> Result<()> {
 }
 
 fn spool_segments(out: &Out, tmp: &Path) -> Result<()> {
+    use jex_agent::telemetry::wire::StoredBody;
     use jex_spool::{Spool, SpoolConfig};
     use jex_telemetry::{Gap, GapReason, RecordBody};
     let target = "spool_segments";
     out.reset(target)?;
     let dir = tmp.join("spool");
     let mut source = jex_agent::telemetry::sampler::platform_source(Vec::new())?;
-    let (mut spool, _) = Spool::<RecordBody>::open(SpoolConfig::new(&dir))?;
+    let (mut spool, _) = Spool::<StoredBody>::open(SpoolConfig::new(&dir))?;
     let t0 = 1_750_000_000_000u64;
     for i in 0..3 {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        spool.append(t0 + i * 1000, RecordBody::Sample(source.sample()?))?;
+        spool.append(
+            t0 + i * 1000,
+            StoredBody(RecordBody::Sample(source.sample()?)),
+        )?;
     }
     spool.append(
         t0 + 10_000,
-        RecordBody::Gap(Gap {
+        StoredBody(RecordBody::Gap(Gap {
             reason: GapReason::AgentDown,
             missing_seqs: None,
             start_time_unix_ms: t0 + 3000,
             end_time_unix_ms: t0 + 10_000,
-        }),
+        })),
     )?;
     spool.flush()?;
     drop(spool);
@@ -483,6 +488,20 @@ fn spool_segments(out: &Out, tmp: &Path) -> Result<()> {
         target,
         "two-segments",
         &[&segment[..], &segment[..]].concat(),
+    )?;
+    // The golden format 1 segment (postcard bodies, read through the kept decoder).
+    let v1 = include_bytes!("../../../crates/spool/testdata/v1-segment.seg");
+    out.seed(target, "v1-segment.seg", v1)?;
+    // A crash the target found (issue 14, item 10) behind the format 1 header it was found
+    // with, kept as a regression seed.
+    out.seed(
+        target,
+        "fuzz-crash-103b02e0",
+        &[
+            &v1[..16],
+            include_bytes!("../../../crates/spool/testdata/fuzz-crash-103b02e0.bin"),
+        ]
+        .concat(),
     )?;
     Ok(())
 }
