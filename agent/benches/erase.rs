@@ -683,7 +683,10 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().unwrap())
         .collect();
-    let dir = PathBuf::from(arg("--dir").unwrap_or_else(|| "/work/target-bench".into()));
+    // Made absolute, because the erase service refuses a relative state directory. Cargo runs
+    // a bench from its package's directory: a relative --dir is under agent/.
+    let dir = std::path::absolute(arg("--dir").unwrap_or_else(|| "/work/target-bench".into()))
+        .expect("--dir names a directory");
     std::fs::create_dir_all(&dir).unwrap();
     println!(
         "jex-agent erase benchmark, directory {}, {} cores",
