@@ -312,7 +312,7 @@ fn erase_warnings(config: &Config) -> Vec<String> {
                 .to_owned(),
         ];
     }
-    let factory = jex_erase::keys::destroyer_for(&config.erase);
+    let factory = jex_erase::production_factory(&config.erase);
     match jex_erase::plan_offline(&config.erase, &factory) {
         Ok(plan) => plan
             .iter()
@@ -377,7 +377,7 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
         .map_err(AppError::from)
         .and_then(|config| {
             crate::app::check_targets(&config)?;
-            let factory = jex_erase::keys::destroyer_for(&config.erase);
+            let factory = jex_erase::production_factory(&config.erase);
             Ok(jex_erase::plan_offline(&config.erase, &factory)?)
         });
     match planned {

@@ -335,6 +335,12 @@ fn erase_plan_and_status_without_root_ask_for_sudo_and_exit_77() -> Result<()> {
     open_directories_to(&socket, dir.path())?;
     let mode = std::fs::metadata(&socket)?.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the status socket is root-only");
+    // The binary runs as `nobody`, who may not be able to reach it inside the checkout (a clone
+    // in a 0700 directory): run a copy from the test's own directory, opened to `nobody`.
+    let bin = dir.path().join("jex-agent");
+    std::fs::copy(agent_bin()?, &bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
 
     for (command, extra) in [
         (
@@ -346,7 +352,7 @@ fn erase_plan_and_status_without_root_ask_for_sudo_and_exit_77() -> Result<()> {
         ),
         ("status", vec![]),
     ] {
-        let out = Command::new(agent_bin()?)
+        let out = Command::new(&bin)
             .arg(command)
             .arg("--socket")
             .arg(&socket)

@@ -64,7 +64,7 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<jex_erase::EraseServ
     let deps = EraseDeps {
         signer: Arc::new(signer),
         host,
-        key_destroyer_factory: jex_erase::keys::destroyer_for(&config.erase),
+        key_destroyer_factory: jex_erase::production_factory(&config.erase),
     };
     Ok(jex_erase::EraseService::open(config.erase.clone(), deps)?)
 }

@@ -4,15 +4,27 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::TargetConfig;
+use crate::config::{EraseConfig, TargetConfig};
 use crate::error::EraseError;
-use crate::keys::KeyDestroyer;
+use crate::keys::{KeyDestroyer, destroyer_for};
 use jex_attest::{HostIdentity, Signer};
 use jex_platform::blockdev::{Access, BlockDevError, DirectTarget, TargetIo};
 
 /// Builds the key destroyer of a configured target.
 pub type KeyDestroyerFactory =
     Box<dyn Fn(&TargetConfig) -> Result<Box<dyn KeyDestroyer>, EraseError> + Send + Sync>;
+
+/// The production factory: each target's backend from [`destroyer_for`], with the tools the
+/// config names; a backend that cannot be built is [`EraseError::Keys`] naming the target.
+pub fn production_factory(erase: &EraseConfig) -> KeyDestroyerFactory {
+    let tools = erase.tools.clone();
+    Box::new(move |t: &TargetConfig| {
+        destroyer_for(&tools, t).map_err(|source| EraseError::Keys {
+            target: t.name.clone(),
+            source,
+        })
+    })
+}
 
 /// What the erase service needs from the rest of the agent.
 pub struct EraseDeps {

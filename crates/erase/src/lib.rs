@@ -109,7 +109,7 @@ pub use certify::AGENT_VERSION;
 pub use config::{
     Backend, ConfigError, EraseConfig, TargetConfig, TargetKeys, TargetShapeError, ToolsConfig,
 };
-pub use deps::{EraseDeps, KeyDestroyerFactory};
+pub use deps::{EraseDeps, KeyDestroyerFactory, production_factory};
 pub use error::EraseError;
 pub use jex_platform::error_chain;
 pub use plan::{PlanCheck, PlannedTarget, plan_offline};

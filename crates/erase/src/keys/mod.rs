@@ -30,9 +30,7 @@ pub mod tool;
 
 use std::collections::BTreeMap;
 
-use crate::config::{EraseConfig, TargetConfig, TargetKeys};
-use crate::deps::KeyDestroyerFactory;
-use crate::error::EraseError;
+use crate::config::{TargetConfig, TargetKeys, ToolsConfig};
 use apfs::ApfsVolume;
 use luks2::Luks2;
 
@@ -213,30 +211,24 @@ pub enum OutputError {
     Inconsistent(String),
 }
 
-/// The production factory: builds each target's key-destruction backend from its config (the
-/// tools by the absolute paths the config names). Tests pass [`crate::testing::FakeKeys`] instead.
-pub fn destroyer_for(erase: &EraseConfig) -> KeyDestroyerFactory {
-    let tools = erase.tools.clone();
-    let factory = move |t: &TargetConfig| -> Result<Box<dyn KeyDestroyer>, EraseError> {
-        let keys_err = |source| EraseError::Keys {
-            target: t.name.clone(),
-            source,
-        };
-        Ok(match &t.keys {
-            TargetKeys::Luks2 { luks_uuid } => Box::new(
-                Luks2::new(
-                    t.name.clone(),
-                    t.device.clone(),
-                    luks_uuid,
-                    tools.cryptsetup.clone(),
-                )
-                .map_err(keys_err)?,
-            ),
-            TargetKeys::ApfsVolume { apfs_volume_uuid } => Box::new(
-                ApfsVolume::new(t.name.clone(), apfs_volume_uuid, tools.diskutil.clone())
-                    .map_err(keys_err)?,
-            ),
-        })
-    };
-    Box::new(factory)
+/// The production backend of one target: `luks2` or `apfs-volume`, with the tools by the
+/// absolute paths the config names. `deps::production_factory` wraps it into the engine's
+/// factory; tests pass [`crate::testing::FakeKeys`] instead.
+pub fn destroyer_for(
+    tools: &ToolsConfig,
+    target: &TargetConfig,
+) -> Result<Box<dyn KeyDestroyer>, KeyError> {
+    Ok(match &target.keys {
+        TargetKeys::Luks2 { luks_uuid } => Box::new(Luks2::new(
+            target.name.clone(),
+            target.device.clone(),
+            luks_uuid,
+            tools.cryptsetup.clone(),
+        )?),
+        TargetKeys::ApfsVolume { apfs_volume_uuid } => Box::new(ApfsVolume::new(
+            target.name.clone(),
+            apfs_volume_uuid,
+            tools.diskutil.clone(),
+        )?),
+    })
 }
