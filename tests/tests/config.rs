@@ -80,12 +80,14 @@ fn text(bytes: &[u8]) -> String {
 
 /// `jex-agent check-config --config <config>`.
 fn check_config(config: &Path) -> Result<Output> {
-    Ok(Command::new(agent_bin()?)
-        .arg("check-config")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .output()?)
+    output_within(
+        Command::new(agent_bin()?)
+            .arg("check-config")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null()),
+        COMMAND_DEADLINE,
+    )
 }
 
 /// `jex-agent run --config <config>`, expected to refuse to start: its exit code and stderr.
@@ -352,15 +354,17 @@ fn erase_plan_and_status_without_root_ask_for_sudo_and_exit_77() -> Result<()> {
         ),
         ("status", vec![]),
     ] {
-        let out = Command::new(&bin)
-            .arg(command)
-            .arg("--socket")
-            .arg(&socket)
-            .args(&extra)
-            .uid(NOBODY)
-            .gid(NOBODY)
-            .stdin(Stdio::null())
-            .output()?;
+        let out = output_within(
+            Command::new(&bin)
+                .arg(command)
+                .arg("--socket")
+                .arg(&socket)
+                .args(&extra)
+                .uid(NOBODY)
+                .gid(NOBODY)
+                .stdin(Stdio::null()),
+            COMMAND_DEADLINE,
+        )?;
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(EX_NOPERM), "{command}: {err}");
         assert!(
@@ -382,11 +386,12 @@ fn erase_plan_and_status_without_root_ask_for_sudo_and_exit_77() -> Result<()> {
 
 #[test]
 fn a_bad_command_line_exits_64_and_help_exits_0() -> Result<()> {
-    let out = Command::new(agent_bin()?)
-        .args(["check-config", "--no-such-flag"])
-        .output()?;
+    let out = output_within(
+        Command::new(agent_bin()?).args(["check-config", "--no-such-flag"]),
+        COMMAND_DEADLINE,
+    )?;
     assert_eq!(out.status.code(), Some(EX_USAGE), "{}", text(&out.stderr));
-    let out = Command::new(agent_bin()?).arg("--help").output()?;
+    let out = output_within(Command::new(agent_bin()?).arg("--help"), COMMAND_DEADLINE)?;
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("check-config"));
     Ok(())

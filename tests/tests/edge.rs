@@ -643,11 +643,13 @@ async fn a_crowd_of_silent_connections_locks_out_neither_the_controller_nor_stat
                 let socket_agent = agent.status_socket();
                 let bin = agent_bin()?;
                 move || -> Result<u64> {
-                    let out = std::process::Command::new(bin)
-                        .arg("status")
-                        .arg("--socket")
-                        .arg(socket_agent)
-                        .output()?;
+                    let out = output_within(
+                        std::process::Command::new(bin)
+                            .arg("status")
+                            .arg("--socket")
+                            .arg(socket_agent),
+                        COMMAND_DEADLINE,
+                    )?;
                     if !out.status.success() {
                         bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
                     }
@@ -1225,18 +1227,20 @@ fn grpcurl() -> Result<PathBuf> {
 
 fn run_grpcurl(pki: &TestPki, agent: &AgentProcess, args: &[&str]) -> Result<String> {
     let who = pki.controller();
-    let out = std::process::Command::new(grpcurl()?)
-        .arg("-cacert")
-        .arg(&pki.paths.ca_cert)
-        .arg("-cert")
-        .arg(&who.cert)
-        .arg("-key")
-        .arg(&who.key)
-        .args(["-authority", "localhost", "-max-time", "20"])
-        .arg(agent.addr.to_string())
-        .args(args)
-        .output()
-        .context("running grpcurl")?;
+    let out = output_within(
+        std::process::Command::new(grpcurl()?)
+            .arg("-cacert")
+            .arg(&pki.paths.ca_cert)
+            .arg("-cert")
+            .arg(&who.cert)
+            .arg("-key")
+            .arg(&who.key)
+            .args(["-authority", "localhost", "-max-time", "20"])
+            .arg(agent.addr.to_string())
+            .args(args),
+        COMMAND_DEADLINE,
+    )
+    .context("running grpcurl")?;
     if !out.status.success() {
         bail!(
             "grpcurl {args:?} exited with {}: {}",

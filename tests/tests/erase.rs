@@ -121,21 +121,26 @@ async fn host(pki: &TestPki, agent: &AgentProcess) -> Result<pb::Host> {
 }
 
 fn is_luks(image: &Path) -> Result<bool> {
-    Ok(std::process::Command::new(cryptsetup()?)
-        .arg("isLuks")
-        .arg(image)
-        .status()?
-        .success())
+    Ok(output_within(
+        std::process::Command::new(cryptsetup()?)
+            .arg("isLuks")
+            .arg(image),
+        COMMAND_DEADLINE,
+    )?
+    .status
+    .success())
 }
 
 fn verify_cli(cert: &Path, ca: &Path, nonce: &[u8]) -> Result<std::process::Output> {
-    Ok(std::process::Command::new(agent_bin()?)
-        .args(["verify-erase"])
-        .arg(cert)
-        .arg("--ca")
-        .arg(ca)
-        .args(["--nonce", &hex(nonce)])
-        .output()?)
+    output_within(
+        std::process::Command::new(agent_bin()?)
+            .args(["verify-erase"])
+            .arg(cert)
+            .arg("--ca")
+            .arg(ca)
+            .args(["--nonce", &hex(nonce)]),
+        COMMAND_DEADLINE,
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -460,10 +465,12 @@ async fn status_socket_shows_state_streams_and_erase_outcome() -> Result<()> {
     let mut stream = open_telemetry(&s.pki, &agent, 0, 0).await?;
     let _ = stream.message().await?;
     let socket = agent.dir.join("agent.sock");
-    let out = std::process::Command::new(agent_bin()?)
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()?;
+    let out = output_within(
+        std::process::Command::new(agent_bin()?)
+            .args(["status", "--socket"])
+            .arg(&socket),
+        COMMAND_DEADLINE,
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -477,10 +484,12 @@ async fn status_socket_shows_state_streams_and_erase_outcome() -> Result<()> {
     );
     assert!(text.contains("erase:      none requested"), "{text}");
 
-    let plan = std::process::Command::new(agent_bin()?)
-        .args(["erase-plan", "--socket"])
-        .arg(&socket)
-        .output()?;
+    let plan = output_within(
+        std::process::Command::new(agent_bin()?)
+            .args(["erase-plan", "--socket"])
+            .arg(&socket),
+        COMMAND_DEADLINE,
+    )?;
     let plan_text = String::from_utf8_lossy(&plan.stdout);
     assert!(
         plan_text.contains("WOULD BE DESTROYED") && plan_text.contains(&s.luks_uuid),
@@ -490,10 +499,12 @@ async fn status_socket_shows_state_streams_and_erase_outcome() -> Result<()> {
 
     let op = terminate(&s.pki, &agent, "r-s", HOST_ID, &nonce()).await??;
     watch_to_end(&s.pki, &agent, &op.operation_id).await?;
-    let out = std::process::Command::new(agent_bin()?)
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()?;
+    let out = output_within(
+        std::process::Command::new(agent_bin()?)
+            .args(["status", "--socket"])
+            .arg(&socket),
+        COMMAND_DEADLINE,
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("state:      RECLAIMABLE"), "{text}");
     assert!(
@@ -510,22 +521,24 @@ async fn the_ctl_command_line_terminates_watches_and_saves_a_certificate_that_ve
     let agent = s.start()?;
     let bin = agent_bin()?;
     let ctl = |args: &[&str]| -> Result<std::process::Output> {
-        Ok(std::process::Command::new(&bin)
-            .args([
-                "ctl",
-                "--agent",
-                &format!("https://{}", agent.addr),
-                "--server-name",
-                "localhost",
-                "--ca",
-            ])
-            .arg(&s.pki.paths.ca_cert)
-            .arg("--cert")
-            .arg(&s.pki.paths.controller_cert)
-            .arg("--key")
-            .arg(&s.pki.paths.controller_key)
-            .args(args)
-            .output()?)
+        output_within(
+            std::process::Command::new(&bin)
+                .args([
+                    "ctl",
+                    "--agent",
+                    &format!("https://{}", agent.addr),
+                    "--server-name",
+                    "localhost",
+                    "--ca",
+                ])
+                .arg(&s.pki.paths.ca_cert)
+                .arg("--cert")
+                .arg(&s.pki.paths.controller_cert)
+                .arg("--key")
+                .arg(&s.pki.paths.controller_key)
+                .args(args),
+            COMMAND_DEADLINE,
+        )
     };
     let out = ctl(&["terminate", "--host-id", "h-wrong"])?;
     assert!(!out.status.success());
@@ -585,12 +598,14 @@ fn erase_plan_without_a_running_agent_plans_from_the_config_and_touches_nothing(
     let agent_dir = s.dir.path().join("agent");
     let config = write_config(&s.pki, &agent_dir, &s.opts)?;
     let before = std::fs::read(&s.image)?;
-    let out = std::process::Command::new(agent_bin()?)
-        .args(["erase-plan", "--socket"])
-        .arg(agent_dir.join("agent.sock"))
-        .arg("--config")
-        .arg(&config)
-        .output()?;
+    let out = output_within(
+        std::process::Command::new(agent_bin()?)
+            .args(["erase-plan", "--socket"])
+            .arg(agent_dir.join("agent.sock"))
+            .arg("--config")
+            .arg(&config),
+        COMMAND_DEADLINE,
+    )?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

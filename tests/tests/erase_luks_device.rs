@@ -25,9 +25,7 @@ fn cryptsetup() -> Result<PathBuf> {
 
 /// Runs `program args`; its stdout, or an error with its stderr.
 fn run(program: &Path, args: &[&std::ffi::OsStr]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
+    let out = output_within(Command::new(program).args(args), COMMAND_DEADLINE)
         .with_context(|| format!("running {}", program.display()))?;
     if !out.status.success() {
         bail!(
@@ -64,10 +62,10 @@ impl LoopDevice {
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
-        let _ = Command::new("/usr/sbin/losetup")
-            .arg("-d")
-            .arg(&self.path)
-            .status();
+        let _ = output_within(
+            Command::new("/usr/sbin/losetup").arg("-d").arg(&self.path),
+            COMMAND_DEADLINE,
+        );
     }
 }
 
@@ -130,21 +128,25 @@ impl LuksVolume {
 
     /// Whether the passphrase still unlocks a keyslot (no mapping is made).
     fn passphrase_opens(&self) -> Result<bool> {
-        Ok(Command::new(cryptsetup()?)
-            .args(["open", "--test-passphrase", "--key-file"])
-            .arg(&self.key_file)
-            .arg(&self.device)
-            .output()?
-            .status
-            .success())
+        Ok(output_within(
+            Command::new(cryptsetup()?)
+                .args(["open", "--test-passphrase", "--key-file"])
+                .arg(&self.key_file)
+                .arg(&self.device),
+            COMMAND_DEADLINE,
+        )?
+        .status
+        .success())
     }
 
     /// `luksDump` of the device: `None` when cryptsetup finds no LUKS header.
     fn dump(&self) -> Result<Option<String>> {
-        let out = Command::new(cryptsetup()?)
-            .arg("luksDump")
-            .arg(&self.device)
-            .output()?;
+        let out = output_within(
+            Command::new(cryptsetup()?)
+                .arg("luksDump")
+                .arg(&self.device),
+            COMMAND_DEADLINE,
+        )?;
         Ok(out
             .status
             .success()
@@ -422,11 +424,13 @@ fn private_key_needles(name: &str, key_pem: &Path) -> Result<Vec<(String, String
         .iter()
         .map(|line| (format!("{name}: PEM line"), (*line).to_owned()))
         .collect();
-    let out = Command::new("/usr/bin/openssl")
-        .args(["pkey", "-outform", "DER", "-in"])
-        .arg(key_pem)
-        .output()
-        .context("running openssl (install openssl)")?;
+    let out = output_within(
+        Command::new("/usr/bin/openssl")
+            .args(["pkey", "-outform", "DER", "-in"])
+            .arg(key_pem),
+        COMMAND_DEADLINE,
+    )
+    .context("running openssl (install openssl)")?;
     ensure!(
         out.status.success(),
         "openssl pkey -outform DER: {}",

@@ -20,13 +20,20 @@ struct SmallFs {
 impl SmallFs {
     fn mount(dir: &Path, bytes: u64) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o"])
-            .arg(format!("size={bytes},nr_inodes=200,mode=0700"))
-            .arg("tmpfs")
-            .arg(dir)
-            .status()?;
-        ensure!(status.success(), "mounting a tmpfs (needs root): {status}");
+        let out = output_within(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={bytes},nr_inodes=200,mode=0700"))
+                .arg("tmpfs")
+                .arg(dir),
+            COMMAND_DEADLINE,
+        )?;
+        ensure!(
+            out.status.success(),
+            "mounting a tmpfs (needs root): {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -64,7 +71,10 @@ impl SmallFs {
 
 impl Drop for SmallFs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        let _ = output_within(
+            std::process::Command::new("umount").arg(&self.dir),
+            COMMAND_DEADLINE,
+        );
     }
 }
 

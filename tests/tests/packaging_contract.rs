@@ -59,9 +59,10 @@ fn the_plist_runs_the_agent_with_its_own_subcommand_and_config_flag() -> Result<
 fn check_config_exits_64_on_the_unedited_example_and_0_on_a_complete_config() -> Result<()> {
     let bin = jex_e2e::agent_bin()?;
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../launchd/agent.toml.example");
-    let out = std::process::Command::new(&bin)
-        .args(["check-config", "--config", example])
-        .output()?;
+    let out = jex_e2e::output_within(
+        std::process::Command::new(&bin).args(["check-config", "--config", example]),
+        jex_e2e::COMMAND_DEADLINE,
+    )?;
     assert_eq!(out.status.code(), Some(layout::EXIT_CONFIG_INVALID));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -72,11 +73,13 @@ fn check_config_exits_64_on_the_unedited_example_and_0_on_a_complete_config() ->
     let pki = jex_e2e::TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let config = jex_e2e::write_config(&pki, dir.path(), &jex_e2e::AgentOptions::default())?;
-    let out = std::process::Command::new(&bin)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&config)
-        .output()?;
+    let out = jex_e2e::output_within(
+        std::process::Command::new(&bin)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&config),
+        jex_e2e::COMMAND_DEADLINE,
+    )?;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -90,11 +93,13 @@ fn check_config_exits_64_on_the_unedited_example_and_0_on_a_complete_config() ->
         &broken,
         std::fs::read_to_string(&config)?.replace("interval_ms = 100", "interval_ms = 5"),
     )?;
-    let out = std::process::Command::new(&bin)
-        .arg("check-config")
-        .arg("--config")
-        .arg(&broken)
-        .output()?;
+    let out = jex_e2e::output_within(
+        std::process::Command::new(&bin)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&broken),
+        jex_e2e::COMMAND_DEADLINE,
+    )?;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("key `telemetry.interval_ms`"));
     Ok(())

@@ -7,8 +7,9 @@
 //!   lock                              flock'd by the running agent
 //!   keys/                             0700
 //!     <operation_id>.key              the pattern key, hex, 0600: secret until the certificate
-//!                                     is signed, needed to resume an overwrite; deleted when
-//!                                     the operation ends
+//!                                     is signed, needed to resume an overwrite; deleted once
+//!                                     the certificate is journaled (before `reclaimable`) or
+//!                                     once the operation failed
 //!   certificates/                     0755
 //!     <operation_id>.json             SignedCertificate bundle JSON, 0644, kept forever
 //! ```

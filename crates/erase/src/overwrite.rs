@@ -310,21 +310,22 @@ mod tests {
             changed: Default::default(),
         };
         let pinned = io.inner.identity().clone();
-        let mut checkpoints = Vec::new();
+        let settings = OverwriteSettings {
+            chunk_bytes: chunk,
+            checkpoint_bytes: 4 * chunk,
+            parallelism: Parallelism {
+                queue_depth: 4,
+                cpu_threads: 2,
+            },
+        };
+        let mut checkpoints = vec![0];
         overwrite_target(
             "t",
             &io,
             &pinned,
             &pattern,
             0,
-            &OverwriteSettings {
-                chunk_bytes: chunk,
-                checkpoint_bytes: 4 * chunk,
-                parallelism: Parallelism {
-                    queue_depth: 4,
-                    cpu_threads: 2,
-                },
-            },
+            &settings,
             &mut |_| {},
             &mut |offset| {
                 let done = io.done.lock().unwrap();
@@ -344,12 +345,15 @@ mod tests {
             checkpoints.windows(2).all(|w| w[0] < w[1]),
             "{checkpoints:?}"
         );
-        // At most one checkpoint per boundary, and none skipped by more than a segment plus the
-        // writes in flight.
+        // At most one checkpoint per boundary, and none further from the previous one (or from
+        // the start) than a segment plus the window, less a chunk: the last prefix short of the
+        // next boundary is at most a segment less a chunk past the previous checkpoint, and one
+        // completion can extend the prefix by at most the window (no job starts `window` jobs
+        // or more beyond it), however the writes are scheduled.
+        let most = settings.checkpoint_bytes + (window_jobs(&settings, chunk) - 1) * chunk;
         assert!(
-            checkpoints
-                .windows(2)
-                .all(|w| w[1] - w[0] <= 4 * chunk + 4 * chunk)
+            checkpoints.windows(2).all(|w| w[1] - w[0] <= most),
+            "{checkpoints:?}, at most {most} bytes apart"
         );
         let written = std::fs::read(&path).unwrap();
         let mut expected = vec![0u8; written.len()];

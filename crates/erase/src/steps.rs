@@ -150,6 +150,10 @@ fn run_steps(shared: &Arc<Shared>, operation_id: &str, resumed: bool) -> Result<
             certify(shared, &op, &destroyed, &pattern, &verification)?
         }
     };
+    // The certificate is durable and journaled: the key is public and nothing needs it any
+    // more. It goes before the host is marked reclaimable, so that whoever sees `reclaimable`
+    // (the controller, or a process exiting right after) never finds it left on disk.
+    shared.dirs.remove_key_file(operation_id);
     if outcome == Outcome::Erased {
         shared.record(Record::Reclaimable {
             operation_id: operation_id.to_owned(),
@@ -161,7 +165,6 @@ fn run_steps(shared: &Arc<Shared>, operation_id: &str, resumed: bool) -> Result<
             "erase certified with exceptions: host not reclaimable"
         );
     }
-    shared.dirs.remove_key_file(operation_id);
     Ok(())
 }
 

@@ -138,12 +138,16 @@ impl TargetIo for FaultyIo {
         if let Fault::TruncateAfterWrites(after, len) = self.fault
             && count == after
         {
+            // Under the log's lock, with a marker: every write logged after the marker was
+            // issued after the truncation could be seen.
+            let mut log = self.log.0.lock().unwrap();
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(self.inner.path())
                 .unwrap()
                 .set_len(len)
                 .unwrap();
+            log.push(('t', len));
         }
         Ok(())
     }
@@ -711,8 +715,9 @@ fn a_target_truncated_mid_overwrite_is_refused() {
     let h = Harness::new(&[2 << 20]);
     let opener = Arc::new(FaultyOpener::new(Fault::TruncateAfterWrites(5, 1 << 20)));
     let log = opener.log.clone();
-    // Four writes in flight: the ones already issued when the truncation happens all land
-    // below its new end (64 KiB chunks, 1 MiB), which the last assertion relies on.
+    // Four writes in flight, none started more than the window (8 chunks) beyond the completed
+    // prefix: the ones issued after the truncation all land below its new end (64 KiB chunks,
+    // 1 MiB), which the last assertion relies on.
     let config = EraseConfig {
         queue_depth: 4,
         ..h.config()
@@ -727,16 +732,31 @@ fn a_target_truncated_mid_overwrite_is_refused() {
         reason.contains("identity changed") && reason.contains("size=1048576"),
         "{reason}"
     );
-    // No write starts once the truncation can be seen: besides the five before it, only the
-    // writes already in flight (at most queue_depth - 1) were issued, out of 32 chunks.
-    let writes = log
-        .0
-        .lock()
-        .unwrap()
+    // No write starts once the truncation can be seen: each writer checks the target before
+    // each write, so after the truncation only writers that had already passed that check
+    // issue one more write each, at most queue_depth - 1 (the truncating writer checks next).
+    // (Counted from the truncation itself, not from the fifth write: the other writers go on
+    // while the fifth write's thread truncates, the more so on a loaded machine.)
+    let log = log.0.lock().unwrap().clone();
+    let truncated_at = log
+        .iter()
+        .position(|(k, _)| *k == 't')
+        .expect("the target was truncated");
+    let writes_after = log[truncated_at..]
         .iter()
         .filter(|(k, _)| *k == 'w')
         .count();
-    assert!(writes < 5 + depth, "{writes} writes issued");
+    assert!(
+        writes_after < depth,
+        "{writes_after} writes issued after the truncation: {log:?}"
+    );
+    assert!(
+        log[..truncated_at]
+            .iter()
+            .filter(|(k, _)| *k == 'w')
+            .count()
+            >= 5
+    );
     // Jobs are taken in order, so those writes all land below the truncated end.
     assert_eq!(std::fs::metadata(&h.images[0]).unwrap().len(), 1 << 20);
 }
@@ -1403,6 +1423,42 @@ fn a_disk_that_stays_full_fails_the_operation_without_journaling_the_failure() {
         )),
         "{records:?}"
     );
+}
+
+// === The pattern key file's lifetime ===
+
+#[test]
+fn the_pattern_key_file_lives_until_the_certificate_and_is_gone_before_reclaimable() {
+    let h = Harness::new(&[512 << 10]);
+    let keys_dir = h.state_dir().join(crate::layout::KEYS_DIR);
+    // Before each journal append: the record and how many key files the state holds.
+    let seen: Arc<Mutex<Vec<(RecordKind, usize)>>> = Arc::default();
+    let hook: RecordHook = {
+        let (seen, keys_dir) = (Arc::clone(&seen), keys_dir.clone());
+        Arc::new(move |record: &Record| {
+            let files = std::fs::read_dir(&keys_dir).unwrap().count();
+            seen.lock().unwrap().push((record.kind(), files));
+        })
+    };
+    let service = h.open_hooked(h.config(), Arc::new(DirectOpener), None, Some(hook));
+    let started = service.terminate(terminate_cmd("req-key-file")).unwrap();
+    let view = wait_finished(&service, &started.operation_id);
+    assert_eq!(view.phase, Phase::Reclaimable, "{view:?}");
+    // Whoever sees `reclaimable` finds no key left, even if the process exits at once.
+    assert_eq!(std::fs::read_dir(&keys_dir).unwrap().count(), 0);
+    let seen = seen.lock().unwrap().clone();
+    let (last, before) = seen.split_last().unwrap();
+    // Up to `certified` the key is on disk (a resumed overwrite or verification needs it)...
+    assert!(
+        before.iter().all(|(_, files)| *files == 1),
+        "key file missing before the certificate: {seen:?}"
+    );
+    assert_eq!(
+        before.last().map(|(kind, _)| *kind),
+        Some(RecordKind::Certified)
+    );
+    // ...and it is removed before `reclaimable` is journaled, not after.
+    assert_eq!(*last, (RecordKind::Reclaimable, 0), "{seen:?}");
 }
 
 // === Read-only queries never wait for the engine's lock ===
