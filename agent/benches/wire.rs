@@ -73,7 +73,7 @@ fn apple_sample() -> Sample {
 }
 
 fn record(seq: u64, sample: &Sample) -> pb::TelemetryRecord {
-    jex_agent::server::convert::record(&Record {
+    jex_agent::telemetry::wire::to_proto(&Record {
         seq,
         time_unix_ms: 1_795_000_000_000 + seq * 1000,
         body: RecordBody::Sample(sample.clone()),

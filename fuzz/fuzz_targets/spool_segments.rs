@@ -1,5 +1,5 @@
 //! Spool recovery on damaged segment files: the input becomes the segment files of a spool
-//! directory (on tmpfs when `/dev/shm` exists), and the agent's `Spool<StoredBody>` opens it
+//! directory (on tmpfs when `/dev/shm` exists), and the agent's `Spool<WireRecord>` opens it
 //! the way it does on start (`Spool::open`: scan, resynchronise, truncate a torn tail, number
 //! past damaged frames, decode each payload: protobuf `TelemetryRecord`s in format 2 segments,
 //! postcard bodies through the kept decoder in format 1), reads everything back, appends one
@@ -19,7 +19,7 @@
 
 #![no_main]
 
-use jex_agent::telemetry::wire::StoredBody;
+use jex_agent::telemetry::wire::WireRecord;
 use jex_spool::{Item, Spool, SpoolConfig};
 use jex_telemetry::{Gap, GapReason, RecordBody};
 use libfuzzer_sys::fuzz_target;
@@ -33,7 +33,7 @@ fn segment_name(base_seq: u64) -> String {
 }
 
 /// Every item after 0, checking that they cover `1..=last` in order.
-fn read_all(spool: &Spool<StoredBody>, last: u64) -> Vec<Item<StoredBody>> {
+fn read_all(spool: &Spool<WireRecord>, last: u64) -> Vec<Item<WireRecord>> {
     let mut items = Vec::new();
     let mut cursor = 0;
     loop {
@@ -91,18 +91,22 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let (mut spool, report) =
-        Spool::<StoredBody>::open(config(tmp.path())).expect("open recovers from any damage");
+        Spool::<WireRecord>::open(config(tmp.path())).expect("open recovers from any damage");
     let last = spool.last_seq().unwrap_or(0);
     assert_eq!(report.last_seq, spool.last_seq());
     let mut before = read_all(&spool, last);
 
-    let body = StoredBody(RecordBody::Gap(Gap {
-        reason: GapReason::AgentDown,
-        missing_seqs: None,
-        start_time_unix_ms: 1,
-        end_time_unix_ms: 2,
-    }));
     let time = spool.last_time_unix_ms().unwrap_or(0).saturating_add(1000);
+    let body = WireRecord::next_in(
+        &spool,
+        time,
+        RecordBody::Gap(Gap {
+            reason: GapReason::AgentDown,
+            missing_seqs: None,
+            start_time_unix_ms: 1,
+            end_time_unix_ms: 2,
+        }),
+    );
     let entry = spool
         .append(time, body.clone())
         .expect("appending to tmpfs");
@@ -110,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
     spool.flush().expect("flushing");
     drop(spool);
 
-    let (spool, _) = Spool::<StoredBody>::open(config(tmp.path())).expect("reopening");
+    let (spool, _) = Spool::<WireRecord>::open(config(tmp.path())).expect("reopening");
     assert_eq!(spool.last_seq(), Some(entry.seq));
     let mut after = read_all(&spool, entry.seq);
     let appended = after.pop();

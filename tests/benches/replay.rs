@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use jex_agent::telemetry::wire::StoredBody;
+use jex_agent::telemetry::wire::WireRecord;
 use jex_agent::telemetry::{CpuSample, MemorySample, RecordBody, Sample};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
@@ -47,7 +47,9 @@ async fn main() -> Result<()> {
         let (mut spool, _) = Spool::open(SpoolConfig::new(&spool_dir))?;
         let start = 1_795_000_000_000u64;
         for i in 0..DAY {
-            spool.append(start + i * 1000, StoredBody(RecordBody::Sample(sample(i))))?;
+            let time = start + i * 1000;
+            let record = WireRecord::next_in(&spool, time, RecordBody::Sample(sample(i)));
+            spool.append(time, record)?;
         }
         spool.flush()?;
     }

@@ -283,7 +283,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<jex_proto::v1::node_agent_server::NodeAgentServer<AgentService>>()
+        .set_serving::<jex_proto::stored::node_agent_server::NodeAgentServer<AgentService>>()
         .await;
     let max_request = crate::server::fields::MAX_REQUEST_BYTES;
     // Reflection in both versions (grpcurl before 1.8.8 speaks only v1alpha), each listing both.

@@ -31,7 +31,7 @@ pub(crate) mod schema;
 
 use std::sync::Arc;
 
-use jex_proto::v1::node_agent_server::NodeAgentServer;
+use jex_proto::stored::node_agent_server::NodeAgentServer;
 use tokio::sync::watch;
 use tonic::Status;
 

@@ -101,10 +101,10 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::telemetry::wire::StoredBody;
+use crate::telemetry::wire::WireRecord;
 use crate::telemetry::{Gap, GapReason, Record, RecordBody, SampleSource};
 use jex_platform::error_chain;
-use jex_spool::{Entry, Item, Loss, Missing, Spool, SpoolError, SpoolStats};
+use jex_spool::{Item, Loss, Missing, Spool, SpoolError, SpoolStats};
 
 /// Default capacity of the live channel, in records: about 4 minutes at 1 Hz, a few tens of KB.
 /// A subscriber further behind reads the spool instead.
@@ -249,9 +249,9 @@ type WallClock = Box<dyn Fn() -> u64 + Send>;
 
 /// What the sampler thread and the subscriptions share.
 struct Shared {
-    spool: Mutex<Spool<StoredBody>>,
+    spool: Mutex<Spool<WireRecord>>,
     /// Taken (closed) when the sampler stops.
-    live: Mutex<Option<broadcast::Sender<Record>>>,
+    live: Mutex<Option<broadcast::Sender<WireRecord>>>,
     status: Mutex<Status>,
     subscribers: AtomicUsize,
     interval: Duration,
@@ -281,7 +281,7 @@ impl Hub {
     /// Needs no runtime itself; subscriptions must be polled inside a tokio runtime.
     pub fn start(
         source: Box<dyn SampleSource>,
-        spool: Spool<StoredBody>,
+        spool: Spool<WireRecord>,
         config: HubConfig,
     ) -> Result<Hub, HubError> {
         let pace = Pace::Timer(config.interval);
@@ -294,7 +294,7 @@ impl Hub {
     #[cfg(test)]
     fn start_driven(
         source: Box<dyn SampleSource>,
-        spool: Spool<StoredBody>,
+        spool: Spool<WireRecord>,
         config: HubConfig,
         clock: WallClock,
     ) -> Result<(Hub, Ticker), HubError> {
@@ -314,7 +314,7 @@ impl Hub {
 
     fn launch(
         source: Box<dyn SampleSource>,
-        spool: Spool<StoredBody>,
+        spool: Spool<WireRecord>,
         config: HubConfig,
         pace: Pace,
         clock: WallClock,

@@ -2,14 +2,16 @@
 //! `jex.agent.v1.TelemetryRecord`. The conversions both ways live here, so the spool stores
 //! exactly what the stream sends, and a later agent whose records gained fields still reads
 //! every record an earlier one spooled (protobuf fields are numbered; a field an old record
-//! lacks reads as its default). [`StoredBody`] is the payload the hub keeps in the spool;
-//! [`v1`] reads the postcard records of spool segments written before this form.
+//! lacks reads as its default). [`WireRecord`] is a record encoded once: what the hub spools,
+//! what subscribers get and what a replay sends as stored; [`v1`] reads the postcard records
+//! of spool segments written before this form.
 
 pub mod v1;
 
 use jex_proto::v1 as pb;
-use jex_spool::{Payload, PayloadError, SCHEMA_V1};
+use jex_spool::{Payload, PayloadError, SCHEMA_V1, Spool};
 use prost::Message;
+use prost::bytes::Bytes;
 
 use crate::telemetry::{
     ClusterBusy, CoreKind, CpuSample, Gap, GapReason, LoadAverage, MemoryPressure, MemorySample,
@@ -222,27 +224,94 @@ fn sample_from_proto(s: &pb::Sample) -> Result<Sample, PayloadError> {
     })
 }
 
-/// A record body as the hub spools it: stored as the protobuf encoding of the whole
-/// `TelemetryRecord` (schema [`SCHEMA_TELEMETRY_RECORD`]), number and time included, so the
-/// stored bytes are the record as sent; read back from that, or from a format 1 segment's
-/// postcard body through [`v1`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredBody(pub RecordBody);
+/// A telemetry record in its wire form: the protobuf encoding of the whole `TelemetryRecord`
+/// (schema [`SCHEMA_TELEMETRY_RECORD`]), number and time included. It is what the hub spools,
+/// what subscribers get and what the server sends, so a record is encoded once, when it is
+/// made, and a replay sends the stored bytes as they are (`jex_proto::stored::StoredBatch`).
+///
+/// Read back from a spool, the bytes are checked to be one whole `TelemetryRecord` filed under
+/// its own number and time, so a record a client could not decode never reaches one; fields
+/// this agent does not know (a newer agent's) are kept and sent on. A format 1 segment's
+/// postcard record is decoded through [`v1`] and encoded once on its way out.
+#[derive(Clone, PartialEq)]
+pub struct WireRecord {
+    seq: u64,
+    time_unix_ms: u64,
+    bytes: Bytes,
+}
 
-impl Payload for StoredBody {
+impl WireRecord {
+    /// `record`, encoded.
+    pub fn new(record: &Record) -> Self {
+        WireRecord {
+            seq: record.seq,
+            time_unix_ms: record.time_unix_ms,
+            bytes: Bytes::from(to_proto(record).encode_to_vec()),
+        }
+    }
+
+    /// A record of `body` at `time_unix_ms`, numbered as the next record `spool` appends
+    /// (`Spool::append` refuses it under any other number).
+    pub fn next_in(spool: &Spool<WireRecord>, time_unix_ms: u64, body: RecordBody) -> Self {
+        Self::new(&Record {
+            seq: spool.next_seq(),
+            time_unix_ms,
+            body,
+        })
+    }
+
+    /// The record's number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The record's time, in milliseconds since the Unix epoch.
+    pub fn time_unix_ms(&self) -> u64 {
+        self.time_unix_ms
+    }
+
+    /// The encoded `TelemetryRecord`.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The encoded `TelemetryRecord`, for a response.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// The record back in the telemetry model.
+    pub fn record(&self) -> Result<Record, PayloadError> {
+        let message = pb::TelemetryRecord::decode(self.bytes.as_ref())
+            .map_err(|err| PayloadError(err.to_string()))?;
+        from_proto(&message)
+    }
+}
+
+impl std::fmt::Debug for WireRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireRecord")
+            .field("seq", &self.seq)
+            .field("time_unix_ms", &self.time_unix_ms)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl Payload for WireRecord {
     fn schema(&self) -> u16 {
         SCHEMA_TELEMETRY_RECORD
     }
 
     fn encode(&self, seq: u64, time_unix_ms: u64, out: &mut Vec<u8>) -> Result<(), PayloadError> {
-        let record = Record {
-            seq,
-            time_unix_ms,
-            body: self.0.clone(),
-        };
-        to_proto(&record)
-            .encode(out)
-            .map_err(|err| PayloadError(err.to_string()))
+        if (self.seq, self.time_unix_ms) != (seq, time_unix_ms) {
+            return Err(PayloadError(format!(
+                "record {} at {} offered as number {seq} at {time_unix_ms}",
+                self.seq, self.time_unix_ms
+            )));
+        }
+        out.extend_from_slice(&self.bytes);
+        Ok(())
     }
 
     fn decode(
@@ -253,18 +322,31 @@ impl Payload for StoredBody {
     ) -> Result<Self, PayloadError> {
         match schema {
             SCHEMA_TELEMETRY_RECORD => {
+                // Checked, not converted: the bytes go out as stored.
                 let message = pb::TelemetryRecord::decode(bytes)
                     .map_err(|err| PayloadError(err.to_string()))?;
-                let record = from_proto(&message)?;
-                if (record.seq, record.time_unix_ms) != (seq, time_unix_ms) {
+                if (message.seq, message.time_unix_ms) != (seq, time_unix_ms) {
                     return Err(PayloadError(format!(
                         "record {} at {} stored under number {seq} at {time_unix_ms}",
-                        record.seq, record.time_unix_ms
+                        message.seq, message.time_unix_ms
                     )));
                 }
-                Ok(StoredBody(record.body))
+                if message.body.is_none() {
+                    return Err(PayloadError("a record with neither sample nor gap".into()));
+                }
+                Ok(WireRecord {
+                    seq,
+                    time_unix_ms,
+                    bytes: Bytes::copy_from_slice(bytes),
+                })
             }
-            SCHEMA_V1 => v1::decode(bytes).map(StoredBody),
+            SCHEMA_V1 => v1::decode(bytes).map(|body| {
+                WireRecord::new(&Record {
+                    seq,
+                    time_unix_ms,
+                    body,
+                })
+            }),
             other => Err(PayloadError(format!(
                 "unknown telemetry record schema {other}"
             ))),

@@ -89,6 +89,12 @@ impl<T: Payload> Spool<T> {
             .filter(|&(_, last)| last > self.evicted_through)
     }
 
+    /// The number the next [`Spool::append`] hands out, for a payload that holds its own
+    /// number (the caller holds the spool, so nothing appends in between).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     /// The highest number handed out, if any.
     pub fn last_seq(&self) -> Option<u64> {
         (self.next_seq > 1).then(|| self.next_seq - 1)

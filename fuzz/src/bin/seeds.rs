@@ -18,7 +18,7 @@
 //!   one of them converted to a binary plist, and `cryptsetup luksDump --dump-json-metadata` and
 //!   `cryptsetup --version` from the real `cryptsetup` on a fresh two-keyslot LUKS2 image.
 //! - `client_san`: the agent, controller and observer certificates (DER) of the development PKI.
-//! - `spool_segments`: a segment written by the agent's `jex_spool::Spool<StoredBody>` with three samples
+//! - `spool_segments`: a segment written by the agent's `jex_spool::Spool<WireRecord>` with three samples
 //!   of this machine (the agent's own sampler) and a gap; the same cut in its last frame (a
 //!   torn tail), without its header (the target's frames-only form), and twice in a row (the
 //!   target's two-segment form); the golden format 1 segment and the crash input of issue 14
@@ -451,31 +451,32 @@ fn diskutil_parsers(out: &Out, repo: &Path, tmp: &Path) -> Result<()> {
 }
 
 fn spool_segments(out: &Out, tmp: &Path) -> Result<()> {
-    use jex_agent::telemetry::wire::StoredBody;
+    use jex_agent::telemetry::wire::WireRecord;
     use jex_spool::{Spool, SpoolConfig};
     use jex_telemetry::{Gap, GapReason, RecordBody};
     let target = "spool_segments";
     out.reset(target)?;
     let dir = tmp.join("spool");
     let mut source = jex_agent::telemetry::sampler::platform_source(Vec::new())?;
-    let (mut spool, _) = Spool::<StoredBody>::open(SpoolConfig::new(&dir))?;
+    let (mut spool, _) = Spool::<WireRecord>::open(SpoolConfig::new(&dir))?;
     let t0 = 1_750_000_000_000u64;
     for i in 0..3 {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        spool.append(
-            t0 + i * 1000,
-            StoredBody(RecordBody::Sample(source.sample()?)),
-        )?;
+        let record =
+            WireRecord::next_in(&spool, t0 + i * 1000, RecordBody::Sample(source.sample()?));
+        spool.append(t0 + i * 1000, record)?;
     }
-    spool.append(
+    let gap = WireRecord::next_in(
+        &spool,
         t0 + 10_000,
-        StoredBody(RecordBody::Gap(Gap {
+        RecordBody::Gap(Gap {
             reason: GapReason::AgentDown,
             missing_seqs: None,
             start_time_unix_ms: t0 + 3000,
             end_time_unix_ms: t0 + 10_000,
-        })),
-    )?;
+        }),
+    );
+    spool.append(t0 + 10_000, gap)?;
     spool.flush()?;
     drop(spool);
     let segment = fs::read(dir.join(format!("{:020}.seg", 1)))?;

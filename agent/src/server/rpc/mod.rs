@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use jex_proto::stored::node_agent_server::NodeAgent;
 use jex_proto::v1 as pb;
-use jex_proto::v1::node_agent_server::NodeAgent;
 use tonic::{Request, Response, Status};
 
 use super::AgentService;
@@ -82,7 +82,7 @@ impl NodeAgent for AgentService {
         get_host::handle(self, req).await
     }
 
-    type StreamTelemetryStream = BoxStream<pb::StreamTelemetryResponse>;
+    type StreamTelemetryStream = BoxStream<jex_proto::stored::StoredBatch>;
 
     async fn stream_telemetry(
         &self,

@@ -8,12 +8,14 @@
 //!   ended by the hub stopping, end with `UNAVAILABLE`, never `OK`.
 
 use futures::StreamExt;
+use jex_proto::stored::StoredBatch;
 use jex_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{ANY_ROLE, BoxStream, Method, peer_of, rpc_span, then_unavailable, until_shutdown};
-use crate::server::{AgentService, convert, grpc_error};
+use crate::server::{AgentService, grpc_error};
 use crate::telemetry::hub::HubError;
+use crate::telemetry::wire::WireRecord;
 
 /// The table entry.
 pub const METHOD: Method = Method {
@@ -69,7 +71,7 @@ pub fn from_hub(e: &HubError) -> Status {
 pub(super) fn handle(
     svc: &AgentService,
     req: Request<pb::StreamTelemetryRequest>,
-) -> Result<Response<BoxStream<pb::StreamTelemetryResponse>>, Status> {
+) -> Result<Response<BoxStream<StoredBatch>>, Status> {
     let peer = peer_of(&req, "StreamTelemetry")?;
     let span = rpc_span("StreamTelemetry", &peer);
     let sub = command(req.get_ref());
@@ -92,10 +94,11 @@ pub(super) fn handle(
     let batches = records.map(move |item| match item {
         Ok(batch) => {
             if let Some(last) = batch.last() {
-                guard.sent(last.seq);
+                guard.sent(last.seq());
             }
-            Ok(pb::StreamTelemetryResponse {
-                records: batch.iter().map(convert::record).collect(),
+            // The records as encoded when they were made (and stored): sent, not re-encoded.
+            Ok(StoredBatch {
+                records: batch.into_iter().map(WireRecord::into_bytes).collect(),
             })
         }
         Err(e) => {
@@ -110,7 +113,7 @@ pub(super) fn handle(
             "the agent is stopping: reconnect and resume after the last seq received",
         )
     };
-    let out: BoxStream<pb::StreamTelemetryResponse> = if sub.history_only {
+    let out: BoxStream<StoredBatch> = if sub.history_only {
         Box::pin(until_shutdown(
             batches,
             async move {

@@ -27,7 +27,7 @@ pub(super) struct Sampler {
     pub(super) shared: Arc<Shared>,
     pub(super) clock: WallClock,
     /// Appended but not yet durable, oldest first.
-    pub(super) pending: VecDeque<Record>,
+    pub(super) pending: VecDeque<WireRecord>,
     pub(super) max_pending: usize,
     /// When the current run of sampler errors began (for logging once per run).
     pub(super) failing_since: Option<u64>,
@@ -173,11 +173,12 @@ impl Sampler {
     /// record itself (it is then dropped).
     pub(super) fn store(
         &mut self,
-        spool: &mut Spool<StoredBody>,
+        spool: &mut Spool<WireRecord>,
         now: u64,
         body: RecordBody,
     ) -> Result<u64, SpoolError> {
-        let appended = match spool.append_or_skip(now, StoredBody(body)) {
+        let record = WireRecord::next_in(spool, now, body);
+        let appended = match spool.append_or_skip(now, record) {
             Ok(appended) => appended,
             Err(err) => {
                 lock(&self.shared.status).spool_errors += 1;
@@ -218,7 +219,7 @@ impl Sampler {
                 }
             }
         }
-        self.pending.push_back(record_of(appended.entry));
+        self.pending.push_back(appended.entry.payload);
         Ok(seq)
     }
 
@@ -230,12 +231,12 @@ impl Sampler {
     /// Syncs the spool first when `sync` says so and a pending record is not durable yet (see
     /// the module docs), then sends every durable pending record to the live channel and
     /// refreshes the status.
-    pub(super) fn publish(&mut self, mut spool: MutexGuard<'_, Spool<StoredBody>>, sync: bool) {
+    pub(super) fn publish(&mut self, mut spool: MutexGuard<'_, Spool<WireRecord>>, sync: bool) {
         if sync
             && self
                 .pending
                 .back()
-                .is_some_and(|record| record.seq > spool.durable_seq())
+                .is_some_and(|record| record.seq() > spool.durable_seq())
         {
             // A failure is logged by the spool; the records wait for a sync that succeeds.
             spool.sync_now();
@@ -255,7 +256,7 @@ impl Sampler {
         while self
             .pending
             .front()
-            .is_some_and(|record| record.seq <= durable)
+            .is_some_and(|record| record.seq() <= durable)
         {
             let Some(record) = self.pending.pop_front() else {
                 break;
@@ -300,27 +301,18 @@ pub(super) fn next_tick(prev: Instant, interval: Duration, now: Instant) -> Inst
     next + interval * u32::try_from(missed).unwrap_or(u32::MAX)
 }
 
-/// A spooled record as subscribers get it.
-pub(super) fn record_of(entry: Entry<StoredBody>) -> Record {
-    Record {
-        seq: entry.seq,
-        time_unix_ms: entry.time_unix_ms,
-        body: entry.payload.0,
-    }
-}
-
-/// What subscribers get for a spool item: the record, or for numbers the spool cannot deliver
-/// a gap numbered by the last of them and stamped with the end of the missing range.
-pub(super) fn record_of_item(item: Item<StoredBody>) -> Record {
+/// What subscribers get for a spool item: the record as stored, or for numbers the spool cannot
+/// deliver a gap numbered by the last of them and stamped with the end of the missing range.
+pub(super) fn record_of_item(item: Item<WireRecord>) -> WireRecord {
     match item {
-        Item::Entry(entry) => record_of(entry),
+        Item::Entry(entry) => entry.payload,
         Item::Missing(Missing {
             first_seq,
             last_seq,
             reason,
             start_time_unix_ms,
             end_time_unix_ms,
-        }) => Record {
+        }) => WireRecord::new(&Record {
             seq: last_seq,
             time_unix_ms: end_time_unix_ms,
             body: RecordBody::Gap(Gap {
@@ -333,7 +325,7 @@ pub(super) fn record_of_item(item: Item<StoredBody>) -> Record {
                 start_time_unix_ms,
                 end_time_unix_ms,
             }),
-        },
+        }),
     }
 }
 

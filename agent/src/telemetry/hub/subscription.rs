@@ -5,11 +5,11 @@ use super::*;
 
 /// A stream of record batches; see [`Hub::subscribe`].
 pub struct Subscription {
-    pub(super) inner: BoxStream<'static, Result<Vec<Record>, HubError>>,
+    pub(super) inner: BoxStream<'static, Result<Vec<WireRecord>, HubError>>,
 }
 
 impl Stream for Subscription {
-    type Item = Result<Vec<Record>, HubError>;
+    type Item = Result<Vec<WireRecord>, HubError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.poll_next_unpin(cx)
@@ -58,7 +58,7 @@ pub(super) enum Source {
 pub(super) struct Follower {
     pub(super) shared: Arc<Shared>,
     /// `None` for history-only subscriptions and once the hub has stopped.
-    pub(super) live: Option<broadcast::Receiver<Record>>,
+    pub(super) live: Option<broadcast::Receiver<WireRecord>>,
     /// The last number yielded (or the starting cursor).
     pub(super) cursor: u64,
     pub(super) max_batch: usize,
@@ -67,7 +67,7 @@ pub(super) struct Follower {
     pub(super) _count: SubscriberCount,
 }
 
-pub(super) type Step = Option<(Result<Vec<Record>, HubError>, Follower)>;
+pub(super) type Step = Option<(Result<Vec<WireRecord>, HubError>, Follower)>;
 
 impl Follower {
     pub(super) async fn step(mut self) -> Step {
@@ -77,7 +77,7 @@ impl Follower {
                 Source::FirstRead | Source::Spool => match self.read_spool().await {
                     Ok(batch) => {
                         if let Some(last) = batch.last() {
-                            self.cursor = last.seq;
+                            self.cursor = last.seq();
                             return Some((Ok(batch), self));
                         }
                         // Caught up: follow the live channel, or end when there is none.
@@ -99,7 +99,7 @@ impl Follower {
     }
 
     /// One batch from the spool, off the runtime's workers.
-    pub(super) async fn read_spool(&mut self) -> Result<Vec<Record>, HubError> {
+    pub(super) async fn read_spool(&mut self) -> Result<Vec<WireRecord>, HubError> {
         let shared = Arc::clone(&self.shared);
         let (after_seq, max_batch) = (self.cursor, self.max_batch);
         let check = self.source == Source::FirstRead;
@@ -125,7 +125,7 @@ impl Follower {
     }
 
     /// The next live batch, or `None` after switching back to the spool.
-    pub(super) async fn read_live(&mut self) -> Option<Vec<Record>> {
+    pub(super) async fn read_live(&mut self) -> Option<Vec<WireRecord>> {
         let Some(live) = self.live.as_mut() else {
             self.source = Source::Spool;
             return None;
@@ -151,10 +151,10 @@ impl Follower {
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(record) = next.take() {
-            if record.seq <= self.cursor {
+            if record.seq() <= self.cursor {
                 // Already read from the spool.
-            } else if record.seq == self.cursor + 1 {
-                self.cursor = record.seq;
+            } else if record.seq() == self.cursor + 1 {
+                self.cursor = record.seq();
                 batch.push(record);
                 if batch.len() >= self.max_batch {
                     break;

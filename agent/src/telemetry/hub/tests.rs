@@ -91,7 +91,7 @@ fn spool_config(dir: &Path) -> SpoolConfig {
 }
 
 /// Opens the spool with its fsync pacing on `clock`.
-fn open_spool(config: SpoolConfig, clock: &TestClock) -> Spool<StoredBody> {
+fn open_spool(config: SpoolConfig, clock: &TestClock) -> Spool<WireRecord> {
     let (mut spool, _) = Spool::open(config).unwrap();
     let clock = clock.clone();
     spool.set_clock(move || clock.now().into_std());
@@ -114,7 +114,7 @@ impl Running {
 
 fn start_with(
     source: Box<dyn SampleSource>,
-    spool: Spool<StoredBody>,
+    spool: Spool<WireRecord>,
     config: HubConfig,
     clock: &TestClock,
 ) -> Running {
@@ -164,7 +164,33 @@ async fn next_batch(sub: &mut Subscription) -> Option<Vec<Record>> {
     tokio::time::timeout(PATIENCE, sub.next())
         .await
         .unwrap()
-        .map(|batch| batch.unwrap())
+        .map(|batch| decoded(batch.unwrap()))
+}
+
+/// A batch as the telemetry model; each record's number is checked against its encoding.
+fn decoded(batch: Vec<WireRecord>) -> Vec<Record> {
+    batch
+        .iter()
+        .map(|wire| {
+            let record = wire.record().unwrap();
+            assert_eq!(
+                (record.seq, record.time_unix_ms),
+                (wire.seq(), wire.time_unix_ms())
+            );
+            record
+        })
+        .collect()
+}
+
+/// Appends a record of `body` to `spool` directly, as an earlier agent did.
+fn append(spool: &mut Spool<WireRecord>, time_unix_ms: u64, body: RecordBody) -> Record {
+    let wire = WireRecord::next_in(spool, time_unix_ms, body);
+    spool
+        .append(time_unix_ms, wire)
+        .unwrap()
+        .payload
+        .record()
+        .unwrap()
 }
 
 /// Reads a subscription until it ends.
@@ -348,9 +374,7 @@ async fn history_only_ends_when_caught_up_and_a_cursor_ahead_is_refused() {
     let clock = TestClock::new();
     let mut spool = open_spool(spool_config(tmp.path()), &clock);
     for i in 0..100 {
-        spool
-            .append(1_000 + i, StoredBody(RecordBody::Sample(Sample::default())))
-            .unwrap();
+        append(&mut spool, 1_000 + i, RecordBody::Sample(Sample::default()));
     }
     let (source, calls) = scripted(u64::MAX);
     let config = HubConfig::new(Duration::from_secs(3600));
@@ -401,10 +425,7 @@ async fn numbers_the_spool_evicted_reach_subscribers_as_one_evicted_gap() {
                 window_ms: i,
                 ..Sample::default()
             };
-            let entry = spool
-                .append(1_000 + u64::from(i), StoredBody(RecordBody::Sample(sample)))
-                .unwrap();
-            record_of(entry)
+            append(&mut spool, 1_000 + u64::from(i), RecordBody::Sample(sample))
         })
         .collect();
     let running = start_with(scripted(u64::MAX).0, spool, HubConfig::default(), &clock);
@@ -456,7 +477,7 @@ fn a_missing_range_becomes_a_gap_numbered_by_its_last_seq() {
                 end_time_unix_ms: 10_000,
             }),
         };
-        assert_eq!(record_of_item(item), want);
+        assert_eq!(record_of_item(item).record().unwrap(), want);
     }
 }
 
@@ -571,7 +592,9 @@ async fn a_record_reaches_live_subscribers_durable_in_the_tick_that_samples_it()
             let sampled_at = clock.unix_ms();
             let durable = hub.stats().spool.durable_seq;
             for sub in &mut subs {
-                let Some(Some(Ok(batch))) = sub.next().now_or_never() else {
+                let Some(Some(Ok(batch))) =
+                    sub.next().now_or_never().map(|b| b.map(|b| b.map(decoded)))
+                else {
                     panic!(
                         "{interval:?}/{fsync_interval:?}: record {seq} is not out after its tick ({length:?})"
                     );

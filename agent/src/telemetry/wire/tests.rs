@@ -73,14 +73,17 @@ fn the_golden_format_1_segment_reads_back_whole_through_the_kept_decoder() {
     drop(raw);
     assert_eq!(want.len(), 9);
 
-    let (spool, report) = Spool::<StoredBody>::open(config).unwrap();
+    let (spool, report) = Spool::<WireRecord>::open(config).unwrap();
     assert_eq!(report.corrupt_records + report.corrupt_regions, 0);
     let got: Vec<Record> = entries(read_all(&spool))
         .into_iter()
-        .map(|entry| Record {
-            seq: entry.seq,
-            time_unix_ms: entry.time_unix_ms,
-            body: entry.payload.0,
+        .map(|entry| {
+            let record = entry.payload.record().unwrap();
+            assert_eq!(
+                (record.seq, record.time_unix_ms),
+                (entry.seq, entry.time_unix_ms)
+            );
+            record
         })
         .collect();
     assert_eq!(got, want);
@@ -194,12 +197,17 @@ fn records_spooled_before_fields_were_added_read_back_whole_with_the_new_fields_
     drop(old);
 
     // This agent reads them all, whole, and appends its own after them.
-    let (mut spool, report) = Spool::<StoredBody>::open(config.clone()).unwrap();
+    let (mut spool, report) = Spool::<WireRecord>::open(config.clone()).unwrap();
     assert_eq!(report.corrupt_records, 0);
     let got = entries(read_all(&spool));
     assert_eq!(got.len(), 3);
     for (entry, old) in got.iter().zip(&old_records) {
-        let RecordBody::Sample(s) = &entry.payload.0 else {
+        // Sent as they were stored: the older shape's bytes, unchanged.
+        assert_eq!(
+            entry.payload.bytes().as_ref(),
+            old.encode_to_vec().as_slice()
+        );
+        let RecordBody::Sample(s) = &entry.payload.record().unwrap().body else {
             panic!("{entry:?}")
         };
         let (cpu, memory) = (
@@ -235,12 +243,12 @@ fn records_spooled_before_fields_were_added_read_back_whole_with_the_new_fields_
             "fields the old record lacks read as their defaults"
         );
     }
-    let mine = spool
-        .append(
-            1_760_000_010_000,
-            StoredBody(RecordBody::Sample(Sample::default())),
-        )
-        .unwrap();
+    let next = WireRecord::next_in(
+        &spool,
+        1_760_000_010_000,
+        RecordBody::Sample(Sample::default()),
+    );
+    let mine = spool.append(1_760_000_010_000, next).unwrap();
     spool.flush().unwrap();
     assert_eq!(mine.seq, 4);
     assert_eq!(entries(read_all(&spool)).len(), 4);
@@ -258,16 +266,56 @@ fn the_stored_bytes_are_the_record_as_sent() {
             end_time_unix_ms: 1_760_000_042_000,
         }),
     };
+    let wire = WireRecord::new(&record);
+    assert_eq!(
+        wire.bytes().as_ref(),
+        to_proto(&record).encode_to_vec().as_slice()
+    );
     let mut stored = Vec::new();
-    StoredBody(record.body.clone())
-        .encode(record.seq, record.time_unix_ms, &mut stored)
+    wire.encode(record.seq, record.time_unix_ms, &mut stored)
         .unwrap();
-    assert_eq!(stored, to_proto(&record).encode_to_vec());
-    let back = StoredBody::decode(SCHEMA_TELEMETRY_RECORD, 42, record.time_unix_ms, &stored);
-    assert_eq!(back, Ok(StoredBody(record.body.clone())));
+    assert_eq!(stored, wire.bytes().as_ref());
+    // Offered under another number or time, the spool is refused it.
+    assert!(
+        wire.encode(43, record.time_unix_ms, &mut Vec::new())
+            .is_err()
+    );
+    assert!(
+        wire.encode(42, record.time_unix_ms + 1, &mut Vec::new())
+            .is_err()
+    );
+    let back = WireRecord::decode(SCHEMA_TELEMETRY_RECORD, 42, record.time_unix_ms, &stored);
+    assert_eq!(back.as_ref(), Ok(&wire));
+    assert_eq!(back.unwrap().record(), Ok(record.clone()));
     // Bytes filed under another number are not this record.
-    assert!(StoredBody::decode(SCHEMA_TELEMETRY_RECORD, 43, record.time_unix_ms, &stored).is_err());
-    assert!(StoredBody::decode(9, 42, record.time_unix_ms, &stored).is_err());
+    assert!(WireRecord::decode(SCHEMA_TELEMETRY_RECORD, 43, record.time_unix_ms, &stored).is_err());
+    assert!(WireRecord::decode(9, 42, record.time_unix_ms, &stored).is_err());
+    // Bytes that are no whole record never reach a client.
+    assert!(
+        WireRecord::decode(
+            SCHEMA_TELEMETRY_RECORD,
+            42,
+            record.time_unix_ms,
+            &stored[..stored.len() - 1]
+        )
+        .is_err()
+    );
+}
+
+/// A record of a newer agent, with a field this one does not know, is sent on whole.
+#[test]
+fn a_newer_agents_fields_are_kept_in_the_stored_bytes() {
+    let record = Record {
+        seq: 5,
+        time_unix_ms: 1_760_000_005_000,
+        body: RecordBody::Sample(Sample::default()),
+    };
+    let mut bytes = to_proto(&record).encode_to_vec();
+    // Field 15, varint 7: unknown to this agent's `TelemetryRecord`.
+    bytes.extend_from_slice(&[15 << 3, 7]);
+    let wire = WireRecord::decode(SCHEMA_TELEMETRY_RECORD, 5, record.time_unix_ms, &bytes).unwrap();
+    assert_eq!(wire.bytes().as_ref(), bytes.as_slice());
+    assert_eq!(wire.record(), Ok(record));
 }
 
 #[test]
