@@ -107,23 +107,33 @@ pub fn make_luks_image(path: &Path, size: u64, cryptsetup: &Path) -> Result<Stri
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     };
     let result = (|| {
-        run(&[
-            "luksFormat".as_ref(),
-            "--type".as_ref(),
-            "luks2".as_ref(),
-            "--batch-mode".as_ref(),
-            "--pbkdf".as_ref(),
-            "pbkdf2".as_ref(),
-            "--pbkdf-force-iterations".as_ref(),
-            "1000".as_ref(),
-            "--key-file".as_ref(),
-            key_path.as_os_str(),
-            path.as_os_str(),
-        ])?;
+        run(&luks_format_args(&key_path, path))?;
         run(&["luksUUID".as_ref(), path.as_os_str()])
     })();
     let _ = std::fs::remove_file(&key_path);
     result
+}
+
+/// `cryptsetup` arguments that format `device` as LUKS2 with the passphrase in `key_file`,
+/// with a fast key derivation (1,000 PBKDF2 iterations: a demo or test volume, never a
+/// tenant's).
+pub fn luks_format_args<'a>(key_file: &'a Path, device: &'a Path) -> Vec<&'a std::ffi::OsStr> {
+    let mut args: Vec<&std::ffi::OsStr> = [
+        "luksFormat",
+        "--type",
+        "luks2",
+        "--batch-mode",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+    ]
+    .iter()
+    .map(std::ffi::OsStr::new)
+    .collect();
+    args.extend([key_file.as_os_str(), device.as_os_str()]);
+    args
 }
 
 /// The `[erase]` configuration for one LUKS2 image target.

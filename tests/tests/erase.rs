@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use jex_e2e::*;
+use jex_erase::testing::BusyCores;
 use jex_proto::v1 as pb;
 use tonic::Code;
 
@@ -354,7 +355,7 @@ async fn a_replaced_disk_is_refused_and_the_host_is_never_reclaimable() -> Resul
 }
 
 /// The records of the agent's erase journal (`<agent dir>/state/erase/journal.log`).
-fn journal_kinds(s: &Setup) -> Result<Vec<jex_erase::record::RecordKind>> {
+fn journal_kinds(s: &Setup) -> Result<Vec<jex_erase::record::Step>> {
     let path = s
         .dir
         .path()
@@ -369,7 +370,7 @@ fn journal_kinds(s: &Setup) -> Result<Vec<jex_erase::record::RecordKind>> {
 
 #[tokio::test]
 async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Result<()> {
-    use jex_erase::record::RecordKind;
+    use jex_erase::record::Step;
     let mut s = setup(32)?;
     // A slow overwrite (one 64 KiB write in flight, a journaled checkpoint every 256 KiB: 128
     // fsyncs over 32 MiB), so that the phase the kill is aimed at lasts.
@@ -390,7 +391,7 @@ async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Res
     // cannot move on while the journal is read again, and killed there.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if journal_kinds(&s)?.contains(&RecordKind::Overwriting) {
+        if journal_kinds(&s)?.contains(&Step::Overwriting) {
             break;
         }
         ensure!(
@@ -416,7 +417,7 @@ async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Res
     let at_kill = journal_kinds(&s)?;
     tokio::task::spawn_blocking(move || agent.kill9()).await??;
     ensure!(
-        at_kill.last() == Some(&RecordKind::Overwriting),
+        at_kill.last() == Some(&Step::Overwriting),
         "the kill was to land in the overwrite, but the journal had reached {:?}: {at_kill:?}",
         at_kill.last()
     );
@@ -632,43 +633,6 @@ fn erase_plan_without_a_running_agent_plans_from_the_config_and_touches_nothing(
     );
 
     Ok(())
-}
-
-/// Threads that keep every core busy until dropped.
-struct BusyCores {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl BusyCores {
-    fn start() -> Self {
-        use std::sync::atomic::Ordering;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (0..cores)
-            .map(|_| {
-                let stop = std::sync::Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let mut x = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        x = std::hint::black_box(
-                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
-                        );
-                    }
-                })
-            })
-            .collect();
-        BusyCores { stop, threads }
-    }
-}
-
-impl Drop for BusyCores {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,22 +86,7 @@ impl LuksVolume {
         let passphrase: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
         let key_file = dir.join("luks.key");
         std::fs::write(&key_file, &passphrase)?;
-        run(
-            &cs,
-            &[
-                "luksFormat".as_ref(),
-                "--type".as_ref(),
-                "luks2".as_ref(),
-                "--batch-mode".as_ref(),
-                "--pbkdf".as_ref(),
-                "pbkdf2".as_ref(),
-                "--pbkdf-force-iterations".as_ref(),
-                "1000".as_ref(),
-                "--key-file".as_ref(),
-                key_file.as_os_str(),
-                device.as_os_str(),
-            ],
-        )?;
+        run(&cs, &jex_agent::demo::luks_format_args(&key_file, device))?;
         let uuid = run(&cs, &["luksUUID".as_ref(), device.as_os_str()])?
             .trim()
             .to_owned();

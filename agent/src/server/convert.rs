@@ -1,9 +1,9 @@
 //! Domain types to proto messages and back, one to one. Nothing else converts proto types but
 //! `telemetry::wire`, which owns the telemetry record's wire form (the spool stores it too).
+//! The erase's enums map to the proto's by name ([`by_name`]), from one table each.
 
 use jex_proto::v1 as pb;
 
-use crate::telemetry::{Record, Sample};
 use jex_attest::SignedCertificate;
 use jex_erase::{Lifecycle, OperationView, Outcome, Phase};
 
@@ -33,34 +33,34 @@ pub fn host(f: &HostFacts, lifecycle: Lifecycle, operation_id: Option<String>) -
 
 /// The proto lifecycle state.
 pub fn lifecycle_state(l: Lifecycle) -> pb::LifecycleState {
-    match l {
-        Lifecycle::Serving => pb::LifecycleState::Serving,
-        Lifecycle::Erasing => pb::LifecycleState::Erasing,
-        Lifecycle::Reclaimable => pb::LifecycleState::Reclaimable,
-        Lifecycle::EraseFailed => pb::LifecycleState::EraseFailed,
-    }
+    by_name(
+        pb::LifecycleState::from_str_name,
+        "LIFECYCLE_STATE_",
+        l.as_str(),
+    )
 }
 
-/// One telemetry record (its wire form is also what the spool stores: `telemetry::wire`).
-pub fn record(r: &Record) -> pb::TelemetryRecord {
-    crate::telemetry::wire::to_proto(r)
-}
-
-/// One sample.
-pub fn sample(s: &Sample) -> pb::Sample {
-    crate::telemetry::wire::sample_to_proto(s)
+/// The proto value named `<prefix><NAME>` for the domain value named `name`
+/// (`keys_destroyed` → `ERASE_PHASE_KEYS_DESTROYED`). The domain enums name their values in
+/// one table each (`jex_erase`'s `named_enum!`), and the proto's names follow them, so no
+/// hand-written table maps one to the other; the tests below check that every domain value
+/// has its proto twin and every proto value but `UNSPECIFIED` its domain one.
+fn by_name<E: Default>(from_str_name: fn(&str) -> Option<E>, prefix: &str, name: &str) -> E {
+    from_str_name(&format!("{prefix}{}", name.to_ascii_uppercase())).unwrap_or_default()
 }
 
 fn phase(p: Phase) -> pb::ErasePhase {
-    match p {
-        Phase::Requested => pb::ErasePhase::Requested,
-        Phase::KeysDestroyed => pb::ErasePhase::KeysDestroyed,
-        Phase::Overwriting => pb::ErasePhase::Overwriting,
-        Phase::Verifying => pb::ErasePhase::Verifying,
-        Phase::Certified => pb::ErasePhase::Certified,
-        Phase::Reclaimable => pb::ErasePhase::Reclaimable,
-        Phase::Failed => pb::ErasePhase::Failed,
-    }
+    by_name(pb::ErasePhase::from_str_name, "ERASE_PHASE_", p.as_str())
+}
+
+fn outcome(o: Option<Outcome>) -> pb::EraseOutcome {
+    o.map_or(pb::EraseOutcome::Unspecified, |o| {
+        by_name(
+            pb::EraseOutcome::from_str_name,
+            "ERASE_OUTCOME_",
+            o.as_str(),
+        )
+    })
 }
 
 /// An erase operation's state.
@@ -69,12 +69,7 @@ pub fn operation(op: &OperationView) -> pb::EraseOperation {
         operation_id: op.operation_id.clone(),
         request_id: op.request_id.clone(),
         phase: phase(op.phase) as i32,
-        outcome: match op.outcome {
-            None => pb::EraseOutcome::Unspecified,
-            Some(Outcome::Erased) => pb::EraseOutcome::Erased,
-            Some(Outcome::ErasedWithExceptions) => pb::EraseOutcome::ErasedWithExceptions,
-            Some(Outcome::Failed) => pb::EraseOutcome::Failed,
-        } as i32,
+        outcome: outcome(op.outcome) as i32,
         bytes_total: op.bytes_total,
         bytes_done: op.bytes_done,
         rate_bytes_per_second: op.rate_bytes_per_second,
@@ -114,5 +109,62 @@ pub fn certificate_from_proto(c: pb::EraseCertificate) -> SignedCertificate {
         signature: c.signature,
         signer_chain_der: c.signer_chain_der,
         signature_algorithm: c.signature_algorithm,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every value of a proto enum but `UNSPECIFIED` (0), by number.
+    fn proto_values<E: TryFrom<i32>>() -> BTreeSet<i32> {
+        (1..256).filter(|v| E::try_from(*v).is_ok()).collect()
+    }
+
+    /// `domain` maps each value to a distinct proto value, never `UNSPECIFIED`, and reaches
+    /// every proto value: a value added on one side without its twin on the other fails here.
+    fn one_to_one<D: std::fmt::Debug + Copy>(
+        domain: &[D],
+        map: impl Fn(D) -> i32,
+        all: BTreeSet<i32>,
+    ) {
+        let mapped: Vec<i32> = domain.iter().map(|d| map(*d)).collect();
+        for (d, v) in domain.iter().zip(&mapped) {
+            assert_ne!(*v, 0, "{d:?} has no proto value of its name");
+        }
+        let distinct: BTreeSet<i32> = mapped.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            domain.len(),
+            "two values share a proto value"
+        );
+        assert_eq!(distinct, all, "a proto value has no domain value");
+    }
+
+    #[test]
+    fn every_phase_lifecycle_and_outcome_has_its_proto_twin_by_name() {
+        one_to_one(
+            &Phase::ALL,
+            |p| phase(p) as i32,
+            proto_values::<pb::ErasePhase>(),
+        );
+        one_to_one(
+            &Lifecycle::ALL,
+            |l| lifecycle_state(l) as i32,
+            proto_values::<pb::LifecycleState>(),
+        );
+        one_to_one(
+            &Outcome::ALL,
+            |o| outcome(Some(o)) as i32,
+            proto_values::<pb::EraseOutcome>(),
+        );
+        assert_eq!(outcome(None), pb::EraseOutcome::Unspecified);
+        assert_eq!(phase(Phase::KeysDestroyed), pb::ErasePhase::KeysDestroyed);
+        assert_eq!(
+            lifecycle_state(Lifecycle::EraseFailed),
+            pb::LifecycleState::EraseFailed
+        );
     }
 }

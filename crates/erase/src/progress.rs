@@ -22,17 +22,20 @@ use jex_attest::{CertificateDocument, SignedCertificate};
 /// Publishing progress more often than this is pointless for watchers.
 pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Where the host is between two tenancies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifecycle {
-    /// No erase requested (or none ever ran).
-    Serving,
-    /// An erase operation is running.
-    Erasing,
-    /// Erased, verified and certified: the host can be given to another tenant.
-    Reclaimable,
-    /// The last erase failed or had exceptions: the host must not be given to another tenant.
-    EraseFailed,
+crate::names::named_enum! {
+    /// Where the host is between two tenancies.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Lifecycle {
+        /// No erase requested (or none ever ran).
+        Serving => "serving",
+        /// An erase operation is running.
+        Erasing => "erasing",
+        /// Erased, verified and certified: the host can be given to another tenant.
+        Reclaimable => "reclaimable",
+        /// The last erase failed or had exceptions: the host must not be given to another
+        /// tenant.
+        EraseFailed => "erase_failed",
+    }
 }
 
 impl Lifecycle {

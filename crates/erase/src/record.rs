@@ -119,25 +119,27 @@ impl Record {
     }
 
     /// Which kind of record this is.
-    pub fn kind(&self) -> RecordKind {
+    pub fn kind(&self) -> Step {
         match self {
-            Record::Requested(_) => RecordKind::Requested,
-            Record::TargetsPinned { .. } => RecordKind::TargetsPinned,
-            Record::KeysSnapshot { .. } => RecordKind::KeysSnapshot,
-            Record::KeysDestroyed { .. } => RecordKind::KeysDestroyed,
-            Record::Overwriting { .. } => RecordKind::Overwriting,
-            Record::Verifying { .. } => RecordKind::Verifying,
-            Record::Certified { .. } => RecordKind::Certified,
-            Record::Reclaimable { .. } => RecordKind::Reclaimable,
-            Record::Failed { .. } => RecordKind::Failed,
+            Record::Requested(_) => Step::Requested,
+            Record::TargetsPinned { .. } => Step::TargetsPinned,
+            Record::KeysSnapshot { .. } => Step::KeysSnapshot,
+            Record::KeysDestroyed { .. } => Step::KeysDestroyed,
+            Record::Overwriting { .. } => Step::Overwriting,
+            Record::Verifying { .. } => Step::Verifying,
+            Record::Certified { .. } => Step::Certified,
+            Record::Reclaimable { .. } => Step::Reclaimable,
+            Record::Failed { .. } => Step::Failed,
         }
     }
 }
 
 named_enum! {
-    /// The kinds of [`Record`], without their data; named as the journal's `record` tag.
+    /// The steps of an operation, in order, named as the journal's `record` tag: the kind of a
+    /// [`Record`] without its data, and the step a [`crate::state::State`] is at (that of the
+    /// record that brought it there). One enum for both, so no second table of names exists.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    pub enum RecordKind {
+    pub enum Step {
         /// [`Record::Requested`].
         Requested => "requested",
         /// [`Record::TargetsPinned`].
@@ -379,8 +381,8 @@ mod tests {
                 finished_unix_ms: 0,
             },
         ];
-        let kinds: Vec<RecordKind> = samples.iter().map(Record::kind).collect();
-        assert_eq!(kinds, RecordKind::ALL);
+        let kinds: Vec<Step> = samples.iter().map(Record::kind).collect();
+        assert_eq!(kinds, Step::ALL);
         for record in &samples {
             let json = serde_json::to_value(record).unwrap();
             assert_eq!(json["record"], record.kind().to_string(), "{record:?}");

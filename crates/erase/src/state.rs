@@ -8,20 +8,21 @@
 //! any state that has not ended -> Failed{phase, reason}          (terminal, never reclaimable)
 //! ```
 //!
-//! The legal transitions, record by record (anything else is refused):
+//! The legal transitions, record by record (anything else is refused). A state and a record
+//! are named by one [`Step`]: an accepted record leaves the operation at its own step.
 //!
-//! | from | record | to | condition |
-//! |---|---|---|---|
-//! | `requested` | `targets_pinned` | `targets_pinned` | one pinned target per requested target, same names, same order |
-//! | `targets_pinned`, `keys_snapshotted` | `keys_snapshot` | `keys_snapshotted` | the next target in order; a target is never snapshotted twice |
-//! | `keys_snapshotted` | `keys_destroyed` | `keys_destroyed` | every target snapshotted, one destruction per target |
-//! | `keys_destroyed` | `overwriting` | `overwriting` | target 0, offset 0 |
-//! | `overwriting` | `overwriting` | `overwriting` | same target, offset not lower and within its size; or the next target at offset 0 once the current one is complete |
-//! | `overwriting` | `verifying` | `verifying` | the last target is complete |
-//! | `verifying` | `verifying` | `verifying` | (verification restarted after a crash) |
-//! | `verifying` | `certified` | `certified` | outcome `ERASED` or `ERASED_WITH_EXCEPTIONS` |
-//! | `certified` (`ERASED`) | `reclaimable` | `reclaimable` | |
-//! | any state that has not ended | `failed` | `failed` | the record names the current [`Phase`] |
+//! | at step | record | condition |
+//! |---|---|---|
+//! | `requested` | `targets_pinned` | one pinned target per requested target, same names, same order |
+//! | `targets_pinned`, `keys_snapshot` | `keys_snapshot` | the next target in order; a target is never snapshotted twice |
+//! | `keys_snapshot` | `keys_destroyed` | every target snapshotted, one destruction per target |
+//! | `keys_destroyed` | `overwriting` | target 0, offset 0 |
+//! | `overwriting` | `overwriting` | same target, offset not lower and within its size; or the next target at offset 0 once the current one is complete |
+//! | `overwriting` | `verifying` | the last target is complete |
+//! | `verifying` | `verifying` | (verification restarted after a crash) |
+//! | `verifying` | `certified` | outcome `ERASED` or `ERASED_WITH_EXCEPTIONS` |
+//! | `certified` (`ERASED`) | `reclaimable` | |
+//! | any state that has not ended | `failed` | the record names the current [`Phase`] |
 //!
 //! Ended: `reclaimable`, `failed`, and `certified` with `ERASED_WITH_EXCEPTIONS`. A record of
 //! another operation, and a second `requested`, are always refused.
@@ -38,8 +39,7 @@
 use tracing::{error, warn};
 
 use crate::keys::{KeyDestruction, KeyState};
-use crate::names::named_enum;
-use crate::record::{Outcome, Phase, PinnedTarget, Record, RecordKind, RequestedRecord};
+use crate::record::{Outcome, Phase, PinnedTarget, Record, RequestedRecord, Step};
 
 /// One operation: the request, and where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,41 +152,16 @@ pub struct Failure {
     pub finished_unix_ms: Option<u64>,
 }
 
-named_enum! {
-    /// The kinds of [`State`], without their data; named in snake case in errors and logs.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-    pub enum StateKind {
-        /// [`State::Requested`].
-        Requested => "requested",
-        /// [`State::TargetsPinned`].
-        TargetsPinned => "targets_pinned",
-        /// [`State::KeysSnapshotted`].
-        KeysSnapshotted => "keys_snapshotted",
-        /// [`State::KeysDestroyed`].
-        KeysDestroyed => "keys_destroyed",
-        /// [`State::Overwriting`].
-        Overwriting => "overwriting",
-        /// [`State::Verifying`].
-        Verifying => "verifying",
-        /// [`State::Certified`].
-        Certified => "certified",
-        /// [`State::Reclaimable`].
-        Reclaimable => "reclaimable",
-        /// [`State::Failed`].
-        Failed => "failed",
-    }
-}
-
 /// A record that is not a legal transition from the operation's state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("operation {operation_id}: {record} record refused in state {state}: {refusal}")]
+#[error("operation {operation_id}: record {record} cannot follow {state}: {refusal}")]
 pub struct TransitionError {
     /// The operation whose state was asked to change.
     pub operation_id: String,
-    /// Its state.
-    pub state: StateKind,
-    /// The record refused.
-    pub record: RecordKind,
+    /// The step its state is at.
+    pub state: Step,
+    /// The step of the record refused.
+    pub record: Step,
     /// Why.
     pub refusal: Refusal,
 }
@@ -308,18 +283,18 @@ pub enum Refusal {
 }
 
 impl State {
-    /// The kind of state.
-    pub fn kind(&self) -> StateKind {
+    /// The step the operation is at: that of the record that brought it here.
+    pub fn kind(&self) -> Step {
         match self {
-            State::Requested => StateKind::Requested,
-            State::TargetsPinned { .. } => StateKind::TargetsPinned,
-            State::KeysSnapshotted { .. } => StateKind::KeysSnapshotted,
-            State::KeysDestroyed(_) => StateKind::KeysDestroyed,
-            State::Overwriting { .. } => StateKind::Overwriting,
-            State::Verifying(_) => StateKind::Verifying,
-            State::Certified { .. } => StateKind::Certified,
-            State::Reclaimable { .. } => StateKind::Reclaimable,
-            State::Failed { .. } => StateKind::Failed,
+            State::Requested => Step::Requested,
+            State::TargetsPinned { .. } => Step::TargetsPinned,
+            State::KeysSnapshotted { .. } => Step::KeysSnapshot,
+            State::KeysDestroyed(_) => Step::KeysDestroyed,
+            State::Overwriting { .. } => Step::Overwriting,
+            State::Verifying(_) => Step::Verifying,
+            State::Certified { .. } => Step::Certified,
+            State::Reclaimable { .. } => Step::Reclaimable,
+            State::Failed { .. } => Step::Failed,
         }
     }
 

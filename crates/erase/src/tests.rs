@@ -16,11 +16,11 @@ use crate::journal::Journal;
 use crate::keys::KeyState;
 use crate::layout::{JOURNAL_FILE, write_key_file};
 use crate::pattern::{Pattern, PatternKey};
-use crate::record::{OperationSettings, PinnedTarget, Record, RecordKind, RequestedRecord};
-use crate::state::{StateKind, replay};
+use crate::record::{OperationSettings, PinnedTarget, Record, RequestedRecord, Step};
+use crate::state::replay;
 use crate::store::RecordHook;
 use crate::testing::{
-    DestroyHook, FakeKeys, fake_destruction, load_test_signer, write_test_signer,
+    BusyCores, DestroyHook, FakeKeys, fake_destruction, load_test_signer, write_test_signer,
 };
 use crate::*;
 use jex_attest::{CertificateDocument, HostIdentity, SignedCertificate};
@@ -1158,21 +1158,6 @@ fn a_loop_block_device_is_erased_through_the_block_device_path() {
 
 // === The state machine on real journals ===
 
-/// The state a journal ending with `last` implies.
-fn state_after(last: &Record) -> StateKind {
-    match last.kind() {
-        RecordKind::Requested => StateKind::Requested,
-        RecordKind::TargetsPinned => StateKind::TargetsPinned,
-        RecordKind::KeysSnapshot => StateKind::KeysSnapshotted,
-        RecordKind::KeysDestroyed => StateKind::KeysDestroyed,
-        RecordKind::Overwriting => StateKind::Overwriting,
-        RecordKind::Verifying => StateKind::Verifying,
-        RecordKind::Certified => StateKind::Certified,
-        RecordKind::Reclaimable => StateKind::Reclaimable,
-        RecordKind::Failed => StateKind::Failed,
-    }
-}
-
 #[test]
 fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimable() {
     let h = Harness::new(&[512 << 10, 256 << 10]);
@@ -1194,7 +1179,7 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
     let key_hex = verified_document(&h, &original).pattern.key_hex;
     let key = PatternKey::from_hex(&key_hex).unwrap();
     let journal = h.records();
-    let kinds: Vec<RecordKind> = journal.iter().map(Record::kind).collect();
+    let kinds: Vec<Step> = journal.iter().map(Record::kind).collect();
     // 512 KiB and 256 KiB with a checkpoint every 256 KiB: 5 overwrite records.
     assert_eq!(kinds.len(), 13, "{kinds:?}");
     assert!(replay(&[]).operations.is_empty());
@@ -1206,14 +1191,15 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
         let replayed = replay(prefix);
         assert!(replayed.refused.is_empty(), "prefix {len}: {replayed:?}");
         let op = &replayed.operations[0];
-        assert_eq!(op.state.kind(), state_after(last), "prefix {len}");
+        // A journal ending with a record leaves the operation at that record's step.
+        assert_eq!(op.state.kind(), last.kind(), "prefix {len}");
         if let Record::Overwriting { target, offset, .. } = last {
             let at = op.state.overwrite_checkpoint().unwrap();
             assert_eq!((at.target, at.offset), (*target, *offset), "prefix {len}");
         }
         let snapshots = prefix
             .iter()
-            .filter(|r| r.kind() == RecordKind::KeysSnapshot)
+            .filter(|r| r.kind() == Step::KeysSnapshot)
             .count();
 
         // A state directory holding just this prefix, as a crash would leave it.
@@ -1248,22 +1234,22 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
         assert_eq!(&resumed[..len], prefix, "prefix {len}");
         let replayed = replay(&resumed);
         assert!(replayed.refused.is_empty(), "prefix {len}: {replayed:?}");
-        assert_eq!(replayed.operations[0].state.kind(), StateKind::Reclaimable);
+        assert_eq!(replayed.operations[0].state.kind(), Step::Reclaimable);
         let next = resumed.get(len).map(Record::kind);
         let expected_next = match last {
-            Record::Requested(_) => Some(RecordKind::TargetsPinned),
-            Record::TargetsPinned { .. } => Some(RecordKind::KeysSnapshot),
-            Record::KeysSnapshot { .. } if snapshots < 2 => Some(RecordKind::KeysSnapshot),
-            Record::KeysSnapshot { .. } => Some(RecordKind::KeysDestroyed),
-            Record::KeysDestroyed { .. } => Some(RecordKind::Overwriting),
+            Record::Requested(_) => Some(Step::TargetsPinned),
+            Record::TargetsPinned { .. } => Some(Step::KeysSnapshot),
+            Record::KeysSnapshot { .. } if snapshots < 2 => Some(Step::KeysSnapshot),
+            Record::KeysSnapshot { .. } => Some(Step::KeysDestroyed),
+            Record::KeysDestroyed { .. } => Some(Step::Overwriting),
             // The last checkpoint of the last target: verification starts.
             Record::Overwriting { target, offset, .. } if (*target, *offset) == (1, 256 << 10) => {
-                Some(RecordKind::Verifying)
+                Some(Step::Verifying)
             }
-            Record::Overwriting { .. } => Some(RecordKind::Overwriting),
+            Record::Overwriting { .. } => Some(Step::Overwriting),
             // Verification restarts from scratch.
-            Record::Verifying { .. } => Some(RecordKind::Verifying),
-            Record::Certified { .. } => Some(RecordKind::Reclaimable),
+            Record::Verifying { .. } => Some(Step::Verifying),
+            Record::Certified { .. } => Some(Step::Reclaimable),
             Record::Reclaimable { .. } | Record::Failed { .. } => None,
         };
         assert_eq!(next, expected_next, "prefix {len}: {resumed:?}");
@@ -1271,7 +1257,7 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
         // Keys: snapshots already journaled are never taken again.
         let calls = h.keys.calls()[calls_before..].to_vec();
         let snapshot_calls = calls.iter().filter(|c| c.ends_with(":snapshot")).count();
-        let destroyed = prefix.iter().any(|r| r.kind() == RecordKind::KeysDestroyed);
+        let destroyed = prefix.iter().any(|r| r.kind() == Step::KeysDestroyed);
         let expected_snapshots = if destroyed { 0 } else { 2 - snapshots };
         assert_eq!(
             snapshot_calls, expected_snapshots,
@@ -1282,7 +1268,7 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
         let document = verified_document(&h, &certificate);
         assert_eq!(document.pattern.key_hex, key_hex, "prefix {len}");
         assert_eq!(document.operation_id, id);
-        if last.kind() >= RecordKind::Certified {
+        if last.kind() >= Step::Certified {
             assert_eq!(
                 certificate, original,
                 "prefix {len}: the stored certificate"
@@ -1320,7 +1306,7 @@ fn a_damaged_journal_fails_its_operation_and_a_new_terminate_erases_again() {
     assert!(
         reason.contains("damaged")
             && reason.contains("record 3")
-            && reason.contains("keys_snapshotted"),
+            && reason.contains("cannot follow keys_snapshot"),
         "{reason}"
     );
     assert!(matches!(
@@ -1419,7 +1405,7 @@ fn a_disk_that_stays_full_fails_the_operation_without_journaling_the_failure() {
     assert!(
         records.iter().all(|r| matches!(
             r.kind(),
-            RecordKind::Requested | RecordKind::TargetsPinned | RecordKind::KeysSnapshot
+            Step::Requested | Step::TargetsPinned | Step::KeysSnapshot
         )),
         "{records:?}"
     );
@@ -1432,7 +1418,7 @@ fn the_pattern_key_file_lives_until_the_certificate_and_is_gone_before_reclaimab
     let h = Harness::new(&[512 << 10]);
     let keys_dir = h.state_dir().join(crate::layout::KEYS_DIR);
     // Before each journal append: the record and how many key files the state holds.
-    let seen: Arc<Mutex<Vec<(RecordKind, usize)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(Step, usize)>>> = Arc::default();
     let hook: RecordHook = {
         let (seen, keys_dir) = (Arc::clone(&seen), keys_dir.clone());
         Arc::new(move |record: &Record| {
@@ -1453,12 +1439,9 @@ fn the_pattern_key_file_lives_until_the_certificate_and_is_gone_before_reclaimab
         before.iter().all(|(_, files)| *files == 1),
         "key file missing before the certificate: {seen:?}"
     );
-    assert_eq!(
-        before.last().map(|(kind, _)| *kind),
-        Some(RecordKind::Certified)
-    );
+    assert_eq!(before.last().map(|(kind, _)| *kind), Some(Step::Certified));
     // ...and it is removed before `reclaimable` is journaled, not after.
-    assert_eq!(*last, (RecordKind::Reclaimable, 0), "{seen:?}");
+    assert_eq!(*last, (Step::Reclaimable, 0), "{seen:?}");
 }
 
 // === Read-only queries never wait for the engine's lock ===
@@ -1468,14 +1451,11 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
     let h = Harness::new(&[512 << 10]);
     // The journal writes of `keys_destroyed` and of `reclaimable` block, inside the engine's
     // lock, until the test releases them.
-    let (inside_tx, inside_rx) = std::sync::mpsc::channel::<RecordKind>();
+    let (inside_tx, inside_rx) = std::sync::mpsc::channel::<Step>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let release_rx = Mutex::new(release_rx);
     let hook: RecordHook = Arc::new(move |record: &Record| {
-        if matches!(
-            record.kind(),
-            RecordKind::KeysDestroyed | RecordKind::Reclaimable
-        ) {
+        if matches!(record.kind(), Step::KeysDestroyed | Step::Reclaimable) {
             inside_tx.send(record.kind()).unwrap();
             release_rx.lock().unwrap().recv().unwrap();
         }
@@ -1504,7 +1484,7 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
     };
 
     let blocked = inside_rx.recv_timeout(hang_guard).unwrap();
-    assert_eq!(blocked, RecordKind::KeysDestroyed);
+    assert_eq!(blocked, Step::KeysDestroyed);
     let (held, (lifecycle, current, view, certificate)) = query(&service);
     assert!(held, "the engine holds its lock inside the journal write");
     assert!(service.engine_lock_is_held());
@@ -1523,7 +1503,7 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
     release_tx.send(()).unwrap();
 
     let blocked = inside_rx.recv_timeout(hang_guard).unwrap();
-    assert_eq!(blocked, RecordKind::Reclaimable);
+    assert_eq!(blocked, Step::Reclaimable);
     let (held, (lifecycle, current, view, certificate)) = query(&service);
     assert!(held, "the engine holds its lock inside the journal write");
     assert_eq!(
@@ -1670,42 +1650,6 @@ fn module_dependencies_point_one_way() {
 }
 
 // === One view of an erase ===
-
-/// Threads that keep every core busy until dropped.
-struct BusyCores {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl BusyCores {
-    fn start() -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let threads = (0..cores)
-            .map(|_| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    let mut x = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        x = std::hint::black_box(
-                            x.wrapping_mul(6364136223846793005).wrapping_add(1),
-                        );
-                    }
-                })
-            })
-            .collect();
-        BusyCores { stop, threads }
-    }
-}
-
-impl Drop for BusyCores {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
 
 #[test]
 fn once_a_watcher_sees_the_end_of_an_operation_every_query_agrees_under_cpu_contention() {

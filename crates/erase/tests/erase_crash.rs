@@ -23,7 +23,7 @@ use jex_attest::{HostIdentity, SignedCertificate};
 use jex_erase::journal::Journal;
 use jex_erase::layout::JOURNAL_FILE;
 use jex_erase::pattern::{Pattern, PatternKey};
-use jex_erase::record::{Record, RecordKind};
+use jex_erase::record::{Record, Step};
 use jex_erase::testing::{FakeKeys, load_test_signer, test_signer_ca, write_test_signer};
 use jex_erase::{
     EraseConfig, EraseDeps, EraseService, Outcome, Phase, TargetConfig, TargetKeys,
@@ -137,7 +137,7 @@ enum KillPoint {
 }
 
 fn rank(record: &Record) -> usize {
-    RecordKind::ALL
+    Step::ALL
         .iter()
         .position(|kind| *kind == record.kind())
         .unwrap_or(usize::MAX)
