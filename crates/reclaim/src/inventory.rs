@@ -261,10 +261,18 @@ impl Inventory {
         self
     }
 
-    /// The volume with UUID `uuid` (compared by [`uuid_key`]), if any.
+    /// The (first) volume with UUID `uuid` (compared by [`uuid_key`]), if any.
     pub fn volume(&self, uuid: &str) -> Option<&Volume> {
+        self.volumes_with_uuid(uuid).next()
+    }
+
+    /// Every volume with UUID `uuid` (compared by [`uuid_key`]). A sane source reports a UUID
+    /// once; the rules still look at every record, so that a duplicate can never hide one.
+    pub fn volumes_with_uuid<'a>(&'a self, uuid: &str) -> impl Iterator<Item = &'a Volume> + 'a {
         let key = uuid_key(uuid);
-        self.volumes.iter().find(|v| uuid_key(&v.uuid) == key)
+        self.volumes
+            .iter()
+            .filter(move |v| uuid_key(&v.uuid) == key)
     }
 }
 

@@ -297,10 +297,13 @@ impl Rules<'_> {
                 continue;
             }
             tenant += 1;
-            match self.now.volume(&b.uuid) {
-                None => {}
-                Some(n) if self.recreated_data_volume(b, n) => recreated.push(describe(b)),
+            let mut now = self.now.volumes_with_uuid(&b.uuid).peekable();
+            if now.peek().is_none() {
+                continue;
+            }
+            match now.find(|n| !self.recreated_data_volume(b, n)) {
                 Some(n) => present.push(format!("{} (now role {})", describe(b), n.role)),
+                None => recreated.push(describe(b)),
             }
         }
         if !present.is_empty() {
@@ -339,30 +342,35 @@ impl Rules<'_> {
         let mut parts = Vec::new();
         for n in data {
             let created = n.created_unix_ms;
-            let (ok, why) = match (self.before.volume(&n.uuid), created) {
-                (_, Some(t)) if t <= terminate => (
+            let before: Vec<&Volume> = self.before.volumes_with_uuid(&n.uuid).collect();
+            let not_recreated = before
+                .iter()
+                .find(|b| !self.recreated_data_volume(b, n))
+                .copied();
+            let (ok, why) = match (before.is_empty(), not_recreated, created) {
+                (_, _, Some(t)) if t <= terminate => (
                     false,
                     format!("was created at {t} ms, not after the terminate at {terminate} ms"),
                 ),
-                (None, Some(t)) => (
+                (true, _, Some(t)) => (
                     true,
                     format!(
                         "is new: its UUID is not in the prepare inventory (created at {t} ms, after the terminate at {terminate} ms)"
                     ),
                 ),
-                (None, None) => (
+                (true, _, None) => (
                     true,
                     "is new: its UUID is not in the prepare inventory (creation time unknown)"
                         .to_owned(),
                 ),
-                (Some(b), _) if self.recreated_data_volume(b, n) => (
+                (false, None, _) => (
                     true,
                     format!(
                         "is new: it kept its UUID but was created at {} ms, after the terminate at {terminate} ms",
                         created.unwrap_or_default()
                     ),
                 ),
-                (Some(b), _) => (
+                (false, Some(b), _) => (
                     false,
                     format!(
                         "is not new: its UUID is in the prepare inventory ({}) and it was not re-created after the terminate at {terminate} ms (created {})",
@@ -381,18 +389,21 @@ impl Rules<'_> {
         let mut kept = Vec::new();
         let mut wrong = Vec::new();
         for n in self.now.volumes.iter() {
-            let Some(b) = self.before.volume(&n.uuid) else {
+            let mut before = self.before.volumes_with_uuid(&n.uuid).peekable();
+            if before.peek().is_none() {
                 continue;
+            }
+            let allowed = |b: &Volume| {
+                let system =
+                    self.is_mac() && b.role.is_apple_system_role() && n.role.is_apple_system_role();
+                system || self.recreated_data_volume(b, n)
             };
-            let system =
-                self.is_mac() && b.role.is_apple_system_role() && n.role.is_apple_system_role();
-            if system || self.recreated_data_volume(b, n) {
-                kept.push(format!("{} ({})", n.uuid, n.role));
-            } else {
-                wrong.push(format!(
+            match before.find(|b| !allowed(b)) {
+                None => kept.push(format!("{} ({})", n.uuid, n.role)),
+                Some(b) => wrong.push(format!(
                     "{} ({}, role {} at prepare, {} now)",
                     n.uuid, n.name, b.role, n.role
-                ));
+                )),
             }
         }
         if wrong.is_empty() {
@@ -845,6 +856,42 @@ mod tests {
         let lines = evaluate(&b, &same, &ctx());
         assert!(!line(&lines, Check::DataVolumeNew).passed);
         assert!(!line(&lines, Check::TenantVolumesGone).passed);
+    }
+
+    #[test]
+    fn a_duplicate_uuid_record_cannot_hide_a_surviving_volume() {
+        // The re-created Data volume and, under the same UUID, a record that was not re-created.
+        let mut now = after();
+        for v in &mut now.volumes {
+            if v.role == VolumeRole::Data {
+                v.uuid = "DATA-OLD".into();
+            }
+        }
+        let mut stale = vol("data-old", "Macintosh HD - Data", VolumeRole::Data);
+        stale.created_unix_ms = Some(TERMINATE - 86_400_000);
+        now.volumes.push(stale);
+        let now = now.normalized();
+        let lines = evaluate(&before(), &now, &ctx());
+        assert_eq!(
+            failed_checks(&lines),
+            [
+                "tenant_volumes_gone",
+                "data_volume_new",
+                "only_system_roles_kept",
+                "no_extra_volumes"
+            ]
+        );
+
+        // A prepare inventory listing one UUID twice, once as a tenant volume: still a tenant's.
+        let mut b = before();
+        b.volumes
+            .push(vol("pre-1", "Preboot copy", VolumeRole::None));
+        let b = b.normalized();
+        let lines = evaluate(&b, &after(), &ctx());
+        assert_eq!(
+            failed_checks(&lines),
+            ["tenant_volumes_gone", "only_system_roles_kept"]
+        );
     }
 
     #[test]
