@@ -153,7 +153,7 @@ pub enum PrepareSignError {
     SignerChain(#[source] VerifyError),
     /// The signature does not verify with the signer's own certificate.
     #[error(
-        "the signer's signature over the prepare record does not verify with its own certificate: check that the key belongs to the chain's first certificate"
+        "the signer's prepare record signature fails its self-check: check that the key belongs to the chain's first certificate"
     )]
     SelfCheck(#[source] VerifyError),
 }
@@ -206,11 +206,13 @@ pub enum PrepareVerifyError {
     SignerChain(#[source] VerifyError),
     /// The signature does not verify over the prepare record's domain and bytes.
     #[error(
-        "the prepare record's signature does not verify with its signer certificate: the record was changed after signing, or this is not a prepare record (a certificate's signature is not one)"
+        "the prepare record was changed after signing, or is not a prepare record (a certificate's signature is not one)"
     )]
     Signature(#[source] VerifyError),
     /// The bytes are not a prepare record.
-    #[error("the signed bytes are not a prepare record")]
+    #[error(
+        "the signed bytes are not a prepare record of this version: send record_json as WatchErase returned it"
+    )]
     Malformed(#[source] serde_json::Error),
     /// Another format.
     #[error("the prepare record's format is {found:?}, expected \"jex-prepare-record-v1\"")]
@@ -226,7 +228,7 @@ pub enum PrepareVerifyError {
     FleetCa(#[source] VerifyError),
     /// The signer does not chain to the fleet CA at the record's creation time.
     #[error(
-        "the prepare record's signer does not chain to the fleet CA at its creation time {created_unix_ms} ms: it was signed by a key of another CA, or with a certificate not valid then"
+        "the prepare record's signer is not trusted at the record's creation time {created_unix_ms} ms: it was signed by a key of another CA, or with a certificate not valid then"
     )]
     Chain {
         /// The time the chain was judged at.
@@ -246,7 +248,9 @@ pub enum PrepareVerifyError {
         found: String,
     },
     /// The record's inventory names another host than the record.
-    #[error("the prepare record is for host {record:?} but its inventory is of host {inventory:?}")]
+    #[error(
+        "the prepare record is for host {record:?} but its inventory is of host {inventory:?}: the prepare half must record its own host's inventory"
+    )]
     InventoryHostMismatch {
         /// The record's host.
         record: String,
