@@ -7,6 +7,8 @@
 #
 # - jex-attest (certificates) builds without tokio, tonic or nix: controllers and auditors use it
 #   alone to check an erase certificate;
+# - jex-reclaim (the inventory, prepare record and evidence rules of a two-halves reclaim) builds
+#   on jex-attest alone, without the agent, the platform crate, tokio, tonic or nix;
 # - jex-telemetry (the model) and jex-spool (generic records) know no OS, runtime or gRPC;
 # - `unsafe` and `cfg(target_os)` appear only in crates/platform;
 # - every crate root (library and binary targets) of every member but jex-platform says
@@ -60,6 +62,7 @@ forbid jex-attest jex-platform jex-spool jex-erase jex-agent tokio tonic nix
 forbid jex-spool jex-telemetry jex-platform jex-attest jex-erase jex-agent tokio tonic
 forbid jex-platform jex-spool jex-attest jex-erase jex-agent tokio tonic
 forbid jex-erase jex-spool jex-agent tonic jex-proto
+forbid jex-reclaim jex-platform jex-spool jex-erase jex-agent tokio tonic nix
 
 # `unsafe` (code, not comments) and cfg(target_os) only in the platform crate. Every loop below
 # reads from a process substitution, so that `fail` counts in this shell.

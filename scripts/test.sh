@@ -37,6 +37,7 @@ start=$SECONDS
 # them); the quick tier leaves them out.
 NEEDS_ROOT_OR_TOOLS=(
   keys::luks2::tests            # jex-erase: the real cryptsetup on LUKS2 images
+  the_real_cryptsetup           # jex-reclaim: the real cryptsetup on LUKS2 images
   a_loop_block_device           # jex-erase: losetup, root
   on_a_full_disk                # jex-spool, jex-agent: a small tmpfs, mounted as root
   root_device_node_is_refused   # jex-platform: mknod of the root device's node, root
@@ -79,6 +80,8 @@ if [ "$mode" = quick ]; then
   group "unit tests (every crate but jex-packaging)" --workspace --exclude jex-packaging --lib --bins -- "${skips[@]}"
   group "platform readers" -p jex-platform --test linux_live --test memory_formulas
   group "erase crash trials (fake keys)" -p jex-erase --test erase_crash
+  group "reclaim rules (property tests) and inventory" -p jex-reclaim --test rules_properties \
+    --test linux_inventory -- "${skips[@]}"
   group "end to end over mTLS on loopback" -p jex-e2e --test config --test edge --test mtls \
     --test telemetry --test packaging_contract -- "${skips[@]}"
   if ((${#failed[@]})); then

@@ -1,4 +1,5 @@
-//! Canonical JSON of a [`CertificateDocument`]: the exact bytes that are signed.
+//! Canonical JSON of a [`CertificateDocument`]: the exact bytes that are signed. The same rules
+//! serve any other signed JSON value through [`canonical_json_value`].
 //!
 //! Rules (RFC 8785 for everything but numbers, see below):
 //! - object members sorted by key, comparing keys as UTF-16 code units (RFC 8785 §3.2.3);
@@ -33,8 +34,15 @@ pub fn canonical_json(doc: &CertificateDocument) -> Vec<u8> {
     // custom `Serialize` impl, of which there are none. A non-finite f64 becomes `null`.
     #[allow(clippy::expect_used)]
     let value = serde_json::to_value(doc).expect("a certificate document always converts to JSON");
+    canonical_json_value(&value)
+}
+
+/// The canonical JSON bytes of any JSON value, by the same rules as [`canonical_json`]: for
+/// other documents of the fleet (the prepare record of a two-halves reclaim) that are signed
+/// the same way. `canonical_json(doc)` is exactly `canonical_json_value(&to_value(doc))`.
+pub fn canonical_json_value(value: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(2048);
-    write_value(&value, &mut out);
+    write_value(value, &mut out);
     out
 }
 
@@ -177,6 +185,13 @@ mod tests {
         let parsed: CertificateDocument = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(parsed, doc);
         assert_eq!(canonical_json(&parsed), bytes);
+    }
+
+    #[test]
+    fn the_value_form_gives_the_documents_bytes() {
+        let doc = sample_document();
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(canonical_json_value(&value), canonical_json(&doc));
     }
 
     proptest! {

@@ -75,7 +75,7 @@ pub use consistency::{
 };
 pub use document::*;
 pub use file_signer::FileSigner;
-pub use verify::{VerifyError, verify};
+pub use verify::{ChainError, SignerChain, VerifyError, verify};
 
 /// The domain-separation prefix of every signed message.
 pub const SIGNING_DOMAIN: &[u8] = b"jex-erase-certificate-v1\0";

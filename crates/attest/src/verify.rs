@@ -141,26 +141,11 @@ pub fn verify(
             found: cert.signature_algorithm.clone(),
         });
     }
-    let (leaf_der, intermediates_der) = cert
-        .signer_chain_der
-        .split_first()
-        .ok_or(VerifyError::EmptyChain)?;
-    let leaf_der = CertificateDer::from(leaf_der.as_slice());
-    let intermediates: Vec<CertificateDer<'_>> = intermediates_der
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    let leaf =
-        webpki::EndEntityCert::try_from(&leaf_der).map_err(VerifyError::SignerCertificate)?;
+    let chain = SignerChain::new(&cert.signer_chain_der)?;
 
     // 2. The signature, with the (not yet trusted) leaf's key: checked first so that nothing
     // unauthenticated is interpreted beyond this point. Trust in the key comes from step 4.
-    leaf.verify_signature(
-        webpki::ring::ECDSA_P256_SHA256,
-        &signed_message(&cert.document_json),
-        &cert.signature,
-    )
-    .map_err(VerifyError::Signature)?;
+    chain.verify_signature(&signed_message(&cert.document_json), &cert.signature)?;
 
     // 3. The document.
     let doc: CertificateDocument =
@@ -169,36 +154,14 @@ pub fn verify(
     // 4. Chain, judged at the signing time the document claims.
     let signed_at =
         parse_utc("finished_at", &doc.finished_at).map_err(VerifyError::Inconsistent)?;
-    let ca_certs = read_ca(ca_pem_or_der)?;
-    let anchors = ca_certs
-        .iter()
-        .map(|c| webpki::anchor_from_trusted_cert(c).map_err(VerifyError::CaCertificate))
-        .collect::<Result<Vec<_>, _>>()?;
-    let at = unix_time(signed_at);
-    let chain_for = |usage| {
-        leaf.verify_for_usage(
-            CHAIN_ALGORITHMS,
-            &anchors,
-            &intermediates,
-            at,
-            usage,
-            None,
-            None,
-        )
-        .map(drop)
-    };
-    chain_for(webpki::KeyUsage::server_auth())
-        .or_else(|err| match err {
-            // Only a missing serverAuth usage earns a second try as a client certificate.
-            #[allow(deprecated)]
-            webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
-                chain_for(webpki::KeyUsage::client_auth())
-            }
-            other => Err(other),
-        })
-        .map_err(|source| VerifyError::Chain {
-            at: doc.finished_at.clone(),
-            source,
+    chain
+        .verify_path(ca_pem_or_der, unix_time(signed_at))
+        .map_err(|err| match err {
+            ChainError::Ca(err) => err,
+            ChainError::Path(source) => VerifyError::Chain {
+                at: doc.finished_at.clone(),
+                source,
+            },
         })?;
 
     // 5.–6. Canonical form and consistency.
@@ -208,19 +171,11 @@ pub fn verify(
     doc.check_consistency().map_err(VerifyError::Inconsistent)?;
 
     // 7. The signer is this host.
-    let uris: Vec<String> = leaf.valid_uri_names().map(str::to_owned).collect();
     let host_id = &doc.host.host_id;
-    let names_host = |uri: &String| {
-        !host_id.is_empty()
-            && (uri == host_id
-                || uri
-                    .strip_suffix(host_id.as_str())
-                    .is_some_and(|prefix| prefix.ends_with('/')))
-    };
-    if !uris.iter().any(names_host) {
+    if !chain.identifies_host(host_id)? {
         return Err(VerifyError::HostMismatch {
             host_id: host_id.clone(),
-            uris,
+            uris: chain.uri_names()?,
         });
     }
 
@@ -241,6 +196,126 @@ pub fn verify(
         });
     }
     Ok(doc)
+}
+
+/// A signer chain as carried next to a signature (leaf first, then intermediates, DER), for
+/// checking any document the fleet signs this way: [`verify`] uses it for certificates, and
+/// other signed records (the prepare record of a two-halves reclaim) use it with their own
+/// signing domain.
+///
+/// It only borrows the DER; each check parses the leaf again (cheap next to a signature check).
+/// The checks are those of [`verify`]'s steps 2, 4 and 7, with the same algorithms and usages.
+#[derive(Debug, Clone)]
+pub struct SignerChain<'a> {
+    leaf: CertificateDer<'a>,
+    intermediates: Vec<CertificateDer<'a>>,
+}
+
+/// Why a signer chain does not lead to the CA: the CA input itself is unusable, or no valid
+/// path exists at the given time.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The CA certificates cannot be read or used as trust anchors (one of
+    /// [`VerifyError::NoCaCertificate`], [`VerifyError::CaPem`], [`VerifyError::CaCertificate`]).
+    #[error(transparent)]
+    Ca(VerifyError),
+    /// No path from the leaf to a CA certificate was valid at the time given (unknown issuer,
+    /// expired, wrong usage, …).
+    #[error("the signer certificate does not chain to the given CA")]
+    Path(#[source] webpki::Error),
+}
+
+impl<'a> SignerChain<'a> {
+    /// The chain `chain_der` (leaf first). Fails with [`VerifyError::EmptyChain`] when it is
+    /// empty and [`VerifyError::SignerCertificate`] when the leaf does not parse.
+    pub fn new(chain_der: &'a [Vec<u8>]) -> Result<Self, VerifyError> {
+        let (leaf, intermediates) = chain_der.split_first().ok_or(VerifyError::EmptyChain)?;
+        let chain = Self {
+            leaf: CertificateDer::from(leaf.as_slice()),
+            intermediates: intermediates
+                .iter()
+                .map(|c| CertificateDer::from(c.as_slice()))
+                .collect(),
+        };
+        chain.end_entity()?;
+        Ok(chain)
+    }
+
+    fn end_entity(&self) -> Result<webpki::EndEntityCert<'_>, VerifyError> {
+        webpki::EndEntityCert::try_from(&self.leaf).map_err(VerifyError::SignerCertificate)
+    }
+
+    /// Checks the ECDSA P-256/SHA-256 (ASN.1 DER) `signature` over `message` (already
+    /// domain-separated by the caller) with the leaf's public key. This says nothing about
+    /// whether the key is trusted: that is [`SignerChain::verify_path`].
+    pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> Result<(), VerifyError> {
+        self.end_entity()?
+            .verify_signature(webpki::ring::ECDSA_P256_SHA256, message, signature)
+            .map_err(VerifyError::Signature)
+    }
+
+    /// Checks that the chain builds a path to one of the CA certificates in `ca_pem_or_der`
+    /// (PEM, possibly several, or one DER certificate) that is valid at `at`: as a TLS server
+    /// certificate, or failing only for its extended key usage, as a TLS client certificate.
+    pub fn verify_path(&self, ca_pem_or_der: &[u8], at: UnixTime) -> Result<(), ChainError> {
+        let leaf = self.end_entity().map_err(ChainError::Ca)?;
+        let ca_certs = read_ca(ca_pem_or_der).map_err(ChainError::Ca)?;
+        let anchors = ca_certs
+            .iter()
+            .map(|c| webpki::anchor_from_trusted_cert(c).map_err(VerifyError::CaCertificate))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ChainError::Ca)?;
+        let chain_for = |usage| {
+            leaf.verify_for_usage(
+                CHAIN_ALGORITHMS,
+                &anchors,
+                &self.intermediates,
+                at,
+                usage,
+                None,
+                None,
+            )
+            .map(drop)
+        };
+        chain_for(webpki::KeyUsage::server_auth())
+            .or_else(|err| match err {
+                // Only a missing serverAuth usage earns a second try as a client certificate.
+                #[allow(deprecated)]
+                webpki::Error::RequiredEkuNotFound
+                | webpki::Error::RequiredEkuNotFoundContext(_) => {
+                    chain_for(webpki::KeyUsage::client_auth())
+                }
+                other => Err(other),
+            })
+            .map_err(ChainError::Path)
+    }
+
+    /// The leaf's URI subject alternative names.
+    pub fn uri_names(&self) -> Result<Vec<String>, VerifyError> {
+        Ok(self
+            .end_entity()?
+            .valid_uri_names()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Whether the leaf identifies host `host_id`: one of its URI SANs equals it or ends with
+    /// `/<host_id>` (`spiffe://fleet.example/host/h-1` for host `h-1`). An empty id never matches.
+    pub fn identifies_host(&self, host_id: &str) -> Result<bool, VerifyError> {
+        let names_host = |uri: &String| {
+            !host_id.is_empty()
+                && (uri == host_id
+                    || uri
+                        .strip_suffix(host_id)
+                        .is_some_and(|prefix| prefix.ends_with('/')))
+        };
+        Ok(self.uri_names()?.iter().any(names_host))
+    }
+}
+
+/// Seconds since the Unix epoch as the time to judge a chain at ([`SignerChain::verify_path`]).
+pub fn unix_time_from_secs(secs: u64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_secs(secs))
 }
 
 fn read_ca(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, VerifyError> {
