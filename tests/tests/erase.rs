@@ -741,6 +741,7 @@ fn every_phase_and_outcome_reaches_the_wire_under_its_own_name() {
         exceptions: Vec::new(),
         targets: Vec::new(),
         certificate: None,
+        prepare_record: None,
     };
     let mut phases = std::collections::BTreeSet::new();
     for phase in Phase::ALL {

@@ -89,6 +89,27 @@ pub fn operation(op: &OperationView) -> pb::EraseOperation {
                 bytes_done: t.bytes_done,
             })
             .collect(),
+        prepare_record: op.prepare_record.as_ref().map(prepare_record),
+    }
+}
+
+/// A signed prepare record.
+pub fn prepare_record(r: &jex_reclaim::SignedPrepareRecord) -> pb::PrepareRecord {
+    pb::PrepareRecord {
+        record_json: r.record_json.clone(),
+        signature: r.signature.clone(),
+        signer_chain_der: r.signer_chain_der.clone(),
+        signature_algorithm: r.signature_algorithm.clone(),
+    }
+}
+
+/// Back from the wire (for the controller client and the tests).
+pub fn prepare_record_from_proto(r: pb::PrepareRecord) -> jex_reclaim::SignedPrepareRecord {
+    jex_reclaim::SignedPrepareRecord {
+        record_json: r.record_json,
+        signature: r.signature,
+        signer_chain_der: r.signer_chain_der,
+        signature_algorithm: r.signature_algorithm,
     }
 }
 

@@ -58,6 +58,7 @@ pub fn from_erase(e: &EraseError) -> Status {
         | EraseError::Mismatch { .. }
         | EraseError::Sign { .. }
         | EraseError::CertificateFormat { .. }
+        | EraseError::DeviceErase { .. }
         | EraseError::Internal { .. } => internal(e),
     }
 }

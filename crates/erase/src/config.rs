@@ -102,6 +102,45 @@ pub struct EraseConfig {
     /// The tenant targets, erased in this order.
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// The internal SSD, erased by the device itself (`[erase.internal_ssd]`): when set, an
+    /// operation never ends reclaimable on this agent; it stops awaiting the device erase.
+    #[serde(default)]
+    pub internal_ssd: Option<InternalSsdConfig>,
+}
+
+named_enum! {
+    /// How the internal SSD is erased: by the device, outside the tenant's OS.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum InternalSsdMethod: serde {
+        /// Apple's Erase All Content and Settings (MDM `EraseDevice`) or a DFU restore, started
+        /// by the controller; the agent prepares it and the fresh OS's agent attests it.
+        DeviceErase => "device-erase",
+    }
+}
+
+/// The `internal-ssd` target (`[erase.internal_ssd]`, method `device-erase`): the disk the
+/// host boots from, which the agent cannot erase itself. At `Terminate`, after the other
+/// targets, the agent records the host's storage inventory, signs it (the prepare record) and
+/// stops in `awaiting_device_erase`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InternalSsdConfig {
+    /// Always `device-erase`.
+    pub method: InternalSsdMethod,
+    /// Linux: the LUKS2 devices (or images) whose UUIDs stand for the internal SSD's volumes in
+    /// the inventory, absolute. macOS reads its volumes from `diskutil` instead.
+    #[serde(default)]
+    pub inventory_devices: Vec<PathBuf>,
+    /// The local accounts a freshly erased host may have (the attest half refuses others).
+    #[serde(default)]
+    pub allowed_accounts: Vec<String>,
+    /// Linux: the accounts file read for the inventory's local accounts.
+    #[serde(default = "default_accounts_file")]
+    pub accounts_file: PathBuf,
+}
+
+fn default_accounts_file() -> PathBuf {
+    PathBuf::from("/etc/passwd")
 }
 
 /// Absolute paths of external tools (never looked up in `$PATH`).
@@ -349,6 +388,8 @@ pub enum Setting {
     Cryptsetup,
     /// `tools.diskutil`.
     Diskutil,
+    /// `internal_ssd`: a key of the `[erase.internal_ssd]` table.
+    InternalSsd,
     /// A key of the `index`th (0-based) `[[erase.targets]]` entry.
     Target {
         /// Position in the list.
@@ -391,6 +432,7 @@ impl std::fmt::Display for Setting {
             Setting::VerifyBlockBytes => "verify_block_bytes",
             Setting::Cryptsetup => "tools.cryptsetup",
             Setting::Diskutil => "tools.diskutil",
+            Setting::InternalSsd => "internal_ssd",
             Setting::Target { index, field } => {
                 return write!(f, "erase.targets[{index}].{field}");
             }
@@ -625,6 +667,7 @@ impl Default for EraseConfig {
             verify_block_bytes: DEFAULT_VERIFY_BLOCK_BYTES,
             tools: ToolsConfig::default(),
             targets: Vec::new(),
+            internal_ssd: None,
         }
     }
 }
@@ -735,6 +778,19 @@ impl EraseConfig {
         }
         check_absolute(Setting::Cryptsetup, &self.tools.cryptsetup)?;
         check_absolute(Setting::Diskutil, &self.tools.diskutil)?;
+        if let Some(ssd) = &self.internal_ssd {
+            if jex_platform::OS != jex_platform::Os::Linux {
+                return Err(ConfigError::OutOfRange {
+                    key: Setting::InternalSsd,
+                    value: ssd.method.to_string(),
+                    expected: "a Linux host in this version (the macOS storage inventory is not written yet): remove [erase.internal_ssd]",
+                });
+            }
+            check_absolute(Setting::InternalSsd, &ssd.accounts_file)?;
+            for device in &ssd.inventory_devices {
+                check_absolute(Setting::InternalSsd, device)?;
+            }
+        }
         for (index, target) in self.targets.iter().enumerate() {
             if target.name.trim().is_empty() {
                 return Err(ConfigError::EmptyName { index });
@@ -841,6 +897,8 @@ pub struct EraseSection {
     /// `[[erase.targets]]`, in order.
     #[serde(default)]
     pub targets: Vec<Spanned<TargetSection>>,
+    /// `[erase.internal_ssd]`: checked as a whole, errors placed on the table.
+    pub internal_ssd: Option<Spanned<InternalSsdConfig>>,
 }
 
 /// `[erase.tools]` as written; see [`ToolsConfig`].
@@ -937,6 +995,7 @@ impl EraseSection {
                     .unwrap_or_else(default_diskutil),
             },
             targets,
+            internal_ssd: written(&self.internal_ssd),
         })
     }
 
@@ -959,6 +1018,7 @@ impl EraseSection {
             Setting::VerifyBlockBytes => span_of(&self.verify_block_bytes),
             Setting::Cryptsetup => tool(|t| &t.cryptsetup),
             Setting::Diskutil => tool(|t| &t.diskutil),
+            Setting::InternalSsd => span_of(&self.internal_ssd),
             Setting::Target { index, field } => {
                 let entry = self.targets.get(index)?;
                 let t = entry.get_ref();

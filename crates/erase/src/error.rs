@@ -39,7 +39,9 @@ pub enum EraseError {
     #[error("request_id is empty: send a unique idempotency key with every terminate")]
     EmptyRequestId,
     /// Nothing to erase.
-    #[error("no erase targets are configured: add [[erase.targets]] to the agent config")]
+    #[error(
+        "no erase targets are configured: add [[erase.targets]] or [erase.internal_ssd] to the agent config"
+    )]
     NoTargets,
     /// Another operation is running.
     #[error("erase operation {operation_id} is still running: wait for it or retry its request_id")]
@@ -212,6 +214,12 @@ pub enum EraseError {
         /// The certificate file.
         path: PathBuf,
         /// What is wrong.
+        detail: String,
+    },
+    /// The prepare half of a device erase could not record or sign the host's storage.
+    #[error("preparing the device erase: {detail}")]
+    DeviceErase {
+        /// What failed, and what to do.
         detail: String,
     },
     /// A bug or an unexpected condition (a worker thread stopped).

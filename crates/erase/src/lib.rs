@@ -83,6 +83,7 @@
 pub mod certify;
 pub mod config;
 pub mod deps;
+mod device_erase;
 pub mod error;
 pub mod journal;
 pub mod keys;
@@ -107,7 +108,8 @@ mod tests;
 
 pub use certify::AGENT_VERSION;
 pub use config::{
-    Backend, ConfigError, EraseConfig, TargetConfig, TargetKeys, TargetShapeError, ToolsConfig,
+    Backend, ConfigError, EraseConfig, InternalSsdConfig, InternalSsdMethod, TargetConfig,
+    TargetKeys, TargetShapeError, ToolsConfig,
 };
 pub use deps::{EraseDeps, KeyDestroyerFactory, production_factory};
 pub use error::EraseError;

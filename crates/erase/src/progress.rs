@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::error::EraseError;
-use crate::record::{Outcome, Phase};
+use crate::record::{Outcome, Phase, StoredPrepareRecord};
 use crate::state::{Operation, State};
 use jex_attest::{CertificateDocument, SignedCertificate};
 
@@ -35,6 +35,9 @@ crate::names::named_enum! {
         /// The last erase failed or had exceptions: the host must not be given to another
         /// tenant.
         EraseFailed => "erase_failed",
+        /// This agent erased what it can and recorded the host's storage: the device erase is
+        /// due (then the fresh OS's agent attests it).
+        AwaitingDeviceErase => "awaiting_device_erase",
     }
 }
 
@@ -43,6 +46,7 @@ impl Lifecycle {
     pub fn of(phase: Phase, outcome: Option<Outcome>) -> Self {
         match phase {
             Phase::Reclaimable => Lifecycle::Reclaimable,
+            Phase::AwaitingDeviceErase => Lifecycle::AwaitingDeviceErase,
             Phase::Failed => Lifecycle::EraseFailed,
             Phase::Certified if outcome != Some(Outcome::Erased) => Lifecycle::EraseFailed,
             _ => Lifecycle::Erasing,
@@ -82,13 +86,16 @@ pub struct OperationView {
     pub targets: Vec<TargetView>,
     /// The signed certificate, once certified.
     pub certificate: Option<SignedCertificate>,
+    /// The signed prepare record, once the device erase is awaited.
+    pub prepare_record: Option<jex_reclaim::SignedPrepareRecord>,
 }
 
 impl OperationView {
-    /// No more work will be done: reclaimable, failed, or certified with exceptions.
+    /// No more work will be done here: reclaimable, failed, awaiting the device erase, or
+    /// certified with exceptions.
     pub fn is_terminal(&self) -> bool {
         match self.phase {
-            Phase::Failed | Phase::Reclaimable => true,
+            Phase::Failed | Phase::Reclaimable | Phase::AwaitingDeviceErase => true,
             Phase::Certified => self.outcome != Some(Outcome::Erased),
             _ => false,
         }
@@ -110,6 +117,7 @@ impl OperationView {
             exceptions: Vec::new(),
             targets: Vec::new(),
             certificate: None,
+            prepare_record: None,
         }
     }
 }
@@ -443,12 +451,19 @@ impl Live {
             started_unix_ms: op.requested.started_unix_ms,
             finished_unix_ms: match &op.state {
                 State::Failed { failure, .. } => failure.finished_unix_ms,
+                State::AwaitingDeviceErase {
+                    finished_unix_ms, ..
+                } => Some(*finished_unix_ms),
                 state => state.certification().map(|c| c.finished_unix_ms),
             },
             failure_reason: failure.map(|f| f.reason.clone()),
             exceptions: certificate_exceptions(certificate),
             targets,
             certificate: certificate.cloned(),
+            prepare_record: op
+                .state
+                .prepare_record()
+                .and_then(StoredPrepareRecord::to_signed),
         }
     }
 }

@@ -25,7 +25,7 @@
 //! Field names and tags are a durable format: a journal written by one version is replayed by
 //! the next. Add fields with `#[serde(default)]`; never rename.
 
-use crate::config::{EraseConfig, TargetConfig};
+use crate::config::{EraseConfig, InternalSsdConfig, TargetConfig};
 use crate::keys::{KeyDestruction, KeyState};
 use crate::names::named_enum;
 use jex_platform::blockdev::{MediaInfo, TargetIdentity};
@@ -89,6 +89,17 @@ pub enum Record {
         /// The operation.
         operation_id: String,
     },
+    /// This agent's half of a device erase is done: the storage inventory is recorded and
+    /// signed, and the device erase is due. Ends the operation here (the agent of the fresh OS
+    /// attests it); never followed by `reclaimable`.
+    AwaitingDeviceErase {
+        /// The operation.
+        operation_id: String,
+        /// The signed prepare record handed to the controller.
+        prepare: StoredPrepareRecord,
+        /// When it was signed.
+        finished_unix_ms: u64,
+    },
     /// The operation failed; terminal.
     Failed {
         /// The operation.
@@ -114,6 +125,7 @@ impl Record {
             | Record::Verifying { operation_id }
             | Record::Certified { operation_id, .. }
             | Record::Reclaimable { operation_id }
+            | Record::AwaitingDeviceErase { operation_id, .. }
             | Record::Failed { operation_id, .. } => operation_id,
         }
     }
@@ -129,6 +141,7 @@ impl Record {
             Record::Verifying { .. } => Step::Verifying,
             Record::Certified { .. } => Step::Certified,
             Record::Reclaimable { .. } => Step::Reclaimable,
+            Record::AwaitingDeviceErase { .. } => Step::AwaitingDeviceErase,
             Record::Failed { .. } => Step::Failed,
         }
     }
@@ -156,6 +169,8 @@ named_enum! {
         Certified => "certified",
         /// [`Record::Reclaimable`].
         Reclaimable => "reclaimable",
+        /// [`Record::AwaitingDeviceErase`].
+        AwaitingDeviceErase => "awaiting_device_erase",
         /// [`Record::Failed`].
         Failed => "failed",
     }
@@ -182,6 +197,50 @@ pub struct RequestedRecord {
     pub settings: OperationSettings,
     /// The targets, as configured when accepted.
     pub targets: Vec<TargetConfig>,
+    /// The internal SSD's device erase, as configured when accepted (absent from journals
+    /// written before it existed: none).
+    #[serde(default)]
+    pub device_erase: Option<InternalSsdConfig>,
+}
+
+/// A signed prepare record as the journal keeps it: the canonical JSON as text (it is UTF-8),
+/// the signature and chain in hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPrepareRecord {
+    /// The record's canonical JSON, exactly as signed.
+    pub record_json: String,
+    /// The signature, hex.
+    pub signature_hex: String,
+    /// The signer's chain, leaf first, DER in hex.
+    pub signer_chain_der_hex: Vec<String>,
+    /// `ecdsa-p256-sha256`.
+    pub signature_algorithm: String,
+}
+
+impl StoredPrepareRecord {
+    /// The journal form of `signed`.
+    pub fn from_signed(signed: &jex_reclaim::SignedPrepareRecord) -> Self {
+        StoredPrepareRecord {
+            record_json: String::from_utf8_lossy(&signed.record_json).into_owned(),
+            signature_hex: hex::encode(&signed.signature),
+            signer_chain_der_hex: signed.signer_chain_der.iter().map(hex::encode).collect(),
+            signature_algorithm: signed.signature_algorithm.clone(),
+        }
+    }
+
+    /// Back to the signed record; `None` when the journal's hex is damaged.
+    pub fn to_signed(&self) -> Option<jex_reclaim::SignedPrepareRecord> {
+        Some(jex_reclaim::SignedPrepareRecord {
+            record_json: self.record_json.as_bytes().to_vec(),
+            signature: hex::decode(&self.signature_hex).ok()?,
+            signer_chain_der: self
+                .signer_chain_der_hex
+                .iter()
+                .map(|der| hex::decode(der).ok())
+                .collect::<Option<Vec<_>>>()?,
+            signature_algorithm: self.signature_algorithm.clone(),
+        })
+    }
 }
 
 /// Settings snapshotted into the journal so that a resume uses the same ones.
@@ -263,6 +322,8 @@ named_enum! {
         Reclaimable => "reclaimable",
         /// Failed; see the reason.
         Failed => "failed",
+        /// This agent's half of a device erase is done; the device erase is due.
+        AwaitingDeviceErase => "awaiting_device_erase",
     }
 }
 
@@ -341,6 +402,7 @@ mod tests {
                 previous_certificate_sha256: None,
                 settings: OperationSettings::from_config(&EraseConfig::default()),
                 targets: vec![],
+                device_erase: None,
             }),
             Record::TargetsPinned {
                 operation_id: "op".into(),
@@ -373,6 +435,16 @@ mod tests {
             },
             Record::Reclaimable {
                 operation_id: "op".into(),
+            },
+            Record::AwaitingDeviceErase {
+                operation_id: "op".into(),
+                prepare: StoredPrepareRecord {
+                    record_json: "{}".into(),
+                    signature_hex: "00".into(),
+                    signer_chain_der_hex: vec!["01".into()],
+                    signature_algorithm: "ecdsa-p256-sha256".into(),
+                },
+                finished_unix_ms: 0,
             },
             Record::Failed {
                 operation_id: "op".into(),

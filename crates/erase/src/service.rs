@@ -186,7 +186,7 @@ impl EraseService {
                 operation_id: running.op.id().to_owned(),
             });
         }
-        if self.shared.config.targets.is_empty() {
+        if self.shared.config.targets.is_empty() && self.shared.config.internal_ssd.is_none() {
             return Err(EraseError::NoTargets);
         }
         let view = steps::new_operation(

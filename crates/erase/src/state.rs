@@ -21,10 +21,12 @@
 //! | `overwriting` | `verifying` | the last target is complete |
 //! | `verifying` | `verifying` | (verification restarted after a crash) |
 //! | `verifying` | `certified` | outcome `ERASED` or `ERASED_WITH_EXCEPTIONS` |
-//! | `certified` (`ERASED`) | `reclaimable` | |
+//! | `certified` (`ERASED`) | `reclaimable` | the operation has no device erase |
+//! | `certified` (`ERASED`), or `requested` when there are no targets | `awaiting_device_erase` | the operation has a device erase (`[erase.internal_ssd]`) |
 //! | any state that has not ended | `failed` | the record names the current [`Phase`] |
 //!
-//! Ended: `reclaimable`, `failed`, and `certified` with `ERASED_WITH_EXCEPTIONS`. A record of
+//! Ended: `reclaimable`, `awaiting_device_erase`, `failed`, and `certified` with
+//! `ERASED_WITH_EXCEPTIONS`. A record of
 //! another operation, and a second `requested`, are always refused.
 //!
 //! # A refused record during replay
@@ -39,7 +41,9 @@
 use tracing::{error, warn};
 
 use crate::keys::{KeyDestruction, KeyState};
-use crate::record::{Outcome, Phase, PinnedTarget, Record, RequestedRecord, Step};
+use crate::record::{
+    Outcome, Phase, PinnedTarget, Record, RequestedRecord, Step, StoredPrepareRecord,
+};
 
 /// One operation: the request, and where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +95,18 @@ pub enum State {
         destroyed: Destroyed,
         /// The certificate (always `ERASED`).
         certification: Certification,
+    },
+    /// This agent's half of a device erase is done: terminal here, never reclaimable on this
+    /// agent (the agent of the fresh OS attests the device erase).
+    AwaitingDeviceErase {
+        /// Targets and key destruction, when the operation had targets of its own.
+        destroyed: Option<Destroyed>,
+        /// Their certificate (always `ERASED`), when it had targets.
+        certification: Option<Certification>,
+        /// The signed prepare record.
+        prepare: StoredPrepareRecord,
+        /// When it was signed.
+        finished_unix_ms: u64,
     },
     /// Failed: terminal, never reclaimable.
     Failed {
@@ -272,6 +288,12 @@ pub enum Refusal {
     /// Only an `ERASED` certificate makes the host reclaimable.
     #[error("the certificate's outcome is {0}, not ERASED")]
     NotErased(&'static str),
+    /// `reclaimable` for an operation whose internal SSD awaits its device erase.
+    #[error("the internal SSD's device erase is due: this agent never marks the host reclaimable")]
+    DeviceEraseDue,
+    /// `awaiting_device_erase` for an operation that has no device erase.
+    #[error("the operation has no device erase to await")]
+    NoDeviceErase,
     /// The failure names another phase than the operation's.
     #[error("the failure is journaled in phase {journaled} but the operation is in phase {actual}")]
     FailedPhase {
@@ -294,6 +316,7 @@ impl State {
             State::Verifying(_) => Step::Verifying,
             State::Certified { .. } => Step::Certified,
             State::Reclaimable { .. } => Step::Reclaimable,
+            State::AwaitingDeviceErase { .. } => Step::AwaitingDeviceErase,
             State::Failed { .. } => Step::Failed,
         }
     }
@@ -310,6 +333,7 @@ impl State {
             State::Verifying(_) => Phase::Verifying,
             State::Certified { .. } => Phase::Certified,
             State::Reclaimable { .. } => Phase::Reclaimable,
+            State::AwaitingDeviceErase { .. } => Phase::AwaitingDeviceErase,
             State::Failed { .. } => Phase::Failed,
         }
     }
@@ -317,7 +341,9 @@ impl State {
     /// No more work will be done: reclaimable, failed, or certified with exceptions.
     pub fn has_ended(&self) -> bool {
         match self {
-            State::Reclaimable { .. } | State::Failed { .. } => true,
+            State::Reclaimable { .. }
+            | State::AwaitingDeviceErase { .. }
+            | State::Failed { .. } => true,
             State::Certified { certification, .. } => certification.outcome != Outcome::Erased,
             _ => false,
         }
@@ -333,6 +359,9 @@ impl State {
             | State::Overwriting { destroyed, .. }
             | State::Certified { destroyed, .. }
             | State::Reclaimable { destroyed, .. } => Some(&destroyed.pinned),
+            State::AwaitingDeviceErase { destroyed, .. } => {
+                destroyed.as_ref().map(|d| d.pinned.as_slice())
+            }
             State::Failed { before, .. } => before.pinned(),
         }
     }
@@ -357,6 +386,7 @@ impl State {
             | State::Overwriting { destroyed, .. }
             | State::Certified { destroyed, .. }
             | State::Reclaimable { destroyed, .. } => Some(destroyed),
+            State::AwaitingDeviceErase { destroyed, .. } => destroyed.as_ref(),
             _ => None,
         }
     }
@@ -377,6 +407,7 @@ impl State {
             State::Certified { certification, .. } | State::Reclaimable { certification, .. } => {
                 Some(certification)
             }
+            State::AwaitingDeviceErase { certification, .. } => certification.as_ref(),
             State::Failed { before, .. } => before.certification(),
             _ => None,
         }
@@ -390,10 +421,20 @@ impl State {
         }
     }
 
-    /// `ERASED`/`ERASED_WITH_EXCEPTIONS` once certified, `FAILED` once failed.
+    /// The signed prepare record, once this agent's half of a device erase is done.
+    pub fn prepare_record(&self) -> Option<&StoredPrepareRecord> {
+        match self {
+            State::AwaitingDeviceErase { prepare, .. } => Some(prepare),
+            _ => None,
+        }
+    }
+
+    /// `ERASED`/`ERASED_WITH_EXCEPTIONS` once certified, `FAILED` once failed; none while a
+    /// device erase is awaited (the fresh OS's agent decides).
     pub fn outcome(&self) -> Option<Outcome> {
         match self {
             State::Failed { .. } => Some(Outcome::Failed),
+            State::AwaitingDeviceErase { .. } => None,
             other => other.certification().map(|c| c.outcome),
         }
     }
@@ -617,12 +658,46 @@ impl Operation {
                 },
                 Record::Reclaimable { .. },
             ) => {
+                if self.requested.device_erase.is_some() {
+                    return Err(refuse(Refusal::DeviceEraseDue));
+                }
                 if certification.outcome != Outcome::Erased {
                     return Err(refuse(Refusal::NotErased(certification.outcome.as_str())));
                 }
                 Ok(State::Reclaimable {
                     destroyed: destroyed.clone(),
                     certification: certification.clone(),
+                })
+            }
+            (
+                State::Requested | State::Certified { .. },
+                Record::AwaitingDeviceErase {
+                    prepare,
+                    finished_unix_ms,
+                    ..
+                },
+            ) => {
+                if self.requested.device_erase.is_none() {
+                    return Err(refuse(Refusal::NoDeviceErase));
+                }
+                let (destroyed, certification) = match &self.state {
+                    State::Certified {
+                        destroyed,
+                        certification,
+                    } => {
+                        if certification.outcome != Outcome::Erased {
+                            return Err(refuse(Refusal::NotErased(certification.outcome.as_str())));
+                        }
+                        (Some(destroyed.clone()), Some(certification.clone()))
+                    }
+                    _ if self.requested.targets.is_empty() => (None, None),
+                    _ => return Err(refuse(Refusal::NoSuchTransition)),
+                };
+                Ok(State::AwaitingDeviceErase {
+                    destroyed,
+                    certification,
+                    prepare: prepare.clone(),
+                    finished_unix_ms: *finished_unix_ms,
                 })
             }
             (

@@ -54,6 +54,7 @@ pub(crate) fn new_operation(
         previous_certificate_sha256: previous,
         settings: OperationSettings::from_config(&shared.config),
         targets: shared.config.targets.clone(),
+        device_erase: shared.config.internal_ssd.clone(),
     };
     shared.create(core, requested).inspect_err(|_| {
         // Nothing refers to the key yet; a leftover file would be removed on the next start.
@@ -118,6 +119,10 @@ fn run_steps(shared: &Arc<Shared>, operation_id: &str, resumed: bool) -> Result<
     }
     let outcome = match op.state.certification() {
         Some(certification) => certification.outcome,
+        // A device erase with no targets of its own: nothing to overwrite or certify here.
+        None if op.requested.targets.is_empty() && op.requested.device_erase.is_some() => {
+            Outcome::Erased
+        }
         None => {
             let requested = &op.requested;
             let key = read_key_file(
@@ -154,17 +159,31 @@ fn run_steps(shared: &Arc<Shared>, operation_id: &str, resumed: bool) -> Result<
     // more. It goes before the host is marked reclaimable, so that whoever sees `reclaimable`
     // (the controller, or a process exiting right after) never finds it left on disk.
     shared.dirs.remove_key_file(operation_id);
-    if outcome == Outcome::Erased {
-        shared.record(Record::Reclaimable {
-            operation_id: operation_id.to_owned(),
-        })?;
-        info!("host reclaimable");
-    } else {
+    if outcome != Outcome::Erased {
         warn!(
             outcome = outcome.as_str(),
             "erase certified with exceptions: host not reclaimable"
         );
+        return Ok(());
     }
+    if let Some(ssd) = &op.requested.device_erase {
+        // Never reclaimable here: the device erase is due, attested by the fresh OS's agent.
+        let record = crate::device_erase::prepare(
+            &op.requested,
+            ssd,
+            &shared.config.tools,
+            &shared.deps.host,
+            shared.deps.signer.as_ref(),
+            now_unix_ms(),
+        )?;
+        shared.record(record)?;
+        info!("storage inventory signed: awaiting the device erase");
+        return Ok(());
+    }
+    shared.record(Record::Reclaimable {
+        operation_id: operation_id.to_owned(),
+    })?;
+    info!("host reclaimable");
     Ok(())
 }
 

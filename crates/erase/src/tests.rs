@@ -489,6 +489,7 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
             Record::Verifying { .. } => "verifying",
             Record::Certified { .. } => "certified",
             Record::Reclaimable { .. } => "reclaimable",
+            Record::AwaitingDeviceErase { .. } => "awaiting_device_erase",
             Record::Failed { .. } => "failed",
         })
         .collect();
@@ -899,6 +900,7 @@ fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> Stri
             verify_block_bytes: config.verify_block_bytes,
         },
         targets: config.targets.clone(),
+        device_erase: None,
     };
     let (mut journal, _) = Journal::<Record>::open(&h.state_dir().join(JOURNAL_FILE)).unwrap();
     journal.append(&Record::Requested(requested)).unwrap();
@@ -1250,7 +1252,9 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
             // Verification restarts from scratch.
             Record::Verifying { .. } => Some(Step::Verifying),
             Record::Certified { .. } => Some(Step::Reclaimable),
-            Record::Reclaimable { .. } | Record::Failed { .. } => None,
+            Record::Reclaimable { .. }
+            | Record::AwaitingDeviceErase { .. }
+            | Record::Failed { .. } => None,
         };
         assert_eq!(next, expected_next, "prefix {len}: {resumed:?}");
 
@@ -1527,7 +1531,7 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
 // === Module dependencies ===
 
 /// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
-const MODULE_ORDER: [&str; 20] = [
+const MODULE_ORDER: [&str; 21] = [
     "names",
     "config",
     "pattern",
@@ -1544,6 +1548,7 @@ const MODULE_ORDER: [&str; 20] = [
     "progress",
     "store",
     "certify",
+    "device_erase",
     "steps",
     "plan",
     "service",

@@ -33,6 +33,28 @@
 //! or gRPC; `scripts/check-architecture.sh` enforces that.
 
 pub mod blockdev;
+
+/// The operating system this build is for. Only this crate may write `cfg(target_os)`; code
+/// elsewhere that must choose by platform matches on [`OS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Os {
+    /// Linux.
+    Linux,
+    /// macOS.
+    MacOs,
+    /// Anything else (builds, never a supported host).
+    Other,
+}
+
+/// This build's operating system.
+pub const OS: Os = if cfg!(target_os = "linux") {
+    Os::Linux
+} else if cfg!(target_os = "macos") {
+    Os::MacOs
+} else {
+    Os::Other
+};
+
 pub mod darwin;
 pub mod limits;
 pub mod linux;

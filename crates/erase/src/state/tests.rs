@@ -32,6 +32,7 @@ fn requested() -> RequestedRecord {
                 },
             })
             .collect(),
+        device_erase: None,
     }
 }
 
@@ -123,6 +124,18 @@ fn r_reclaimable() -> Record {
         operation_id: OP.into(),
     }
 }
+fn r_awaiting() -> Record {
+    Record::AwaitingDeviceErase {
+        operation_id: OP.into(),
+        prepare: StoredPrepareRecord {
+            record_json: "{}".into(),
+            signature_hex: "00".into(),
+            signer_chain_der_hex: vec![],
+            signature_algorithm: "ecdsa-p256-sha256".into(),
+        },
+        finished_unix_ms: 1_700_000_100_000,
+    }
+}
 fn r_failed(phase: Phase) -> Record {
     Record::Failed {
         operation_id: OP.into(),
@@ -212,6 +225,7 @@ fn natural_record(op: &Operation, kind: Step) -> Record {
         Step::Verifying => r_verifying(),
         Step::Certified => r_certified(Outcome::Erased),
         Step::Reclaimable => r_reclaimable(),
+        Step::AwaitingDeviceErase => r_awaiting(),
         Step::Failed => r_failed(op.phase()),
     }
 }
@@ -664,4 +678,99 @@ proptest! {
             prop_assert_eq!(op.phase(), Phase::Failed);
         }
     }
+}
+
+fn device_erase() -> crate::config::InternalSsdConfig {
+    crate::config::InternalSsdConfig {
+        method: crate::config::InternalSsdMethod::DeviceErase,
+        inventory_devices: vec!["/dev/internal".into()],
+        allowed_accounts: vec!["root".into()],
+        accounts_file: "/etc/passwd".into(),
+    }
+}
+
+/// An operation whose internal SSD awaits a device erase, after `records` (the full journal
+/// up to `certified` ERASED, by default).
+fn with_device_erase(targets: bool) -> Operation {
+    let mut requested = requested();
+    requested.device_erase = Some(device_erase());
+    if !targets {
+        requested.targets.clear();
+    }
+    Operation::new(requested)
+}
+
+#[test]
+fn with_a_device_erase_a_certified_operation_awaits_it_and_is_never_reclaimable_here() {
+    let journal = full_journal();
+    let mut op = with_device_erase(true);
+    for record in &journal[1..12] {
+        op.apply(record).unwrap();
+    }
+    assert_eq!(op.phase(), Phase::Certified);
+    let err = op.next_state(&r_reclaimable()).unwrap_err();
+    assert_eq!(err.refusal, Refusal::DeviceEraseDue);
+    assert!(
+        err.to_string().contains("never marks the host reclaimable"),
+        "{err}"
+    );
+
+    op.apply(&r_awaiting()).unwrap();
+    assert_eq!(op.phase(), Phase::AwaitingDeviceErase);
+    assert_eq!(op.state.kind(), Step::AwaitingDeviceErase);
+    assert!(op.has_ended());
+    assert_eq!(
+        op.outcome(),
+        None,
+        "the fresh OS's agent decides the outcome"
+    );
+    assert!(
+        op.state.certification().is_some(),
+        "its targets' certificate is kept"
+    );
+    assert!(op.state.prepare_record().is_some());
+    // Ended here: nothing follows, not even a failure.
+    for record in [
+        r_reclaimable(),
+        r_failed(Phase::AwaitingDeviceErase),
+        r_awaiting(),
+    ] {
+        assert_eq!(op.next_state(&record).unwrap_err().refusal, Refusal::Ended);
+    }
+}
+
+#[test]
+fn a_device_erase_with_no_targets_awaits_it_straight_after_the_request() {
+    let mut op = with_device_erase(false);
+    op.apply(&r_awaiting()).unwrap();
+    assert_eq!(op.phase(), Phase::AwaitingDeviceErase);
+    assert!(op.state.certification().is_none() && op.state.pinned().is_none());
+    // With targets, the request alone is not enough: they are erased first.
+    let with_targets = with_device_erase(true);
+    assert_eq!(
+        with_targets.next_state(&r_awaiting()).unwrap_err().refusal,
+        Refusal::NoSuchTransition
+    );
+}
+
+#[test]
+fn without_a_device_erase_nothing_awaits_one() {
+    let journal = full_journal();
+    let certified = op_after(&journal[1..12]);
+    assert_eq!(
+        certified.next_state(&r_awaiting()).unwrap_err().refusal,
+        Refusal::NoDeviceErase
+    );
+    let mut exceptions = with_device_erase(true);
+    for record in &journal[1..11] {
+        exceptions.apply(record).unwrap();
+    }
+    exceptions
+        .apply(&r_certified(Outcome::ErasedWithExceptions))
+        .unwrap();
+    assert_eq!(
+        exceptions.next_state(&r_awaiting()).unwrap_err().refusal,
+        Refusal::NotErased("ERASED_WITH_EXCEPTIONS"),
+        "erased with exceptions: no device erase is prepared"
+    );
 }
