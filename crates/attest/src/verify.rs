@@ -36,8 +36,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use super::consistency::{DocumentError, parse_utc};
+use super::not_before::{certificate_not_before, rfc3339};
 use super::{
-    CertificateDocument, SIGNATURE_ALGORITHM, SignedCertificate, canonical_json, signed_message,
+    CertificateDocument, CertificateDocumentV2, DOCUMENT_SCHEMA, DOCUMENT_SCHEMA_V2, HostIdentity,
+    SIGNATURE_ALGORITHM, SIGNING_DOMAIN, SIGNING_DOMAIN_V2, SignedCertificate, SignerRecord,
+    canonical_json, canonical_json_v2,
 };
 
 /// How far in the verifier's future `finished_at` may lie.
@@ -126,65 +129,299 @@ pub enum VerifyError {
         /// The document's finished_at.
         finished_at: String,
     },
+    /// The document's `schema` is missing or not one this verifier knows ([`verify_any`]).
+    #[error(
+        "the document's schema is {}, which this verifier does not know (it knows {DOCUMENT_SCHEMA:?} and {DOCUMENT_SCHEMA_V2:?})",
+        found.as_deref().map_or_else(|| "missing".to_owned(), |s| format!("{s:?}"))
+    )]
+    UnknownSchema {
+        /// The schema found, if any.
+        found: Option<String>,
+    },
+    /// The signature is over the other version's signing domain ([`verify_any`]): a signature
+    /// is valid for one schema only.
+    #[error(
+        "the document says schema {schema:?} but was signed as a {signed_as:?} document (another signing domain)"
+    )]
+    SignedAsOtherSchema {
+        /// The document's schema.
+        schema: String,
+        /// The schema whose signing domain the signature is over.
+        signed_as: &'static str,
+    },
+    /// A version 2 document's signer record does not describe the certificate that signed.
+    #[error(
+        "signer.certificate_not_before is {claimed}, but the signer certificate's notBefore is {}",
+        actual.as_deref().unwrap_or("unreadable")
+    )]
+    SignerRecord {
+        /// The document's `signer.certificate_not_before`.
+        claimed: String,
+        /// The signer certificate's `notBefore`, RFC 3339, if readable.
+        actual: Option<String>,
+    },
 }
 
-/// Verifies `cert` against the CA certificate(s) in `ca_pem_or_der` (PEM, possibly several, or
-/// one DER certificate) and, if given, the controller nonce; returns the verified document.
-/// See the module documentation for exactly what is checked.
+/// Verifies the version 1 certificate `cert` against the CA certificate(s) in `ca_pem_or_der`
+/// (PEM, possibly several, or one DER certificate) and, if given, the controller nonce;
+/// returns the verified document. See the module documentation for exactly what is checked.
+/// A version 2 certificate fails here (its signature is over another domain): use
+/// [`verify_any`] for both.
 pub fn verify(
     cert: &SignedCertificate,
     ca_pem_or_der: &[u8],
     expected_nonce: Option<&[u8]>,
 ) -> Result<CertificateDocument, VerifyError> {
+    let chain = envelope(cert)?;
+    verify_as::<CertificateDocument>(cert, &chain, ca_pem_or_der, expected_nonce)
+}
+
+/// A verified document of either version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VerifiedDocument {
+    /// A `jex.erase-certificate/v1` document.
+    V1(CertificateDocument),
+    /// A `jex.erase-certificate/v2` document.
+    V2(CertificateDocumentV2),
+}
+
+impl VerifiedDocument {
+    /// The document's schema.
+    pub fn schema(&self) -> &str {
+        match self {
+            Self::V1(d) => &d.schema,
+            Self::V2(d) => &d.schema,
+        }
+    }
+
+    /// The erase operation id.
+    pub fn operation_id(&self) -> &str {
+        match self {
+            Self::V1(d) => &d.operation_id,
+            Self::V2(d) => &d.operation_id,
+        }
+    }
+
+    /// The host that was erased.
+    pub fn host(&self) -> &HostIdentity {
+        match self {
+            Self::V1(d) => &d.host,
+            Self::V2(d) => &d.host,
+        }
+    }
+
+    /// `ERASED`, `ERASED_WITH_EXCEPTIONS` or `FAILED`.
+    pub fn outcome(&self) -> &str {
+        match self {
+            Self::V1(d) => &d.outcome,
+            Self::V2(d) => &d.outcome,
+        }
+    }
+
+    /// A person-readable account of what the certificate proves ([`crate::summary`] or
+    /// [`crate::summary_v2`]).
+    pub fn summary(&self, nonce_checked: bool) -> String {
+        match self {
+            Self::V1(d) => crate::summary(d, nonce_checked),
+            Self::V2(d) => crate::summary_v2(d, nonce_checked),
+        }
+    }
+}
+
+/// Verifies a certificate of either version, like [`verify`] does version 1: the document's
+/// `schema` member picks the version (an unknown or missing one is
+/// [`VerifyError::UnknownSchema`]), then every check of the module documentation runs with
+/// that version's signing domain, document type and consistency rules; a version 2 document
+/// also has its signer record checked against the certificate that signed
+/// ([`VerifyError::SignerRecord`]). A signature made over the other version's domain is
+/// [`VerifyError::SignedAsOtherSchema`].
+pub fn verify_any(
+    cert: &SignedCertificate,
+    ca_pem_or_der: &[u8],
+    expected_nonce: Option<&[u8]>,
+) -> Result<VerifiedDocument, VerifyError> {
+    let chain = envelope(cert)?;
+    // Only the schema member is read before the signature is checked, to pick the domain the
+    // signature must be over; everything else waits for the signature.
+    #[derive(serde::Deserialize)]
+    struct Schema {
+        schema: Option<String>,
+    }
+    let schema = serde_json::from_slice::<Schema>(&cert.document_json)
+        .map_err(VerifyError::Document)?
+        .schema;
+    let other_domain = |domain: &[u8], other_schema: &'static str, found: &str| {
+        let message = crate::domain_message(domain, &cert.document_json);
+        chain
+            .verify_signature(&message, &cert.signature)
+            .is_ok()
+            .then(|| VerifyError::SignedAsOtherSchema {
+                schema: found.to_owned(),
+                signed_as: other_schema,
+            })
+    };
+    match schema.as_deref() {
+        Some(DOCUMENT_SCHEMA) => {
+            verify_as::<CertificateDocument>(cert, &chain, ca_pem_or_der, expected_nonce)
+                .map(VerifiedDocument::V1)
+                .map_err(|err| match err {
+                    VerifyError::Signature(_) => {
+                        other_domain(SIGNING_DOMAIN_V2, DOCUMENT_SCHEMA_V2, DOCUMENT_SCHEMA)
+                            .unwrap_or(err)
+                    }
+                    err => err,
+                })
+        }
+        Some(DOCUMENT_SCHEMA_V2) => {
+            verify_as::<CertificateDocumentV2>(cert, &chain, ca_pem_or_der, expected_nonce)
+                .map(VerifiedDocument::V2)
+                .map_err(|err| match err {
+                    VerifyError::Signature(_) => {
+                        other_domain(SIGNING_DOMAIN, DOCUMENT_SCHEMA, DOCUMENT_SCHEMA_V2)
+                            .unwrap_or(err)
+                    }
+                    err => err,
+                })
+        }
+        _ => Err(VerifyError::UnknownSchema { found: schema }),
+    }
+}
+
+/// Step 1: the algorithm and the signer chain.
+fn envelope(cert: &SignedCertificate) -> Result<SignerChain<'_>, VerifyError> {
     if cert.signature_algorithm != SIGNATURE_ALGORITHM {
         return Err(VerifyError::Algorithm {
             found: cert.signature_algorithm.clone(),
         });
     }
-    let chain = SignerChain::new(&cert.signer_chain_der)?;
+    SignerChain::new(&cert.signer_chain_der)
+}
 
+/// A document type the verifier knows: its signing domain, canonical form and rules.
+trait SignedDocument: serde::de::DeserializeOwned {
+    const DOMAIN: &'static [u8];
+    fn canonical(&self) -> Vec<u8>;
+    fn check(&self) -> Result<(), DocumentError>;
+    fn finished_at(&self) -> &str;
+    fn host_id(&self) -> &str;
+    fn nonce_hex(&self) -> &str;
+    /// Checks that need the signer's certificate (beyond path, signature and host).
+    fn check_signer(&self, _leaf_der: &[u8]) -> Result<(), VerifyError> {
+        Ok(())
+    }
+}
+
+impl SignedDocument for CertificateDocument {
+    const DOMAIN: &'static [u8] = SIGNING_DOMAIN;
+    fn canonical(&self) -> Vec<u8> {
+        canonical_json(self)
+    }
+    fn check(&self) -> Result<(), DocumentError> {
+        self.check_consistency()
+    }
+    fn finished_at(&self) -> &str {
+        &self.finished_at
+    }
+    fn host_id(&self) -> &str {
+        &self.host.host_id
+    }
+    fn nonce_hex(&self) -> &str {
+        &self.controller_nonce_hex
+    }
+}
+
+impl SignedDocument for CertificateDocumentV2 {
+    const DOMAIN: &'static [u8] = SIGNING_DOMAIN_V2;
+    fn canonical(&self) -> Vec<u8> {
+        canonical_json_v2(self)
+    }
+    fn check(&self) -> Result<(), DocumentError> {
+        self.check_consistency()
+    }
+    fn finished_at(&self) -> &str {
+        &self.finished_at
+    }
+    fn host_id(&self) -> &str {
+        &self.host.host_id
+    }
+    fn nonce_hex(&self) -> &str {
+        &self.controller_nonce_hex
+    }
+    fn check_signer(&self, leaf_der: &[u8]) -> Result<(), VerifyError> {
+        if signer_record_matches(&self.signer, leaf_der) {
+            return Ok(());
+        }
+        Err(VerifyError::SignerRecord {
+            claimed: self.signer.certificate_not_before.clone(),
+            actual: certificate_not_before(leaf_der).map(rfc3339),
+        })
+    }
+}
+
+/// Whether `record.certificate_not_before` is the `notBefore` of the certificate `leaf_der`.
+pub(crate) fn signer_record_matches(record: &SignerRecord, leaf_der: &[u8]) -> bool {
+    let claimed = parse_utc(
+        "signer.certificate_not_before",
+        &record.certificate_not_before,
+    );
+    match (claimed, certificate_not_before(leaf_der)) {
+        (Ok(claimed), Some(actual)) => claimed == actual,
+        _ => false,
+    }
+}
+
+/// Steps 2 to 9 of the module documentation for document type `D`.
+fn verify_as<D: SignedDocument>(
+    cert: &SignedCertificate,
+    chain: &SignerChain<'_>,
+    ca_pem_or_der: &[u8],
+    expected_nonce: Option<&[u8]>,
+) -> Result<D, VerifyError> {
     // 2. The signature, with the (not yet trusted) leaf's key: checked first so that nothing
     // unauthenticated is interpreted beyond this point. Trust in the key comes from step 4.
-    chain.verify_signature(&signed_message(&cert.document_json), &cert.signature)?;
+    chain.verify_signature(
+        &crate::domain_message(D::DOMAIN, &cert.document_json),
+        &cert.signature,
+    )?;
 
     // 3. The document.
-    let doc: CertificateDocument =
-        serde_json::from_slice(&cert.document_json).map_err(VerifyError::Document)?;
+    let doc: D = serde_json::from_slice(&cert.document_json).map_err(VerifyError::Document)?;
 
     // 4. Chain, judged at the signing time the document claims.
     let signed_at =
-        parse_utc("finished_at", &doc.finished_at).map_err(VerifyError::Inconsistent)?;
+        parse_utc("finished_at", doc.finished_at()).map_err(VerifyError::Inconsistent)?;
     chain
         .verify_path(ca_pem_or_der, unix_time(signed_at))
         .map_err(|err| match err {
             ChainError::Ca(err) => err,
             ChainError::Path(source) => VerifyError::Chain {
-                at: doc.finished_at.clone(),
+                at: doc.finished_at().to_owned(),
                 source,
             },
         })?;
 
-    // 5.–6. Canonical form and consistency.
-    if canonical_json(&doc) != cert.document_json {
+    // 5.–6. Canonical form and consistency (for version 2, with the signer record).
+    if doc.canonical() != cert.document_json {
         return Err(VerifyError::NotCanonical);
     }
-    doc.check_consistency().map_err(VerifyError::Inconsistent)?;
+    doc.check().map_err(VerifyError::Inconsistent)?;
+    doc.check_signer(&chain.leaf)?;
 
     // 7. The signer is this host.
-    let host_id = &doc.host.host_id;
+    let host_id = doc.host_id();
     if !chain.identifies_host(host_id)? {
         return Err(VerifyError::HostMismatch {
-            host_id: host_id.clone(),
+            host_id: host_id.to_owned(),
             uris: chain.uri_names()?,
         });
     }
 
     // 8. Freshness against the controller's nonce.
     if let Some(expected) = expected_nonce
-        && doc.controller_nonce_hex != hex::encode(expected)
+        && doc.nonce_hex() != hex::encode(expected)
     {
         return Err(VerifyError::NonceMismatch {
-            found: doc.controller_nonce_hex.clone(),
+            found: doc.nonce_hex().to_owned(),
         });
     }
 
@@ -192,7 +429,7 @@ pub fn verify(
     let skew = time::Duration::try_from(MAX_CLOCK_SKEW).unwrap_or(time::Duration::ZERO);
     if signed_at > crate::clock::now_utc() + skew {
         return Err(VerifyError::FromTheFuture {
-            finished_at: doc.finished_at.clone(),
+            finished_at: doc.finished_at().to_owned(),
         });
     }
     Ok(doc)
@@ -351,7 +588,7 @@ mod tests {
 
     use super::*;
     use crate::testing::{NONCE, TestCa, TestLeaf, sample_document, write_signer_files};
-    use crate::{AttestError, FileSigner, Signer, document_sha256, sign};
+    use crate::{AttestError, FileSigner, Signer, document_sha256, sign, signed_message};
 
     fn signer_for(dir: &Path, leaf: &TestLeaf, intermediates: &[&TestCa]) -> FileSigner {
         let (key, chain) = write_signer_files(dir, leaf, intermediates);
