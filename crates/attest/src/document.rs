@@ -129,8 +129,9 @@ pub struct PatternRecord {
     pub key_hex: String,
 }
 
-/// Proof that the keys are gone, for the certificate.
+/// Proof that the keys are gone, for the certificate (both versions).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeyDestruction {
     /// The method, e.g. `cryptsetup luksErase` or `diskutil apfs deleteVolume`.
     pub method: String,

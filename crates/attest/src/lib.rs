@@ -5,35 +5,63 @@
 //! It is written to be used alone: a fleet controller or an auditor who only wants to check a
 //! certificate depends on this crate and nothing else of the agent. So it must not depend on the
 //! platform crate, an async runtime (tokio), the gRPC stack (tonic) or nix;
-//! `scripts/check-architecture.sh` enforces that. Offline check:
+//! `scripts/check-architecture.sh` enforces that. Offline check of a certificate of either
+//! version, showing what a version 2 certificate says per target:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use jex_attest::VerifiedDocument;
+//!
 //! let bundle = std::fs::read("erase-certificate.json")?;
 //! let certificate = jex_attest::SignedCertificate::from_bundle_json(&bundle)?;
 //! let fleet_ca_pem = std::fs::read("fleet-ca.pem")?;
 //! let nonce = [0u8; 32]; // the nonce the controller sent with Terminate
-//! let document = jex_attest::verify(&certificate, &fleet_ca_pem, Some(&nonce))?;
-//! println!("{} on {}: {}", document.operation_id, document.host.host_id, document.outcome);
+//! match jex_attest::verify_any(&certificate, &fleet_ca_pem, Some(&nonce))? {
+//!     VerifiedDocument::V2(doc) => {
+//!         println!("{} on {}: {}", doc.operation_id, doc.host.host_id, doc.outcome);
+//!         for target in &doc.targets {
+//!             let s = &target.sanitization;
+//!             println!("  {} ({}): {} / {}", target.name, target.kind, s.category, s.technique);
+//!         }
+//!         if let Some(device_erase) = &doc.device_erase {
+//!             for line in &device_erase.evidence {
+//!                 println!("  {} {}", if line.passed { "PASS" } else { "FAIL" }, line.check);
+//!             }
+//!         }
+//!         println!("  signer born after the tenancy: {}", doc.signer.born_after_tenancy);
+//!     }
+//!     VerifiedDocument::V1(doc) => {
+//!         println!("{} on {}: {} (v1)", doc.operation_id, doc.host.host_id, doc.outcome);
+//!     }
+//! }
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! A certificate is a [`CertificateDocument`] serialised as canonical JSON (RFC 8785 style:
-//! sorted keys, no insignificant whitespace; see [`canonical`] for the exact rules and the one
-//! deliberate departure, fixed-precision floats), signed ECDSA P-256/SHA-256 by a [`Signer`]
-//! over a domain-separated message, with the signer's certificate chain attached. `verify`
-//! checks it offline against the fleet CA.
+//! A certificate is a document serialised as canonical JSON (RFC 8785 style: sorted keys, no
+//! insignificant whitespace; see [`canonical`] for the exact rules and the one deliberate
+//! departure, fixed-precision floats), signed ECDSA P-256/SHA-256 by a [`Signer`] over a
+//! domain-separated message, with the signer's certificate chain attached. Two versions:
+//!
+//! - **v1**, [`CertificateDocument`] (`jex.erase-certificate/v1`): one NIST method for the
+//!   whole document, "Purge / Crypto Erase + Overwrite". Made by [`sign`], checked by
+//!   [`verify()`] (v1 only) or [`verify_any`].
+//! - **v2**, [`CertificateDocumentV2`] (`jex.erase-certificate/v2`, module [`document_v2`]):
+//!   honest per target (each target's own NIST category, technique and basis), the device
+//!   erase of an Apple Silicon Mac with its post-erase evidence, and a record of the signing
+//!   key and whether it was born after the tenancy. Made by [`sign_v2`], checked by
+//!   [`verify_any`], which dispatches on the document's `schema`.
 //!
 //! # Formats
 //!
-//! - Signed message: `b"jex-erase-certificate-v1\0" || document_json` ([`SIGNING_DOMAIN`]).
+//! - Signed message: `b"jex-erase-certificate-v1\0" || document_json` ([`SIGNING_DOMAIN`]) for
+//!   v1, `b"jex-erase-certificate-v2\0" || document_json` ([`SIGNING_DOMAIN_V2`]) for v2.
 //!   The prefix keeps a signature made for a certificate from being valid for anything else
-//!   the same key signs (TLS handshakes, other documents), and vice versa.
+//!   the same key signs (TLS handshakes, other documents, the other version), and vice versa.
 //! - Signature: ASN.1 DER ECDSA over P-256 with SHA-256 ([`SIGNATURE_ALGORITHM`]).
 //! - [`SignedCertificate`]: the document bytes exactly as signed, the signature, the signer
 //!   chain (leaf first, DER). On disk and for `jex-agent verify-erase` it is the bundle JSON of
-//!   [`bundle`].
+//!   [`bundle`], the same for both versions.
 //! - Hash chain: each document names the SHA-256 of the host's previous certificate's
 //!   `document_json` ([`document_sha256`]), so certificates removed from or inserted into a
 //!   host's history show up as a broken chain.
@@ -52,7 +80,9 @@
 //! [`Signer`] trait: a key that never leaves hardware (the Secure Enclave on Apple silicon,
 //! which only does P-256, hence P-256 here; a TPM on Linux), or a key minted during a
 //! post-tenancy maintenance boot that the tenant could not influence, can replace the file key
-//! without changing the certificate format or the verifier. Whatever the key, read-back
+//! without changing the certificate format or the verifier. A v2 certificate says which key
+//! signed ([`SignerRecord`]): on a device erase, the agent of the fresh OS, whose certificate
+//! was issued after the Terminate, so no key the tenant could reach. Whatever the key, read-back
 //! verification only sees what the disk's interface returns; the pattern key published in
 //! the certificate lets anyone holding the disk re-check any block themselves.
 
