@@ -129,9 +129,8 @@ pub struct PatternRecord {
     pub key_hex: String,
 }
 
-/// Proof that the keys are gone, for the certificate (both versions).
+/// Proof that the keys are gone, for the certificate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeyDestruction {
     /// The method, e.g. `cryptsetup luksErase` or `diskutil apfs deleteVolume`.
     pub method: String,

@@ -1273,9 +1273,9 @@ mod any_tests {
     #[test]
     fn a_signed_but_inconsistent_or_unknown_member_v2_document_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("fleet CA");
-        let signer = signer_for(dir.path(), &ca.leaf_after_tenancy());
-        let ca = ca.cert_pem.as_bytes();
+        let fleet = TestCa::new("fleet CA");
+        let signer = signer_for(dir.path(), &fleet.leaf_after_tenancy());
+        let ca = fleet.cert_pem.as_bytes();
         let mut doc = sample_document_v2_device_erase();
         doc.device_erase.as_mut().unwrap().evidence[0].passed = false;
         assert!(matches!(
@@ -1293,6 +1293,18 @@ mod any_tests {
         assert!(matches!(
             verify_any(&raw_signed(&signer, extra, signed_message_v2), ca, None).unwrap_err(),
             VerifyError::Document(_)
+        ));
+        // `KeyDestruction` (shared with v1 and the erase journal) lets unknown members through
+        // parsing; they cannot survive the canonical form.
+        let inner = String::from_utf8(canonical_json_v2(&sample_document_v2()))
+            .unwrap()
+            .replace(r#""evidence":{"#, r#""aa":1,"evidence":{"#);
+        let old_dir = tempfile::tempdir().unwrap();
+        let old_key = signer_for(old_dir.path(), &fleet.leaf());
+        let cert = raw_signed(&old_key, inner.into_bytes(), signed_message_v2);
+        assert!(matches!(
+            verify_any(&cert, ca, None).unwrap_err(),
+            VerifyError::NotCanonical
         ));
         let pretty = serde_json::to_vec_pretty(&sample_document_v2_device_erase()).unwrap();
         assert!(matches!(
