@@ -336,7 +336,10 @@ fn erase_warnings(config: &Config) -> Vec<String> {
     }
 }
 
-/// `verify-erase`: prints what the certificate proves, or why it does not verify.
+/// `verify-erase`: prints what the certificate proves, or why it does not verify. Both
+/// certificate versions are accepted ([`jex_attest::verify_any`]); a version 2 certificate is
+/// shown with each target's NIST category and technique, the key that signed and every
+/// evidence line of a device erase.
 pub fn verify_erase(
     cert: &std::path::Path,
     ca: &std::path::Path,
@@ -344,19 +347,10 @@ pub fn verify_erase(
 ) -> ExitCode {
     let read =
         |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
-    let result = (|| -> Result<String, String> {
-        let bundle = read(cert)?;
+    let result = read(cert).and_then(|bundle| {
         let ca = read(ca)?;
-        let nonce = match nonce_hex {
-            Some(h) => Some(hex::decode(h.trim()).map_err(|e| format!("--nonce is not hex: {e}"))?),
-            None => None,
-        };
-        let signed = jex_attest::SignedCertificate::from_bundle_json(&bundle)
-            .map_err(|e| format!("{}: {}", cert.display(), error_chain(&e)))?;
-        let doc =
-            jex_attest::verify(&signed, &ca, nonce.as_deref()).map_err(|e| error_chain(&e))?;
-        Ok(jex_attest::summary(&doc, nonce.is_some()))
-    })();
+        verify_erase_report(&cert.display().to_string(), &bundle, &ca, nonce_hex)
+    });
     match result {
         Ok(summary) => {
             print!("{summary}");
@@ -367,6 +361,24 @@ pub fn verify_erase(
             ExitKind::Failure.into()
         }
     }
+}
+
+/// What `verify-erase` prints for the bundle file `cert_name` holding `bundle`, checked against
+/// the fleet CA `ca` (and the nonce, hex, if given), or why it does not verify.
+fn verify_erase_report(
+    cert_name: &str,
+    bundle: &[u8],
+    ca: &[u8],
+    nonce_hex: Option<&str>,
+) -> Result<String, String> {
+    let nonce = match nonce_hex {
+        Some(h) => Some(hex::decode(h.trim()).map_err(|e| format!("--nonce is not hex: {e}"))?),
+        None => None,
+    };
+    let signed = jex_attest::SignedCertificate::from_bundle_json(bundle)
+        .map_err(|e| format!("{cert_name}: {}", error_chain(&e)))?;
+    let doc = jex_attest::verify_any(&signed, ca, nonce.as_deref()).map_err(|e| error_chain(&e))?;
+    Ok(doc.summary(nonce.is_some()))
 }
 
 /// `erase-plan` with no agent running: plans from the configuration file, touching nothing
@@ -573,5 +585,122 @@ async fn run_ctl(conn: ctl::Connection, command: CtlCommand) -> ExitCode {
     match result {
         Ok(()) => ExitKind::Ok.into(),
         Err(e) => fail(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jex_attest::testing::{
+        NONCE, TestCa, sample_document, sample_document_v2_device_erase, write_signer_files,
+    };
+    use jex_attest::{FileSigner, SignedCertificate};
+
+    use super::*;
+
+    /// A fleet CA (PEM) and the bundle of `sign` applied with a key of host h-1: for a v2
+    /// document one born after the sample tenancy, for a v1 document the tenancy's.
+    fn bundle(
+        v2: bool,
+        sign: impl FnOnce(&FileSigner) -> SignedCertificate,
+    ) -> (String, Vec<u8>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        let leaf = if v2 {
+            ca.leaf_after_tenancy()
+        } else {
+            ca.leaf()
+        };
+        let (key, chain) = write_signer_files(dir.path(), &leaf, &[]);
+        let signer = FileSigner::load(&key, &chain).unwrap();
+        (ca.cert_pem, sign(&signer).to_bundle_json(), dir)
+    }
+
+    #[test]
+    fn verify_erase_shows_a_v2_certificate_per_target_with_signer_and_evidence() {
+        let (ca, bundle, _dir) = bundle(true, |signer| {
+            jex_attest::sign_v2(&sample_document_v2_device_erase(), signer).unwrap()
+        });
+        let nonce = hex::encode(NONCE);
+        let report =
+            verify_erase_report("cert.json", &bundle, ca.as_bytes(), Some(&nonce)).unwrap();
+        for expected in [
+            "certificate verifies: signature, chain to the fleet CA, internal consistency, signer record, controller nonce\n",
+            "  schema:       jex.erase-certificate/v2\n",
+            "  outcome:      ERASED\n",
+            "  target \"internal\": internal-ssd disk0, 500277792768 bytes: Purge / Cryptographic Erase (Apple EACS: Secure Enclave keys destroyed)\n",
+            "  target \"archive\": external-disk /dev/rdisk4, 67108864 bytes: Clear / Overwrite\n",
+            "  signer:       key source file, certificate issued 2025-06-01T11:00:00Z, after the Terminate was accepted (born after the tenancy)\n",
+            "  device erase: Apple Erase All Content and Settings via MDM EraseDevice, or DFU restore\n",
+            "    PASS prepare_record_verifies: ",
+            "    PASS same_host: ",
+            "    PASS tenant_volumes_gone: ",
+            "    PASS data_volume_new: ",
+            "    PASS signing_key_after_terminate: ",
+        ] {
+            assert!(
+                report.contains(expected),
+                "missing {expected:?} in\n{report}"
+            );
+        }
+    }
+
+    #[test]
+    fn verify_erase_shows_a_v1_certificate_as_before() {
+        let (ca, bundle, _dir) = bundle(false, |signer| {
+            jex_attest::sign(&sample_document(), signer).unwrap()
+        });
+        let report = verify_erase_report("cert.json", &bundle, ca.as_bytes(), None).unwrap();
+        assert_eq!(report, jex_attest::summary(&sample_document(), false));
+        assert!(report.contains("  method:       Purge / Crypto Erase + Overwrite ("));
+    }
+
+    #[test]
+    fn verify_erase_says_why_a_certificate_does_not_verify() {
+        let (ca, bundle, _dir) = bundle(true, |signer| {
+            jex_attest::sign_v2(&sample_document_v2_device_erase(), signer).unwrap()
+        });
+        let wrong_nonce = hex::encode([7u8; 32]);
+        let err = verify_erase_report("cert.json", &bundle, ca.as_bytes(), Some(&wrong_nonce))
+            .unwrap_err();
+        assert!(err.contains("controller nonce"), "{err}");
+        let err =
+            verify_erase_report("cert.json", &bundle, ca.as_bytes(), Some("xyz")).unwrap_err();
+        assert!(err.starts_with("--nonce is not hex"), "{err}");
+        let err = verify_erase_report("cert.json", b"{}", ca.as_bytes(), None).unwrap_err();
+        assert!(
+            err.starts_with("cert.json: not an erase-certificate bundle"),
+            "{err}"
+        );
+        let other_ca = TestCa::new("other CA").cert_pem;
+        let err = verify_erase_report("cert.json", &bundle, other_ca.as_bytes(), None).unwrap_err();
+        assert!(err.contains("does not chain to the given CA"), "{err}");
+    }
+
+    #[test]
+    fn verify_erase_exits_0_when_the_certificate_verifies_and_1_when_not() {
+        let (ca, bundle, dir) = bundle(true, |signer| {
+            jex_attest::sign_v2(&sample_document_v2_device_erase(), signer).unwrap()
+        });
+        let cert = dir.path().join("erase-certificate.json");
+        let ca_path = dir.path().join("fleet-ca.pem");
+        std::fs::write(&cert, &bundle).unwrap();
+        std::fs::write(&ca_path, ca).unwrap();
+        let nonce = hex::encode(NONCE);
+        assert_eq!(
+            verify_erase(&cert, &ca_path, Some(&nonce)),
+            ExitCode::from(ExitKind::Ok)
+        );
+        let mut tampered = bundle.clone();
+        let at = tampered.len() / 2;
+        tampered[at] ^= 1;
+        std::fs::write(&cert, &tampered).unwrap();
+        assert_eq!(
+            verify_erase(&cert, &ca_path, None),
+            ExitCode::from(ExitKind::Failure)
+        );
+        assert_eq!(
+            verify_erase(&dir.path().join("missing.json"), &ca_path, None),
+            ExitCode::from(ExitKind::Failure)
+        );
     }
 }

@@ -16,7 +16,8 @@
 //!   document exactly as signed. Base64 keeps those bytes intact through any JSON tooling;
 //!   decode it to read the document;
 //! - `signature`: base64 of the ASN.1 DER ECDSA signature over
-//!   `b"jex-erase-certificate-v1\0" || document_json`;
+//!   `b"jex-erase-certificate-v1\0" || document_json` (`-v2\0` for a version 2 document: the
+//!   bundle is the same for both, the document's `schema` says which);
 //! - `signer_chain`: base64 DER certificates, the signer's first, then intermediates (the
 //!   fleet CA itself is not included: the verifier brings its own).
 //!

@@ -1,4 +1,5 @@
-//! Canonical JSON of a [`CertificateDocument`]: the exact bytes that are signed. The same rules
+//! Canonical JSON of a [`CertificateDocument`] (and of a [`CertificateDocumentV2`]): the exact
+//! bytes that are signed. The same rules
 //! serve any other signed JSON value through [`canonical_json_value`].
 //!
 //! Rules (RFC 8785 for everything but numbers, see below):
@@ -22,7 +23,7 @@
 
 use serde_json::Value;
 
-use super::CertificateDocument;
+use super::{CertificateDocument, CertificateDocumentV2};
 
 /// Digits after the decimal point of every float.
 pub const FLOAT_DECIMALS: usize = 6;
@@ -32,6 +33,16 @@ pub fn canonical_json(doc: &CertificateDocument) -> Vec<u8> {
     // Serialising the document to a `Value` cannot fail: every map in it has string keys
     // (`BTreeMap<String, String>`), and serde_json only fails on non-string keys or a failing
     // custom `Serialize` impl, of which there are none. A non-finite f64 becomes `null`.
+    #[allow(clippy::expect_used)]
+    let value = serde_json::to_value(doc).expect("a certificate document always converts to JSON");
+    canonical_json_value(&value)
+}
+
+/// The canonical JSON bytes of the version 2 document `doc`, by the same rules as
+/// [`canonical_json`].
+pub fn canonical_json_v2(doc: &CertificateDocumentV2) -> Vec<u8> {
+    // As for version 1: every map in the document has string keys and no `Serialize` impl of
+    // it can fail, so the conversion cannot fail.
     #[allow(clippy::expect_used)]
     let value = serde_json::to_value(doc).expect("a certificate document always converts to JSON");
     canonical_json_value(&value)

@@ -20,7 +20,7 @@
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{CertificateDocument, DOCUMENT_SCHEMA};
+use super::{CertificateDocument, DOCUMENT_SCHEMA, TECHNIQUE_APPLE_EACS, TECHNIQUES};
 
 /// Every target erased and verified, no exception.
 pub const OUTCOME_ERASED: &str = "ERASED";
@@ -35,11 +35,13 @@ pub const MIN_NONCE_BYTES: usize = 32;
 /// A rule the document breaks.
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
-    /// Unknown schema.
-    #[error("schema is {found:?}, expected {DOCUMENT_SCHEMA:?}")]
+    /// Another schema than the document type's.
+    #[error("schema is {found:?}, expected {expected:?}")]
     Schema {
         /// The schema found.
         found: String,
+        /// The document type's schema.
+        expected: &'static str,
     },
     /// `operation_id` is not a UUID.
     #[error("operation_id {found:?} is not a UUID")]
@@ -131,6 +133,120 @@ pub enum DocumentError {
         /// End.
         finished_at: String,
     },
+
+    // === Version 2 only (see `consistency_v2`) ===
+    /// A target names a technique version 2 does not know.
+    #[error("target {target:?} names technique {found:?}, which is not one of {TECHNIQUES:?}")]
+    UnknownTechnique {
+        /// Target name.
+        target: String,
+        /// The technique found.
+        found: String,
+    },
+    /// A target's category is not the one its technique belongs to.
+    #[error(
+        "target {target:?}: technique {technique:?} is NIST {expected}, but the target says {found:?}"
+    )]
+    CategoryMismatch {
+        /// Target name.
+        target: String,
+        /// The target's technique.
+        technique: String,
+        /// The category found.
+        found: String,
+        /// The technique's category.
+        expected: &'static str,
+    },
+    /// A target does not say why its category holds.
+    #[error("target {target:?} gives no basis for its sanitization category")]
+    MissingBasis {
+        /// Target name.
+        target: String,
+    },
+    /// A target claims the Apple EACS cryptographic erase, but the document records no device
+    /// erase.
+    #[error(
+        "target {target:?} claims {TECHNIQUE_APPLE_EACS:?} but the document has no device_erase record"
+    )]
+    DeviceEraseMissing {
+        /// Target name.
+        target: String,
+    },
+    /// A device-erase target carries overwrite facts: it was not overwritten by the agent.
+    #[error("target {target:?} was erased by the device erase but carries overwrite facts")]
+    DeviceEraseTargetOverwritten {
+        /// Target name.
+        target: String,
+    },
+    /// A target whose technique is an overwrite carries no overwrite facts.
+    #[error("target {target:?} claims {technique:?} but carries no overwrite facts")]
+    MissingOverwrite {
+        /// Target name.
+        target: String,
+        /// The target's technique.
+        technique: String,
+    },
+    /// A target was overwritten but the document has no pattern.
+    #[error("target {target:?} was overwritten but the document records no pattern")]
+    MissingPattern {
+        /// Target name.
+        target: String,
+    },
+    /// A target was overwritten but the document says nothing of the verification.
+    #[error("target {target:?} was overwritten but the document records no verification")]
+    MissingVerification {
+        /// Target name.
+        target: String,
+    },
+    /// A pattern or a verification is recorded though no target was overwritten.
+    #[error("the document records a {field} but no target was overwritten")]
+    NothingOverwritten {
+        /// `pattern` or `verification`.
+        field: &'static str,
+    },
+    /// A device erase without any evidence line.
+    #[error("the device_erase record lists no evidence")]
+    DeviceEraseWithoutEvidence,
+    /// A device erase whose evidence includes a failed check.
+    #[error("device erase evidence line {check:?} did not pass: {detail}")]
+    FailedEvidence {
+        /// The failed check.
+        check: String,
+        /// Its detail.
+        detail: String,
+    },
+    /// A device erase attested by a key whose certificate predates the end of the tenancy.
+    #[error(
+        "the document records a device erase but its signer certificate was not issued after the Terminate (signer.born_after_tenancy is false)"
+    )]
+    DeviceEraseSignedByTenancyKey,
+    /// `signer.born_after_tenancy` disagrees with the times it summarises.
+    #[error(
+        "signer.born_after_tenancy is {claimed}, but the signer certificate's notBefore {certificate_not_before} is {} started_at {started_at}",
+        if *claimed { "not after" } else { "after" }
+    )]
+    SignerTenancy {
+        /// The claim.
+        claimed: bool,
+        /// `signer.certificate_not_before`.
+        certificate_not_before: String,
+        /// `started_at`.
+        started_at: String,
+    },
+    /// The signer certificate was issued after the document was finished (and signed).
+    #[error(
+        "signer.certificate_not_before {certificate_not_before} is after finished_at {finished_at}"
+    )]
+    SignerAfterSigning {
+        /// `signer.certificate_not_before`.
+        certificate_not_before: String,
+        /// `finished_at`.
+        finished_at: String,
+    },
+    /// The signer's certificate has no readable `notBefore` (when building a
+    /// [`crate::SignerRecord`]).
+    #[error("the signer certificate's notBefore cannot be read")]
+    SignerCertificateTime,
 }
 
 /// Parses an RFC 3339 UTC timestamp field.
@@ -149,8 +265,82 @@ pub fn parse_utc(field: &'static str, value: &str) -> Result<OffsetDateTime, Doc
     Ok(t)
 }
 
-fn is_lower_hex(s: &str) -> bool {
+pub(crate) fn is_lower_hex(s: &str) -> bool {
     s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `operation_id` is a UUID.
+pub(crate) fn check_operation_id(operation_id: &str) -> Result<(), DocumentError> {
+    if uuid::Uuid::parse_str(operation_id).is_err() {
+        return Err(DocumentError::OperationId {
+            found: operation_id.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Coverage is a finite percentage.
+pub(crate) fn check_coverage(coverage: f64) -> Result<(), DocumentError> {
+    if !(coverage.is_finite() && (0.0..=100.0).contains(&coverage)) {
+        return Err(DocumentError::Coverage { value: coverage });
+    }
+    Ok(())
+}
+
+/// The pattern key is 256 bits of lowercase hex.
+pub(crate) fn check_pattern_key(key_hex: &str) -> Result<(), DocumentError> {
+    if key_hex.len() != 64 || !is_lower_hex(key_hex) {
+        return Err(DocumentError::Hex {
+            field: "pattern.key_hex",
+            expected: "64 lowercase hex characters (a 256-bit key)",
+        });
+    }
+    Ok(())
+}
+
+/// The controller's nonce is lowercase hex of at least [`MIN_NONCE_BYTES`].
+pub(crate) fn check_nonce(nonce: &str) -> Result<(), DocumentError> {
+    if !nonce.len().is_multiple_of(2) || nonce.len() < 2 * MIN_NONCE_BYTES || !is_lower_hex(nonce) {
+        return Err(DocumentError::Hex {
+            field: "controller_nonce_hex",
+            expected: "lowercase hex of at least 32 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// `field` is a SHA-256 in lowercase hex.
+pub(crate) fn check_sha256(field: &'static str, value: &str) -> Result<(), DocumentError> {
+    if value.len() != 64 || !is_lower_hex(value) {
+        return Err(DocumentError::Hex {
+            field,
+            expected: "64 lowercase hex characters (a SHA-256)",
+        });
+    }
+    Ok(())
+}
+
+/// The previous certificate's hash, when present, is a SHA-256 in lowercase hex.
+pub(crate) fn check_previous(previous: Option<&str>) -> Result<(), DocumentError> {
+    previous.map_or(Ok(()), |prev| {
+        check_sha256("previous_certificate_sha256", prev)
+    })
+}
+
+/// Both times parse as RFC 3339 UTC and `started_at <= finished_at`; returns them parsed.
+pub(crate) fn check_times(
+    started_at: &str,
+    finished_at: &str,
+) -> Result<(OffsetDateTime, OffsetDateTime), DocumentError> {
+    let started = parse_utc("started_at", started_at)?;
+    let finished = parse_utc("finished_at", finished_at)?;
+    if finished < started {
+        return Err(DocumentError::TimeOrder {
+            started_at: started_at.to_owned(),
+            finished_at: finished_at.to_owned(),
+        });
+    }
+    Ok((started, finished))
 }
 
 impl CertificateDocument {
@@ -159,51 +349,17 @@ impl CertificateDocument {
         if self.schema != DOCUMENT_SCHEMA {
             return Err(DocumentError::Schema {
                 found: self.schema.clone(),
+                expected: DOCUMENT_SCHEMA,
             });
         }
-        if uuid::Uuid::parse_str(&self.operation_id).is_err() {
-            return Err(DocumentError::OperationId {
-                found: self.operation_id.clone(),
-            });
-        }
+        check_operation_id(&self.operation_id)?;
         self.check_outcome()?;
         self.check_totals()?;
-        let coverage = self.verification.coverage_percent;
-        if !(coverage.is_finite() && (0.0..=100.0).contains(&coverage)) {
-            return Err(DocumentError::Coverage { value: coverage });
-        }
-        if self.pattern.key_hex.len() != 64 || !is_lower_hex(&self.pattern.key_hex) {
-            return Err(DocumentError::Hex {
-                field: "pattern.key_hex",
-                expected: "64 lowercase hex characters (a 256-bit key)",
-            });
-        }
-        let nonce = &self.controller_nonce_hex;
-        if !nonce.len().is_multiple_of(2)
-            || nonce.len() < 2 * MIN_NONCE_BYTES
-            || !is_lower_hex(nonce)
-        {
-            return Err(DocumentError::Hex {
-                field: "controller_nonce_hex",
-                expected: "lowercase hex of at least 32 bytes",
-            });
-        }
-        if let Some(prev) = &self.previous_certificate_sha256
-            && (prev.len() != 64 || !is_lower_hex(prev))
-        {
-            return Err(DocumentError::Hex {
-                field: "previous_certificate_sha256",
-                expected: "64 lowercase hex characters (a SHA-256)",
-            });
-        }
-        let started = parse_utc("started_at", &self.started_at)?;
-        let finished = parse_utc("finished_at", &self.finished_at)?;
-        if finished < started {
-            return Err(DocumentError::TimeOrder {
-                started_at: self.started_at.clone(),
-                finished_at: self.finished_at.clone(),
-            });
-        }
+        check_coverage(self.verification.coverage_percent)?;
+        check_pattern_key(&self.pattern.key_hex)?;
+        check_nonce(&self.controller_nonce_hex)?;
+        check_previous(self.previous_certificate_sha256.as_deref())?;
+        check_times(&self.started_at, &self.finished_at)?;
         Ok(())
     }
 

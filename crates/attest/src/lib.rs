@@ -5,35 +5,63 @@
 //! It is written to be used alone: a fleet controller or an auditor who only wants to check a
 //! certificate depends on this crate and nothing else of the agent. So it must not depend on the
 //! platform crate, an async runtime (tokio), the gRPC stack (tonic) or nix;
-//! `scripts/check-architecture.sh` enforces that. Offline check:
+//! `scripts/check-architecture.sh` enforces that. Offline check of a certificate of either
+//! version, showing what a version 2 certificate says per target:
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use jex_attest::VerifiedDocument;
+//!
 //! let bundle = std::fs::read("erase-certificate.json")?;
 //! let certificate = jex_attest::SignedCertificate::from_bundle_json(&bundle)?;
 //! let fleet_ca_pem = std::fs::read("fleet-ca.pem")?;
 //! let nonce = [0u8; 32]; // the nonce the controller sent with Terminate
-//! let document = jex_attest::verify(&certificate, &fleet_ca_pem, Some(&nonce))?;
-//! println!("{} on {}: {}", document.operation_id, document.host.host_id, document.outcome);
+//! match jex_attest::verify_any(&certificate, &fleet_ca_pem, Some(&nonce))? {
+//!     VerifiedDocument::V2(doc) => {
+//!         println!("{} on {}: {}", doc.operation_id, doc.host.host_id, doc.outcome);
+//!         for target in &doc.targets {
+//!             let s = &target.sanitization;
+//!             println!("  {} ({}): {} / {}", target.name, target.kind, s.category, s.technique);
+//!         }
+//!         if let Some(device_erase) = &doc.device_erase {
+//!             for line in &device_erase.evidence {
+//!                 println!("  {} {}", if line.passed { "PASS" } else { "FAIL" }, line.check);
+//!             }
+//!         }
+//!         println!("  signer born after the tenancy: {}", doc.signer.born_after_tenancy);
+//!     }
+//!     VerifiedDocument::V1(doc) => {
+//!         println!("{} on {}: {} (v1)", doc.operation_id, doc.host.host_id, doc.outcome);
+//!     }
+//! }
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! A certificate is a [`CertificateDocument`] serialised as canonical JSON (RFC 8785 style:
-//! sorted keys, no insignificant whitespace; see [`canonical`] for the exact rules and the one
-//! deliberate departure, fixed-precision floats), signed ECDSA P-256/SHA-256 by a [`Signer`]
-//! over a domain-separated message, with the signer's certificate chain attached. `verify`
-//! checks it offline against the fleet CA.
+//! A certificate is a document serialised as canonical JSON (RFC 8785 style: sorted keys, no
+//! insignificant whitespace; see [`canonical`] for the exact rules and the one deliberate
+//! departure, fixed-precision floats), signed ECDSA P-256/SHA-256 by a [`Signer`] over a
+//! domain-separated message, with the signer's certificate chain attached. Two versions:
+//!
+//! - **v1**, [`CertificateDocument`] (`jex.erase-certificate/v1`): one NIST method for the
+//!   whole document, "Purge / Crypto Erase + Overwrite". Made by [`sign`], checked by
+//!   [`verify()`] (v1 only) or [`verify_any`].
+//! - **v2**, [`CertificateDocumentV2`] (`jex.erase-certificate/v2`, module [`document_v2`]):
+//!   honest per target (each target's own NIST category, technique and basis), the device
+//!   erase of an Apple Silicon Mac with its post-erase evidence, and a record of the signing
+//!   key and whether it was born after the tenancy. Made by [`sign_v2`], checked by
+//!   [`verify_any`], which dispatches on the document's `schema`.
 //!
 //! # Formats
 //!
-//! - Signed message: `b"jex-erase-certificate-v1\0" || document_json` ([`SIGNING_DOMAIN`]).
+//! - Signed message: `b"jex-erase-certificate-v1\0" || document_json` ([`SIGNING_DOMAIN`]) for
+//!   v1, `b"jex-erase-certificate-v2\0" || document_json` ([`SIGNING_DOMAIN_V2`]) for v2.
 //!   The prefix keeps a signature made for a certificate from being valid for anything else
-//!   the same key signs (TLS handshakes, other documents), and vice versa.
+//!   the same key signs (TLS handshakes, other documents, the other version), and vice versa.
 //! - Signature: ASN.1 DER ECDSA over P-256 with SHA-256 ([`SIGNATURE_ALGORITHM`]).
 //! - [`SignedCertificate`]: the document bytes exactly as signed, the signature, the signer
 //!   chain (leaf first, DER). On disk and for `jex-agent verify-erase` it is the bundle JSON of
-//!   [`bundle`].
+//!   [`bundle`], the same for both versions.
 //! - Hash chain: each document names the SHA-256 of the host's previous certificate's
 //!   `document_json` ([`document_sha256`]), so certificates removed from or inserted into a
 //!   host's history show up as a broken chain.
@@ -52,7 +80,9 @@
 //! [`Signer`] trait: a key that never leaves hardware (the Secure Enclave on Apple silicon,
 //! which only does P-256, hence P-256 here; a TPM on Linux), or a key minted during a
 //! post-tenancy maintenance boot that the tenant could not influence, can replace the file key
-//! without changing the certificate format or the verifier. Whatever the key, read-back
+//! without changing the certificate format or the verifier. A v2 certificate says which key
+//! signed ([`SignerRecord`]): on a device erase, the agent of the fresh OS, whose certificate
+//! was issued after the Terminate, so no key the tenant could reach. Whatever the key, read-back
 //! verification only sees what the disk's interface returns; the pattern key published in
 //! the certificate lets anyone holding the disk re-check any block themselves.
 
@@ -62,23 +92,32 @@ pub mod bundle;
 pub mod canonical;
 pub mod clock;
 pub mod consistency;
+pub mod consistency_v2;
 pub mod document;
+pub mod document_v2;
 pub mod file_signer;
+mod not_before;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod verify;
 
 pub use bundle::{BUNDLE_FORMAT, BundleError};
-pub use canonical::canonical_json;
+pub use canonical::{canonical_json, canonical_json_v2};
 pub use consistency::{
     DocumentError, MIN_NONCE_BYTES, OUTCOME_ERASED, OUTCOME_ERASED_WITH_EXCEPTIONS, OUTCOME_FAILED,
 };
 pub use document::*;
+pub use document_v2::*;
 pub use file_signer::FileSigner;
-pub use verify::{ChainError, SignerChain, VerifyError, verify};
+pub use verify::{ChainError, SignerChain, VerifiedDocument, VerifyError, verify, verify_any};
 
-/// The domain-separation prefix of every signed message.
+/// The domain-separation prefix of every signed version 1 document ([`CertificateDocument`]).
 pub const SIGNING_DOMAIN: &[u8] = b"jex-erase-certificate-v1\0";
+
+/// The domain-separation prefix of every signed version 2 document ([`CertificateDocumentV2`]).
+/// It differs from [`SIGNING_DOMAIN`], so a signature made for one version never verifies as
+/// the other, even over the same bytes with the same key.
+pub const SIGNING_DOMAIN_V2: &[u8] = b"jex-erase-certificate-v2\0";
 
 /// The only signature algorithm: ECDSA P-256 with SHA-256, ASN.1 DER signatures.
 pub const SIGNATURE_ALGORITHM: &str = "ecdsa-p256-sha256";
@@ -191,28 +230,82 @@ pub enum AttestError {
     /// The signature the signer produced does not verify with its own certificate.
     #[error("the signer's signature does not verify with its own certificate")]
     SelfCheck(#[source] webpki::Error),
+    /// A version 2 document's `signer.certificate_not_before` is not the signer certificate's.
+    #[error(
+        "the document says the signer certificate was issued at {claimed}, but the signer's certificate says {}",
+        actual.as_deref().unwrap_or("nothing readable")
+    )]
+    SignerRecordMismatch {
+        /// The document's `signer.certificate_not_before`.
+        claimed: String,
+        /// The signer certificate's `notBefore`, RFC 3339, if readable.
+        actual: Option<String>,
+    },
 }
 
-/// The message a signer signs for `document_json`: [`SIGNING_DOMAIN`] then the document.
+/// The message a signer signs for a version 1 `document_json`: [`SIGNING_DOMAIN`] then the
+/// document.
 pub fn signed_message(document_json: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + document_json.len());
-    message.extend_from_slice(SIGNING_DOMAIN);
+    domain_message(SIGNING_DOMAIN, document_json)
+}
+
+/// The message a signer signs for a version 2 `document_json`: [`SIGNING_DOMAIN_V2`] then the
+/// document.
+pub fn signed_message_v2(document_json: &[u8]) -> Vec<u8> {
+    domain_message(SIGNING_DOMAIN_V2, document_json)
+}
+
+fn domain_message(domain: &[u8], document_json: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(domain.len() + document_json.len());
+    message.extend_from_slice(domain);
     message.extend_from_slice(document_json);
     message
 }
 
 /// Signs `doc` with `signer`: checks the document's consistency, serialises it canonically,
-/// signs the domain-separated message and checks the signature against the signer's own
-/// leaf certificate before returning it.
+/// signs the domain-separated message ([`SIGNING_DOMAIN`]) and checks the signature against
+/// the signer's own leaf certificate before returning it.
 pub fn sign(
     doc: &CertificateDocument,
     signer: &dyn Signer,
 ) -> Result<SignedCertificate, AttestError> {
     doc.check_consistency()?;
-    let document_json = canonical_json(doc);
-    let message = signed_message(&document_json);
-    let signature = signer.sign(&message)?;
+    sign_bytes(
+        canonical_json(doc),
+        SIGNING_DOMAIN,
+        signer.chain_der(),
+        signer,
+    )
+}
+
+/// Signs the version 2 `doc` with `signer`, exactly like [`sign`] but over [`SIGNING_DOMAIN_V2`].
+/// Before signing it also checks that `doc.signer.certificate_not_before` is the `notBefore`
+/// of the signer's leaf certificate ([`SignerRecord::new`] makes such a record), since the
+/// verifier refuses a document whose signer record is not its signer's.
+pub fn sign_v2(
+    doc: &CertificateDocumentV2,
+    signer: &dyn Signer,
+) -> Result<SignedCertificate, AttestError> {
+    doc.check_consistency()?;
     let chain = signer.chain_der();
+    let leaf = chain.first().ok_or(AttestError::NoSignerChain)?;
+    if !verify::signer_record_matches(&doc.signer, leaf) {
+        return Err(AttestError::SignerRecordMismatch {
+            claimed: doc.signer.certificate_not_before.clone(),
+            actual: not_before::certificate_not_before(leaf).map(not_before::rfc3339),
+        });
+    }
+    sign_bytes(canonical_json_v2(doc), SIGNING_DOMAIN_V2, chain, signer)
+}
+
+fn sign_bytes(
+    document_json: Vec<u8>,
+    domain: &[u8],
+    chain: Vec<Vec<u8>>,
+    signer: &dyn Signer,
+) -> Result<SignedCertificate, AttestError> {
+    let message = domain_message(domain, &document_json);
+    let signature = signer.sign(&message)?;
     let leaf_der = rustls_pki_types::CertificateDer::from(
         chain.first().ok_or(AttestError::NoSignerChain)?.as_slice(),
     );
@@ -293,6 +386,105 @@ pub fn summary(doc: &CertificateDocument, nonce_checked: bool) -> String {
         v.coverage_percent,
         v.mismatched_blocks
     );
+    let _ = writeln!(
+        o,
+        "  time:         {} .. {}",
+        doc.started_at, doc.finished_at
+    );
+    if !doc.exceptions.is_empty() {
+        let _ = writeln!(o, "  exceptions:   {}", doc.exceptions.join(", "));
+    }
+    o
+}
+
+/// A person-readable account of what a verified version 2 certificate proves: per target its
+/// NIST category and technique and why, the key that signed, and for a device erase every
+/// evidence line.
+pub fn summary_v2(doc: &CertificateDocumentV2, nonce_checked: bool) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "certificate verifies: signature, chain to the fleet CA, internal consistency, signer record{}",
+        if nonce_checked {
+            ", controller nonce"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(o, "  schema:       {}", doc.schema);
+    let _ = writeln!(o, "  outcome:      {}", doc.outcome);
+    let _ = writeln!(
+        o,
+        "  host:         {} (hardware {}, serial {:?})",
+        doc.host.host_id, doc.host.hardware_uuid, doc.host.serial_number
+    );
+    let _ = writeln!(
+        o,
+        "  operation:    {} (request {})",
+        doc.operation_id, doc.request_id
+    );
+    let _ = writeln!(o, "  standard:     {}", doc.standard);
+    let s = &doc.signer;
+    let _ = writeln!(
+        o,
+        "  signer:       key source {}, certificate issued {}, {}",
+        s.key_source,
+        s.certificate_not_before,
+        if s.born_after_tenancy {
+            "after the Terminate was accepted (born after the tenancy)"
+        } else {
+            "before the Terminate was accepted (a key of the tenancy)"
+        }
+    );
+    for t in &doc.targets {
+        let _ = writeln!(
+            o,
+            "  target {:?}: {} {}, {} bytes: {} / {}",
+            t.name,
+            t.kind,
+            t.device,
+            t.size_bytes,
+            t.sanitization.category,
+            t.sanitization.technique
+        );
+        let _ = writeln!(o, "    basis:      {}", t.sanitization.basis);
+        if let Some(kd) = &t.key_destruction {
+            let _ = writeln!(o, "    keys:       {} ({})", kd.method, kd.tool);
+        }
+        if let Some(w) = &t.overwrite {
+            let _ = writeln!(
+                o,
+                "    overwrite:  {} pass(es), {} bytes, verified blocks {} mismatched {}",
+                w.passes, w.bytes, w.verified_blocks, w.mismatched_blocks
+            );
+        }
+    }
+    if let Some(v) = &doc.verification {
+        let _ = writeln!(
+            o,
+            "  verification: {} strata x {} + first/last, {} blocks of {} B, {:.3}% coverage, {} mismatched",
+            v.strata,
+            v.locations_per_stratum,
+            v.sampled_blocks,
+            v.block_size,
+            v.coverage_percent,
+            v.mismatched_blocks
+        );
+    }
+    if let Some(de) = &doc.device_erase {
+        let _ = writeln!(o, "  device erase: {}", de.method);
+        let _ = writeln!(o, "    prepare record sha256: {}", de.prepare_record_sha256);
+        for line in &de.evidence {
+            let _ = writeln!(
+                o,
+                "    {} {}: {}",
+                if line.passed { "PASS" } else { "FAIL" },
+                line.check,
+                line.detail
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "  time:         {} .. {}",

@@ -1,12 +1,20 @@
 //! Offline verification of a [`SignedCertificate`] against the fleet CA: what
 //! `jex-agent verify-erase CERT --ca CA` and the controller run.
 //!
-//! [`verify`] checks, in this order, and fails on the first problem:
+//! [`verify`] checks a version 1 certificate, [`verify_any`] one of either version. For
+//! [`verify_any`], the document's `schema` member (the one member read before the signature is
+//! checked) picks the version: [`DOCUMENT_SCHEMA`] or [`DOCUMENT_SCHEMA_V2`]; any other or none
+//! is [`VerifyError::UnknownSchema`]. Then both check, in this order, and fail on the first
+//! problem:
 //! 1. `signature_algorithm` is `ecdsa-p256-sha256` and a signer chain is present;
-//! 2. the ECDSA P-256/SHA-256 signature over `b"jex-erase-certificate-v1\0" || document_json`
+//! 2. the ECDSA P-256/SHA-256 signature over the version's domain and the document
+//!    (`b"jex-erase-certificate-v1\0" || document_json`, or `-v2\0` for version 2)
 //!    verifies with the leaf certificate's public key (checked first, so that nothing
-//!    unauthenticated is interpreted; the key itself is trusted only after step 4);
-//! 3. `document_json` parses as a [`CertificateDocument`] (unknown members refused);
+//!    unauthenticated is interpreted; the key itself is trusted only after step 4). A
+//!    signature that verifies over the other version's domain instead is
+//!    [`VerifyError::SignedAsOtherSchema`] from [`verify_any`];
+//! 3. `document_json` parses as a [`CertificateDocument`] or [`CertificateDocumentV2`]
+//!    (unknown members refused);
 //! 4. the signer chain (leaf, then intermediates) builds a path to one of the given CA
 //!    certificates with `rustls-webpki` (ring algorithms: ECDSA P-256/P-384, Ed25519, RSA):
 //!    signatures along the path, validity periods, CA basic constraints and name
@@ -18,7 +26,10 @@
 //!    leaf that had already expired (or was not yet valid) at that moment is refused.
 //!    Revocation is not checked (no CRL is given);
 //! 5. `document_json` is exactly `canonical_json` of the parsed document;
-//! 6. the document is internally consistent ([`CertificateDocument::check_consistency`]);
+//! 6. the document is internally consistent ([`CertificateDocument::check_consistency`],
+//!    [`CertificateDocumentV2::check_consistency`]); for version 2, its
+//!    `signer.certificate_not_before` is the leaf's `notBefore` ([`VerifyError::SignerRecord`]),
+//!    so `signer.born_after_tenancy` is a fact about the certificate that signed, not a claim;
 //! 7. the document's `host.host_id` is the leaf's identity: one of the leaf's URI SANs equals
 //!    it or ends with `/<host_id>` (`spiffe://fleet.example/host/h-1` for host `h-1`), so one
 //!    host's key cannot vouch for another host;
@@ -36,8 +47,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use super::consistency::{DocumentError, parse_utc};
+use super::not_before::{certificate_not_before, rfc3339};
 use super::{
-    CertificateDocument, SIGNATURE_ALGORITHM, SignedCertificate, canonical_json, signed_message,
+    CertificateDocument, CertificateDocumentV2, DOCUMENT_SCHEMA, DOCUMENT_SCHEMA_V2, HostIdentity,
+    SIGNATURE_ALGORITHM, SIGNING_DOMAIN, SIGNING_DOMAIN_V2, SignedCertificate, SignerRecord,
+    canonical_json, canonical_json_v2,
 };
 
 /// How far in the verifier's future `finished_at` may lie.
@@ -126,65 +140,299 @@ pub enum VerifyError {
         /// The document's finished_at.
         finished_at: String,
     },
+    /// The document's `schema` is missing or not one this verifier knows ([`verify_any`]).
+    #[error(
+        "the document's schema is {}, which this verifier does not know (it knows {DOCUMENT_SCHEMA:?} and {DOCUMENT_SCHEMA_V2:?})",
+        found.as_deref().map_or_else(|| "missing".to_owned(), |s| format!("{s:?}"))
+    )]
+    UnknownSchema {
+        /// The schema found, if any.
+        found: Option<String>,
+    },
+    /// The signature is over the other version's signing domain ([`verify_any`]): a signature
+    /// is valid for one schema only.
+    #[error(
+        "the document says schema {schema:?} but was signed as a {signed_as:?} document (another signing domain)"
+    )]
+    SignedAsOtherSchema {
+        /// The document's schema.
+        schema: String,
+        /// The schema whose signing domain the signature is over.
+        signed_as: &'static str,
+    },
+    /// A version 2 document's signer record does not describe the certificate that signed.
+    #[error(
+        "signer.certificate_not_before is {claimed}, but the signer certificate's notBefore is {}",
+        actual.as_deref().unwrap_or("unreadable")
+    )]
+    SignerRecord {
+        /// The document's `signer.certificate_not_before`.
+        claimed: String,
+        /// The signer certificate's `notBefore`, RFC 3339, if readable.
+        actual: Option<String>,
+    },
 }
 
-/// Verifies `cert` against the CA certificate(s) in `ca_pem_or_der` (PEM, possibly several, or
-/// one DER certificate) and, if given, the controller nonce; returns the verified document.
-/// See the module documentation for exactly what is checked.
+/// Verifies the version 1 certificate `cert` against the CA certificate(s) in `ca_pem_or_der`
+/// (PEM, possibly several, or one DER certificate) and, if given, the controller nonce;
+/// returns the verified document. See the module documentation for exactly what is checked.
+/// A version 2 certificate fails here (its signature is over another domain): use
+/// [`verify_any`] for both.
 pub fn verify(
     cert: &SignedCertificate,
     ca_pem_or_der: &[u8],
     expected_nonce: Option<&[u8]>,
 ) -> Result<CertificateDocument, VerifyError> {
+    let chain = envelope(cert)?;
+    verify_as::<CertificateDocument>(cert, &chain, ca_pem_or_der, expected_nonce)
+}
+
+/// A verified document of either version.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VerifiedDocument {
+    /// A `jex.erase-certificate/v1` document.
+    V1(CertificateDocument),
+    /// A `jex.erase-certificate/v2` document.
+    V2(CertificateDocumentV2),
+}
+
+impl VerifiedDocument {
+    /// The document's schema.
+    pub fn schema(&self) -> &str {
+        match self {
+            Self::V1(d) => &d.schema,
+            Self::V2(d) => &d.schema,
+        }
+    }
+
+    /// The erase operation id.
+    pub fn operation_id(&self) -> &str {
+        match self {
+            Self::V1(d) => &d.operation_id,
+            Self::V2(d) => &d.operation_id,
+        }
+    }
+
+    /// The host that was erased.
+    pub fn host(&self) -> &HostIdentity {
+        match self {
+            Self::V1(d) => &d.host,
+            Self::V2(d) => &d.host,
+        }
+    }
+
+    /// `ERASED`, `ERASED_WITH_EXCEPTIONS` or `FAILED`.
+    pub fn outcome(&self) -> &str {
+        match self {
+            Self::V1(d) => &d.outcome,
+            Self::V2(d) => &d.outcome,
+        }
+    }
+
+    /// A person-readable account of what the certificate proves ([`crate::summary`] or
+    /// [`crate::summary_v2`]).
+    pub fn summary(&self, nonce_checked: bool) -> String {
+        match self {
+            Self::V1(d) => crate::summary(d, nonce_checked),
+            Self::V2(d) => crate::summary_v2(d, nonce_checked),
+        }
+    }
+}
+
+/// Verifies a certificate of either version, like [`verify`] does version 1: the document's
+/// `schema` member picks the version (an unknown or missing one is
+/// [`VerifyError::UnknownSchema`]), then every check of the module documentation runs with
+/// that version's signing domain, document type and consistency rules; a version 2 document
+/// also has its signer record checked against the certificate that signed
+/// ([`VerifyError::SignerRecord`]). A signature made over the other version's domain is
+/// [`VerifyError::SignedAsOtherSchema`].
+pub fn verify_any(
+    cert: &SignedCertificate,
+    ca_pem_or_der: &[u8],
+    expected_nonce: Option<&[u8]>,
+) -> Result<VerifiedDocument, VerifyError> {
+    let chain = envelope(cert)?;
+    // Only the schema member is read before the signature is checked, to pick the domain the
+    // signature must be over; everything else waits for the signature.
+    #[derive(serde::Deserialize)]
+    struct Schema {
+        schema: Option<String>,
+    }
+    let schema = serde_json::from_slice::<Schema>(&cert.document_json)
+        .map_err(VerifyError::Document)?
+        .schema;
+    let other_domain = |domain: &[u8], other_schema: &'static str, found: &str| {
+        let message = crate::domain_message(domain, &cert.document_json);
+        chain
+            .verify_signature(&message, &cert.signature)
+            .is_ok()
+            .then(|| VerifyError::SignedAsOtherSchema {
+                schema: found.to_owned(),
+                signed_as: other_schema,
+            })
+    };
+    match schema.as_deref() {
+        Some(DOCUMENT_SCHEMA) => {
+            verify_as::<CertificateDocument>(cert, &chain, ca_pem_or_der, expected_nonce)
+                .map(VerifiedDocument::V1)
+                .map_err(|err| match err {
+                    VerifyError::Signature(_) => {
+                        other_domain(SIGNING_DOMAIN_V2, DOCUMENT_SCHEMA_V2, DOCUMENT_SCHEMA)
+                            .unwrap_or(err)
+                    }
+                    err => err,
+                })
+        }
+        Some(DOCUMENT_SCHEMA_V2) => {
+            verify_as::<CertificateDocumentV2>(cert, &chain, ca_pem_or_der, expected_nonce)
+                .map(VerifiedDocument::V2)
+                .map_err(|err| match err {
+                    VerifyError::Signature(_) => {
+                        other_domain(SIGNING_DOMAIN, DOCUMENT_SCHEMA, DOCUMENT_SCHEMA_V2)
+                            .unwrap_or(err)
+                    }
+                    err => err,
+                })
+        }
+        _ => Err(VerifyError::UnknownSchema { found: schema }),
+    }
+}
+
+/// Step 1: the algorithm and the signer chain.
+fn envelope(cert: &SignedCertificate) -> Result<SignerChain<'_>, VerifyError> {
     if cert.signature_algorithm != SIGNATURE_ALGORITHM {
         return Err(VerifyError::Algorithm {
             found: cert.signature_algorithm.clone(),
         });
     }
-    let chain = SignerChain::new(&cert.signer_chain_der)?;
+    SignerChain::new(&cert.signer_chain_der)
+}
 
+/// A document type the verifier knows: its signing domain, canonical form and rules.
+trait SignedDocument: serde::de::DeserializeOwned {
+    const DOMAIN: &'static [u8];
+    fn canonical(&self) -> Vec<u8>;
+    fn check(&self) -> Result<(), DocumentError>;
+    fn finished_at(&self) -> &str;
+    fn host_id(&self) -> &str;
+    fn nonce_hex(&self) -> &str;
+    /// Checks that need the signer's certificate (beyond path, signature and host).
+    fn check_signer(&self, _leaf_der: &[u8]) -> Result<(), VerifyError> {
+        Ok(())
+    }
+}
+
+impl SignedDocument for CertificateDocument {
+    const DOMAIN: &'static [u8] = SIGNING_DOMAIN;
+    fn canonical(&self) -> Vec<u8> {
+        canonical_json(self)
+    }
+    fn check(&self) -> Result<(), DocumentError> {
+        self.check_consistency()
+    }
+    fn finished_at(&self) -> &str {
+        &self.finished_at
+    }
+    fn host_id(&self) -> &str {
+        &self.host.host_id
+    }
+    fn nonce_hex(&self) -> &str {
+        &self.controller_nonce_hex
+    }
+}
+
+impl SignedDocument for CertificateDocumentV2 {
+    const DOMAIN: &'static [u8] = SIGNING_DOMAIN_V2;
+    fn canonical(&self) -> Vec<u8> {
+        canonical_json_v2(self)
+    }
+    fn check(&self) -> Result<(), DocumentError> {
+        self.check_consistency()
+    }
+    fn finished_at(&self) -> &str {
+        &self.finished_at
+    }
+    fn host_id(&self) -> &str {
+        &self.host.host_id
+    }
+    fn nonce_hex(&self) -> &str {
+        &self.controller_nonce_hex
+    }
+    fn check_signer(&self, leaf_der: &[u8]) -> Result<(), VerifyError> {
+        if signer_record_matches(&self.signer, leaf_der) {
+            return Ok(());
+        }
+        Err(VerifyError::SignerRecord {
+            claimed: self.signer.certificate_not_before.clone(),
+            actual: certificate_not_before(leaf_der).map(rfc3339),
+        })
+    }
+}
+
+/// Whether `record.certificate_not_before` is the `notBefore` of the certificate `leaf_der`.
+pub(crate) fn signer_record_matches(record: &SignerRecord, leaf_der: &[u8]) -> bool {
+    let claimed = parse_utc(
+        "signer.certificate_not_before",
+        &record.certificate_not_before,
+    );
+    match (claimed, certificate_not_before(leaf_der)) {
+        (Ok(claimed), Some(actual)) => claimed == actual,
+        _ => false,
+    }
+}
+
+/// Steps 2 to 9 of the module documentation for document type `D`.
+fn verify_as<D: SignedDocument>(
+    cert: &SignedCertificate,
+    chain: &SignerChain<'_>,
+    ca_pem_or_der: &[u8],
+    expected_nonce: Option<&[u8]>,
+) -> Result<D, VerifyError> {
     // 2. The signature, with the (not yet trusted) leaf's key: checked first so that nothing
     // unauthenticated is interpreted beyond this point. Trust in the key comes from step 4.
-    chain.verify_signature(&signed_message(&cert.document_json), &cert.signature)?;
+    chain.verify_signature(
+        &crate::domain_message(D::DOMAIN, &cert.document_json),
+        &cert.signature,
+    )?;
 
     // 3. The document.
-    let doc: CertificateDocument =
-        serde_json::from_slice(&cert.document_json).map_err(VerifyError::Document)?;
+    let doc: D = serde_json::from_slice(&cert.document_json).map_err(VerifyError::Document)?;
 
     // 4. Chain, judged at the signing time the document claims.
     let signed_at =
-        parse_utc("finished_at", &doc.finished_at).map_err(VerifyError::Inconsistent)?;
+        parse_utc("finished_at", doc.finished_at()).map_err(VerifyError::Inconsistent)?;
     chain
         .verify_path(ca_pem_or_der, unix_time(signed_at))
         .map_err(|err| match err {
             ChainError::Ca(err) => err,
             ChainError::Path(source) => VerifyError::Chain {
-                at: doc.finished_at.clone(),
+                at: doc.finished_at().to_owned(),
                 source,
             },
         })?;
 
-    // 5.–6. Canonical form and consistency.
-    if canonical_json(&doc) != cert.document_json {
+    // 5.–6. Canonical form and consistency (for version 2, with the signer record).
+    if doc.canonical() != cert.document_json {
         return Err(VerifyError::NotCanonical);
     }
-    doc.check_consistency().map_err(VerifyError::Inconsistent)?;
+    doc.check().map_err(VerifyError::Inconsistent)?;
+    doc.check_signer(&chain.leaf)?;
 
     // 7. The signer is this host.
-    let host_id = &doc.host.host_id;
+    let host_id = doc.host_id();
     if !chain.identifies_host(host_id)? {
         return Err(VerifyError::HostMismatch {
-            host_id: host_id.clone(),
+            host_id: host_id.to_owned(),
             uris: chain.uri_names()?,
         });
     }
 
     // 8. Freshness against the controller's nonce.
     if let Some(expected) = expected_nonce
-        && doc.controller_nonce_hex != hex::encode(expected)
+        && doc.nonce_hex() != hex::encode(expected)
     {
         return Err(VerifyError::NonceMismatch {
-            found: doc.controller_nonce_hex.clone(),
+            found: doc.nonce_hex().to_owned(),
         });
     }
 
@@ -192,7 +440,7 @@ pub fn verify(
     let skew = time::Duration::try_from(MAX_CLOCK_SKEW).unwrap_or(time::Duration::ZERO);
     if signed_at > crate::clock::now_utc() + skew {
         return Err(VerifyError::FromTheFuture {
-            finished_at: doc.finished_at.clone(),
+            finished_at: doc.finished_at().to_owned(),
         });
     }
     Ok(doc)
@@ -351,7 +599,7 @@ mod tests {
 
     use super::*;
     use crate::testing::{NONCE, TestCa, TestLeaf, sample_document, write_signer_files};
-    use crate::{AttestError, FileSigner, Signer, document_sha256, sign};
+    use crate::{AttestError, FileSigner, Signer, document_sha256, sign, signed_message};
 
     fn signer_for(dir: &Path, leaf: &TestLeaf, intermediates: &[&TestCa]) -> FileSigner {
         let (key, chain) = write_signer_files(dir, leaf, intermediates);
@@ -780,5 +1028,394 @@ mod tests {
             verify(&read, ca.cert_pem.as_bytes(), Some(&NONCE)).unwrap(),
             sample_document()
         );
+    }
+}
+
+#[cfg(test)]
+mod any_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::testing::{
+        NONCE, TestCa, TestLeaf, sample_document, sample_document_v2,
+        sample_document_v2_device_erase, write_signer_files,
+    };
+    use crate::{
+        AttestError, FileSigner, Signer, sign, sign_v2, signed_message, signed_message_v2,
+        summary_v2,
+    };
+
+    fn signer_for(dir: &Path, leaf: &TestLeaf) -> FileSigner {
+        let (key, chain) = write_signer_files(dir, leaf, &[]);
+        FileSigner::load(&key, &chain).unwrap()
+    }
+
+    /// A fleet CA and the device-erase sample signed by the fresh OS's key.
+    fn signed_device_erase() -> (TestCa, SignedCertificate) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        let signer = signer_for(dir.path(), &ca.leaf_after_tenancy());
+        let cert = sign_v2(&sample_document_v2_device_erase(), &signer).unwrap();
+        (ca, cert)
+    }
+
+    /// Signs arbitrary bytes with the message function `message` (bypassing the sign checks).
+    fn raw_signed(
+        signer: &FileSigner,
+        document_json: Vec<u8>,
+        message: fn(&[u8]) -> Vec<u8>,
+    ) -> SignedCertificate {
+        SignedCertificate {
+            signature: signer.sign(&message(&document_json)).unwrap(),
+            document_json,
+            signer_chain_der: signer.chain_der(),
+            signature_algorithm: SIGNATURE_ALGORITHM.into(),
+        }
+    }
+
+    #[test]
+    fn a_v2_certificate_round_trips_through_the_bundle_and_verifies() {
+        let (ca, cert) = signed_device_erase();
+        assert_eq!(
+            cert.document_json,
+            canonical_json_v2(&sample_document_v2_device_erase())
+        );
+        let bundle = cert.to_bundle_json();
+        let read = SignedCertificate::from_bundle_json(&bundle).unwrap();
+        let verified = verify_any(&read, ca.cert_pem.as_bytes(), Some(&NONCE)).unwrap();
+        assert_eq!(
+            verified,
+            VerifiedDocument::V2(sample_document_v2_device_erase())
+        );
+        assert_eq!(verified.schema(), "jex.erase-certificate/v2");
+        assert_eq!(verified.host().host_id, "h-1");
+        assert_eq!(verified.outcome(), "ERASED");
+        // The parsed document re-serialises to the signed bytes.
+        let VerifiedDocument::V2(doc) = verified else {
+            panic!("not v2")
+        };
+        assert_eq!(canonical_json_v2(&doc), cert.document_json);
+    }
+
+    #[test]
+    fn a_single_phase_v2_certificate_signed_by_the_tenancy_key_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        let cert = sign_v2(&sample_document_v2(), &signer_for(dir.path(), &ca.leaf())).unwrap();
+        assert_eq!(
+            verify_any(&cert, &ca.cert_der, None).unwrap(),
+            VerifiedDocument::V2(sample_document_v2())
+        );
+    }
+
+    #[test]
+    fn v1_certificates_verify_through_verify_any_as_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = TestCa::new("fleet root");
+        let mid = root.intermediate("fleet issuing CA");
+        let (key, chain) = write_signer_files(dir.path(), &mid.leaf(), &[&mid]);
+        let signer = FileSigner::load(&key, &chain).unwrap();
+        let cert = sign(&sample_document(), &signer).unwrap();
+        let verified = verify_any(&cert, root.cert_pem.as_bytes(), Some(&NONCE)).unwrap();
+        assert_eq!(verified, VerifiedDocument::V1(sample_document()));
+        assert_eq!(verified.operation_id(), sample_document().operation_id);
+        assert_eq!(
+            verified.summary(true),
+            crate::summary(&sample_document(), true)
+        );
+        // And what verify() refuses, verify_any refuses the same way.
+        let mut other = NONCE;
+        other[0] ^= 1;
+        assert!(matches!(
+            verify_any(&cert, root.cert_pem.as_bytes(), Some(&other)).unwrap_err(),
+            VerifyError::NonceMismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn verify_refuses_a_v2_certificate() {
+        let (ca, cert) = signed_device_erase();
+        assert!(matches!(
+            verify(&cert, ca.cert_pem.as_bytes(), None).unwrap_err(),
+            VerifyError::Signature(_)
+        ));
+    }
+
+    #[test]
+    fn a_signature_is_valid_for_one_schema_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = TestCa::new("fleet CA");
+        let signer = signer_for(dir.path(), &fleet.leaf());
+        let ca = fleet.cert_pem.as_bytes();
+
+        // A v2 document signed over the v1 domain.
+        let v2_as_v1 = raw_signed(
+            &signer,
+            canonical_json_v2(&sample_document_v2()),
+            signed_message,
+        );
+        match verify_any(&v2_as_v1, ca, None).unwrap_err() {
+            VerifyError::SignedAsOtherSchema { schema, signed_as } => {
+                assert_eq!(schema, "jex.erase-certificate/v2");
+                assert_eq!(signed_as, "jex.erase-certificate/v1");
+            }
+            e => panic!("{e:?}"),
+        }
+        // A v1 document signed over the v2 domain.
+        let v1_as_v2 = raw_signed(
+            &signer,
+            canonical_json(&sample_document()),
+            signed_message_v2,
+        );
+        match verify_any(&v1_as_v2, ca, None).unwrap_err() {
+            VerifyError::SignedAsOtherSchema { schema, signed_as } => {
+                assert_eq!(schema, "jex.erase-certificate/v1");
+                assert_eq!(signed_as, "jex.erase-certificate/v2");
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            verify(&v1_as_v2, ca, None).unwrap_err(),
+            VerifyError::Signature(_)
+        ));
+        // The same documents over their own domains verify.
+        verify_any(
+            &raw_signed(
+                &signer,
+                canonical_json_v2(&sample_document_v2()),
+                signed_message_v2,
+            ),
+            ca,
+            None,
+        )
+        .unwrap();
+        verify_any(
+            &raw_signed(&signer, canonical_json(&sample_document()), signed_message),
+            ca,
+            None,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_signature_over_neither_domain_is_a_signature_error() {
+        let (ca, mut cert) = signed_device_erase();
+        cert.signature = signed_device_erase().1.signature;
+        assert!(matches!(
+            verify_any(&cert, ca.cert_pem.as_bytes(), None).unwrap_err(),
+            VerifyError::Signature(_)
+        ));
+    }
+
+    #[test]
+    fn flipping_any_bit_of_a_v2_document_or_signature_fails() {
+        let (ca, cert) = signed_device_erase();
+        let ca = ca.cert_pem.as_bytes();
+        for mask in [0x01u8, 0x80] {
+            for i in 0..cert.document_json.len() {
+                let mut bad = cert.clone();
+                bad.document_json[i] ^= mask;
+                assert!(
+                    verify_any(&bad, ca, Some(&NONCE)).is_err(),
+                    "document byte {i} ^ {mask:#x} accepted"
+                );
+            }
+            for i in 0..cert.signature.len() {
+                let mut bad = cert.clone();
+                bad.signature[i] ^= mask;
+                assert!(
+                    verify_any(&bad, ca, Some(&NONCE)).is_err(),
+                    "signature byte {i} ^ {mask:#x} accepted"
+                );
+            }
+        }
+        let mut longer = cert.clone();
+        longer.document_json.push(b' ');
+        assert!(verify_any(&longer, ca, None).is_err());
+    }
+
+    #[test]
+    fn an_unknown_or_missing_schema_is_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        let signer = signer_for(dir.path(), &ca.leaf());
+        let ca = ca.cert_pem.as_bytes();
+        let v3 = String::from_utf8(canonical_json_v2(&sample_document_v2()))
+            .unwrap()
+            .replace("jex.erase-certificate/v2", "jex.erase-certificate/v3");
+        let cert = raw_signed(&signer, v3.into_bytes(), signed_message_v2);
+        let err = verify_any(&cert, ca, None).unwrap_err();
+        match &err {
+            VerifyError::UnknownSchema { found } => {
+                assert_eq!(found.as_deref(), Some("jex.erase-certificate/v3"));
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(
+            err.to_string()
+                .contains("\"jex.erase-certificate/v3\", which this verifier does not know"),
+            "{err}"
+        );
+        let cert = raw_signed(&signer, br#"{"outcome":"ERASED"}"#.to_vec(), signed_message);
+        let err = verify_any(&cert, ca, None).unwrap_err();
+        assert!(
+            matches!(err, VerifyError::UnknownSchema { found: None }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("schema is missing"), "{err}");
+        let cert = raw_signed(&signer, b"not json".to_vec(), signed_message);
+        assert!(matches!(
+            verify_any(&cert, ca, None).unwrap_err(),
+            VerifyError::Document(_)
+        ));
+    }
+
+    #[test]
+    fn a_signed_but_inconsistent_or_unknown_member_v2_document_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = TestCa::new("fleet CA");
+        let signer = signer_for(dir.path(), &fleet.leaf_after_tenancy());
+        let ca = fleet.cert_pem.as_bytes();
+        let mut doc = sample_document_v2_device_erase();
+        doc.device_erase.as_mut().unwrap().evidence[0].passed = false;
+        assert!(matches!(
+            sign_v2(&doc, &signer).unwrap_err(),
+            AttestError::InvalidDocument(DocumentError::FailedEvidence { .. })
+        ));
+        let cert = raw_signed(&signer, canonical_json_v2(&doc), signed_message_v2);
+        assert!(matches!(
+            verify_any(&cert, ca, None).unwrap_err(),
+            VerifyError::Inconsistent(DocumentError::FailedEvidence { .. })
+        ));
+        let mut extra = canonical_json_v2(&sample_document_v2_device_erase());
+        extra.pop();
+        extra.extend_from_slice(br#","zz":1}"#);
+        assert!(matches!(
+            verify_any(&raw_signed(&signer, extra, signed_message_v2), ca, None).unwrap_err(),
+            VerifyError::Document(_)
+        ));
+        // `KeyDestruction` (shared with v1 and the erase journal) lets unknown members through
+        // parsing; they cannot survive the canonical form.
+        let inner = String::from_utf8(canonical_json_v2(&sample_document_v2()))
+            .unwrap()
+            .replace(r#""evidence":{"#, r#""aa":1,"evidence":{"#);
+        let old_dir = tempfile::tempdir().unwrap();
+        let old_key = signer_for(old_dir.path(), &fleet.leaf());
+        let cert = raw_signed(&old_key, inner.into_bytes(), signed_message_v2);
+        assert!(matches!(
+            verify_any(&cert, ca, None).unwrap_err(),
+            VerifyError::NotCanonical
+        ));
+        let pretty = serde_json::to_vec_pretty(&sample_document_v2_device_erase()).unwrap();
+        assert!(matches!(
+            verify_any(&raw_signed(&signer, pretty, signed_message_v2), ca, None).unwrap_err(),
+            VerifyError::NotCanonical
+        ));
+    }
+
+    #[test]
+    fn the_signer_record_must_describe_the_certificate_that_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        // The device-erase document claims a key born 2025-06-01T11:00:00Z; the tenancy's key
+        // was issued in 2020.
+        let old_key = signer_for(dir.path(), &ca.leaf());
+        match sign_v2(&sample_document_v2_device_erase(), &old_key).unwrap_err() {
+            AttestError::SignerRecordMismatch { claimed, actual } => {
+                assert_eq!(claimed, "2025-06-01T11:00:00Z");
+                assert_eq!(actual.as_deref(), Some("2020-01-01T00:00:00Z"));
+            }
+            e => panic!("{e:?}"),
+        }
+        let forged = raw_signed(
+            &old_key,
+            canonical_json_v2(&sample_document_v2_device_erase()),
+            signed_message_v2,
+        );
+        match verify_any(&forged, ca.cert_pem.as_bytes(), Some(&NONCE)).unwrap_err() {
+            VerifyError::SignerRecord { claimed, actual } => {
+                assert_eq!(claimed, "2025-06-01T11:00:00Z");
+                assert_eq!(actual.as_deref(), Some("2020-01-01T00:00:00Z"));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_signer_record_made_from_the_certificate_is_accepted() {
+        let ca = TestCa::new("fleet CA");
+        let fresh = ca.leaf_after_tenancy();
+        let record =
+            crate::SignerRecord::new("file", &fresh.cert_der, "2025-06-01T10:00:00Z").unwrap();
+        assert_eq!(record, sample_document_v2_device_erase().signer);
+        let old =
+            crate::SignerRecord::new("file", &ca.leaf().cert_der, "2025-06-01T10:00:00Z").unwrap();
+        assert_eq!(old, sample_document_v2().signer);
+        assert!(matches!(
+            crate::SignerRecord::new("file", b"\x30\x00", "2025-06-01T10:00:00Z").unwrap_err(),
+            DocumentError::SignerCertificateTime
+        ));
+    }
+
+    #[test]
+    fn a_v2_certificate_of_another_host_or_nonce_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        let other_host = ca.leaf_born(
+            "spiffe://fleet.example/host/h-2",
+            crate::testing::SIGNER_BORN_AFTER_TENANCY,
+            rcgen::date_time_ymd(2100, 1, 1),
+        );
+        let cert = sign_v2(
+            &sample_document_v2_device_erase(),
+            &signer_for(dir.path(), &other_host),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify_any(&cert, ca.cert_pem.as_bytes(), None).unwrap_err(),
+            VerifyError::HostMismatch { .. }
+        ));
+        let (ca, cert) = signed_device_erase();
+        let mut other = NONCE;
+        other[31] ^= 1;
+        assert!(matches!(
+            verify_any(&cert, ca.cert_pem.as_bytes(), Some(&other)).unwrap_err(),
+            VerifyError::NonceMismatch { .. }
+        ));
+        assert!(matches!(
+            verify_any(&cert, TestCa::new("other").cert_pem.as_bytes(), None).unwrap_err(),
+            VerifyError::Chain { .. }
+        ));
+    }
+
+    #[test]
+    fn the_v2_summary_shows_each_target_the_signer_and_every_evidence_line() {
+        let mut doc = sample_document_v2_device_erase();
+        doc.outcome = crate::OUTCOME_FAILED.into();
+        doc.exceptions.push("data-volume-kept".into());
+        doc.device_erase.as_mut().unwrap().evidence[3].passed = false;
+        let text = summary_v2(&doc, true);
+        for expected in [
+            "certificate verifies: signature, chain to the fleet CA, internal consistency, signer record, controller nonce",
+            "  schema:       jex.erase-certificate/v2",
+            "  target \"internal\": internal-ssd disk0, 500277792768 bytes: Purge / Cryptographic Erase (Apple EACS: Secure Enclave keys destroyed)",
+            "  target \"archive\": external-disk /dev/rdisk4, 67108864 bytes: Clear / Overwrite",
+            "    overwrite:  1 pass(es), 67108864 bytes, verified blocks 2002 mismatched 0",
+            "  signer:       key source file, certificate issued 2025-06-01T11:00:00Z, after the Terminate was accepted (born after the tenancy)",
+            "  device erase: Apple Erase All Content and Settings via MDM EraseDevice, or DFU restore",
+            "    PASS prepare_record_verifies: signed by an agent certificate of the fleet CA for host h-1",
+            "    FAIL data_volume_new: ",
+            "  exceptions:   data-volume-kept",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert_eq!(
+            text.matches("    PASS ").count() + text.matches("    FAIL ").count(),
+            5
+        );
+        let single = summary_v2(&sample_document_v2(), false);
+        assert!(single.contains("before the Terminate was accepted (a key of the tenancy)"));
+        assert!(single.contains("    keys:       cryptsetup luksErase (cryptsetup 2.6.1)"));
+        assert!(!single.contains("device erase"));
     }
 }
