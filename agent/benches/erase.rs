@@ -200,6 +200,7 @@ fn terminate_to_reclaimable(dir: &Path, image: &Path) -> (Duration, Duration) {
             agent_version: jex_agent::AGENT_VERSION.into(),
         },
         key_destroyer_factory: FakeKeys::new().factory(),
+        fleet_ca: None,
     };
     let service = EraseService::open(config, deps).unwrap();
     let started = Instant::now();

@@ -65,6 +65,7 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<jex_erase::EraseServ
         signer: Arc::new(signer),
         host,
         key_destroyer_factory: jex_erase::production_factory(&config.erase),
+        fleet_ca: Some(config.tls.client_ca.clone()),
     };
     Ok(jex_erase::EraseService::open(config.erase.clone(), deps)?)
 }

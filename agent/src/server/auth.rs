@@ -90,11 +90,11 @@ const REFLECTION: [Method; 2] = [
 ];
 
 /// Every method the agent serves, with the roles allowed to call it; nothing else is reachable.
-pub const METHODS: [Method; 9] = {
-    let [a, b, c, d, e] = NODE_AGENT;
+pub const METHODS: [Method; 10] = {
+    let [a, b, c, d, e, f] = NODE_AGENT;
     let [h1, h2] = HEALTH;
     let [r1, r2] = REFLECTION;
-    [a, b, c, d, e, h1, h2, r1, r2]
+    [a, b, c, d, e, f, h1, h2, r1, r2]
 };
 
 /// The roles allowed to call `path`; `None` when it is not in the table.
@@ -386,13 +386,19 @@ mod tests {
     }
 
     #[test]
-    fn only_terminate_is_the_controllers_alone() {
+    fn only_the_calls_that_change_the_host_are_the_controllers_alone() {
         let controller_only: Vec<_> = METHODS
             .iter()
             .filter(|m| !m.roles.contains(&Role::Observer))
             .map(|m| m.path)
             .collect();
-        assert_eq!(controller_only, ["/jex.agent.v1.NodeAgent/Terminate"]);
+        assert_eq!(
+            controller_only,
+            [
+                "/jex.agent.v1.NodeAgent/Terminate",
+                "/jex.agent.v1.NodeAgent/AttestErase"
+            ]
+        );
         assert!(METHODS.iter().all(|m| m.roles.contains(&Role::Controller)));
     }
 

@@ -9,6 +9,11 @@
 //! | `TerminateRequest` | `host_id` | [`MAX_ID_BYTES`] |
 //! | `TerminateRequest` | `nonce` | [`MAX_NONCE_BYTES`] (at least 32: the erase service checks) |
 //! | `WatchEraseRequest`, `GetEraseCertificateRequest` | `operation_id` | [`MAX_OPERATION_ID_BYTES`] |
+//! | `AttestEraseRequest` | `operation_id`, `host_id`, `nonce` | as above |
+//! | `AttestEraseRequest` | `prepare_record.record_json` | [`MAX_PREPARE_JSON_BYTES`] |
+//! | `AttestEraseRequest` | `prepare_record.signature` | [`MAX_SIGNATURE_BYTES`] |
+//! | `AttestEraseRequest` | `prepare_record.signer_chain_der` | [`MAX_CHAIN_CERTIFICATES`] of [`MAX_CERTIFICATE_BYTES`] each |
+//! | `AttestEraseRequest` | `prepare_record.signature_algorithm` | [`MAX_ID_BYTES`] |
 //! | `StreamTelemetryRequest` | `max_batch_records` | clamped to 4096, never refused |
 //!
 //! Whole messages are capped too ([`MAX_REQUEST_BYTES`], `RESOURCE_EXHAUSTED`).
@@ -26,6 +31,18 @@ pub const MAX_OPERATION_ID_BYTES: usize = 64;
 
 /// `nonce`.
 pub const MAX_NONCE_BYTES: usize = 256;
+
+/// A prepare record's JSON (a Mac's inventory is a few KiB).
+pub const MAX_PREPARE_JSON_BYTES: usize = 48 * 1024;
+
+/// A signature (ECDSA P-256 DER is at most 72).
+pub const MAX_SIGNATURE_BYTES: usize = 256;
+
+/// Certificates in a signer chain.
+pub const MAX_CHAIN_CERTIFICATES: usize = 4;
+
+/// One DER certificate of a chain.
+pub const MAX_CERTIFICATE_BYTES: usize = 8 * 1024;
 
 /// How much of a refused value an answer quotes.
 pub const PREFIX_CHARS: usize = 16;
@@ -74,6 +91,47 @@ pub fn terminate(r: &pb::TerminateRequest) -> Result<(), FieldError> {
     text("request_id", &r.request_id, MAX_ID_BYTES)?;
     text("host_id", &r.host_id, MAX_ID_BYTES)?;
     bytes("nonce", &r.nonce, MAX_NONCE_BYTES)
+}
+
+/// `AttestErase`; a missing prepare record is the erase service's to refuse (as a failed
+/// evidence line, it is not a field limit).
+pub fn attest_erase(r: &pb::AttestEraseRequest) -> Result<(), FieldError> {
+    text("operation_id", &r.operation_id, MAX_OPERATION_ID_BYTES)?;
+    text("host_id", &r.host_id, MAX_ID_BYTES)?;
+    bytes("nonce", &r.nonce, MAX_NONCE_BYTES)?;
+    if let Some(p) = &r.prepare_record {
+        bytes(
+            "prepare_record.record_json",
+            &p.record_json,
+            MAX_PREPARE_JSON_BYTES,
+        )?;
+        bytes(
+            "prepare_record.signature",
+            &p.signature,
+            MAX_SIGNATURE_BYTES,
+        )?;
+        if p.signer_chain_der.len() > MAX_CHAIN_CERTIFICATES {
+            return Err(FieldError {
+                field: "prepare_record.signer_chain_der",
+                len: p.signer_chain_der.len(),
+                limit: MAX_CHAIN_CERTIFICATES,
+                quoted: " (certificates, not bytes)".into(),
+            });
+        }
+        for der in &p.signer_chain_der {
+            bytes(
+                "prepare_record.signer_chain_der",
+                der,
+                MAX_CERTIFICATE_BYTES,
+            )?;
+        }
+        text(
+            "prepare_record.signature_algorithm",
+            &p.signature_algorithm,
+            MAX_ID_BYTES,
+        )?;
+    }
+    Ok(())
 }
 
 /// `WatchErase`.

@@ -29,13 +29,14 @@ pub fn internal(err: &dyn std::error::Error) -> Status {
 pub fn from_erase(e: &EraseError) -> Status {
     match e {
         // The caller sent something unusable: fix the request.
-        EraseError::NonceTooShort { .. } | EraseError::EmptyRequestId => {
-            Status::invalid_argument(e.to_string())
-        }
+        EraseError::NonceTooShort { .. }
+        | EraseError::EmptyRequestId
+        | EraseError::BadOperationId { .. } => Status::invalid_argument(e.to_string()),
         // The request is fine but the host is not in a state to accept it.
         EraseError::HostMismatch { .. }
         | EraseError::NoTargets
         | EraseError::AlreadyRunning { .. }
+        | EraseError::NotFresh { .. }
         | EraseError::NotCertified { .. } => Status::failed_precondition(e.to_string()),
         // Unknown operation.
         EraseError::NotFound { .. } => Status::not_found(e.to_string()),

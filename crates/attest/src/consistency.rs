@@ -20,7 +20,7 @@
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{CertificateDocument, DOCUMENT_SCHEMA, TECHNIQUE_APPLE_EACS, TECHNIQUES};
+use super::{CertificateDocument, DOCUMENT_SCHEMA, TECHNIQUES};
 
 /// Every target erased and verified, no exception.
 pub const OUTCOME_ERASED: &str = "ERASED";
@@ -163,11 +163,9 @@ pub enum DocumentError {
         /// Target name.
         target: String,
     },
-    /// A target claims the Apple EACS cryptographic erase, but the document records no device
-    /// erase.
-    #[error(
-        "target {target:?} claims {TECHNIQUE_APPLE_EACS:?} but the document has no device_erase record"
-    )]
+    /// A target claims a device erase (Apple EACS, or a Linux boot disk's), but the document
+    /// records none.
+    #[error("target {target:?} claims a device erase but the document has no device_erase record")]
     DeviceEraseMissing {
         /// Target name.
         target: String,
@@ -207,13 +205,24 @@ pub enum DocumentError {
     /// A device erase without any evidence line.
     #[error("the device_erase record lists no evidence")]
     DeviceEraseWithoutEvidence,
-    /// A device erase whose evidence includes a failed check.
-    #[error("device erase evidence line {check:?} did not pass: {detail}")]
+    /// An `ERASED` device erase whose evidence includes a failed check.
+    #[error(
+        "the outcome is ERASED but device erase evidence line {check:?} did not pass: {detail}"
+    )]
     FailedEvidence {
         /// The failed check.
         check: String,
         /// Its detail.
         detail: String,
+    },
+    /// A device erase that did not attest (an outcome other than `ERASED`) without a failed
+    /// evidence line to say why.
+    #[error(
+        "the outcome is {outcome} but every device erase evidence line passed: a failed attestation names the lines that failed"
+    )]
+    NoFailedEvidence {
+        /// The outcome.
+        outcome: String,
     },
     /// A device erase attested by a key whose certificate predates the end of the tenancy.
     #[error(

@@ -9,7 +9,8 @@
 //!   mismatched block (in total or on any target);
 //! - every target's technique is one of [`TECHNIQUES`], its category is that technique's
 //!   (Overwrite is Clear, the two cryptographic erases are Purge) and it gives a basis;
-//! - a [`TECHNIQUE_APPLE_EACS`] target comes with the document's `device_erase` record and
+//! - a device-erase target ([`super::TECHNIQUE_APPLE_EACS`],
+//!   [`super::TECHNIQUE_DEVICE_CRYPTO_ERASE`]) comes with the document's `device_erase` record and
 //!   carries no overwrite facts (the agent did not overwrite it);
 //! - a target whose technique overwrites ([`TECHNIQUE_OVERWRITE`],
 //!   [`TECHNIQUE_CRYPTO_ERASE_OVERWRITE`]) carries its overwrite facts, and the document then
@@ -19,8 +20,10 @@
 //! - with a `verification`: the overwritten targets' `verified_blocks` and
 //!   `mismatched_blocks` add up to its totals, its coverage is within `[0, 100]`; the pattern
 //!   key is 64 lowercase hex characters;
-//! - a `device_erase` record names the prepare record's SHA-256 (64 lowercase hex), lists at
-//!   least one evidence line, every line passed, and the signer was born after the tenancy;
+//! - a `device_erase` record names the prepare record's SHA-256 (64 lowercase hex) and lists at
+//!   least one evidence line; with `ERASED` every line passed and the signer was born after
+//!   the tenancy; with any other outcome at least one line failed (a failed attestation is
+//!   signed too, naming what failed);
 //! - `controller_nonce_hex` is lowercase hex of at least 32 bytes;
 //!   `previous_certificate_sha256`, when present, is 64 lowercase hex characters;
 //! - `started_at`, `finished_at` and `signer.certificate_not_before` are RFC 3339 UTC;
@@ -37,8 +40,8 @@ use super::consistency::{
 };
 use super::{
     CertificateDocumentV2, DOCUMENT_SCHEMA_V2, OUTCOME_ERASED, OUTCOME_ERASED_WITH_EXCEPTIONS,
-    OUTCOME_FAILED, TECHNIQUE_APPLE_EACS, TECHNIQUE_CRYPTO_ERASE_OVERWRITE, TECHNIQUE_OVERWRITE,
-    TargetRecordV2, category_of,
+    OUTCOME_FAILED, TECHNIQUE_CRYPTO_ERASE_OVERWRITE, TECHNIQUE_OVERWRITE, TargetRecordV2,
+    category_of, is_device_erase,
 };
 
 #[cfg(doc)]
@@ -126,7 +129,7 @@ impl CertificateDocumentV2 {
             });
         }
         match s.technique.as_str() {
-            TECHNIQUE_APPLE_EACS => {
+            technique if is_device_erase(technique) => {
                 if self.device_erase.is_none() {
                     return Err(DocumentError::DeviceEraseMissing {
                         target: t.name.clone(),
@@ -232,7 +235,17 @@ impl CertificateDocumentV2 {
         if de.evidence.is_empty() {
             return Err(DocumentError::DeviceEraseWithoutEvidence);
         }
-        if let Some(line) = de.evidence.iter().find(|l| !l.passed) {
+        let failed = de.evidence.iter().find(|l| !l.passed);
+        if self.outcome != OUTCOME_ERASED {
+            // A failed attestation is signed too, and says which lines failed.
+            return match failed {
+                Some(_) => Ok(()),
+                None => Err(DocumentError::NoFailedEvidence {
+                    outcome: self.outcome.clone(),
+                }),
+            };
+        }
+        if let Some(line) = failed {
             return Err(DocumentError::FailedEvidence {
                 check: line.check.clone(),
                 detail: line.detail.clone(),
@@ -538,6 +551,26 @@ mod tests {
                 other => panic!("expected Hex for {field}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_failed_attestation_is_consistent_only_when_it_names_a_failed_line() {
+        let mut failed = sample_document_v2_device_erase();
+        failed.outcome = OUTCOME_FAILED.into();
+        failed.exceptions = vec!["tenant_volumes_gone".into()];
+        // Every line passed: a FAILED outcome with nothing that failed is refused.
+        match failed.check_consistency().unwrap_err() {
+            DocumentError::NoFailedEvidence { outcome } => assert_eq!(outcome, OUTCOME_FAILED),
+            e => panic!("{e:?}"),
+        }
+        let line = &mut failed.device_erase.as_mut().unwrap().evidence[2];
+        line.passed = false;
+        line.detail = "volume 7A3C… of the prepare inventory is still present".into();
+        failed.check_consistency().unwrap();
+        // Also when the key is the tenancy's: that is one of the reasons it failed.
+        failed.signer.certificate_not_before = LEAF_NOT_BEFORE.into();
+        failed.signer.born_after_tenancy = false;
+        failed.check_consistency().unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | LUKS2 (keyslots destroyed, then overwritten and verified) | Purge | [`TECHNIQUE_CRYPTO_ERASE_OVERWRITE`] |
 //! | a plain file; an external disk without Secure Enclave keys | Clear | [`TECHNIQUE_OVERWRITE`] |
 //! | the internal SSD of an Apple Silicon Mac, erased by EACS | Purge | [`TECHNIQUE_APPLE_EACS`] |
+//! | a Linux host's boot disk, erased outside the tenant's OS | Purge | [`TECHNIQUE_DEVICE_CRYPTO_ERASE`] |
 //!
 //! An overwrite of flash through its block interface does not reach spare blocks, so NIST
 //! counts it as Clear, not Purge; a file's overwrite can miss blocks a copy-on-write file
@@ -48,13 +49,24 @@ pub const TECHNIQUE_OVERWRITE: &str = "Overwrite";
 /// Secure Enclave keys of every internal volume, shown by the post-erase evidence. Purge.
 pub const TECHNIQUE_APPLE_EACS: &str =
     "Cryptographic Erase (Apple EACS: Secure Enclave keys destroyed)";
+/// A Linux host's boot disk, erased outside the tenant's OS (its LUKS2 keys destroyed and the
+/// disk re-provisioned by the fleet), shown by the post-erase evidence. Purge.
+pub const TECHNIQUE_DEVICE_CRYPTO_ERASE: &str =
+    "Cryptographic Erase (device erase outside the tenant's OS: LUKS2 keys destroyed)";
 
 /// Every technique a version 2 document may name, with its category.
-pub const TECHNIQUES: [(&str, &str); 3] = [
+pub const TECHNIQUES: [(&str, &str); 4] = [
     (TECHNIQUE_CRYPTO_ERASE_OVERWRITE, CATEGORY_PURGE),
     (TECHNIQUE_OVERWRITE, CATEGORY_CLEAR),
     (TECHNIQUE_APPLE_EACS, CATEGORY_PURGE),
+    (TECHNIQUE_DEVICE_CRYPTO_ERASE, CATEGORY_PURGE),
 ];
+
+/// Whether `technique` is a device erase the agent did not perform itself (attested after it
+/// from the fresh OS, never overwritten by the agent).
+pub fn is_device_erase(technique: &str) -> bool {
+    technique == TECHNIQUE_APPLE_EACS || technique == TECHNIQUE_DEVICE_CRYPTO_ERASE
+}
 
 /// The NIST category of `technique`, or `None` for a technique version 2 does not know.
 pub fn category_of(technique: &str) -> Option<&'static str> {

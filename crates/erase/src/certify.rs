@@ -126,7 +126,7 @@ pub fn document(
 }
 
 /// RFC 3339 UTC time of a Unix time in milliseconds (empty if out of range).
-fn rfc3339(unix_ms: u64) -> String {
+pub(crate) fn rfc3339(unix_ms: u64) -> String {
     let nanos = i128::from(unix_ms) * 1_000_000;
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()

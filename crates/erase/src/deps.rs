@@ -35,6 +35,9 @@ pub struct EraseDeps {
     /// Builds the key-destruction backend of a target (real `luks2`/`apfs-volume` backends in
     /// the agent, the fake of `testing` in tests).
     pub key_destroyer_factory: KeyDestroyerFactory,
+    /// The fleet CA certificate file (PEM), read when an attestation checks a prepare record;
+    /// `None`: this engine cannot attest (`AttestErase` fails saying so).
+    pub fleet_ca: Option<std::path::PathBuf>,
 }
 
 /// Opens targets for the engine. The real one opens [`DirectTarget`]s; tests wrap it to inject

@@ -18,7 +18,7 @@ use jex_attest::{HostIdentity, Signer};
 use jex_reclaim::{InventorySource, PrepareRecord, sign_prepare};
 
 /// The inventory source of `ssd` on this platform: Linux's, or none yet.
-fn inventory_source(
+pub(crate) fn inventory_source(
     ssd: &InternalSsdConfig,
     tools: &ToolsConfig,
     host: &HostIdentity,

@@ -216,6 +216,21 @@ pub enum EraseError {
         /// What is wrong.
         detail: String,
     },
+    /// `AttestErase` named an operation id that is not a UUID.
+    #[error("operation id {operation_id:?} is not a UUID: send the id WatchErase returned")]
+    BadOperationId {
+        /// What was sent.
+        operation_id: String,
+    },
+    /// `AttestErase` on an agent that has run another operation: only the agent of a freshly
+    /// erased OS attests.
+    #[error(
+        "this agent has run {operations} erase operation(s) already: a device erase is attested only by the agent of the freshly erased OS, before any other operation"
+    )]
+    NotFresh {
+        /// Operations in this agent's journal.
+        operations: usize,
+    },
     /// The prepare half of a device erase could not record or sign the host's storage.
     #[error("preparing the device erase: {detail}")]
     DeviceErase {

@@ -80,6 +80,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod certify;
 pub mod config;
 pub mod deps;
@@ -106,6 +107,7 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
+pub use attest::AttestCommand;
 pub use certify::AGENT_VERSION;
 pub use config::{
     Backend, ConfigError, EraseConfig, InternalSsdConfig, InternalSsdMethod, TargetConfig,

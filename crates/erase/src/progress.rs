@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::error::EraseError;
 use crate::record::{Outcome, Phase, StoredPrepareRecord};
 use crate::state::{Operation, State};
-use jex_attest::{CertificateDocument, SignedCertificate};
+use jex_attest::SignedCertificate;
 
 /// Publishing progress more often than this is pointless for watchers.
 pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -482,9 +482,14 @@ pub(crate) fn done_before(sizes: &[u64], current: u32, offset: u64) -> Vec<u64> 
         .collect()
 }
 
+/// The `exceptions` of a certificate's document, whichever its version (both have the field).
 fn certificate_exceptions(certificate: Option<&SignedCertificate>) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Exceptions {
+        exceptions: Vec<String>,
+    }
     certificate
-        .and_then(|c| serde_json::from_slice::<CertificateDocument>(&c.document_json).ok())
+        .and_then(|c| serde_json::from_slice::<Exceptions>(&c.document_json).ok())
         .map(|d| d.exceptions)
         .unwrap_or_default()
 }

@@ -33,6 +33,10 @@ use jex_platform::blockdev::{MediaInfo, TargetIdentity};
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "records are written one at a time and replayed once at start; a journal holds a few hundred"
+)]
 pub enum Record {
     /// `Terminate` accepted.
     Requested(RequestedRecord),
@@ -201,6 +205,11 @@ pub struct RequestedRecord {
     /// written before it existed: none).
     #[serde(default)]
     pub device_erase: Option<InternalSsdConfig>,
+    /// Set for an attestation (`AttestErase` on the fresh OS's agent): the prepare record of
+    /// the device erase it attests. Such an operation has no targets of its own and goes from
+    /// `requested` straight to `certified` (absent from journals written before it existed).
+    #[serde(default)]
+    pub attest: Option<StoredPrepareRecord>,
 }
 
 /// A signed prepare record as the journal keeps it: the canonical JSON as text (it is UTF-8),
@@ -403,6 +412,7 @@ mod tests {
                 settings: OperationSettings::from_config(&EraseConfig::default()),
                 targets: vec![],
                 device_erase: None,
+                attest: None,
             }),
             Record::TargetsPinned {
                 operation_id: "op".into(),

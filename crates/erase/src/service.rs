@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use tracing::{info, info_span, warn};
 
+use crate::attest::AttestCommand;
 use crate::config::EraseConfig;
 use crate::deps::{DirectOpener, EraseDeps, IoOpener};
 use crate::error::EraseError;
@@ -25,7 +26,7 @@ use crate::journal::Journal;
 use crate::layout::StateDirs;
 use crate::plan::{PlannedTarget, plan_targets};
 use crate::progress::{HostEraseState, Lifecycle, Live, OperationView, OperationWatch};
-use crate::record::{Phase, Record};
+use crate::record::{OperationSettings, Phase, Record, RequestedRecord, StoredPrepareRecord};
 use crate::state::replay;
 use crate::steps::{self, now_unix_ms};
 use crate::store::{Core, RecordHook, Shared, Tracked};
@@ -228,6 +229,82 @@ impl EraseService {
             return Err(err);
         }
         Ok(view)
+    }
+
+    /// Attests a device erase (`AttestErase`, on the agent of the freshly erased OS): checks
+    /// the prepare record and the host now ([`crate::attest`]), signs the attestation's
+    /// certificate and returns the operation, `reclaimable` or certified `FAILED`. The same
+    /// operation id again returns the same operation. Refused when the host id is not this
+    /// host's, the nonce is short, this config declares no internal SSD, or this agent has run
+    /// any other operation (an attestation is only taken by a freshly erased OS's agent: a
+    /// replay to an agent that served a tenancy since is refused). Runs on the calling thread
+    /// (a few tool runs and one signature): call it inside `spawn_blocking`.
+    pub fn attest(&self, cmd: AttestCommand) -> Result<OperationView, EraseError> {
+        let host_id = &self.shared.deps.host.host_id;
+        if &cmd.host_id != host_id {
+            return Err(EraseError::HostMismatch {
+                expected: host_id.clone(),
+                got: cmd.host_id,
+            });
+        }
+        if cmd.nonce.len() < MIN_NONCE_BYTES {
+            return Err(EraseError::NonceTooShort {
+                len: cmd.nonce.len(),
+            });
+        }
+        let operation_id = uuid::Uuid::parse_str(&cmd.operation_id)
+            .map_err(|_| EraseError::BadOperationId {
+                operation_id: cmd.operation_id.clone(),
+            })?
+            .hyphenated()
+            .to_string();
+        if self.shared.config.internal_ssd.is_none() {
+            return Err(EraseError::DeviceErase {
+                detail: "this agent's config declares no [erase.internal_ssd]: it has no device erase to attest".into(),
+            });
+        }
+        let mut core = self.shared.lock_core();
+        if let Some((index, t)) = core
+            .ops
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.op.id() == operation_id)
+        {
+            // The same attestation again, while it is this agent's latest operation: its
+            // answer. After another operation (a new tenancy ended), a replay is refused.
+            if t.op.requested.attest.is_none() || index + 1 != core.ops.len() {
+                return Err(EraseError::NotFresh {
+                    operations: core.ops.len(),
+                });
+            }
+            // Done, or running (another call's, or resumed at start): never run twice.
+            return Ok(t.live.view(&t.op));
+        }
+        if !core.ops.is_empty() {
+            return Err(EraseError::NotFresh {
+                operations: core.ops.len(),
+            });
+        }
+        let requested = RequestedRecord {
+            operation_id: operation_id.clone(),
+            request_id: "attest".to_owned(),
+            host_id: cmd.host_id.clone(),
+            nonce_hex: hex::encode(&cmd.nonce),
+            started_unix_ms: now_unix_ms(),
+            pattern_key_sha256: String::new(),
+            previous_certificate_sha256: None,
+            settings: OperationSettings::from_config(&self.shared.config),
+            targets: Vec::new(),
+            device_erase: None,
+            attest: Some(StoredPrepareRecord::from_signed(&cmd.prepare)),
+        };
+        self.shared.create(&mut core, requested)?;
+        drop(core);
+        let span = info_span!("erase_operation", operation_id = %operation_id);
+        span.in_scope(|| info!("device erase attestation requested"));
+        steps::run_operation(&self.shared, &operation_id, false, &span);
+        let snapshot = self.shared.snapshot();
+        Ok(snapshot.resolve(Some(&operation_id))?.view().clone())
     }
 
     /// Follows an operation (`None`: the current or last one) through the published snapshots;

@@ -14,6 +14,7 @@
 //! | at step | record | condition |
 //! |---|---|---|
 //! | `requested` | `targets_pinned` | one pinned target per requested target, same names, same order |
+//! | `requested` of an attestation | `certified` | any outcome, `FAILED` included (the attestation's certificate) |
 //! | `targets_pinned`, `keys_snapshot` | `keys_snapshot` | the next target in order; a target is never snapshotted twice |
 //! | `keys_snapshot` | `keys_destroyed` | every target snapshotted, one destruction per target |
 //! | `keys_destroyed` | `overwriting` | target 0, offset 0 |
@@ -497,6 +498,32 @@ impl Operation {
                 .unwrap_or(0)
         };
         match (&self.state, record) {
+            // An attestation: certified at once, whatever the outcome (a failed attestation is
+            // signed too), with no targets of its own.
+            (
+                State::Requested,
+                Record::Certified {
+                    outcome,
+                    certificate_sha256,
+                    finished_unix_ms,
+                    ..
+                },
+            ) if self.requested.attest.is_some() => Ok(State::Certified {
+                destroyed: Destroyed {
+                    pinned: Vec::new(),
+                    destructions: Vec::new(),
+                },
+                certification: Certification {
+                    outcome: *outcome,
+                    certificate_sha256: certificate_sha256.clone(),
+                    finished_unix_ms: *finished_unix_ms,
+                },
+            }),
+            (State::Requested, r)
+                if self.requested.attest.is_some() && !matches!(r, Record::Failed { .. }) =>
+            {
+                Err(refuse(Refusal::NoSuchTransition))
+            }
             (State::Requested, Record::TargetsPinned { targets, .. }) => {
                 let requested: Vec<&str> = self
                     .requested

@@ -55,6 +55,7 @@ pub(crate) fn new_operation(
         settings: OperationSettings::from_config(&shared.config),
         targets: shared.config.targets.clone(),
         device_erase: shared.config.internal_ssd.clone(),
+        attest: None,
     };
     shared.create(core, requested).inspect_err(|_| {
         // Nothing refers to the key yet; a leftover file would be removed on the next start.
@@ -119,6 +120,7 @@ fn run_steps(shared: &Arc<Shared>, operation_id: &str, resumed: bool) -> Result<
     }
     let outcome = match op.state.certification() {
         Some(certification) => certification.outcome,
+        None if op.requested.attest.is_some() => attest(shared, &op)?,
         // A device erase with no targets of its own: nothing to overwrite or certify here.
         None if op.requested.targets.is_empty() && op.requested.device_erase.is_some() => {
             Outcome::Erased
@@ -185,6 +187,32 @@ fn run_steps(shared: &Arc<Shared>, operation_id: &str, resumed: bool) -> Result<
     })?;
     info!("host reclaimable");
     Ok(())
+}
+
+/// Runs an attestation ([`crate::attest`]): the certificate stored, then `certified`.
+fn attest(shared: &Shared, op: &Operation) -> Result<Outcome, EraseError> {
+    let ssd = shared
+        .config
+        .internal_ssd
+        .as_ref()
+        .ok_or_else(|| EraseError::DeviceErase {
+            detail: "this agent's config declares no [erase.internal_ssd]: it has no device erase to attest".into(),
+        })?;
+    let finished_unix_ms = now_unix_ms();
+    let (certificate, outcome) =
+        crate::attest::attest(shared, &op.requested, ssd, finished_unix_ms)?;
+    let operation_id = op.id();
+    shared.dirs.store_certificate(operation_id, &certificate)?;
+    let certificate_sha256 = jex_attest::document_sha256(&certificate);
+    shared.set_certificate(operation_id, certificate);
+    shared.record(Record::Certified {
+        operation_id: operation_id.to_owned(),
+        outcome,
+        certificate_sha256: certificate_sha256.clone(),
+        finished_unix_ms,
+    })?;
+    info!(outcome = outcome.as_str(), certificate_sha256 = %certificate_sha256, "device erase attested");
+    Ok(outcome)
 }
 
 fn pin_targets(

@@ -9,6 +9,7 @@
 //!     signer: Arc::new(load_test_signer(dir)),
 //!     host,
 //!     key_destroyer_factory: keys.factory(),
+//!     fleet_ca: None,
 //! };
 //! // … erase, then: jex_attest::verify(&certificate, ca_pem.as_bytes(), Some(&nonce))
 //! ```

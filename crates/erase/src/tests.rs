@@ -269,6 +269,7 @@ impl Harness {
             signer: Arc::new(load_test_signer(&self.signer_dir)),
             host: host(),
             key_destroyer_factory: keys.factory(),
+            fleet_ca: None,
         }
     }
 
@@ -901,6 +902,7 @@ fn interrupted_operation(h: &Harness, key: &PatternKey, last: &[Record]) -> Stri
         },
         targets: config.targets.clone(),
         device_erase: None,
+        attest: None,
     };
     let (mut journal, _) = Journal::<Record>::open(&h.state_dir().join(JOURNAL_FILE)).unwrap();
     journal.append(&Record::Requested(requested)).unwrap();
@@ -1531,7 +1533,7 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
 // === Module dependencies ===
 
 /// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
-const MODULE_ORDER: [&str; 21] = [
+const MODULE_ORDER: [&str; 22] = [
     "names",
     "config",
     "pattern",
@@ -1549,6 +1551,7 @@ const MODULE_ORDER: [&str; 21] = [
     "store",
     "certify",
     "device_erase",
+    "attest",
     "steps",
     "plan",
     "service",

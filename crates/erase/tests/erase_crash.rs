@@ -98,6 +98,7 @@ fn crash_child_runs_erase() {
         signer: Arc::new(load_test_signer(&dir)),
         host: host(),
         key_destroyer_factory: keys.factory(),
+        fleet_ca: None,
     };
     let service = EraseService::open(config(&dir), deps).unwrap();
     let existing = service.current_operation_id();

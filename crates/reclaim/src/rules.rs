@@ -263,12 +263,20 @@ impl Rules<'_> {
                 n.hardware_uuid, b.hardware_uuid
             ));
         }
-        if b.serial_number.trim().is_empty() || n.serial_number.trim().is_empty() {
+        let (b_serial, n_serial) = (b.serial_number.trim(), n.serial_number.trim());
+        // A Mac always has a serial number. A Linux host (a VM, or hardware whose DMI serial is
+        // blank) may expose none: both sides empty there leaves the hardware UUID alone to
+        // match; one side empty never passes.
+        let none_exposed =
+            b_serial.is_empty() && n_serial.is_empty() && self.ctx.platform == Platform::Linux;
+        if none_exposed {
+            // The hardware UUID above decides.
+        } else if b_serial.is_empty() || n_serial.is_empty() {
             problems.push(format!(
                 "serial number unknown (prepare {:?}, now {:?})",
                 b.serial_number, n.serial_number
             ));
-        } else if b.serial_number.trim() != n.serial_number.trim() {
+        } else if b_serial != n_serial {
             problems.push(format!(
                 "serial number {} is not the prepare record's {}",
                 n.serial_number, b.serial_number
@@ -278,10 +286,17 @@ impl Rules<'_> {
             Evidence::new(
                 Check::SameHost,
                 true,
-                format!(
-                    "hardware UUID {} and serial number {} are the prepare record's",
-                    n.hardware_uuid, n.serial_number
-                ),
+                if n_serial.is_empty() {
+                    format!(
+                        "hardware UUID {} is the prepare record's (this host exposes no serial number)",
+                        n.hardware_uuid
+                    )
+                } else {
+                    format!(
+                        "hardware UUID {} and serial number {} are the prepare record's",
+                        n.hardware_uuid, n.serial_number
+                    )
+                },
             )
         } else {
             Evidence::new(Check::SameHost, false, problems.join("; "))
@@ -749,6 +764,32 @@ mod tests {
         now.host.hardware_uuid.clear();
         let l = only_failure(&b, &now, &ctx());
         assert_eq!(l.detail, r#"hardware UUID unknown (prepare "", now "")"#);
+
+        // A serial number blank on both sides: never on a Mac; on Linux the hardware UUID
+        // alone then decides.
+        let mut b = before();
+        let mut now = after();
+        b.host.serial_number.clear();
+        now.host.serial_number.clear();
+        let l = only_failure(&b, &now, &ctx());
+        assert_eq!(l.detail, r#"serial number unknown (prepare "", now "")"#);
+        let linux = AttestationContext {
+            platform: Platform::Linux,
+            ..ctx()
+        };
+        let lines = evaluate(&b, &now, &linux);
+        let same = lines.iter().find(|l| l.check == Check::SameHost).unwrap();
+        assert!(same.passed, "{same:?}");
+        assert!(same.detail.contains("exposes no serial number"), "{same:?}");
+        b.host.serial_number = "C02XK0AAJGH5".into();
+        let lines = evaluate(&b, &now, &linux);
+        assert!(
+            !lines
+                .iter()
+                .find(|l| l.check == Check::SameHost)
+                .unwrap()
+                .passed
+        );
 
         // Case does not matter for the hardware UUID.
         let mut now = after();

@@ -531,6 +531,7 @@ fn erase_journal(out: &Out, tmp: &Path) -> Result<()> {
             agent_version: jex_erase::AGENT_VERSION.to_owned(),
         },
         key_destroyer_factory: keys.factory(),
+        fleet_ca: None,
     };
     let config = EraseConfig {
         state_dir: dir.join("state"),

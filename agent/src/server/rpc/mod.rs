@@ -10,6 +10,7 @@
 //! The [`NodeAgent`] implementation below only hands each call to its file. Two helpers end the
 //! server streams: [`then_unavailable`] and [`until_shutdown`].
 
+pub mod attest_erase;
 pub mod get_erase_certificate;
 pub mod get_host;
 pub mod stream_telemetry;
@@ -43,12 +44,13 @@ pub const ANY_ROLE: &[Role] = &[Role::Controller, Role::Observer];
 pub const CONTROLLER_ONLY: &[Role] = &[Role::Controller];
 
 /// The `NodeAgent` methods, as the table of roles takes them.
-pub const NODE_AGENT: [Method; 5] = [
+pub const NODE_AGENT: [Method; 6] = [
     get_host::METHOD,
     stream_telemetry::METHOD,
     terminate::METHOD,
     watch_erase::METHOD,
     get_erase_certificate::METHOD,
+    attest_erase::METHOD,
 ];
 
 /// The caller the auth layer put in the request. The layer runs before every handler, so a
@@ -112,6 +114,13 @@ impl NodeAgent for AgentService {
         req: Request<pb::GetEraseCertificateRequest>,
     ) -> Result<Response<pb::GetEraseCertificateResponse>, Status> {
         get_erase_certificate::handle(self, req)
+    }
+
+    async fn attest_erase(
+        &self,
+        req: Request<pb::AttestEraseRequest>,
+    ) -> Result<Response<pb::AttestEraseResponse>, Status> {
+        attest_erase::handle(self, req).await
     }
 }
 

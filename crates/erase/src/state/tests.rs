@@ -33,6 +33,7 @@ fn requested() -> RequestedRecord {
             })
             .collect(),
         device_erase: None,
+        attest: None,
     }
 }
 
