@@ -80,6 +80,12 @@ pub enum Command {
     },
     /// Print exactly which fields telemetry sends.
     Schema,
+    /// Diagnostics for bringing up a fleet.
+    Diag {
+        /// What to do.
+        #[command(subcommand)]
+        command: DiagCommand,
+    },
     /// Check an erase certificate offline: signature, chain to the fleet CA, nonce, consistency.
     VerifyErase {
         /// The certificate bundle (JSON, as written by `ctl certificate` or the demo).
@@ -102,6 +108,19 @@ pub enum Command {
         /// Keep the demo's files in this directory instead of a temporary one.
         #[arg(long)]
         keep: Option<PathBuf>,
+    },
+}
+
+/// `diag` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DiagCommand {
+    /// Write the raw output of every system tool the agent reads on this platform (on a Mac:
+    /// diskutil, csrutil, fdesetup, system_profiler, the accounts, sysctl, vm_stat) into a new
+    /// directory, with a README of provenance: the test fixtures of a real host. Holds hardware
+    /// identifiers: scrub them before publishing (the README says how).
+    Capture {
+        /// A new (or empty) directory; created 0700.
+        dir: PathBuf,
     },
 }
 
@@ -254,6 +273,9 @@ pub fn main() -> ExitCode {
             }
         }),
         Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
+        Command::Diag {
+            command: DiagCommand::Capture { dir },
+        } => diag_capture(&dir),
         Command::Ctl { conn, command } => block_on(async move { run_ctl(conn, command).await }),
         // The demo sets up the daemon's logging itself, on its own directory.
         #[cfg(feature = "dev")]
@@ -333,6 +355,42 @@ fn erase_warnings(config: &Config) -> Vec<String> {
             "the erase plan could not be made: {}",
             error_chain(&e)
         )],
+    }
+}
+
+/// `diag capture`: exits 0 when every tool ran (whatever its own exit status, which the README
+/// records), 1 when one could not be started, 74 when the directory cannot be written.
+fn diag_capture(dir: &std::path::Path) -> ExitCode {
+    let captures = crate::diag::captures_for(jex_platform::OS);
+    match crate::diag::capture(dir, captures) {
+        Ok(done) => {
+            let missing: Vec<&str> = done
+                .iter()
+                .filter(|c| c.result.is_err())
+                .map(|c| c.capture.program)
+                .collect();
+            println!(
+                "captured {} tool output(s) into {} (README.md says what each is; scrub hardware identifiers before publishing)",
+                done.len() - missing.len(),
+                dir.display()
+            );
+            if missing.is_empty() {
+                ExitKind::Ok.into()
+            } else {
+                eprintln!(
+                    "jex-agent diag capture: could not run {}",
+                    missing.join(", ")
+                );
+                ExitKind::Failure.into()
+            }
+        }
+        Err(e) => {
+            eprintln!("jex-agent diag capture: {}", error_chain(&e));
+            match e {
+                crate::diag::DiagError::NotEmpty(_) => ExitKind::Usage.into(),
+                crate::diag::DiagError::Write { .. } => ExitKind::IoError.into(),
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub(crate) mod ctl;
 pub mod demo;
+pub mod diag;
 pub mod local_socket;
 pub mod logging;
 pub mod pki;

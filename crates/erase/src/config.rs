@@ -641,7 +641,28 @@ fn default_cryptsetup() -> PathBuf {
     PathBuf::from("/usr/sbin/cryptsetup")
 }
 fn default_diskutil() -> PathBuf {
-    PathBuf::from("/usr/sbin/diskutil")
+    PathBuf::from(DISKUTIL)
+}
+
+/// `diskutil`'s path on macOS: on the sealed system volume, so fixed, never configured.
+pub const DISKUTIL: &str = "/usr/sbin/diskutil";
+
+/// On macOS the system tools live on the sealed, signed system volume (SIP): a root-writable
+/// config must not point the erase at another binary. Elsewhere the path is the operator's.
+fn check_fixed_tool(
+    os: jex_platform::Os,
+    key: Setting,
+    path: &Path,
+    fixed: &str,
+) -> Result<(), ConfigError> {
+    if os == jex_platform::Os::MacOs && path != Path::new(fixed) {
+        return Err(ConfigError::OutOfRange {
+            key,
+            value: path.display().to_string(),
+            expected: "the system's own tool on macOS, which is fixed (the sealed system volume): remove the setting",
+        });
+    }
+    Ok(())
 }
 
 impl Default for ToolsConfig {
@@ -778,6 +799,12 @@ impl EraseConfig {
         }
         check_absolute(Setting::Cryptsetup, &self.tools.cryptsetup)?;
         check_absolute(Setting::Diskutil, &self.tools.diskutil)?;
+        check_fixed_tool(
+            jex_platform::OS,
+            Setting::Diskutil,
+            &self.tools.diskutil,
+            DISKUTIL,
+        )?;
         if let Some(ssd) = &self.internal_ssd {
             if jex_platform::OS != jex_platform::Os::Linux {
                 return Err(ConfigError::OutOfRange {
@@ -1449,5 +1476,22 @@ mod tests {
             err.other_setting().map(|s| s.to_string()).as_deref(),
             Some("erase.targets[0].device")
         );
+    }
+
+    #[test]
+    fn diskutil_is_fixed_on_macos_and_the_operators_elsewhere() {
+        use jex_platform::Os;
+        let moved = Path::new("/usr/local/bin/diskutil");
+        let err = check_fixed_tool(Os::MacOs, Setting::Diskutil, moved, DISKUTIL).unwrap_err();
+        assert_eq!(err.setting(), Setting::Diskutil);
+        let message = err.to_string();
+        assert!(
+            message.contains("erase.tools.diskutil")
+                && message.contains("/usr/local/bin/diskutil")
+                && message.contains("remove the setting"),
+            "{message}"
+        );
+        check_fixed_tool(Os::MacOs, Setting::Diskutil, Path::new(DISKUTIL), DISKUTIL).unwrap();
+        check_fixed_tool(Os::Linux, Setting::Diskutil, moved, DISKUTIL).unwrap();
     }
 }
