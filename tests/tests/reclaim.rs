@@ -674,6 +674,19 @@ async fn after_the_device_erase_the_fresh_agent_attests_it_and_the_host_becomes_
     Ok(())
 }
 
+/// The two halves with the device erase done `how` in between, on a host with the internal SSD
+/// alone: the fresh agent, the prepared operation and its nonce.
+async fn prepared_and_erased(
+    pki: &TestPki,
+    host: &Host,
+    how: DeviceErase,
+) -> Result<(AgentProcess, pb::EraseOperation, Vec<u8>)> {
+    let (operation, nonce) = prepare(pki, host, false).await?;
+    device_erase(pki, host, how)?;
+    let agent = fresh_agent(pki, host, false)?;
+    Ok((agent, operation, nonce))
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -682,16 +695,15 @@ fn hex_of(bytes: &[u8]) -> String {
 async fn a_skipped_device_erase_is_refused_its_volume_is_still_there() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(
+    let (agent, operation, nonce) = prepared_and_erased(
         &pki,
         &host,
         DeviceErase {
             reformat: false,
             ..FULL_ERASE
         },
-    )?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    )
+    .await?;
     let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
     expect_failed(&pki, &agent, &response, &nonce, "tenant_volumes_gone").await
 }
@@ -700,16 +712,15 @@ async fn a_skipped_device_erase_is_refused_its_volume_is_still_there() -> Result
 async fn a_tenant_account_left_behind_is_refused() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(
+    let (agent, operation, nonce) = prepared_and_erased(
         &pki,
         &host,
         DeviceErase {
             keep_tenant_account: true,
             ..FULL_ERASE
         },
-    )?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    )
+    .await?;
     let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
     expect_failed(&pki, &agent, &response, &nonce, "accounts_allowed").await
 }
@@ -718,16 +729,15 @@ async fn a_tenant_account_left_behind_is_refused() -> Result<()> {
 async fn a_signing_key_older_than_the_terminate_is_refused() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(
+    let (agent, operation, nonce) = prepared_and_erased(
         &pki,
         &host,
         DeviceErase {
             new_key: false,
             ..FULL_ERASE
         },
-    )?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    )
+    .await?;
     let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
     expect_failed(
         &pki,
@@ -743,9 +753,7 @@ async fn a_signing_key_older_than_the_terminate_is_refused() -> Result<()> {
 async fn the_wrong_nonce_is_refused() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, _) = prepare(&pki, &host, false).await?;
-    device_erase(&pki, &host, FULL_ERASE)?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    let (agent, operation, _) = prepared_and_erased(&pki, &host, FULL_ERASE).await?;
     let other = nonce();
     let response = attest(&pki, &agent, request(&operation, &other)).await?;
     expect_failed(&pki, &agent, &response, &other, "prepare_record_verifies").await
@@ -755,9 +763,7 @@ async fn the_wrong_nonce_is_refused() -> Result<()> {
 async fn the_prepare_record_of_another_operation_is_refused() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(&pki, &host, FULL_ERASE)?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    let (agent, operation, nonce) = prepared_and_erased(&pki, &host, FULL_ERASE).await?;
     let mut req = request(&operation, &nonce);
     req.operation_id = "6f1d2c3b-4a59-4e8d-9c7b-0a1b2c3d4e5f".into();
     let response = attest(&pki, &agent, req).await?;
@@ -768,9 +774,7 @@ async fn the_prepare_record_of_another_operation_is_refused() -> Result<()> {
 async fn a_tampered_prepare_record_is_refused() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(&pki, &host, FULL_ERASE)?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    let (agent, operation, nonce) = prepared_and_erased(&pki, &host, FULL_ERASE).await?;
     let mut req = request(&operation, &nonce);
     // The inventory edited to list the new volume as if it had been there all along.
     let record = req.prepare_record.as_mut().context("no prepare record")?;
@@ -787,9 +791,7 @@ async fn a_tampered_prepare_record_is_refused() -> Result<()> {
 async fn the_wrong_host_is_refused_before_anything_is_recorded() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(&pki, &host, FULL_ERASE)?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    let (agent, operation, nonce) = prepared_and_erased(&pki, &host, FULL_ERASE).await?;
     let mut req = request(&operation, &nonce);
     req.host_id = "h-another".into();
     let err = attest(&pki, &agent, req)
@@ -811,9 +813,7 @@ async fn the_wrong_host_is_refused_before_anything_is_recorded() -> Result<()> {
 async fn a_replayed_attestation_is_refused_once_the_host_has_moved_on() -> Result<()> {
     let pki = TestPki::new()?;
     let host = Host::new()?;
-    let (operation, nonce) = prepare(&pki, &host, false).await?;
-    device_erase(&pki, &host, FULL_ERASE)?;
-    let agent = fresh_agent(&pki, &host, false)?;
+    let (agent, operation, nonce) = prepared_and_erased(&pki, &host, FULL_ERASE).await?;
     let first = attest(&pki, &agent, request(&operation, &nonce)).await?;
     ensure!(
         first.operation.as_ref().map(|o| o.phase) == Some(pb::ErasePhase::Reclaimable as i32),

@@ -99,15 +99,12 @@ pub(crate) fn attest(
         }
     })?;
     if let Ok(record) = &verified {
-        let now =
-            crate::device_erase::inventory_source(ssd, &shared.config.tools, &shared.deps.host)?
-                .take(now_unix_ms)
-                .map_err(|err| EraseError::DeviceErase {
-                    detail: format!(
-                        "taking the storage inventory: {}",
-                        jex_platform::error_chain(&err)
-                    ),
-                })?;
+        let now = crate::device_erase::take_inventory(
+            ssd,
+            &shared.config.tools,
+            &shared.deps.host,
+            now_unix_ms,
+        )?;
         lines.extend(jex_reclaim::evaluate(
             &record.inventory,
             &now,

@@ -18,7 +18,7 @@ use jex_attest::{HostIdentity, Signer};
 use jex_reclaim::{InventorySource, PrepareRecord, sign_prepare};
 
 /// The inventory source of `ssd` on this platform: Linux's, or none yet.
-pub(crate) fn inventory_source(
+fn inventory_source(
     ssd: &InternalSsdConfig,
     tools: &ToolsConfig,
     host: &HostIdentity,
@@ -48,6 +48,23 @@ pub(crate) fn inventory_source(
     ))
 }
 
+/// The host's storage inventory now, stamped `now_unix_ms`.
+pub(crate) fn take_inventory(
+    ssd: &InternalSsdConfig,
+    tools: &ToolsConfig,
+    host: &HostIdentity,
+    now_unix_ms: u64,
+) -> Result<jex_reclaim::Inventory, EraseError> {
+    inventory_source(ssd, tools, host)?
+        .take(now_unix_ms)
+        .map_err(|err| EraseError::DeviceErase {
+            detail: format!(
+                "taking the storage inventory: {}",
+                jex_platform::error_chain(&err)
+            ),
+        })
+}
+
 /// The host's identity as the inventory names it.
 pub(crate) fn reclaim_host(host: &HostIdentity) -> jex_reclaim::HostIdentity {
     jex_reclaim::HostIdentity {
@@ -67,14 +84,7 @@ pub(crate) fn prepare(
     signer: &dyn Signer,
     now_unix_ms: u64,
 ) -> Result<Record, EraseError> {
-    let inventory = inventory_source(ssd, tools, host)?
-        .take(now_unix_ms)
-        .map_err(|err| EraseError::DeviceErase {
-            detail: format!(
-                "taking the storage inventory: {}",
-                jex_platform::error_chain(&err)
-            ),
-        })?;
+    let inventory = take_inventory(ssd, tools, host, now_unix_ms)?;
     let nonce = hex::decode(&requested.nonce_hex).map_err(|_| EraseError::DeviceErase {
         detail: "the journaled nonce is not hex".into(),
     })?;

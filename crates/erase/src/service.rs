@@ -162,18 +162,7 @@ impl EraseService {
         if cmd.request_id.trim().is_empty() {
             return Err(EraseError::EmptyRequestId);
         }
-        let host_id = &self.shared.deps.host.host_id;
-        if &cmd.host_id != host_id {
-            return Err(EraseError::HostMismatch {
-                expected: host_id.clone(),
-                got: cmd.host_id,
-            });
-        }
-        if cmd.nonce.len() < MIN_NONCE_BYTES {
-            return Err(EraseError::NonceTooShort {
-                len: cmd.nonce.len(),
-            });
-        }
+        self.check_host_and_nonce(&cmd.host_id, &cmd.nonce)?;
         let mut core = self.shared.lock_core();
         if let Some(t) = core
             .ops
@@ -240,18 +229,7 @@ impl EraseService {
     /// replay to an agent that served a tenancy since is refused). Runs on the calling thread
     /// (a few tool runs and one signature): call it inside `spawn_blocking`.
     pub fn attest(&self, cmd: AttestCommand) -> Result<OperationView, EraseError> {
-        let host_id = &self.shared.deps.host.host_id;
-        if &cmd.host_id != host_id {
-            return Err(EraseError::HostMismatch {
-                expected: host_id.clone(),
-                got: cmd.host_id,
-            });
-        }
-        if cmd.nonce.len() < MIN_NONCE_BYTES {
-            return Err(EraseError::NonceTooShort {
-                len: cmd.nonce.len(),
-            });
-        }
+        self.check_host_and_nonce(&cmd.host_id, &cmd.nonce)?;
         let operation_id = uuid::Uuid::parse_str(&cmd.operation_id)
             .map_err(|_| EraseError::BadOperationId {
                 operation_id: cmd.operation_id.clone(),
@@ -334,6 +312,22 @@ impl EraseService {
             // Unreadable when the service opened: try the file again.
             None => self.shared.dirs.load_certificate(&op.operation_id),
         }
+    }
+
+    /// A request for this host (else `HostMismatch`), with a nonce of at least
+    /// [`MIN_NONCE_BYTES`] (else `NonceTooShort`).
+    fn check_host_and_nonce(&self, host_id: &str, nonce: &[u8]) -> Result<(), EraseError> {
+        let ours = &self.shared.deps.host.host_id;
+        if host_id != ours {
+            return Err(EraseError::HostMismatch {
+                expected: ours.clone(),
+                got: host_id.to_owned(),
+            });
+        }
+        if nonce.len() < MIN_NONCE_BYTES {
+            return Err(EraseError::NonceTooShort { len: nonce.len() });
+        }
+        Ok(())
     }
 
     /// Whether the engine's lock is held right now (tests).

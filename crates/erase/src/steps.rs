@@ -201,17 +201,8 @@ fn attest(shared: &Shared, op: &Operation) -> Result<Outcome, EraseError> {
     let finished_unix_ms = now_unix_ms();
     let (certificate, outcome) =
         crate::attest::attest(shared, &op.requested, ssd, finished_unix_ms)?;
-    let operation_id = op.id();
-    shared.dirs.store_certificate(operation_id, &certificate)?;
-    let certificate_sha256 = jex_attest::document_sha256(&certificate);
-    shared.set_certificate(operation_id, certificate);
-    shared.record(Record::Certified {
-        operation_id: operation_id.to_owned(),
-        outcome,
-        certificate_sha256: certificate_sha256.clone(),
-        finished_unix_ms,
-    })?;
-    info!(outcome = outcome.as_str(), certificate_sha256 = %certificate_sha256, "device erase attested");
+    store_certified(shared, op.id(), certificate, outcome, finished_unix_ms)?;
+    info!(outcome = outcome.as_str(), "device erase attested");
     Ok(outcome)
 }
 
@@ -520,6 +511,20 @@ fn certify(
     let certificate = jex_attest::sign(&document, shared.deps.signer.as_ref())
         .map_err(|source| EraseError::Sign { source })?;
     drop(document);
+    store_certified(shared, operation_id, certificate, outcome, finished_unix_ms)?;
+    info!(outcome = outcome.as_str(), "erase certified");
+    Ok(outcome)
+}
+
+/// Stores a signed certificate durably, shows it, then journals `certified`: the record never
+/// names a certificate that is not on disk.
+fn store_certified(
+    shared: &Shared,
+    operation_id: &str,
+    certificate: jex_attest::SignedCertificate,
+    outcome: Outcome,
+    finished_unix_ms: u64,
+) -> Result<(), EraseError> {
     shared.dirs.store_certificate(operation_id, &certificate)?;
     let certificate_sha256 = jex_attest::document_sha256(&certificate);
     shared.set_certificate(operation_id, certificate);
@@ -529,6 +534,6 @@ fn certify(
         certificate_sha256: certificate_sha256.clone(),
         finished_unix_ms,
     })?;
-    info!(outcome = outcome.as_str(), certificate_sha256 = %certificate_sha256, "erase certified");
-    Ok(outcome)
+    info!(certificate_sha256 = %certificate_sha256, "certificate stored and journaled");
+    Ok(())
 }
