@@ -457,12 +457,22 @@ async fn erase_part(
     let cert_path = dir.join("erase-certificate.json");
     std::fs::write(&cert_path, cert.to_bundle_json()).map_err(step("writing the certificate"))?;
     let ca = std::fs::read(&pki.ca_cert).map_err(step("reading the CA"))?;
-    let doc = jex_attest::verify(&cert, &ca, Some(&nonce)).map_err(step("verify-erase"))?;
-    for line in jex_attest::summary(&doc, true).lines() {
+    let verified =
+        jex_attest::verify_any(&cert, &ca, Some(&nonce)).map_err(step("verify-erase"))?;
+    for line in verified.summary(true).lines() {
         println!("   {line}");
     }
+    let jex_attest::VerifiedDocument::V2(doc) = verified else {
+        return Err(DemoError::Step {
+            step: "verify-erase",
+            detail: "the agent signed a version 1 certificate; this version signs version 2".into(),
+        });
+    };
     for t in &doc.targets {
-        let ev = &t.key_destruction.evidence;
+        let Some(destruction) = &t.key_destruction else {
+            continue;
+        };
+        let ev = &destruction.evidence;
         println!(
             "   key destruction evidence: keyslots {} -> {}, keyslot area changed: {}",
             ev.get("keyslots_before").map_or("?", String::as_str),

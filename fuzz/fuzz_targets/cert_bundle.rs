@@ -1,6 +1,6 @@
 //! An erase-certificate bundle from anywhere, read and checked the way
 //! `jex-agent verify-erase CERT --ca CA` does (`SignedCertificate::from_bundle_json`, then
-//! `jex_attest::verify` against a fixed fleet CA). Nothing may panic.
+//! `jex_attest::verify_any`, versions 1 and 2, against a fixed fleet CA). Nothing may panic.
 //!
 //! Input that decodes as a bundle is verified as it is, against the fleet CA of the seed bundle
 //! (`fixtures/erase-ca.pem`). Any other input is taken as the `document_json` a bundle would
@@ -8,7 +8,8 @@
 //! own `pki` code, host `h-1`, valid 20 years either side of now) and verified against that CA, so
 //! that the checks after the signature (the document, the chain at `finished_at`, canonical
 //! form, consistency, host, nonce, clock), which a random bundle never reaches, see arbitrary
-//! documents too. No private key is stored in the repository.
+//! documents too; it is signed twice, over each version's signing domain. No private key is
+//! stored in the repository.
 //!
 //! Properties: a decoded bundle re-encodes to a bundle that decodes to the same certificate; a
 //! verified document is exactly the signed bytes in canonical form.
@@ -18,7 +19,10 @@
 use std::sync::OnceLock;
 
 use jex_agent::pki::{self, DevCa, LeafSpec};
-use jex_attest::{BundleError, FileSigner, SignedCertificate, Signer, canonical_json, verify};
+use jex_attest::{
+    BundleError, FileSigner, SignedCertificate, Signer, VerifiedDocument, canonical_json,
+    canonical_json_v2, verify_any,
+};
 use libfuzzer_sys::fuzz_target;
 use time::Duration;
 
@@ -64,11 +68,14 @@ fn pki() -> &'static Pki {
 }
 
 fn check(cert: &SignedCertificate, ca_pem: &[u8]) {
-    let _ = verify(cert, ca_pem, None);
-    if let Ok(doc) = verify(cert, ca_pem, Some(NONCE)) {
+    let _ = verify_any(cert, ca_pem, None);
+    if let Ok(doc) = verify_any(cert, ca_pem, Some(NONCE)) {
+        let canonical = match &doc {
+            VerifiedDocument::V1(doc) => canonical_json(doc),
+            VerifiedDocument::V2(doc) => canonical_json_v2(doc),
+        };
         assert_eq!(
-            canonical_json(&doc),
-            cert.document_json,
+            canonical, cert.document_json,
             "a verified document is its signed bytes"
         );
     }
@@ -84,17 +91,19 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(BundleError::Json(_)) => {
             let pki = pki();
-            let signature = pki
-                .signer
-                .sign(&jex_attest::signed_message(data))
-                .expect("signing");
-            let cert = SignedCertificate {
-                document_json: data.to_vec(),
-                signature,
-                signer_chain_der: pki.signer.chain_der(),
-                signature_algorithm: jex_attest::SIGNATURE_ALGORITHM.to_owned(),
-            };
-            check(&cert, pki.ca_pem.as_bytes());
+            for message in [
+                jex_attest::signed_message(data),
+                jex_attest::signed_message_v2(data),
+            ] {
+                let signature = pki.signer.sign(&message).expect("signing");
+                let cert = SignedCertificate {
+                    document_json: data.to_vec(),
+                    signature,
+                    signer_chain_der: pki.signer.chain_der(),
+                    signature_algorithm: jex_attest::SIGNATURE_ALGORITHM.to_owned(),
+                };
+                check(&cert, pki.ca_pem.as_bytes());
+            }
         }
         Err(_) => {}
     }

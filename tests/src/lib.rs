@@ -506,6 +506,19 @@ pub async fn open_telemetry(
     Ok(c.stream_telemetry(req).await?.into_inner())
 }
 
+/// A certificate verified against the fleet CA `ca` (PEM) and `nonce`, as the version 2
+/// document every certificate of this agent is.
+pub fn verify_v2(
+    certificate: &jex_attest::SignedCertificate,
+    ca: &[u8],
+    nonce: Option<&[u8]>,
+) -> Result<jex_attest::CertificateDocumentV2> {
+    match jex_attest::verify_any(certificate, ca, nonce)? {
+        jex_attest::VerifiedDocument::V2(document) => Ok(document),
+        other => bail!("a version 2 certificate expected, got {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

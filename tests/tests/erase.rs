@@ -211,7 +211,7 @@ async fn terminate_destroys_the_keys_overwrites_verifies_and_certifies() -> Resu
     assert_eq!(wire, fetched);
     let cert = jex_agent::server::convert::certificate_from_proto(wire);
     let ca = std::fs::read(&s.pki.paths.ca_cert)?;
-    let doc = jex_attest::verify(&cert, &ca, Some(&nonce))?;
+    let doc = verify_v2(&cert, &ca, Some(&nonce))?;
     assert_eq!(doc.outcome, "ERASED");
     assert_eq!(doc.host.host_id, HOST_ID);
     assert_eq!(doc.controller_nonce_hex, hex(&nonce));
@@ -221,29 +221,36 @@ async fn terminate_destroys_the_keys_overwrites_verifies_and_certifies() -> Resu
         t.identity.split(';').next(),
         Some(format!("luks-uuid:{}", s.luks_uuid).as_str())
     );
+    let evidence = &t
+        .key_destruction
+        .as_ref()
+        .context("no key destruction")?
+        .evidence;
     assert_eq!(
-        t.key_destruction
-            .evidence
-            .get("keyslots_before")
-            .map(String::as_str),
+        evidence.get("keyslots_before").map(String::as_str),
         Some("1")
     );
     assert_eq!(
-        t.key_destruction
-            .evidence
-            .get("keyslots_after")
-            .map(String::as_str),
+        evidence.get("keyslots_after").map(String::as_str),
         Some("0")
     );
-    assert_eq!(t.mismatched_blocks, 0);
+    assert_eq!(
+        t.overwrite
+            .as_ref()
+            .context("no overwrite")?
+            .mismatched_blocks,
+        0
+    );
+    assert_eq!(t.sanitization.category, "Purge");
     assert!(
-        jex_attest::verify(&cert, &ca, Some(&[0u8; 32])).is_err(),
+        jex_attest::verify_any(&cert, &ca, Some(&[0u8; 32])).is_err(),
         "another nonce is refused"
     );
 
     // The disk: no LUKS header; every byte is the pattern revealed in the certificate.
     assert!(!is_luks(&s.image)?);
-    let key = jex_erase::pattern::PatternKey::from_hex(&doc.pattern.key_hex)?;
+    let key =
+        jex_erase::pattern::PatternKey::from_hex(doc.pattern_key_hex().context("no pattern")?)?;
     let bytes = std::fs::read(&s.image)?;
     let pattern = jex_erase::pattern::Pattern::new(key);
     let mut expected = vec![0u8; bytes.len()];
@@ -441,13 +448,13 @@ async fn kill_9_during_the_erase_resumes_from_the_journal_after_restart() -> Res
         .into_inner()
         .certificate
         .context("certificate")?;
-    let doc = jex_attest::verify(
+    let doc = verify_v2(
         &jex_agent::server::convert::certificate_from_proto(cert),
         &std::fs::read(&s.pki.paths.ca_cert)?,
         Some(&nonce),
     )?;
     assert!(
-        doc.verification.resumed,
+        doc.verification.as_ref().is_some_and(|v| v.resumed),
         "the certificate says the operation resumed"
     );
     assert_eq!(doc.outcome, "ERASED");

@@ -194,7 +194,7 @@ fn nonce() -> Vec<u8> {
 /// the host's lifecycle right after.
 struct Erased {
     last: pb::EraseOperation,
-    document: jex_attest::CertificateDocument,
+    document: jex_attest::CertificateDocumentV2,
     lifecycle: i32,
 }
 
@@ -248,7 +248,7 @@ async fn erase(pki: &TestPki, agent: &AgentProcess) -> Result<Erased> {
         )
     })?;
     let certificate = jex_agent::server::convert::certificate_from_proto(certificate);
-    let document = jex_attest::verify(
+    let document = verify_v2(
         &certificate,
         &std::fs::read(&pki.paths.ca_cert)?,
         Some(&nonce),
@@ -292,7 +292,16 @@ async fn a_luks2_volume_on_a_loop_block_device_is_erased_with_the_real_cryptsetu
     assert_eq!(doc.outcome, "ERASED");
     assert_eq!(doc.targets.len(), 1);
     let target = &doc.targets[0];
-    assert_eq!(target.backend, "luks2");
+    assert_eq!(target.kind, "luks2");
+    assert_eq!(target.media_type, "block device");
+    // The keys destroyed, then the overwrite: Purge, stated for this target.
+    assert_eq!(
+        (
+            target.sanitization.category.as_str(),
+            target.sanitization.technique.as_str()
+        ),
+        ("Purge", jex_attest::TECHNIQUE_CRYPTO_ERASE_OVERWRITE)
+    );
     assert!(
         target
             .identity
@@ -301,7 +310,11 @@ async fn a_luks2_volume_on_a_loop_block_device_is_erased_with_the_real_cryptsetu
         target.identity
     );
     assert_eq!(target.size_bytes, VOLUME_BYTES, "the whole block device");
-    let evidence = &target.key_destruction.evidence;
+    let evidence = &target
+        .key_destruction
+        .as_ref()
+        .context("no key destruction")?
+        .evidence;
     assert_eq!(
         evidence.get("keyslots_before").map(String::as_str),
         Some("1")
@@ -311,14 +324,12 @@ async fn a_luks2_volume_on_a_loop_block_device_is_erased_with_the_real_cryptsetu
         Some("0")
     );
     // The overwrite read-back passed.
-    assert!(
-        doc.verification.sampled_blocks > 0,
-        "{:?}",
-        doc.verification
-    );
-    assert!(target.verified_blocks > 0, "{target:?}");
-    assert_eq!(doc.verification.mismatched_blocks, 0);
-    assert_eq!(target.mismatched_blocks, 0);
+    let verification = doc.verification.as_ref().context("no verification")?;
+    assert!(verification.sampled_blocks > 0, "{verification:?}");
+    let overwrite = target.overwrite.as_ref().context("no overwrite")?;
+    assert!(overwrite.verified_blocks > 0, "{target:?}");
+    assert_eq!(verification.mismatched_blocks, 0);
+    assert_eq!(overwrite.mismatched_blocks, 0);
 
     // The keyslots are gone: no header (overwritten), and the passphrase opens nothing.
     let after = volume.dump()?;
@@ -332,7 +343,8 @@ async fn a_luks2_volume_on_a_loop_block_device_is_erased_with_the_real_cryptsetu
         "the passphrase still unlocks the volume"
     );
     // Every byte of the device is the pattern the certificate reveals.
-    let key = jex_erase::pattern::PatternKey::from_hex(&doc.pattern.key_hex)?;
+    let key =
+        jex_erase::pattern::PatternKey::from_hex(doc.pattern_key_hex().context("no pattern")?)?;
     let bytes = std::fs::read(&device.path)?;
     assert_eq!(bytes.len() as u64, VOLUME_BYTES);
     let mut expected = vec![0u8; bytes.len()];
@@ -504,7 +516,12 @@ async fn no_key_material_of_a_full_erase_reaches_the_log_or_stderr() -> Result<(
     }
 
     let mut needles = Vec::new();
-    let pattern_key = hex_to_bytes(&erased.document.pattern.key_hex)?;
+    let pattern_key = hex_to_bytes(
+        erased
+            .document
+            .pattern_key_hex()
+            .context("no pattern key")?,
+    )?;
     ensure!(
         pattern_key.len() == 32,
         "pattern key of {} bytes",

@@ -212,7 +212,7 @@ async fn with_an_internal_ssd_terminate_erases_its_targets_then_awaits_the_devic
         .certificate
         .clone()
         .context("the tenant disk's certificate is missing")?;
-    let document = jex_attest::verify(
+    let document = verify_v2(
         &jex_agent::server::convert::certificate_from_proto(certificate),
         &std::fs::read(&pki.paths.ca_cert)?,
         Some(&prepared.nonce),

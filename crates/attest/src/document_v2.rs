@@ -121,6 +121,13 @@ pub struct CertificateDocumentV2 {
     pub previous_certificate_sha256: Option<String>,
 }
 
+impl CertificateDocumentV2 {
+    /// The revealed pattern key (lowercase hex), when a target was overwritten.
+    pub fn pattern_key_hex(&self) -> Option<&str> {
+        self.pattern.as_ref().map(|p| p.key_hex.as_str())
+    }
+}
+
 /// One erased target (a NIST "media" entry) with the sanitization that applies to it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +143,8 @@ pub struct TargetRecordV2 {
     pub media_model: String,
     /// Media serial number, empty when unknown.
     pub media_serial: String,
+    /// Media type: `file`, `block device`, `internal SSD`.
+    pub media_type: String,
     /// The path of the target (a file, a device node, `disk0` for an internal SSD).
     pub device: String,
     /// The stable identity checked before every destructive step (e.g. `luks-uuid:…`).

@@ -192,6 +192,7 @@ fn document(
             media_make: String::new(),
             media_model: String::new(),
             media_serial: shared.deps.host.serial_number.clone(),
+            media_type: "internal SSD".to_owned(),
             device: "internal SSD".to_owned(),
             identity: format!("prepare-record-sha256:{}", prepare.sha256_hex()),
             size_bytes,

@@ -1,12 +1,16 @@
-//! Certificate assembly: the [`CertificateDocument`] of a verified erase, from the request,
-//! the pinned targets, the key destruction evidence, the pattern and what verification read.
-//! Signing and storing it are steps of the engine (`steps`).
+//! Certificate assembly: the version 2 [`CertificateDocumentV2`] of a verified erase, from the
+//! request, the pinned targets, the key destruction evidence, the pattern and what
+//! verification read. Each target states the NIST SP 800-88 category and technique that
+//! actually applies to it ([`sanitization`]); signing and storing the document are steps of the
+//! engine (`steps`).
 
 use jex_attest::{
-    CertificateDocument, DOCUMENT_SCHEMA, HostIdentity, PatternRecord, TargetRecord,
-    VerificationRecord,
+    CertificateDocumentV2, DOCUMENT_SCHEMA_V2, HostIdentity, OverwriteRecord, PatternRecord,
+    Sanitization, SignerRecord, TECHNIQUE_CRYPTO_ERASE_OVERWRITE, TECHNIQUE_OVERWRITE,
+    TargetRecordV2, VerificationRecord,
 };
 
+use crate::config::Backend;
 use crate::pattern::{PATTERN_ALGORITHM, Pattern};
 use crate::record::{Outcome, RequestedRecord};
 use crate::state::Destroyed;
@@ -16,10 +20,6 @@ use crate::verify::SamplePlan;
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Standards written into certificates.
 pub const STANDARD: &str = "NIST SP 800-88 Rev. 2; IEEE 2883-2022";
-/// NIST method type.
-pub const METHOD_TYPE: &str = "Purge";
-/// NIST method used.
-pub const METHOD_USED: &str = "Crypto Erase + Overwrite";
 
 /// What verification read, for the certificate.
 #[derive(Debug, Clone)]
@@ -30,16 +30,45 @@ pub struct Verification {
     pub resumed: bool,
 }
 
+/// The NIST SP 800-88 category and technique that hold for a target of `backend`, and why.
+///
+/// - `luks2`: every keyslot destroyed and checked, so the volume key that encrypted the data is
+///   gone (Purge by cryptographic erase), then the whole target overwritten and verified.
+/// - `apfs-volume`: the volume deleted, then its disk overwritten through its block interface
+///   and verified. The volume's keys are not shown destroyed (an external disk holds no Secure
+///   Enclave keys, and the volume may not have been encrypted), and an overwrite of flash does
+///   not reach spare blocks: Clear, not Purge. The internal SSD is a device erase instead.
+pub fn sanitization(backend: Backend) -> Sanitization {
+    let (technique, basis) = match backend {
+        Backend::Luks2 => (
+            TECHNIQUE_CRYPTO_ERASE_OVERWRITE,
+            "every LUKS2 keyslot destroyed and checked (the volume key is gone), then the whole target overwritten with the pattern and read back",
+        ),
+        Backend::ApfsVolume => (
+            TECHNIQUE_OVERWRITE,
+            "the APFS volume deleted and its disk overwritten through the block interface and read back; no key destruction is shown and an overwrite of flash does not reach spare blocks: NIST SP 800-88 Clear",
+        ),
+    };
+    // Both are techniques version 2 knows; `of` only fails on an unknown one.
+    Sanitization::of(technique, basis).unwrap_or_else(|| Sanitization {
+        category: jex_attest::CATEGORY_CLEAR.to_owned(),
+        technique: technique.to_owned(),
+        basis: basis.to_owned(),
+    })
+}
+
 /// The certificate document of a verified erase, and its outcome: `ERASED`, or
-/// `ERASED_WITH_EXCEPTIONS` when a file target lives on a copy-on-write filesystem.
+/// `ERASED_WITH_EXCEPTIONS` when a file target lives on a copy-on-write filesystem. `signer`
+/// is the signing key's record (its certificate's `notBefore` against the Terminate).
 pub fn document(
     host: &HostIdentity,
     requested: &RequestedRecord,
     destroyed: &Destroyed,
     pattern: &Pattern,
     verification: &Verification,
+    signer: SignerRecord,
     finished_unix_ms: u64,
-) -> (CertificateDocument, Outcome) {
+) -> (CertificateDocumentV2, Outcome) {
     let pinned = &destroyed.pinned;
     let exceptions: Vec<String> = pinned
         .iter()
@@ -57,15 +86,15 @@ pub fn document(
     } else {
         Outcome::ErasedWithExceptions
     };
-    let targets: Vec<TargetRecord> = requested
+    let targets: Vec<TargetRecordV2> = requested
         .targets
         .iter()
         .zip(pinned)
         .zip(&destroyed.destructions)
         .zip(&verification.plans)
-        .map(|(((target, pin), destruction), plan)| TargetRecord {
+        .map(|(((target, pin), destruction), plan)| TargetRecordV2 {
             name: target.name.clone(),
-            backend: target.backend().as_str().to_owned(),
+            kind: target.backend().as_str().to_owned(),
             media_make: pin.media.make.clone(),
             media_model: pin.media.model.clone(),
             media_serial: pin.media.serial.clone(),
@@ -73,28 +102,30 @@ pub fn document(
             device: target.device.display().to_string(),
             identity: format!("{}; {}", target.pin(), pin.identity.fingerprint()),
             size_bytes: pin.identity.size_bytes,
-            key_destruction: destruction.clone(),
-            overwrite_passes: 1,
-            verified_blocks: plan.blocks,
-            mismatched_blocks: 0,
+            sanitization: sanitization(target.backend()),
+            key_destruction: Some(destruction.clone()),
+            overwrite: Some(OverwriteRecord {
+                passes: 1,
+                bytes: pin.identity.size_bytes,
+                verified_blocks: plan.blocks,
+                mismatched_blocks: 0,
+            }),
         })
         .collect();
     let total_bytes: u64 = pinned.iter().map(|p| p.identity.size_bytes).sum();
     let sampled_bytes: u64 = verification.plans.iter().map(|p| p.bytes).sum();
     let all_full = verification.plans.iter().all(|p| p.full);
     let settings = &requested.settings;
-    let document = CertificateDocument {
-        schema: DOCUMENT_SCHEMA.to_owned(),
+    let document = CertificateDocumentV2 {
+        schema: DOCUMENT_SCHEMA_V2.to_owned(),
         operation_id: requested.operation_id.clone(),
         request_id: requested.request_id.clone(),
         host: host.clone(),
         controller_nonce_hex: requested.nonce_hex.clone(),
         standard: STANDARD.to_owned(),
-        method_type: METHOD_TYPE.to_owned(),
-        method_used: METHOD_USED.to_owned(),
         tool: format!("jex-agent {AGENT_VERSION}"),
         targets,
-        verification: VerificationRecord {
+        verification: Some(VerificationRecord {
             method: if all_full {
                 "full read-back (direct I/O) compared with the regenerated pattern".to_owned()
             } else {
@@ -111,11 +142,13 @@ pub fn document(
             },
             mismatched_blocks: 0,
             resumed: verification.resumed,
-        },
-        pattern: PatternRecord {
+        }),
+        pattern: Some(PatternRecord {
             algorithm: PATTERN_ALGORITHM.to_owned(),
             key_hex: pattern.key().reveal_hex().to_string(),
-        },
+        }),
+        device_erase: None,
+        signer,
         outcome: outcome.as_str().to_owned(),
         exceptions,
         started_at: rfc3339(requested.started_unix_ms),

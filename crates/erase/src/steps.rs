@@ -500,16 +500,30 @@ fn certify(
 ) -> Result<Outcome, EraseError> {
     let operation_id = op.id();
     let finished_unix_ms = now_unix_ms();
+    let signer = shared.deps.signer.as_ref();
+    let chain = signer.chain_der();
+    let leaf = chain.first().ok_or_else(|| EraseError::Internal {
+        detail: "the agent's signer has no certificate".into(),
+    })?;
+    let signer_record = jex_attest::SignerRecord::new(
+        jex_attest::KEY_SOURCE_FILE,
+        leaf,
+        &certify::rfc3339(op.requested.started_unix_ms),
+    )
+    .map_err(|err| EraseError::Internal {
+        detail: format!("reading the agent certificate's notBefore: {err}"),
+    })?;
     let (document, outcome) = certify::document(
         &shared.deps.host,
         &op.requested,
         destroyed,
         pattern,
         verification,
+        signer_record,
         finished_unix_ms,
     );
-    let certificate = jex_attest::sign(&document, shared.deps.signer.as_ref())
-        .map_err(|source| EraseError::Sign { source })?;
+    let certificate =
+        jex_attest::sign_v2(&document, signer).map_err(|source| EraseError::Sign { source })?;
     drop(document);
     store_certified(shared, operation_id, certificate, outcome, finished_unix_ms)?;
     info!(outcome = outcome.as_str(), "erase certified");

@@ -23,7 +23,7 @@ use crate::testing::{
     BusyCores, DestroyHook, FakeKeys, fake_destruction, load_test_signer, write_test_signer,
 };
 use crate::*;
-use jex_attest::{CertificateDocument, HostIdentity, SignedCertificate};
+use jex_attest::{CertificateDocumentV2, HostIdentity, SignedCertificate};
 use jex_platform::blockdev::{
     Access, BlockDevError, DirectTarget, MediaInfo, TargetIdentity, TargetIo,
 };
@@ -34,8 +34,21 @@ const TENANT_BYTE: u8 = 0xa5;
 
 /// Checks the certificate with the certificate verifier against the test fleet CA and returns
 /// its document.
-fn verified_document(h: &Harness, certificate: &SignedCertificate) -> CertificateDocument {
-    jex_attest::verify(certificate, h.ca_pem.as_bytes(), None).expect("certificate verifies")
+fn verified_document(h: &Harness, certificate: &SignedCertificate) -> CertificateDocumentV2 {
+    match jex_attest::verify_any(certificate, h.ca_pem.as_bytes(), None)
+        .expect("certificate verifies")
+    {
+        jex_attest::VerifiedDocument::V2(document) => document,
+        other => panic!("a version 2 certificate expected: {other:?}"),
+    }
+}
+
+/// The pattern key a certificate reveals.
+fn key_of(document: &CertificateDocumentV2) -> String {
+    document
+        .pattern_key_hex()
+        .expect("an overwrite's certificate reveals its pattern key")
+        .to_owned()
 }
 
 fn host() -> HostIdentity {
@@ -425,7 +438,7 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
     let certificate = service.certificate(None).unwrap();
     assert_eq!(view.certificate.as_ref(), Some(&certificate));
     let document = verified_document(&h, &certificate);
-    assert_eq!(document.schema, jex_attest::DOCUMENT_SCHEMA);
+    assert_eq!(document.schema, jex_attest::DOCUMENT_SCHEMA_V2);
     assert_eq!(document.operation_id, started.operation_id);
     assert_eq!(document.request_id, "req-1");
     assert_eq!(document.host, host());
@@ -434,32 +447,42 @@ fn terminate_erases_verifies_certifies_and_makes_the_host_reclaimable() {
         hex::encode((0u8..32).collect::<Vec<_>>())
     );
     assert_eq!(document.outcome, jex_attest::OUTCOME_ERASED);
-    assert_eq!(document.method_type, "Purge");
-    assert_eq!(document.method_used, "Crypto Erase + Overwrite");
     assert!(document.exceptions.is_empty());
     assert_eq!(document.previous_certificate_sha256, None);
-    assert!(!document.verification.resumed);
-    assert_eq!(document.verification.mismatched_blocks, 0);
+    assert!(document.device_erase.is_none());
+    let verification = document.verification.as_ref().unwrap();
+    assert!(!verification.resumed);
+    assert_eq!(verification.mismatched_blocks, 0);
     // 96 blocks of 64 KiB in all: small targets are verified in full.
-    assert_eq!(document.verification.sampled_blocks, 96);
-    assert!((document.verification.coverage_percent - 100.0).abs() < 1e-9);
+    assert_eq!(verification.sampled_blocks, 96);
+    assert!((verification.coverage_percent - 100.0).abs() < 1e-9);
     for (record, image) in document.targets.iter().zip(&h.images) {
         assert_eq!(record.device, image.display().to_string());
+        assert_eq!(record.kind, "luks2");
         assert_eq!(record.media_type, "file");
-        assert_eq!(record.key_destruction.method, "fake luksErase");
+        // LUKS2: the keys are gone, then the overwrite: Purge, stated per target.
+        assert_eq!(record.sanitization.category, "Purge");
+        assert_eq!(
+            record.sanitization.technique,
+            jex_attest::TECHNIQUE_CRYPTO_ERASE_OVERWRITE
+        );
+        assert_eq!(
+            record.key_destruction.as_ref().unwrap().method,
+            "fake luksErase"
+        );
         assert!(
             record
                 .identity
                 .starts_with(&format!("luks-uuid:{UUID}; file:dev="))
         );
         assert_eq!(record.size_bytes, std::fs::metadata(image).unwrap().len());
-        assert_eq!(record.overwrite_passes, 1);
+        assert_eq!(record.overwrite.as_ref().unwrap().passes, 1);
     }
     assert!(document.started_at <= document.finished_at);
 
     // Every byte of every target is the pattern whose key the certificate reveals.
     for image in &h.images {
-        assert_matches_pattern(image, &document.pattern.key_hex);
+        assert_matches_pattern(image, &key_of(&document));
     }
 
     // Keys were destroyed first, per target, in protocol order.
@@ -583,8 +606,8 @@ fn the_next_certificate_chains_to_the_previous_one() {
     ));
     assert_eq!(document.previous_certificate_sha256, Some(first_hash));
     assert_ne!(
-        document.pattern.key_hex,
-        verified_document(&h, &first_cert).pattern.key_hex,
+        key_of(&document),
+        key_of(&verified_document(&h, &first_cert)),
         "every operation gets a fresh pattern key"
     );
 }
@@ -782,7 +805,7 @@ fn a_file_on_a_copy_on_write_filesystem_is_certified_with_exceptions_and_not_rec
             .any(|r| matches!(r, Record::Reclaimable { .. }))
     );
     // The overwrite and verification still ran in full.
-    assert_matches_pattern(&h.images[0], &document.pattern.key_hex);
+    assert_matches_pattern(&h.images[0], &key_of(&document));
     // A new request may run once this one is over.
     let next = service.terminate(terminate_cmd("req-retry")).unwrap();
     assert_ne!(next.operation_id, view.operation_id);
@@ -1002,9 +1025,9 @@ fn resuming_mid_overwrite_redoes_at_most_one_checkpoint() {
         "keys already destroyed: not touched again"
     );
     let document = verified_document(&h, &service.certificate(Some(&id)).unwrap());
-    assert!(document.verification.resumed);
-    assert_eq!(document.pattern.key_hex, hex::encode([3u8; 32]));
-    assert_matches_pattern(&h.images[0], &document.pattern.key_hex);
+    assert!(document.verification.as_ref().unwrap().resumed);
+    assert_eq!(key_of(&document), hex::encode([3u8; 32]));
+    assert_matches_pattern(&h.images[0], &key_of(&document));
 }
 
 #[test]
@@ -1060,8 +1083,8 @@ fn resuming_during_verification_verifies_again_from_scratch() {
         .count();
     assert_eq!(verifying, 2, "verification restarted and journaled again");
     let document = verified_document(&h, &service.certificate(Some(&id)).unwrap());
-    assert!(document.verification.resumed);
-    assert_eq!(document.verification.sampled_blocks, 16);
+    assert!(document.verification.as_ref().unwrap().resumed);
+    assert_eq!(document.verification.as_ref().unwrap().sampled_blocks, 16);
 }
 
 #[test]
@@ -1156,8 +1179,8 @@ fn a_loop_block_device_is_erased_through_the_block_device_path() {
     );
     assert_eq!(record.size_bytes, 3 << 20);
     // Through the device and in the backing file: every byte is the pattern.
-    assert_matches_pattern(&device.0, &document.pattern.key_hex);
-    assert_matches_pattern(&image, &document.pattern.key_hex);
+    assert_matches_pattern(&device.0, &key_of(&document));
+    assert_matches_pattern(&image, &key_of(&document));
 }
 
 // === The state machine on real journals ===
@@ -1180,7 +1203,7 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
     let original = service.certificate(None).unwrap();
     drop(service);
     let id = started.operation_id;
-    let key_hex = verified_document(&h, &original).pattern.key_hex;
+    let key_hex = key_of(&verified_document(&h, &original));
     let key = PatternKey::from_hex(&key_hex).unwrap();
     let journal = h.records();
     let kinds: Vec<Step> = journal.iter().map(Record::kind).collect();
@@ -1272,7 +1295,7 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
 
         // The certificate verifies, with the same pattern, now written over every image.
         let document = verified_document(&h, &certificate);
-        assert_eq!(document.pattern.key_hex, key_hex, "prefix {len}");
+        assert_eq!(key_of(&document), key_hex, "prefix {len}");
         assert_eq!(document.operation_id, id);
         if last.kind() >= Step::Certified {
             assert_eq!(
@@ -1280,7 +1303,10 @@ fn every_prefix_of_a_real_journal_replays_to_its_state_and_resumes_to_reclaimabl
                 "prefix {len}: the stored certificate"
             );
         } else {
-            assert!(document.verification.resumed, "prefix {len}");
+            assert!(
+                document.verification.as_ref().unwrap().resumed,
+                "prefix {len}"
+            );
         }
         for image in &h.images {
             assert_matches_pattern(image, &key_hex);

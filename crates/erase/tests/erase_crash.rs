@@ -442,21 +442,31 @@ fn sigkill_at_random_points_always_ends_erased_never_reclaimable_early() {
             .join(format!("{}.json", requested.operation_id));
         let certificate =
             SignedCertificate::from_bundle_json(&std::fs::read(&cert_path).unwrap()).unwrap();
-        let document =
-            jex_attest::verify(&certificate, test_signer_ca(dir).as_bytes(), Some(&nonce()))
-                .expect("certificate verifies against the test fleet CA");
+        let document = match jex_attest::verify_any(
+            &certificate,
+            test_signer_ca(dir).as_bytes(),
+            Some(&nonce()),
+        )
+        .expect("certificate verifies against the test fleet CA")
+        {
+            jex_attest::VerifiedDocument::V2(document) => document,
+            other => panic!("a version 2 certificate expected: {other:?}"),
+        };
+        let verification = document
+            .verification
+            .clone()
+            .expect("an overwrite's verification");
         assert_eq!(document.outcome, Outcome::Erased.as_str());
         assert_eq!(document.operation_id, requested.operation_id);
         assert_eq!(document.request_id, REQUEST);
         assert_eq!(document.controller_nonce_hex, hex::encode(nonce()));
-        assert_eq!(document.verification.mismatched_blocks, 0);
+        assert_eq!(verification.mismatched_blocks, 0);
         if resumed_expected {
-            assert!(
-                document.verification.resumed,
-                "trial {trial}: resume not recorded"
-            );
+            assert!(verification.resumed, "trial {trial}: resume not recorded");
         }
-        let pattern = Pattern::new(PatternKey::from_hex(&document.pattern.key_hex).unwrap());
+        let pattern = Pattern::new(
+            PatternKey::from_hex(document.pattern_key_hex().expect("the pattern key")).unwrap(),
+        );
         for (i, size) in IMAGE_SIZES.iter().enumerate() {
             let data = std::fs::read(image_path(dir, i)).unwrap();
             assert_eq!(data.len() as u64, *size);
