@@ -687,63 +687,51 @@ async fn prepared_and_erased(
     Ok((agent, operation, nonce))
 }
 
+/// The two halves with the device erase done `how` and the right request: refused, naming
+/// `check`.
+async fn refused_after(how: DeviceErase, check: &str) -> Result<()> {
+    let pki = TestPki::new()?;
+    let host = Host::new()?;
+    let (agent, operation, nonce) = prepared_and_erased(&pki, &host, how).await?;
+    let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
+    expect_failed(&pki, &agent, &response, &nonce, check).await
+}
+
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
 async fn a_skipped_device_erase_is_refused_its_volume_is_still_there() -> Result<()> {
-    let pki = TestPki::new()?;
-    let host = Host::new()?;
-    let (agent, operation, nonce) = prepared_and_erased(
-        &pki,
-        &host,
+    refused_after(
         DeviceErase {
             reformat: false,
             ..FULL_ERASE
         },
+        "tenant_volumes_gone",
     )
-    .await?;
-    let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
-    expect_failed(&pki, &agent, &response, &nonce, "tenant_volumes_gone").await
+    .await
 }
 
 #[tokio::test]
 async fn a_tenant_account_left_behind_is_refused() -> Result<()> {
-    let pki = TestPki::new()?;
-    let host = Host::new()?;
-    let (agent, operation, nonce) = prepared_and_erased(
-        &pki,
-        &host,
+    refused_after(
         DeviceErase {
             keep_tenant_account: true,
             ..FULL_ERASE
         },
+        "accounts_allowed",
     )
-    .await?;
-    let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
-    expect_failed(&pki, &agent, &response, &nonce, "accounts_allowed").await
+    .await
 }
 
 #[tokio::test]
 async fn a_signing_key_older_than_the_terminate_is_refused() -> Result<()> {
-    let pki = TestPki::new()?;
-    let host = Host::new()?;
-    let (agent, operation, nonce) = prepared_and_erased(
-        &pki,
-        &host,
+    refused_after(
         DeviceErase {
             new_key: false,
             ..FULL_ERASE
         },
-    )
-    .await?;
-    let response = attest(&pki, &agent, request(&operation, &nonce)).await?;
-    expect_failed(
-        &pki,
-        &agent,
-        &response,
-        &nonce,
         "signing_key_after_terminate",
     )
     .await
