@@ -574,6 +574,11 @@ async fn after_the_device_erase_the_fresh_agent_attests_it_and_the_host_becomes_
     );
     let document = verified_v2(&pki, &response, &nonce)?;
     ensure!(document.outcome == "ERASED" && document.exceptions.is_empty());
+    ensure!(
+        document.request_id == "req-reclaim",
+        "the attestation names the Terminate's request id, not {:?}",
+        document.request_id
+    );
     ensure!(document.signer.born_after_tenancy, "{:?}", document.signer);
     let device_erase = document.device_erase.clone().context("no device_erase")?;
     let prepare = jex_agent::server::convert::prepare_record_from_proto(

@@ -181,7 +181,11 @@ fn document(
     CertificateDocumentV2 {
         schema: DOCUMENT_SCHEMA_V2.to_owned(),
         operation_id: requested.operation_id.clone(),
-        request_id: requested.request_id.clone(),
+        // The Terminate's key when the record verifies and names it; else the attestation's.
+        request_id: record
+            .map(|r| r.request_id.clone())
+            .filter(|id| !id.is_empty())
+            .unwrap_or_else(|| requested.request_id.clone()),
         host: shared.deps.host.clone(),
         controller_nonce_hex: requested.nonce_hex.clone(),
         standard: "NIST SP 800-88 Rev. 2".to_owned(),

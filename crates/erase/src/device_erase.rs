@@ -95,7 +95,8 @@ pub(crate) fn prepare(
         requested.started_unix_ms,
         inventory,
         now_unix_ms,
-    );
+    )
+    .with_request_id(requested.request_id.clone());
     let signed = sign_prepare(&record, signer).map_err(|err| EraseError::DeviceErase {
         detail: format!(
             "signing the prepare record: {}",

@@ -56,6 +56,10 @@ pub struct PrepareRecord {
     pub format: String,
     /// The erase operation id shared by both halves.
     pub operation_id: String,
+    /// The controller's idempotency key of the Terminate, so that the attestation's
+    /// certificate names it too (empty when not given).
+    #[serde(default)]
+    pub request_id: String,
     /// The host (the fleet's id, as in the agent's certificate).
     pub host_id: String,
     /// The controller's nonce of the Terminate, lowercase hex.
@@ -82,12 +86,19 @@ impl PrepareRecord {
         Self {
             format: PREPARE_RECORD_FORMAT.to_owned(),
             operation_id: operation_id.into(),
+            request_id: String::new(),
             host_id: host_id.into(),
             nonce_hex: hex::encode(nonce),
             terminate_unix_ms,
             inventory: inventory.normalized(),
             created_unix_ms,
         }
+    }
+
+    /// The record, naming the Terminate's `request_id`.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = request_id.into();
+        self
     }
 
     /// The canonical JSON bytes of the record, as signed.
@@ -510,6 +521,20 @@ mod tests {
                 "signed by an agent certificate of the fleet CA for host h-1, operation {OPERATION}, with this operation's nonce"
             )
         );
+    }
+
+    #[test]
+    fn the_terminates_request_id_is_signed_with_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("fleet CA");
+        let named = record().with_request_id("req-42");
+        let with_id = sign_prepare(&named, &signer(dir.path(), &ca.leaf())).unwrap();
+        let text = std::str::from_utf8(&with_id.record_json).unwrap();
+        assert!(text.contains(r#""request_id":"req-42""#), "{text}");
+        assert_eq!(verify(&with_id, &ca).unwrap().request_id, "req-42");
+        // A record that names none reads back with none.
+        let (ca, plain) = signed();
+        assert_eq!(verify(&plain, &ca).unwrap().request_id, "");
     }
 
     #[test]
