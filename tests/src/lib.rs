@@ -506,6 +506,36 @@ pub async fn open_telemetry(
     Ok(c.stream_telemetry(req).await?.into_inner())
 }
 
+/// Follows `WatchErase` of `operation_id` until the stream ends, within `deadline` per message;
+/// its last message. On a deadline the error carries the last message and the agent's log.
+pub async fn watch_to_end(
+    c: &mut NodeAgentClient<Channel>,
+    agent: &AgentProcess,
+    operation_id: &str,
+    deadline: Duration,
+) -> Result<jex_proto::v1::WatchEraseResponse> {
+    let mut stream = c
+        .watch_erase(jex_proto::v1::WatchEraseRequest {
+            operation_id: operation_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    loop {
+        match tokio::time::timeout(deadline, stream.message()).await {
+            Ok(message) => match message? {
+                Some(m) => last = Some(m),
+                None => break,
+            },
+            Err(_) => bail!(
+                "WatchErase did not end within {deadline:?}; last {last:?}; log:\n{}",
+                agent.log()
+            ),
+        }
+    }
+    last.context("no WatchErase message")
+}
+
 /// A certificate verified against the fleet CA `ca` (PEM) and `nonce`, as the version 2
 /// document every certificate of this agent is.
 pub fn verify_v2(

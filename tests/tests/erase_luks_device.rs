@@ -213,26 +213,7 @@ async fn erase(pki: &TestPki, agent: &AgentProcess) -> Result<Erased> {
         .into_inner()
         .operation
         .context("Terminate answered no operation")?;
-    let mut stream = c
-        .watch_erase(pb::WatchEraseRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await?
-        .into_inner();
-    let mut last = None;
-    loop {
-        match tokio::time::timeout(Duration::from_secs(120), stream.message()).await {
-            Ok(message) => match message? {
-                Some(m) => last = Some(m),
-                None => break,
-            },
-            Err(_) => bail!(
-                "WatchErase did not end within 120 s; last {last:?}; log:\n{}",
-                agent.log()
-            ),
-        }
-    }
-    let last = last.context("no WatchErase message")?;
+    let last = watch_to_end(&mut c, agent, &op.operation_id, Duration::from_secs(120)).await?;
     let lifecycle = c
         .get_host(pb::GetHostRequest {})
         .await?
