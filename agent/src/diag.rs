@@ -66,6 +66,12 @@ pub const MACOS: &[Capture] = &[
         read_by: "the device erase's inventory: the booted Data volume",
     },
     Capture {
+        name: "diskutil-info-plist-disk0s2",
+        program: "/usr/sbin/diskutil",
+        args: &["info", "-plist", "disk0s2"],
+        read_by: "the device erase's inventory: whether the boot container's physical store is internal",
+    },
+    Capture {
         name: "csrutil-status",
         program: "/usr/bin/csrutil",
         args: &["status"],
@@ -78,16 +84,36 @@ pub const MACOS: &[Capture] = &[
         read_by: "the inventory's FileVault state",
     },
     Capture {
+        name: "system_profiler-SPHardwareDataType-json",
+        program: "/usr/sbin/system_profiler",
+        args: &["SPHardwareDataType", "-json"],
+        read_by: "the attestation's activation_lock_off line",
+    },
+    Capture {
         name: "system_profiler-SPHardwareDataType-xml",
         program: "/usr/sbin/system_profiler",
         args: &["SPHardwareDataType", "-xml"],
-        read_by: "the attestation's activation_lock_off line, the host identity",
+        read_by: "the same report in XML, for comparison with the JSON the agent reads",
+    },
+    Capture {
+        name: "dscl-users-plist",
+        program: "/usr/bin/dscl",
+        args: &[
+            "-plist",
+            ".",
+            "-readall",
+            "/Users",
+            "RecordName",
+            "UniqueID",
+            "UserShell",
+        ],
+        read_by: "the attestation's accounts_allowed line",
     },
     Capture {
         name: "dscl-users-uniqueid",
         program: "/usr/bin/dscl",
         args: &[".", "-list", "/Users", "UniqueID"],
-        read_by: "the attestation's accounts_allowed line",
+        read_by: "the same accounts as text, for comparison",
     },
     Capture {
         name: "ioreg-platform-expert",

@@ -18,9 +18,9 @@ use jex_erase::keys::luks2;
 use libfuzzer_sys::fuzz_target;
 
 const REAL_LIST: &[u8] =
-    include_bytes!("../../crates/erase/tests/fixtures/diskutil/apfs-list-intel-filevault.plist");
+    include_bytes!("../../crates/reclaim/tests/fixtures/diskutil/apfs-list-intel-filevault.plist");
 const REAL_ROOT: &[u8] =
-    include_bytes!("../../crates/erase/tests/fixtures/diskutil/info-root-intel-sealed.plist");
+    include_bytes!("../../crates/reclaim/tests/fixtures/diskutil/info-root-intel-sealed.plist");
 
 fn real() -> &'static (ApfsList, DiskInfo) {
     static REAL: OnceLock<(ApfsList, DiskInfo)> = OnceLock::new();

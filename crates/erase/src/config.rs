@@ -645,7 +645,7 @@ fn default_diskutil() -> PathBuf {
 }
 
 /// `diskutil`'s path on macOS: on the sealed system volume, so fixed, never configured.
-pub const DISKUTIL: &str = "/usr/sbin/diskutil";
+pub const DISKUTIL: &str = jex_reclaim::macos::DISKUTIL;
 
 /// On macOS the system tools live on the sealed, signed system volume (SIP): a root-writable
 /// config must not point the erase at another binary. Elsewhere the path is the operator's.
@@ -663,6 +663,43 @@ fn check_fixed_tool(
         });
     }
     Ok(())
+}
+
+/// `[erase.internal_ssd]` on `os`: Linux names its LUKS2 devices and accounts file (absolute);
+/// macOS reads its volumes from `diskutil` and its accounts from `dscl`, so it refuses both
+/// settings rather than ignore them; other systems have no storage inventory.
+fn check_internal_ssd(os: jex_platform::Os, ssd: &InternalSsdConfig) -> Result<(), ConfigError> {
+    match os {
+        jex_platform::Os::Linux => {
+            check_absolute(Setting::InternalSsd, &ssd.accounts_file)?;
+            for device in &ssd.inventory_devices {
+                check_absolute(Setting::InternalSsd, device)?;
+            }
+            Ok(())
+        }
+        jex_platform::Os::MacOs => {
+            if let Some(device) = ssd.inventory_devices.first() {
+                return Err(ConfigError::OutOfRange {
+                    key: Setting::InternalSsd,
+                    value: device.display().to_string(),
+                    expected: "no inventory_devices on macOS, which lists its volumes with diskutil: remove the setting",
+                });
+            }
+            if ssd.accounts_file != default_accounts_file() {
+                return Err(ConfigError::OutOfRange {
+                    key: Setting::InternalSsd,
+                    value: ssd.accounts_file.display().to_string(),
+                    expected: "no accounts_file on macOS, which reads its accounts with dscl: remove the setting",
+                });
+            }
+            Ok(())
+        }
+        jex_platform::Os::Other => Err(ConfigError::OutOfRange {
+            key: Setting::InternalSsd,
+            value: ssd.method.to_string(),
+            expected: "Linux or macOS (this system has no storage inventory): remove [erase.internal_ssd]",
+        }),
+    }
 }
 
 impl Default for ToolsConfig {
@@ -806,17 +843,7 @@ impl EraseConfig {
             DISKUTIL,
         )?;
         if let Some(ssd) = &self.internal_ssd {
-            if jex_platform::OS != jex_platform::Os::Linux {
-                return Err(ConfigError::OutOfRange {
-                    key: Setting::InternalSsd,
-                    value: ssd.method.to_string(),
-                    expected: "a Linux host in this version (the macOS storage inventory is not written yet): remove [erase.internal_ssd]",
-                });
-            }
-            check_absolute(Setting::InternalSsd, &ssd.accounts_file)?;
-            for device in &ssd.inventory_devices {
-                check_absolute(Setting::InternalSsd, device)?;
-            }
+            check_internal_ssd(jex_platform::OS, ssd)?;
         }
         for (index, target) in self.targets.iter().enumerate() {
             if target.name.trim().is_empty() {
@@ -1493,5 +1520,36 @@ mod tests {
         );
         check_fixed_tool(Os::MacOs, Setting::Diskutil, Path::new(DISKUTIL), DISKUTIL).unwrap();
         check_fixed_tool(Os::Linux, Setting::Diskutil, moved, DISKUTIL).unwrap();
+    }
+
+    #[test]
+    fn the_internal_ssd_table_is_checked_per_platform() {
+        use jex_platform::Os;
+        let ssd = |devices: &[&str], accounts: &str| InternalSsdConfig {
+            method: InternalSsdMethod::DeviceErase,
+            inventory_devices: devices.iter().map(PathBuf::from).collect(),
+            allowed_accounts: vec!["root".into()],
+            accounts_file: PathBuf::from(accounts),
+        };
+        check_internal_ssd(Os::Linux, &ssd(&["/dev/sdb"], "/etc/passwd")).unwrap();
+        check_internal_ssd(Os::MacOs, &ssd(&[], "/etc/passwd")).unwrap();
+        for (os, config, says) in [
+            (Os::Linux, ssd(&["sdb"], "/etc/passwd"), "absolute"),
+            (
+                Os::MacOs,
+                ssd(&["/dev/disk4"], "/etc/passwd"),
+                "no inventory_devices on macOS",
+            ),
+            (
+                Os::MacOs,
+                ssd(&[], "/etc/shadow"),
+                "no accounts_file on macOS",
+            ),
+            (Os::Other, ssd(&[], "/etc/passwd"), "Linux or macOS"),
+        ] {
+            let err = check_internal_ssd(os, &config).unwrap_err();
+            assert_eq!(err.setting(), Setting::InternalSsd);
+            assert!(err.to_string().contains(says), "{os:?}: {err}");
+        }
     }
 }

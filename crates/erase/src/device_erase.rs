@@ -7,9 +7,10 @@
 //! OS attests it against the record. The record is informative, not proof: this key lived
 //! where the tenant had root.
 //!
-//! The inventory comes from [`jex_reclaim`]: on Linux, the LUKS2 UUIDs of the configured
-//! `inventory_devices` and the accounts of `accounts_file`; on other platforms there is no
-//! inventory source in this version and the operation fails with a message that says so.
+//! The inventory comes from [`jex_reclaim`]: on a Mac, every APFS volume, SIP, FileVault,
+//! Activation Lock and the local accounts ([`jex_reclaim::macos`]); on Linux, the LUKS2 UUIDs
+//! of the configured `inventory_devices` and the accounts of `accounts_file`; other systems
+//! have none and the operation fails with a message that says so.
 
 use crate::config::{InternalSsdConfig, ToolsConfig};
 use crate::error::EraseError;
@@ -17,35 +18,40 @@ use crate::record::{Record, RequestedRecord, StoredPrepareRecord};
 use jex_attest::{HostIdentity, Signer};
 use jex_reclaim::{InventorySource, PrepareRecord, sign_prepare};
 
-/// The inventory source of `ssd` on this platform: Linux's, or none yet.
+/// The inventory source of `ssd` on this platform: the Mac's (`diskutil` and the other system
+/// tools at their fixed paths) or Linux's (the configured LUKS2 devices and accounts file).
 fn inventory_source(
     ssd: &InternalSsdConfig,
     tools: &ToolsConfig,
     host: &HostIdentity,
 ) -> Result<Box<dyn InventorySource>, EraseError> {
     use jex_reclaim::linux::{LinuxInventory, LuksDevice};
-    if jex_platform::OS != jex_platform::Os::Linux {
-        return Err(EraseError::DeviceErase {
-            detail: "this version has no storage inventory for this platform (the macOS \
-                     inventory from diskutil is not written yet): remove [erase.internal_ssd] \
-                     from the config"
+    match jex_platform::OS {
+        jex_platform::Os::MacOs => Ok(Box::new(jex_reclaim::macos::MacInventory::new(
+            reclaim_host(host),
+        ))),
+        jex_platform::Os::Linux => {
+            let devices = ssd
+                .inventory_devices
+                .iter()
+                .enumerate()
+                .map(|(index, device)| LuksDevice {
+                    name: format!("internal-ssd-{index}"),
+                    device: device.clone(),
+                })
+                .collect();
+            Ok(Box::new(
+                LinuxInventory::new(reclaim_host(host), devices)
+                    .with_cryptsetup(&tools.cryptsetup)
+                    .with_passwd(&ssd.accounts_file),
+            ))
+        }
+        jex_platform::Os::Other => Err(EraseError::DeviceErase {
+            detail: "this system has no storage inventory: remove [erase.internal_ssd] from the \
+                     config"
                 .into(),
-        });
+        }),
     }
-    let devices = ssd
-        .inventory_devices
-        .iter()
-        .enumerate()
-        .map(|(index, device)| LuksDevice {
-            name: format!("internal-ssd-{index}"),
-            device: device.clone(),
-        })
-        .collect();
-    Ok(Box::new(
-        LinuxInventory::new(reclaim_host(host), devices)
-            .with_cryptsetup(&tools.cryptsetup)
-            .with_passwd(&ssd.accounts_file),
-    ))
 }
 
 /// The host's storage inventory now, stamped `now_unix_ms`.

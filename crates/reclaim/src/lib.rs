@@ -31,7 +31,12 @@
 //! - [`rules`]: the evidence rules, pure functions (no I/O, no clock);
 //! - [`prepare`]: the prepare record, its canonical JSON, signing and verification, built on
 //!   `jex-attest`'s [`jex_attest::Signer`] and signer-chain checks with its own signing domain;
-//! - [`linux`]: the Linux inventory (cryptsetup and `/etc/passwd`), with an injectable runner.
+//! - [`linux`]: the Linux inventory (cryptsetup and `/etc/passwd`), with an injectable runner;
+//! - [`macos`]: the Mac inventory (`diskutil`, `csrutil`, `fdesetup`, `system_profiler`, `dscl`
+//!   at their fixed paths on the sealed system volume): portable parsers tested on Linux against
+//!   captured Apple silicon outputs, and the same injectable runner;
+//! - [`diskutil`]: the parsers of `diskutil … -plist` output, shared with the erase engine's
+//!   `apfs-volume` backend.
 //!
 //! This crate knows no async runtime, gRPC or platform crate: the agent wires it in, and a
 //! controller can use it alone to read a prepare record.
@@ -58,10 +63,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod diskutil;
 pub mod inventory;
 pub mod linux;
+pub mod macos;
 pub mod prepare;
 pub mod rules;
+pub mod run;
 
 pub use inventory::{HostIdentity, Inventory, InventoryError, InventorySource, Volume, VolumeRole};
 pub use prepare::{

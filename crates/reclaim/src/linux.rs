@@ -9,8 +9,8 @@
 //! - Accounts: [`accounts_from_passwd`] over `/etc/passwd` ([`PASSWD`]).
 //! - SIP, FileVault and Activation Lock: `None` (they do not exist on Linux).
 //!
-//! The command runner is injectable ([`CommandRunner`]) so the parsing is tested without the
-//! tool; [`SystemRunner`] runs the real one with a deadline.
+//! The command runner is injectable ([`CommandRunner`], from [`crate::run`]) so the parsing is
+//! tested without the tool; [`SystemRunner`] runs the real one with a deadline.
 //!
 //! # Which accounts count
 //!
@@ -33,25 +33,21 @@
 //! the safe side.
 
 use std::ffi::OsString;
-use std::fmt;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use crate::inventory::{
     HostIdentity, Inventory, InventoryError, InventorySource, Volume, VolumeRole,
 };
+pub use crate::run::{CommandOutput, CommandRunner, SystemRunner, TOOL_DEADLINE};
+use crate::run::{run_tool, unexpected_output};
 
 /// The cryptsetup binary.
 pub const CRYPTSETUP: &str = "/usr/sbin/cryptsetup";
 
 /// The account database.
 pub const PASSWD: &str = "/etc/passwd";
-
-/// How long one tool run may take before it is killed.
-pub const TOOL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The first uid of a regular user.
 const FIRST_REGULAR_UID: u32 = 1000;
@@ -136,98 +132,9 @@ pub fn parse_passwd(text: &str) -> Passwd {
     Passwd { accounts, ignored }
 }
 
-fn is_login_shell(shell: &str) -> bool {
+pub(crate) fn is_login_shell(shell: &str) -> bool {
     let name = shell.rsplit('/').next().unwrap_or(shell);
     shell.is_empty() || !NO_LOGIN_SHELLS.contains(&name)
-}
-
-/// What a command printed and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandOutput {
-    /// The exit code; `None` when a signal ended it.
-    pub code: Option<i32>,
-    /// Its standard output.
-    pub stdout: Vec<u8>,
-    /// Its standard error.
-    pub stderr: Vec<u8>,
-}
-
-/// Runs a program by absolute path with arguments, no shell, no `$PATH` lookup.
-pub trait CommandRunner: fmt::Debug + Send + Sync {
-    /// Runs `program` with `args` and returns its output once it has ended.
-    fn run(&self, program: &Path, args: &[OsString]) -> std::io::Result<CommandOutput>;
-}
-
-/// The real runner: stdin from /dev/null, stdout and stderr captured, killed after `deadline`.
-#[derive(Debug, Clone, Copy)]
-pub struct SystemRunner {
-    /// How long a run may take.
-    pub deadline: Duration,
-}
-
-impl Default for SystemRunner {
-    fn default() -> Self {
-        Self {
-            deadline: TOOL_DEADLINE,
-        }
-    }
-}
-
-impl CommandRunner for SystemRunner {
-    fn run(&self, program: &Path, args: &[OsString]) -> std::io::Result<CommandOutput> {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        // Read both pipes on their own threads, so a chatty child never blocks on a full pipe
-        // while this thread waits for it to exit.
-        let reader = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut pipe) = pipe {
-                    // A read error only shortens what is reported; the exit status decides.
-                    let _ = pipe.read_to_end(&mut buf);
-                }
-                buf
-            })
-        };
-        let out = reader(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = reader(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
-            }
-            if started.elapsed() >= self.deadline {
-                // Killing may race with a normal exit; either way it is reaped below.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("killed after {} ms", self.deadline.as_millis()),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let join = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
-        Ok(CommandOutput {
-            code: status.code(),
-            stdout: join(out),
-            stderr: join(err),
-        })
-    }
 }
 
 /// A LUKS2 device of the host, as configured.
@@ -281,35 +188,18 @@ impl LinuxInventory {
     }
 
     fn volume(&self, dev: &LuksDevice) -> Result<Volume, InventoryError> {
-        let args = vec![
+        let args = [
             OsString::from("luksUUID"),
             dev.device.clone().into_os_string(),
         ];
-        let program = self.cryptsetup.display().to_string();
-        let shown_args = format!("luksUUID {}", dev.device.display());
-        let output =
-            self.runner
-                .run(&self.cryptsetup, &args)
-                .map_err(|source| InventoryError::Run {
-                    program: program.clone(),
-                    args: shown_args.clone(),
-                    source,
-                })?;
-        if output.code != Some(0) {
-            return Err(InventoryError::ToolFailed {
-                program,
-                args: shown_args,
-                status: output
-                    .code
-                    .map_or("a signal".to_owned(), |c| format!("exit code {c}")),
-                stderr: tail(&output.stderr),
-            });
-        }
-        let uuid = parse_luks_uuid(&output.stdout).ok_or_else(|| InventoryError::ToolOutput {
-            program,
-            args: shown_args,
-            output: tail(&output.stdout),
-            expected: "one UUID (8-4-4-4-12 hexadecimal digits)",
+        let output = run_tool(self.runner.as_ref(), &self.cryptsetup, &args)?;
+        let uuid = parse_luks_uuid(&output).ok_or_else(|| {
+            unexpected_output(
+                &self.cryptsetup,
+                &args,
+                &output,
+                "one UUID (8-4-4-4-12 hexadecimal digits)",
+            )
         })?;
         let mut volume = Volume::new(uuid, dev.name.clone(), VolumeRole::None);
         volume.physical_store = Some(dev.device.display().to_string());
@@ -365,14 +255,6 @@ fn device_size(path: &Path) -> Result<u64, InventoryError> {
     };
     let mut file = std::fs::File::open(path).map_err(read_err)?;
     file.seek(SeekFrom::End(0)).map_err(read_err)
-}
-
-/// The last 200 characters of a tool's output, trimmed, for an error message.
-fn tail(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let start = text.char_indices().rev().nth(199).map_or(0, |(i, _)| i);
-    text[start..].to_owned()
 }
 
 #[cfg(test)]
@@ -672,36 +554,5 @@ carol:x: 1004:1004::/home/c:/bin/bash
             .take(1)
             .unwrap_err();
         assert!(matches!(err, InventoryError::Read { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn the_system_runner_captures_output_and_kills_at_the_deadline() {
-        let runner = SystemRunner::default();
-        let out = runner
-            .run(
-                Path::new("/bin/sh"),
-                &["-c".into(), "echo out; echo err >&2; exit 3".into()],
-            )
-            .unwrap();
-        assert_eq!(out.code, Some(3));
-        assert_eq!(out.stdout, b"out\n");
-        assert_eq!(out.stderr, b"err\n");
-
-        let quick = SystemRunner {
-            deadline: Duration::from_millis(200),
-        };
-        let started = Instant::now();
-        let err = quick
-            .run(Path::new("/bin/sleep"), &["30".into()])
-            .unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert!(started.elapsed() < Duration::from_secs(10));
-    }
-
-    #[test]
-    fn tail_keeps_the_last_200_characters() {
-        let long = "é".repeat(300);
-        assert_eq!(tail(long.as_bytes()).chars().count(), 200);
-        assert_eq!(tail(b"  short \n"), "short");
     }
 }

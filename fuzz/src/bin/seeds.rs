@@ -14,7 +14,7 @@
 //!   this machine's `/proc` files (the mount table limited to the kernel's own filesystems),
 //!   and two constructed inputs for which no capture exists (`*.constructed.*`: the
 //!   `IOPlatformExpertDevice` plist and a `struct xsw_usage`).
-//! - `diskutil_parsers`: the captured `diskutil` plists of `crates/erase/tests/fixtures/diskutil/`,
+//! - `diskutil_parsers`: the captured `diskutil` plists of `crates/reclaim/tests/fixtures/diskutil/`,
 //!   one of them converted to a binary plist, and `cryptsetup luksDump --dump-json-metadata` and
 //!   `cryptsetup --version` from the real `cryptsetup` on a fresh two-keyslot LUKS2 image.
 //! - `client_san`: the agent, controller and observer certificates (DER) of the development PKI.
@@ -397,7 +397,7 @@ fn cryptsetup(args: &[&str]) -> Result<Vec<u8>> {
 fn diskutil_parsers(out: &Out, repo: &Path, tmp: &Path) -> Result<()> {
     let target = "diskutil_parsers";
     out.reset(target)?;
-    let fixtures = repo.join("crates/erase/tests/fixtures/diskutil");
+    let fixtures = repo.join("crates/reclaim/tests/fixtures/diskutil");
     copy_dir(out, target, &fixtures, |n| n.ends_with(".plist"))?;
     let list = plist::Value::from_file(fixtures.join("apfs-list-intel-filevault.plist"))?;
     let mut binary = Vec::new();

@@ -368,6 +368,11 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diskutil/diskutil")
     }
 
+    /// The captured `diskutil -plist` outputs it replays (kept next to their parsers).
+    fn captures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../reclaim/tests/fixtures/diskutil")
+    }
+
     /// Volumes of the captured Intel list (`apfs-list-intel-filevault.plist`).
     const MACINTOSH_HD: &str = "9AA7F3A4-A615-4F8D-91E3-F5C86D988D71"; // disk1s1, no role
     const PREBOOT: &str = "A91FD4EA-684D-4122-9ACD-27E1465E99F6"; // disk1s2
@@ -389,7 +394,7 @@ mod tests {
         /// the two captures come from different Macs, so here disk1s5 is the boot volume).
         fn new(list: &str) -> Self {
             let dir = tempfile::tempdir().unwrap();
-            let fixtures = fake_diskutil_script().parent().unwrap().to_owned();
+            let fixtures = captures();
             symlink(fake_diskutil_script(), dir.path().join("diskutil")).unwrap();
             for (link, fixture) in [
                 ("list.plist", list),
@@ -418,8 +423,7 @@ mod tests {
         }
 
         fn put(&self, name: &str, fixture: &str) {
-            let fixtures = fake_diskutil_script().parent().unwrap().to_owned();
-            symlink(fixtures.join(fixture), self.dir.path().join(name)).unwrap();
+            symlink(captures().join(fixture), self.dir.path().join(name)).unwrap();
         }
 
         fn calls(&self) -> Vec<String> {
@@ -721,11 +725,8 @@ mod tests {
     }
 
     fn root() -> DiskInfo {
-        diskutil::parse_info(
-            &fs::read(fake_diskutil_script().with_file_name("info-root-intel-sealed.plist"))
-                .unwrap(),
-        )
-        .unwrap()
+        diskutil::parse_info(&fs::read(captures().join("info-root-intel-sealed.plist")).unwrap())
+            .unwrap()
     }
 
     #[test]

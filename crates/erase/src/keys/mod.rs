@@ -24,7 +24,7 @@
 //! - [`tool`]: running an external program with a timeout.
 
 pub mod apfs;
-pub mod diskutil;
+pub use jex_reclaim::diskutil;
 pub mod luks2;
 pub mod tool;
 

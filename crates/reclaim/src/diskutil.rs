@@ -1,5 +1,5 @@
 //! Portable parsers for macOS `diskutil … -plist` output, tested on Linux against captured real
-//! output (`agent/tests/fixtures/diskutil/`).
+//! output (`crates/reclaim/tests/fixtures/diskutil/`).
 //!
 //! Three shapes:
 //! - `diskutil apfs list -plist`: `{Containers: [{APFSContainerUUID, ContainerReference,
