@@ -7,13 +7,20 @@
 //! OS attests it against the record. The record is informative, not proof: this key lived
 //! where the tenant had root.
 //!
+//! On a Mac, the prepare first deletes the internal volumes the tenant added (no Apple role:
+//! Erase All Content and Settings would leave them), then takes the inventory it records.
+//!
 //! The inventory comes from [`jex_reclaim`]: on a Mac, every APFS volume, SIP, FileVault,
 //! Activation Lock and the local accounts ([`jex_reclaim::macos`]); on Linux, the LUKS2 UUIDs
 //! of the configured `inventory_devices` and the accounts of `accounts_file`; other systems
 //! have none and the operation fails with a message that says so.
 
+use std::path::Path;
+
 use crate::config::{InternalSsdConfig, ToolsConfig};
 use crate::error::EraseError;
+use crate::keys::KeyDestroyer;
+use crate::keys::apfs::ApfsVolume;
 use crate::record::{Record, RequestedRecord, StoredPrepareRecord};
 use jex_attest::{HostIdentity, Signer};
 use jex_reclaim::{InventorySource, PrepareRecord, sign_prepare};
@@ -71,6 +78,36 @@ pub(crate) fn take_inventory(
         })
 }
 
+/// Deletes, with `diskutil apfs deleteVolume`, every volume of a Mac `inventory` the tenant
+/// added on internal storage ([`jex_reclaim::macos::tenant_added_volumes`]): Erase All Content
+/// and Settings leaves such volumes in place, and deleting one discards its Secure Enclave
+/// wrapped key. Each goes through the `apfs-volume` backend's rails, checked again right before
+/// its deletion (never a system role, never the volume mounted at `/` or a snapshot of it; one
+/// already gone is a no-op, so a resumed prepare repeats this safely). Returns the UUIDs
+/// deleted; the first refusal or failure stops and fails the prepare.
+pub(crate) fn delete_added_volumes(
+    inventory: &jex_reclaim::Inventory,
+    diskutil: &Path,
+) -> Result<Vec<String>, EraseError> {
+    let mut deleted = Vec::new();
+    for volume in jex_reclaim::macos::tenant_added_volumes(inventory) {
+        let backend = ApfsVolume::new(
+            format!("added volume {} ({})", volume.uuid, volume.name),
+            &volume.uuid,
+            diskutil,
+        )
+        .and_then(|backend| backend.destroy().map(|()| backend))
+        .map_err(|err| EraseError::DeviceErase {
+            detail: format!(
+                "deleting a volume the tenant added: {}",
+                jex_platform::error_chain(&err)
+            ),
+        })?;
+        deleted.push(backend.volume_uuid().to_owned());
+    }
+    Ok(deleted)
+}
+
 /// The host's identity as the inventory names it.
 pub(crate) fn reclaim_host(host: &HostIdentity) -> jex_reclaim::HostIdentity {
     jex_reclaim::HostIdentity {
@@ -90,7 +127,13 @@ pub(crate) fn prepare(
     signer: &dyn Signer,
     now_unix_ms: u64,
 ) -> Result<Record, EraseError> {
-    let inventory = take_inventory(ssd, tools, host, now_unix_ms)?;
+    let mut inventory = take_inventory(ssd, tools, host, now_unix_ms)?;
+    if jex_platform::OS == jex_platform::Os::MacOs
+        && !delete_added_volumes(&inventory, Path::new(crate::config::DISKUTIL))?.is_empty()
+    {
+        // The record shows the host as the device erase will find it.
+        inventory = take_inventory(ssd, tools, host, now_unix_ms)?;
+    }
     let nonce = hex::decode(&requested.nonce_hex).map_err(|_| EraseError::DeviceErase {
         detail: "the journaled nonce is not hex".into(),
     })?;
@@ -114,4 +157,99 @@ pub(crate) fn prepare(
         prepare: StoredPrepareRecord::from_signed(&signed),
         finished_unix_ms: now_unix_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    use jex_reclaim::{HostIdentity, Inventory, Volume, VolumeRole};
+
+    use super::*;
+
+    /// Volumes of the captured Intel list the fake diskutil replays.
+    const EDEN_FBCODE: &str = "0DAB1407-0283-408E-88EE-CD41CE9E7BCA"; // disk1s6, deletable
+    const EDEN_BUCK_OUT: &str = "6C7EEDAD-385B-49AB-857B-AD15D98D13ED"; // disk1s5, `/` there
+    const PREBOOT: &str = "A91FD4EA-684D-4122-9ACD-27E1465E99F6"; // disk1s2
+
+    /// The fake diskutil of `tests/fixtures/diskutil/`, replaying the captured Intel list.
+    fn fake_diskutil() -> (tempfile::TempDir, PathBuf) {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let captures = manifest.join("../reclaim/tests/fixtures/diskutil");
+        let dir = tempfile::tempdir().unwrap();
+        symlink(
+            manifest.join("tests/fixtures/diskutil/diskutil"),
+            dir.path().join("diskutil"),
+        )
+        .unwrap();
+        for (link, capture) in [
+            ("list.plist", "apfs-list-intel-filevault.plist"),
+            (
+                "list-after.plist",
+                "apfs-list-intel-filevault-after-delete-disk1s6.plist",
+            ),
+            ("info-root.plist", "info-root-intel-sealed.plist"),
+        ] {
+            symlink(captures.join(capture), dir.path().join(link)).unwrap();
+        }
+        std::fs::write(dir.path().join("deletable-uuid"), EDEN_FBCODE).unwrap();
+        let program = dir.path().join("diskutil");
+        (dir, program)
+    }
+
+    fn inventory(volumes: &[(&str, VolumeRole, bool)]) -> Inventory {
+        let volumes = volumes
+            .iter()
+            .map(|(uuid, role, internal)| {
+                let mut v = Volume::new(*uuid, "v", role.clone());
+                v.internal = *internal;
+                v
+            })
+            .collect();
+        let host = HostIdentity {
+            host_id: "h".into(),
+            hardware_uuid: "hw".into(),
+            serial_number: "sn".into(),
+        };
+        Inventory::new(host, 1, volumes, vec![])
+    }
+
+    fn calls(dir: &tempfile::TempDir) -> String {
+        std::fs::read_to_string(dir.path().join("calls.log")).unwrap_or_default()
+    }
+
+    #[test]
+    fn deletes_the_tenants_added_internal_volume_and_nothing_else() {
+        let (dir, diskutil) = fake_diskutil();
+        let inv = inventory(&[
+            (EDEN_FBCODE, VolumeRole::None, true),
+            (PREBOOT, VolumeRole::Preboot, true),
+            (EDEN_BUCK_OUT, VolumeRole::None, false),
+        ]);
+        let deleted = delete_added_volumes(&inv, &diskutil).unwrap();
+        assert_eq!(deleted, [EDEN_FBCODE]);
+        let log = calls(&dir);
+        assert_eq!(log.matches("apfs deleteVolume").count(), 1, "{log}");
+        assert!(
+            log.contains(&format!("apfs deleteVolume {EDEN_FBCODE}")),
+            "{log}"
+        );
+        // Again (a resumed prepare): the volume is gone, nothing more is deleted.
+        assert_eq!(
+            delete_added_volumes(&inv, &diskutil).unwrap(),
+            [EDEN_FBCODE]
+        );
+        assert_eq!(calls(&dir).matches("apfs deleteVolume").count(), 1);
+    }
+
+    #[test]
+    fn the_booted_volume_is_refused_even_without_a_role() {
+        let (dir, diskutil) = fake_diskutil();
+        let inv = inventory(&[(EDEN_BUCK_OUT, VolumeRole::None, true)]);
+        let err = delete_added_volumes(&inv, &diskutil).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(EDEN_BUCK_OUT), "{text}");
+        assert!(!calls(&dir).contains("deleteVolume"), "{}", calls(&dir));
+    }
 }

@@ -267,6 +267,19 @@ pub fn volumes_from(list: &ApfsList, facts: &VolumeFacts) -> Vec<Volume> {
     volumes
 }
 
+/// The volumes of a Mac inventory that the prepare half deletes itself: on internal storage,
+/// without one of Apple's standard roles (a volume the tenant added, which Erase All Content
+/// and Settings leaves in place). Data and VM volumes are left to the device erase; system
+/// roles are never touched. Only meaningful for a Mac inventory: on Linux every volume is
+/// internal and roleless.
+pub fn tenant_added_volumes(inventory: &Inventory) -> Vec<&Volume> {
+    inventory
+        .volumes
+        .iter()
+        .filter(|v| v.internal && !v.role.is_apple_standard_role())
+        .collect()
+}
+
 /// The Mac [`InventorySource`]. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct MacInventory {
@@ -510,6 +523,38 @@ mod tests {
             VolumeRole::Other("Backup".into())
         );
         assert_eq!(roles(&["Preboot", "Recovery"]), VolumeRole::Preboot);
+    }
+
+    #[test]
+    fn only_internal_volumes_without_a_standard_role_are_the_tenants_additions() {
+        let volume = |uuid: &str, role: VolumeRole, internal: bool| {
+            let mut v = Volume::new(uuid, uuid, role);
+            v.internal = internal;
+            v
+        };
+        let inventory = Inventory::new(
+            HostIdentity {
+                host_id: "h".into(),
+                hardware_uuid: "hw".into(),
+                serial_number: "sn".into(),
+            },
+            1,
+            vec![
+                volume("a-system", VolumeRole::System, true),
+                volume("b-data", VolumeRole::Data, true),
+                volume("c-vm", VolumeRole::Vm, true),
+                volume("d-xart", VolumeRole::Xart, true),
+                volume("e-added", VolumeRole::None, true),
+                volume("f-backup", VolumeRole::Other("Backup".into()), true),
+                volume("g-external", VolumeRole::None, false),
+            ],
+            vec![],
+        );
+        let uuids: Vec<&str> = tenant_added_volumes(&inventory)
+            .iter()
+            .map(|v| v.uuid.as_str())
+            .collect();
+        assert_eq!(uuids, ["e-added", "f-backup"]);
     }
 
     #[test]
