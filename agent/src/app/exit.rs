@@ -214,6 +214,8 @@ impl AppError {
                     BlockDevError::Open { source, .. } | BlockDevError::Stat { source, .. } => {
                         denied_or(source, ExitKind::IoError)
                     }
+                    BlockDevError::NotPermitted { .. } => ExitKind::NoPermission,
+                    BlockDevError::Busy { .. } => ExitKind::Unavailable,
                     BlockDevError::Geometry { .. }
                     | BlockDevError::MountTable { .. }
                     | BlockDevError::IdentityChanged { .. } => ExitKind::IoError,

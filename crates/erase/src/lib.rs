@@ -95,6 +95,7 @@ pub mod pattern;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
+pub mod rails;
 pub mod record;
 pub mod service;
 pub mod state;

@@ -56,13 +56,18 @@ pub(crate) fn plan_targets(
     io: &dyn IoOpener,
     factory: &KeyDestroyerFactory,
 ) -> Result<Vec<PlannedTarget>, EraseError> {
-    let system = SystemDevices::probe().map_err(|source| EraseError::Target {
-        target: "(mount table)".into(),
-        source,
-    })?;
+    let system = crate::rails::system_devices(&config.tools.diskutil)?;
+    let apfs = crate::rails::apfs_list_for(config);
     let mut planned = Vec::with_capacity(config.targets.len());
     for (index, target) in config.targets.iter().enumerate() {
-        planned.push(plan_target(io, factory, index, target, &system));
+        planned.push(plan_target(
+            io,
+            factory,
+            index,
+            target,
+            &system,
+            apfs.as_ref(),
+        ));
     }
     Ok(planned)
 }
@@ -73,6 +78,7 @@ fn plan_target(
     index: usize,
     target: &TargetConfig,
     system: &SystemDevices,
+    apfs: Option<&Result<jex_reclaim::diskutil::ApfsList, String>>,
 ) -> PlannedTarget {
     let mut checks = Vec::new();
     let mut check = |name: &str, result: Result<String, String>| {
@@ -143,6 +149,9 @@ fn plan_target(
             })
     });
     check("key backend identity", keys.map_err(|e| error_chain(&e)));
+    if let Some(on_device) = crate::rails::check_target_container(apfs, target) {
+        check("volume on this device", on_device);
+    }
     let ready = checks.iter().all(|c| c.passed);
     PlannedTarget {
         name: target.name.clone(),

@@ -22,7 +22,7 @@ use crate::store::{Core, Shared};
 use crate::verify::{
     ReadSettings, SamplePlan, SampleSeed, SampleSettings, sample_plan, verify_target,
 };
-use jex_platform::blockdev::{Access, BlockDevError, SystemDevices, check_identity};
+use jex_platform::blockdev::{Access, BlockDevError, check_identity};
 use jex_platform::error_chain;
 
 pub(crate) use jex_attest::clock::now_unix_ms;
@@ -210,12 +210,20 @@ fn pin_targets(
     shared: &Shared,
     requested: &RequestedRecord,
 ) -> Result<Vec<PinnedTarget>, EraseError> {
-    let system = SystemDevices::probe().map_err(|source| EraseError::Target {
-        target: "(mount table)".into(),
-        source,
-    })?;
+    let system = crate::rails::system_devices(&shared.config.tools.diskutil)?;
+    let apfs = crate::rails::apfs_list_for(&shared.config);
     let mut pinned = Vec::with_capacity(requested.targets.len());
     for (index, target) in requested.targets.iter().enumerate() {
+        if let Some(Err(found)) = crate::rails::check_target_container(apfs.as_ref(), target) {
+            return Err(EraseError::Keys {
+                target: target.name.clone(),
+                source: crate::keys::KeyError::IdentityMismatch {
+                    target: target.name.clone(),
+                    expected: format!("its APFS volume on the disk of {}", target.device.display()),
+                    found,
+                },
+            });
+        }
         let refused = |reason| EraseError::Identity {
             target: target.name.clone(),
             source: BlockDevError::SystemDevice {

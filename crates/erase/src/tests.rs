@@ -1559,7 +1559,7 @@ fn read_only_queries_answer_while_the_engine_holds_its_lock_across_a_journal_wri
 // === Module dependencies ===
 
 /// The erase modules, bottom first, as `lib.rs` lists them: each may use only those before it.
-const MODULE_ORDER: [&str; 22] = [
+const MODULE_ORDER: [&str; 23] = [
     "names",
     "config",
     "pattern",
@@ -1568,6 +1568,7 @@ const MODULE_ORDER: [&str; 22] = [
     "record",
     "state",
     "error",
+    "rails",
     "pipeline",
     "overwrite",
     "verify",

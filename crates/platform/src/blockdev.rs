@@ -5,8 +5,10 @@
 //! `F_NOCACHE` on macOS, so writes reach the device and read-back verification reads the media,
 //! not memory. Offsets, lengths and buffers are aligned: buffers come from [`AlignedBuf`] (4096-byte
 //! alignment), and every size is a multiple of the target's [`DirectTarget::io_align`].
-//! [`TargetIo::flush_durable`] is `fdatasync` on Linux and `F_FULLFSYNC` on macOS (plain `fsync`
-//! there does not flush the drive's cache).
+//! [`TargetIo::flush_durable`] makes completed writes durable with the call [`flush_call`] picks:
+//! `fdatasync` on Linux; on macOS `F_FULLFSYNC` for a file (plain `fsync` there does not flush
+//! the drive's cache) and `DKIOCSYNCHRONIZE` for a device (`F_FULLFSYNC` on a disk node reaches
+//! the disk driver's ioctl handler, which has no case for it: ENOTTY).
 //!
 //! Identity ([`TargetIdentity`]): for a file `(st_dev, st_ino, size)`; for a device
 //! `(st_rdev, size, serial where the OS reports one)`. It is journaled when an operation starts
@@ -16,7 +18,14 @@
 //! Rails ([`SystemDevices`]): a device target is refused when it is the device of `/`, `/boot` or
 //! `/boot/efi`, the whole disk or device-mapper component under one of them, or the device (or
 //! the whole disk of the device) of any mounted filesystem (`/proc/self/mountinfo` on Linux,
-//! `getfsstat` on macOS).
+//! `getfsstat` on macOS). On macOS volumes mount from synthesized disks whose container sits on
+//! another disk, so the erase engine adds the APFS map by name ([`SystemDevices::refuse_named`]):
+//! physical stores of mounted containers, the internal SSD, the iSC and recoveryOS containers.
+//!
+//! Open errors say what to do: a device held by the system (`EBUSY`: mounted, or on macOS an
+//! APFS container or partition on it still attached) is [`BlockDevError::Busy`]; a refusal by
+//! the OS (`EPERM`/`EACCES`) is [`BlockDevError::NotPermitted`], which on macOS names Full Disk
+//! Access.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -37,6 +46,25 @@ pub enum BlockDevError {
     Open {
         /// The target path.
         path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The device is held by the system: opening it for writing failed with `EBUSY`.
+    #[error(
+        "{path} is in use (mounted, or on macOS an APFS container or partition on it is still attached): unmount or eject everything on it first"
+    )]
+    Busy {
+        /// The target path.
+        path: PathBuf,
+    },
+    /// The OS refused the open (`EPERM`/`EACCES`) although the agent asked as itself.
+    #[error("opening {path}: not permitted{hint}")]
+    NotPermitted {
+        /// The target path.
+        path: PathBuf,
+        /// What to check on this OS (starts with `: `).
+        hint: &'static str,
         /// The cause.
         #[source]
         source: io::Error,
@@ -275,6 +303,58 @@ pub enum Access {
     ReadWrite,
 }
 
+/// The call that makes a target's completed writes durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushCall {
+    /// `fdatasync(2)` (Linux, files and devices).
+    Fdatasync,
+    /// `fcntl(F_FULLFSYNC)` (macOS files: flushes the drive's cache too).
+    FullFsync,
+    /// `ioctl(DKIOCSYNCHRONIZE)` (macOS devices: `dk_synchronize_t` with offset and length 0,
+    /// the whole device).
+    DkSynchronize,
+}
+
+/// The flush for a target of `kind` on `os`. A device on macOS never takes `F_FULLFSYNC`: on a
+/// disk node it goes to the disk driver's `dkioctl`, which has no case for it and returns
+/// ENOTTY (xnu `bsd/dev/dkioctl`/IOStorageFamily `IOMediaBSDClient::ioctl`); the disk's own
+/// `DKIOCSYNCHRONIZE` flushes it.
+pub fn flush_call(os: crate::Os, kind: TargetKind) -> FlushCall {
+    match (os, kind) {
+        (crate::Os::MacOs, TargetKind::File) => FlushCall::FullFsync,
+        (crate::Os::MacOs, TargetKind::Device) => FlushCall::DkSynchronize,
+        (crate::Os::Linux | crate::Os::Other, _) => FlushCall::Fdatasync,
+    }
+}
+
+/// The error for a failed open of `path` (a `kind`) on `os`: `EBUSY` on a device is
+/// [`BlockDevError::Busy`], `EPERM`/`EACCES` is [`BlockDevError::NotPermitted`] with what to
+/// check on that OS, anything else [`BlockDevError::Open`].
+pub fn open_error(
+    os: crate::Os,
+    path: &Path,
+    kind: TargetKind,
+    source: io::Error,
+) -> BlockDevError {
+    let path = path.to_path_buf();
+    match source.raw_os_error() {
+        Some(libc::EBUSY) if kind == TargetKind::Device => BlockDevError::Busy { path },
+        Some(libc::EPERM | libc::EACCES) => BlockDevError::NotPermitted {
+            path,
+            hint: match os {
+                crate::Os::MacOs => {
+                    ": give the agent Full Disk Access (the MDM privacy profile in mdm/), and check that it runs as root"
+                }
+                crate::Os::Linux | crate::Os::Other => {
+                    ": check that the agent runs as root and that no security module (AppArmor, SELinux) denies it"
+                }
+            },
+            source,
+        },
+        _ => BlockDevError::Open { path, source },
+    }
+}
+
 /// A target opened for direct I/O.
 #[derive(Debug)]
 pub struct DirectTarget {
@@ -292,10 +372,9 @@ impl DirectTarget {
         let mut options = OpenOptions::new();
         options.read(true).write(access == Access::ReadWrite);
         os::direct_open_flags(&mut options, kind, access);
-        let file = options.open(path).map_err(|source| BlockDevError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = options
+            .open(path)
+            .map_err(|source| open_error(crate::OS, path, kind, source))?;
         os::after_open(&file).map_err(|source| BlockDevError::Open {
             path: path.to_path_buf(),
             source,
@@ -354,7 +433,7 @@ impl TargetIo for DirectTarget {
     }
 
     fn flush_durable(&self) -> io::Result<()> {
-        os::flush_durable(&self.file)
+        os::flush_durable(&self.file, flush_call(crate::OS, self.identity.kind))
     }
 
     fn open_identity(&self) -> Result<TargetIdentity, BlockDevError> {
@@ -512,6 +591,7 @@ pub struct MountEntry {
 pub struct SystemDevices {
     refused: Vec<(u64, String)>,
     mount_sources: Vec<(PathBuf, String)>,
+    named: Vec<(String, String)>,
 }
 
 impl SystemDevices {
@@ -558,6 +638,22 @@ impl SystemDevices {
         }
     }
 
+    /// Refuses the macOS disk `device` (`/dev/disk0s2`, `/dev/disk0`) by name, for `reason`:
+    /// any target that is it, contains it (its whole disk) or lies inside it (a partition of a
+    /// refused whole disk) is refused. The erase engine adds the APFS map this way.
+    pub fn refuse_named(&mut self, device: &str, reason: &str) {
+        if !self.named.iter().any(|(d, _)| d == device) {
+            self.named.push((device.to_owned(), reason.to_owned()));
+        }
+    }
+
+    /// The mount sources under `/dev/` (mounted devices), as read when the rails were built.
+    pub fn mounted_devices(&self) -> impl Iterator<Item = &Path> {
+        self.mount_sources
+            .iter()
+            .map(|(source, _)| source.as_path())
+    }
+
     fn refuse_with_parents(&mut self, dev: u64, reason: &str) {
         for related in os::related_devices(dev) {
             if !self.refused.iter().any(|(d, _)| *d == related) {
@@ -597,6 +693,13 @@ impl SystemDevices {
             return Some(reason.clone());
         }
         let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some((_, reason)) = self
+            .named
+            .iter()
+            .find(|(device, _)| macos_same_disk(&canonical.to_string_lossy(), device))
+        {
+            return Some(reason.clone());
+        }
         self.mount_sources
             .iter()
             .find(|(source, _)| os::same_disk_name(&canonical, source))
@@ -676,8 +779,13 @@ mod os {
         Ok(())
     }
 
-    pub(super) fn flush_durable(file: &File) -> io::Result<()> {
-        file.sync_data()
+    pub(super) fn flush_durable(file: &File, call: super::FlushCall) -> io::Result<()> {
+        match call {
+            super::FlushCall::Fdatasync => file.sync_data(),
+            other => Err(io::Error::other(format!(
+                "{other:?} does not exist on Linux"
+            ))),
+        }
     }
 
     pub(super) fn device_size(file: &File) -> io::Result<u64> {
@@ -825,7 +933,8 @@ mod os {
 #[cfg(target_os = "macos")]
 #[allow(unsafe_code)] // ioctls, fcntl and getfsstat: every block carries its SAFETY argument
 mod os {
-    //! macOS: `F_NOCACHE`, `F_FULLFSYNC`, `DKIOCGETBLOCKSIZE`/`DKIOCGETBLOCKCOUNT`, `getfsstat`.
+    //! macOS: `F_NOCACHE`, `F_FULLFSYNC` (files), `DKIOCSYNCHRONIZE` (devices),
+    //! `DKIOCGETBLOCKSIZE`/`DKIOCGETBLOCKCOUNT`, `getfsstat`.
 
     use super::{Access, BlockDevError, MediaInfo, MountEntry, TargetIdentity, TargetKind};
     use std::fs::{File, OpenOptions};
@@ -850,10 +959,35 @@ mod os {
         Ok(())
     }
 
-    pub(super) fn flush_durable(file: &File) -> io::Result<()> {
-        nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_FULLFSYNC)
-            .map(|_| ())
-            .map_err(io::Error::from)
+    /// `dk_synchronize_t` of `<sys/disk.h>`: offset and length 0 flush the whole device.
+    #[repr(C)]
+    #[derive(Default)]
+    pub(super) struct DkSynchronize {
+        offset: u64,
+        length: u64,
+        options: u32,
+        reserved: [u8; 4],
+    }
+
+    nix::ioctl_write_ptr!(dkiocsynchronize, b'd', 22, DkSynchronize);
+
+    pub(super) fn flush_durable(file: &File, call: super::FlushCall) -> io::Result<()> {
+        match call {
+            super::FlushCall::FullFsync => {
+                nix::fcntl::fcntl(file, nix::fcntl::FcntlArg::F_FULLFSYNC)
+                    .map(|_| ())
+                    .map_err(io::Error::from)
+            }
+            super::FlushCall::DkSynchronize => {
+                let whole = DkSynchronize::default();
+                // SAFETY: the descriptor is open; DKIOCSYNCHRONIZE reads one dk_synchronize_t
+                // from a live local of that layout (repr(C), 24 bytes).
+                unsafe { dkiocsynchronize(file.as_raw_fd(), &whole) }
+                    .map(|_| ())
+                    .map_err(io::Error::from)
+            }
+            super::FlushCall::Fdatasync => file.sync_data(),
+        }
     }
 
     pub(super) fn logical_block_size(file: &File) -> io::Result<u64> {
@@ -1031,9 +1165,108 @@ mod tests {
         let mut back = AlignedBuf::new(8192);
         target.read_at(65536, &mut back).unwrap();
         assert_eq!(&back[..], &buf[..]);
-        // Direct I/O really is on: a misaligned length is refused by the kernel.
+    }
+
+    /// Linux's `O_DIRECT` refuses a misaligned length. macOS's `F_NOCACHE` does not (it only
+    /// bypasses the cache when it can), so this expectation is Linux's alone; the engine aligns
+    /// every I/O itself on both.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_direct_io_refuses_a_misaligned_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = image(dir.path(), "disk.img", 1 << 20);
+        let target = DirectTarget::open(&path, Access::ReadWrite).unwrap();
         let mut odd = AlignedBuf::new(100);
         assert!(target.read_at(0, &mut odd).is_err());
+    }
+
+    #[test]
+    fn devices_on_macos_never_take_the_full_fsync_path() {
+        use crate::Os;
+        assert_eq!(
+            flush_call(Os::MacOs, TargetKind::Device),
+            FlushCall::DkSynchronize
+        );
+        assert_eq!(
+            flush_call(Os::MacOs, TargetKind::File),
+            FlushCall::FullFsync
+        );
+        for kind in [TargetKind::File, TargetKind::Device] {
+            assert_eq!(flush_call(Os::Linux, kind), FlushCall::Fdatasync);
+        }
+        // The seam the open target uses, on this machine: a file flushes with this OS's call.
+        let dir = tempfile::tempdir().unwrap();
+        let path = image(dir.path(), "disk.img", 64 * 1024);
+        let target = DirectTarget::open(&path, Access::ReadWrite).unwrap();
+        assert_eq!(
+            flush_call(crate::OS, target.identity().kind),
+            if crate::OS == Os::MacOs {
+                FlushCall::FullFsync
+            } else {
+                FlushCall::Fdatasync
+            }
+        );
+        target.flush_durable().unwrap();
+    }
+
+    #[test]
+    fn open_errors_say_what_to_do() {
+        use crate::Os;
+        let path = Path::new("/dev/rdisk4");
+        let errno = io::Error::from_raw_os_error;
+        let busy = open_error(Os::MacOs, path, TargetKind::Device, errno(libc::EBUSY));
+        assert!(matches!(busy, BlockDevError::Busy { .. }));
+        assert!(
+            busy.to_string().contains("eject everything on it first"),
+            "{busy}"
+        );
+        // A busy file is not a held device: the plain error, with its cause.
+        let file = open_error(Os::MacOs, path, TargetKind::File, errno(libc::EBUSY));
+        assert!(matches!(file, BlockDevError::Open { .. }));
+        let denied = open_error(Os::MacOs, path, TargetKind::Device, errno(libc::EPERM));
+        assert!(denied.to_string().contains("Full Disk Access"), "{denied}");
+        let denied = open_error(Os::Linux, path, TargetKind::Device, errno(libc::EACCES));
+        assert!(!denied.to_string().contains("Full Disk Access"), "{denied}");
+        assert!(denied.to_string().contains("runs as root"), "{denied}");
+    }
+
+    #[test]
+    fn named_disks_refuse_themselves_their_whole_disk_and_their_partitions() {
+        let mut system = SystemDevices::from_parts(&[], &[]);
+        system.refuse_named("/dev/disk0s2", "physical store of the booted container");
+        system.refuse_named("/dev/disk5", "the internal SSD");
+        let device = |path: &str| {
+            let identity = TargetIdentity {
+                kind: TargetKind::Device,
+                dev: 0,
+                ino: 0,
+                rdev: 0xdead,
+                size_bytes: 0,
+                serial: None,
+            };
+            system.refusal(Path::new(path), &identity)
+        };
+        for refused in [
+            "/dev/rdisk0",
+            "/dev/disk0",
+            "/dev/rdisk0s2",
+            "/dev/disk0s2s1",
+        ] {
+            assert_eq!(
+                device(refused).as_deref(),
+                Some("physical store of the booted container"),
+                "{refused}"
+            );
+        }
+        assert_eq!(device("/dev/rdisk5s3").as_deref(), Some("the internal SSD"));
+        for allowed in [
+            "/dev/rdisk0s3",
+            "/dev/rdisk4",
+            "/dev/disk02",
+            "/dev/rdisk50",
+        ] {
+            assert_eq!(device(allowed), None, "{allowed}");
+        }
     }
 
     #[test]

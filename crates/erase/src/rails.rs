@@ -1,0 +1,408 @@
+//! The system-device rails with the APFS map: what no erase may ever open for writing.
+//!
+//! [`system_devices`] is what the plan and the erase use. It starts from
+//! [`SystemDevices::probe`] (the devices of `/`, `/boot`, `/boot/efi` and every mounted
+//! filesystem). On macOS that is not enough: volumes mount from synthesized disks (`disk3s1s1`)
+//! whose APFS container sits on a physical store of another disk (`disk0s2`), so comparing
+//! names would let `/dev/rdisk0` — the internal SSD, with the iSC and recoveryOS containers —
+//! pass. There it adds, by name, from `diskutil apfs list -plist` and `diskutil info -plist
+//! <store>` ([`apfs_refusals`]):
+//!
+//! - every physical store beneath a container with a mounted volume, and so its whole disk
+//!   (the booted volume group's ancestry among them);
+//! - the physical stores of the iSC container (roles `xART`, `Hardware`, `iSCPreboot`), of the
+//!   recoveryOS container (a `Recovery` role without a `System` one), and of any container
+//!   holding a macOS volume group (`System` or `Data`), mounted or not;
+//! - the whole disk of every internal physical store: the internal SSD.
+//!
+//! A refused whole disk refuses each of its partitions, and a refused store its whole disk
+//! ([`SystemDevices::refuse_named`]). Each refusal names its reason.
+//!
+//! [`container_on_device`] is the other APFS check: an `apfs-volume` target's container must sit
+//! on the disk its `device` overwrites, or the config pairs a volume with another disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jex_platform::blockdev::SystemDevices;
+use jex_reclaim::diskutil::{self, ApfsContainer, ApfsList, DiskInfo};
+
+use crate::error::EraseError;
+
+/// The BSD name of a macOS device path: `/dev/rdisk4s2` → `disk4s2`; `None` for anything else.
+pub fn bsd_name(device: &str) -> Option<&str> {
+    let name = device.strip_prefix("/dev/").unwrap_or(device);
+    let name = name.strip_prefix('r').unwrap_or(name);
+    let digits = name.strip_prefix("disk")?;
+    digits
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then_some(name)
+}
+
+/// The whole disk of a BSD name: `disk0s2` → `disk0`, `disk3s1s1` → `disk3`, `disk0` itself.
+pub fn whole_disk(name: &str) -> &str {
+    let digits = name.trim_start_matches("disk");
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    &name[..4 + end]
+}
+
+/// Every physical store of `container` (designated first), without duplicates.
+fn stores_of(container: &ApfsContainer) -> Vec<&str> {
+    let mut stores: Vec<&str> = container
+        .designated_physical_store
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for store in &container.physical_stores {
+        if !stores.contains(&store.device_identifier.as_str()) {
+            stores.push(&store.device_identifier);
+        }
+    }
+    stores
+}
+
+/// Why the stores of `container` must never be overwritten, if they must not: `mounted` are
+/// the BSD names of mounted devices (`disk3s1s1`, `disk3s5`).
+fn container_reason(container: &ApfsContainer, mounted: &[String]) -> Option<String> {
+    let reference = container
+        .container_reference
+        .as_deref()
+        .unwrap_or(&container.container_uuid);
+    let is_inside = |volume: &str, device: &str| {
+        device == volume
+            || device
+                .strip_prefix(volume)
+                .is_some_and(|rest| rest.starts_with('s'))
+    };
+    for volume in &container.volumes {
+        if let Some(device) = &volume.device_identifier
+            && let Some(m) = mounted.iter().find(|m| is_inside(device, m))
+        {
+            return Some(format!(
+                "it holds APFS container {reference}, whose volume {device} is mounted ({m})"
+            ));
+        }
+    }
+    let has = |role: &str| {
+        container
+            .volumes
+            .iter()
+            .any(|v| v.roles.iter().any(|r| r == role))
+    };
+    if has("xART") || has("Hardware") || has("iSCPreboot") {
+        return Some(format!(
+            "it holds the iSC container {reference} (Secure Enclave anti-replay and firmware data: an Apple silicon Mac does not boot without it)"
+        ));
+    }
+    if has("System") || has("Data") {
+        return Some(format!(
+            "it holds APFS container {reference} with a macOS volume group (System and Data volumes)"
+        ));
+    }
+    if has("Recovery") {
+        return Some(format!("it holds the recoveryOS container {reference}"));
+    }
+    None
+}
+
+/// The disks the APFS map refuses, as `(/dev/diskN…, reason)`: see the module documentation.
+/// `stores` is `diskutil info -plist` of each physical store, by BSD name; a store without one
+/// is still refused when its container is, and its whole disk is then taken from its name.
+pub fn apfs_refusals(
+    list: &ApfsList,
+    stores: &BTreeMap<String, DiskInfo>,
+    mounted: &[String],
+) -> Vec<(String, String)> {
+    let mut refused: Vec<(String, String)> = Vec::new();
+    let mut push = |device: String, reason: String| {
+        if !refused.iter().any(|(d, _)| *d == device) {
+            refused.push((device, reason));
+        }
+    };
+    for container in &list.containers {
+        let reason = container_reason(container, mounted);
+        for store in stores_of(container) {
+            let info = stores.get(store);
+            if info.and_then(|i| i.internal) == Some(true) {
+                let whole = info
+                    .and_then(|i| i.parent_whole_disk.as_deref())
+                    .unwrap_or_else(|| whole_disk(store));
+                push(
+                    format!("/dev/{whole}"),
+                    format!(
+                        "it is the internal SSD ({whole}, holding physical store {store}): the device erase, not the agent, erases it"
+                    ),
+                );
+            }
+            if let Some(reason) = &reason {
+                push(
+                    format!("/dev/{store}"),
+                    format!("{reason}; {store} is its physical store"),
+                );
+            }
+        }
+    }
+    refused
+}
+
+/// Checks that the container of the APFS volume `volume_uuid` sits on the disk of `device`
+/// (same whole disk as one of its physical stores); the error says which disks it does sit on.
+pub fn container_on_device(
+    list: &ApfsList,
+    volume_uuid: &str,
+    device: &Path,
+) -> Result<(), String> {
+    let device_text = device.to_string_lossy();
+    let Some(target) = bsd_name(&device_text) else {
+        return Err(format!(
+            "{} is not a macOS disk (/dev/diskN or /dev/rdiskN)",
+            device.display()
+        ));
+    };
+    let Some((container, _)) = list.find_volume(volume_uuid) else {
+        return Err(format!(
+            "APFS volume {volume_uuid} is not listed by diskutil"
+        ));
+    };
+    let disks: Vec<&str> = stores_of(container).into_iter().map(whole_disk).collect();
+    if disks.contains(&whole_disk(target)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "APFS volume {volume_uuid} is in container {} on {}, not on {}: the target's device must be the disk its volume is on",
+            container
+                .container_reference
+                .as_deref()
+                .unwrap_or(&container.container_uuid),
+            if disks.is_empty() {
+                "no listed disk".to_owned()
+            } else {
+                disks.join(", ")
+            },
+            device.display()
+        ))
+    }
+}
+
+/// On macOS, for each `apfs-volume` target, whether its volume's container is on its device:
+/// `None` when no target needs it (or not on macOS), else the APFS list (or why it could not be
+/// read) to check them against with [`container_on_device`].
+pub fn apfs_list_for(config: &crate::config::EraseConfig) -> Option<Result<ApfsList, String>> {
+    let needed = jex_platform::OS == jex_platform::Os::MacOs
+        && config
+            .targets
+            .iter()
+            .any(|t| matches!(t.keys, crate::config::TargetKeys::ApfsVolume { .. }));
+    needed
+        .then(|| read_apfs_list(&config.tools.diskutil).map_err(|e| jex_platform::error_chain(&e)))
+}
+
+/// [`container_on_device`] for `target` if it is an `apfs-volume` target and `list` was read;
+/// `None` for other targets.
+pub fn check_target_container(
+    list: Option<&Result<ApfsList, String>>,
+    target: &crate::config::TargetConfig,
+) -> Option<Result<String, String>> {
+    let crate::config::TargetKeys::ApfsVolume { apfs_volume_uuid } = &target.keys else {
+        return None;
+    };
+    let list = list?;
+    Some(list.clone().and_then(|list| {
+        container_on_device(&list, apfs_volume_uuid, &target.device).map(|()| {
+            format!(
+                "APFS volume {apfs_volume_uuid} is on the disk of {}",
+                target.device.display()
+            )
+        })
+    }))
+}
+
+/// The rails for this host: [`SystemDevices::probe`], and on macOS the APFS map read with the
+/// `diskutil` at `diskutil` (a failure to read it fails the rails: nothing is opened blind).
+pub fn system_devices(diskutil_path: &Path) -> Result<SystemDevices, EraseError> {
+    let mut system = SystemDevices::probe().map_err(|source| EraseError::Target {
+        target: "(mount table)".into(),
+        source,
+    })?;
+    if jex_platform::OS == jex_platform::Os::MacOs {
+        let list = read_apfs_list(diskutil_path)?;
+        let mounted: Vec<String> = system
+            .mounted_devices()
+            .filter_map(|p| bsd_name(&p.to_string_lossy()).map(str::to_owned))
+            .collect();
+        let mut stores = BTreeMap::new();
+        for container in &list.containers {
+            for store in stores_of(container) {
+                if !stores.contains_key(store) {
+                    let out = run_diskutil(diskutil_path, &["info", "-plist", store])?;
+                    let info = diskutil::parse_info(&out).map_err(|err| rails_error(&err))?;
+                    stores.insert(store.to_owned(), info);
+                }
+            }
+        }
+        for (device, reason) in apfs_refusals(&list, &stores, &mounted) {
+            system.refuse_named(&device, &reason);
+        }
+    }
+    Ok(system)
+}
+
+/// `diskutil apfs list -plist`, parsed.
+pub fn read_apfs_list(diskutil_path: &Path) -> Result<ApfsList, EraseError> {
+    let out = run_diskutil(diskutil_path, &["apfs", "list", "-plist"])?;
+    diskutil::parse_apfs_list(&out).map_err(|err| rails_error(&err))
+}
+
+fn run_diskutil(diskutil_path: &Path, args: &[&str]) -> Result<Vec<u8>, EraseError> {
+    let out = std::process::Command::new(diskutil_path)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|err| EraseError::DeviceErase {
+            detail: format!(
+                "running {} {}: {err}",
+                diskutil_path.display(),
+                args.join(" ")
+            ),
+        })?;
+    if !out.status.success() {
+        return Err(EraseError::DeviceErase {
+            detail: format!(
+                "{} {} exited with {}: {}",
+                diskutil_path.display(),
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(out.stdout)
+}
+
+fn rails_error(err: &diskutil::ParseError) -> EraseError {
+    EraseError::DeviceErase {
+        detail: format!(
+            "reading the APFS map for the rails: {}",
+            jex_platform::error_chain(err)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture(name: &str) -> Vec<u8> {
+        std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../reclaim/tests/fixtures/diskutil")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn bsd_names_and_whole_disks() {
+        assert_eq!(bsd_name("/dev/rdisk4"), Some("disk4"));
+        assert_eq!(bsd_name("/dev/disk3s1s1"), Some("disk3s1s1"));
+        assert_eq!(bsd_name("disk0s2"), Some("disk0s2"));
+        for other in ["/dev/sda", "/dev/diskette", "/dev/rdisk", "/tmp/disk.img"] {
+            assert_eq!(bsd_name(other), None, "{other}");
+        }
+        assert_eq!(whole_disk("disk0s2"), "disk0");
+        assert_eq!(whole_disk("disk12s3s1"), "disk12");
+        assert_eq!(whole_disk("disk7"), "disk7");
+    }
+
+    #[test]
+    fn the_captured_intel_list_refuses_the_mounted_containers_store_and_the_internal_disk() {
+        let list = diskutil::parse_apfs_list(&capture("apfs-list-intel-filevault.plist")).unwrap();
+        let internal = diskutil::parse_info(&capture("info-root-intel-sealed.plist")).unwrap();
+        // The captured container disk1 sits on disk0s2; its volume disk1s5 is mounted (as the
+        // sealed snapshot disk1s5s1 of the info capture).
+        let stores = BTreeMap::from([(
+            "disk0s2".to_owned(),
+            DiskInfo {
+                parent_whole_disk: Some("disk0".into()),
+                ..internal
+            },
+        )]);
+        let refused = apfs_refusals(&list, &stores, &["disk1s5s1".into()]);
+        let devices: Vec<&str> = refused.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(devices, ["/dev/disk0", "/dev/disk0s2"]);
+        assert!(refused[0].1.contains("internal SSD"), "{}", refused[0].1);
+        assert!(
+            refused[1].1.contains("disk1s5 is mounted (disk1s5s1)"),
+            "{}",
+            refused[1].1
+        );
+
+        let mut system = SystemDevices::from_parts(&[], &[]);
+        for (device, reason) in &refused {
+            system.refuse_named(device, reason);
+        }
+        let identity = jex_platform::blockdev::TargetIdentity {
+            kind: jex_platform::blockdev::TargetKind::Device,
+            dev: 0,
+            ino: 0,
+            rdev: 1,
+            size_bytes: 0,
+            serial: None,
+        };
+        for path in ["/dev/rdisk0", "/dev/rdisk0s2", "/dev/rdisk0s1"] {
+            assert!(
+                system.refusal(Path::new(path), &identity).is_some(),
+                "{path}"
+            );
+        }
+        assert_eq!(system.refusal(Path::new("/dev/rdisk4"), &identity), None);
+    }
+
+    #[test]
+    fn the_captured_isc_container_is_refused_even_when_nothing_on_it_is_mounted() {
+        let list =
+            diskutil::parse_apfs_list(&capture("apfs-list-apple-silicon-isc.plist")).unwrap();
+        let refused = apfs_refusals(&list, &BTreeMap::new(), &[]);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].0, "/dev/disk0s1");
+        assert!(refused[0].1.contains("iSC container"), "{}", refused[0].1);
+    }
+
+    #[test]
+    fn an_external_data_only_container_that_is_not_mounted_is_allowed() {
+        // Model (not a capture): one external container with one roleless volume, unmounted.
+        let list = diskutil::parse_apfs_list(
+            br#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict><key>Containers</key><array><dict>
+<key>APFSContainerUUID</key><string>C0</string>
+<key>ContainerReference</key><string>disk5</string>
+<key>DesignatedPhysicalStore</key><string>disk4s2</string>
+<key>PhysicalStores</key><array><dict><key>DeviceIdentifier</key><string>disk4s2</string></dict></array>
+<key>Volumes</key><array><dict>
+<key>APFSVolumeUUID</key><string>V0</string><key>DeviceIdentifier</key><string>disk5s1</string>
+<key>Roles</key><array/></dict></array>
+</dict></array></dict></plist>"#,
+        )
+        .unwrap();
+        let external = DiskInfo {
+            internal: Some(false),
+            ..diskutil::parse_info(&capture("info-external-hfs-usb.plist")).unwrap()
+        };
+        let stores = BTreeMap::from([("disk4s2".to_owned(), external)]);
+        assert!(apfs_refusals(&list, &stores, &["disk3s1s1".into()]).is_empty());
+        // Mounted, it is refused.
+        let refused = apfs_refusals(&list, &stores, &["disk5s1".into()]);
+        assert_eq!(refused[0].0, "/dev/disk4s2");
+
+        container_on_device(&list, "V0", Path::new("/dev/rdisk4")).unwrap();
+        container_on_device(&list, "v0", Path::new("/dev/disk4s2")).unwrap();
+        let err = container_on_device(&list, "V0", Path::new("/dev/rdisk6")).unwrap_err();
+        assert!(err.contains("on disk4, not on /dev/rdisk6"), "{err}");
+        let err = container_on_device(&list, "V9", Path::new("/dev/rdisk4")).unwrap_err();
+        assert!(err.contains("not listed"), "{err}");
+        let err = container_on_device(&list, "V0", Path::new("/tmp/x.img")).unwrap_err();
+        assert!(err.contains("not a macOS disk"), "{err}");
+    }
+}
