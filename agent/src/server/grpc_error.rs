@@ -60,6 +60,7 @@ pub fn from_erase(e: &EraseError) -> Status {
         | EraseError::Sign { .. }
         | EraseError::CertificateFormat { .. }
         | EraseError::DeviceErase { .. }
+        | EraseError::Rails { .. }
         | EraseError::Internal { .. } => internal(e),
     }
 }

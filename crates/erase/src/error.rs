@@ -231,6 +231,13 @@ pub enum EraseError {
         /// Operations in this agent's journal.
         operations: usize,
     },
+    /// The system-device rails could not be read (on macOS: the APFS map from `diskutil`), so no
+    /// target is opened.
+    #[error("reading the system-device rails: {detail}")]
+    Rails {
+        /// What failed.
+        detail: String,
+    },
     /// The prepare half of a device erase could not record or sign the host's storage.
     #[error("preparing the device erase: {detail}")]
     DeviceErase {

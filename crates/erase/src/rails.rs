@@ -255,36 +255,28 @@ pub fn read_apfs_list(diskutil_path: &Path) -> Result<ApfsList, EraseError> {
     diskutil::parse_apfs_list(&out).map_err(|err| rails_error(&err))
 }
 
+/// How long one `diskutil` query of the rails may take.
+const DISKUTIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn run_diskutil(diskutil_path: &Path, args: &[&str]) -> Result<Vec<u8>, EraseError> {
-    let out = std::process::Command::new(diskutil_path)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|err| EraseError::DeviceErase {
-            detail: format!(
-                "running {} {}: {err}",
-                diskutil_path.display(),
-                args.join(" ")
-            ),
-        })?;
+    let shown = || format!("{} {}", diskutil_path.display(), args.join(" "));
+    let out = jex_platform::process::run(diskutil_path, args, DISKUTIL_TIMEOUT).map_err(|err| {
+        EraseError::Rails {
+            detail: format!("running {}: {}", shown(), jex_platform::error_chain(&err)),
+        }
+    })?;
     if !out.status.success() {
-        return Err(EraseError::DeviceErase {
-            detail: format!(
-                "{} {} exited with {}: {}",
-                diskutil_path.display(),
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
+        return Err(EraseError::Rails {
+            detail: format!("{}: {}", shown(), out.failure_summary()),
         });
     }
     Ok(out.stdout)
 }
 
 fn rails_error(err: &diskutil::ParseError) -> EraseError {
-    EraseError::DeviceErase {
+    EraseError::Rails {
         detail: format!(
-            "reading the APFS map for the rails: {}",
+            "the APFS map: {}",
             jex_platform::error_chain(err)
         ),
     }

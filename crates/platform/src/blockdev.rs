@@ -170,11 +170,30 @@ pub struct TargetIdentity {
     pub rdev: u64,
     /// Size in bytes.
     pub size_bytes: u64,
-    /// The device serial (or WWID) where the OS reports one.
+    /// A stable key of the media where the OS gives one: on Linux the serial or WWID (sysfs);
+    /// on macOS [`macos_media_key`] of `diskutil info -plist` (the IOMedia UUID, else the
+    /// device-tree path and media name).
     pub serial: Option<String>,
 }
 
 impl TargetIdentity {
+    /// Whether `self` and `pinned` name the same target. Files: device, inode and size. Devices:
+    /// size, and the stable media key when both have one (on macOS BSD disk numbers, and so
+    /// `rdev`, are handed out at probe time and change across boots, while the key does not);
+    /// without a key on either side, `rdev` and the key must both be equal.
+    pub fn same_target(&self, pinned: &TargetIdentity) -> bool {
+        if self.kind != pinned.kind || self.size_bytes != pinned.size_bytes {
+            return false;
+        }
+        match self.kind {
+            TargetKind::File => self.dev == pinned.dev && self.ino == pinned.ino,
+            TargetKind::Device => match (&self.serial, &pinned.serial) {
+                (Some(found), Some(pinned)) => found == pinned,
+                _ => self.rdev == pinned.rdev && self.serial == pinned.serial,
+            },
+        }
+    }
+
     /// A one-line form for journals, certificates and error messages, e.g.
     /// `file:dev=2049,ino=131,size=67108864` or `device:rdev=259:0,size=…,serial=S4EW…`.
     pub fn fingerprint(&self) -> String {
@@ -437,7 +456,13 @@ impl TargetIo for DirectTarget {
     }
 
     fn open_identity(&self) -> Result<TargetIdentity, BlockDevError> {
-        identity_of_open(&self.file, &self.path)
+        // An open descriptor keeps naming the device it was opened on, so its media key is the
+        // one read at open; only the path can come to name another device (`path_identity`).
+        let mut found = identity_without_serial(&self.file, &self.path)?;
+        if found.kind == TargetKind::Device {
+            found.serial.clone_from(&self.identity.serial);
+        }
+        Ok(found)
     }
 
     fn path_identity(&self) -> Result<TargetIdentity, BlockDevError> {
@@ -467,7 +492,7 @@ impl TargetIo for DirectTarget {
 /// with the pinned one.
 pub fn check_identity(io: &dyn TargetIo, pinned: &TargetIdentity) -> Result<(), BlockDevError> {
     for found in [io.open_identity()?, io.path_identity()?] {
-        if &found != pinned {
+        if !found.same_target(pinned) {
             return Err(BlockDevError::IdentityChanged {
                 path: io.path().to_path_buf(),
                 pinned: pinned.fingerprint(),
@@ -484,7 +509,7 @@ pub fn check_open_identity(
     pinned: &TargetIdentity,
 ) -> Result<(), BlockDevError> {
     let found = io.open_identity()?;
-    if &found != pinned {
+    if !found.same_target(pinned) {
         return Err(BlockDevError::IdentityChanged {
             path: io.path().to_path_buf(),
             pinned: pinned.fingerprint(),
@@ -545,6 +570,15 @@ fn file_identity(meta: &std::fs::Metadata) -> TargetIdentity {
 }
 
 fn identity_of_open(file: &File, path: &Path) -> Result<TargetIdentity, BlockDevError> {
+    let mut identity = identity_without_serial(file, path)?;
+    if identity.kind == TargetKind::Device {
+        identity.serial = os::device_serial(identity.rdev, path);
+    }
+    Ok(identity)
+}
+
+/// [`identity_of_open`] without the stable media key (cheap: `fstat` and the size ioctl).
+fn identity_without_serial(file: &File, path: &Path) -> Result<TargetIdentity, BlockDevError> {
     let meta = file.metadata().map_err(|source| BlockDevError::Stat {
         path: path.to_path_buf(),
         source,
@@ -568,7 +602,7 @@ fn identity_of_open(file: &File, path: &Path) -> Result<TargetIdentity, BlockDev
         ino: 0,
         rdev: meta.rdev(),
         size_bytes: size,
-        serial: os::device_serial(meta.rdev()),
+        serial: None,
     })
 }
 
@@ -876,7 +910,7 @@ mod os {
         out
     }
 
-    pub(super) fn device_serial(rdev: u64) -> Option<String> {
+    pub(super) fn device_serial(rdev: u64, _path: &Path) -> Option<String> {
         let dir = whole_disk_dir(rdev)?;
         ["serial", "device/serial", "wwid", "device/wwid"]
             .iter()
@@ -1013,8 +1047,23 @@ mod os {
         vec![dev]
     }
 
-    pub(super) fn device_serial(_rdev: u64) -> Option<String> {
-        None
+    /// The media key from `diskutil info -plist <path>` ([`super::macos_media_key`]); `None`
+    /// when diskutil fails or says nothing stable (the identity then falls back to `rdev`).
+    pub(super) fn device_serial(_rdev: u64, path: &Path) -> Option<String> {
+        let out = crate::process::run(
+            Path::new(super::MACOS_DISKUTIL),
+            &[
+                std::ffi::OsStr::new("info"),
+                "-plist".as_ref(),
+                path.as_os_str(),
+            ],
+            std::time::Duration::from_secs(30),
+        )
+        .ok()?;
+        out.status
+            .success()
+            .then(|| super::macos_media_key(&out.stdout))
+            .flatten()
     }
 
     pub(super) fn media_info(_rdev: u64, identity: &TargetIdentity) -> MediaInfo {
@@ -1103,6 +1152,32 @@ pub fn make_block_device_node(path: &Path, dev: u64) -> io::Result<()> {
         dev,
     )
     .map_err(io::Error::from)
+}
+
+/// `diskutil`, on macOS's sealed system volume.
+pub const MACOS_DISKUTIL: &str = "/usr/sbin/diskutil";
+
+/// The stable key of a macOS disk from its `diskutil info -plist`: `uuid=<DiskUUID>` (the
+/// IOMedia UUID, which GPT partitions and APFS volumes have), else
+/// `path=<DeviceTreePath>,media=<MediaName>` when the device-tree path is known; `None`
+/// otherwise. Portable, for testing.
+pub fn macos_media_key(info_plist: &[u8]) -> Option<String> {
+    let value = plist::Value::from_reader(std::io::Cursor::new(info_plist)).ok()?;
+    let dict = value.as_dictionary()?;
+    let text = |key: &str| {
+        dict.get(key)
+            .and_then(plist::Value::as_string)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    };
+    if let Some(uuid) = text("DiskUUID") {
+        return Some(format!("uuid={}", uuid.to_ascii_uppercase()));
+    }
+    let path = text("DeviceTreePath")?;
+    Some(format!(
+        "path={path},media={}",
+        text("MediaName").unwrap_or("")
+    ))
 }
 
 /// True when the macOS device `target` (e.g. `/dev/rdisk4`, `/dev/disk4s2`) is, contains, or
@@ -1207,6 +1282,66 @@ mod tests {
             }
         );
         target.flush_durable().unwrap();
+    }
+
+    #[test]
+    fn macos_media_keys_from_the_captured_diskutil_info() {
+        let capture = |name: &str| {
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../reclaim/tests/fixtures/diskutil")
+                    .join(name),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            macos_media_key(&capture("info-external-hfs-usb.plist")).as_deref(),
+            Some("uuid=4118AB4C-B7C9-462C-B849-BBAE385E0100")
+        );
+        assert_eq!(
+            macos_media_key(&capture("info-root-intel-sealed.plist")).as_deref(),
+            Some("uuid=CA15E030-DBDD-4FF4-847D-50D5EE26B798")
+        );
+        // Without a UUID (a whole disk): the device-tree path and media name.
+        let whole = br#"<plist version="1.0"><dict>
+<key>DeviceTreePath</key><string>IODeviceTree:/arm-io/ans@47400000/iop-ans-nub/AppleANS3NVMeController</string>
+<key>MediaName</key><string>APPLE SSD AP0512Z</string></dict></plist>"#;
+        assert_eq!(
+            macos_media_key(whole).as_deref(),
+            Some(
+                "path=IODeviceTree:/arm-io/ans@47400000/iop-ans-nub/AppleANS3NVMeController,media=APPLE SSD AP0512Z"
+            )
+        );
+        assert_eq!(
+            macos_media_key(b"<plist version=\"1.0\"><dict/></plist>"),
+            None
+        );
+        assert_eq!(macos_media_key(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_device_is_the_same_target_by_media_key_whatever_its_number() {
+        let device = |rdev: u64, serial: Option<&str>| TargetIdentity {
+            kind: TargetKind::Device,
+            dev: 0,
+            ino: 0,
+            rdev,
+            size_bytes: 1 << 30,
+            serial: serial.map(str::to_owned),
+        };
+        let pinned = device(0x0100_0004, Some("uuid=A"));
+        // After a reboot the same disk is another BSD number: still the same target.
+        assert!(device(0x0100_0005, Some("uuid=A")).same_target(&pinned));
+        // Another disk of the same size behind the same number: refused.
+        assert!(!device(0x0100_0004, Some("uuid=B")).same_target(&pinned));
+        // Without a key on one side, the number must match and so must the (missing) key.
+        assert!(device(7, None).same_target(&device(7, None)));
+        assert!(!device(8, None).same_target(&device(7, None)));
+        assert!(!device(7, None).same_target(&device(7, Some("uuid=A"))));
+        // A size change is always refused.
+        let mut grown = device(0x0100_0004, Some("uuid=A"));
+        grown.size_bytes += 4096;
+        assert!(!grown.same_target(&pinned));
     }
 
     #[test]
