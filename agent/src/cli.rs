@@ -265,6 +265,7 @@ pub fn main() -> ExitCode {
             match crate::local_socket::ask(&socket, crate::local_socket::Query::Plan).await {
                 Ok(plan) => {
                     print!("{}", crate::local_socket::render::render_plan(&plan));
+                    report_sip();
                     ExitKind::Ok.into()
                 }
                 // Only when no agent runs: one that runs knows its journal.
@@ -323,7 +324,39 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
     for warning in erase_warnings(&config) {
         eprintln!("jex-agent: warning: {warning}");
     }
+    report_sip();
     ExitKind::Ok.into()
+}
+
+/// On macOS, prints System Integrity Protection's state (`csrutil status`, by its fixed path):
+/// the system tools the erase runs (`diskutil`, `csrutil`, …) are trusted because SIP seals
+/// them, and a device erase's attestation fails without it. Elsewhere, nothing.
+fn report_sip() {
+    if jex_platform::OS != jex_platform::Os::MacOs {
+        return;
+    }
+    match sip_state() {
+        Ok(status) if status.is_enabled() => println!("System Integrity Protection: enabled"),
+        Ok(status) => eprintln!(
+            "jex-agent: warning: System Integrity Protection is not enabled ({status:?}): the system tools the erase runs are not sealed, and a device erase's attestation fails its sip_enabled check"
+        ),
+        Err(e) => eprintln!("jex-agent: warning: System Integrity Protection unknown: {e}"),
+    }
+}
+
+/// `csrutil status`, parsed.
+fn sip_state() -> Result<jex_reclaim::macos::SipStatus, String> {
+    let csrutil = std::path::Path::new(jex_reclaim::macos::CSRUTIL);
+    let out = jex_platform::process::run(csrutil, &["status"], std::time::Duration::from_secs(30))
+        .map_err(|e| format!("running {}: {}", csrutil.display(), error_chain(&e)))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    jex_reclaim::macos::parse_csrutil_status(&text).ok_or_else(|| {
+        format!(
+            "{} status printed {:?}, not `System Integrity Protection status: …`",
+            csrutil.display(),
+            text.trim()
+        )
+    })
 }
 
 /// What would refuse a `Terminate` now without stopping the agent, from the erase plan.
@@ -462,6 +495,7 @@ fn erase_plan_offline(path: &std::path::Path) -> ExitCode {
                     &plan
                 ))
             );
+            report_sip();
             ExitKind::Ok.into()
         }
         Err(e) => refuse(&e),

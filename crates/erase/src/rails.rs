@@ -20,6 +20,11 @@
 //!
 //! [`container_on_device`] is the other APFS check: an `apfs-volume` target's container must sit
 //! on the disk its `device` overwrites, or the config pairs a volume with another disk.
+//!
+//! [`detach_for_overwrite`] frees a macOS disk before it is opened for writing, once its keys
+//! are destroyed: an attached APFS container keeps a raw disk busy (`EBUSY`) even after its
+//! volume is deleted, so the containers on it are deleted and whatever is mounted on it is
+//! unmounted ([`detach_plan`]), then the disk is checked free.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -249,6 +254,114 @@ pub fn system_devices(diskutil_path: &Path) -> Result<SystemDevices, EraseError>
     Ok(system)
 }
 
+/// One step that frees a macOS disk before it is opened for writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DetachStep {
+    /// `diskutil apfs deleteContainer <container>`: an attached APFS container on the disk
+    /// keeps it busy (`EBUSY`) even with no volume mounted; its keys are destroyed by then.
+    DeleteContainer {
+        /// The container reference (`disk5`), or its UUID when unreferenced.
+        container: String,
+        /// Its physical store on the target (`disk4s2`).
+        store: String,
+    },
+    /// `diskutil unmountDisk force /dev/<disk>`: something on the disk is mounted.
+    UnmountDisk {
+        /// The whole disk (`disk4`).
+        disk: String,
+    },
+}
+
+/// What must be done so that nothing on `device` (`/dev/rdisk4`, `/dev/disk4s2`) is attached:
+/// unmount its whole disk when a mounted device lies on it, and delete every APFS container
+/// with a physical store on it. Empty when the disk is free. `mounted` are the BSD names of
+/// mounted devices.
+pub fn detach_plan(list: &ApfsList, mounted: &[String], device: &Path) -> Vec<DetachStep> {
+    let device_text = device.to_string_lossy();
+    let Some(target) = bsd_name(&device_text) else {
+        return Vec::new();
+    };
+    let on_target = |name: &str| {
+        jex_platform::blockdev::macos_same_disk(&format!("/dev/{target}"), &format!("/dev/{name}"))
+    };
+    let mut steps = Vec::new();
+    let mut containers = Vec::new();
+    for container in &list.containers {
+        if let Some(store) = stores_of(container).into_iter().find(|s| on_target(s)) {
+            let reference = container
+                .container_reference
+                .clone()
+                .unwrap_or_else(|| container.container_uuid.clone());
+            containers.push((reference, store.to_owned()));
+        }
+    }
+    let container_refs: Vec<&str> = containers.iter().map(|(r, _)| r.as_str()).collect();
+    let mounted_here = mounted.iter().any(|m| {
+        on_target(m)
+            || container_refs
+                .iter()
+                .any(|r| m == r || m.strip_prefix(r).is_some_and(|rest| rest.starts_with('s')))
+    });
+    if mounted_here {
+        steps.push(DetachStep::UnmountDisk {
+            disk: whole_disk(target).to_owned(),
+        });
+    }
+    steps.extend(
+        containers
+            .into_iter()
+            .map(|(container, store)| DetachStep::DeleteContainer { container, store }),
+    );
+    steps
+}
+
+/// On macOS, frees the disk of a device target before it is opened for writing
+/// ([`detach_plan`], run with the `diskutil` at `diskutil_path`), then checks that nothing on
+/// it is still attached; elsewhere (and for files) nothing to do. Repeating it after a crash
+/// finds the disk already free.
+pub fn detach_for_overwrite(diskutil_path: &Path, device: &Path) -> Result<(), EraseError> {
+    if jex_platform::OS != jex_platform::Os::MacOs || bsd_name(&device.to_string_lossy()).is_none()
+    {
+        return Ok(());
+    }
+    let now = || -> Result<Vec<DetachStep>, EraseError> {
+        let list = read_apfs_list(diskutil_path)?;
+        let system = SystemDevices::probe().map_err(|source| EraseError::Target {
+            target: "(mount table)".into(),
+            source,
+        })?;
+        let mounted: Vec<String> = system
+            .mounted_devices()
+            .filter_map(|p| bsd_name(&p.to_string_lossy()).map(str::to_owned))
+            .collect();
+        Ok(detach_plan(&list, &mounted, device))
+    };
+    for step in now()? {
+        let args: Vec<String> = match &step {
+            DetachStep::DeleteContainer { container, .. } => {
+                vec!["apfs".into(), "deleteContainer".into(), container.clone()]
+            }
+            DetachStep::UnmountDisk { disk } => {
+                vec!["unmountDisk".into(), "force".into(), format!("/dev/{disk}")]
+            }
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_diskutil(diskutil_path, &args)?;
+        tracing::info!(device = %device.display(), step = ?step, "detached before the overwrite");
+    }
+    let left = now()?;
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(EraseError::Rails {
+            detail: format!(
+                "{} is still attached after detaching it ({left:?}): eject everything on it, then resume",
+                device.display()
+            ),
+        })
+    }
+}
+
 /// `diskutil apfs list -plist`, parsed.
 pub fn read_apfs_list(diskutil_path: &Path) -> Result<ApfsList, EraseError> {
     let out = run_diskutil(diskutil_path, &["apfs", "list", "-plist"])?;
@@ -275,10 +388,7 @@ fn run_diskutil(diskutil_path: &Path, args: &[&str]) -> Result<Vec<u8>, EraseErr
 
 fn rails_error(err: &diskutil::ParseError) -> EraseError {
     EraseError::Rails {
-        detail: format!(
-            "the APFS map: {}",
-            jex_platform::error_chain(err)
-        ),
+        detail: format!("the APFS map: {}", jex_platform::error_chain(err)),
     }
 }
 
@@ -360,6 +470,40 @@ mod tests {
         assert_eq!(refused.len(), 1, "{refused:?}");
         assert_eq!(refused[0].0, "/dev/disk0s1");
         assert!(refused[0].1.contains("iSC container"), "{}", refused[0].1);
+    }
+
+    #[test]
+    fn detaching_deletes_the_containers_on_the_target_and_unmounts_what_is_mounted() {
+        let list = diskutil::parse_apfs_list(&capture("apfs-list-intel-filevault.plist")).unwrap();
+        // The captured container disk1 sits on disk0s2.
+        assert_eq!(
+            detach_plan(&list, &[], Path::new("/dev/rdisk0")),
+            [DetachStep::DeleteContainer {
+                container: "disk1".into(),
+                store: "disk0s2".into()
+            }]
+        );
+        assert_eq!(
+            detach_plan(&list, &["disk1s5s1".into()], Path::new("/dev/rdisk0s2")),
+            [
+                DetachStep::UnmountDisk {
+                    disk: "disk0".into()
+                },
+                DetachStep::DeleteContainer {
+                    container: "disk1".into(),
+                    store: "disk0s2".into()
+                }
+            ]
+        );
+        // Another disk, or another partition of the same disk: nothing to do.
+        assert!(detach_plan(&list, &["disk1s5s1".into()], Path::new("/dev/rdisk4")).is_empty());
+        assert!(detach_plan(&list, &[], Path::new("/dev/rdisk0s3")).is_empty());
+        assert!(detach_plan(&list, &[], Path::new("/tmp/disk.img")).is_empty());
+        // Off macOS the engine never runs it.
+        if jex_platform::OS != jex_platform::Os::MacOs {
+            detach_for_overwrite(Path::new("/nonexistent/diskutil"), Path::new("/dev/rdisk0"))
+                .unwrap();
+        }
     }
 
     #[test]

@@ -374,6 +374,8 @@ fn overwrite_all(
             start = 0;
         }
         let size = pin.identity.size_bytes;
+        // macOS: an APFS container left on the disk would make the open fail with EBUSY.
+        crate::rails::detach_for_overwrite(&shared.config.tools.diskutil, &target.device)?;
         let io = shared.open_target(index, target, Access::ReadWrite)?;
         info!(
             target = %target.name,
