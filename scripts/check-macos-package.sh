@@ -7,10 +7,11 @@
 #       [--signature identity|adhoc] [--identifier ID] [--team TEAMID] [--runtime]
 #   scripts/check-macos-package.sh --binary BIN [--signature adhoc]     # the binary alone
 #
-# The binary: arm64 executable, LC_BUILD_VERSION platform macOS with minos = the package's
-# minimum macOS (packaging/src/layout.rs), linked libraries limited to the list below, a code
-# signature whose hashes match the file (and, for an identity signature, whose CMS signature
-# verifies with openssl up to ROOT.pem). The package: TOC checksum, file checksums, both
+# The binary: arm64 executable, one LC_UUID (dyld on macOS 15 refuses a Mach-O without one),
+# LC_BUILD_VERSION platform macOS with minos = the package's minimum macOS
+# (packaging/src/layout.rs), linked libraries limited to the list below, a code signature with a
+# SHA-256 CodeDirectory whose hashes match the file (and, for an identity signature, whose CMS
+# signature verifies with openssl up to ROOT.pem). The package: TOC checksum, file checksums, both
 # signatures checked by openssl up to ROOT.pem, the Distribution's minimum macOS, and a payload
 # whose only Mach-O is, byte for byte, BIN.
 #

@@ -4,13 +4,18 @@
 Reads the file itself, without any of the tools that built or signed it:
 
 - header: 64-bit arm64 executable (thin, not universal);
+- LC_UUID: exactly one. dyld on macOS 15 and later refuses to launch a Mach-O without one
+  ("missing LC_UUID load command");
 - LC_BUILD_VERSION: platform macOS, minos equal to --min-os;
 - linked libraries (LC_LOAD_DYLIB and friends): libSystem is required, anything not listed with
   --allow-dylib fails;
 - LC_CODE_SIGNATURE: the SuperBlob and its CodeDirectory are parsed, and every page hash of the
   CodeDirectory is recomputed over the file, as is every special-slot hash over the blob it
   stands for (requirements, entitlements). Apple Silicon refuses to run code whose hashes do not
-  match, so a stale signature (a file changed after signing) fails here;
+  match, so a stale signature (a file changed after signing) fails here. One CodeDirectory must
+  hash with SHA-256 (hashType 2, CS_HASHTYPE_SHA256): a signature whose only CodeDirectory uses
+  SHA-1 fails (codesign adds a SHA-1 CodeDirectory only next to a SHA-256 one, for systems older
+  than the package's minimum macOS);
 - --signature adhoc: the CodeDirectory has the ad-hoc flag and there is no CMS signature;
   --signature identity: no ad-hoc flag and a non-empty CMS blob (written with --cms-out, with
   the CodeDirectory it signs with --cd-out, for `openssl cms -verify`);
@@ -31,6 +36,7 @@ CPU_TYPE_ARM64 = 0x0100000C
 MH_EXECUTE = 2
 LC_REQ_DYLD = 0x80000000
 LC_CODE_SIGNATURE = 0x1D
+LC_UUID = 0x1B
 LC_BUILD_VERSION = 0x32
 LC_VERSION_MIN_MACOSX = 0x24
 DYLIB_COMMANDS = {
@@ -56,6 +62,7 @@ CSSLOT_SIGNATURESLOT = 0x10000
 CS_ADHOC = 0x2
 CS_RUNTIME = 0x10000
 CS_LINKER_SIGNED = 0x20000
+CS_HASHTYPE_SHA256 = 2
 HASHES = {1: ("sha1", 20), 2: ("sha256", 32), 3: ("sha256", 20), 4: ("sha384", 48)}
 
 
@@ -107,6 +114,22 @@ def parse_load_commands(data, r):
         off += size
     r.check(off == 32 + sizeofcmds, f"{ncmds} load commands, {sizeofcmds} bytes")
     return cmds
+
+
+def check_uuid(data, cmds, r):
+    uuids = [(off, size) for cmd, off, size in cmds if cmd == LC_UUID]
+    if not uuids:
+        r.fail("no LC_UUID load command: dyld on macOS 15 and later refuses to launch this binary")
+        return
+    if len(uuids) != 1:
+        r.fail(f"one LC_UUID ({len(uuids)} found)")
+        return
+    off, size = uuids[0]
+    if size != 24:
+        r.fail(f"LC_UUID of 24 bytes ({size})")
+        return
+    raw = data[off + 8 : off + 24].hex().upper()
+    r.ok(f"one LC_UUID ({raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]})")
 
 
 def check_build_version(data, cmds, args, r):
@@ -174,6 +197,7 @@ def check_signature(data, cmds, args, r):
         slots[t] for t in sorted(slots) if CSSLOT_ALTERNATE_CODEDIRECTORIES <= t < CSSLOT_ALTERNATE_CODEDIRECTORIES + 5
     ]
     first_flags = None
+    hash_types = []
     for n, (cmagic, cd) in enumerate(cds):
         if not r.check(cmagic == CSMAGIC_CODEDIRECTORY, f"CodeDirectory {n} magic ({cmagic:#x})"):
             return
@@ -198,6 +222,7 @@ def check_signature(data, cmds, args, r):
         )
         if not r.check(algo is not None and size == hash_size, f"known hash type {hash_type}"):
             return
+        hash_types.append(hash_type)
         r.check(code_limit == dataoff, "codeLimit is the signature's offset: the whole file before it is hashed")
         page = 1 << page_log
         bad = []
@@ -223,6 +248,11 @@ def check_signature(data, cmds, args, r):
             first_ident = ident
             first_team = team
             first_cd = cd
+    found = ", ".join(f"{HASHES[t][0]}/{HASHES[t][1] * 8} (hashType {t})" for t in hash_types)
+    if CS_HASHTYPE_SHA256 in hash_types:
+        r.ok(f"a SHA-256 CodeDirectory (CS_HASHTYPE_SHA256); CodeDirectories: {found}")
+    else:
+        r.fail(f"no SHA-256 CodeDirectory (hashType 2, CS_HASHTYPE_SHA256), only {found}: SHA-1 alone is not accepted")
     if CSSLOT_REQUIREMENTS in slots:
         r.check(slots[CSSLOT_REQUIREMENTS][0] == CSMAGIC_REQUIREMENTS, "requirements blob magic")
     cms = slots.get(CSSLOT_SIGNATURESLOT)
@@ -266,6 +296,7 @@ def main():
     print(f"      {args.binary}: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}")
     cmds = parse_load_commands(data, r)
     if cmds is not None:
+        check_uuid(data, cmds, r)
         check_build_version(data, cmds, args, r)
         check_dylibs(data, cmds, args, r)
         check_signature(data, cmds, args, r)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the macOS package of jex-agent: the arm64 Mach-O, code-signed, inside a signed,
 # reproducible .pkg; then checks both with tools that did not make them
-# (scripts/check-macos-package.sh).
+# (scripts/check-macos-package.sh). The output directory also gets mdm/, the configuration
+# profiles and declarations a fleet's MDM server installs with the package (mdm/README.md), and
+# SHA256SUMS of everything.
 #
 #   scripts/package.sh                       # signed with a development PKI (not for production)
 #   scripts/package.sh --codesign-cert app.pem --codesign-key app.key --codesign-chain chain.pem \
@@ -235,7 +237,13 @@ cmp "$work/pkg/jex-agent-$version.pkg" "$work/again/jex-agent-$version.pkg" || d
 
 cp "$work/jex-agent" "$out/jex-agent"
 cp "$work/pkg/jex-agent-$version.pkg" "$out/"
-(cd "$out" && sha256sum jex-agent "jex-agent-$version.pkg" >SHA256SUMS)
+rm -rf "$out/mdm"
+cp -R mdm "$out/mdm"
+(
+  cd "$out"
+  mapfile -t mdm_files < <(find mdm -type f | LC_ALL=C sort)
+  sha256sum jex-agent "jex-agent-$version.pkg" "${mdm_files[@]}" >SHA256SUMS
+)
 
 check=(scripts/check-macos-package.sh --pkg "$out/jex-agent-$version.pkg" --binary "$out/jex-agent" --ca "$ca")
 case "$codesign" in

@@ -4,7 +4,8 @@
 #   scripts/test.sh           every test (the README's command, and CI's through .ci/run)
 #   scripts/test.sh --quick   what needs neither root nor an installed tool, for contributors
 #
-# Full: formatting, clippy, the architecture check (and its own test), the proto lint, the
+# Full: formatting, clippy, the architecture check (and its own test), the test of the Mach-O
+# checker (scripts/tests/check_macho.py, on Mach-O files it builds), the proto lint, the
 # launchd plist, the Rust unit, integration and end-to-end tests (real mTLS on loopback, real
 # LUKS2 images with the real cryptsetup, loop devices and tmpfs mounts as root, a real grpcurl),
 # the demo (scripts/demo.sh, whose agent log is checked), shellcheck, the macOS cross-build and
@@ -12,12 +13,13 @@
 # (Debian packages, as root; pinned npm, PyPI and crates.io tools, cached outside the clone by
 # scripts/tools.sh), so it works on a fresh machine. A missing tool is a failure, never a skip.
 #
-# Quick: formatting, clippy, the architecture check and its test, and every Rust test that runs
-# without root and without cryptsetup, losetup, mount, openssl, bsdtar, cpio, shellcheck or
-# grpcurl: the unit tests of every crate but the package builder's (minus the LUKS2, loop-device
-# and full-disk tests, named below), the platform's and the erase crash tests, and the
-# end-to-end tests over mTLS on loopback (minus grpcurl's). Those left out are not skipped at run
-# time: the quick tier does not run them, the full tier always does. Installs nothing.
+# Quick: formatting, clippy, the architecture check and its test, the Mach-O checker's test
+# (python3 alone), and every Rust test that runs without root and without cryptsetup, losetup,
+# mount, openssl, bsdtar, cpio, shellcheck or grpcurl: the unit tests of every crate but the
+# package builder's (minus the LUKS2, loop-device and full-disk tests, named below), the
+# platform's and the erase crash tests, and the end-to-end tests over mTLS on loopback (minus
+# grpcurl's). Those left out are not skipped at run time: the quick tier does not run them, the
+# full tier always does. Installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +61,9 @@ checks() {
   bash scripts/check-architecture.sh
   echo "== architecture check, fed broken copies: it must fail on every rule, one and several at once"
   bash scripts/tests/check-architecture.sh
+
+  echo "== scripts/check_macho.py, fed Mach-O files built by its test: no LC_UUID, SHA-1 only, a changed byte"
+  python3 scripts/tests/check_macho.py
 
   echo "== ring-only crypto graph"
   if cargo tree --workspace -i aws-lc-rs >/dev/null 2>&1; then

@@ -4,9 +4,10 @@
 //! payload. [`LaunchDaemon`] parses it with the `plist` crate (keys in launchd's PascalCase,
 //! unknown keys rejected so that a key added by hand is also added here and checked), and
 //! [`check`] lists every way it disagrees with the layout: program path, `--config` path,
-//! `ExitTimeOut` above the agent's drain, a `KeepAlive` that relaunches after a crash, a
-//! `ProcessType` that is not throttled, and log paths inside the log directory. The package
-//! builder refuses to package a plist with any problem.
+//! `RunAtLoad` (postinstall's bootstrap is the agent's only start), `ExitTimeOut` above the
+//! agent's drain, a `KeepAlive` that relaunches after a crash, a `ProcessType` that is not
+//! throttled, and log paths inside the log directory. The package builder refuses to package a
+//! plist with any problem.
 
 use serde::{Deserialize, Serialize};
 
@@ -276,6 +277,9 @@ mod tests {
                 .starts_with(&format!("{}/", layout::LOG_DIR))
         );
         assert_eq!(daemon.user_name, "root");
+        // postinstall starts the agent with the bootstrap alone, which starts a job only when
+        // RunAtLoad is true (packaging/scripts/postinstall).
+        assert!(daemon.run_at_load);
     }
 
     #[test]
@@ -323,6 +327,7 @@ mod tests {
         });
         daemon.program_arguments[0] = "/usr/local/libexec/jex-agent".to_owned();
         daemon.standard_error_path = "/tmp/err.log".to_owned();
+        daemon.run_at_load = false;
         let problems = check(&daemon);
         for key in [
             "ExitTimeOut",
@@ -330,13 +335,14 @@ mod tests {
             "KeepAlive",
             "ProgramArguments",
             "StandardErrorPath",
+            "RunAtLoad",
         ] {
             assert!(
                 problems.iter().any(|p| p.starts_with(key)),
                 "{key} not reported in {problems:?}"
             );
         }
-        assert_eq!(problems.len(), 5, "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
     }
 
     #[test]

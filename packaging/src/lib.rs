@@ -4,6 +4,8 @@
 //!
 //! - [`layout`]: where every installed file goes and the service facts (label, drain grace).
 //! - [`launchd`], [`newsyslog`]: the shipped plist and rotation rules, typed and checked.
+//! - [`codesign`]: the binary's signing identifier and the code requirement that the MDM profiles
+//!   in `mdm/` grant Full Disk Access by.
 //! - [`cpio`], [`bom`], [`xar`]: the three archive formats of a flat package (odc Payload and
 //!   Scripts, the Bom bill of materials, the XAR container).
 //! - [`build`]: stages the payload and writes an unsigned, byte-reproducible product archive.
@@ -28,7 +30,7 @@
 //! bom       -> cpio
 //! launchd   -> layout
 //! newsyslog -> none                             (tests: layout)
-//! key, x509, xar, cpio, layout: no crate dependency (key's tests use x509's test PKI)
+//! key, x509, xar, cpio, layout, codesign: no crate dependency (key's tests use x509's test PKI)
 //! ```
 //!
 //! Each module's error type holds only the error types of modules below it: [`sign::SignError`]
@@ -43,6 +45,7 @@
 pub mod bom;
 pub mod build;
 pub mod cms;
+pub mod codesign;
 pub mod cpio;
 pub mod integrity;
 pub mod key;

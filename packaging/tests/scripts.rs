@@ -17,15 +17,24 @@ use jex_packaging::layout;
 const EXAMPLE_V1: &str = "# example v1\n";
 const EXAMPLE_V2: &str = "# example v2\n";
 
-/// Fake launchctl: `loaded` file = job loaded. bootstrap of a loaded job fails like launchd (5),
-/// and the first `$FAKE_BOOTSTRAP_FAILURES` bootstraps fail.
+/// Fake launchctl: `loaded` file = job loaded, `running` file = agent process alive. bootstrap of
+/// a loaded job fails like launchd (5), and the first `$FAKE_BOOTSTRAP_FAILURES` bootstraps fail.
+///
+/// It also does to the agent process what launchd would, and appends each event to
+/// `$FAKE_STATE/agent.events`: `start` when a bootstrap loads a plist whose `RunAtLoad` is true
+/// (read with Python's plistlib) and on `kickstart` of a job that is not running; `kill` then
+/// `start` on `kickstart -k` of a running job; `stop` on `bootout` of a running job.
 const FAKE_LAUNCHCTL: &str = r#"#!/bin/bash
 echo "launchctl $*" >>"$FAKE_LOG"
 loaded="$FAKE_STATE/loaded"
+running="$FAKE_STATE/running"
+event() { echo "$1" >>"$FAKE_STATE/agent.events"; }
+start() { touch "$running"; event start; }
 case "$1" in
     print) [ -e "$loaded" ] || { echo "Could not find service" >&2; exit 113; } ;;
     bootout)
         [ -e "$loaded" ] || { echo "Boot-out failed: 3: No such process" >&2; exit 3; }
+        if [ -e "$running" ]; then rm -f "$running"; event stop; fi
         rm -f "$loaded" ;;
     bootstrap)
         [ ! -e "$loaded" ] || { echo "Bootstrap failed: 5: Input/output error" >&2; exit 5; }
@@ -36,8 +45,16 @@ case "$1" in
             exit 5
         fi
         [ -f "$3" ] || { echo "no plist $3" >&2; exit 2; }
-        touch "$loaded" ;;
-    enable | kickstart) ;;
+        touch "$loaded"
+        if python3 -c 'import plistlib,sys; sys.exit(0 if plistlib.load(open(sys.argv[1],"rb")).get("RunAtLoad") is True else 1)' "$3"; then
+            start
+        fi ;;
+    kickstart)
+        [ -e "$loaded" ] || { echo "Could not find service" >&2; exit 113; }
+        if [ "$2" = -k ] && [ -e "$running" ]; then event kill; start
+        elif [ ! -e "$running" ]; then start
+        fi ;;
+    enable) ;;
     *) echo "unexpected launchctl $*" >&2; exit 64 ;;
 esac
 "#;
@@ -170,12 +187,31 @@ impl Host {
         text.lines().map(str::to_owned).collect()
     }
 
+    /// What launchd did to the agent process since the last call to this function (`start`,
+    /// `kill`, `stop`; see [`FAKE_LAUNCHCTL`]).
+    fn take_agent_events(&self) -> Vec<String> {
+        let path = self.dir.path().join("state/agent.events");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text.lines().map(str::to_owned).collect()
+    }
+
     fn loaded(&self) -> bool {
         self.dir.path().join("state/loaded").exists()
     }
 
+    /// A job loaded and running, as launchd leaves it after a bootstrap.
     fn set_loaded(&self) {
         std::fs::write(self.dir.path().join("state/loaded"), "").expect("loaded");
+        std::fs::write(self.dir.path().join("state/running"), "").expect("running");
+    }
+
+    /// Runs the fake launchctl directly.
+    fn launchctl(&self, args: &[&str]) -> Output {
+        self.command(&self.dir.path().join("bin/launchctl"))
+            .args(args)
+            .output()
+            .expect("run fake launchctl")
     }
 }
 
@@ -249,9 +285,9 @@ fn fresh_install_creates_directories_and_config_then_starts_the_agent() {
         "launchctl print system/com.jexcloud.agent".to_owned(),
         "launchctl enable system/com.jexcloud.agent".to_owned(),
         format!("launchctl bootstrap system {plist}"),
-        "launchctl kickstart -k system/com.jexcloud.agent".to_owned(),
     ];
     assert!(calls.ends_with(&expected_tail), "{calls:#?}");
+    assert_eq!(host.take_agent_events(), ["start"]);
     let chowned: BTreeSet<&str> = calls
         .iter()
         .filter_map(|c| c.strip_prefix("chown 0:0 "))
@@ -280,6 +316,7 @@ fn reinstall_stops_the_agent_keeps_the_config_and_starts_again() {
     std::fs::write(host.at(layout::STATE_DIR).join("journal"), "state").expect("state");
     host.stage_scripts(EXAMPLE_V2);
     host.take_calls();
+    assert_eq!(host.take_agent_events(), ["start"], "the first install");
 
     assert_ok(&host.installer_script("preinstall", "/", &[]), "preinstall");
     assert_eq!(
@@ -290,11 +327,21 @@ fn reinstall_stops_the_agent_keeps_the_config_and_starts_again() {
             "launchctl print system/com.jexcloud.agent",
         ]
     );
+    assert_eq!(
+        host.take_agent_events(),
+        ["stop"],
+        "preinstall stops the old agent"
+    );
     assert!(!host.loaded());
     host.install_payload(EXAMPLE_V2);
     assert_ok(
         &host.installer_script("postinstall", "/", &[]),
         "postinstall",
+    );
+    assert_eq!(
+        host.take_agent_events(),
+        ["start"],
+        "the new agent starts once"
     );
     assert_eq!(
         std::fs::read_to_string(host.at(layout::CONFIG_PATH)).expect("config"),
@@ -321,6 +368,11 @@ fn reinstall_stops_the_agent_keeps_the_config_and_starts_again() {
         calls.contains(&"launchctl bootout system/com.jexcloud.agent".to_owned()),
         "{calls:#?}"
     );
+    assert_eq!(
+        host.take_agent_events(),
+        ["stop", "start"],
+        "the old instance is stopped by bootout, the new one started once"
+    );
     assert!(host.loaded());
 }
 
@@ -336,6 +388,11 @@ fn bootstrap_is_retried_until_launchd_accepts_it() {
         .filter(|c| c.starts_with("launchctl bootstrap"))
         .count();
     assert_eq!(bootstraps, 3);
+    assert_eq!(
+        host.take_agent_events(),
+        ["start"],
+        "only the accepted bootstrap starts it"
+    );
     assert!(host.loaded());
 
     let host = Host::new();
@@ -354,6 +411,7 @@ fn invalid_configuration_is_never_started() {
     assert_ok(&out, "postinstall with the example config");
     assert!(String::from_utf8_lossy(&out.stdout).contains("launchctl bootstrap system"));
     assert!(host.take_calls().iter().all(|c| !c.contains("bootstrap")));
+    assert!(host.take_agent_events().is_empty());
     assert!(!host.loaded());
 
     // An operator's configuration rejected by the new version fails the install.
@@ -362,6 +420,74 @@ fn invalid_configuration_is_never_started() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("rejected"));
     assert!(!host.loaded());
+}
+
+/// The agent may be resuming an erase from its journal as soon as it starts: the install must
+/// start it once and never kill the instance it started.
+#[test]
+fn postinstall_starts_the_agent_exactly_once_and_never_kills_it() {
+    let host = Host::new();
+    install(&host, EXAMPLE_V1);
+    let calls = host.take_calls();
+    assert_eq!(host.take_agent_events(), ["start"], "{calls:#?}");
+    let bootstrap_at = calls
+        .iter()
+        .position(|c| c.starts_with("launchctl bootstrap system "))
+        .expect("a bootstrap");
+    let after: Vec<&String> = calls[bootstrap_at + 1..]
+        .iter()
+        .filter(|c| c.starts_with("launchctl "))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "no launchctl call after the bootstrap that started the agent: {after:#?}"
+    );
+    assert!(calls.iter().all(|c| !c.contains("kickstart")), "{calls:#?}");
+    assert!(host.loaded());
+}
+
+/// The assertions above rely on the fake doing what launchd does: a bootstrap starts a job only
+/// because the installed plist says RunAtLoad, and `kickstart -k` kills a running agent.
+#[test]
+fn fake_launchctl_starts_on_run_at_load_and_kills_on_kickstart_k() {
+    let host = Host::new();
+    install(&host, EXAMPLE_V1);
+    host.take_agent_events();
+    let plist = host.at(layout::PLIST_PATH).display().to_string();
+
+    assert_ok(
+        &host.launchctl(&["kickstart", "system/com.jexcloud.agent"]),
+        "kickstart",
+    );
+    assert!(
+        host.take_agent_events().is_empty(),
+        "a plain kickstart of a running job does nothing"
+    );
+    assert_ok(
+        &host.launchctl(&["kickstart", "-k", "system/com.jexcloud.agent"]),
+        "kickstart -k",
+    );
+    assert_eq!(host.take_agent_events(), ["kill", "start"]);
+
+    // The same plist with RunAtLoad false: bootstrap loads the job without starting it.
+    assert_ok(
+        &host.launchctl(&["bootout", "system/com.jexcloud.agent"]),
+        "bootout",
+    );
+    assert_eq!(host.take_agent_events(), ["stop"]);
+    let text = std::fs::read_to_string(&plist).expect("plist");
+    let off = text.replace(
+        "<key>RunAtLoad</key>\n\t<true/>",
+        "<key>RunAtLoad</key>\n\t<false/>",
+    );
+    assert_ne!(off, text, "the installed plist says RunAtLoad true");
+    std::fs::write(&plist, off).expect("plist");
+    assert_ok(
+        &host.launchctl(&["bootstrap", "system", &plist]),
+        "bootstrap",
+    );
+    assert!(host.loaded());
+    assert!(host.take_agent_events().is_empty());
 }
 
 #[test]
