@@ -68,3 +68,40 @@ fn macos_formula_on_a_real_vm_stat_capture() {
     assert_eq!(s.purgeable_bytes, 11_820 * 4096);
     assert_eq!(s.formula_version, MEMORY_FORMULA_VERSION);
 }
+
+/// The same formula on Apple silicon captures: 16 KiB pages, a busy compressor, and (macOS
+/// 26.6) the `Pages tagged…` lines, which are not memory classes of the model and are ignored.
+#[test]
+fn macos_formula_on_apple_silicon_vm_stat_captures() {
+    let parse = |text: &str, total: u64| {
+        let mut v = darwin::parse_vm_stat(text).unwrap();
+        v.total_bytes = total;
+        (v.page_size, from_vm_counts(&v))
+    };
+    let (page, m4) = parse(
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/macos/vm_stat.m4-mac-mini-16g.macos-26.5.1.txt"
+        )),
+        16 << 30,
+    );
+    assert_eq!(page, 16384);
+    // (anonymous 363641 - purgeable 4133) + wired 106741 + compressor 110063 pages.
+    assert_eq!(m4.used_bytes, 576_312 * 16384);
+    assert_eq!(m4.compressed_bytes, 110_063 * 16384);
+    assert_eq!(m4.free_bytes, 24_141 * 16384);
+    assert_eq!(m4.available_bytes, (16 << 30) - 576_312 * 16384);
+
+    let (page, m5) = parse(
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/macos/vm_stat.m5pro-macbook-48g.macos-26.6.2.txt"
+        )),
+        48 << 30,
+    );
+    assert_eq!(page, 16384);
+    // (anonymous 768041 - purgeable 23665) + wired 160600 + compressor 120819 pages.
+    assert_eq!(m5.used_bytes, 1_025_795 * 16384);
+    assert_eq!(m5.wired_bytes, 160_600 * 16384);
+    assert_eq!(m5.speculative_bytes, 210_943 * 16384);
+}
