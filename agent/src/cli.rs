@@ -16,7 +16,7 @@ use crate::error_chain;
 
 /// jex-agent: node agent for Apple Silicon bare-metal hosts.
 #[derive(Debug, Parser)]
-#[command(name = "jex-agent", version, about, long_about = None)]
+#[command(name = "jex-agent", version = crate::LONG_VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -31,3 +31,42 @@ pub use jex_platform::error_chain;
 
 /// The agent's version, as built.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How this binary was built (`build.rs`): the version, the commit, the target triple, the
+/// build date (`SOURCE_DATE_EPOCH`, else the commit's time) and the compiler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// The crate version.
+    pub version: &'static str,
+    /// The commit, 12 hex digits, or `unknown`.
+    pub commit: &'static str,
+    /// The target triple, e.g. `aarch64-apple-darwin`.
+    pub target: &'static str,
+    /// `YYYY-MM-DD` (UTC), or `unknown`.
+    pub date: &'static str,
+    /// `rustc -V` of the compiler that built it.
+    pub rustc: &'static str,
+}
+
+/// This binary's build.
+pub const BUILD: BuildInfo = BuildInfo {
+    version: AGENT_VERSION,
+    commit: env!("JEX_BUILD_COMMIT"),
+    target: env!("JEX_BUILD_TARGET"),
+    date: env!("JEX_BUILD_DATE"),
+    rustc: env!("JEX_BUILD_RUSTC"),
+};
+
+/// The one line `jex-agent --version` prints after the program name.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("JEX_BUILD_COMMIT"),
+    ", ",
+    env!("JEX_BUILD_TARGET"),
+    ", built ",
+    env!("JEX_BUILD_DATE"),
+    ", ",
+    env!("JEX_BUILD_RUSTC"),
+    ")"
+);

@@ -44,6 +44,28 @@ async fn controller_gets_host_identity_from_the_agent_certificate() -> Result<()
     let host = get_host_code(&pki, &agent, Some(&pki.controller())).await??;
     assert_eq!(host.host_id, HOST_ID);
     assert_eq!(host.agent_version, env!("CARGO_PKG_VERSION"));
+    // The build the binary says it is, field by field, is what GetHost reports.
+    let build = host.agent_build.clone().unwrap_or_default();
+    let version = std::process::Command::new(jex_e2e::agent_bin()?)
+        .arg("--version")
+        .output()?;
+    let printed = String::from_utf8(version.stdout)?;
+    assert_eq!(
+        printed.trim(),
+        format!(
+            "jex-agent {} (commit {}, {}, built {}, {})",
+            build.version, build.commit, build.target, build.build_date, build.rustc
+        )
+    );
+    assert_eq!(build.version, env!("CARGO_PKG_VERSION"));
+    assert!(build.rustc.starts_with("rustc 1."), "{}", build.rustc);
+    assert!(build.target.contains('-'), "{}", build.target);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()?;
+    assert_eq!(build.commit, String::from_utf8(head.stdout)?.trim());
+    assert_eq!(build.build_date.len(), 10, "{}", build.build_date);
     assert_eq!(host.lifecycle_state, pb::LifecycleState::Serving as i32);
     assert_eq!(host.telemetry_interval_ms, 100);
     agent.wait_for_log(

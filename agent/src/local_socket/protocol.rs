@@ -30,6 +30,9 @@ pub const REQUEST_ERROR: &str = "request_error";
 pub struct AgentReport {
     /// Agent version.
     pub agent_version: String,
+    /// How the agent was built (`jex-agent --version` after the name).
+    #[serde(default)]
+    pub agent_build: String,
     /// Process id.
     pub pid: u32,
     /// Host id from the agent certificate.

@@ -29,6 +29,9 @@ pub fn render_report(s: &AgentReport, now_unix_ms: u64) -> String {
         "jex-agent {} (pid {}) host {}",
         s.agent_version, s.pid, s.host_id
     );
+    if !s.agent_build.is_empty() {
+        let _ = writeln!(o, "build:      {}", s.agent_build);
+    }
     let _ = writeln!(o, "state:      {}", s.lifecycle);
     let _ = writeln!(
         o,

@@ -67,6 +67,7 @@ pub(crate) fn responder(
             });
             let snap = AgentReport {
                 agent_version: crate::AGENT_VERSION.to_owned(),
+                agent_build: crate::LONG_VERSION.to_owned(),
                 pid: std::process::id(),
                 host_id: host_id.clone(),
                 listen: listen.to_string(),

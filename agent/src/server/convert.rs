@@ -28,6 +28,19 @@ pub fn host(f: &HostFacts, lifecycle: Lifecycle, operation_id: Option<String>) -
         erase_operation_id: operation_id.unwrap_or_default(),
         agent_start_time_unix_ms: f.agent_start_unix_ms,
         telemetry_interval_ms: f.telemetry_interval_ms,
+        agent_build: Some(agent_build()),
+    }
+}
+
+/// This binary's build, as the proto carries it.
+pub fn agent_build() -> pb::AgentBuild {
+    let b = crate::BUILD;
+    pb::AgentBuild {
+        version: b.version.to_owned(),
+        commit: b.commit.to_owned(),
+        target: b.target.to_owned(),
+        build_date: b.date.to_owned(),
+        rustc: b.rustc.to_owned(),
     }
 }
 
