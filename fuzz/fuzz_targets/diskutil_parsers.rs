@@ -1,12 +1,12 @@
 //! The parsers of key-destruction tool output in `jex-erase`: `diskutil apfs list -plist`,
-//! `diskutil info -plist` and diskutil's error form (XML or binary plists), with the APFS
+//! `diskutil info -plist`, `diskutil list -plist` and diskutil's error form (XML or binary plists), with the APFS
 //! backend's protection rule on what parses, and `cryptsetup luksDump --dump-json-metadata`
 //! and `cryptsetup --version` for LUKS2. Nothing may panic, and what parses keeps its
 //! documented properties.
 //!
 //! The protection rule needs a volume list and the root volume's info: a fuzzed list is judged
 //! against the real root of `info-root-intel-sealed.plist`, and a fuzzed root against the real
-//! list of `apfs-list-intel-filevault.plist` (captures in `crates/erase/tests/fixtures/`).
+//! list of `apfs-list-intel-filevault.plist` (captures in `crates/reclaim/tests/fixtures/diskutil/`).
 
 #![no_main]
 
@@ -55,6 +55,12 @@ fn diskutil_output(data: &[u8]) {
     if let Ok(info) = diskutil::parse_info(data) {
         let _ = info.sealed();
         judge(real_list, &info);
+    }
+    if let Ok(disks) = diskutil::parse_list(data) {
+        for disk in &disks.all_disks_and_partitions {
+            let whole = diskutil::whole_disk(&disk.device_identifier);
+            assert!(disk.device_identifier.starts_with(whole));
+        }
     }
     if let Some(error) = diskutil::parse_error(data) {
         assert!(error.error);

@@ -34,24 +34,7 @@ use jex_reclaim::diskutil::{self, ApfsContainer, ApfsList, DiskInfo};
 
 use crate::error::EraseError;
 
-/// The BSD name of a macOS device path: `/dev/rdisk4s2` → `disk4s2`; `None` for anything else.
-pub fn bsd_name(device: &str) -> Option<&str> {
-    let name = device.strip_prefix("/dev/").unwrap_or(device);
-    let name = name.strip_prefix('r').unwrap_or(name);
-    let digits = name.strip_prefix("disk")?;
-    digits
-        .starts_with(|c: char| c.is_ascii_digit())
-        .then_some(name)
-}
-
-/// The whole disk of a BSD name: `disk0s2` → `disk0`, `disk3s1s1` → `disk3`, `disk0` itself.
-pub fn whole_disk(name: &str) -> &str {
-    let digits = name.trim_start_matches("disk");
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    &name[..4 + end]
-}
+pub use jex_reclaim::diskutil::{bsd_name, whole_disk};
 
 /// Every physical store of `container` (designated first), without duplicates.
 fn stores_of(container: &ApfsContainer) -> Vec<&str> {

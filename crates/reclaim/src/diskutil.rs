@@ -6,6 +6,9 @@
 //!   PhysicalStores: [...], Volumes: [{APFSVolumeUUID, DeviceIdentifier, Name, Roles, ...}]}]}`
 //!   ([`ApfsList`]);
 //! - `diskutil info -plist <disk|mount point>`: one flat dictionary ([`DiskInfo`]);
+//! - `diskutil list -plist`: every whole disk with its partitions
+//!   (`{AllDisksAndPartitions: [{DeviceIdentifier, Content, Partitions: [...]}]}`,
+//!   [`DiskList`]): what the APFS list does not show, such as a partition of another format;
 //! - the error form either command prints instead (with exit status 1):
 //!   `{Error: true, ErrorMessage: "Could not find disk: …", ExitCode: 1}` ([`DiskutilError`]).
 //!
@@ -218,6 +221,101 @@ impl DiskInfo {
                 .and_then(|rest| rest.strip_prefix('s'))
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     }
+}
+
+/// `diskutil list -plist`: the whole disks and their partitions.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskList {
+    /// Every whole disk (physical and synthesized), each with its partitions.
+    #[serde(default)]
+    pub all_disks_and_partitions: Vec<ListedDisk>,
+}
+
+/// A whole disk of `diskutil list -plist`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListedDisk {
+    /// E.g. `disk0`.
+    pub device_identifier: String,
+    /// The partition scheme (`GUID_partition_scheme`), the APFS container type GUID for a
+    /// synthesized container, or a file system on an unpartitioned disk.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Its partitions, in order.
+    #[serde(default)]
+    pub partitions: Vec<ListedPartition>,
+    /// For a synthesized APFS container: its volumes.
+    #[serde(rename = "APFSVolumes", default)]
+    pub apfs_volumes: Vec<ListedApfsVolume>,
+    /// On an unpartitioned disk with a file system: its volume name.
+    #[serde(default)]
+    pub volume_name: Option<String>,
+    /// On an unpartitioned disk with a file system: its volume UUID.
+    #[serde(rename = "VolumeUUID", default)]
+    pub volume_uuid: Option<String>,
+}
+
+/// A volume of a synthesized APFS container in `diskutil list -plist` (only its presence is
+/// used: `apfs list` gives the details).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListedApfsVolume {
+    /// E.g. `disk3s1`.
+    #[serde(default)]
+    pub device_identifier: Option<String>,
+}
+
+/// A partition of `diskutil list -plist`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListedPartition {
+    /// E.g. `disk0s2`.
+    pub device_identifier: String,
+    /// The partition type (`Apple_APFS`, `Apple_APFS_ISC`, `Apple_APFS_Recovery`, `EFI`,
+    /// `Microsoft Basic Data`, …).
+    #[serde(default)]
+    pub content: Option<String>,
+    /// The partition's UUID.
+    #[serde(rename = "DiskUUID", default)]
+    pub disk_uuid: Option<String>,
+    /// Bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// The file system's name, if it has one.
+    #[serde(default)]
+    pub volume_name: Option<String>,
+    /// The file system's UUID, if it has one.
+    #[serde(rename = "VolumeUUID", default)]
+    pub volume_uuid: Option<String>,
+}
+
+/// The BSD name of a macOS device path: `/dev/rdisk4s2` → `disk4s2`, `disk0` → `disk0`;
+/// `None` for anything else.
+pub fn bsd_name(device: &str) -> Option<&str> {
+    let name = device.strip_prefix("/dev/").unwrap_or(device);
+    let name = name.strip_prefix('r').unwrap_or(name);
+    let digits = name.strip_prefix("disk")?;
+    digits
+        .starts_with(|c: char| c.is_ascii_digit())
+        .then_some(name)
+}
+
+/// The whole disk of a BSD name: `disk0s2` → `disk0`, `disk3s1s1` → `disk3`, `disk0` itself.
+pub fn whole_disk(name: &str) -> &str {
+    let digits = name.strip_prefix("disk").unwrap_or(name);
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    &name[..name.len() - digits.len() + end]
+}
+
+/// Parses `diskutil list -plist` output.
+pub fn parse_list(bytes: &[u8]) -> Result<DiskList, ParseError> {
+    plist::from_bytes(bytes).map_err(ParseError::Plist)
 }
 
 /// The error form of `diskutil … -plist` output.

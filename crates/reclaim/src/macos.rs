@@ -11,6 +11,8 @@
 //! | fact | command | key |
 //! |---|---|---|
 //! | volumes: UUID, name, role, container, store, encryption, bytes in use | `diskutil apfs list -plist` | `Containers[].Volumes[]` |
+//! | partitions of other formats, unpartitioned disks with a file system | `diskutil list -plist` | `AllDisksAndPartitions[]` |
+//! | whether such a disk is internal | `diskutil info -plist <whole disk>` | `Internal` |
 //! | internal or external | `diskutil info -plist <physical store>` | `Internal` |
 //! | the System volume is sealed | `diskutil info -plist <System volume>` | `Sealed` (`"Yes"`) |
 //! | the booted Data volume | `diskutil info -plist /System/Volumes/Data` | `VolumeUUID` |
@@ -39,6 +41,12 @@
 //!   someone log in (the same shell rule as Linux, [`crate::linux`]); a record without a
 //!   readable uid counts too. So `root` (`/bin/sh`) counts and the configured list names it;
 //!   `daemon`, `nobody` and the `_` service accounts with `/usr/bin/false` do not.
+//! - **Partitions of other formats** (a tenant could shrink the APFS container and make an
+//!   ExFAT partition) are recorded as volumes with role `partition <type>` (an unknown role, so
+//!   a tenant's), by partition UUID: the device erase must have removed them, or the
+//!   attestation fails. The prepare half does not delete them (it deletes APFS volumes only).
+//!   APFS partitions (`Apple_APFS`, `Apple_APFS_ISC`, `Apple_APFS_Recovery`) are skipped here:
+//!   their volumes are listed by `apfs list`.
 //! - **Volume groups** are not recorded (`volume_group_uuid` is `None`): `apfs list -plist`
 //!   does not carry them and no rule needs them.
 //!
@@ -54,7 +62,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::Deserialize;
 
-use crate::diskutil::{self, ApfsContainer, ApfsList};
+use crate::diskutil::{self, ApfsContainer, ApfsList, DiskList};
 use crate::inventory::{
     HostIdentity, Inventory, InventoryError, InventorySource, Volume, VolumeRole,
 };
@@ -215,6 +223,89 @@ pub fn physical_store_of(container: &ApfsContainer) -> Option<&str> {
     })
 }
 
+/// Partition types whose contents `diskutil apfs list` already shows.
+pub const APFS_PARTITION_TYPES: &[&str] = &["Apple_APFS", "Apple_APFS_ISC", "Apple_APFS_Recovery"];
+
+/// The `Content` of a synthesized APFS container disk (the APFS container type GUID).
+pub const APFS_CONTAINER_CONTENT: &str = "EF57347C-0000-11AA-AA11-00306543ECAC";
+
+/// Partition-map `Content` values of a whole disk (not a file system).
+const PARTITION_SCHEMES: &[&str] = &[
+    "GUID_partition_scheme",
+    "FDisk_partition_scheme",
+    "Apple_partition_scheme",
+];
+
+/// A partition or unpartitioned disk of `diskutil list -plist` that `apfs list` does not show:
+/// `(whole disk, device, uuid, name, content, size)`.
+type ForeignPartition<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+    Option<u64>,
+);
+
+fn foreign_partitions(list: &DiskList) -> Vec<ForeignPartition<'_>> {
+    let mut found = Vec::new();
+    for disk in &list.all_disks_and_partitions {
+        let content = disk.content.as_deref().unwrap_or("");
+        if !disk.apfs_volumes.is_empty() || content == APFS_CONTAINER_CONTENT {
+            continue;
+        }
+        for p in &disk.partitions {
+            let kind = p.content.as_deref().unwrap_or("");
+            if APFS_PARTITION_TYPES.contains(&kind) {
+                continue;
+            }
+            found.push((
+                disk.device_identifier.as_str(),
+                p.device_identifier.as_str(),
+                p.disk_uuid.as_deref().or(p.volume_uuid.as_deref()),
+                p.volume_name.as_deref(),
+                kind,
+                p.size,
+            ));
+        }
+        if disk.partitions.is_empty()
+            && !content.is_empty()
+            && !PARTITION_SCHEMES.contains(&content)
+        {
+            found.push((
+                disk.device_identifier.as_str(),
+                disk.device_identifier.as_str(),
+                disk.volume_uuid.as_deref(),
+                disk.volume_name.as_deref(),
+                content,
+                disk.size,
+            ));
+        }
+    }
+    found
+}
+
+/// The partitions of other formats (and unpartitioned disks with a file system) of `list` as
+/// inventory volumes, role `partition <type>`; `internal_disks` are the whole disks known to be
+/// internal. A partition without a UUID is named `partition:<device>`.
+pub fn partition_volumes(list: &DiskList, internal_disks: &BTreeMap<String, bool>) -> Vec<Volume> {
+    foreign_partitions(list)
+        .into_iter()
+        .map(|(disk, device, uuid, name, kind, size)| {
+            let uuid = uuid.map_or_else(|| format!("partition:{device}"), str::to_owned);
+            let mut v = Volume::new(
+                uuid,
+                name.filter(|n| !n.is_empty()).unwrap_or(device),
+                VolumeRole::Other(format!("partition {kind}")),
+            );
+            v.physical_store = Some(device.to_owned());
+            v.size_bytes = size;
+            v.internal = internal_disks.get(disk).copied().unwrap_or(false);
+            v
+        })
+        .collect()
+}
+
 /// What `diskutil info` and the file system said beyond the volume list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeFacts {
@@ -267,8 +358,8 @@ pub fn volumes_from(list: &ApfsList, facts: &VolumeFacts) -> Vec<Volume> {
     volumes
 }
 
-/// The volumes of a Mac inventory that the prepare half deletes itself: on internal storage,
-/// without one of Apple's standard roles (a volume the tenant added, which Erase All Content
+/// The volumes of a Mac inventory that the prepare half deletes itself: APFS volumes on
+/// internal storage, without one of Apple's standard roles (a volume the tenant added, which Erase All Content
 /// and Settings leaves in place). Data and VM volumes are left to the device erase; system
 /// roles are never touched. Only meaningful for a Mac inventory: on Linux every volume is
 /// internal and roleless.
@@ -276,7 +367,7 @@ pub fn tenant_added_volumes(inventory: &Inventory) -> Vec<&Volume> {
     inventory
         .volumes
         .iter()
-        .filter(|v| v.internal && !v.role.is_apple_standard_role())
+        .filter(|v| v.internal && v.container_uuid.is_some() && !v.role.is_apple_standard_role())
         .collect()
 }
 
@@ -378,7 +469,25 @@ impl InventorySource for MacInventory {
                 "an APFS list property list",
             )
         })?;
-        let volumes = volumes_from(&list, &self.facts(&list)?);
+        let mut volumes = volumes_from(&list, &self.facts(&list)?);
+
+        let (args, out) = self.run(DISKUTIL, &["list", "-plist"])?;
+        let disks = diskutil::parse_list(&out).map_err(|_| {
+            unexpected_output(
+                Path::new(DISKUTIL),
+                &args,
+                &out,
+                "a disk list property list",
+            )
+        })?;
+        let mut internal_disks = BTreeMap::new();
+        for (disk, ..) in foreign_partitions(&disks) {
+            if !internal_disks.contains_key(disk) {
+                let info = self.diskutil_info(disk)?;
+                internal_disks.insert(disk.to_owned(), info.internal.unwrap_or(false));
+            }
+        }
+        volumes.extend(partition_volumes(&disks, &internal_disks));
 
         let (args, out) = self.run(CSRUTIL, &["status"])?;
         let sip = parse_csrutil_status(&String::from_utf8_lossy(&out)).ok_or_else(|| {
@@ -530,8 +639,15 @@ mod tests {
         let volume = |uuid: &str, role: VolumeRole, internal: bool| {
             let mut v = Volume::new(uuid, uuid, role);
             v.internal = internal;
+            v.container_uuid = Some("C".into());
             v
         };
+        let mut partition = volume(
+            "h-partition",
+            VolumeRole::Other("partition ExFAT".into()),
+            true,
+        );
+        partition.container_uuid = None;
         let inventory = Inventory::new(
             HostIdentity {
                 host_id: "h".into(),
@@ -547,6 +663,7 @@ mod tests {
                 volume("e-added", VolumeRole::None, true),
                 volume("f-backup", VolumeRole::Other("Backup".into()), true),
                 volume("g-external", VolumeRole::None, false),
+                partition,
             ],
             vec![],
         );
@@ -555,6 +672,48 @@ mod tests {
             .map(|v| v.uuid.as_str())
             .collect();
         assert_eq!(uuids, ["e-added", "f-backup"]);
+    }
+
+    #[test]
+    fn partitions_apfs_does_not_show_are_recorded_as_tenant_volumes() {
+        // Model (not a capture) of `diskutil list -plist`, with the keys real captures show.
+        let list = diskutil::parse_list(
+            br#"<plist version="1.0"><dict><key>AllDisksAndPartitions</key><array>
+<dict><key>Content</key><string>GUID_partition_scheme</string>
+<key>DeviceIdentifier</key><string>disk0</string><key>Partitions</key><array>
+<dict><key>Content</key><string>Apple_APFS_ISC</string><key>DeviceIdentifier</key><string>disk0s1</string>
+<key>DiskUUID</key><string>8983BD96-FCEF-4899-9ABC-D2659B95475F</string><key>Size</key><integer>524288000</integer></dict>
+<dict><key>Content</key><string>Apple_APFS</string><key>DeviceIdentifier</key><string>disk0s2</string></dict>
+<dict><key>Content</key><string>Microsoft Basic Data</string><key>DeviceIdentifier</key><string>disk0s4</string>
+<key>DiskUUID</key><string>EXFA0000-0000-4000-8000-000000000001</string><key>Size</key><integer>1000000</integer>
+<key>VolumeName</key><string>STASH</string></dict>
+</array></dict>
+<dict><key>Content</key><string>EF57347C-0000-11AA-AA11-00306543ECAC</string>
+<key>DeviceIdentifier</key><string>disk3</string><key>APFSVolumes</key><array><dict/></array>
+<key>Partitions</key><array/></dict>
+<dict><key>Content</key><string>DOS_FAT_32</string><key>DeviceIdentifier</key><string>disk6</string>
+<key>Partitions</key><array/><key>VolumeName</key><string>USB</string></dict>
+</array></dict></plist>"#,
+        )
+        .unwrap();
+        let internal = BTreeMap::from([("disk0".to_owned(), true), ("disk6".to_owned(), false)]);
+        let volumes = partition_volumes(&list, &internal);
+        let seen: Vec<(&str, &str, bool)> = volumes
+            .iter()
+            .map(|v| (v.uuid.as_str(), v.role.as_apple(), v.internal))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    "EXFA0000-0000-4000-8000-000000000001",
+                    "partition Microsoft Basic Data",
+                    true
+                ),
+                ("partition:disk6", "partition DOS_FAT_32", false),
+            ]
+        );
+        assert!(volumes.iter().all(|v| !v.role.is_apple_standard_role()));
     }
 
     #[test]

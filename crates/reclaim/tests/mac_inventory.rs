@@ -172,6 +172,8 @@ struct ModelMac {
     data_uuid: &'static str,
     vm_uuid: &'static str,
     extra: Vec<(&'static str, &'static str)>,
+    /// Partitions of other formats on the internal disk: (partition UUID, type).
+    partitions: Vec<(&'static str, &'static str)>,
     users: Vec<(&'static str, &'static str, &'static str)>,
     csrutil: Vec<u8>,
     activation_lock: Vec<u8>,
@@ -185,6 +187,7 @@ impl ModelMac {
             data_uuid: "D1D1D1D1-0000-4000-8000-000000000001",
             vm_uuid: "7E7E7E7E-0000-4000-8000-000000000001",
             extra: vec![("7A7A7A7A-0000-4000-8000-0000000000AA", "Scratch")],
+            partitions: vec![],
             users: [STOCK_USERS, &[("tenant", "502", "/bin/zsh")]].concat(),
             csrutil: fixture("macos/csrutil-status.enabled.documented.txt"),
             activation_lock: fixture(
@@ -297,12 +300,77 @@ impl ModelMac {
         xml(&Value::Dictionary(list))
     }
 
+    /// Model, not a capture: `diskutil list -plist` of the same Mac (the internal disk0 with the
+    /// iSC, APFS and recoveryOS partitions, plus the tenant's `partitions`; the synthesized
+    /// container disks).
+    fn disk_list(&self) -> Vec<u8> {
+        let part = |dev: &str, content: &str, uuid: &str| {
+            let mut d = Dictionary::new();
+            d.insert("Content".into(), content.into());
+            d.insert("DeviceIdentifier".into(), dev.into());
+            d.insert("DiskUUID".into(), uuid.into());
+            d.insert("Size".into(), Value::Integer(1_000_000.into()));
+            Value::Dictionary(d)
+        };
+        let mut partitions = vec![
+            part(
+                "disk0s1",
+                "Apple_APFS_ISC",
+                "15C00000-0000-4000-8000-0000000000D1",
+            ),
+            part(
+                "disk0s2",
+                "Apple_APFS",
+                "C0B00000-0000-4000-8000-0000000000D2",
+            ),
+            part(
+                "disk0s3",
+                "Apple_APFS_Recovery",
+                "3EC00000-0000-4000-8000-0000000000D3",
+            ),
+        ];
+        for (i, (uuid, content)) in self.partitions.iter().enumerate() {
+            partitions.push(part(&format!("disk0s{}", 4 + i), content, uuid));
+        }
+        let mut disk0 = Dictionary::new();
+        disk0.insert("Content".into(), "GUID_partition_scheme".into());
+        disk0.insert("DeviceIdentifier".into(), "disk0".into());
+        disk0.insert("Partitions".into(), Value::Array(partitions));
+        let mut disks = vec![Value::Dictionary(disk0)];
+        for synthesized in ["disk1", "disk2", "disk3"] {
+            let mut d = Dictionary::new();
+            d.insert(
+                "Content".into(),
+                "EF57347C-0000-11AA-AA11-00306543ECAC".into(),
+            );
+            d.insert("DeviceIdentifier".into(), synthesized.into());
+            d.insert(
+                "APFSVolumes".into(),
+                Value::Array(vec![Value::Dictionary(Dictionary::new())]),
+            );
+            d.insert("Partitions".into(), Value::Array(vec![]));
+            disks.push(Value::Dictionary(d));
+        }
+        xml(&Value::Dictionary(Dictionary::from_iter([(
+            "AllDisksAndPartitions".to_owned(),
+            Value::Array(disks),
+        )])))
+    }
+
     fn runner(&self) -> Arc<Answers> {
         let mut a = BTreeMap::new();
         let mut put = |program: &str, args: &str, out: Vec<u8>| {
             a.insert(format!("{program} {args}"), out);
         };
         put(DISKUTIL, "apfs list -plist", self.apfs_list());
+        put(DISKUTIL, "list -plist", self.disk_list());
+        if !self.partitions.is_empty() {
+            put(
+                DISKUTIL,
+                "info -plist disk0",
+                model_info("disk0", true, None, None),
+            );
+        }
         for store in ["disk0s1", "disk0s2", "disk0s3"] {
             put(
                 DISKUTIL,
@@ -475,6 +543,37 @@ fn a_tenant_volume_left_behind_fails_naming_it() {
             "no_extra_volumes"
         ]
     );
+}
+
+#[test]
+fn a_partition_of_another_format_left_on_the_internal_disk_fails() {
+    let mut tenant = ModelMac::tenant_os();
+    tenant.partitions = vec![(
+        "EXFA0000-0000-4000-8000-000000000001",
+        "Microsoft Basic Data",
+    )];
+    let before = tenant.inventory(TERMINATE).unwrap();
+    let stash = before
+        .volume("exfa0000-0000-4000-8000-000000000001")
+        .unwrap();
+    assert!(stash.internal);
+    assert_eq!(stash.role.as_apple(), "partition Microsoft Basic Data");
+    let mut after = ModelMac::after_eacs();
+    after.partitions = tenant.partitions.clone();
+    let now = after.inventory(TERMINATE + 3_600_000).unwrap();
+    assert_eq!(
+        failed_checks(&evaluate(&before, &now, &context())),
+        [
+            "tenant_volumes_gone",
+            "only_system_roles_kept",
+            "no_extra_volumes"
+        ]
+    );
+    // Gone after the device erase: passes.
+    let now = ModelMac::after_eacs()
+        .inventory(TERMINATE + 3_600_000)
+        .unwrap();
+    assert!(all_passed(&evaluate(&before, &now, &context())));
 }
 
 #[test]
