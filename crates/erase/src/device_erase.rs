@@ -204,6 +204,8 @@ mod tests {
             .map(|(uuid, role, internal)| {
                 let mut v = Volume::new(*uuid, "v", role.clone());
                 v.internal = *internal;
+                // Listed by `diskutil apfs list` (the Intel capture's container disk1).
+                v.container_uuid = Some("container-of-disk1".into());
                 v
             })
             .collect();
