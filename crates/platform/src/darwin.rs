@@ -24,7 +24,10 @@
 //! Invariant: a CPU is labelled with a kind only when the `ioreg` cluster types and the sysctl
 //! performance levels agree on how many CPUs of each kind there are; otherwise every CPU is left
 //! unlabelled. CPU numbering on large parts is interleaved (E = 0–3 and 12–15 on some), so no
-//! order is ever assumed.
+//! order is ever assumed. Kinds are super (M5 generation), performance and efficiency; the
+//! `ioreg` letter of super clusters is not known from any capture, so super CPUs are labelled
+//! only when the counts single that letter out (see [`cpu_kinds`]); host info counts each kind
+//! from the levels alone.
 
 use std::collections::BTreeMap;
 
@@ -95,9 +98,10 @@ pub struct PerfLevel {
     pub kind: Option<CoreKind>,
 }
 
-/// Reads the performance levels. Kinds: a level named `Performance` or `Efficiency` is that
-/// kind; any other name (e.g. `Super` on M5) is left unlabelled; without names (macOS 12) and
-/// with exactly two levels, perflevel0 is performance and perflevel1 efficiency.
+/// Reads the performance levels. Kinds: a level named `Super`, `Performance` or `Efficiency`
+/// is that kind; any other name is left unlabelled; without names (macOS 12) and with exactly
+/// two levels, perflevel0 is performance and perflevel1 efficiency (no chip without level
+/// names has super cores: the name arrived with macOS 13, the super cores with M5).
 pub fn perf_levels(sysctl: &dyn SysctlRead) -> Vec<PerfLevel> {
     let count = match sysctl.int("hw.nperflevels") {
         Some(n) if (1..=16).contains(&n) => n as u32,
@@ -110,6 +114,7 @@ pub fn perf_levels(sysctl: &dyn SysctlRead) -> Vec<PerfLevel> {
             let logical_cpus = level_logical(sysctl, index)?;
             let name = sysctl.string(&format!("hw.perflevel{index}.name"));
             let kind = match name.as_deref() {
+                Some("Super") => Some(CoreKind::Super),
                 Some("Performance") => Some(CoreKind::Performance),
                 Some("Efficiency") => Some(CoreKind::Efficiency),
                 Some(_) => None,
@@ -139,7 +144,7 @@ fn level_logical(sysctl: &dyn SysctlRead, index: u32) -> Option<u32> {
 pub struct ClusterCpu {
     /// The CPU number (`logical-cpu-id`, else `cpu-id`).
     pub cpu: u32,
-    /// The cluster type letter(s), e.g. `P`, `E` (M5 Pro also has `M`).
+    /// The cluster type letter(s), e.g. `P`, `E`.
     pub cluster_type: String,
 }
 
@@ -224,8 +229,17 @@ fn ioreg_number(raw: &str) -> Option<u32> {
 
 /// The kind of each CPU, by number, from the `ioreg` cluster types checked against the sysctl
 /// performance levels. All `None` unless the CPU numbers cover `0..logical_cpus` exactly once
-/// and, for each kind, the number of CPUs with that cluster letter equals the logical CPUs of
-/// the performance level of that kind.
+/// and, for each kind, the number of CPUs given that kind equals the logical CPUs of the
+/// performance level of that kind.
+///
+/// Letters: `P` is performance and `E` efficiency, the two letters xnu itself reads from the
+/// device tree (`osfmk/arm64/machine_routines.c`, `ml_parse_cpu_topology`; any other letter is
+/// its "Standard" type). The letter of M5's super clusters is not in any source or capture we
+/// have, so a super CPU is labelled only when that is unambiguous: a `Super` level exists, the
+/// CPUs carry exactly one letter other than `P` and `E`, and the `Super` level's CPU count
+/// differs from every other level's, so that if the letters meant something else (super
+/// clusters tagged `P`, say) the counts would disagree and every CPU would stay unlabelled. Any
+/// other letter leaves its CPUs unlabelled, which then fails the count of their level.
 pub fn cpu_kinds(
     levels: &[PerfLevel],
     clusters: &[ClusterCpu],
@@ -234,6 +248,7 @@ pub fn cpu_kinds(
     let unlabelled = vec![None; logical_cpus as usize];
     let mut kinds = unlabelled.clone();
     let mut seen = vec![false; logical_cpus as usize];
+    let super_letter = super_cluster_letter(levels, clusters);
     for c in clusters {
         let Some(slot) = seen.get_mut(c.cpu as usize) else {
             tracing::warn!(
@@ -253,6 +268,7 @@ pub fn cpu_kinds(
         kinds[c.cpu as usize] = match c.cluster_type.as_str() {
             "P" => Some(CoreKind::Performance),
             "E" => Some(CoreKind::Efficiency),
+            other if Some(other) == super_letter => Some(CoreKind::Super),
             _ => None,
         };
     }
@@ -266,13 +282,9 @@ pub fn cpu_kinds(
         }
         return unlabelled;
     }
-    for kind in [CoreKind::Performance, CoreKind::Efficiency] {
+    for kind in CoreKind::ALL {
         let by_letter = kinds.iter().filter(|k| **k == Some(kind)).count() as u32;
-        let by_level: u32 = levels
-            .iter()
-            .filter(|l| l.kind == Some(kind))
-            .map(|l| l.logical_cpus)
-            .sum();
+        let by_level = level_cpus(levels, kind);
         if by_letter != by_level {
             tracing::warn!(
                 ?kind,
@@ -284,6 +296,34 @@ pub fn cpu_kinds(
         }
     }
     kinds
+}
+
+/// The cluster letter of the super CPUs, when it can be told without guessing (see
+/// [`cpu_kinds`]): the one letter other than `P` and `E` that the CPUs carry, provided a
+/// `Super` level exists and no other level has as many CPUs.
+fn super_cluster_letter<'a>(levels: &[PerfLevel], clusters: &'a [ClusterCpu]) -> Option<&'a str> {
+    let supers = level_cpus(levels, CoreKind::Super);
+    let alike = levels
+        .iter()
+        .any(|l| l.kind != Some(CoreKind::Super) && l.logical_cpus == supers);
+    if supers == 0 || alike {
+        return None;
+    }
+    let mut others = clusters
+        .iter()
+        .map(|c| c.cluster_type.as_str())
+        .filter(|letter| !matches!(*letter, "P" | "E"));
+    let letter = others.next()?;
+    others.all(|l| l == letter).then_some(letter)
+}
+
+/// The logical CPUs of the levels of `kind`.
+fn level_cpus(levels: &[PerfLevel], kind: CoreKind) -> u32 {
+    levels
+        .iter()
+        .filter(|l| l.kind == Some(kind))
+        .map(|l| l.logical_cpus)
+        .sum()
 }
 
 /// The platform identity from `ioreg -rd1 -c IOPlatformExpertDevice -a`.
@@ -423,19 +463,14 @@ pub fn host_info_from(
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0);
     let levels = perf_levels(sysctl);
-    let cores_of = |kind| {
-        levels
-            .iter()
-            .filter(|l| l.kind == Some(kind))
-            .map(|l| l.logical_cpus)
-            .sum()
-    };
+    let cores_of = |kind| level_cpus(&levels, kind);
     HostInfo {
         hardware_uuid: identity.uuid,
         serial_number: identity.serial,
         model: sysctl.string("hw.model"),
         chip: sysctl.string("machdep.cpu.brand_string"),
         logical_cpus,
+        super_cores: cores_of(CoreKind::Super),
         performance_cores: cores_of(CoreKind::Performance),
         efficiency_cores: cores_of(CoreKind::Efficiency),
         memory_bytes: sysctl
@@ -587,7 +622,14 @@ mod tests {
     fn m3_max_level_names_give_twelve_performance_and_four_efficiency() {
         let sysctl = SysctlText::parse(fixture!("sysctl-hw.m3max.J516c.txt"));
         let info = host_info_from(&sysctl, PlatformIdentity::default(), &[]);
-        assert_eq!((info.performance_cores, info.efficiency_cores), (12, 4));
+        assert_eq!(
+            (
+                info.super_cores,
+                info.performance_cores,
+                info.efficiency_cores
+            ),
+            (0, 12, 4)
+        );
         assert_eq!(info.logical_cpus, 16);
         assert_eq!(info.memory_bytes, 137_438_953_472);
         assert_eq!(
@@ -598,13 +640,81 @@ mod tests {
         assert_eq!(info.os_name, "macOS");
     }
 
+    const S: Option<CoreKind> = Some(CoreKind::Super);
+
     #[test]
-    fn m5_super_level_is_left_unlabelled() {
+    fn m5_max_levels_give_six_super_and_twelve_performance_cores() {
         let sysctl = SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt"));
         let levels = perf_levels(&sysctl);
+        assert_eq!(levels.len(), 2);
         assert_eq!(levels[0].name.as_deref(), Some("Super"));
-        assert_eq!(levels[0].kind, None);
+        assert_eq!((levels[0].logical_cpus, levels[0].kind), (6, S));
         assert_eq!((levels[1].logical_cpus, levels[1].kind), (12, P));
+        let info = host_info_from(&sysctl, PlatformIdentity::default(), &[]);
+        assert_eq!(
+            (
+                info.super_cores,
+                info.performance_cores,
+                info.efficiency_cores
+            ),
+            (6, 12, 0),
+            "super cores are not counted as performance cores"
+        );
+    }
+
+    /// A model of `ioreg -r -d 1 -k cluster-type` CPU nodes, not a capture: `(letter, count)`
+    /// runs numbered from CPU 0 in the order given. No `ioreg` output from an M5 has been
+    /// captured, so the letters of its clusters are unknown; `X` and `Y` stand for letters other
+    /// than `P` and `E`.
+    fn model_clusters(runs: &[(&str, u32)]) -> Vec<ClusterCpu> {
+        let mut cpu = 0;
+        let mut out = Vec::new();
+        for (letter, count) in runs {
+            for _ in 0..*count {
+                out.push(ClusterCpu {
+                    cpu,
+                    cluster_type: (*letter).to_string(),
+                });
+                cpu += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn m5_max_super_cpus_are_labelled_when_one_other_letter_has_the_super_count() {
+        let levels = perf_levels(&SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt")));
+        // Interleaved numbering, as on large parts: nothing depends on the order.
+        let clusters = model_clusters(&[("P", 6), ("X", 6), ("P", 6)]);
+        let kinds = cpu_kinds(&levels, &clusters, 18);
+        let expected: Vec<_> = [vec![P; 6], vec![S; 6], vec![P; 6]].concat();
+        assert_eq!(kinds, expected);
+    }
+
+    #[test]
+    fn m5_max_letters_that_could_mean_something_else_leave_every_cpu_unlabelled() {
+        let levels = perf_levels(&SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt")));
+        // Super clusters tagged `P` and performance clusters another letter: the `P` count (6)
+        // is not the performance level's (12).
+        let p_for_super = model_clusters(&[("P", 6), ("X", 12)]);
+        assert_eq!(cpu_kinds(&levels, &p_for_super, 18), vec![None; 18]);
+        // Two letters besides P and E: which one is super cannot be told.
+        let two_letters = model_clusters(&[("X", 3), ("Y", 3), ("P", 12)]);
+        assert_eq!(cpu_kinds(&levels, &two_letters, 18), vec![None; 18]);
+    }
+
+    #[test]
+    fn super_and_performance_levels_of_equal_size_leave_super_cpus_unlabelled() {
+        // A model, not a capture: two levels of 6 CPUs each. Were the super clusters tagged
+        // `P` and the others `X`, the counts would agree all the same, so `X` is not taken for
+        // super and the counts then disagree.
+        let levels = perf_levels(&SysctlText::parse(
+            "hw.nperflevels: 2\nhw.perflevel0.logicalcpu_max: 6\nhw.perflevel0.name: Super\n\
+             hw.perflevel1.logicalcpu_max: 6\nhw.perflevel1.name: Performance\n",
+        ));
+        assert_eq!((levels[0].kind, levels[1].kind), (S, P));
+        let clusters = model_clusters(&[("X", 6), ("P", 6)]);
+        assert_eq!(cpu_kinds(&levels, &clusters, 12), vec![None; 12]);
     }
 
     #[test]
