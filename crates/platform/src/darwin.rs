@@ -8,7 +8,9 @@
 //! - sysctl values, read through the [`SysctlRead`] trait (the shim implements it with
 //!   `sysctlbyname`; [`SysctlText`] implements it over `sysctl name …` text for tests):
 //!   `hw.memsize`, `hw.logicalcpu_max`, `hw.model`, `machdep.cpu.brand_string`,
-//!   `kern.osproductversion`, `hw.nperflevels` and `hw.perflevelN.{name,logicalcpu_max}`.
+//!   `kern.osproductversion` (read with this process's system-version compatibility off, so it
+//!   is the real version: [`os_product_version`]), `hw.nperflevels` and
+//!   `hw.perflevelN.{name,logicalcpu_max}`.
 //!   Performance levels are ordered from the fastest core type down (perflevel0 first).
 //! - `ioreg -r -d 1 -k cluster-type` text: each CPU node's `cluster-type` (`<"P">`, `<"E">`)
 //!   and its number (`logical-cpu-id`, else `cpu-id`, little-endian data or a plain integer).
@@ -46,12 +48,61 @@ pub const VM_STAT: &str = "vm_stat";
 /// The size of `struct xsw_usage` returned by `vm.swapusage`.
 pub const XSW_USAGE_LEN: usize = 32;
 
+/// The OS version sysctl: the `ProductVersion` of `SystemVersion.plist`, e.g. `15.5` — unless
+/// this task has system-version compatibility on (see [`os_product_version`]).
+pub const OS_PRODUCT_VERSION: &str = "kern.osproductversion";
+
+/// This task's system-version compatibility flag (1 on, 0 off), readable and writable by any
+/// process for itself.
+pub const SYSTEM_VERSION_COMPAT: &str = "kern.system_version_compat";
+
 /// Reads sysctl values by name; `None` when the name does not exist or has another type.
 pub trait SysctlRead {
     /// An integer value (any width).
     fn int(&self, name: &str) -> Option<i64>;
     /// A string value.
     fn string(&self, name: &str) -> Option<String>;
+    /// Sets an integer value (a C `int`); `false` when it cannot be set. The agent sets one
+    /// value only, its own [`SYSTEM_VERSION_COMPAT`] flag. Text captures cannot be written.
+    fn set_int(&self, name: &str, value: i32) -> bool {
+        let _ = (name, value);
+        false
+    }
+}
+
+/// The real OS version, whatever the system-version compatibility of this process.
+///
+/// Source: xnu `bsd/kern/kern_sysctl.c`, `sysctl_osproductversion`: on macOS it answers
+/// `osproductversioncompat` (the `ProductVersion` of `SystemVersionCompat.plist`, e.g. `16.0`
+/// on macOS 26, `10.16` on macOS 11) instead of the real version whenever
+/// `task_has_system_version_compat_enabled(current_task())` and that string is set. The task
+/// flag (`TF_SYS_VERSION_COMPAT`, `osfmk/kern/task.c`) is set by libSystem at start for
+/// processes it runs in compatibility mode (`libsyscall/wrappers/_libkernel_init.c`,
+/// `__libkernel_init_late`, through this same `kern.system_version_compat` sysctl), e.g. a
+/// binary built against an older SDK or run with `SYSTEM_VERSION_COMPAT=1`; it is read and
+/// written by `sysctl_system_version_compat` (`CTLFLAG_ANYBODY`: every task, for itself).
+/// `sysctl_osproductversion` is the kernel's only reader of the flag.
+///
+/// So: when the flag is off, `kern.osproductversion` is the real version. When it is on, the
+/// flag is turned off for the one read and turned back on, so the rest of the process keeps
+/// the compatibility it was started with. If it cannot be turned off, no version is given
+/// rather than the compatibility one.
+pub fn os_product_version(sysctl: &dyn SysctlRead) -> Option<String> {
+    let compat = sysctl.int(SYSTEM_VERSION_COMPAT).unwrap_or(0) != 0;
+    if !compat {
+        return sysctl.string(OS_PRODUCT_VERSION);
+    }
+    if !sysctl.set_int(SYSTEM_VERSION_COMPAT, 0) {
+        tracing::warn!(
+            "system-version compatibility is on and cannot be turned off; the OS version is not reported"
+        );
+        return None;
+    }
+    let version = sysctl.string(OS_PRODUCT_VERSION);
+    if !sysctl.set_int(SYSTEM_VERSION_COMPAT, 1) {
+        tracing::warn!("system-version compatibility could not be turned back on");
+    }
+    version
 }
 
 /// Sysctl values parsed from `sysctl name …` text (`name: value` lines), for tests and
@@ -451,7 +502,7 @@ pub fn parse_vm_stat(text: &str) -> Result<VmCounts, ParseError> {
 }
 
 /// Assembles the host info from sysctl values, the platform identity and the CPU cluster
-/// types. `os_version` comes from `kern.osproductversion`.
+/// types. `os_version` is the real `kern.osproductversion` ([`os_product_version`]).
 pub fn host_info_from(
     sysctl: &dyn SysctlRead,
     identity: PlatformIdentity,
@@ -478,7 +529,7 @@ pub fn host_info_from(
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0),
         os_name: "macOS".to_string(),
-        os_version: sysctl.string("kern.osproductversion"),
+        os_version: os_product_version(sysctl),
         cpu_kinds: cpu_kinds(&levels, clusters, logical_cpus),
     }
 }
@@ -884,6 +935,83 @@ mod tests {
         assert_eq!(info.cpu_kinds[0], E);
         assert_eq!(info.cpu_kinds[9], P);
         assert_eq!(info.os_version, None, "kern.osproductversion absent");
+    }
+
+    /// A model of xnu's two handlers (`sysctl_osproductversion` and
+    /// `sysctl_system_version_compat` in `bsd/kern/kern_sysctl.c`), not a capture: the version
+    /// sysctl answers the compatibility version while the task's flag is on.
+    struct XnuVersionModel {
+        real: &'static str,
+        compat: &'static str,
+        flag: std::cell::Cell<bool>,
+        writable: bool,
+        writes: std::cell::RefCell<Vec<i32>>,
+    }
+
+    impl XnuVersionModel {
+        fn new(flag: bool, writable: bool) -> Self {
+            Self {
+                real: "26.0.1",
+                compat: "16.0",
+                flag: flag.into(),
+                writable,
+                writes: Vec::new().into(),
+            }
+        }
+    }
+
+    impl SysctlRead for XnuVersionModel {
+        fn int(&self, name: &str) -> Option<i64> {
+            (name == SYSTEM_VERSION_COMPAT).then(|| i64::from(self.flag.get()))
+        }
+
+        fn string(&self, name: &str) -> Option<String> {
+            (name == OS_PRODUCT_VERSION).then(|| {
+                if self.flag.get() && !self.compat.is_empty() {
+                    self.compat.to_string()
+                } else {
+                    self.real.to_string()
+                }
+            })
+        }
+
+        fn set_int(&self, name: &str, value: i32) -> bool {
+            if name != SYSTEM_VERSION_COMPAT || !self.writable {
+                return false;
+            }
+            self.writes.borrow_mut().push(value);
+            self.flag.set(value != 0);
+            true
+        }
+    }
+
+    #[test]
+    fn the_os_version_is_the_real_one_whatever_the_compatibility_mode() {
+        let plain = XnuVersionModel::new(false, true);
+        assert_eq!(os_product_version(&plain).as_deref(), Some("26.0.1"));
+        assert!(plain.writes.borrow().is_empty(), "nothing written when off");
+
+        let compat = XnuVersionModel::new(true, true);
+        assert_eq!(compat.string(OS_PRODUCT_VERSION).as_deref(), Some("16.0"));
+        assert_eq!(os_product_version(&compat).as_deref(), Some("26.0.1"));
+        assert_eq!(*compat.writes.borrow(), vec![0, 1]);
+        assert!(compat.flag.get(), "the process keeps its compatibility");
+
+        let stuck = XnuVersionModel::new(true, false);
+        assert_eq!(
+            os_product_version(&stuck),
+            None,
+            "no version rather than the compatibility one"
+        );
+    }
+
+    #[test]
+    fn a_text_capture_without_the_compat_flag_reads_the_version_as_is() {
+        let text = SysctlText::parse("kern.osproductversion: 15.5\n");
+        assert_eq!(os_product_version(&text).as_deref(), Some("15.5"));
+        let flagged =
+            SysctlText::parse("kern.osproductversion: 16.0\nkern.system_version_compat: 1\n");
+        assert_eq!(os_product_version(&flagged), None, "text cannot be written");
     }
 
     #[test]

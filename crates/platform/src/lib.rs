@@ -129,7 +129,8 @@ pub struct HostInfo {
     pub memory_bytes: u64,
     /// `macOS` or `Linux`.
     pub os_name: String,
-    /// The OS version (macOS `kern.osproductversion`, Linux kernel release).
+    /// The OS version (macOS `kern.osproductversion`, the real version even in a process with
+    /// system-version compatibility on; Linux kernel release).
     pub os_version: Option<String>,
     /// The kind of each logical CPU, by CPU number; `None` where it is not known for certain.
     /// Feed this to the sampler so it can report per-cluster busy.

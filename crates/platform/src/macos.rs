@@ -4,6 +4,10 @@
 //! [`super::darwin`], which is tested on Linux against captured outputs; this file only makes
 //! the calls. It is compiled on macOS only.
 //!
+//! The one sysctl it writes is this process's own `kern.system_version_compat` flag, turned off
+//! for the start-up read of `kern.osproductversion` and back on after it
+//! ([`darwin::os_product_version`] says why).
+//!
 //! Per tick: `host_processor_info(PROCESSOR_CPU_LOAD_INFO)` (per-CPU 32-bit tick counters at
 //! 100 Hz; the kernel-allocated array is released with `vm_deallocate` every time),
 //! `host_statistics64(HOST_VM_INFO64)` (page counts; the returned count is checked to cover the
@@ -120,6 +124,25 @@ fn decode_int(buf: &[u8; 8], len: usize) -> Option<i64> {
 }
 
 impl SysctlRead for Sysctl {
+    fn set_int(&self, name: &str, value: i32) -> bool {
+        let Ok(c_name) = CString::new(name) else {
+            return false;
+        };
+        let mut new = value;
+        // SAFETY: `c_name` is NUL-terminated and outlives the call; no old value is asked for
+        // (null pointers); the new value points to `new`, a live C int of the size passed.
+        let rc = unsafe {
+            libc::sysctlbyname(
+                c_name.as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                (&raw mut new).cast(),
+                size_of::<libc::c_int>(),
+            )
+        };
+        rc == 0
+    }
+
     fn int(&self, name: &str) -> Option<i64> {
         let mut buf = [0u8; 8];
         let len = Self::raw(name, &mut buf).ok()?;
