@@ -21,7 +21,8 @@
 //! - `vm.swapusage`, a 32-byte `struct xsw_usage { u64 total, avail, used; u32 pagesize;
 //!   boolean_t encrypted }` in native byte order.
 //! - `vm_stat` text, only to check the memory formula against real page counts (the agent
-//!   itself never runs `vm_stat`; it calls `host_statistics64`).
+//!   itself never runs `vm_stat`; it calls `host_statistics64`, paced by [`VmStatsPacer`]
+//!   because the kernel rate-limits that call).
 //!
 //! Invariant: a CPU is labelled with a kind only when the `ioreg` cluster types and the sysctl
 //! performance levels agree on how many CPUs of each kind there are; otherwise every CPU is left
@@ -32,6 +33,7 @@
 //! from the levels alone.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::{CpuReading, CpuTicks, HostInfo, ParseError, VmCounts};
 use jex_telemetry::{CoreKind, PressureLevel, SwapSample};
@@ -592,6 +594,61 @@ pub fn mach_words_covering(end_offset: usize) -> usize {
     end_offset.div_ceil(MACH_WORD_BYTES)
 }
 
+/// The shortest time between two `host_statistics64(HOST_VM_INFO64)` calls ([`VmStatsPacer`]).
+pub const VM_STATS_MIN_SPACING: Duration = Duration::from_millis(900);
+
+/// Paces `host_statistics64(HOST_VM_INFO64)`: a call at most every [`VM_STATS_MIN_SPACING`];
+/// a tick in between is given the counts of the last call.
+///
+/// Why: xnu rate-limits the call for every process that is not a platform binary, the agent
+/// included (`osfmk/kern/host.c`: `host_statistics64_from_user` → `rate_limit_host_statistics`,
+/// which returns at once for `task_get_platform_binary`). Each flavor has one budget shared by
+/// all such processes: a window of `HOST_STATISTICS_TIME_WINDOW` (1 s) opens at the first call
+/// after the last window ended, and allows a number of calls drawn at random between
+/// `HOST_STATISTICS_MIN_REQUESTS` (2) and `HOST_STATISTICS_MAX_REQUESTS` (10); a call over it
+/// gets a copy of the last answer (`get_cached_info`), which is at most one window old, since
+/// the first call of a window is always answered and cached (`cache_host_statistics`).
+///
+/// The `vm.page_*` sysctls are not rate-limited but cannot stand in for the call: the wired
+/// count, which the memory formula needs, has a sysctl only in DEVELOPMENT and DEBUG kernels
+/// (`vm.page_wire_count`, `bsd/kern/kern_sysctl.c`), there is none for active or inactive
+/// pages, and `vm.page_pageable_internal_count` and `…_external_count` leave out the per-CPU
+/// local queues that `vm_stats` adds into `internal_page_count` and `external_page_count`
+/// (same file as the limit). Separate sysctls would also be read at separate moments.
+///
+/// So the agent keeps the call, paced. Calls at least 900 ms apart put at most 2 of them in
+/// any 1 s window, within the smallest budget the kernel draws, so the agent alone never gets
+/// a cached copy, and at the 1 Hz default every tick still calls (a tick that comes a little
+/// early is not skipped). At shorter intervals (down to 100 ms) the counts are refreshed at the
+/// first tick at least 900 ms after the last call (every 900 ms at 100 ms ticks, every 1.4 s
+/// at 700 ms), close to as often as the kernel would answer anyway, and the rest of the shared
+/// budget is left to the host's other processes. Another process spending the budget can
+/// still make a call return the cached copy: its figures are then at most 1 s old.
+#[derive(Debug, Default)]
+pub struct VmStatsPacer {
+    last: Option<(Instant, VmCounts)>,
+}
+
+impl VmStatsPacer {
+    /// The counts at `now`: `call()`'s when the last call is at least
+    /// [`VM_STATS_MIN_SPACING`] old (or there was none), else the last call's. A failed call
+    /// is not kept: the next tick calls again.
+    pub fn counts<E>(
+        &mut self,
+        now: Instant,
+        call: impl FnOnce() -> Result<VmCounts, E>,
+    ) -> Result<VmCounts, E> {
+        if let Some((at, counts)) = self.last
+            && now.saturating_duration_since(at) < VM_STATS_MIN_SPACING
+        {
+            return Ok(counts);
+        }
+        let counts = call()?;
+        self.last = Some((now, counts));
+        Ok(counts)
+    }
+}
+
 /// What to do after a `getfsstat` call into a buffer of `capacity` entries returned `filled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsstatNext {
@@ -1058,6 +1115,129 @@ mod tests {
         // A field ending at byte 150 needs 38 words (152 bytes), not 37.
         assert_eq!(mach_words_covering(150), 38);
         assert_eq!(mach_words_covering(152), 38);
+    }
+
+    /// A model of xnu's `rate_limit_host_statistics` (`osfmk/kern/host.c`) for one flavor, not
+    /// a capture: a window of 1 s opens at the first call after the last one ended and answers
+    /// `budget` calls; later calls in it get the cached copy.
+    struct KernelRateLimit {
+        budget: u32,
+        window_start: Option<Duration>,
+        calls_in_window: u32,
+        limited: u32,
+    }
+
+    impl KernelRateLimit {
+        fn new(budget: u32) -> Self {
+            Self {
+                budget,
+                window_start: None,
+                calls_in_window: 0,
+                limited: 0,
+            }
+        }
+
+        fn call(&mut self, at: Duration) {
+            match self.window_start {
+                Some(start) if at < start + Duration::from_secs(1) => {
+                    self.calls_in_window += 1;
+                    if self.calls_in_window > self.budget {
+                        self.limited += 1;
+                    }
+                }
+                _ => {
+                    self.window_start = Some(at);
+                    self.calls_in_window = 1;
+                }
+            }
+        }
+    }
+
+    /// Ticks `every` apart, each `jitter` early or late in turn, for a minute: the times of the
+    /// pacer's `host_statistics64` calls, and how many the kernel model (at its smallest
+    /// budget, 2) answered with a cached copy.
+    fn paced(every: Duration, jitter: Duration) -> (Vec<Duration>, u32) {
+        let start = Instant::now();
+        let mut pacer = VmStatsPacer::default();
+        let mut kernel = KernelRateLimit::new(2);
+        let mut calls = Vec::new();
+        let mut tick = Duration::from_secs(1);
+        let mut n = 0u32;
+        while tick <= Duration::from_secs(61) {
+            let at = if n.is_multiple_of(2) {
+                tick - jitter
+            } else {
+                tick + jitter
+            };
+            let counts = pacer.counts(start + at, || {
+                kernel.call(at);
+                calls.push(at);
+                Ok::<_, ()>(VmCounts {
+                    free: calls.len() as u64,
+                    ..VmCounts::default()
+                })
+            });
+            assert_eq!(
+                counts.unwrap().free,
+                calls.len() as u64,
+                "the last call's counts"
+            );
+            tick += every;
+            n += 1;
+        }
+        (calls, kernel.limited)
+    }
+
+    #[test]
+    fn host_statistics64_is_called_every_tick_at_1_hz_even_with_jitter() {
+        let (calls, limited) = paced(Duration::from_secs(1), Duration::from_millis(40));
+        assert_eq!(calls.len(), 61, "no tick skipped");
+        assert_eq!(limited, 0);
+    }
+
+    #[test]
+    fn short_intervals_call_at_most_every_900_ms_and_never_exceed_the_smallest_budget() {
+        for ms in [100, 250, 500, 700] {
+            let every = Duration::from_millis(ms);
+            let jitter = every / 10;
+            let (calls, limited) = paced(every, jitter);
+            let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+            let (shortest, longest) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+            assert!(*shortest >= VM_STATS_MIN_SPACING, "{ms} ms: {shortest:?}");
+            assert!(
+                *longest <= VM_STATS_MIN_SPACING + every + 2 * jitter,
+                "{ms} ms: {longest:?}, refreshed at the first tick after the spacing"
+            );
+            assert_eq!(limited, 0, "{ms} ms");
+        }
+        // Called on every 100 ms tick instead, the agent would exhaust the budget by itself.
+        let mut kernel = KernelRateLimit::new(2);
+        for n in 0..600 {
+            kernel.call(Duration::from_millis(100 * n));
+        }
+        assert!(kernel.limited > 400, "{}", kernel.limited);
+    }
+
+    #[test]
+    fn a_failed_host_statistics64_call_is_tried_again_at_the_next_tick() {
+        let start = Instant::now();
+        let mut pacer = VmStatsPacer::default();
+        assert_eq!(
+            pacer.counts(start, || Err("KERN_FAILURE")),
+            Err("KERN_FAILURE")
+        );
+        let counts = VmCounts {
+            free: 7,
+            ..VmCounts::default()
+        };
+        let at = start + Duration::from_millis(100);
+        assert_eq!(pacer.counts(at, || Ok::<_, &str>(counts)), Ok(counts));
+        let soon = at + Duration::from_millis(100);
+        assert_eq!(
+            pacer.counts(soon, || Err("not called")),
+            Ok(counts),
+            "a success is kept for the spacing"
+        );
     }
 
     #[test]
