@@ -2,8 +2,8 @@
 //!
 //! On macOS the sink is `tracing-oslog`, which keeps the text `target::name(field: value, …)` of
 //! every distinct new span in a process-wide map it never empties (`NAMES`, `on_new_span` in its
-//! `src/logger.rs`). There is no Mac here, so a stand-in sink ([`OsLogModel`]) does exactly
-//! that with the same text, and is put where the unified log goes: installed through
+//! `src/logger.rs`). Off macOS that crate is a stub, so a stand-in sink ([`OsLogModel`]) does
+//! exactly that with the same text, and is put where the unified log goes: installed through
 //! `jex_platform::logsink::install` (as the OS sink is) in the system-log place of the agent's
 //! own subscriber (`jex_agent::logging::subscriber_with`). A real agent is started in-process
 //! (`jex_agent::app::start`) and served 10,000 real mTLS connections on loopback, each making a
