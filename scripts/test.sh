@@ -88,7 +88,7 @@ if [ "$mode" = quick ]; then
   group "reclaim rules (property tests) and inventory" -p jex-reclaim --test rules_properties \
     --test linux_inventory -- "${skips[@]}"
   group "end to end over mTLS on loopback" -p jex-e2e --test config --test edge --test mtls \
-    --test telemetry --test packaging_contract -- "${skips[@]}"
+    --test telemetry --test system_log --test packaging_contract -- "${skips[@]}"
   if ((${#failed[@]})); then
     printf 'quick tier FAILED after %s s in:\n' "$((SECONDS - start))" >&2
     printf '  %s\n' "${failed[@]}" >&2

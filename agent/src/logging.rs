@@ -21,7 +21,10 @@
 //! - **system log**: whatever [`jex_platform::logsink::system_log_layer`] provides. On macOS
 //!   that is the unified log under subsystem `com.jexcloud.agent`
 //!   (`log show --predicate 'subsystem == "com.jexcloud.agent"'`), so a macOS host has two
-//!   copies of each event (unified log, JSON file), not three; elsewhere there is none.
+//!   copies of each event (unified log, JSON file), not three; elsewhere there is none. The
+//!   system log is told of spans by name only, without their fields (the JSON file has them),
+//!   so that its memory stays bounded however many connections the agent serves
+//!   ([`jex_platform::logsink`] says why).
 //!
 //! The level filter keeps the TLS library (`rustls`, whose `log` records arrive through the
 //! `log` bridge) at ERROR unless it names it: rustls warns on every refused handshake, and the
@@ -349,6 +352,40 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    subscriber_with(targets, stderr, &PlatformSystemLog)
+}
+
+/// Where the system log goes: [`PlatformSystemLog`] in the agent; a test puts a stand-in in its
+/// place to watch what the sink is given.
+pub trait SystemLog {
+    /// The system log layer for a subscriber of type `S`, `None` for no system log.
+    fn layer<S>(&self) -> Option<Box<dyn Layer<S> + Send + Sync>>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>;
+}
+
+/// The platform's system log sink ([`jex_platform::logsink::system_log_layer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PlatformSystemLog;
+
+impl SystemLog for PlatformSystemLog {
+    fn layer<S>(&self) -> Option<Box<dyn Layer<S> + Send + Sync>>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        jex_platform::logsink::system_log_layer::<S>()
+    }
+}
+
+/// [`subscriber`] with `system_log` in the place of the platform's system log sink.
+pub fn subscriber_with<W>(
+    targets: &LogTargets,
+    stderr: W,
+    system_log: &impl SystemLog,
+) -> Result<(impl Subscriber + Send + Sync + 'static, LogGuard), LoggingError>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let level = std::env::var("AGENT_LOG").unwrap_or_else(|_| targets.level.clone());
     let filter =
         quiet_tls_library(
@@ -389,7 +426,7 @@ where
         .with(filter)
         .with(stderr)
         .with(json);
-    Ok((with_system_log(subscriber), guard))
+    Ok((with_system_log(subscriber, system_log), guard))
 }
 
 /// Keeps the TLS library at ERROR unless the level filter names it: rustls logs a WARN line of
@@ -411,12 +448,15 @@ fn quiet_tls_library(filter: EnvFilter) -> EnvFilter {
 /// The target prefix of the TLS library's log records.
 const TLS_LIBRARY_TARGET: &str = "rustls";
 
-/// Adds the platform's system log sink, if it has one.
-fn with_system_log<S>(subscriber: S) -> Layered<Option<Box<dyn Layer<S> + Send + Sync>>, S>
+/// Adds the system log sink, if there is one.
+fn with_system_log<S>(
+    subscriber: S,
+    system_log: &impl SystemLog,
+) -> Layered<Option<Box<dyn Layer<S> + Send + Sync>>, S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    subscriber.with(jex_platform::logsink::system_log_layer::<S>())
+    subscriber.with(system_log.layer::<S>())
 }
 
 /// Installs the global subscriber once for the process, and the panic hook. Keep the guard

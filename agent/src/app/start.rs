@@ -203,6 +203,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         model: host.model.clone().unwrap_or_default(),
         chip: host.chip.clone().unwrap_or_default(),
         logical_cpus: host.logical_cpus,
+        super_cores: host.super_cores,
         performance_cores: host.performance_cores,
         efficiency_cores: host.efficiency_cores,
         memory_bytes: host.memory_bytes,

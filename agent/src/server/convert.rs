@@ -18,6 +18,7 @@ pub fn host(f: &HostFacts, lifecycle: Lifecycle, operation_id: Option<String>) -
         model: f.model.clone(),
         chip: f.chip.clone(),
         logical_cpus: f.logical_cpus,
+        super_cores: f.super_cores,
         performance_cores: f.performance_cores,
         efficiency_cores: f.efficiency_cores,
         memory_bytes: f.memory_bytes,

@@ -55,6 +55,8 @@ pub struct HostFacts {
     pub chip: String,
     /// Logical CPUs.
     pub logical_cpus: u32,
+    /// Super cores (not counted in `performance_cores`).
+    pub super_cores: u32,
     /// Performance cores.
     pub performance_cores: u32,
     /// Efficiency cores.

@@ -64,10 +64,7 @@ pub fn sample_to_proto(s: &Sample) -> pb::Sample {
                 .clusters
                 .iter()
                 .map(|c| pb::ClusterBusy {
-                    kind: match c.kind {
-                        CoreKind::Performance => pb::CoreKind::Performance,
-                        CoreKind::Efficiency => pb::CoreKind::Efficiency,
-                    } as i32,
+                    kind: core_kind_to_proto(c.kind) as i32,
                     busy_bp: c.busy_bp,
                     cpus: c.cpus,
                 })
@@ -115,6 +112,25 @@ pub fn sample_to_proto(s: &Sample) -> pb::Sample {
     }
 }
 
+/// The proto twin of a core kind.
+fn core_kind_to_proto(kind: CoreKind) -> pb::CoreKind {
+    match kind {
+        CoreKind::Super => pb::CoreKind::Super,
+        CoreKind::Performance => pb::CoreKind::Performance,
+        CoreKind::Efficiency => pb::CoreKind::Efficiency,
+    }
+}
+
+/// The core kind of a proto value; `None` for `UNSPECIFIED` and values this agent does not know.
+fn core_kind_from_proto(value: i32) -> Option<CoreKind> {
+    match pb::CoreKind::try_from(value).ok()? {
+        pb::CoreKind::Unspecified => None,
+        pb::CoreKind::Super => Some(CoreKind::Super),
+        pb::CoreKind::Performance => Some(CoreKind::Performance),
+        pb::CoreKind::Efficiency => Some(CoreKind::Efficiency),
+    }
+}
+
 /// A received or stored record back in the telemetry model. A message a record lacks (an
 /// older writer's) reads as its default; an enum value this agent does not know is an error.
 pub fn from_proto(r: &pb::TelemetryRecord) -> Result<Record, PayloadError> {
@@ -153,11 +169,8 @@ fn sample_from_proto(s: &pb::Sample) -> Result<Sample, PayloadError> {
         .clusters
         .iter()
         .map(|c| {
-            let kind = match pb::CoreKind::try_from(c.kind) {
-                Ok(pb::CoreKind::Performance) => CoreKind::Performance,
-                Ok(pb::CoreKind::Efficiency) => CoreKind::Efficiency,
-                _ => return Err(PayloadError(format!("unknown core kind {}", c.kind))),
-            };
+            let kind = core_kind_from_proto(c.kind)
+                .ok_or_else(|| PayloadError(format!("unknown core kind {}", c.kind)))?;
             Ok(ClusterBusy {
                 kind,
                 busy_bp: c.busy_bp,

@@ -8,7 +8,9 @@
 //! - sysctl values, read through the [`SysctlRead`] trait (the shim implements it with
 //!   `sysctlbyname`; [`SysctlText`] implements it over `sysctl name …` text for tests):
 //!   `hw.memsize`, `hw.logicalcpu_max`, `hw.model`, `machdep.cpu.brand_string`,
-//!   `kern.osproductversion`, `hw.nperflevels` and `hw.perflevelN.{name,logicalcpu_max}`.
+//!   `kern.osproductversion` (read with this process's system-version compatibility off, so it
+//!   is the real version: [`os_product_version`]), `hw.nperflevels` and
+//!   `hw.perflevelN.{name,logicalcpu_max}`.
 //!   Performance levels are ordered from the fastest core type down (perflevel0 first).
 //! - `ioreg -r -d 1 -k cluster-type` text: each CPU node's `cluster-type` (`<"P">`, `<"E">`)
 //!   and its number (`logical-cpu-id`, else `cpu-id`, little-endian data or a plain integer).
@@ -19,14 +21,19 @@
 //! - `vm.swapusage`, a 32-byte `struct xsw_usage { u64 total, avail, used; u32 pagesize;
 //!   boolean_t encrypted }` in native byte order.
 //! - `vm_stat` text, only to check the memory formula against real page counts (the agent
-//!   itself never runs `vm_stat`; it calls `host_statistics64`).
+//!   itself never runs `vm_stat`; it calls `host_statistics64`, paced by [`VmStatsPacer`]
+//!   because the kernel rate-limits that call).
 //!
 //! Invariant: a CPU is labelled with a kind only when the `ioreg` cluster types and the sysctl
 //! performance levels agree on how many CPUs of each kind there are; otherwise every CPU is left
 //! unlabelled. CPU numbering on large parts is interleaved (E = 0–3 and 12–15 on some), so no
-//! order is ever assumed.
+//! order is ever assumed. Kinds are super (M5 generation), performance and efficiency; the
+//! `ioreg` letter of super clusters is not known from any capture, so super CPUs are labelled
+//! only when the counts single that letter out (see [`cpu_kinds`]); host info counts each kind
+//! from the levels alone.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::{CpuReading, CpuTicks, HostInfo, ParseError, VmCounts};
 use jex_telemetry::{CoreKind, PressureLevel, SwapSample};
@@ -43,12 +50,61 @@ pub const VM_STAT: &str = "vm_stat";
 /// The size of `struct xsw_usage` returned by `vm.swapusage`.
 pub const XSW_USAGE_LEN: usize = 32;
 
+/// The OS version sysctl: the `ProductVersion` of `SystemVersion.plist`, e.g. `15.5` — unless
+/// this task has system-version compatibility on (see [`os_product_version`]).
+pub const OS_PRODUCT_VERSION: &str = "kern.osproductversion";
+
+/// This task's system-version compatibility flag (1 on, 0 off), readable and writable by any
+/// process for itself.
+pub const SYSTEM_VERSION_COMPAT: &str = "kern.system_version_compat";
+
 /// Reads sysctl values by name; `None` when the name does not exist or has another type.
 pub trait SysctlRead {
     /// An integer value (any width).
     fn int(&self, name: &str) -> Option<i64>;
     /// A string value.
     fn string(&self, name: &str) -> Option<String>;
+    /// Sets an integer value (a C `int`); `false` when it cannot be set. The agent sets one
+    /// value only, its own [`SYSTEM_VERSION_COMPAT`] flag. Text captures cannot be written.
+    fn set_int(&self, name: &str, value: i32) -> bool {
+        let _ = (name, value);
+        false
+    }
+}
+
+/// The real OS version, whatever the system-version compatibility of this process.
+///
+/// Source: xnu `bsd/kern/kern_sysctl.c`, `sysctl_osproductversion`: on macOS it answers
+/// `osproductversioncompat` (the `ProductVersion` of `SystemVersionCompat.plist`, e.g. `16.0`
+/// on macOS 26, `10.16` on macOS 11) instead of the real version whenever
+/// `task_has_system_version_compat_enabled(current_task())` and that string is set. The task
+/// flag (`TF_SYS_VERSION_COMPAT`, `osfmk/kern/task.c`) is set by libSystem at start for
+/// processes it runs in compatibility mode (`libsyscall/wrappers/_libkernel_init.c`,
+/// `__libkernel_init_late`, through this same `kern.system_version_compat` sysctl), e.g. a
+/// binary built against an older SDK or run with `SYSTEM_VERSION_COMPAT=1`; it is read and
+/// written by `sysctl_system_version_compat` (`CTLFLAG_ANYBODY`: every task, for itself).
+/// `sysctl_osproductversion` is the kernel's only reader of the flag.
+///
+/// So: when the flag is off, `kern.osproductversion` is the real version. When it is on, the
+/// flag is turned off for the one read and turned back on, so the rest of the process keeps
+/// the compatibility it was started with. If it cannot be turned off, no version is given
+/// rather than the compatibility one.
+pub fn os_product_version(sysctl: &dyn SysctlRead) -> Option<String> {
+    let compat = sysctl.int(SYSTEM_VERSION_COMPAT).unwrap_or(0) != 0;
+    if !compat {
+        return sysctl.string(OS_PRODUCT_VERSION);
+    }
+    if !sysctl.set_int(SYSTEM_VERSION_COMPAT, 0) {
+        tracing::warn!(
+            "system-version compatibility is on and cannot be turned off; the OS version is not reported"
+        );
+        return None;
+    }
+    let version = sysctl.string(OS_PRODUCT_VERSION);
+    if !sysctl.set_int(SYSTEM_VERSION_COMPAT, 1) {
+        tracing::warn!("system-version compatibility could not be turned back on");
+    }
+    version
 }
 
 /// Sysctl values parsed from `sysctl name …` text (`name: value` lines), for tests and
@@ -95,9 +151,10 @@ pub struct PerfLevel {
     pub kind: Option<CoreKind>,
 }
 
-/// Reads the performance levels. Kinds: a level named `Performance` or `Efficiency` is that
-/// kind; any other name (e.g. `Super` on M5) is left unlabelled; without names (macOS 12) and
-/// with exactly two levels, perflevel0 is performance and perflevel1 efficiency.
+/// Reads the performance levels. Kinds: a level named `Super`, `Performance` or `Efficiency`
+/// is that kind; any other name is left unlabelled; without names (macOS 12) and with exactly
+/// two levels, perflevel0 is performance and perflevel1 efficiency (no chip without level
+/// names has super cores: the name arrived with macOS 13, the super cores with M5).
 pub fn perf_levels(sysctl: &dyn SysctlRead) -> Vec<PerfLevel> {
     let count = match sysctl.int("hw.nperflevels") {
         Some(n) if (1..=16).contains(&n) => n as u32,
@@ -110,6 +167,7 @@ pub fn perf_levels(sysctl: &dyn SysctlRead) -> Vec<PerfLevel> {
             let logical_cpus = level_logical(sysctl, index)?;
             let name = sysctl.string(&format!("hw.perflevel{index}.name"));
             let kind = match name.as_deref() {
+                Some("Super") => Some(CoreKind::Super),
                 Some("Performance") => Some(CoreKind::Performance),
                 Some("Efficiency") => Some(CoreKind::Efficiency),
                 Some(_) => None,
@@ -139,7 +197,7 @@ fn level_logical(sysctl: &dyn SysctlRead, index: u32) -> Option<u32> {
 pub struct ClusterCpu {
     /// The CPU number (`logical-cpu-id`, else `cpu-id`).
     pub cpu: u32,
-    /// The cluster type letter(s), e.g. `P`, `E` (M5 Pro also has `M`).
+    /// The cluster type letter(s), e.g. `P`, `E`.
     pub cluster_type: String,
 }
 
@@ -224,8 +282,17 @@ fn ioreg_number(raw: &str) -> Option<u32> {
 
 /// The kind of each CPU, by number, from the `ioreg` cluster types checked against the sysctl
 /// performance levels. All `None` unless the CPU numbers cover `0..logical_cpus` exactly once
-/// and, for each kind, the number of CPUs with that cluster letter equals the logical CPUs of
-/// the performance level of that kind.
+/// and, for each kind, the number of CPUs given that kind equals the logical CPUs of the
+/// performance level of that kind.
+///
+/// Letters: `P` is performance and `E` efficiency, the two letters xnu itself reads from the
+/// device tree (`osfmk/arm64/machine_routines.c`, `ml_parse_cpu_topology`; any other letter is
+/// its "Standard" type). The letter of M5's super clusters is not in any source or capture we
+/// have, so a super CPU is labelled only when that is unambiguous: a `Super` level exists, the
+/// CPUs carry exactly one letter other than `P` and `E`, and the `Super` level's CPU count
+/// differs from every other level's, so that if the letters meant something else (super
+/// clusters tagged `P`, say) the counts would disagree and every CPU would stay unlabelled. Any
+/// other letter leaves its CPUs unlabelled, which then fails the count of their level.
 pub fn cpu_kinds(
     levels: &[PerfLevel],
     clusters: &[ClusterCpu],
@@ -234,6 +301,7 @@ pub fn cpu_kinds(
     let unlabelled = vec![None; logical_cpus as usize];
     let mut kinds = unlabelled.clone();
     let mut seen = vec![false; logical_cpus as usize];
+    let super_letter = super_cluster_letter(levels, clusters);
     for c in clusters {
         let Some(slot) = seen.get_mut(c.cpu as usize) else {
             tracing::warn!(
@@ -253,6 +321,7 @@ pub fn cpu_kinds(
         kinds[c.cpu as usize] = match c.cluster_type.as_str() {
             "P" => Some(CoreKind::Performance),
             "E" => Some(CoreKind::Efficiency),
+            other if Some(other) == super_letter => Some(CoreKind::Super),
             _ => None,
         };
     }
@@ -266,13 +335,9 @@ pub fn cpu_kinds(
         }
         return unlabelled;
     }
-    for kind in [CoreKind::Performance, CoreKind::Efficiency] {
+    for kind in CoreKind::ALL {
         let by_letter = kinds.iter().filter(|k| **k == Some(kind)).count() as u32;
-        let by_level: u32 = levels
-            .iter()
-            .filter(|l| l.kind == Some(kind))
-            .map(|l| l.logical_cpus)
-            .sum();
+        let by_level = level_cpus(levels, kind);
         if by_letter != by_level {
             tracing::warn!(
                 ?kind,
@@ -284,6 +349,34 @@ pub fn cpu_kinds(
         }
     }
     kinds
+}
+
+/// The cluster letter of the super CPUs, when it can be told without guessing (see
+/// [`cpu_kinds`]): the one letter other than `P` and `E` that the CPUs carry, provided a
+/// `Super` level exists and no other level has as many CPUs.
+fn super_cluster_letter<'a>(levels: &[PerfLevel], clusters: &'a [ClusterCpu]) -> Option<&'a str> {
+    let supers = level_cpus(levels, CoreKind::Super);
+    let alike = levels
+        .iter()
+        .any(|l| l.kind != Some(CoreKind::Super) && l.logical_cpus == supers);
+    if supers == 0 || alike {
+        return None;
+    }
+    let mut others = clusters
+        .iter()
+        .map(|c| c.cluster_type.as_str())
+        .filter(|letter| !matches!(*letter, "P" | "E"));
+    let letter = others.next()?;
+    others.all(|l| l == letter).then_some(letter)
+}
+
+/// The logical CPUs of the levels of `kind`.
+fn level_cpus(levels: &[PerfLevel], kind: CoreKind) -> u32 {
+    levels
+        .iter()
+        .filter(|l| l.kind == Some(kind))
+        .map(|l| l.logical_cpus)
+        .sum()
 }
 
 /// The platform identity from `ioreg -rd1 -c IOPlatformExpertDevice -a`.
@@ -411,7 +504,7 @@ pub fn parse_vm_stat(text: &str) -> Result<VmCounts, ParseError> {
 }
 
 /// Assembles the host info from sysctl values, the platform identity and the CPU cluster
-/// types. `os_version` comes from `kern.osproductversion`.
+/// types. `os_version` is the real `kern.osproductversion` ([`os_product_version`]).
 pub fn host_info_from(
     sysctl: &dyn SysctlRead,
     identity: PlatformIdentity,
@@ -423,19 +516,14 @@ pub fn host_info_from(
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0);
     let levels = perf_levels(sysctl);
-    let cores_of = |kind| {
-        levels
-            .iter()
-            .filter(|l| l.kind == Some(kind))
-            .map(|l| l.logical_cpus)
-            .sum()
-    };
+    let cores_of = |kind| level_cpus(&levels, kind);
     HostInfo {
         hardware_uuid: identity.uuid,
         serial_number: identity.serial,
         model: sysctl.string("hw.model"),
         chip: sysctl.string("machdep.cpu.brand_string"),
         logical_cpus,
+        super_cores: cores_of(CoreKind::Super),
         performance_cores: cores_of(CoreKind::Performance),
         efficiency_cores: cores_of(CoreKind::Efficiency),
         memory_bytes: sysctl
@@ -443,7 +531,7 @@ pub fn host_info_from(
             .and_then(|n| u64::try_from(n).ok())
             .unwrap_or(0),
         os_name: "macOS".to_string(),
-        os_version: sysctl.string("kern.osproductversion"),
+        os_version: os_product_version(sysctl),
         cpu_kinds: cpu_kinds(&levels, clusters, logical_cpus),
     }
 }
@@ -504,6 +592,61 @@ pub fn mach_array_bytes(count: usize) -> Option<usize> {
 /// releases, and an older kernel fills fewer words).
 pub fn mach_words_covering(end_offset: usize) -> usize {
     end_offset.div_ceil(MACH_WORD_BYTES)
+}
+
+/// The shortest time between two `host_statistics64(HOST_VM_INFO64)` calls ([`VmStatsPacer`]).
+pub const VM_STATS_MIN_SPACING: Duration = Duration::from_millis(900);
+
+/// Paces `host_statistics64(HOST_VM_INFO64)`: a call at most every [`VM_STATS_MIN_SPACING`];
+/// a tick in between is given the counts of the last call.
+///
+/// Why: xnu rate-limits the call for every process that is not a platform binary, the agent
+/// included (`osfmk/kern/host.c`: `host_statistics64_from_user` → `rate_limit_host_statistics`,
+/// which returns at once for `task_get_platform_binary`). Each flavor has one budget shared by
+/// all such processes: a window of `HOST_STATISTICS_TIME_WINDOW` (1 s) opens at the first call
+/// after the last window ended, and allows a number of calls drawn at random between
+/// `HOST_STATISTICS_MIN_REQUESTS` (2) and `HOST_STATISTICS_MAX_REQUESTS` (10); a call over it
+/// gets a copy of the last answer (`get_cached_info`), which is at most one window old, since
+/// the first call of a window is always answered and cached (`cache_host_statistics`).
+///
+/// The `vm.page_*` sysctls are not rate-limited but cannot stand in for the call: the wired
+/// count, which the memory formula needs, has a sysctl only in DEVELOPMENT and DEBUG kernels
+/// (`vm.page_wire_count`, `bsd/kern/kern_sysctl.c`), there is none for active or inactive
+/// pages, and `vm.page_pageable_internal_count` and `…_external_count` leave out the per-CPU
+/// local queues that `vm_stats` adds into `internal_page_count` and `external_page_count`
+/// (same file as the limit). Separate sysctls would also be read at separate moments.
+///
+/// So the agent keeps the call, paced. Calls at least 900 ms apart put at most 2 of them in
+/// any 1 s window, within the smallest budget the kernel draws, so the agent alone never gets
+/// a cached copy, and at the 1 Hz default every tick still calls (a tick that comes a little
+/// early is not skipped). At shorter intervals (down to 100 ms) the counts are refreshed at the
+/// first tick at least 900 ms after the last call (every 900 ms at 100 ms ticks, every 1.4 s
+/// at 700 ms), close to as often as the kernel would answer anyway, and the rest of the shared
+/// budget is left to the host's other processes. Another process spending the budget can
+/// still make a call return the cached copy: its figures are then at most 1 s old.
+#[derive(Debug, Default)]
+pub struct VmStatsPacer {
+    last: Option<(Instant, VmCounts)>,
+}
+
+impl VmStatsPacer {
+    /// The counts at `now`: `call()`'s when the last call is at least
+    /// [`VM_STATS_MIN_SPACING`] old (or there was none), else the last call's. A failed call
+    /// is not kept: the next tick calls again.
+    pub fn counts<E>(
+        &mut self,
+        now: Instant,
+        call: impl FnOnce() -> Result<VmCounts, E>,
+    ) -> Result<VmCounts, E> {
+        if let Some((at, counts)) = self.last
+            && now.saturating_duration_since(at) < VM_STATS_MIN_SPACING
+        {
+            return Ok(counts);
+        }
+        let counts = call()?;
+        self.last = Some((now, counts));
+        Ok(counts)
+    }
 }
 
 /// What to do after a `getfsstat` call into a buffer of `capacity` entries returned `filled`.
@@ -587,7 +730,14 @@ mod tests {
     fn m3_max_level_names_give_twelve_performance_and_four_efficiency() {
         let sysctl = SysctlText::parse(fixture!("sysctl-hw.m3max.J516c.txt"));
         let info = host_info_from(&sysctl, PlatformIdentity::default(), &[]);
-        assert_eq!((info.performance_cores, info.efficiency_cores), (12, 4));
+        assert_eq!(
+            (
+                info.super_cores,
+                info.performance_cores,
+                info.efficiency_cores
+            ),
+            (0, 12, 4)
+        );
         assert_eq!(info.logical_cpus, 16);
         assert_eq!(info.memory_bytes, 137_438_953_472);
         assert_eq!(
@@ -598,13 +748,81 @@ mod tests {
         assert_eq!(info.os_name, "macOS");
     }
 
+    const S: Option<CoreKind> = Some(CoreKind::Super);
+
     #[test]
-    fn m5_super_level_is_left_unlabelled() {
+    fn m5_max_levels_give_six_super_and_twelve_performance_cores() {
         let sysctl = SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt"));
         let levels = perf_levels(&sysctl);
+        assert_eq!(levels.len(), 2);
         assert_eq!(levels[0].name.as_deref(), Some("Super"));
-        assert_eq!(levels[0].kind, None);
+        assert_eq!((levels[0].logical_cpus, levels[0].kind), (6, S));
         assert_eq!((levels[1].logical_cpus, levels[1].kind), (12, P));
+        let info = host_info_from(&sysctl, PlatformIdentity::default(), &[]);
+        assert_eq!(
+            (
+                info.super_cores,
+                info.performance_cores,
+                info.efficiency_cores
+            ),
+            (6, 12, 0),
+            "super cores are not counted as performance cores"
+        );
+    }
+
+    /// A model of `ioreg -r -d 1 -k cluster-type` CPU nodes, not a capture: `(letter, count)`
+    /// runs numbered from CPU 0 in the order given. No `ioreg` output from an M5 has been
+    /// captured, so the letters of its clusters are unknown; `X` and `Y` stand for letters other
+    /// than `P` and `E`.
+    fn model_clusters(runs: &[(&str, u32)]) -> Vec<ClusterCpu> {
+        let mut cpu = 0;
+        let mut out = Vec::new();
+        for (letter, count) in runs {
+            for _ in 0..*count {
+                out.push(ClusterCpu {
+                    cpu,
+                    cluster_type: (*letter).to_string(),
+                });
+                cpu += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn m5_max_super_cpus_are_labelled_when_one_other_letter_has_the_super_count() {
+        let levels = perf_levels(&SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt")));
+        // Interleaved numbering, as on large parts: nothing depends on the order.
+        let clusters = model_clusters(&[("P", 6), ("X", 6), ("P", 6)]);
+        let kinds = cpu_kinds(&levels, &clusters, 18);
+        let expected: Vec<_> = [vec![P; 6], vec![S; 6], vec![P; 6]].concat();
+        assert_eq!(kinds, expected);
+    }
+
+    #[test]
+    fn m5_max_letters_that_could_mean_something_else_leave_every_cpu_unlabelled() {
+        let levels = perf_levels(&SysctlText::parse(fixture!("sysctl-perflevels.m5max.txt")));
+        // Super clusters tagged `P` and performance clusters another letter: the `P` count (6)
+        // is not the performance level's (12).
+        let p_for_super = model_clusters(&[("P", 6), ("X", 12)]);
+        assert_eq!(cpu_kinds(&levels, &p_for_super, 18), vec![None; 18]);
+        // Two letters besides P and E: which one is super cannot be told.
+        let two_letters = model_clusters(&[("X", 3), ("Y", 3), ("P", 12)]);
+        assert_eq!(cpu_kinds(&levels, &two_letters, 18), vec![None; 18]);
+    }
+
+    #[test]
+    fn super_and_performance_levels_of_equal_size_leave_super_cpus_unlabelled() {
+        // A model, not a capture: two levels of 6 CPUs each. Were the super clusters tagged
+        // `P` and the others `X`, the counts would agree all the same, so `X` is not taken for
+        // super and the counts then disagree.
+        let levels = perf_levels(&SysctlText::parse(
+            "hw.nperflevels: 2\nhw.perflevel0.logicalcpu_max: 6\nhw.perflevel0.name: Super\n\
+             hw.perflevel1.logicalcpu_max: 6\nhw.perflevel1.name: Performance\n",
+        ));
+        assert_eq!((levels[0].kind, levels[1].kind), (S, P));
+        let clusters = model_clusters(&[("X", 6), ("P", 6)]);
+        assert_eq!(cpu_kinds(&levels, &clusters, 12), vec![None; 12]);
     }
 
     #[test]
@@ -776,6 +994,83 @@ mod tests {
         assert_eq!(info.os_version, None, "kern.osproductversion absent");
     }
 
+    /// A model of xnu's two handlers (`sysctl_osproductversion` and
+    /// `sysctl_system_version_compat` in `bsd/kern/kern_sysctl.c`), not a capture: the version
+    /// sysctl answers the compatibility version while the task's flag is on.
+    struct XnuVersionModel {
+        real: &'static str,
+        compat: &'static str,
+        flag: std::cell::Cell<bool>,
+        writable: bool,
+        writes: std::cell::RefCell<Vec<i32>>,
+    }
+
+    impl XnuVersionModel {
+        fn new(flag: bool, writable: bool) -> Self {
+            Self {
+                real: "26.0.1",
+                compat: "16.0",
+                flag: flag.into(),
+                writable,
+                writes: Vec::new().into(),
+            }
+        }
+    }
+
+    impl SysctlRead for XnuVersionModel {
+        fn int(&self, name: &str) -> Option<i64> {
+            (name == SYSTEM_VERSION_COMPAT).then(|| i64::from(self.flag.get()))
+        }
+
+        fn string(&self, name: &str) -> Option<String> {
+            (name == OS_PRODUCT_VERSION).then(|| {
+                if self.flag.get() && !self.compat.is_empty() {
+                    self.compat.to_string()
+                } else {
+                    self.real.to_string()
+                }
+            })
+        }
+
+        fn set_int(&self, name: &str, value: i32) -> bool {
+            if name != SYSTEM_VERSION_COMPAT || !self.writable {
+                return false;
+            }
+            self.writes.borrow_mut().push(value);
+            self.flag.set(value != 0);
+            true
+        }
+    }
+
+    #[test]
+    fn the_os_version_is_the_real_one_whatever_the_compatibility_mode() {
+        let plain = XnuVersionModel::new(false, true);
+        assert_eq!(os_product_version(&plain).as_deref(), Some("26.0.1"));
+        assert!(plain.writes.borrow().is_empty(), "nothing written when off");
+
+        let compat = XnuVersionModel::new(true, true);
+        assert_eq!(compat.string(OS_PRODUCT_VERSION).as_deref(), Some("16.0"));
+        assert_eq!(os_product_version(&compat).as_deref(), Some("26.0.1"));
+        assert_eq!(*compat.writes.borrow(), vec![0, 1]);
+        assert!(compat.flag.get(), "the process keeps its compatibility");
+
+        let stuck = XnuVersionModel::new(true, false);
+        assert_eq!(
+            os_product_version(&stuck),
+            None,
+            "no version rather than the compatibility one"
+        );
+    }
+
+    #[test]
+    fn a_text_capture_without_the_compat_flag_reads_the_version_as_is() {
+        let text = SysctlText::parse("kern.osproductversion: 15.5\n");
+        assert_eq!(os_product_version(&text).as_deref(), Some("15.5"));
+        let flagged =
+            SysctlText::parse("kern.osproductversion: 16.0\nkern.system_version_compat: 1\n");
+        assert_eq!(os_product_version(&flagged), None, "text cannot be written");
+    }
+
     #[test]
     fn load_info_decodes_four_wrapping_counters_per_cpu() {
         // Two CPUs: user, system, idle, nice; the second CPU's user counter has its top bit
@@ -820,6 +1115,129 @@ mod tests {
         // A field ending at byte 150 needs 38 words (152 bytes), not 37.
         assert_eq!(mach_words_covering(150), 38);
         assert_eq!(mach_words_covering(152), 38);
+    }
+
+    /// A model of xnu's `rate_limit_host_statistics` (`osfmk/kern/host.c`) for one flavor, not
+    /// a capture: a window of 1 s opens at the first call after the last one ended and answers
+    /// `budget` calls; later calls in it get the cached copy.
+    struct KernelRateLimit {
+        budget: u32,
+        window_start: Option<Duration>,
+        calls_in_window: u32,
+        limited: u32,
+    }
+
+    impl KernelRateLimit {
+        fn new(budget: u32) -> Self {
+            Self {
+                budget,
+                window_start: None,
+                calls_in_window: 0,
+                limited: 0,
+            }
+        }
+
+        fn call(&mut self, at: Duration) {
+            match self.window_start {
+                Some(start) if at < start + Duration::from_secs(1) => {
+                    self.calls_in_window += 1;
+                    if self.calls_in_window > self.budget {
+                        self.limited += 1;
+                    }
+                }
+                _ => {
+                    self.window_start = Some(at);
+                    self.calls_in_window = 1;
+                }
+            }
+        }
+    }
+
+    /// Ticks `every` apart, each `jitter` early or late in turn, for a minute: the times of the
+    /// pacer's `host_statistics64` calls, and how many the kernel model (at its smallest
+    /// budget, 2) answered with a cached copy.
+    fn paced(every: Duration, jitter: Duration) -> (Vec<Duration>, u32) {
+        let start = Instant::now();
+        let mut pacer = VmStatsPacer::default();
+        let mut kernel = KernelRateLimit::new(2);
+        let mut calls = Vec::new();
+        let mut tick = Duration::from_secs(1);
+        let mut n = 0u32;
+        while tick <= Duration::from_secs(61) {
+            let at = if n.is_multiple_of(2) {
+                tick - jitter
+            } else {
+                tick + jitter
+            };
+            let counts = pacer.counts(start + at, || {
+                kernel.call(at);
+                calls.push(at);
+                Ok::<_, ()>(VmCounts {
+                    free: calls.len() as u64,
+                    ..VmCounts::default()
+                })
+            });
+            assert_eq!(
+                counts.unwrap().free,
+                calls.len() as u64,
+                "the last call's counts"
+            );
+            tick += every;
+            n += 1;
+        }
+        (calls, kernel.limited)
+    }
+
+    #[test]
+    fn host_statistics64_is_called_every_tick_at_1_hz_even_with_jitter() {
+        let (calls, limited) = paced(Duration::from_secs(1), Duration::from_millis(40));
+        assert_eq!(calls.len(), 61, "no tick skipped");
+        assert_eq!(limited, 0);
+    }
+
+    #[test]
+    fn short_intervals_call_at_most_every_900_ms_and_never_exceed_the_smallest_budget() {
+        for ms in [100, 250, 500, 700] {
+            let every = Duration::from_millis(ms);
+            let jitter = every / 10;
+            let (calls, limited) = paced(every, jitter);
+            let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+            let (shortest, longest) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+            assert!(*shortest >= VM_STATS_MIN_SPACING, "{ms} ms: {shortest:?}");
+            assert!(
+                *longest <= VM_STATS_MIN_SPACING + every + 2 * jitter,
+                "{ms} ms: {longest:?}, refreshed at the first tick after the spacing"
+            );
+            assert_eq!(limited, 0, "{ms} ms");
+        }
+        // Called on every 100 ms tick instead, the agent would exhaust the budget by itself.
+        let mut kernel = KernelRateLimit::new(2);
+        for n in 0..600 {
+            kernel.call(Duration::from_millis(100 * n));
+        }
+        assert!(kernel.limited > 400, "{}", kernel.limited);
+    }
+
+    #[test]
+    fn a_failed_host_statistics64_call_is_tried_again_at_the_next_tick() {
+        let start = Instant::now();
+        let mut pacer = VmStatsPacer::default();
+        assert_eq!(
+            pacer.counts(start, || Err("KERN_FAILURE")),
+            Err("KERN_FAILURE")
+        );
+        let counts = VmCounts {
+            free: 7,
+            ..VmCounts::default()
+        };
+        let at = start + Duration::from_millis(100);
+        assert_eq!(pacer.counts(at, || Ok::<_, &str>(counts)), Ok(counts));
+        let soon = at + Duration::from_millis(100);
+        assert_eq!(
+            pacer.counts(soon, || Err("not called")),
+            Ok(counts),
+            "a success is kept for the spacing"
+        );
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct HostInfo {
     pub chip: Option<String>,
     /// The number of logical CPUs.
     pub logical_cpus: u32,
+    /// Logical CPUs of the super kind (Apple Silicon's level named `Super`, M5 generation), 0
+    /// where there is none or it is unknown. The three counts are apart: a super core is not
+    /// also counted as a performance core.
+    pub super_cores: u32,
     /// Logical CPUs of the performance kind, 0 where unknown.
     pub performance_cores: u32,
     /// Logical CPUs of the efficiency kind, 0 where unknown.
@@ -125,7 +129,8 @@ pub struct HostInfo {
     pub memory_bytes: u64,
     /// `macOS` or `Linux`.
     pub os_name: String,
-    /// The OS version (macOS `kern.osproductversion`, Linux kernel release).
+    /// The OS version (macOS `kern.osproductversion`, the real version even in a process with
+    /// system-version compatibility on; Linux kernel release).
     pub os_version: Option<String>,
     /// The kind of each logical CPU, by CPU number; `None` where it is not known for certain.
     /// Feed this to the sampler so it can report per-cluster busy.

@@ -99,6 +99,7 @@ impl LinuxHost {
             } else {
                 present.len() as u32
             },
+            super_cores: count_of(CoreKind::Super),
             performance_cores: count_of(CoreKind::Performance),
             efficiency_cores: count_of(CoreKind::Efficiency),
             memory_bytes: meminfo.mem_total_kib.saturating_mul(1024),

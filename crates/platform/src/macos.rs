@@ -4,10 +4,15 @@
 //! [`super::darwin`], which is tested on Linux against captured outputs; this file only makes
 //! the calls. It is compiled on macOS only.
 //!
+//! The one sysctl it writes is this process's own `kern.system_version_compat` flag, turned off
+//! for the start-up read of `kern.osproductversion` and back on after it
+//! ([`darwin::os_product_version`] says why).
+//!
 //! Per tick: `host_processor_info(PROCESSOR_CPU_LOAD_INFO)` (per-CPU 32-bit tick counters at
 //! 100 Hz; the kernel-allocated array is released with `vm_deallocate` every time),
 //! `host_statistics64(HOST_VM_INFO64)` (page counts; the returned count is checked to cover the
-//! fields used), `sysctlbyname("kern.memorystatus_vm_pressure_level")`,
+//! fields used; at most every 900 ms, because the kernel rate-limits it, see
+//! [`darwin::VmStatsPacer`]), `sysctlbyname("kern.memorystatus_vm_pressure_level")`,
 //! `sysctlbyname("vm.swapusage")` and `getloadavg`. The host port is taken once
 //! (`mach_host_self`) and kept; the page size (`vm_kernel_page_size`, 16 KiB on Apple Silicon)
 //! and `hw.memsize` are read once. No fork, exec or process listing happens per tick.
@@ -17,6 +22,7 @@ use std::io;
 use std::mem::offset_of;
 use std::path::Path;
 use std::ptr;
+use std::time::Instant;
 
 use super::darwin::{self, SysctlRead};
 use super::{
@@ -120,6 +126,25 @@ fn decode_int(buf: &[u8; 8], len: usize) -> Option<i64> {
 }
 
 impl SysctlRead for Sysctl {
+    fn set_int(&self, name: &str, value: i32) -> bool {
+        let Ok(c_name) = CString::new(name) else {
+            return false;
+        };
+        let mut new = value;
+        // SAFETY: `c_name` is NUL-terminated and outlives the call; no old value is asked for
+        // (null pointers); the new value points to `new`, a live C int of the size passed.
+        let rc = unsafe {
+            libc::sysctlbyname(
+                c_name.as_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                (&raw mut new).cast(),
+                size_of::<libc::c_int>(),
+            )
+        };
+        rc == 0
+    }
+
     fn int(&self, name: &str) -> Option<i64> {
         let mut buf = [0u8; 8];
         let len = Self::raw(name, &mut buf).ok()?;
@@ -185,6 +210,8 @@ struct MacCounters {
     /// Set after one warning about an unreadable or unknown pressure level, so a broken sysctl
     /// does not log every tick.
     pressure_warned: bool,
+    /// Paces `host_statistics64`, which the kernel rate-limits.
+    vm_pacer: darwin::VmStatsPacer,
 }
 
 impl MacCounters {
@@ -212,6 +239,7 @@ impl MacCounters {
             page_size,
             total_bytes,
             pressure_warned: false,
+            vm_pacer: darwin::VmStatsPacer::default(),
         })
     }
 
@@ -252,7 +280,13 @@ impl MacCounters {
         reading
     }
 
-    fn vm_counts(&self) -> Result<VmCounts, PlatformError> {
+    /// One `host_statistics64(HOST_VM_INFO64)` call. Made through the `vm_pacer` only: the
+    /// kernel rate-limits it.
+    fn vm_counts(
+        host: libc::mach_port_t,
+        page_size: u64,
+        total_bytes: u64,
+    ) -> Result<VmCounts, PlatformError> {
         const CALL: &str = "host_statistics64(HOST_VM_INFO64)";
         // SAFETY: vm_statistics64 is plain integers; all-zero is a valid value.
         let mut stats: libc::vm_statistics64 = unsafe { std::mem::zeroed() };
@@ -262,7 +296,7 @@ impl MacCounters {
         // written in `count`.
         let kr = unsafe {
             libc::host_statistics64(
-                self.host,
+                host,
                 libc::HOST_VM_INFO64,
                 (&raw mut stats).cast(),
                 &mut count,
@@ -297,8 +331,8 @@ impl MacCounters {
             stats.external_page_count,
         );
         Ok(VmCounts {
-            page_size: self.page_size,
-            total_bytes: self.total_bytes,
+            page_size,
+            total_bytes,
             free: u64::from(free),
             active: u64::from(active),
             inactive: u64::from(inactive),
@@ -358,7 +392,9 @@ impl HostCounters for MacCounters {
     fn read(&mut self) -> Result<Counters, PlatformError> {
         Ok(Counters {
             cpus: self.cpu_ticks()?,
-            memory: MemoryCounters::Darwin(self.vm_counts()?),
+            memory: MemoryCounters::Darwin(self.vm_pacer.counts(Instant::now(), || {
+                Self::vm_counts(self.host, self.page_size, self.total_bytes)
+            })?),
             swap: self.swap()?,
             load: self.load()?,
             pressure: self.pressure(),

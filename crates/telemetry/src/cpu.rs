@@ -14,8 +14,9 @@
 //!   over the ticks the online CPUs could have run. It is not a mean of per-CPU percentages.
 //!   `user_bp` (user + nice), `system_bp` (system + irq + softirq) and `iowait_bp` use the same
 //!   denominator, so `user_bp + system_bp` equals `busy_bp` up to rounding and steal.
-//! - Per cluster (P/E), the same ratio over that cluster's CPUs, when the CPU-number → kind map
-//!   says which CPUs belong to it; unlabelled CPUs are in no cluster.
+//! - Per cluster (one per core kind: super, performance, efficiency, in that order), the same
+//!   ratio over that cluster's CPUs, when the CPU-number → kind map says which CPUs belong to
+//!   it; unlabelled CPUs are in no cluster.
 //!
 //! Counters: macOS `cpu_ticks` are 32-bit and wrap, so differences use `wrapping_sub` on `u32`.
 //! Linux counters are 64-bit: a busy counter that goes backwards means the CPU's accounting was
@@ -108,8 +109,8 @@ impl CpuState {
         .unwrap_or(u64::MAX);
 
         let mut host = Totals::default();
-        let mut performance = Totals::default();
-        let mut efficiency = Totals::default();
+        // One per kind, in the order of `CoreKind::ALL`.
+        let mut by_kind = [Totals::default(); CoreKind::ALL.len()];
         let mut core_busy_bp = vec![0u32; current.len()];
 
         for (cpu, (old, new)) in previous.iter().zip(current).enumerate() {
@@ -126,25 +127,23 @@ impl CpuState {
             let denominator = d.total.max(window_ticks);
             core_busy_bp[cpu] = bp(d.busy, denominator);
             host.add(&d, denominator);
-            match self.kinds.get(cpu).copied().flatten() {
-                Some(CoreKind::Performance) => performance.add(&d, denominator),
-                Some(CoreKind::Efficiency) => efficiency.add(&d, denominator),
-                None => {}
+            if let Some(kind) = self.kinds.get(cpu).copied().flatten()
+                && let Some(i) = CoreKind::ALL.iter().position(|k| *k == kind)
+            {
+                by_kind[i].add(&d, denominator);
             }
         }
 
-        let clusters = [
-            (CoreKind::Performance, performance),
-            (CoreKind::Efficiency, efficiency),
-        ]
-        .into_iter()
-        .filter(|(_, t)| t.cpus > 0)
-        .map(|(kind, t)| ClusterBusy {
-            kind,
-            busy_bp: bp(t.busy, t.denominator),
-            cpus: t.cpus,
-        })
-        .collect();
+        let clusters = CoreKind::ALL
+            .into_iter()
+            .zip(by_kind)
+            .filter(|(_, t)| t.cpus > 0)
+            .map(|(kind, t)| ClusterBusy {
+                kind,
+                busy_bp: bp(t.busy, t.denominator),
+                cpus: t.cpus,
+            })
+            .collect();
 
         CpuSample {
             busy_bp: bp(host.busy, host.denominator),
@@ -416,6 +415,41 @@ mod tests {
     }
 
     #[test]
+    fn super_cores_are_a_cluster_of_their_own_reported_first() {
+        // The M5 Max's shape: super cores and performance cores, no efficiency level.
+        let sup = Some(CoreKind::Super);
+        let p = Some(CoreKind::Performance);
+        let mut state = CpuState::new(MAC, vec![p, p, sup, sup]);
+        state.update(vec![mac(0, 0, 0); 4], SECOND);
+        let s = state
+            .update(
+                vec![
+                    mac(10, 0, 90),
+                    mac(30, 0, 70),
+                    mac(100, 0, 0),
+                    mac(50, 0, 50),
+                ],
+                SECOND,
+            )
+            .unwrap();
+        assert_eq!(
+            s.clusters,
+            vec![
+                ClusterBusy {
+                    kind: CoreKind::Super,
+                    busy_bp: 7500,
+                    cpus: 2
+                },
+                ClusterBusy {
+                    kind: CoreKind::Performance,
+                    busy_bp: 2000,
+                    cpus: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn no_kinds_means_no_clusters() {
         let mut state = CpuState::new(MAC, vec![]);
         state.update(vec![mac(0, 0, 0)], SECOND);
@@ -479,7 +513,12 @@ mod tests {
             wrapping in any::<bool>(),
         ) {
             let accounting = if wrapping { MAC } else { LINUX };
-            let kinds = vec![Some(CoreKind::Performance), Some(CoreKind::Efficiency), None];
+            let kinds = vec![
+                Some(CoreKind::Super),
+                Some(CoreKind::Performance),
+                Some(CoreKind::Efficiency),
+                None,
+            ];
             let mut state = CpuState::new(accounting, kinds);
             state.update(old, Duration::ZERO);
             let s = state.update(new.clone(), Duration::from_millis(window_ms)).unwrap();

@@ -45,7 +45,7 @@ pub struct CpuSample {
     pub iowait_bp: u32,
     /// Busy per logical CPU, by CPU index.
     pub core_busy_bp: Vec<u32>,
-    /// Busy per cluster (P/E), where the topology is known.
+    /// Busy per cluster (one per core kind, fastest first), where the topology is known.
     pub clusters: Vec<ClusterBusy>,
     /// Logical CPUs that reported ticks in this window.
     pub online_cpus: u32,
@@ -62,13 +62,25 @@ pub struct ClusterBusy {
     pub cpus: u32,
 }
 
-/// The kind of a CPU core.
+/// The kind of a CPU core. On Apple Silicon each kind is one performance level
+/// (`hw.perflevelN`), named by `hw.perflevelN.name`: `Super` (M5 generation: the fastest
+/// cores, perflevel0 where present), `Performance` and `Efficiency`. Which levels a chip has
+/// varies: M1 to M4 report Performance and Efficiency; the M5 Max reports Super and
+/// Performance and no Efficiency level. Linux hybrid CPUs map their big cores to `Performance`
+/// and their small ones to `Efficiency`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CoreKind {
-    /// Performance core (perflevel 0).
+    /// Performance core (the level named `Performance`).
     Performance,
-    /// Efficiency core (perflevel 1).
+    /// Efficiency core (the level named `Efficiency`).
     Efficiency,
+    /// Super core (the level named `Super`, faster than performance cores).
+    Super,
+}
+
+impl CoreKind {
+    /// Every kind, fastest first: the order clusters are reported in.
+    pub const ALL: [CoreKind; 3] = [CoreKind::Super, CoreKind::Performance, CoreKind::Efficiency];
 }
 
 /// Load averages (run-queue length, not utilisation).

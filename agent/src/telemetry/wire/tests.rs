@@ -339,8 +339,13 @@ fn every_sample_field_survives_the_wire_form() {
                     busy_bp: 8,
                     cpus: 4,
                 },
+                ClusterBusy {
+                    kind: CoreKind::Super,
+                    busy_bp: 9,
+                    cpus: 2,
+                },
             ],
-            online_cpus: 6,
+            online_cpus: 8,
         },
         load: LoadAverage {
             one: 1.5,
@@ -382,4 +387,33 @@ fn every_sample_field_survives_the_wire_form() {
         body: RecordBody::Sample(sample),
     };
     assert_eq!(from_proto(&to_proto(&record)), Ok(record));
+}
+
+#[test]
+fn every_core_kind_has_its_proto_twin_both_ways() {
+    let mapped: Vec<pb::CoreKind> = CoreKind::ALL
+        .iter()
+        .map(|k| core_kind_to_proto(*k))
+        .collect();
+    for (kind, value) in CoreKind::ALL.iter().zip(&mapped) {
+        assert_ne!(*value, pb::CoreKind::Unspecified, "{kind:?}");
+        assert_eq!(core_kind_from_proto(*value as i32), Some(*kind));
+    }
+    let known: std::collections::BTreeSet<i32> = (1..256)
+        .filter(|v| pb::CoreKind::try_from(*v).is_ok())
+        .collect();
+    let reached: std::collections::BTreeSet<i32> = mapped.iter().map(|v| *v as i32).collect();
+    assert_eq!(
+        reached, known,
+        "each proto value but UNSPECIFIED has one core kind"
+    );
+    assert_eq!(core_kind_from_proto(0), None);
+    assert_eq!(core_kind_from_proto(99), None);
+    assert_eq!(
+        (
+            pb::CoreKind::Super as i32,
+            pb::CoreKind::Super.as_str_name()
+        ),
+        (3, "CORE_KIND_SUPER")
+    );
 }
