@@ -22,6 +22,7 @@ pub fn plan_json(plan: &[jex_erase::PlannedTarget]) -> serde_json::Value {
 pub(crate) fn responder(
     facts: &HostFacts,
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
     config: &Config,
     hub: Arc<crate::telemetry::hub::Hub>,
     erase: crate::server::Erase,
@@ -31,6 +32,7 @@ pub(crate) fn responder(
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
+    let metrics_tls = config.metrics.tls;
     Arc::new(move |query| match (query, &erase) {
         (Query::Plan, Erase::Ready(erase)) => match erase.plan() {
             Ok(plan) => plan_json(&plan),
@@ -71,6 +73,8 @@ pub(crate) fn responder(
                 pid: std::process::id(),
                 host_id: host_id.clone(),
                 listen: listen.to_string(),
+                metrics_listen: metrics_listen.map(|a| a.to_string()),
+                metrics_tls: metrics_tls,
                 lifecycle: lifecycle
                     .as_str_name()
                     .trim_start_matches("LIFECYCLE_STATE_")
