@@ -334,7 +334,7 @@ async fn plain_scrape_matches_get_host_and_status_and_passes_promtool() -> Resul
     assert_eq!(must(text, "jex_agent_sampler_errors_total")?, 0.0);
     assert_eq!(must(text, "jex_agent_telemetry_subscribers")?, 0.0);
     // The certificates' notAfter: the dev PKI's agent certificate is valid for days ahead.
-    let now = time::OffsetDateTime::now_utc().unix_timestamp() as f64;
+    let now = jex_attest::clock::now_unix_ms() as f64 / 1000.0;
     let cert = must(
         text,
         "jex_agent_tls_not_after_seconds{certificate=\"agent\"}",

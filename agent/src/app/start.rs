@@ -335,8 +335,10 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         &config.server.status_socket,
         crate::local_socket::view::responder(
             &facts,
-            local_addr,
-            metrics_addr,
+            crate::local_socket::view::Bound {
+                grpc: local_addr,
+                metrics: metrics_addr,
+            },
             &config,
             hub.clone(),
             erase.clone(),

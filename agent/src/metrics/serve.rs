@@ -271,7 +271,7 @@ fn text(status: http::StatusCode, body: &str) -> http::Response<String> {
 fn route<B>(
     access: &Access,
     req: &http::Request<B>,
-) -> Result<super::Format, http::Response<String>> {
+) -> Result<super::Format, Box<http::Response<String>>> {
     if let Access::Refused(refusal) = access {
         let why = match refusal.as_ref() {
             Refusal::NoCertificate => {
@@ -283,13 +283,13 @@ fn route<B>(
                 other.detail()
             ),
         };
-        return Err(text(http::StatusCode::FORBIDDEN, &why));
+        return Err(Box::new(text(http::StatusCode::FORBIDDEN, &why)));
     }
     if req.uri().path() != PATH {
-        return Err(text(
+        return Err(Box::new(text(
             http::StatusCode::NOT_FOUND,
             "not found: this listener serves /metrics only",
-        ));
+        )));
     }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         let mut response = text(
@@ -300,7 +300,7 @@ fn route<B>(
             http::header::ALLOW,
             http::HeaderValue::from_static("GET, HEAD"),
         );
-        return Err(response);
+        return Err(Box::new(response));
     }
     let accept = req
         .headers()
@@ -326,7 +326,7 @@ impl<B> tower::Service<http::Request<B>> for Handler {
         Box::pin(async move {
             let format = match routed {
                 Ok(format) => format,
-                Err(response) => return Ok(response),
+                Err(response) => return Ok(*response),
             };
             // Reading the parts takes locks and reads /proc: off the runtime's threads.
             let body =
@@ -384,7 +384,7 @@ mod tests {
             .ok(),
             Some(super::super::Format::OpenMetrics)
         );
-        let status = |r: Result<_, http::Response<String>>| r.err().map(|r| r.status());
+        let status = |r: Result<_, Box<http::Response<String>>>| r.err().map(|r| r.status());
         assert_eq!(
             status(route(&open, &request(http::Method::GET, "/", None))),
             Some(http::StatusCode::NOT_FOUND)
