@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Footprint of the agent against Debian's prometheus-node-exporter, measured in the same run:
 # all run for DURATION seconds; the agent samples at 1 Hz with one live mTLS subscriber
-# (`jex-agent ctl telemetry --follow`); two node_exporters are scraped once a second with curl:
-# one with its default collectors, one limited to the agent's data (cpu, meminfo, loadavg,
-# pressure).
+# (`jex-agent ctl telemetry --follow`), its /metrics off; a second agent does the same with its
+# /metrics scraped every 15 s with curl (a usual Prometheus scrape interval); two node_exporters
+# are scraped once a second with curl: one with its default collectors, one limited to the
+# agent's data (cpu, meminfo, loadavg, pressure).
 # Reports peak RSS (VmHWM) and CPU time (utime+stime) of each server process.
 #
 #   bash benches/footprint.sh            # 60 s
@@ -22,10 +23,14 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 "$BIN" pki dev --out "$WORK/pki" >/dev/null
 PORT=$((20000 + RANDOM % 20000))
-cat >"$WORK/agent.toml" <<TOML
+# agent_config NAME GRPC_PORT METRICS_TABLE
+agent_config() {
+  mkdir -p "$WORK/$1"
+  cat >"$WORK/$1/agent.toml" <<TOML
+state_dir = "$WORK/$1/state"
 [server]
-listen = "127.0.0.1:$PORT"
-status_socket = "$WORK/agent.sock"
+listen = "127.0.0.1:$2"
+status_socket = "$WORK/$1/agent.sock"
 [tls]
 cert = "$WORK/pki/agent.pem"
 key = "$WORK/pki/agent.key"
@@ -35,12 +40,20 @@ controller = ["spiffe://fleet.example/controller"]
 [telemetry]
 interval_ms = 1000
 [telemetry.spool]
-dir = "$WORK/spool"
+dir = "$WORK/$1/spool"
 [logging]
-dir = "$WORK/logs"
+dir = "$WORK/$1/logs"
+[metrics]
+$3
 TOML
-AGENT_LOG=warn "$BIN" run --config "$WORK/agent.toml" 2>"$WORK/agent.err" &
+}
+MPORT=$((PORT + 4))
+agent_config agent "$PORT" "enabled = false"
+agent_config scraped "$((PORT + 3))" "listen = \"127.0.0.1:$MPORT\""
+AGENT_LOG=warn "$BIN" run --config "$WORK/agent/agent.toml" 2>"$WORK/agent.err" &
 AGENT=$!
+AGENT_LOG=warn "$BIN" run --config "$WORK/scraped/agent.toml" 2>"$WORK/scraped.err" &
+SCRAPED=$!
 NEPORT=$((PORT + 1))
 "$NE" --web.listen-address="127.0.0.1:$NEPORT" >"$WORK/ne.log" 2>&1 &
 NEPID=$!
@@ -49,26 +62,33 @@ NELPORT=$((PORT + 2))
   --collector.meminfo --collector.loadavg --collector.pressure >"$WORK/nel.log" 2>&1 &
 NELPID=$!
 sleep 1
-"$BIN" ctl --agent "https://127.0.0.1:$PORT" --ca "$WORK/pki/ca.pem" --cert "$WORK/pki/controller.pem" \
-  --key "$WORK/pki/controller.key" --server-name localhost telemetry --follow >"$WORK/stream.out" &
+for p in "$PORT" "$((PORT + 3))"; do
+  "$BIN" ctl --agent "https://127.0.0.1:$p" --ca "$WORK/pki/ca.pem" --cert "$WORK/pki/controller.pem" \
+    --key "$WORK/pki/controller.key" --server-name localhost telemetry --follow >"$WORK/stream.$p.out" &
+done
 
 # CPU time in nanoseconds, summed over every thread (schedstat is ns-precise; stat is 10 ms ticks).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {print s}'; }
-a0=$(cpu_ns $AGENT); n0=$(cpu_ns $NEPID); l0=$(cpu_ns $NELPID)
-for _ in $(seq "$DURATION"); do
+a0=$(cpu_ns $AGENT); s0=$(cpu_ns $SCRAPED); n0=$(cpu_ns $NEPID); l0=$(cpu_ns $NELPID)
+scrapes=0
+for i in $(seq "$DURATION"); do
   curl -s "http://127.0.0.1:$NEPORT/metrics" >/dev/null
   curl -s "http://127.0.0.1:$NELPORT/metrics" >/dev/null
+  if [ $(((i - 1) % 15)) -eq 0 ]; then
+    curl -sf "http://127.0.0.1:$MPORT/metrics" | grep -q '^jex_agent_build_info{' && scrapes=$((scrapes + 1))
+  fi
   sleep 1
 done
-a1=$(cpu_ns $AGENT); n1=$(cpu_ns $NEPID); l1=$(cpu_ns $NELPID)
+a1=$(cpu_ns $AGENT); s1=$(cpu_ns $SCRAPED); n1=$(cpu_ns $NEPID); l1=$(cpu_ns $NELPID)
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
-records=$(grep -c '^seq=' "$WORK/stream.out" || true)
+records=$(grep -c '^seq=' "$WORK/stream.$PORT.out" || true)
 printf '%-36s %12s %14s %16s\n' "process" "peak RSS" "CPU time" "CPU % of 1 core"
-for p in "jex-agent:$AGENT:$a0:$a1" "node-exporter (defaults):$NEPID:$n0:$n1" \
+for p in "jex-agent:$AGENT:$a0:$a1" "jex-agent + /metrics every 15 s:$SCRAPED:$s0:$s1" \
+  "node-exporter (defaults):$NEPID:$n0:$n1" \
   "node-exporter (cpu,meminfo,loadavg,pressure):$NELPID:$l0:$l1"; do
   IFS=: read -r name pid t0 t1 <<<"$p"
   ns=$((t1 - t0))
   printf '%-36s %9s KiB %11s ms %15s\n' "$name" "$(hwm "$pid")" "$((ns / 1000000))" \
     "$(awk -v t="$ns" -v d="$DURATION" 'BEGIN { printf "%.3f%%", t / 1e9 / d * 100 }')"
 done
-echo "duration ${DURATION}s; records received by the subscriber: $records; $( "$NE" --version 2>&1 | head -1)"
+echo "duration ${DURATION}s; records received by the subscriber: $records; /metrics scrapes answered: $scrapes of $(((DURATION + 14) / 15)); $( "$NE" --version 2>&1 | head -1)"

@@ -15,7 +15,7 @@
 #
 # Quick: formatting, clippy, the architecture check and its test, the Mach-O checker's test
 # (python3 alone), and every Rust test that runs without root and without cryptsetup, losetup,
-# mount, openssl, bsdtar, cpio, shellcheck or grpcurl: the unit tests of every crate but the
+# mount, openssl, bsdtar, cpio, shellcheck, grpcurl or prometheus: the unit tests of every crate but the
 # package builder's (minus the LUKS2, loop-device and full-disk tests, named below), the
 # platform's and the erase crash tests, and the end-to-end tests over mTLS on loopback (minus
 # grpcurl's). Those left out are not skipped at run time: the quick tier does not run them, the
@@ -46,6 +46,8 @@ NEEDS_ROOT_OR_TOOLS=(
   the_root_device_is_refused    # jex-erase, jex-e2e config: the same
   without_root_ask_for_sudo     # jex-e2e config: runs the command line as nobody, root
   grpcurl                       # jex-e2e edge: reflection through a real grpcurl
+  passes_promtool               # jex-e2e metrics: Debian's promtool
+  a_real_prometheus             # jex-e2e metrics: Debian's prometheus
 )
 skips=()
 for t in "${NEEDS_ROOT_OR_TOOLS[@]}"; do skips+=(--skip "$t"); done
@@ -88,7 +90,7 @@ if [ "$mode" = quick ]; then
   group "reclaim rules (property tests) and inventory" -p jex-reclaim --test rules_properties \
     --test linux_inventory -- "${skips[@]}"
   group "end to end over mTLS on loopback" -p jex-e2e --test config --test edge --test mtls \
-    --test telemetry --test system_log --test packaging_contract -- "${skips[@]}"
+    --test telemetry --test system_log --test metrics --test packaging_contract -- "${skips[@]}"
   if ((${#failed[@]})); then
     printf 'quick tier FAILED after %s s in:\n' "$((SECONDS - start))" >&2
     printf '  %s\n' "${failed[@]}" >&2
@@ -108,6 +110,8 @@ have openssl || apt_missing+=(openssl)
 have shellcheck || apt_missing+=(shellcheck)
 have npm || apt_missing+=(npm)
 have flock || apt_missing+=(util-linux)
+# promtool and prometheus for the e2e test of /metrics (tests/tests/metrics.rs), by their paths.
+{ [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; } || apt_missing+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then
   echo "== installing: ${apt_missing[*]}"

@@ -4,7 +4,7 @@
 //!
 //! - `exit`: the one map from failures to exit codes ([`AppError::exit_kind`], [`ExitKind`]);
 //! - `preflight`: what the configuration names, checked on this host before
-//!   anything starts (TLS material, erase targets, the listen address); `jex-agent check-config`
+//!   anything starts (TLS material, erase targets, the listen addresses); `jex-agent check-config`
 //!   runs the same checks, so both stop on the same problem with the same message and code;
 //! - `start`: every part built and started, and the [`RunningAgent`] that stops
 //!   them;
@@ -63,13 +63,26 @@ pub fn run(config_path: &Path) -> ExitCode {
         Ok(guard) => guard,
         Err(e) => return refused_before_logging(&e.into()),
     };
-    let checked = preflight(&config).and_then(|found| match found.listen {
-        ListenCheck::Free => Ok(()),
-        ListenCheck::HeldByAgent { pid } => Err(AppError::AgentRunning {
-            place: config.source.place("server.listen"),
-            addr: config.server.listen,
-            pid,
-        }),
+    let checked = preflight(&config).and_then(|found| {
+        let held = [
+            ("server.listen", config.server.listen, Some(found.listen)),
+            (
+                "metrics.listen",
+                config.metrics.listen,
+                found.metrics_listen,
+            ),
+        ];
+        for (key, addr, check) in held {
+            if let Some(ListenCheck::HeldByAgent { pid }) = check {
+                return Err(AppError::AgentRunning {
+                    place: config.source.place(key),
+                    key,
+                    addr,
+                    pid,
+                });
+            }
+        }
+        Ok(())
     });
     if let Err(e) = checked {
         return refused(&e);

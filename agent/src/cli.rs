@@ -315,8 +315,20 @@ pub fn check_config(path: &std::path::Path) -> ExitCode {
             config.server.listen
         ),
     };
+    let metrics = match found.metrics_listen {
+        None => "metrics off".to_owned(),
+        Some(ListenCheck::Free) => format!(
+            "metrics {}{}",
+            config.metrics.listen,
+            if config.metrics.tls { " (mTLS)" } else { "" }
+        ),
+        Some(ListenCheck::HeldByAgent { pid }) => format!(
+            "metrics {} (held by the running agent, pid {pid})",
+            config.metrics.listen
+        ),
+    };
     println!(
-        "{}: ok (host {}, listen {listen}, {} erase target(s))",
+        "{}: ok (host {}, listen {listen}, {metrics}, {} erase target(s))",
         path.display(),
         found.host_id,
         config.erase.targets.len()

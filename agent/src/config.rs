@@ -26,12 +26,15 @@
 //!
 //! [logging]
 //! dir = "/Library/Logs/JexCloud"
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9469"   # the default; beyond loopback only with tls = true
 //! ```
 //!
 //! Relative paths are refused: the daemon never depends on its working directory.
 //!
 //! Some settings can only be checked against the host: the TLS files load, the erase targets
-//! exist and are not the system's own disk, the listen address is free. `jex-agent run` and
+//! exist and are not the system's own disk, the listen addresses (gRPC and metrics) are free. `jex-agent run` and
 //! `jex-agent check-config` check them before anything starts (see `app::preflight`); the
 //! [`Source`] kept with the configuration gives their errors the same file, line and key.
 
@@ -68,13 +71,15 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// The erase of tenant storage on Terminate.
     pub erase: EraseConfig,
+    /// The Prometheus `/metrics` endpoint.
+    pub metrics: MetricsConfig,
     /// Where it was read from, for errors found after parsing.
     pub source: Source,
 }
 
 /// Where a configuration was read from: the file, and the line of each setting that is checked
 /// against the host after parsing (`server.listen`, `tls.cert`, `tls.key`, `tls.client_ca`,
-/// `erase.targets[N].device`), so that those errors name the file, the line and the key too.
+/// `metrics.listen`, `erase.targets[N].device`), so that those errors name the file, the line and the key too.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Source {
     /// The configuration file.
@@ -232,6 +237,37 @@ fn default_listen() -> SocketAddr {
 
 fn default_status_socket() -> PathBuf {
     PathBuf::from(defaults::STATUS_SOCKET)
+}
+
+/// `[metrics]`: the Prometheus `/metrics` endpoint, on a listener of its own. It holds host
+/// aggregates and agent health only, never anything of the tenant's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Whether the endpoint is served.
+    pub enabled: bool,
+    /// Its address; one beyond loopback needs `tls`.
+    pub listen: SocketAddr,
+    /// HTTPS with client certificates from the fleet CA (the `[tls]` material), for the
+    /// observer and controller roles; plain HTTP without it.
+    pub tls: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_metrics_listen(),
+            tls: false,
+        }
+    }
+}
+
+/// The default metrics address: loopback only, port 9469.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9469);
+
+fn default_metrics_listen() -> SocketAddr {
+    DEFAULT_METRICS_LISTEN
 }
 
 /// `[tls]`: the agent's identity and the CA its clients must chain to.
@@ -459,6 +495,15 @@ struct RawConfig {
     telemetry: Option<Spanned<RawTelemetry>>,
     logging: Option<Spanned<RawLogging>>,
     erase: Option<Spanned<EraseSection>>,
+    metrics: Option<Spanned<RawMetrics>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    enabled: Option<Spanned<bool>>,
+    listen: Option<Spanned<SocketAddr>>,
+    tls: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -726,6 +771,26 @@ impl RawConfig {
                 ),
             ));
         }
+        let (metrics, metrics_at) = table(self.metrics, &ROOT);
+        let metrics_listen = or_default(metrics.listen, &metrics_at, default_metrics_listen);
+        let metrics_enabled = or_default(metrics.enabled, &metrics_at, || true);
+        let metrics_tls = or_default(metrics.tls, &metrics_at, || false);
+        if *metrics_enabled.get_ref()
+            && !*metrics_tls.get_ref()
+            && !metrics_listen.get_ref().ip().is_loopback()
+        {
+            return Err(Invalid {
+                also: Some(("metrics.tls".to_owned(), metrics_tls.span())),
+                ..invalid(
+                    metrics_listen.span(),
+                    "metrics.listen",
+                    format!(
+                        "{} is not a loopback address: serving metrics beyond this host needs `tls = true` (HTTPS with client certificates from the fleet CA), or listen on 127.0.0.1 or [::1]",
+                        metrics_listen.get_ref()
+                    ),
+                )
+            });
+        }
         let mut places: Places = vec![
             (
                 "server.listen".to_owned(),
@@ -734,6 +799,7 @@ impl RawConfig {
             ("tls.cert".to_owned(), cert.span()),
             ("tls.key".to_owned(), key.span()),
             ("tls.client_ca".to_owned(), client_ca.span()),
+            ("metrics.listen".to_owned(), metrics_listen.span()),
         ];
         // The erase journal lives under the agent's state directory unless set on its own.
         let (erase, erase_at) = table(self.erase, &ROOT);
@@ -813,6 +879,11 @@ impl RawConfig {
                 max_files: max_files.into_inner(),
             },
             erase,
+            metrics: MetricsConfig {
+                enabled: metrics_enabled.into_inner(),
+                listen: metrics_listen.into_inner(),
+                tls: metrics_tls.into_inner(),
+            },
             source: Source::default(),
         };
         let spool_config = config.spool_config();
@@ -1233,6 +1304,48 @@ interval_ms = 500
                 at + 3
             )),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_default_to_loopback_and_refuse_other_addresses_without_tls() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.metrics, MetricsConfig::default());
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9469");
+        assert!(c.metrics.enabled && !c.metrics.tls);
+        let (text, at) = with_extra("[metrics]\nlisten = \"0.0.0.0:9469\"\n");
+        let err = parse(&text)
+            .expect_err("non-loopback without tls")
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "/etc/jex-agent/agent.toml:{}: key `metrics.listen`: 0.0.0.0:9469 is not a loopback address: serving metrics beyond this host needs `tls = true`",
+                at + 1
+            )),
+            "{err}"
+        );
+        assert_eq!(place(&text), (at + 1, "metrics.listen".to_owned()));
+        let (text, _) = with_extra("[metrics]\nlisten = \"0.0.0.0:9469\"\ntls = true\n");
+        let c = parse(&text).expect("tls beyond loopback");
+        assert!(c.metrics.tls);
+        let (text, _) = with_extra("[metrics]\nlisten = \"[::1]:9469\"\n");
+        assert!(parse(&text).is_ok(), "IPv6 loopback");
+        let (text, _) = with_extra("[metrics]\nenabled = false\nlisten = \"0.0.0.0:9469\"\n");
+        assert!(!parse(&text).expect("disabled").metrics.enabled);
+        let (text, at) = with_extra("[metrics]\nlisten = \"localhost\"\n");
+        assert_eq!(place(&text), (at + 1, "metrics.listen".to_owned()));
+        let (text, at) = with_extra("[metrics]\nport = 1\n");
+        assert_eq!(place(&text), (at + 1, "metrics.port".to_owned()));
+        let (text, at) = with_extra("[metrics]\ntls = \"yes\"\n");
+        assert_eq!(place(&text), (at + 1, "metrics.tls".to_owned()));
+        let (text, at) = with_extra("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        assert_eq!(
+            parse(&text)
+                .expect("valid")
+                .source
+                .place("metrics.listen")
+                .line,
+            at + 1
         );
     }
 

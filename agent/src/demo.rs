@@ -182,6 +182,11 @@ fsync_interval_ms = {interval_ms}
 
 [logging]
 dir = "{dir}/logs"
+
+[metrics]
+# Any free port (the default, 127.0.0.1:9469, is one per host); the bound address is logged
+# (`metrics serving`) and shown by `jex-agent status`.
+listen = "127.0.0.1:0"
 "#,
         dir = dir.display(),
         cert = pki.agent_cert.display(),

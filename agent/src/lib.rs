@@ -3,11 +3,13 @@
 //! It serves the fleet controller over mTLS gRPC (`server`), samples host CPU and memory
 //! aggregates into a resumable spool (`telemetry`, with the `jex-spool` crate), runs the verified
 //! cryptographic erase on termination and signs its certificate (the `jex-erase` and
-//! `jex-attest` crates), answers `jex-agent status` on a root-only socket (`local_socket`) and
-//! writes its own logs (`logging`).
+//! `jex-attest` crates), answers `jex-agent status` on a root-only socket (`local_socket`),
+//! serves Prometheus `/metrics` on a listener of its own (`metrics`) and writes its own logs
+//! (`logging`).
 //!
 //! Dependencies point one way:
-//! `main -> cli -> app (wiring) -> {server, local_socket, telemetry, tls, logging} -> the crates`.
+//! `main -> cli -> app (wiring) -> {metrics, server, local_socket, telemetry, tls, logging} -> the
+//! crates` (`metrics` reads the parts of `server` and `telemetry`).
 //! Proto types stop at `server`, the controller client (`ctl`) and `telemetry::wire` (a
 //! telemetry record is stored in its wire form); `cfg(target_os)` lives only in the
 //! `jex-platform` crate.
@@ -22,6 +24,7 @@ pub mod demo;
 pub mod diag;
 pub mod local_socket;
 pub mod logging;
+pub mod metrics;
 pub mod pki;
 pub mod server;
 pub mod telemetry;

@@ -185,6 +185,17 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Lines dropped since the process started, for the `/metrics` counter
+/// `jex_agent_log_lines_dropped_total`. One count for the process, like the global subscriber
+/// whose lines it counts ([`init`] installs it once per process); never reset, unlike the
+/// per-writer count that the `log lines dropped` line reports and clears.
+static LINES_DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped since the process started because the file's queue was full.
+pub fn lines_dropped_total() -> u64 {
+    LINES_DROPPED_TOTAL.load(Ordering::Relaxed)
+}
+
 /// What the queue carries to the writer thread.
 enum Message {
     /// One event's whole line.
@@ -208,10 +219,12 @@ impl NonBlocking {
         let dropped = self.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 && self.queue.try_send(Message::Dropped(dropped)).is_err() {
             self.dropped.fetch_add(dropped + 1, Ordering::Relaxed);
+            LINES_DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
             return;
         }
         if self.queue.try_send(Message::Line(line)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            LINES_DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -802,6 +815,8 @@ mod tests {
         assert_eq!(gap["fields"]["message"], "log lines dropped");
         assert_eq!(gap["fields"]["dropped"], 3);
         assert_eq!(lines[6], "8");
+        // The process-wide total (other tests may drop lines too) counts them and is not reset.
+        assert!(lines_dropped_total() >= 3, "{}", lines_dropped_total());
 
         for n in 9..=12 {
             line(&writer, &n.to_string());

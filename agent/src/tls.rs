@@ -9,6 +9,11 @@
 //! The live server configuration sits behind an [`ArcSwap`]: [`ServerTls::reload`] re-reads the
 //! files (on SIGHUP) and swaps it; each new connection takes the current one, open connections
 //! and their streams keep theirs.
+//!
+//! The `/metrics` endpoint (with `[metrics] tls = true`) uses the same configuration with ALPN
+//! `http/1.1` instead of `h2` ([`ServerTls::current_http1`]), swapped with it; the `notAfter`
+//! of the agent's certificate and of the fleet CA ([`Expiry`]) are read at each load, for its
+//! certificate-expiry gauges.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -184,11 +189,69 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// The same configuration for an HTTP/1.1 server (the `/metrics` endpoint): ALPN `http/1.1`.
+fn http1_config(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut http1 = config.clone();
+    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(http1)
+}
+
+/// When the loaded certificates stop being valid, in seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expiry {
+    /// `notAfter` of the agent's own certificate (the leaf).
+    pub cert_not_after: i64,
+    /// The earliest `notAfter` of the fleet CA file's certificates.
+    pub ca_not_after: i64,
+}
+
+/// The `notAfter` of a DER certificate, in seconds since the Unix epoch.
+pub fn not_after(der: &[u8]) -> Result<i64, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// The [`Expiry`] of the configured files.
+fn expiry(files: &TlsConfig) -> Result<Expiry, TlsError> {
+    let x509 = |path: &Path, detail| TlsError::X509 {
+        path: path.to_owned(),
+        detail,
+    };
+    let chain = load_certs(&files.cert)?;
+    let cert_not_after = not_after(&chain[0]).map_err(|d| x509(&files.cert, d))?;
+    let mut ca_not_after = i64::MAX;
+    for ca in load_certs(&files.client_ca)? {
+        ca_not_after = ca_not_after.min(not_after(&ca).map_err(|d| x509(&files.client_ca, d))?);
+    }
+    Ok(Expiry {
+        cert_not_after,
+        ca_not_after,
+    })
+}
+
+/// What one load of the files gives.
+#[derive(Debug)]
+struct Loaded {
+    grpc: Arc<ServerConfig>,
+    http1: Arc<ServerConfig>,
+    expiry: Expiry,
+}
+
+fn load_all(files: &TlsConfig) -> Result<Loaded, TlsError> {
+    let grpc = server_config(files)?;
+    Ok(Loaded {
+        http1: http1_config(&grpc),
+        expiry: expiry(files)?,
+        grpc,
+    })
+}
+
 /// The live, reloadable server TLS configuration.
 #[derive(Debug)]
 pub struct ServerTls {
     files: TlsConfig,
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<Loaded>,
 }
 
 impl ServerTls {
@@ -196,19 +259,29 @@ impl ServerTls {
     pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
         Ok(Self {
             files: files.clone(),
-            current: ArcSwap::new(server_config(files)?),
+            current: ArcSwap::from_pointee(load_all(files)?),
         })
     }
 
-    /// The configuration new connections use.
+    /// The configuration new gRPC connections use.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.load_full()
+        self.current.load().grpc.clone()
+    }
+
+    /// The configuration new `/metrics` connections use: the same, for HTTP/1.1.
+    pub fn current_http1(&self) -> Arc<ServerConfig> {
+        self.current.load().http1.clone()
+    }
+
+    /// When the loaded agent certificate and fleet CA expire.
+    pub fn expiry(&self) -> Expiry {
+        self.current.load().expiry
     }
 
     /// Re-reads the files and swaps the configuration; on error the old one stays in use.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = server_config(&self.files)?;
-        self.current.store(fresh);
+        let fresh = load_all(&self.files)?;
+        self.current.store(Arc::new(fresh));
         Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! Harness for the end-to-end tests: a development PKI (plus the bad certificates the tests
 //! need), real agent processes started from the agent's own entry point, and mTLS clients.
 //!
-//! An agent here is a child process (`jex-agent-e2e run --config …`) on `127.0.0.1:0`; the
-//! harness learns its port from the agent's own JSON log line `agent serving`, so the tests also
-//! read the log the way an SRE would.
+//! An agent here is a child process (`jex-agent-e2e run --config …`) on `127.0.0.1:0`, its
+//! `/metrics` on another `127.0.0.1:0` (so that agents run side by side); the harness learns
+//! the ports from the agent's own JSON log lines `metrics serving` and `agent serving`, so the
+//! tests also read the log the way an SRE would.
 //!
 //! Every wait on a child process here has a deadline ([`wait_within`], [`output_within`]): a
 //! child that hangs (an agent stuck in its drain, a command that never returns) is killed and the
@@ -96,6 +97,8 @@ pub struct AgentOptions {
     pub nofile: Option<(u64, u64)>,
     /// The gRPC listen address; `None`: `127.0.0.1:0`, a free port.
     pub listen: Option<std::net::SocketAddr>,
+    /// Lines added to the `[metrics]` table (which listens on `127.0.0.1:0`), e.g. `tls = true`.
+    pub metrics: String,
 }
 
 impl Default for AgentOptions {
@@ -106,6 +109,7 @@ impl Default for AgentOptions {
             extra_toml: String::new(),
             nofile: None,
             listen: None,
+            metrics: String::new(),
         }
     }
 }
@@ -115,6 +119,8 @@ pub struct AgentProcess {
     child: Child,
     /// Its gRPC address.
     pub addr: std::net::SocketAddr,
+    /// Its `/metrics` address (from its `metrics serving` log line), when enabled.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Its state/log directory.
     pub dir: PathBuf,
 }
@@ -364,7 +370,21 @@ pub fn write_config(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<Pa
         text = text.replace(&demo, &format!("\nfsync_interval_ms = {ms}\n"));
     }
     if let Some(addr) = opts.listen {
-        text = text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+        // The first `listen` is `[server]`'s; `[metrics]` has one too.
+        text = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{addr}\""),
+            1,
+        );
+    }
+    if !opts.metrics.is_empty() {
+        if !text.contains("\n[metrics]\n") {
+            bail!("the demo config has no [metrics] table to add to");
+        }
+        text = text.replace(
+            "\n[metrics]\n",
+            &format!("\n[metrics]\n{}\n", opts.metrics.trim_end()),
+        );
     }
     text.push_str(&opts.extra_toml);
     let path = dir.join("agent.toml");
@@ -406,13 +426,20 @@ pub fn start_agent(pki: &TestPki, dir: &Path, opts: &AgentOptions) -> Result<Age
     let mut agent = AgentProcess {
         child,
         addr: "127.0.0.1:1".parse()?,
+        metrics_addr: None,
         dir: dir.to_owned(),
     };
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(addr) = log.get(previous..).and_then(serving_addr) {
+        if let Some(addr) = log
+            .get(previous..)
+            .and_then(|l| logged_addr(l, "agent serving"))
+        {
             agent.addr = addr;
+            agent.metrics_addr = log
+                .get(previous..)
+                .and_then(|l| logged_addr(l, "metrics serving"));
             return Ok(agent);
         }
         if let Some(status) = agent.child.try_wait()? {
@@ -444,11 +471,12 @@ pub fn agent_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn serving_addr(log: &str) -> Option<std::net::SocketAddr> {
+/// The `addr` field of the first log line whose message is `message`.
+fn logged_addr(log: &str, message: &str) -> Option<std::net::SocketAddr> {
     log.lines().find_map(|l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
         let fields = v.get("fields")?;
-        (fields.get("message")?.as_str()? == "agent serving").then_some(())?;
+        (fields.get("message")?.as_str()? == message).then_some(())?;
         fields.get("addr")?.as_str()?.parse().ok()
     })
 }

@@ -82,24 +82,26 @@ pub enum AppError {
         #[source]
         problem: Box<TargetProblem>,
     },
-    /// The listen address cannot be bound.
-    #[error("{place}: key `server.listen`: cannot listen on {addr}")]
+    /// A listen address cannot be bound.
+    #[error("{place}: key `{key}`: cannot listen on {addr}")]
     Listen {
         /// Where the key is written (or its table, when left to the default).
         place: Place,
+        /// `server.listen` or `metrics.listen`.
+        key: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The cause.
         #[source]
         source: std::io::Error,
     },
-    /// The agent already runs and holds the listen address.
-    #[error(
-        "{place}: key `server.listen`: {addr} is held by the running agent (pid {pid}): stop it first"
-    )]
+    /// The agent already runs and holds a listen address.
+    #[error("{place}: key `{key}`: {addr} is held by the running agent (pid {pid}): stop it first")]
     AgentRunning {
         /// Where the key is written.
         place: Place,
+        /// `server.listen` or `metrics.listen`.
+        key: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The running agent's process id.

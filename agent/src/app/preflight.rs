@@ -1,6 +1,6 @@
 //! The checks that stop `run` before anything starts, shared with `jex-agent check-config`:
 //! the TLS material, every erase target against this host (never the system's own disk), and
-//! the listen address.
+//! the listen addresses (gRPC and metrics).
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -93,10 +93,34 @@ pub enum ListenCheck {
     },
 }
 
-/// Binds the listen address and lets it go. When it is in use, asks the status socket whether
-/// the agent itself holds it (possible as root only; otherwise it reads as another process).
+/// Binds the gRPC listen address and lets it go. When it is in use, asks the status socket
+/// whether the agent itself holds it (possible as root only; otherwise it reads as another
+/// process).
 pub(crate) fn check_listen(config: &Config) -> Result<ListenCheck, AppError> {
-    let addr = config.server.listen;
+    check_address(config, "server.listen", config.server.listen, |report| {
+        Some(report.listen.clone())
+    })
+}
+
+/// The same for the metrics address, when the endpoint is enabled (`None` when it is not).
+pub(crate) fn check_metrics_listen(config: &Config) -> Result<Option<ListenCheck>, AppError> {
+    if !config.metrics.enabled {
+        return Ok(None);
+    }
+    check_address(config, "metrics.listen", config.metrics.listen, |report| {
+        report.metrics_listen.clone()
+    })
+    .map(Some)
+}
+
+/// Binds `addr` and lets it go; when it is in use, asks the status socket whether the running
+/// agent holds it (`held` reads the address from its report).
+fn check_address(
+    config: &Config,
+    key: &'static str,
+    addr: SocketAddr,
+    held: impl Fn(&crate::local_socket::AgentReport) -> Option<String>,
+) -> Result<ListenCheck, AppError> {
     match std::net::TcpListener::bind(addr) {
         Ok(listener) => {
             drop(listener);
@@ -106,12 +130,13 @@ pub(crate) fn check_listen(config: &Config) -> Result<ListenCheck, AppError> {
             if source.kind() == ErrorKind::AddrInUse
                 && let Ok(snapshot) =
                     crate::local_socket::query_blocking(&config.server.status_socket)
-                && snapshot.listen.parse::<SocketAddr>().ok() == Some(addr)
+                && held(&snapshot).and_then(|a| a.parse::<SocketAddr>().ok()) == Some(addr)
             {
                 return Ok(ListenCheck::HeldByAgent { pid: snapshot.pid });
             }
             Err(AppError::Listen {
-                place: config.source.place("server.listen"),
+                place: config.source.place(key),
+                key,
                 addr,
                 source,
             })
@@ -126,21 +151,28 @@ pub struct Preflight {
     pub host_id: String,
     /// Who holds the listen address.
     pub listen: ListenCheck,
+    /// Who holds the metrics address; `None` when the endpoint is disabled.
+    pub metrics_listen: Option<ListenCheck>,
 }
 
 /// The checks that stop `run` before anything starts, in this order: the TLS material loads
 /// (certificate chain, key with mode 0600, client CA, host id in the certificate); every erase
-/// target passes [`check_targets`]; the listen address can be bound. `check-config` runs the
-/// same checks, so each failure is the one `run` would stop on, with the same exit code. A
-/// listen address held by the running agent itself is not a failure here: `run` refuses it,
-/// `check-config` reports it.
+/// target passes [`check_targets`]; the listen address can be bound, then the metrics address
+/// (when enabled). `check-config` runs the same checks, so each failure is the one `run` would
+/// stop on, with the same exit code. An address held by the running agent itself is not a
+/// failure here: `run` refuses it, `check-config` reports it.
 pub fn preflight(config: &Config) -> Result<Preflight, AppError> {
     crate::tls::server_config(&config.tls).map_err(|e| tls_error(config, e))?;
     let host_id =
         crate::tls::host_id_from_cert(&config.tls.cert).map_err(|e| tls_error(config, e))?;
     check_targets(config)?;
     let listen = check_listen(config)?;
-    Ok(Preflight { host_id, listen })
+    let metrics_listen = check_metrics_listen(config)?;
+    Ok(Preflight {
+        host_id,
+        listen,
+        metrics_listen,
+    })
 }
 
 pub(crate) fn create_private_dir(path: &Path) -> Result<(), AppError> {

@@ -1,6 +1,7 @@
 //! Builds and starts every part of the agent on the current runtime, and stops them:
 //! the network edge sized to the open-file limit, the telemetry hub, the erase service, the
-//! gRPC services behind the role check, the local socket and the TLS file watcher.
+//! gRPC services behind the role check, the `/metrics` listener, the local socket and the TLS
+//! file watcher.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +74,7 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<jex_erase::EraseServ
 /// A running agent.
 pub struct RunningAgent {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     hub: Arc<crate::telemetry::hub::Hub>,
     tls: Arc<ServerTls>,
     shutdown: watch::Sender<bool>,
@@ -91,6 +93,11 @@ impl RunningAgent {
     /// The address the gRPC listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address `/metrics` is served on, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Re-reads the TLS files (what SIGHUP does).
@@ -182,6 +189,7 @@ fn edge(config: &Config, tls: Arc<ServerTls>) -> listener::Edge {
         tls,
         tracker: Tracker::new(caps),
         refusals: Arc::new(crate::server::refusals::RefusalLog::default()),
+        calls: Arc::new(crate::server::calls::CallCounts::default()),
         limits: listener::EdgeLimits {
             deadlines,
             keepalive_interval: KEEPALIVE_INTERVAL,
@@ -277,11 +285,28 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
 
     let listen_error = |source| AppError::Listen {
         place: config.source.place("server.listen"),
+        key: "server.listen",
         addr: config.server.listen,
         source,
     };
     let listener = listener::bind(config.server.listen).map_err(listen_error)?;
     let local_addr = listener.local_addr().map_err(listen_error)?;
+    // Taken at start like the gRPC address: an address in use stops the agent with the same
+    // kind of error and exit code, rather than running without the metrics it was told to serve.
+    let metrics_listener = if config.metrics.enabled {
+        let metrics_error = |source| AppError::Listen {
+            place: config.source.place("metrics.listen"),
+            key: "metrics.listen",
+            addr: config.metrics.listen,
+            source,
+        };
+        let l = crate::metrics::serve::bind(config.metrics.listen).map_err(metrics_error)?;
+        let addr = l.local_addr().map_err(metrics_error)?;
+        Some((l, addr))
+    } else {
+        None
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -311,7 +336,10 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         &config.server.status_socket,
         crate::local_socket::view::responder(
             &facts,
-            local_addr,
+            crate::local_socket::view::Bound {
+                grpc: local_addr,
+                metrics: metrics_addr,
+            },
             &config,
             hub.clone(),
             erase.clone(),
@@ -320,7 +348,42 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         ),
         config.server.limits.status_max_connections.get() as usize,
     )?;
-    let service = AgentService::new(facts, hub.clone(), erase, streams, shutdown_rx.clone());
+    let start_unix_ms = facts.agent_start_unix_ms;
+    let service = AgentService::new(
+        facts,
+        hub.clone(),
+        erase.clone(),
+        streams.clone(),
+        shutdown_rx.clone(),
+    );
+    match metrics_listener {
+        Some((metrics_listener, addr)) => {
+            let refusals = Arc::new(crate::server::refusals::RefusalLog::for_listener("metrics"));
+            let sources = crate::metrics::collect::Sources {
+                start_unix_ms,
+                hub: hub.clone(),
+                erase,
+                streams,
+                tracker: edge.tracker.clone(),
+                refusals: vec![edge.refusals.clone(), refusals.clone()],
+                calls: edge.calls.clone(),
+                tls: tls.clone(),
+            };
+            let endpoint = Arc::new(crate::metrics::serve::Endpoint {
+                sources: Arc::new(sources),
+                tls: config.metrics.tls.then(|| tls.clone()),
+                roles: Arc::new(config.roles.clone()),
+                refusals: refusals.clone(),
+            });
+            tokio::spawn(refusals.run(shutdown_rx.clone()));
+            tokio::spawn(
+                crate::metrics::serve::serve(metrics_listener, endpoint, shutdown_rx.clone())
+                    .instrument(tracing::info_span!("metrics")),
+            );
+            tracing::info!(addr = %addr, tls = config.metrics.tls, "metrics serving");
+        }
+        None => tracing::info!("metrics endpoint disabled ([metrics] enabled = false)"),
+    }
 
     watch_tls_files(tls.clone(), config.tls.clone(), shutdown_rx.clone());
     tokio::spawn(edge.refusals.clone().run(shutdown_rx.clone()));
@@ -344,6 +407,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     tracing::info!(addr = %local_addr, host_id = %host_id, version = crate::AGENT_VERSION, "agent serving");
     Ok(RunningAgent {
         local_addr,
+        metrics_addr,
         hub,
         tls,
         shutdown: shutdown_tx,

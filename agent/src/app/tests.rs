@@ -144,9 +144,11 @@ fn a_listen_address_in_use_names_its_key_and_exits_69() {
     let s = Setup::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let text = s
-        .text()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""));
+    let text = s.text().replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{addr}\""),
+        1,
+    );
     let err = preflight(&s.config(&text)).unwrap_err();
     assert_eq!(err.exit_kind(), ExitKind::Unavailable);
     let message = error_chain(&err);
@@ -188,6 +190,7 @@ fn each_failure_has_its_exit_code() {
     };
     let listen = |kind| AppError::Listen {
         place: place.clone(),
+        key: "server.listen",
         addr: "127.0.0.1:7443".parse().unwrap(),
         source: io(kind),
     };
@@ -225,6 +228,7 @@ fn each_failure_has_its_exit_code() {
         (
             AppError::AgentRunning {
                 place: place.clone(),
+                key: "metrics.listen",
                 addr: "127.0.0.1:7443".parse().unwrap(),
                 pid: 1,
             },

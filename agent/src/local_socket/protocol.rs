@@ -39,6 +39,13 @@ pub struct AgentReport {
     pub host_id: String,
     /// gRPC listen address.
     pub listen: String,
+    /// The address `/metrics` is served on (the bound one: the port chosen by the OS for port
+    /// 0), `None` when the endpoint is disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Whether `/metrics` is served over HTTPS with client certificates.
+    #[serde(default)]
+    pub metrics_tls: bool,
     /// Lifecycle state (`SERVING`, `ERASING`, `RECLAIMABLE`, `ERASE_FAILED`).
     pub lifecycle: String,
     /// Seconds since the agent started.

@@ -38,6 +38,14 @@ pub fn render_report(s: &AgentReport, now_unix_ms: u64) -> String {
         "uptime:     {}s, listening on {}",
         s.uptime_secs, s.listen
     );
+    let _ = writeln!(
+        o,
+        "metrics:    {}",
+        s.metrics_listen.as_deref().map_or_else(
+            || "off".to_owned(),
+            |a| format!("http{}://{a}/metrics", if s.metrics_tls { "s" } else { "" })
+        )
+    );
     let t = &s.telemetry;
     let age = if t.last_sample_unix_ms == 0 {
         "no sample yet".to_owned()

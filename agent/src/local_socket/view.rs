@@ -18,10 +18,19 @@ pub fn plan_json(plan: &[jex_erase::PlannedTarget]) -> serde_json::Value {
     })).collect::<Vec<_>>() })
 }
 
+/// The addresses the agent's listeners are bound to (the ports chosen by the OS for port 0).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    /// gRPC.
+    pub grpc: SocketAddr,
+    /// `/metrics`, when enabled.
+    pub metrics: Option<SocketAddr>,
+}
+
 /// Answers `jex-agent status` and `jex-agent erase-plan` on the local socket.
 pub(crate) fn responder(
     facts: &HostFacts,
-    listen: SocketAddr,
+    bound: Bound,
     config: &Config,
     hub: Arc<crate::telemetry::hub::Hub>,
     erase: crate::server::Erase,
@@ -31,6 +40,7 @@ pub(crate) fn responder(
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
+    let metrics_tls = config.metrics.tls;
     Arc::new(move |query| match (query, &erase) {
         (Query::Plan, Erase::Ready(erase)) => match erase.plan() {
             Ok(plan) => plan_json(&plan),
@@ -70,7 +80,9 @@ pub(crate) fn responder(
                 agent_build: crate::LONG_VERSION.to_owned(),
                 pid: std::process::id(),
                 host_id: host_id.clone(),
-                listen: listen.to_string(),
+                listen: bound.grpc.to_string(),
+                metrics_listen: bound.metrics.map(|a| a.to_string()),
+                metrics_tls,
                 lifecycle: lifecycle
                     .as_str_name()
                     .trim_start_matches("LIFECYCLE_STATE_")

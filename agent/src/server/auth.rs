@@ -172,13 +172,13 @@ impl Refusal {
     }
 }
 
-/// Decides whether the holder of `certs` may call `method`.
-pub fn authorize(
+/// The identity and role of the holder of `certs` (a chain the handshake verified, leaf
+/// first): the first URI SAN listed in a role. Also what the `/metrics` listener asks over
+/// mTLS, where either role may scrape.
+pub fn identify(
     roles: &RolesConfig,
     certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
-    method: &str,
-    addr: &str,
-) -> Result<Peer, Refusal> {
+) -> Result<(String, Role), Refusal> {
     let leaf = certs
         .and_then(|c| c.first())
         .ok_or(Refusal::NoCertificate)?;
@@ -193,7 +193,17 @@ pub fn authorize(
             None
         }
     });
-    let (id, role) = found.ok_or(Refusal::NoRole { uris })?;
+    found.ok_or(Refusal::NoRole { uris })
+}
+
+/// Decides whether the holder of `certs` may call `method`.
+pub fn authorize(
+    roles: &RolesConfig,
+    certs: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    method: &str,
+    addr: &str,
+) -> Result<Peer, Refusal> {
+    let (id, role) = identify(roles, certs)?;
     let allowed = roles_for(method).ok_or(Refusal::UnknownMethod)?;
     if !allowed.contains(&role) {
         return Err(Refusal::NotAllowed { id, role });

@@ -530,11 +530,13 @@ pub struct ConnInfo {
     pub state: Arc<ConnState>,
 }
 
-/// A response body that keeps its stream counted as open until it is dropped, and gives
-/// tonic's decode errors in trailers their conventional status codes.
+/// A response body that keeps its stream counted as open until it is dropped, gives tonic's
+/// decode errors in trailers their conventional status codes, and counts the call by the
+/// status its trailers carry (see [`super::calls`]).
 pub struct Tracked {
     inner: tonic::body::Body,
     _stream: StreamGuard,
+    call: Option<super::calls::Pending>,
 }
 
 impl std::fmt::Debug for Tracked {
@@ -544,11 +546,17 @@ impl std::fmt::Debug for Tracked {
 }
 
 impl Tracked {
-    /// Wraps `inner`, holding `stream` open.
-    pub fn new(inner: tonic::body::Body, stream: StreamGuard) -> Self {
+    /// Wraps `inner`, holding `stream` open; `call`, when given, is counted with the status of
+    /// the trailers (or as cancelled if the body is dropped before them).
+    pub fn new(
+        inner: tonic::body::Body,
+        stream: StreamGuard,
+        call: Option<super::calls::Pending>,
+    ) -> Self {
         Self {
             inner,
             _stream: stream,
+            call,
         }
     }
 }
@@ -561,12 +569,19 @@ impl http_body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        let call = &mut this.call;
         frame.map(|f| {
             f.map(|r| {
                 r.map(|frame| match frame.into_trailers() {
                     Ok(mut trailers) => {
                         super::grpc_error::remap_codec_status(&mut trailers);
+                        if let (Some(call), Some(code)) =
+                            (call.as_mut(), super::calls::status_of(&trailers))
+                        {
+                            call.finish(code);
+                        }
                         http_body::Frame::trailers(trailers)
                     }
                     Err(frame) => frame,

@@ -82,6 +82,8 @@ pub struct Edge {
     pub refusals: Arc<RefusalLog>,
     /// Deadlines.
     pub limits: EdgeLimits,
+    /// Finished calls by method and code.
+    pub calls: Arc<super::calls::CallCounts>,
 }
 
 /// The gRPC routes with the agent's layers, as each connection calls them.
@@ -314,6 +316,7 @@ async fn connection<S: EdgeService>(
     let svc = hyper_util::service::TowerToHyperService::new(PerConnection {
         inner: service,
         info,
+        calls: edge.calls.clone(),
     });
     let conn = builder.serve_connection(TokioIo::new(tls), svc);
     tokio::pin!(conn);
@@ -448,11 +451,12 @@ fn note_close(
 
 /// The routes as one connection calls them: each request carries the connection's
 /// [`ConnInfo`] (and tonic's `TcpConnectInfo`), counts as an open stream until its response
-/// body is dropped, and gets its codec error status remapped.
+/// body is dropped, gets its codec error status remapped, and is counted by method and code.
 #[derive(Clone)]
 struct PerConnection<S> {
     inner: S,
     info: ConnInfo,
+    calls: Arc<super::calls::CallCounts>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for PerConnection<S>
@@ -481,13 +485,25 @@ where
         // Take the service that was driven to readiness, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut call = super::calls::Pending::new(
+            self.calls.clone(),
+            super::calls::CallCounts::method_index(req.uri().path()),
+        );
         Box::pin(async move {
             let response = inner.call(req).await?;
             let (mut parts, body) = response.into_parts();
             super::grpc_error::remap_codec_status(&mut parts.headers);
+            // An answer without a body carries its status in the headers.
+            let call = match super::calls::status_of(&parts.headers) {
+                Some(code) => {
+                    call.finish(code);
+                    None
+                }
+                None => Some(call),
+            };
             Ok(http::Response::from_parts(
                 parts,
-                tonic::body::Body::new(Tracked::new(body, stream)),
+                tonic::body::Body::new(Tracked::new(body, stream, call)),
             ))
         })
     }

@@ -12,14 +12,15 @@
 //! What a client can hold is bounded in `listener` and `conn` (admission in separate shares
 //! for handshakes, connections without a client certificate and verified ones; first-request
 //! and idle deadlines; closing after a refusal); refusals are logged, rate-limited, through
-//! `refusals`. Server streams ended by the agent's shutdown end with `UNAVAILABLE`, so a client
-//! knows to reconnect rather than take the end as complete. A live telemetry stream is ended by
+//! `refusals`; finished calls are counted by method and code in `calls`. Server streams ended
+//! by the agent's shutdown end with `UNAVAILABLE`, so a client knows to reconnect rather than take the end as complete. A live telemetry stream is ended by
 //! the telemetry hub stopping, not by the shutdown signal: the agent stops the hub first, which
 //! syncs and publishes the last record it sampled, and the stream sends every record up to that
 //! one before its `UNAVAILABLE`. Cutting it at the signal instead lost the records published
 //! (or still to be published) around it until the client resumed.
 
 pub mod auth;
+pub(crate) mod calls;
 pub(crate) mod conn;
 pub mod convert;
 pub(crate) mod fields;

@@ -18,11 +18,17 @@
 //! under "other peers". So a window logs at most two lines per tracked pair (and there are at
 //! most peers × reasons pairs, and never more than [`MAX_TRACKED`]) plus one per reason,
 //! however many refusals arrive.
+//!
+//! Every refusal is also added to a total per reason ([`RefusalLog::totals`]), never reset,
+//! for the `/metrics` counter `jex_agent_refusals_total`. The gRPC edge and the metrics
+//! listener each have a log of their own ([`RefusalLog::for_listener`]), whose lines and totals
+//! name the listener.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::tls::{CertificateProblem, HandshakeFailure};
@@ -154,6 +160,45 @@ impl Reason {
         }
     }
 
+    /// The reason as a metric label value (snake case, stable).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::NoCertificate => "no_certificate",
+            Reason::NoRole => "no_role",
+            Reason::NotAllowed => "not_allowed",
+            Reason::UnknownMethod => "unknown_method",
+            Reason::NotTls => "not_tls",
+            Reason::Certificate(p) => match p {
+                CertificateProblem::Expired => "certificate_expired",
+                CertificateProblem::NotYetValid => "certificate_not_yet_valid",
+                CertificateProblem::UnknownIssuer => "certificate_unknown_issuer",
+                CertificateProblem::WrongUsage => "certificate_wrong_usage",
+                CertificateProblem::BadSignature => "certificate_bad_signature",
+                CertificateProblem::Revoked => "certificate_revoked",
+                CertificateProblem::Missing => "certificate_missing",
+                CertificateProblem::Other => "certificate_other",
+            },
+            Reason::TlsVersion => "tls_version",
+            Reason::Incompatible => "incompatible",
+            Reason::HandshakeFailed => "handshake_failed",
+            Reason::NoRequest => "no_request",
+            Reason::EvictedHandshake => "evicted_handshake",
+            Reason::EvictedUnverified => "evicted_unverified",
+            Reason::OverVerifiedCap => "over_verified_cap",
+            Reason::OverTotalCap => "over_total_cap",
+            Reason::OverPeerCap => "over_peer_cap",
+            Reason::AcceptFailed => "accept_failed",
+        }
+    }
+
+    /// Its place in [`Reason::ALL`].
+    fn index(self) -> usize {
+        Reason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(Reason::ALL.len() - 1)
+    }
+
     /// The message of the immediate line, by kind (what an SRE greps for).
     fn message(self) -> &'static str {
         match self {
@@ -233,6 +278,10 @@ struct State {
 pub struct RefusalLog {
     state: Mutex<State>,
     max_tracked: usize,
+    /// The listener whose refusals these are (`grpc`, `metrics`).
+    listener: &'static str,
+    /// Every refusal since start, by [`Reason::index`].
+    totals: [AtomicU64; Reason::ALL.len()],
 }
 
 impl Default for RefusalLog {
@@ -242,20 +291,46 @@ impl Default for RefusalLog {
 }
 
 impl RefusalLog {
-    /// A log tracking at most `max_tracked` (peer, reason) pairs.
+    /// A log of the gRPC edge tracking at most `max_tracked` (peer, reason) pairs.
     pub fn new(max_tracked: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             max_tracked,
+            listener: "grpc",
+            totals: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// A log of the listener called `listener` (its lines and totals name it).
+    pub fn for_listener(listener: &'static str) -> Self {
+        Self {
+            listener,
+            ..Self::default()
+        }
+    }
+
+    /// The listener these refusals are of.
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
+    /// Every refusal since start, per reason, in the order of [`Reason::ALL`].
+    pub fn totals(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .zip(&self.totals)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// Records a refusal; the first of its (source, reason) pair is logged now, with `detail`
     /// (only built then).
     pub fn refused(&self, source: Source, reason: Reason, detail: impl FnOnce() -> String) {
+        self.totals[reason.index()].fetch_add(1, Ordering::Relaxed);
         if self.count(source, reason) {
             let detail = detail();
             tracing::warn!(
+                listener = self.listener,
                 peer = %source,
                 reason = reason.as_str(),
                 detail = %detail,
@@ -315,6 +390,7 @@ impl RefusalLog {
                 .source
                 .map_or_else(|| "other peers".to_owned(), |p| p.to_string());
             tracing::warn!(
+                listener = self.listener,
                 peer = %peer,
                 reason = s.reason.as_str(),
                 count = s.count,
@@ -409,6 +485,15 @@ mod tests {
         said.sort_unstable();
         said.dedup();
         assert_eq!(said.len(), Reason::ALL.len(), "two reasons read the same");
+        let mut labels: Vec<_> = Reason::ALL.iter().map(|r| r.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Reason::ALL.len(), "two reasons share a label");
+        assert!(
+            labels
+                .iter()
+                .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        );
     }
 
     /// Lines one window writes for `refusals`: the immediate ones, then the summaries.
@@ -445,6 +530,23 @@ mod tests {
             assert!(lines <= bound, "{lines} lines in a window, bound {bound}");
             assert!(lines >= MAX_TRACKED, "the tracked pairs were logged");
         }
+    }
+
+    #[test]
+    fn totals_count_every_refusal_and_are_never_reset() {
+        let log = RefusalLog::new(2);
+        for last in 0..10 {
+            log.refused(peer(last), Reason::NoCertificate, String::new);
+        }
+        log.refused(Source::Listener, Reason::AcceptFailed, String::new);
+        let _ = log.take_summaries();
+        let totals: BTreeMap<_, _> = log.totals().into_iter().collect();
+        assert_eq!(totals.len(), Reason::ALL.len());
+        assert_eq!(totals[&Reason::NoCertificate], 10);
+        assert_eq!(totals[&Reason::AcceptFailed], 1);
+        assert_eq!(totals[&Reason::NoRole], 0);
+        assert_eq!(log.listener(), "grpc");
+        assert_eq!(RefusalLog::for_listener("metrics").listener(), "metrics");
     }
 
     #[test]

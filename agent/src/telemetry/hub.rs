@@ -267,6 +267,8 @@ struct Status {
     sampler_errors: u64,
     spool_errors: u64,
     spool: SpoolStats,
+    /// The last successful sample and when it was taken (Unix ms), for `/metrics`.
+    latest: Option<(u64, Arc<crate::telemetry::Sample>)>,
 }
 
 /// Locks a mutex, recovering the data if a panic poisoned it: every critical section here
@@ -423,6 +425,12 @@ impl Hub {
             subscribers: self.shared.subscribers.load(Ordering::Relaxed),
             spool: status.spool,
         }
+    }
+
+    /// The last successful sample and when it was taken (Unix ms): the figures the stream
+    /// carries, for the host families of `/metrics`. `None` before the first.
+    pub fn latest_sample(&self) -> Option<(u64, Arc<crate::telemetry::Sample>)> {
+        lock(&self.shared.status).latest.clone()
     }
 
     /// Stops the sampler after its current tick, flushes the spool and closes the live

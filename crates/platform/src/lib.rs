@@ -24,7 +24,8 @@
 //!
 //! Also here, so that no other crate touches the OS directly: [`blockdev`] (direct I/O, device
 //! identity and the system-device rails of the erase), [`process`] (tool runs with a deadline),
-//! [`limits`] (the open-file limit, raised at start),
+//! [`limits`] (the open-file limit, raised at start), [`usage`] (the agent's own CPU time,
+//! memory and descriptors, for its `process_*` metrics),
 //! [`paths`] (each OS's default layout), and [`error_chain`].
 //!
 //! This is the only crate with `unsafe` (allowed module by module, each block with its SAFETY
@@ -62,6 +63,7 @@ pub mod logsink;
 pub mod paths;
 pub mod process;
 pub mod procfs;
+pub mod usage;
 
 #[cfg(target_os = "macos")]
 #[allow(unsafe_code)] // FFI shims: every block carries its SAFETY argument

@@ -223,6 +223,26 @@ pub fn host_info() -> Result<HostInfo, PlatformError> {
     LinuxHost::new().host_info()
 }
 
+/// This process's usage from `/proc/self/stat`, `/proc/stat` (`btime`) and `/proc/self/fd`.
+pub fn process_usage() -> Result<crate::usage::ProcessUsage, PlatformError> {
+    use crate::usage::{parse_btime, parse_proc_self_stat, usage_from_proc};
+    let stat = parse_proc_self_stat(&read_file(Path::new("/proc/self/stat"))?)?;
+    let btime = parse_btime(&read_file(Path::new("/proc/stat"))?)?;
+    let fd_dir = Path::new("/proc/self/fd");
+    // The directory's own descriptor is counted too, as every Prometheus client library does.
+    let open_fds = std::fs::read_dir(fd_dir)
+        .map_err(|source| PlatformError::Read {
+            path: fd_dir.to_path_buf(),
+            source,
+        })?
+        .count() as u64;
+    let page_size = match nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE) {
+        Ok(Some(size)) if size > 0 => size as u64,
+        _ => 4096,
+    };
+    Ok(usage_from_proc(stat, btime, user_hz(), page_size, open_fds))
+}
+
 fn user_hz() -> u32 {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
         Ok(Some(hz)) if hz > 0 && hz <= 10_000 => hz as u32,

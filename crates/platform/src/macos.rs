@@ -472,3 +472,88 @@ fn kern(call: &str, kr: libc::kern_return_t) -> PlatformError {
         io::Error::other(format!("kern_return_t {kr}")),
     )
 }
+
+/// This process's usage: CPU time from `getrusage(RUSAGE_SELF)`; resident size, start time and
+/// open descriptors from `proc_pidinfo` (`PROC_PIDTASKINFO`, `PROC_PIDTBSDINFO`,
+/// `PROC_PIDLISTFDS`) on its own pid.
+pub(super) fn process_usage() -> Result<crate::usage::ProcessUsage, PlatformError> {
+    let pid = std::process::id() as libc::c_int;
+    // SAFETY: `rusage` is plain old data; all-zero is a valid value that getrusage overwrites.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable `rusage` for the duration of the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(os(
+            "getrusage(RUSAGE_SELF)".into(),
+            io::Error::last_os_error(),
+        ));
+    }
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    // SAFETY: plain old data, overwritten by proc_pidinfo.
+    let mut task: libc::proc_taskinfo = unsafe { std::mem::zeroed() };
+    pid_info(
+        pid,
+        libc::PROC_PIDTASKINFO,
+        &mut task,
+        "proc_pidinfo(PROC_PIDTASKINFO)",
+    )?;
+    // SAFETY: plain old data, overwritten by proc_pidinfo.
+    let mut bsd: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    pid_info(
+        pid,
+        libc::PROC_PIDTBSDINFO,
+        &mut bsd,
+        "proc_pidinfo(PROC_PIDTBSDINFO)",
+    )?;
+    Ok(crate::usage::ProcessUsage {
+        cpu_seconds: seconds(ru.ru_utime) + seconds(ru.ru_stime),
+        resident_bytes: task.pti_resident_size,
+        start_time_seconds: bsd.pbi_start_tvsec as f64 + bsd.pbi_start_tvusec as f64 / 1e6,
+        open_fds: open_fds(pid)?,
+    })
+}
+
+/// `proc_pidinfo(pid, flavor, 0, out, size_of::<T>())`, which must fill all of `out`.
+fn pid_info<T>(
+    pid: libc::c_int,
+    flavor: libc::c_int,
+    out: &mut T,
+    call: &str,
+) -> Result<(), PlatformError> {
+    let size = std::mem::size_of::<T>() as libc::c_int;
+    // SAFETY: `out` is valid and writable for `size` bytes for the duration of the call; the
+    // kernel writes at most `size` bytes.
+    let n = unsafe { libc::proc_pidinfo(pid, flavor, 0, (out as *mut T).cast(), size) };
+    if n != size {
+        return Err(os(call.into(), io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Open descriptors: `PROC_PIDLISTFDS` first sized (a null buffer returns the bytes needed),
+/// then filled; the second call returns the bytes it wrote, one `proc_fdinfo` per descriptor.
+fn open_fds(pid: libc::c_int) -> Result<u64, PlatformError> {
+    let call = "proc_pidinfo(PROC_PIDLISTFDS)";
+    // SAFETY: a null buffer of size 0 only asks for the size.
+    let needed = unsafe { libc::proc_pidinfo(pid, libc::PROC_PIDLISTFDS, 0, ptr::null_mut(), 0) };
+    if needed <= 0 {
+        return Err(os(call.into(), io::Error::last_os_error()));
+    }
+    let entry = std::mem::size_of::<libc::proc_fdinfo>();
+    let mut buf: Vec<libc::proc_fdinfo> = Vec::with_capacity(needed as usize / entry + 1);
+    let bytes = (buf.capacity() * entry) as libc::c_int;
+    // SAFETY: `buf` has room for `bytes` bytes; the kernel writes at most that many and returns
+    // how many it wrote. The vector's length stays 0: the entries are only counted, never read.
+    let wrote = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDLISTFDS,
+            0,
+            buf.as_mut_ptr().cast(),
+            bytes,
+        )
+    };
+    if wrote < 0 {
+        return Err(os(call.into(), io::Error::last_os_error()));
+    }
+    Ok(wrote as u64 / entry as u64)
+}

@@ -10,3 +10,7 @@ pub(super) fn host_counters() -> Result<Box<dyn HostCounters>, PlatformError> {
 pub(super) fn host_info() -> Result<HostInfo, PlatformError> {
     Err(PlatformError::Unsupported)
 }
+
+pub(super) fn process_usage() -> Result<crate::usage::ProcessUsage, PlatformError> {
+    Err(PlatformError::Unsupported)
+}

@@ -127,6 +127,7 @@ impl Sampler {
                 let mut status = lock(&self.shared.status);
                 status.samples += 1;
                 status.last_sample_time_unix_ms = Some(now);
+                status.latest = Some((now, Arc::new(sample.clone())));
                 RecordBody::Sample(sample)
             }
             Ok(Err(err)) => {
