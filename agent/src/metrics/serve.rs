@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
 use super::collect::Sources;
@@ -89,15 +89,8 @@ pub(crate) async fn serve(
     endpoint: Arc<Endpoint>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "the metrics listener is unusable");
-            return;
-        }
+    let Some(listener) = crate::server::listener::into_async(listener, "metrics") else {
+        return;
     };
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder

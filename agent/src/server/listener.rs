@@ -188,15 +188,8 @@ async fn accept_loop<S: EdgeService>(
     connections: tokio::runtime::Handle,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = match listener
-        .set_nonblocking(true)
-        .and_then(|()| TcpListener::from_std(listener))
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "the gRPC listener is unusable");
-            return;
-        }
+    let Some(listener) = into_async(listener, "gRPC") else {
+        return;
     };
     loop {
         // While as many evicted connections are still closing as may be, accept nothing: the
@@ -506,5 +499,20 @@ where
                 tonic::body::Body::new(Tracked::new(body, stream, call)),
             ))
         })
+    }
+}
+
+/// The tokio listener of a bound std one, or `None` (logged as an error naming `what`) when it
+/// cannot be made non-blocking or registered with the runtime.
+pub(crate) fn into_async(listener: std::net::TcpListener, what: &str) -> Option<TcpListener> {
+    match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(error = %e, listener = what, "a listener is unusable");
+            None
+        }
     }
 }

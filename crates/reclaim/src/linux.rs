@@ -363,14 +363,7 @@ carol:x: 1004:1004::/home/c:/bin/bash
 
     impl CommandRunner for Fake {
         fn run(&self, program: &Path, args: &[OsString]) -> std::io::Result<CommandOutput> {
-            let line = format!(
-                "{} {}",
-                program.display(),
-                args.iter()
-                    .map(|a| a.to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
+            let line = crate::run::command_line(program, args);
             self.calls.lock().unwrap().push(line.clone());
             for (device, answer) in &self.answers {
                 if line.ends_with(device.as_str()) {

@@ -145,6 +145,11 @@ pub(crate) fn unexpected_output(
     }
 }
 
+/// `program args…` as one line, as the runner's messages and test runners name a command.
+pub fn command_line(program: &Path, args: &[OsString]) -> String {
+    format!("{} {}", program.display(), shown(args))
+}
+
 /// Arguments as one space-separated string, for messages.
 fn shown(args: &[OsString]) -> String {
     args.iter()

@@ -14,7 +14,7 @@ use jex_reclaim::macos::{
     CSRUTIL, DISKUTIL, DSCL, FDESETUP, MacInventory, SYSTEM_PROFILER, parse_activation_lock,
     parse_csrutil_status, parse_fdesetup_status,
 };
-use jex_reclaim::run::{CommandOutput, CommandRunner};
+use jex_reclaim::run::{CommandOutput, CommandRunner, command_line};
 use jex_reclaim::{
     AttestationContext, HostIdentity, InventoryError, InventorySource, Platform, VolumeRole,
     all_passed, evaluate, failed_checks,
@@ -427,14 +427,7 @@ struct Answers {
 
 impl CommandRunner for Answers {
     fn run(&self, program: &Path, args: &[OsString]) -> std::io::Result<CommandOutput> {
-        let line = format!(
-            "{} {}",
-            program.display(),
-            args.iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let line = command_line(program, args);
         self.calls.lock().unwrap().push(line.clone());
         match self.answers.get(&line) {
             Some(out) => Ok(CommandOutput {
