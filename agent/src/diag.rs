@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jex_platform::Os;
+use jex_reclaim::macos::{CSRUTIL, DISKUTIL, DSCL, DSCL_USERS_ARGS, FDESETUP, SYSTEM_PROFILER};
 
 /// One tool run of a capture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,75 +44,67 @@ pub const MACOS: &[Capture] = &[
     },
     Capture {
         name: "diskutil-apfs-list-plist",
-        program: "/usr/sbin/diskutil",
+        program: DISKUTIL,
         args: &["apfs", "list", "-plist"],
         read_by: "the device erase's inventory: containers, volume groups, volumes, roles, physical stores",
     },
     Capture {
         name: "diskutil-list-plist",
-        program: "/usr/sbin/diskutil",
+        program: DISKUTIL,
         args: &["list", "-plist"],
         read_by: "the device erase's inventory: whole disks and partitions",
     },
     Capture {
         name: "diskutil-info-plist-root",
-        program: "/usr/sbin/diskutil",
+        program: DISKUTIL,
         args: &["info", "-plist", "/"],
         read_by: "the device erase's inventory: the booted System volume (sealed)",
     },
     Capture {
         name: "diskutil-info-plist-data",
-        program: "/usr/sbin/diskutil",
+        program: DISKUTIL,
         args: &["info", "-plist", "/System/Volumes/Data"],
         read_by: "the device erase's inventory: the booted Data volume",
     },
     Capture {
         name: "diskutil-info-plist-disk0s2",
-        program: "/usr/sbin/diskutil",
+        program: DISKUTIL,
         args: &["info", "-plist", "disk0s2"],
         read_by: "the device erase's inventory: whether the boot container's physical store is internal",
     },
     Capture {
         name: "csrutil-status",
-        program: "/usr/bin/csrutil",
+        program: CSRUTIL,
         args: &["status"],
         read_by: "the attestation's sip_enabled line",
     },
     Capture {
         name: "fdesetup-status",
-        program: "/usr/bin/fdesetup",
+        program: FDESETUP,
         args: &["status"],
         read_by: "the inventory's FileVault state",
     },
     Capture {
         name: "system_profiler-SPHardwareDataType-json",
-        program: "/usr/sbin/system_profiler",
+        program: SYSTEM_PROFILER,
         args: &["SPHardwareDataType", "-json"],
         read_by: "the attestation's activation_lock_off line",
     },
     Capture {
         name: "system_profiler-SPHardwareDataType-xml",
-        program: "/usr/sbin/system_profiler",
+        program: SYSTEM_PROFILER,
         args: &["SPHardwareDataType", "-xml"],
         read_by: "the same report in XML, for comparison with the JSON the agent reads",
     },
     Capture {
         name: "dscl-users-plist",
-        program: "/usr/bin/dscl",
-        args: &[
-            "-plist",
-            ".",
-            "-readall",
-            "/Users",
-            "RecordName",
-            "UniqueID",
-            "UserShell",
-        ],
+        program: DSCL,
+        args: DSCL_USERS_ARGS,
         read_by: "the attestation's accounts_allowed line",
     },
     Capture {
         name: "dscl-users-uniqueid",
-        program: "/usr/bin/dscl",
+        program: DSCL,
         args: &[".", "-list", "/Users", "UniqueID"],
         read_by: "the same accounts as text, for comparison",
     },

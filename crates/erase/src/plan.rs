@@ -56,8 +56,7 @@ pub(crate) fn plan_targets(
     io: &dyn IoOpener,
     factory: &KeyDestroyerFactory,
 ) -> Result<Vec<PlannedTarget>, EraseError> {
-    let system = crate::rails::system_devices(&config.tools.diskutil)?;
-    let apfs = crate::rails::apfs_list_for(config);
+    let (system, apfs) = crate::rails::system_devices_and_map(&config.tools.diskutil)?;
     let mut planned = Vec::with_capacity(config.targets.len());
     for (index, target) in config.targets.iter().enumerate() {
         planned.push(plan_target(
@@ -78,7 +77,7 @@ fn plan_target(
     index: usize,
     target: &TargetConfig,
     system: &SystemDevices,
-    apfs: Option<&Result<jex_reclaim::diskutil::ApfsList, String>>,
+    apfs: Option<&jex_reclaim::diskutil::ApfsList>,
 ) -> PlannedTarget {
     let mut checks = Vec::new();
     let mut check = |name: &str, result: Result<String, String>| {

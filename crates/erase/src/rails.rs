@@ -174,67 +174,63 @@ pub fn container_on_device(
     }
 }
 
-/// On macOS, for each `apfs-volume` target, whether its volume's container is on its device:
-/// `None` when no target needs it (or not on macOS), else the APFS list (or why it could not be
-/// read) to check them against with [`container_on_device`].
-pub fn apfs_list_for(config: &crate::config::EraseConfig) -> Option<Result<ApfsList, String>> {
-    let needed = jex_platform::OS == jex_platform::Os::MacOs
-        && config
-            .targets
-            .iter()
-            .any(|t| matches!(t.keys, crate::config::TargetKeys::ApfsVolume { .. }));
-    needed
-        .then(|| read_apfs_list(&config.tools.diskutil).map_err(|e| jex_platform::error_chain(&e)))
-}
-
-/// [`container_on_device`] for `target` if it is an `apfs-volume` target and `list` was read;
-/// `None` for other targets.
+/// [`container_on_device`] for `target` if it is an `apfs-volume` target and the APFS `map`
+/// was read (on macOS, by [`system_devices_and_map`]); `None` otherwise.
 pub fn check_target_container(
-    list: Option<&Result<ApfsList, String>>,
+    map: Option<&ApfsList>,
     target: &crate::config::TargetConfig,
 ) -> Option<Result<String, String>> {
     let crate::config::TargetKeys::ApfsVolume { apfs_volume_uuid } = &target.keys else {
         return None;
     };
-    let list = list?;
-    Some(list.clone().and_then(|list| {
-        container_on_device(&list, apfs_volume_uuid, &target.device).map(|()| {
+    let map = map?;
+    Some(
+        container_on_device(map, apfs_volume_uuid, &target.device).map(|()| {
             format!(
                 "APFS volume {apfs_volume_uuid} is on the disk of {}",
                 target.device.display()
             )
-        })
-    }))
+        }),
+    )
 }
 
 /// The rails for this host: [`SystemDevices::probe`], and on macOS the APFS map read with the
 /// `diskutil` at `diskutil` (a failure to read it fails the rails: nothing is opened blind).
 pub fn system_devices(diskutil_path: &Path) -> Result<SystemDevices, EraseError> {
+    system_devices_and_map(diskutil_path).map(|(system, _)| system)
+}
+
+/// [`system_devices`], also returning the APFS map it read (macOS only), so that the callers
+/// check `apfs-volume` targets against the same `diskutil apfs list` rather than a second one.
+pub fn system_devices_and_map(
+    diskutil_path: &Path,
+) -> Result<(SystemDevices, Option<ApfsList>), EraseError> {
     let mut system = SystemDevices::probe().map_err(|source| EraseError::Target {
         target: "(mount table)".into(),
         source,
     })?;
-    if jex_platform::OS == jex_platform::Os::MacOs {
-        let list = read_apfs_list(diskutil_path)?;
-        let mounted: Vec<String> = system
-            .mounted_devices()
-            .filter_map(|p| bsd_name(&p.to_string_lossy()).map(str::to_owned))
-            .collect();
-        let mut stores = BTreeMap::new();
-        for container in &list.containers {
-            for store in stores_of(container) {
-                if !stores.contains_key(store) {
-                    let out = run_diskutil(diskutil_path, &["info", "-plist", store])?;
-                    let info = diskutil::parse_info(&out).map_err(|err| rails_error(&err))?;
-                    stores.insert(store.to_owned(), info);
-                }
+    if jex_platform::OS != jex_platform::Os::MacOs {
+        return Ok((system, None));
+    }
+    let list = read_apfs_list(diskutil_path)?;
+    let mounted: Vec<String> = system
+        .mounted_devices()
+        .filter_map(|p| bsd_name(&p.to_string_lossy()).map(str::to_owned))
+        .collect();
+    let mut stores = BTreeMap::new();
+    for container in &list.containers {
+        for store in stores_of(container) {
+            if !stores.contains_key(store) {
+                let out = run_diskutil(diskutil_path, &["info", "-plist", store])?;
+                let info = diskutil::parse_info(&out).map_err(|err| rails_error(&err))?;
+                stores.insert(store.to_owned(), info);
             }
         }
-        for (device, reason) in apfs_refusals(&list, &stores, &mounted) {
-            system.refuse_named(&device, &reason);
-        }
     }
-    Ok(system)
+    for (device, reason) in apfs_refusals(&list, &stores, &mounted) {
+        system.refuse_named(&device, &reason);
+    }
+    Ok((system, Some(list)))
 }
 
 /// One step that frees a macOS disk before it is opened for writing.

@@ -210,8 +210,7 @@ fn pin_targets(
     shared: &Shared,
     requested: &RequestedRecord,
 ) -> Result<Vec<PinnedTarget>, EraseError> {
-    let system = crate::rails::system_devices(&shared.config.tools.diskutil)?;
-    let apfs = crate::rails::apfs_list_for(&shared.config);
+    let (system, apfs) = crate::rails::system_devices_and_map(&shared.config.tools.diskutil)?;
     let mut pinned = Vec::with_capacity(requested.targets.len());
     for (index, target) in requested.targets.iter().enumerate() {
         if let Some(Err(found)) = crate::rails::check_target_container(apfs.as_ref(), target) {

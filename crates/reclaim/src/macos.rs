@@ -78,6 +78,16 @@ pub const FDESETUP: &str = "/usr/bin/fdesetup";
 pub const SYSTEM_PROFILER: &str = "/usr/sbin/system_profiler";
 /// `dscl`, on the sealed system volume.
 pub const DSCL: &str = "/usr/bin/dscl";
+/// The arguments of the `dscl` query the inventory's accounts come from.
+pub const DSCL_USERS_ARGS: &[&str] = &[
+    "-plist",
+    ".",
+    "-readall",
+    "/Users",
+    "RecordName",
+    "UniqueID",
+    "UserShell",
+];
 /// Where the booted Data volume is mounted.
 pub const DATA_VOLUME_MOUNT: &str = "/System/Volumes/Data";
 /// The first uid macOS gives a user account (the first user gets 501).
@@ -519,18 +529,7 @@ impl InventorySource for MacInventory {
             )
         })?;
 
-        let (args, out) = self.run(
-            DSCL,
-            &[
-                "-plist",
-                ".",
-                "-readall",
-                "/Users",
-                "RecordName",
-                "UniqueID",
-                "UserShell",
-            ],
-        )?;
+        let (args, out) = self.run(DSCL, DSCL_USERS_ARGS)?;
         let users = parse_dscl_users(&out).map_err(|_| {
             unexpected_output(
                 Path::new(DSCL),
