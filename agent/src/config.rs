@@ -29,6 +29,10 @@
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9469"   # the default; beyond loopback only with tls = true
+//!
+//! [health]
+//! certificate_warning_days = 14   # CERTIFICATE_EXPIRES_SOON this long before notAfter
+//! event_hold_secs = 600           # CLOCK_STEPPED, LOG_LINES_DROPPED stay this long
 //! ```
 //!
 //! Relative paths are refused: the daemon never depends on its working directory.
@@ -73,6 +77,8 @@ pub struct Config {
     pub erase: EraseConfig,
     /// The Prometheus `/metrics` endpoint.
     pub metrics: MetricsConfig,
+    /// When the host's conditions are raised and cleared.
+    pub health: HealthConfig,
     /// Where it was read from, for errors found after parsing.
     pub source: Source,
 }
@@ -269,6 +275,33 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 fn default_metrics_listen() -> SocketAddr {
     DEFAULT_METRICS_LISTEN
 }
+
+/// `[health]`: when the conditions `GetHost`, `jex-agent status`, `/metrics` and
+/// `grpc.health.v1` report are raised and cleared (see `crate::health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `CERTIFICATE_EXPIRES_SOON` is raised this many days before the agent's certificate or
+    /// the fleet CA expires.
+    pub certificate_warning_days: u32,
+    /// How long an event condition (`CLOCK_STEPPED`, `LOG_LINES_DROPPED`) stays raised after
+    /// its last event, in seconds.
+    pub event_hold_secs: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            certificate_warning_days: DEFAULT_CERTIFICATE_WARNING_DAYS,
+            event_hold_secs: DEFAULT_EVENT_HOLD_SECS,
+        }
+    }
+}
+
+/// Two weeks: time for a certificate manager, or a person, to renew.
+pub const DEFAULT_CERTIFICATE_WARNING_DAYS: u32 = 14;
+
+/// Ten minutes: longer than a scrape interval and an alert's `for:`, so a one-off event is seen.
+pub const DEFAULT_EVENT_HOLD_SECS: u32 = 600;
 
 /// `[tls]`: the agent's identity and the CA its clients must chain to.
 #[derive(Debug, Clone)]
@@ -496,6 +529,14 @@ struct RawConfig {
     logging: Option<Spanned<RawLogging>>,
     erase: Option<Spanned<EraseSection>>,
     metrics: Option<Spanned<RawMetrics>>,
+    health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    certificate_warning_days: Option<Spanned<u32>>,
+    event_hold_secs: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -791,6 +832,33 @@ impl RawConfig {
                 )
             });
         }
+        let (health, health_at) = table(self.health, &ROOT);
+        let warning_days = or_default(health.certificate_warning_days, &health_at, || {
+            DEFAULT_CERTIFICATE_WARNING_DAYS
+        });
+        let event_hold = or_default(health.event_hold_secs, &health_at, || {
+            DEFAULT_EVENT_HOLD_SECS
+        });
+        if !(1..=365).contains(warning_days.get_ref()) {
+            return Err(invalid(
+                warning_days.span(),
+                "health.certificate_warning_days",
+                format!(
+                    "{} is out of range: use 1 to 365 (days before expiry)",
+                    warning_days.get_ref()
+                ),
+            ));
+        }
+        if !(1..=86_400).contains(event_hold.get_ref()) {
+            return Err(invalid(
+                event_hold.span(),
+                "health.event_hold_secs",
+                format!(
+                    "{} is out of range: use 1 to 86400 (seconds)",
+                    event_hold.get_ref()
+                ),
+            ));
+        }
         let mut places: Places = vec![
             (
                 "server.listen".to_owned(),
@@ -883,6 +951,10 @@ impl RawConfig {
                 enabled: metrics_enabled.into_inner(),
                 listen: metrics_listen.into_inner(),
                 tls: metrics_tls.into_inner(),
+            },
+            health: HealthConfig {
+                certificate_warning_days: warning_days.into_inner(),
+                event_hold_secs: event_hold.into_inner(),
             },
             source: Source::default(),
         };
@@ -1231,6 +1303,31 @@ interval_ms = 500
         );
         let err = parse(&text).expect_err("unknown backend").to_string();
         assert!(err.contains("unknown variant `zfs`"), "{err}");
+    }
+
+    #[test]
+    fn health_defaults_and_ranges() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.health, HealthConfig::default());
+        assert_eq!(c.health.certificate_warning_days, 14);
+        let (text, _) =
+            with_extra("[health]\ncertificate_warning_days = 30\nevent_hold_secs = 5\n");
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            (c.health.certificate_warning_days, c.health.event_hold_secs),
+            (30, 5)
+        );
+        let (text, at) = with_extra("[health]\ncertificate_warning_days = 0\n");
+        let err = parse(&text).expect_err("zero days").to_string();
+        assert!(err.contains("use 1 to 365"), "{err}");
+        assert_eq!(
+            place(&text),
+            (at + 1, "health.certificate_warning_days".to_owned())
+        );
+        let (text, at) = with_extra("[health]\nevent_hold_secs = 100000\n");
+        assert_eq!(place(&text), (at + 1, "health.event_hold_secs".to_owned()));
+        let (text, at) = with_extra("[health]\nhold = 1\n");
+        assert_eq!(place(&text), (at + 1, "health.hold".to_owned()));
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!   the agent itself, so no external rotation has to signal it. Events never wait for the disk:
 //!   each is formatted into a whole line on the thread that logs it and queued (bounded,
 //!   [`QUEUE_LINES`]); one writer thread appends the lines and rotates between lines only. When
-//!   the queue is full the line is dropped and counted, and the next line that gets into the
-//!   queue is preceded by a WARN line `log lines dropped` with the count in `dropped`: logging
+//!   the queue is full, or the file does not take it (disk full), the line is dropped and
+//!   counted, and the next line that gets into the file is preceded by a WARN line
+//!   `log lines dropped` with the count in `dropped`: logging
 //!   never slows the agent down, and a gap is never silent. The [`LogGuard`] that [`init`]
 //!   returns is kept by the wiring until exit; dropping it writes out the queue and any last
 //!   count, and flushes.
@@ -191,7 +192,8 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 /// per-writer count that the `log lines dropped` line reports and clears.
 static LINES_DROPPED_TOTAL: AtomicU64 = AtomicU64::new(0);
 
-/// Log lines dropped since the process started because the file's queue was full.
+/// Log lines dropped since the process started: the file's queue was full, or the file did
+/// not take them (disk full).
 pub fn lines_dropped_total() -> u64 {
     LINES_DROPPED_TOTAL.load(Ordering::Relaxed)
 }
@@ -280,20 +282,37 @@ fn spawn_writer<S: LineSink>(
     Ok((writer, thread))
 }
 
-/// The writer thread: appends lines as they come, flushing whenever the queue is empty. A failed
-/// write has nowhere better to be reported; its line is lost and the agent keeps running.
+/// The writer thread: appends lines as they come, flushing whenever the queue is empty. A line
+/// the file does not take (disk full, a failed rotation) is lost, counted with the dropped
+/// ones, and reported by a `log lines dropped` line before the next line the file takes.
 fn write_lines(mut sink: impl LineSink, lines: &Receiver<Message>) {
+    // Lines lost here (or reported dropped) whose count is not in the file yet.
+    let mut unreported = 0u64;
     while let Ok(first) = lines.recv() {
         let mut next = Some(first);
         while let Some(message) = next {
             match message {
                 Message::Line(line) => {
-                    let _ = sink.write_line(&line);
+                    if unreported > 0 && sink.write_line(&dropped_line(unreported)).is_ok() {
+                        unreported = 0;
+                    }
+                    if sink.write_line(&line).is_err() {
+                        unreported += 1;
+                        LINES_DROPPED_TOTAL.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
+                // Counted in the total by the sender already.
                 Message::Dropped(count) => {
-                    let _ = sink.write_line(&dropped_line(count));
+                    if sink.write_line(&dropped_line(unreported + count)).is_ok() {
+                        unreported = 0;
+                    } else {
+                        unreported += count;
+                    }
                 }
                 Message::Stop => {
+                    if unreported > 0 {
+                        let _ = sink.write_line(&dropped_line(unreported));
+                    }
                     let _ = sink.flush();
                     return;
                 }
@@ -780,6 +799,63 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A sink whose writes fail while `full` is set, like a file on a full disk.
+    struct Full {
+        full: Arc<std::sync::atomic::AtomicBool>,
+        written: mpsc::Sender<String>,
+    }
+
+    impl LineSink for Full {
+        fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            let _ = self
+                .written
+                .send(String::from_utf8_lossy(line).trim_end().to_owned());
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_the_file_does_not_take_are_counted_and_reported_once_it_does() {
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (written_tx, written) = mpsc::channel();
+        let sink = Full {
+            full: full.clone(),
+            written: written_tx,
+        };
+        let before = lines_dropped_total();
+        let (writer, thread) = spawn_writer(sink, 16).expect("writer");
+        let guard = LogGuard {
+            writer: Some((writer.clone(), thread)),
+        };
+        for n in 0..5 {
+            line(&writer, &n.to_string());
+        }
+        // Wait until the writer has tried all five (the total counts each failure).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while lines_dropped_total() < before + 5 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(lines_dropped_total() >= before + 5);
+        full.store(false, Ordering::SeqCst);
+        line(&writer, "5");
+        let gap: serde_json::Value =
+            serde_json::from_str(&written.recv().expect("gap")).expect("JSON");
+        assert_eq!(gap["fields"]["message"], "log lines dropped");
+        assert_eq!(gap["fields"]["dropped"], 5);
+        assert_eq!(written.recv().expect("line 5"), "5");
+        drop(guard);
+        assert!(
+            written.try_iter().all(|l| !l.contains("dropped")),
+            "reported once"
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub struct RunningAgent {
     metrics_addr: Option<SocketAddr>,
     hub: Arc<crate::telemetry::hub::Hub>,
     tls: Arc<ServerTls>,
+    health: crate::health::Health,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -100,14 +101,20 @@ impl RunningAgent {
         self.metrics_addr
     }
 
+    /// The raised conditions.
+    pub fn conditions(&self) -> Arc<[crate::health::Condition]> {
+        self.health.conditions()
+    }
+
     /// Re-reads the TLS files (what SIGHUP does).
     pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
         self.tls.reload()
     }
 
-    /// Stops telemetry (its last record synced and published, so live streams send it and end),
-    /// then stops accepting, ends the other open streams and waits up to [`SHUTDOWN_GRACE`].
+    /// Sets every `grpc.health.v1` status NOT_SERVING, stops telemetry (its last record synced
+    /// and published, so live streams send it and end), then stops accepting, ends the other open streams and waits up to [`SHUTDOWN_GRACE`].
     pub async fn shutdown(self) {
+        self.health.drain().await;
         if let Err(e) = self.hub.shutdown().await {
             tracing::error!(error = %error_chain(&e), "telemetry did not stop cleanly");
         }
@@ -263,7 +270,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     let erase = match open_erase(&config, &facts) {
         Ok(erase) => {
             tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
-            Erase::Ready(Arc::new(erase))
+            Erase::ready(Arc::new(erase))
         }
         // A first start on a full disk: nothing was ever journaled (opening an existing journal
         // writes nothing), so the agent serves everything else and refuses erase calls.
@@ -278,7 +285,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
                 error = %error,
                 "erase unavailable: the erase state directory cannot be created (disk full); Terminate is refused until the agent restarts with room"
             );
-            Erase::Unavailable(format!("erase state directory {state_dir}: {error}").into())
+            Erase::unavailable(format!("erase state directory {state_dir}: {error}").into())
         }
         Err(e) => return Err(e),
     };
@@ -308,10 +315,21 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     };
     let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<jex_proto::stored::node_agent_server::NodeAgentServer<AgentService>>()
-        .await;
+    let (health_reporter, health_server) = tonic_health::server::health_reporter();
+    let health = crate::health::Monitor::start(
+        crate::health::Sources {
+            hub: hub.clone(),
+            erase: erase.clone(),
+            tls: tls.clone(),
+        },
+        crate::health::Settings::from(&config.health),
+        health_reporter,
+        shutdown_rx.clone(),
+    )
+    .await;
+    if erase.unavailable_reason().is_some() {
+        retry_erase(&config, &facts, &erase, shutdown_rx.clone());
+    }
     let max_request = crate::server::fields::MAX_REQUEST_BYTES;
     // Reflection in both versions (grpcurl before 1.8.8 speaks only v1alpha), each listing both.
     let reflection = || {
@@ -345,6 +363,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
             erase.clone(),
             streams.clone(),
             edge.tracker.clone(),
+            health.clone(),
         ),
         config.server.limits.status_max_connections.get() as usize,
     )?;
@@ -354,6 +373,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         hub.clone(),
         erase.clone(),
         streams.clone(),
+        health.clone(),
         shutdown_rx.clone(),
     );
     match metrics_listener {
@@ -368,6 +388,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
                 refusals: vec![edge.refusals.clone(), refusals.clone()],
                 calls: edge.calls.clone(),
                 tls: tls.clone(),
+                health: health.clone(),
             };
             let endpoint = Arc::new(crate::metrics::serve::Endpoint {
                 sources: Arc::new(sources),
@@ -387,7 +408,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
 
     watch_tls_files(tls.clone(), config.tls.clone(), shutdown_rx.clone());
     tokio::spawn(edge.refusals.clone().run(shutdown_rx.clone()));
-    let routes = tonic::service::Routes::new(health.max_decoding_message_size(max_request))
+    let routes = tonic::service::Routes::new(health_server.max_decoding_message_size(max_request))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service.into_server())
@@ -410,7 +431,45 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
         metrics_addr,
         hub,
         tls,
+        health,
         shutdown: shutdown_tx,
         server,
     })
+}
+
+/// How often an unavailable erase service is opened again.
+const ERASE_RETRY: Duration = Duration::from_secs(5);
+
+/// Opens the erase service again every [`ERASE_RETRY`] until it opens (the disk has room
+/// again), then puts it in the slot, which clears `ERASE_UNAVAILABLE` and lets `Terminate` in.
+fn retry_erase(config: &Config, facts: &HostFacts, erase: &Erase, mut stop: watch::Receiver<bool>) {
+    let (config, facts, erase) = (config.clone(), facts.clone(), erase.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ERASE_RETRY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let (c, f) = (config.clone(), facts.clone());
+            let opened = tokio::task::spawn_blocking(move || open_erase(&c, &f)).await;
+            match opened {
+                Ok(Ok(service)) => {
+                    tracing::info!(
+                        lifecycle = ?service.lifecycle(),
+                        targets = config.erase.targets.len(),
+                        "erase service ready: its state directory could be created at last"
+                    );
+                    erase.install(Arc::new(service));
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %error_chain(&e), "erase service still unavailable")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "opening the erase service panicked; not retrying");
+                    return;
+                }
+            }
+        }
+    });
 }

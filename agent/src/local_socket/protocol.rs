@@ -63,6 +63,9 @@ pub struct AgentReport {
     /// state directory), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erase_unavailable: Option<String>,
+    /// What is degraded now (the conditions `GetHost` reports), empty when all is well.
+    #[serde(default)]
+    pub conditions: Vec<crate::health::Condition>,
 }
 
 /// Network connections (counted from TCP accept).

@@ -20,6 +20,21 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// `3d4h`, `5h2m`, `40s`: how long ago, roughly.
+fn age(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{}s", secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// Renders a snapshot for a person.
 pub fn render_report(s: &AgentReport, now_unix_ms: u64) -> String {
     use std::fmt::Write;
@@ -33,6 +48,20 @@ pub fn render_report(s: &AgentReport, now_unix_ms: u64) -> String {
         let _ = writeln!(o, "build:      {}", s.agent_build);
     }
     let _ = writeln!(o, "state:      {}", s.lifecycle);
+    if s.conditions.is_empty() {
+        let _ = writeln!(o, "health:     OK (no condition raised)");
+    } else {
+        let _ = writeln!(o, "health:     {} condition(s) raised", s.conditions.len());
+        for c in &s.conditions {
+            let _ = writeln!(
+                o,
+                "  - {} for {}: {}",
+                c.kind.as_str(),
+                age(now_unix_ms.saturating_sub(c.since_unix_ms)),
+                c.message
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "uptime:     {}s, listening on {}",

@@ -86,6 +86,31 @@ fn an_unavailable_erase_service_is_shown_with_its_reason_and_kept_off_older_answ
     assert_eq!(read.erase_unavailable, None);
 }
 
+#[test]
+fn conditions_are_listed_with_their_age_and_read_from_older_answers_as_none() {
+    use crate::health::{Condition, ConditionKind};
+    let report = AgentReport {
+        conditions: vec![Condition {
+            kind: ConditionKind::SpoolNotDurable,
+            since_unix_ms: 1_000,
+            message: "telemetry records cannot be stored".into(),
+        }],
+        ..snapshot()
+    };
+    let shown = render_report(&report, 1_000 + 125_000);
+    assert!(
+        shown.contains("health:     1 condition(s) raised\n  - SPOOL_NOT_DURABLE for 2m5s: telemetry records cannot be stored\n"),
+        "{shown}"
+    );
+    assert!(render_report(&snapshot(), 0).contains("health:     OK (no condition raised)"));
+    let json = serde_json::to_value(&report).expect("json");
+    assert_eq!(json["conditions"][0]["kind"], "SPOOL_NOT_DURABLE");
+    let mut old = serde_json::to_value(snapshot()).expect("json");
+    old.as_object_mut().expect("object").remove("conditions");
+    let read: AgentReport = serde_json::from_value(old).expect("read back");
+    assert!(read.conditions.is_empty());
+}
+
 #[tokio::test]
 async fn serves_a_snapshot_on_a_root_only_socket() {
     use std::os::unix::fs::PermissionsExt;

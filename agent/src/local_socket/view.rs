@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{AgentReport, ConnectionsReport, EraseReport, Query, StreamReport, TelemetryReport};
 use crate::config::Config;
 use crate::error_chain;
-use crate::server::{Erase, HostFacts};
+use crate::server::{EraseSlot, HostFacts};
 
 /// The erase plan as the JSON document `jex-agent erase-plan` renders.
 pub fn plan_json(plan: &[jex_erase::PlannedTarget]) -> serde_json::Value {
@@ -36,31 +36,32 @@ pub(crate) fn responder(
     erase: crate::server::Erase,
     streams: Arc<crate::server::Streams>,
     connections: Arc<crate::server::conn::Tracker>,
+    health: crate::health::Health,
 ) -> super::Responder {
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
     let metrics_tls = config.metrics.tls;
-    Arc::new(move |query| match (query, &erase) {
-        (Query::Plan, Erase::Ready(erase)) => match erase.plan() {
+    Arc::new(move |query| match (query, &*erase.current()) {
+        (Query::Plan, EraseSlot::Ready(erase)) => match erase.plan() {
             Ok(plan) => plan_json(&plan),
             Err(e) => serde_json::json!({ "error": error_chain(&e) }),
         },
-        (Query::Plan, Erase::Unavailable(reason)) => {
+        (Query::Plan, EraseSlot::Unavailable(reason)) => {
             serde_json::json!({ "error": format!("erase unavailable: {reason}") })
         }
         (Query::Status, erase) => {
             let stats = hub.stats();
             let (lifecycle, erase_unavailable) = match erase {
-                Erase::Ready(erase) => (erase.lifecycle(), None),
-                Erase::Unavailable(reason) => {
+                EraseSlot::Ready(erase) => (erase.lifecycle(), None),
+                EraseSlot::Unavailable(reason) => {
                     (jex_erase::Lifecycle::Serving, Some(reason.to_string()))
                 }
             };
             let lifecycle = crate::server::convert::lifecycle_state(lifecycle);
             let ready = match erase {
-                Erase::Ready(erase) => Some(erase),
-                Erase::Unavailable(_) => None,
+                EraseSlot::Ready(erase) => Some(erase),
+                EraseSlot::Unavailable(_) => None,
             };
             let erase_view = ready.and_then(|erase| erase.watch(None).ok()).map(|rx| {
                 let op = rx.borrow().clone();
@@ -117,6 +118,7 @@ pub(crate) fn responder(
                 },
                 erase: erase_view,
                 erase_unavailable,
+                conditions: health.conditions().to_vec(),
             };
             serde_json::to_value(&snap).unwrap_or_default()
         }

@@ -13,7 +13,7 @@ use super::encode::{Family, Kind, Value};
 use crate::server::calls::CallCounts;
 use crate::server::conn::Tracker;
 use crate::server::refusals::{Reason, RefusalLog};
-use crate::server::{Erase, Streams};
+use crate::server::{Erase, EraseSlot, Streams};
 use crate::telemetry::hub::Hub;
 use crate::telemetry::{CoreKind, PressureLevel, Sample};
 use crate::tls::ServerTls;
@@ -36,6 +36,8 @@ pub(crate) struct Sources {
     pub calls: Arc<CallCounts>,
     /// The loaded TLS material.
     pub tls: Arc<ServerTls>,
+    /// The raised conditions.
+    pub health: crate::health::Health,
 }
 
 fn int(v: u64) -> Value {
@@ -72,12 +74,12 @@ impl Sources {
         let slowest = streams.iter().map(|s| s.last_seq_sent).min();
         let lag = slowest.map_or(0, |sent| last_seq.saturating_sub(sent));
         let expiry = self.tls.expiry();
-        let (lifecycle, phase, available) = match &self.erase {
-            Erase::Ready(erase) => {
+        let (lifecycle, phase, available) = match &*self.erase.current() {
+            EraseSlot::Ready(erase) => {
                 let phase = erase.watch(None).ok().map(|rx| rx.borrow().phase.as_str());
                 (erase.lifecycle(), phase, true)
             }
-            Erase::Unavailable(_) => (jex_erase::Lifecycle::Serving, None, false),
+            EraseSlot::Unavailable(_) => (jex_erase::Lifecycle::Serving, None, false),
         };
         let mut refusals = Family::new(
             "jex_agent_refusals",
@@ -236,8 +238,27 @@ impl Sources {
                 "Log lines dropped because the log file's queue was full.",
                 crate::logging::lines_dropped_total(),
             ),
+            condition_family(&self.health.conditions()),
         ]
     }
+}
+
+/// `jex_agent_condition`: 1 for each raised condition, 0 for the others (the same list as
+/// `GetHost.conditions`).
+fn condition_family(raised: &[crate::health::Condition]) -> Family {
+    let mut family = Family::new(
+        "jex_agent_condition",
+        "1 while the condition is raised (what GetHost.conditions and jex-agent status list), else 0.",
+        Kind::Gauge,
+    );
+    for kind in crate::health::ConditionKind::ALL {
+        let on = raised.iter().any(|c| c.kind == kind);
+        family = family.sample(
+            vec![("condition", kind.as_str().to_owned())],
+            int(u64::from(on)),
+        );
+    }
+    family
 }
 
 /// The `process_*` families; none when the OS cannot be read (a scrape still answers).

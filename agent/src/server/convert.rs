@@ -10,7 +10,12 @@ use jex_erase::{Lifecycle, OperationView, Outcome, Phase};
 use super::HostFacts;
 
 /// `GetHost`'s answer.
-pub fn host(f: &HostFacts, lifecycle: Lifecycle, operation_id: Option<String>) -> pb::Host {
+pub fn host(
+    f: &HostFacts,
+    lifecycle: Lifecycle,
+    operation_id: Option<String>,
+    conditions: &[crate::health::Condition],
+) -> pb::Host {
     pb::Host {
         host_id: f.host_id.clone(),
         hardware_uuid: f.hardware_uuid.clone(),
@@ -30,6 +35,20 @@ pub fn host(f: &HostFacts, lifecycle: Lifecycle, operation_id: Option<String>) -
         agent_start_time_unix_ms: f.agent_start_unix_ms,
         telemetry_interval_ms: f.telemetry_interval_ms,
         agent_build: Some(agent_build()),
+        conditions: conditions.iter().map(condition).collect(),
+    }
+}
+
+/// A raised condition, as the proto carries it.
+pub fn condition(c: &crate::health::Condition) -> pb::HostCondition {
+    pb::HostCondition {
+        kind: by_name(
+            pb::HostConditionKind::from_str_name,
+            "HOST_CONDITION_KIND_",
+            c.kind.as_str(),
+        ) as i32,
+        since_unix_ms: c.since_unix_ms,
+        message: c.message.clone(),
     }
 }
 
@@ -194,6 +213,18 @@ mod tests {
             &Outcome::ALL,
             |o| outcome(Some(o)) as i32,
             proto_values::<pb::EraseOutcome>(),
+        );
+        one_to_one(
+            &crate::health::ConditionKind::ALL,
+            |kind| {
+                condition(&crate::health::Condition {
+                    kind,
+                    since_unix_ms: 0,
+                    message: String::new(),
+                })
+                .kind
+            },
+            proto_values::<pb::HostConditionKind>(),
         );
         assert_eq!(outcome(None), pb::EraseOutcome::Unspecified);
         assert_eq!(phase(Phase::KeysDestroyed), pb::ErasePhase::KeysDestroyed);

@@ -146,36 +146,79 @@ impl Drop for StreamGuard {
     }
 }
 
-/// The erase service, or why the agent serves without it.
+/// The erase service, or why the agent serves without it for now: one slot shared by the gRPC
+/// service, the status socket, `/metrics` and the health monitor, so that a service opened
+/// later ([`Erase::install`]) is seen by all of them at once.
 #[derive(Clone)]
-pub enum Erase {
+pub struct Erase {
+    slot: Arc<arc_swap::ArcSwap<EraseSlot>>,
+}
+
+/// What the erase slot holds.
+#[derive(Clone)]
+pub enum EraseSlot {
     /// Opened.
     Ready(Arc<EraseService>),
-    /// A first start on a full disk could not create the erase state directory. The reason
-    /// names the directory and the OS error; the erase calls are refused with it
-    /// (`grpc_error::erase_unavailable`) until the agent restarts with room, and the host is
-    /// reported serving with no operation (none could have been journaled).
+    /// The erase state directory could not be created (a first start on a full disk). The
+    /// reason names the directory and the OS error; the erase calls are refused with it
+    /// (`grpc_error::erase_unavailable`) and the host is reported serving with no operation
+    /// (none could have been journaled). The agent retries the open until it succeeds
+    /// (`app::start`), and the `ERASE_UNAVAILABLE` condition is raised meanwhile.
     Unavailable(Arc<str>),
 }
 
 impl Erase {
+    /// A slot holding an opened service.
+    pub fn ready(service: Arc<EraseService>) -> Self {
+        Self::with(EraseSlot::Ready(service))
+    }
+
+    /// A slot without a service, for `reason`.
+    pub fn unavailable(reason: Arc<str>) -> Self {
+        Self::with(EraseSlot::Unavailable(reason))
+    }
+
+    fn with(slot: EraseSlot) -> Self {
+        Self {
+            slot: Arc::new(arc_swap::ArcSwap::from_pointee(slot)),
+        }
+    }
+
+    /// Puts an opened service in the slot: from now on every reader sees it.
+    pub fn install(&self, service: Arc<EraseService>) {
+        self.slot.store(Arc::new(EraseSlot::Ready(service)));
+    }
+
+    /// What the slot holds now.
+    pub fn current(&self) -> Arc<EraseSlot> {
+        self.slot.load_full()
+    }
+
+    /// Why the erase is unavailable, `None` when it is ready.
+    pub fn unavailable_reason(&self) -> Option<Arc<str>> {
+        match &*self.current() {
+            EraseSlot::Ready(_) => None,
+            EraseSlot::Unavailable(reason) => Some(reason.clone()),
+        }
+    }
+
     /// The service, or the refusal of an erase call.
-    fn service(&self) -> Result<&Arc<EraseService>, Status> {
-        match self {
-            Erase::Ready(service) => Ok(service),
-            Erase::Unavailable(reason) => Err(grpc_error::erase_unavailable(reason)),
+    fn service(&self) -> Result<Arc<EraseService>, Status> {
+        match &*self.current() {
+            EraseSlot::Ready(service) => Ok(service.clone()),
+            EraseSlot::Unavailable(reason) => Err(grpc_error::erase_unavailable(reason)),
         }
     }
 
     /// The host's lifecycle and current operation, for `GetHost`: both from the one snapshot
     /// WatchErase's messages come from, so never older than a message already sent.
     fn lifecycle(&self) -> (jex_erase::Lifecycle, Option<String>) {
-        match self {
-            Erase::Ready(service) => {
+        match &*self.current() {
+            EraseSlot::Ready(service) => {
                 let host = service.host_state();
                 (host.lifecycle, host.operation_id)
             }
-            Erase::Unavailable(_) => (jex_erase::Lifecycle::Serving, None),
+            EraseSlot::Unavailable(_) => (jex_erase::Lifecycle::Serving, None),
         }
     }
 }
@@ -187,6 +230,7 @@ pub struct AgentService {
     hub: Arc<Hub>,
     erase: Erase,
     streams: Arc<Streams>,
+    health: crate::health::Health,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -206,6 +250,7 @@ impl AgentService {
         hub: Arc<Hub>,
         erase: Erase,
         streams: Arc<Streams>,
+        health: crate::health::Health,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -213,6 +258,7 @@ impl AgentService {
             hub,
             erase,
             streams,
+            health,
             shutdown,
         }
     }

@@ -44,7 +44,7 @@ pub(super) async fn handle(
     let peer = peer_of(&req, "AttestErase")?;
     let span = rpc_span("AttestErase", &peer);
     let cmd = command(req.into_inner()).map_err(|e| grpc_error::from_field(&e))?;
-    let erase = span.in_scope(|| svc.erase.service().cloned())?;
+    let erase = span.in_scope(|| svc.erase.service())?;
     async move {
         // Tool runs, a signature and fsyncs: off the runtime's workers.
         let span = tracing::Span::current();

@@ -1,4 +1,5 @@
-//! `GetHost`: the host's identity, hardware, versions and lifecycle state.
+//! `GetHost`: the host's identity, hardware, versions, lifecycle state and raised conditions
+//! ([`crate::health`]).
 //!
 //! - Roles: controller and observer.
 //! - Command: none (the request has no field).
@@ -26,7 +27,8 @@ pub(super) async fn handle(
     let peer = peer_of(&req, "GetHost")?;
     async {
         let (lifecycle, operation_id) = svc.erase.lifecycle();
-        let host = convert::host(&svc.facts, lifecycle, operation_id);
+        let conditions = svc.health.conditions();
+        let host = convert::host(&svc.facts, lifecycle, operation_id, &conditions);
         tracing::debug!("host served");
         Ok(Response::new(pb::GetHostResponse { host: Some(host) }))
     }

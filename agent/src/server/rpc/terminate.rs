@@ -41,7 +41,7 @@ pub(super) async fn handle(
     let span = rpc_span("Terminate", &peer);
     let cmd = command(req.into_inner()).map_err(|e| grpc_error::from_field(&e))?;
     let request_id = cmd.request_id.clone();
-    let erase = span.in_scope(|| svc.erase.service().cloned())?;
+    let erase = span.in_scope(|| svc.erase.service())?;
     async move {
         // Journaling the request fsyncs: keep it off the runtime's workers.
         let span = tracing::Span::current();
