@@ -41,7 +41,8 @@ NEEDS_ROOT_OR_TOOLS=(
   keys::luks2::tests            # jex-erase: the real cryptsetup on LUKS2 images
   the_real_cryptsetup           # jex-reclaim: the real cryptsetup on LUKS2 images
   a_loop_block_device           # jex-erase: losetup, root
-  on_a_full_disk                # jex-spool, jex-agent: a small tmpfs, mounted as root
+  on_a_full_disk                # jex-spool, jex-agent, jex-e2e: a small tmpfs, mounted as root
+  a_real_clock_step             # jex-e2e clock_step: steps the wall clock, root (CAP_SYS_TIME)
   root_device_node_is_refused   # jex-platform: mknod of the root device's node, root
   the_root_device_is_refused    # jex-erase, jex-e2e config: the same
   without_root_ask_for_sudo     # jex-e2e config: runs the command line as nobody, root

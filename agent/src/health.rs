@@ -253,7 +253,7 @@ impl Tracker {
             let mono_ms = now.mono.saturating_duration_since(last.mono).as_millis() as i128;
             let wall_ms = i128::from(now.wall_unix_ms) - i128::from(last.wall_unix_ms);
             let step_ms = wall_ms - mono_ms;
-            if step_ms.unsigned_abs() > CLOCK_STEP_TOLERANCE.as_millis() as u128 {
+            if step_ms.unsigned_abs() > CLOCK_STEP_TOLERANCE.as_millis() {
                 self.last_step = Some(Event {
                     at: now.mono,
                     message: format!(

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use jex_agent::pki::{DevCa, DevPkiPaths, LeafSpec};
 use jex_proto::v1::node_agent_client::NodeAgentClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -575,6 +575,165 @@ pub fn verify_v2(
         jex_attest::VerifiedDocument::V2(document) => Ok(document),
         other => bail!("a version 2 certificate expected, got {other:?}"),
     }
+}
+
+/// A tmpfs mounted on a directory, unmounted on drop.
+pub struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    /// Mounts a tmpfs of `bytes` (and 200 inodes) on `dir` (needs root; failing fails the test).
+    pub fn mount(dir: &Path, bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let out = output_within(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={bytes},nr_inodes=200,mode=0700"))
+                .arg("tmpfs")
+                .arg(dir),
+            COMMAND_DEADLINE,
+        )?;
+        ensure!(
+            out.status.success(),
+            "mounting a tmpfs (needs root): {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills every block and inode.
+    pub fn fill(&self) -> Result<()> {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(self.dir.join("filler"))?;
+        let block = vec![0xa5u8; 4096];
+        while let Ok(n) = file.write(&block) {
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0.. {
+            if std::fs::File::create(self.dir.join(format!("inode-{i}"))).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what [`SmallFs::fill`] wrote.
+    pub fn free(&self) -> Result<()> {
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name == "filler" || name.starts_with("inode-") {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = output_within(
+            std::process::Command::new("umount").arg(&self.dir),
+            COMMAND_DEADLINE,
+        );
+    }
+}
+
+/// The conditions `GetHost` reports now: (kind name without its prefix, since, message).
+pub async fn host_conditions(
+    c: &mut NodeAgentClient<Channel>,
+) -> Result<Vec<(String, u64, String)>> {
+    use jex_proto::v1 as pb;
+    let host = c
+        .get_host(pb::GetHostRequest {})
+        .await?
+        .into_inner()
+        .host
+        .context("GetHost without a host")?;
+    Ok(host
+        .conditions
+        .into_iter()
+        .map(|h| {
+            let kind = pb::HostConditionKind::try_from(h.kind)
+                .map(|k| {
+                    k.as_str_name()
+                        .trim_start_matches("HOST_CONDITION_KIND_")
+                        .to_owned()
+                })
+                .unwrap_or_else(|_| format!("unknown {}", h.kind));
+            (kind, h.since_unix_ms, h.message)
+        })
+        .collect())
+}
+
+/// Polls `GetHost` until its conditions satisfy `pred` (bounded by `timeout`, not a timing
+/// assertion), and returns them.
+pub async fn wait_conditions(
+    c: &mut NodeAgentClient<Channel>,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&[(String, u64, String)]) -> bool,
+) -> Result<Vec<(String, u64, String)>> {
+    let end = Instant::now() + timeout;
+    loop {
+        let now = host_conditions(c).await?;
+        if pred(&now) {
+            return Ok(now);
+        }
+        if Instant::now() > end {
+            bail!("{what}: not within {timeout:?}; conditions now: {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether `kind` is among the conditions.
+pub fn has_condition(conditions: &[(String, u64, String)], kind: &str) -> bool {
+    conditions.iter().any(|(k, _, _)| k == kind)
+}
+
+/// `grpc.health.v1` Check of `service`: the status's name (`SERVING`, `NOT_SERVING`, …).
+pub async fn health_check(channel: Channel, service: &str) -> Result<String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .status;
+    Ok(ServingStatus::try_from(status)
+        .map(|s| s.as_str_name().to_owned())
+        .unwrap_or_else(|_| format!("unknown {status}")))
+}
+
+/// One plain-HTTP `GET /metrics` on loopback (the agent answers with `Connection: close`),
+/// returning the body.
+pub async fn scrape_plain(addr: std::net::SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8(raw)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of the response head")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+    ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "a chunked answer: {head}"
+    );
+    Ok(body.to_owned())
 }
 
 #[cfg(test)]

@@ -4,79 +4,12 @@
 //! telemetry goes on while the disk is full, with the records that could not be stored
 //! reported to resuming subscribers as one DISK_FULL gap.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
 use pb::telemetry_record::Body;
-
-/// A tmpfs mounted on a directory, unmounted on drop.
-struct SmallFs {
-    dir: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(dir: &Path, bytes: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let out = output_within(
-            std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o"])
-                .arg(format!("size={bytes},nr_inodes=200,mode=0700"))
-                .arg("tmpfs")
-                .arg(dir),
-            COMMAND_DEADLINE,
-        )?;
-        ensure!(
-            out.status.success(),
-            "mounting a tmpfs (needs root): {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(Self {
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// Fills every block and inode.
-    fn fill(&self) -> Result<()> {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(self.dir.join("filler"))?;
-        let block = vec![0xa5u8; 4096];
-        while let Ok(n) = file.write(&block) {
-            if n == 0 {
-                break;
-            }
-        }
-        for i in 0.. {
-            if std::fs::File::create(self.dir.join(format!("inode-{i}"))).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn free(&self) -> Result<()> {
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if name == "filler" || name.starts_with("inode-") {
-                std::fs::remove_file(&path)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = output_within(
-            std::process::Command::new("umount").arg(&self.dir),
-            COMMAND_DEADLINE,
-        );
-    }
-}
 
 /// Polls the status CLI until `pred` holds for its output (bounded, not a timing assertion).
 fn wait_status(agent: &AgentProcess, pred: impl Fn(&str) -> bool) -> Result<String> {
@@ -146,7 +79,8 @@ async fn a_start_on_a_full_disk_without_a_spool_serves_get_host_and_says_it_is_n
 /// state directory can be created. The agent still starts: GetHost and the status socket are
 /// served, telemetry is not durable, and the erase service is unavailable: Terminate is refused
 /// with FAILED_PRECONDITION naming the erase state directory and the OS error, and a WARN line
-/// says so.
+/// says so. Both are conditions (`SPOOL_NOT_DURABLE`, `ERASE_UNAVAILABLE`) with their health
+/// sub-services NOT_SERVING, until the disk has room again: then both clear, and `Watch` says so.
 #[tokio::test]
 async fn a_first_start_on_a_full_disk_serves_without_the_erase_and_refuses_terminate() -> Result<()>
 {
@@ -215,6 +149,66 @@ async fn a_first_start_on_a_full_disk_serves_without_the_erase_and_refuses_termi
         .await??
         .context("stream ended")?;
     ensure!(!batch.records.is_empty(), "{batch:?}");
+
+    // Both degradations are conditions, and the sub-services say so; the host serves.
+    let raised = wait_conditions(&mut c, Duration::from_secs(30), "both raised", |c| {
+        has_condition(c, "SPOOL_NOT_DURABLE") && has_condition(c, "ERASE_UNAVAILABLE")
+    })
+    .await?;
+    ensure!(
+        raised
+            .iter()
+            .any(|(k, _, m)| k == "ERASE_UNAVAILABLE" && m.contains(&erase_dir)),
+        "{raised:?}"
+    );
+    let ch = channel(&pki, &agent, &pki.observer()).await?;
+    for (service, expected) in [
+        ("", "SERVING"),
+        ("jex.agent.v1.NodeAgent", "SERVING"),
+        ("jex.agent.v1.NodeAgent/telemetry", "NOT_SERVING"),
+        ("jex.agent.v1.NodeAgent/erase", "NOT_SERVING"),
+    ] {
+        let got = health_check(ch.clone(), service).await?;
+        ensure!(got == expected, "{service:?}: {got}");
+    }
+    let mut erase_watch = tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "jex.agent.v1.NodeAgent/erase".into(),
+        })
+        .await?
+        .into_inner();
+    let first = erase_watch.message().await?.context("Watch ended")?;
+    ensure!(first.status == 2, "NOT_SERVING first: {first:?}");
+    let status = agent.status_cli()?;
+    ensure!(
+        status.contains("  - SPOOL_NOT_DURABLE for ")
+            && status.contains("  - ERASE_UNAVAILABLE for "),
+        "{status}"
+    );
+
+    // Room again: the spool stores records, the erase service opens, and both clear.
+    small.free()?;
+    wait_conditions(&mut c, Duration::from_secs(60), "both cleared", |c| {
+        c.is_empty()
+    })
+    .await?;
+    let next = tokio::time::timeout(Duration::from_secs(10), erase_watch.message())
+        .await??
+        .context("Watch ended")?;
+    ensure!(next.status == 1, "SERVING after the erase opened: {next:?}");
+    for service in [
+        "jex.agent.v1.NodeAgent/telemetry",
+        "jex.agent.v1.NodeAgent/erase",
+    ] {
+        let got = health_check(ch.clone(), service).await?;
+        ensure!(got == "SERVING", "{service:?}: {got}");
+    }
+    let status = wait_status(&agent, |out| !out.contains("UNAVAILABLE"))?;
+    ensure!(status.contains("erase:      none requested"), "{status}");
+    agent.wait_for_log(
+        &["erase service ready: its state directory"],
+        Duration::from_secs(10),
+    )?;
     Ok(())
 }
 

@@ -359,11 +359,13 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
                 metrics: metrics_addr,
             },
             &config,
-            hub.clone(),
-            erase.clone(),
-            streams.clone(),
-            edge.tracker.clone(),
-            health.clone(),
+            crate::local_socket::view::Parts {
+                hub: hub.clone(),
+                erase: erase.clone(),
+                streams: streams.clone(),
+                connections: edge.tracker.clone(),
+                health: health.clone(),
+            },
         ),
         config.server.limits.status_max_connections.get() as usize,
     )?;

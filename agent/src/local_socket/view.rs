@@ -27,17 +27,34 @@ pub(crate) struct Bound {
     pub metrics: Option<SocketAddr>,
 }
 
+/// The running agent's parts a status is read from.
+pub(crate) struct Parts {
+    /// Telemetry.
+    pub hub: Arc<crate::telemetry::hub::Hub>,
+    /// The erase slot.
+    pub erase: crate::server::Erase,
+    /// Open telemetry streams.
+    pub streams: Arc<crate::server::Streams>,
+    /// gRPC connections.
+    pub connections: Arc<crate::server::conn::Tracker>,
+    /// The raised conditions.
+    pub health: crate::health::Health,
+}
+
 /// Answers `jex-agent status` and `jex-agent erase-plan` on the local socket.
 pub(crate) fn responder(
     facts: &HostFacts,
     bound: Bound,
     config: &Config,
-    hub: Arc<crate::telemetry::hub::Hub>,
-    erase: crate::server::Erase,
-    streams: Arc<crate::server::Streams>,
-    connections: Arc<crate::server::conn::Tracker>,
-    health: crate::health::Health,
+    parts: Parts,
 ) -> super::Responder {
+    let Parts {
+        hub,
+        erase,
+        streams,
+        connections,
+        health,
+    } = parts;
     let host_id = facts.host_id.clone();
     let started = std::time::Instant::now();
     let interval_ms = config.telemetry.interval_ms;
