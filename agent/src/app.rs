@@ -32,6 +32,8 @@ use std::time::Duration;
 pub use exit::{AppError, ExitKind, TargetProblem};
 pub use preflight::{ListenCheck, Preflight, check_targets, preflight};
 pub use start::{RunningAgent, start};
+#[cfg(feature = "dev")]
+pub use start::{Seams, start_with};
 
 use crate::config::Config;
 use crate::error_chain;

@@ -51,7 +51,11 @@ fn watch_tls_files(
 
 /// Opens the erase service: the agent's TLS key signs certificates; each target's backend is
 /// built from its config. An unfinished operation in the journal resumes here.
-fn open_erase(config: &Config, facts: &HostFacts) -> Result<jex_erase::EraseService, AppError> {
+fn open_erase(
+    config: &Config,
+    facts: &HostFacts,
+    keys: Option<&Arc<jex_erase::KeyDestroyerFactory>>,
+) -> Result<jex_erase::EraseService, AppError> {
     use jex_erase::EraseDeps;
     let signer = jex_attest::FileSigner::load(&config.tls.key, &config.tls.cert)?;
     let host = jex_attest::HostIdentity {
@@ -65,7 +69,13 @@ fn open_erase(config: &Config, facts: &HostFacts) -> Result<jex_erase::EraseServ
     let deps = EraseDeps {
         signer: Arc::new(signer),
         host,
-        key_destroyer_factory: jex_erase::production_factory(&config.erase),
+        key_destroyer_factory: match keys {
+            Some(keys) => {
+                let keys = keys.clone();
+                Box::new(move |target| keys(target))
+            }
+            None => jex_erase::production_factory(&config.erase),
+        },
         fleet_ca: Some(config.tls.client_ca.clone()),
     };
     Ok(jex_erase::EraseService::open(config.erase.clone(), deps)?)
@@ -205,12 +215,65 @@ fn edge(config: &Config, tls: Arc<ServerTls>) -> listener::Edge {
     }
 }
 
+/// What a caller other than `jex-agent run` may put in place of the host's own parts (with
+/// the `dev` feature only, so the shipped binary has none): the simulator (`jex-sim`) runs
+/// many agents in one process, each with its own host description, synthetic telemetry and
+/// fake erase keys, and everything else the agent's own.
+#[cfg(feature = "dev")]
+#[derive(Default)]
+pub struct Seams {
+    /// The host's description, instead of reading this machine's.
+    pub host: Option<jex_platform::HostInfo>,
+    /// The telemetry sampler, instead of this machine's counters.
+    pub source: Option<Box<dyn crate::telemetry::SampleSource>>,
+    /// The key destroyers of the erase targets, instead of the configured backends'.
+    pub key_destroyer_factory: Option<Arc<jex_erase::KeyDestroyerFactory>>,
+}
+
+#[cfg(feature = "dev")]
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams")
+            .field("host", &self.host.is_some())
+            .field("source", &self.source.is_some())
+            .field(
+                "key_destroyer_factory",
+                &self.key_destroyer_factory.is_some(),
+            )
+            .finish()
+    }
+}
+
 /// Builds and starts every part of the agent on the current runtime.
 pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
+    start_parts(config, None, None, None).await
+}
+
+/// [`start`] with some parts put in place of the host's own; see [`Seams`].
+#[cfg(feature = "dev")]
+pub async fn start_with(config: Config, seams: Seams) -> Result<RunningAgent, AppError> {
+    start_parts(
+        config,
+        seams.host,
+        seams.source,
+        seams.key_destroyer_factory,
+    )
+    .await
+}
+
+async fn start_parts(
+    config: Config,
+    host: Option<jex_platform::HostInfo>,
+    source: Option<Box<dyn crate::telemetry::SampleSource>>,
+    keys: Option<Arc<jex_erase::KeyDestroyerFactory>>,
+) -> Result<RunningAgent, AppError> {
     let tls = Arc::new(ServerTls::load(&config.tls).map_err(|e| tls_error(&config, e))?);
     let host_id =
         crate::tls::host_id_from_cert(&config.tls.cert).map_err(|e| tls_error(&config, e))?;
-    let host = jex_platform::host_info()?;
+    let host = match host {
+        Some(host) => host,
+        None => jex_platform::host_info()?,
+    };
     let facts = HostFacts {
         host_id: host_id.clone(),
         hardware_uuid: host.hardware_uuid.clone().unwrap_or_default(),
@@ -261,13 +324,16 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
             "telemetry spool had corrupt records: skipped, counted, and reported to controllers as a CORRUPT gap"
         );
     }
-    let source = crate::telemetry::sampler::platform_source(host.cpu_kinds.clone())?;
+    let source = match source {
+        Some(source) => source,
+        None => crate::telemetry::sampler::platform_source(host.cpu_kinds.clone())?,
+    };
     let hub = Arc::new(crate::telemetry::hub::Hub::start(
         source,
         spool,
         crate::telemetry::hub::HubConfig::new(Duration::from_millis(config.telemetry.interval_ms)),
     )?);
-    let erase = match open_erase(&config, &facts) {
+    let erase = match open_erase(&config, &facts, keys.as_ref()) {
         Ok(erase) => {
             tracing::info!(lifecycle = ?erase.lifecycle(), operation_id = ?erase.current_operation_id(), targets = config.erase.targets.len(), "erase service ready");
             Erase::ready(Arc::new(erase))
@@ -328,7 +394,7 @@ pub async fn start(config: Config) -> Result<RunningAgent, AppError> {
     )
     .await;
     if erase.unavailable_reason().is_some() {
-        retry_erase(&config, &facts, &erase, shutdown_rx.clone());
+        retry_erase(&config, &facts, keys, &erase, shutdown_rx.clone());
     }
     let max_request = crate::server::fields::MAX_REQUEST_BYTES;
     // Reflection in both versions (grpcurl before 1.8.8 speaks only v1alpha), each listing both.
@@ -444,7 +510,13 @@ const ERASE_RETRY: Duration = Duration::from_secs(5);
 
 /// Opens the erase service again every [`ERASE_RETRY`] until it opens (the disk has room
 /// again), then puts it in the slot, which clears `ERASE_UNAVAILABLE` and lets `Terminate` in.
-fn retry_erase(config: &Config, facts: &HostFacts, erase: &Erase, mut stop: watch::Receiver<bool>) {
+fn retry_erase(
+    config: &Config,
+    facts: &HostFacts,
+    keys: Option<Arc<jex_erase::KeyDestroyerFactory>>,
+    erase: &Erase,
+    mut stop: watch::Receiver<bool>,
+) {
     let (config, facts, erase) = (config.clone(), facts.clone(), erase.clone());
     tokio::spawn(async move {
         loop {
@@ -452,8 +524,8 @@ fn retry_erase(config: &Config, facts: &HostFacts, erase: &Erase, mut stop: watc
                 _ = tokio::time::sleep(ERASE_RETRY) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let (c, f) = (config.clone(), facts.clone());
-            let opened = tokio::task::spawn_blocking(move || open_erase(&c, &f)).await;
+            let (c, f, k) = (config.clone(), facts.clone(), keys.clone());
+            let opened = tokio::task::spawn_blocking(move || open_erase(&c, &f, k.as_ref())).await;
             match opened {
                 Ok(Ok(service)) => {
                     tracing::info!(

@@ -304,7 +304,7 @@ fn ratio(bp: u32) -> Value {
 
 /// The host families from the last sample (when it was taken, Unix ms, and the sample): the
 /// figures of the telemetry stream, ratios for its basis points. None before the first sample.
-pub(crate) fn host_families(latest: Option<(u64, &Sample)>) -> Vec<Family> {
+pub fn host_families(latest: Option<(u64, &Sample)>) -> Vec<Family> {
     let Some((time_ms, s)) = latest else {
         return Vec::new();
     };

@@ -151,7 +151,7 @@ impl Family {
     }
 
     /// The name a sample line carries.
-    fn sample_name(&self) -> String {
+    pub fn sample_name(&self) -> String {
         match self.kind {
             Kind::Counter => format!("{}_total", self.name),
             Kind::Info => format!("{}_info", self.name),

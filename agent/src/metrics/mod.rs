@@ -21,4 +21,5 @@ pub(crate) mod collect;
 pub mod encode;
 pub(crate) mod serve;
 
+pub use collect::host_families;
 pub use encode::{Family, Format, Kind, Value, encode, negotiate};
