@@ -22,6 +22,7 @@ pub mod config;
 pub(crate) mod ctl;
 pub mod demo;
 pub mod diag;
+pub mod diagnose;
 pub mod local_socket;
 pub mod logging;
 pub mod metrics;
