@@ -592,6 +592,10 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Free and total bytes of the file system holding `path`.
+#[allow(
+    clippy::useless_conversion,
+    reason = "the statvfs counts are u64 on Linux but u32 (fsblkcnt_t) on macOS"
+)]
 fn disk_free(out: &mut String, what: &str, path: &Path) {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) => {

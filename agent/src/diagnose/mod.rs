@@ -178,7 +178,7 @@ fn destination(out: Option<&Path>, name: &str) -> Result<PathBuf, DiagnoseError>
 
 /// Collects every part and writes the bundle.
 pub fn run(opts: &Options) -> Result<Written, DiagnoseError> {
-    let now = time::OffsetDateTime::now_utc();
+    let now = jex_attest::clock::now_utc();
     let made_at = now
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -302,7 +302,7 @@ struct ReadmeFacts<'a> {
 }
 
 /// The sentence README.txt says when no agent answered.
-pub const NOT_RUNNING: &str = "the agent was not running; everything here was read from files";
+pub const NOT_RUNNING: &str = "The agent was not running; everything here was read from files";
 
 fn readme(f: &ReadmeFacts<'_>) -> String {
     let mut o = String::new();
@@ -324,8 +324,8 @@ fn readme(f: &ReadmeFacts<'_>) -> String {
             );
         }
         AgentState::NotRunning(why) => {
-            let _ = writeln!(o, "The agent was not running ({why}).");
             let _ = writeln!(o, "{NOT_RUNNING}.");
+            let _ = writeln!(o, "(No agent answered on its socket: {why}.)");
         }
         AgentState::NoAnswer(why) => {
             let _ = writeln!(
@@ -341,14 +341,11 @@ fn readme(f: &ReadmeFacts<'_>) -> String {
     let _ = writeln!(o, "\nFiles:");
     let _ = writeln!(o, "  README.txt: this file");
     for part in f.parts {
-        match &part.bytes {
-            Ok(bytes) => {
-                let _ = writeln!(o, "  {}: {} ({} bytes)", part.name, part.about, bytes.len());
-                if !part.note.is_empty() {
-                    let _ = writeln!(o, "      {}", part.note);
-                }
+        if let Ok(bytes) = &part.bytes {
+            let _ = writeln!(o, "  {}: {} ({} bytes)", part.name, part.about, bytes.len());
+            if !part.note.is_empty() {
+                let _ = writeln!(o, "      {}", part.note);
             }
-            Err(_) => {}
         }
     }
     let missing: Vec<&Part> = f.parts.iter().filter(|p| p.bytes.is_err()).collect();
