@@ -78,11 +78,12 @@ pub enum Command {
         #[arg(long, default_value = defaults::CONFIG_PATH)]
         config: PathBuf,
     },
-    /// Write a support bundle (a .tar.gz to attach to a ticket): status, the configuration
-    /// (key files by path only), the last 2,000 log lines, build and OS, spool and erase-journal
-    /// summaries, certificate subjects and expiries, the metrics text. Never private keys, erase
-    /// pattern keys, nonces or tenant data. Works when the agent is not running (from files, and
-    /// says so). Root only: exits 77 without root.
+    /// Write a support bundle (.tar.gz) to attach to a ticket (root only: exits 77 without root).
+    ///
+    /// It holds status, the configuration (key files by path only), the last 2,000 log lines,
+    /// build and OS, spool and erase-journal summaries, certificate subjects and expiries, and the
+    /// metrics text; never private keys, erase pattern keys, nonces or tenant data. It works when
+    /// the agent is not running (from files, and says so).
     Diagnose {
         /// The configuration file.
         #[arg(long, default_value = defaults::CONFIG_PATH)]
