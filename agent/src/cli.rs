@@ -78,6 +78,24 @@ pub enum Command {
         #[arg(long, default_value = defaults::CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Write a support bundle (.tar.gz) to attach to a ticket (root only: exits 77 without root).
+    ///
+    /// It holds status, the configuration (key files by path only), the last 2,000 log lines,
+    /// build and OS, spool and erase-journal summaries, certificate subjects and expiries, and the
+    /// metrics text; never private keys, erase pattern keys, nonces or tenant data. It works when
+    /// the agent is not running (from files, and says so).
+    Diagnose {
+        /// The configuration file.
+        #[arg(long, default_value = defaults::CONFIG_PATH)]
+        config: PathBuf,
+        /// The agent's status socket (default: the configuration's `server.status_socket`).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// The bundle to write, which must not exist (default:
+        /// ./jex-agent-diagnose-<host>-<UTC time>.tar.gz).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print exactly which fields telemetry sends.
     Schema,
     /// Diagnostics for bringing up a fleet.
@@ -273,6 +291,15 @@ pub fn main() -> ExitCode {
                 Err(e) => refuse(&status_failure("erase-plan", &socket, e)),
             }
         }),
+        Command::Diagnose {
+            config,
+            socket,
+            out,
+        } => diagnose(crate::diagnose::Options {
+            config,
+            socket,
+            out,
+        }),
         Command::VerifyErase { cert, ca, nonce } => verify_erase(&cert, &ca, nonce.as_deref()),
         Command::Diag {
             command: DiagCommand::Capture { dir },
@@ -434,6 +461,38 @@ fn diag_capture(dir: &std::path::Path) -> ExitCode {
             match e {
                 crate::diag::DiagError::NotEmpty(_) => ExitKind::Usage.into(),
                 crate::diag::DiagError::Write { .. } => ExitKind::IoError.into(),
+            }
+        }
+    }
+}
+
+/// `diagnose`: writes the support bundle; exits 0 when it is written (whatever parts are
+/// missing: its README says why), 77 without root, 64 for a bad `--out`, 74 when it cannot be
+/// written.
+fn diagnose(opts: crate::diagnose::Options) -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        return refuse(&AppError::NeedsRoot {
+            command: "diagnose",
+        });
+    }
+    match crate::diagnose::run(&opts) {
+        Ok(written) => {
+            println!(
+                "wrote {} ({} file(s); the agent was {}running)",
+                written.path.display(),
+                written.files.len(),
+                if written.agent_running { "" } else { "not " }
+            );
+            for (part, why) in &written.missing {
+                eprintln!("jex-agent diagnose: {part} not collected: {why}");
+            }
+            ExitKind::Ok.into()
+        }
+        Err(e) => {
+            eprintln!("jex-agent diagnose: {}", error_chain(&e));
+            match e {
+                crate::diagnose::DiagnoseError::Write { .. } => ExitKind::IoError.into(),
+                _ => ExitKind::Usage.into(),
             }
         }
     }

@@ -5,7 +5,8 @@
 //! cryptographic erase on termination and signs its certificate (the `jex-erase` and
 //! `jex-attest` crates), answers `jex-agent status` on a root-only socket (`local_socket`),
 //! serves Prometheus `/metrics` on a listener of its own (`metrics`) and writes its own logs
-//! (`logging`).
+//! (`logging`); `jex-agent diagnose` writes a support bundle of all of these (`diagnose`, which
+//! `cli` calls and which reads `config`, `local_socket`, `tls` and `logging`).
 //!
 //! Dependencies point one way:
 //! `main -> cli -> app (wiring) -> {metrics, server, local_socket, telemetry, tls, logging} -> the
@@ -23,6 +24,7 @@ pub(crate) mod ctl;
 pub mod demo;
 pub mod diag;
 pub mod health;
+pub mod diagnose;
 pub mod local_socket;
 pub mod logging;
 pub mod metrics;
