@@ -17,9 +17,11 @@
 //!
 //! A first start on a full disk (`ENOSPC`, `EDQUOT`) does not exit: the spool starts detached
 //! (telemetry live only, not durable) and, when the erase state directory cannot be created,
-//! the erase service is unavailable ([`Erase::Unavailable`](crate::server::Erase)): `GetHost`
-//! and the status socket are served, erase calls are refused with the directory and the OS
-//! error, and a WARN line says so.
+//! the erase service is unavailable ([`EraseSlot::Unavailable`](crate::server::EraseSlot)):
+//! `GetHost` and the status socket are served, erase calls are refused with the directory and
+//! the OS error, a WARN line says so, and the conditions `SPOOL_NOT_DURABLE` and
+//! `ERASE_UNAVAILABLE` are raised. Both recover without a restart once there is room: the spool
+//! takes records again, and the erase service is opened again every few seconds until it opens.
 
 pub(crate) mod exit;
 pub(crate) mod preflight;

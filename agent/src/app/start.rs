@@ -349,7 +349,7 @@ async fn start_parts(
             tracing::warn!(
                 state_dir = %state_dir,
                 error = %error,
-                "erase unavailable: the erase state directory cannot be created (disk full); Terminate is refused until the agent restarts with room"
+                "erase unavailable: the erase state directory cannot be created (disk full); Terminate is refused until it opens (retried every 5 s)"
             );
             Erase::unavailable(format!("erase state directory {state_dir}: {error}").into())
         }

@@ -66,8 +66,8 @@ pub fn from_erase(e: &EraseError) -> Status {
 }
 
 /// The status for an erase call while the erase service is unavailable (it could not be opened
-/// at start, see [`super::Erase::Unavailable`]): the host cannot accept it until the agent is
-/// restarted with room.
+/// at start, see [`super::EraseSlot::Unavailable`]): the host cannot accept it until the
+/// retried open succeeds (the disk has room again).
 pub fn erase_unavailable(reason: &str) -> Status {
     Status::failed_precondition(format!(
         "erase unavailable: {reason}; free space and restart the agent"
