@@ -777,6 +777,12 @@ mod tests {
         );
     }
 
+    /// What a test sink does with a line it takes: hands it to the test, without its newline.
+    fn record(written: &mpsc::Sender<String>, line: &[u8]) -> std::io::Result<()> {
+        let _ = written.send(String::from_utf8_lossy(line).trim_end().to_owned());
+        Ok(())
+    }
+
     /// A sink that holds its first line until released, and says when it has written a line.
     struct Held {
         entered: mpsc::Sender<()>,
@@ -791,10 +797,7 @@ mod tests {
                 let _ = self.entered.send(());
                 let _ = self.release.recv();
             }
-            let _ = self
-                .written
-                .send(String::from_utf8_lossy(line).trim_end().to_owned());
-            Ok(())
+            record(&self.written, line)
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -812,10 +815,7 @@ mod tests {
             if self.full.load(Ordering::SeqCst) {
                 return Err(std::io::Error::from_raw_os_error(28));
             }
-            let _ = self
-                .written
-                .send(String::from_utf8_lossy(line).trim_end().to_owned());
-            Ok(())
+            record(&self.written, line)
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())

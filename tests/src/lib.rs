@@ -693,6 +693,15 @@ pub async fn wait_conditions(
     }
 }
 
+/// Options whose event conditions (`CLOCK_STEPPED`, `LOG_LINES_DROPPED`) are held 3 s: long
+/// enough to be seen, short enough to watch them clear.
+pub fn short_hold() -> AgentOptions {
+    AgentOptions {
+        extra_toml: "\n[health]\nevent_hold_secs = 3\n".into(),
+        ..AgentOptions::default()
+    }
+}
+
 /// Whether `kind` is among the conditions.
 pub fn has_condition(conditions: &[(String, u64, String)], kind: &str) -> bool {
     conditions.iter().any(|(k, _, _)| k == kind)

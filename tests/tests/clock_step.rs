@@ -46,11 +46,7 @@ impl Drop for ClockGuard {
 async fn a_real_clock_step_is_reported_then_cleared_after_the_hold() -> Result<()> {
     let pki = TestPki::new()?;
     let tmp = tempfile::tempdir()?;
-    let opts = AgentOptions {
-        extra_toml: "\n[health]\nevent_hold_secs = 3\n".into(),
-        ..AgentOptions::default()
-    };
-    let agent = start_agent(&pki, tmp.path(), &opts)?;
+    let agent = start_agent(&pki, tmp.path(), &short_hold())?;
     let mut c = client(&pki, &agent, Some(&pki.observer())).await?;
     ensure!(host_conditions(&mut c).await?.is_empty());
 

@@ -101,12 +101,7 @@ async fn log_lines_lost_on_a_full_disk_are_reported_then_cleared_after_the_hold(
     let pki = TestPki::new()?;
     let tmp = tempfile::tempdir()?;
     let logs = SmallFs::mount(&tmp.path().join("logs"), 512 * 1024)?;
-    let opts = AgentOptions {
-        // Long enough to be seen, short enough to watch it clear.
-        extra_toml: "\n[health]\nevent_hold_secs = 3\n".into(),
-        ..AgentOptions::default()
-    };
-    let agent = start_agent(&pki, tmp.path(), &opts)?;
+    let agent = start_agent(&pki, tmp.path(), &short_hold())?;
     let mut c = client(&pki, &agent, Some(&pki.observer())).await?;
     ensure!(host_conditions(&mut c).await?.is_empty());
 
