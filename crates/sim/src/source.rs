@@ -91,13 +91,17 @@ impl Faults {
             .filter(|d| !d.is_zero())
     }
 
-    /// Blocks while stalled; returns how long it blocked.
+    /// Blocks while stalled; returns how long it blocked (zero, not measured, when no stall
+    /// was set, so windows stay reproducible).
     fn wait_out_stall(&self) -> Duration {
-        let start = Instant::now();
         let mut until = self
             .stalled_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if until.is_none() {
+            return Duration::ZERO;
+        }
+        let start = Instant::now();
         while let Some(end) = *until {
             let now = Instant::now();
             if now >= end {
@@ -324,11 +328,7 @@ impl SampleSource for SynthSource {
             });
         }
         // Reproducible windows: the nominal interval, plus the time a stall held the sampler.
-        let window = if stalled > Duration::from_millis(1) {
-            self.interval + stalled
-        } else {
-            self.interval
-        };
+        let window = self.interval + stalled;
         Ok(self.step(window))
     }
 }
@@ -356,10 +356,10 @@ mod tests {
 
     #[test]
     fn figures_are_plausible_and_consistent() {
+        let mut levels = std::collections::BTreeSet::new();
         for index in 0..60 {
             let profile = HostProfile::new(5, index);
             let mut s = SynthSource::new(5, &profile, Duration::from_secs(1), Faults::new());
-            let mut levels = std::collections::BTreeSet::new();
             for _ in 0..300 {
                 let x = s.sample().expect("sample");
                 assert_eq!(x.window_ms, 1000);
@@ -426,6 +426,10 @@ mod tests {
                 assert!(x.load.one >= 0.0 && x.load.one <= f64::from(c.online_cpus));
             }
         }
+        assert!(
+            levels.len() >= 2,
+            "60 hosts for 5 minutes reach more than one pressure level: {levels:?}"
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ async fn twenty_simulated_hosts_behave_as_agents() {
     config.base_ip = "127.0.3.1".parse().expect("ip");
     config.port = 0;
     config.disk_bytes = 2 << 20;
-    let fleet = Fleet::start(config).await.expect("fleet starts");
+    let fleet = std::sync::Arc::new(Fleet::start(config).await.expect("fleet starts"));
     assert_eq!(fleet.host_ids().len(), 20);
 
     // The relay's host list names every host at its own address.
@@ -324,6 +324,50 @@ async fn twenty_simulated_hosts_behave_as_agents() {
         .join("keys")
         .join(format!("{}.key", jex_sim::config::ERASE_TARGET));
     assert!(!key.exists(), "the fake key is destroyed");
+
+    // The control socket: commands reach the fleet, bad ones get a clear error.
+    let socket = dir.path().join(jex_sim::control::SOCKET);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn({
+        let (socket, fleet) = (socket.clone(), fleet.clone());
+        async move { jex_sim::control::serve(&socket, fleet, stop_rx).await }
+    });
+    let ask = |line: &'static str| {
+        let socket = socket.clone();
+        async move {
+            for _ in 0..100 {
+                if let Ok(reply) = jex_sim::control::ask(&socket, line).await {
+                    return reply;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the control socket never answered");
+        }
+    };
+    let reply = ask("fail sim-0010").await;
+    assert!(reply.starts_with("ok: sim-0010 sampler failing"), "{reply}");
+    let reply = ask("status sim-0010").await;
+    assert!(reply.contains("sim-0010 https://127.0.3.10:"), "{reply}");
+    assert!(
+        reply.contains(" running ") && reply.contains(" failing"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("ok: 1 hosts\n"), "{reply}");
+    let reply = ask("restart sim-0021").await;
+    assert_eq!(
+        reply,
+        "error: no host sim-0021 in this fleet (it has sim-0001 to sim-0020)\n"
+    );
+    let reply = ask("stall sim-0002 soon").await;
+    assert!(
+        reply.starts_with("error: \"soon\" is not a duration"),
+        "{reply}"
+    );
+    let reply = ask("recover sim-0010").await;
+    assert!(reply.starts_with("ok: "), "{reply}");
+    stop_tx.send(true).expect("stop");
+    server.await.expect("joined").expect("served");
+    assert!(!socket.exists(), "the socket is removed at stop");
 
     // Hosts untouched by any fault still stream.
     let mut c = observer(&fleet, "sim-0019").await;
