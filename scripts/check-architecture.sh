@@ -4,12 +4,18 @@
 #   jex-agent (cli -> app -> server) -> jex-erase -> jex-attest
 #                                    -> jex-spool
 #                                    -> jex-platform -> jex-telemetry
+#   jex-sim -> jex-agent (feature dev: app::start_with, the development PKI)
 #
 # - jex-attest (certificates) builds without tokio, tonic or nix: controllers and auditors use it
 #   alone to check an erase certificate;
 # - jex-reclaim (the inventory, prepare record and evidence rules of a two-halves reclaim) builds
 #   on jex-attest alone, without the agent, the platform crate, tokio, tonic or nix;
 # - jex-telemetry (the model) and jex-spool (generic records) know no OS, runtime or gRPC;
+# - the shipped jex-agent (no features) does not reach rcgen: the development PKI and the seams of
+#   `app::start_with` come only with its `dev` feature, which jex-sim and the end-to-end tests turn
+#   on for themselves;
+# - jex-sim and jex-relay meet only at the agent's proto and the relay's TOML host list: neither
+#   depends on the other;
 # - `unsafe` and `cfg(target_os)` appear only in crates/platform;
 # - every crate root (library and binary targets) of every member but jex-platform says
 #   `#![forbid(unsafe_code)]`, so that no inner `allow` can undo the workspace's `deny`;
@@ -63,6 +69,8 @@ forbid jex-spool jex-telemetry jex-platform jex-attest jex-erase jex-agent tokio
 forbid jex-platform jex-spool jex-attest jex-erase jex-agent tokio tonic
 forbid jex-erase jex-spool jex-agent tonic jex-proto
 forbid jex-reclaim jex-platform jex-spool jex-erase jex-agent tokio tonic nix
+forbid jex-agent rcgen
+forbid jex-sim jex-relay
 
 # `unsafe` (code, not comments) and cfg(target_os) only in the platform crate. Every loop below
 # reads from a process substitution, so that `fail` counts in this shell.

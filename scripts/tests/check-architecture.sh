@@ -48,6 +48,8 @@ break_cfg() { printf '\n/// Broken on purpose.\n#[cfg(target_os = "linux")]\npub
 break_forbid() { sed -i '/^#!\[forbid(unsafe_code)\]$/d' "$1/crates/attest/src/lib.rs"; }
 break_dep_line() { add_after "$1" proto/Cargo.toml '[dependencies]' 'hex = "0.4"'; }
 break_dep_line2() { add_after "$1" crates/telemetry/Cargo.toml '[dependencies]' 'hex = "0.4"'; }
+# jex-agent with its development feature on by default: the shipped binary would carry rcgen.
+break_dev() { sed -i 's/^dev = \["dep:rcgen"\]$/default = ["dev"]\ndev = ["dep:rcgen"]/' "$1/agent/Cargo.toml"; }
 break_dep_table() { printf '\n[dev-dependencies.hex]\nversion = "0.4"\n' >>"$1/crates/telemetry/Cargo.toml"; }
 
 # What each breakage must make the check say.
@@ -56,6 +58,7 @@ declare -A said=(
   [unsafe]='unsafe outside crates/platform: crates/telemetry/src/lib.rs'
   [cfg]='cfg(target_os) outside crates/platform: crates/spool/src/lib.rs'
   [forbid]='crate root without #![forbid(unsafe_code)]: crates/attest/src/lib.rs'
+  [dev]='jex-agent depends on rcgen'
   [dep_line]='dependency not from the workspace list: proto/Cargo.toml: hex = "0.4"'
   [dep_line2]='dependency not from the workspace list: crates/telemetry/Cargo.toml: hex = "0.4"'
   [dep_table]='dependency not from the workspace list: crates/telemetry/Cargo.toml: [dev-dependencies.hex] (no workspace = true)'
@@ -103,12 +106,12 @@ case_() {
 }
 
 case_ clean
-for b in graph unsafe cfg forbid dep_line dep_table; do
+for b in graph unsafe cfg forbid dev dep_line dep_table; do
   case_ "$b" "$b"
 done
 # Two manifests at once (the pipeline that used to swallow this exited 0).
 case_ two_manifests dep_line dep_line2
-case_ everything graph unsafe cfg forbid dep_line dep_line2 dep_table
+case_ everything graph unsafe cfg forbid dev dep_line dep_line2 dep_table
 
 if ((failed)); then
   echo "check-architecture: $failed of $cases case(s) failed" >&2
