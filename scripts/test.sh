@@ -91,7 +91,9 @@ if [ "$mode" = quick ]; then
   group "reclaim rules (property tests) and inventory" -p jex-reclaim --test rules_properties \
     --test linux_inventory -- "${skips[@]}"
   group "end to end over mTLS on loopback" -p jex-e2e --test config --test edge --test mtls \
-    --test telemetry --test system_log --test metrics --test packaging_contract -- "${skips[@]}"
+    --test telemetry --test system_log --test metrics --test packaging_contract --test health \
+    --test diagnose -- "${skips[@]}"
+  group "simulated fleet (jex-sim, real agents in one process)" -p jex-sim --test sim
   if ((${#failed[@]})); then
     printf 'quick tier FAILED after %s s in:\n' "$((SECONDS - start))" >&2
     printf '  %s\n' "${failed[@]}" >&2
