@@ -259,13 +259,20 @@ const SOCKET_RELEASE: Duration = Duration::from_secs(5);
 impl Fleet {
     /// Makes the PKI and every host's files, then starts every agent.
     pub async fn start(config: FleetConfig) -> Result<Fleet, SimError> {
+        let td = crate::TRUST_DOMAIN;
+        let ca = DevCa::generate(&format!("{td} simulated fleet CA (jex-sim)"))?;
+        Self::start_with_ca(config, &ca).await
+    }
+
+    /// [`Fleet::start`] with hosts, observer and controller certificates issued by `ca`, so
+    /// that simulated hosts and real agents of the same fleet CA can be followed by one relay.
+    pub async fn start_with_ca(config: FleetConfig, ca: &DevCa) -> Result<Fleet, SimError> {
         config.validate()?;
         private_dir(&config.dir)?;
         let pki_dir = config.dir.join("pki");
         private_dir(&pki_dir)?;
         let pki = FleetPki::in_dir(&pki_dir);
         let td = crate::TRUST_DOMAIN;
-        let ca = DevCa::generate(&format!("{td} simulated fleet CA (jex-sim)"))?;
         write_file(&pki.ca, ca.cert_pem.as_bytes(), 0o644)?;
         for (role, cert, key) in [
             ("observer", &pki.observer_cert, &pki.observer_key),
@@ -281,7 +288,7 @@ impl Fleet {
         }
         let mut hosts = Vec::with_capacity(config.hosts as usize);
         for index in 0..config.hosts {
-            hosts.push(Self::prepare(&config, &ca, index)?);
+            hosts.push(Self::prepare(&config, ca, index)?);
         }
         let fleet = Fleet { config, pki, hosts };
         for host in &fleet.hosts {
