@@ -272,6 +272,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: std::sync::Arc<Me
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(5))
                 .serve_connection(TokioIo::new(tcp), service);
             if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await {
