@@ -441,6 +441,16 @@ fn check_subject(
     messages: &[Stored],
     history: &[pb::TelemetryRecord],
 ) -> Result<(usize, usize, usize)> {
+    check_epoch(host, 0, messages, history)
+}
+
+/// [`check_subject`] for the messages of one epoch (after its reset marker).
+fn check_epoch(
+    host: &str,
+    epoch: u64,
+    messages: &[Stored],
+    history: &[pb::TelemetryRecord],
+) -> Result<(usize, usize, usize)> {
     ensure!(!messages.is_empty(), "nothing stored for {host}");
     let by_seq: BTreeMap<u64, &pb::TelemetryRecord> = history.iter().map(|r| (r.seq, r)).collect();
     let mut gaps = 0;
@@ -452,9 +462,19 @@ fn check_subject(
             seq == want,
             "{host}: message {i} has seq {seq}, expected {want} (every seq exactly once, in order)"
         );
+        let id = if epoch == 0 {
+            format!("{host}:{seq}")
+        } else {
+            format!("{host}:e{epoch}:{seq}")
+        };
         ensure!(
-            m.headers.get("Nats-Msg-Id") == Some(&format!("{host}:{seq}")),
-            "{:?}",
+            m.headers.get("Nats-Msg-Id") == Some(&id),
+            "{host} message {i}: {:?}",
+            m.headers
+        );
+        ensure!(
+            m.headers.get("Jex-Epoch").cloned() == (epoch > 0).then(|| epoch.to_string()),
+            "{host} message {i}: {:?}",
             m.headers
         );
         ensure!(m.headers.get("Jex-Host").map(String::as_str) == Some(host));
@@ -819,7 +839,11 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
         Duration::from_secs(20),
     )
     .await?;
-    ensure!(refused.load(Ordering::SeqCst) >= 5);
+    ensure!(
+        refused.load(Ordering::SeqCst) >= 2,
+        "the receiver saw {} POSTs",
+        refused.load(Ordering::SeqCst)
+    );
     ensure!(
         relay2
             .log_text()
@@ -833,14 +857,87 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     let history_b = agent_history(&pki_b, &pki, &agent_b).await?;
     let last_b = history_b.last().map_or(0, |r| r.seq) as f64;
     wait_metric(&relay2, &last_seq(HOST_B), last_b, Duration::from_secs(30)).await?;
+    let n_b2 = history_b.len();
+    ensure!(n_b2 > n_b, "the second relay published nothing new");
+
+    // Agent B loses its spool (a new life): OUT_OF_RANGE past the stored cursor, a reset
+    // marker, and the new life's records in epoch 1.
+    let b_dir = agent_b.dir.clone();
+    agent_b.kill9()?;
+    std::fs::remove_dir_all(b_dir.join("state"))?;
+    let agent_b = start_agent(&pki_b, &b_dir, &opts)?;
+    write_relay_config(
+        &config2,
+        &pki,
+        nats_port,
+        &[(HOST_B, agent_b.addr)],
+        Some(&format!("http://127.0.0.1:{refusing}/api/v1/write")),
+    )?;
+    relay2.proc.signal(nix::sys::signal::Signal::SIGHUP)?;
+    wait_metric(
+        &relay2,
+        "jex_relay_resets_total",
+        1.0,
+        Duration::from_secs(20),
+    )
+    .await?;
+    wait_metric(
+        &relay2,
+        "jex_relay_connect_errors_total{reason=\"out_of_range\"}",
+        1.0,
+        Duration::from_secs(5),
+    )
+    .await?;
+    ensure!(
+        relay2
+            .log_text()
+            .lines()
+            .any(|l| l.contains("\"level\":\"ERROR\"")
+                && l.contains("the agent's spool is a new life")
+                && l.contains("\"epoch\":1")),
+        "no ERROR for the spool reset:\n{}",
+        tail(&relay2.log_text(), 20)
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let new_life = agent_history(&pki_b, &pki, &agent_b).await?;
+    let new_last = new_life.last().map_or(0, |r| r.seq) as f64;
+    ensure!(new_last >= 5.0, "agent B's new life has {new_last} records");
+    wait_metric(
+        &relay2,
+        &last_seq(HOST_B),
+        new_last,
+        Duration::from_secs(30),
+    )
+    .await?;
     let status = relay2.proc.terminate()?;
     ensure!(
         status.success(),
         "the second relay exited with {status} on SIGTERM"
     );
+
     let stored = read_back(nats_port).await?;
-    let (n_b2, _, _) = check_subject(HOST_B, &stored["jex.telemetry.h-e2e-b"], &history_b)?;
-    ensure!(n_b2 > n_b, "the second relay published nothing new");
+    let messages = &stored["jex.telemetry.h-e2e-b"];
+    let resets: Vec<usize> = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.headers.contains_key("Jex-Reset"))
+        .map(|(i, _)| i)
+        .collect();
+    let [reset] = resets[..] else {
+        bail!(
+            "expected one reset marker on {HOST_B}, found {}",
+            resets.len()
+        );
+    };
+    let marker = &messages[reset];
+    ensure!(marker.headers.get("Jex-Reset").map(String::as_str) == Some("spool-lost"));
+    ensure!(marker.headers.get("Jex-Epoch").map(String::as_str) == Some("1"));
+    ensure!(marker.headers.get("Nats-Msg-Id").map(String::as_str) == Some("h-e2e-b:e1:reset"));
+    ensure!(marker.payload.is_empty());
+    let (old, _, _) = check_subject(HOST_B, &messages[..reset], &history_b)?;
+    ensure!(old >= n_b2, "the old life lost records: {old} < {n_b2}");
+    let (new, _, _) = check_epoch(HOST_B, 1, &messages[reset + 1..], &new_life)?;
+    eprintln!("spool reset: {HOST_B} {old} records in epoch 0, a reset marker, {new} in epoch 1");
     drop(nats);
     Ok(())
 }

@@ -348,16 +348,7 @@ async fn session(
     let mut stream = match client.stream_telemetry(request(cursor.seq)).await {
         Ok(s) => s.into_inner(),
         Err(s) if s.code() == tonic::Code::OutOfRange => {
-            let epoch = cursor.epoch + 1;
-            tracing::error!(
-                host_id = %id, after_seq = cursor.seq, old_epoch = cursor.epoch, epoch,
-                agent = %s.message(),
-                "the agent's spool is a new life (OUT_OF_RANGE past the stored cursor): publishing a reset marker (Jex-Reset: spool-lost) and following from seq 1 in a new epoch"
-            );
-            shared.metrics.connect_error("out_of_range");
-            bus.publish_reset(id, epoch).await?;
-            shared.metrics.reset();
-            cursor = Cursor { seq: 0, epoch };
+            cursor = new_epoch(id, shared, cursor, s.message()).await?;
             client
                 .stream_telemetry(request(0))
                 .await
@@ -394,6 +385,21 @@ async fn session(
                         addr: addr.to_owned(),
                         message: "the agent ended the stream".into(),
                     }),
+                    // The agent says OUT_OF_RANGE as the stream's first item (before any record):
+                    // the same new life as at the open.
+                    Err(s) if s.code() == tonic::Code::OutOfRange && last_seen == cursor.seq && pending.is_empty() => {
+                        cursor = match new_epoch(id, shared, cursor, s.message()).await {
+                            Ok(c) => c,
+                            Err(e) => break Err(e),
+                        };
+                        state.acked = Some(cursor);
+                        last_seen = 0;
+                        stream = match client.stream_telemetry(request(0)).await {
+                            Ok(s) => s.into_inner(),
+                            Err(s) => break Err(from_status(addr, s)),
+                        };
+                        continue;
+                    }
                     Err(s) => break Err(from_status(addr, s)),
                 };
                 if let Err(e) = on_batch(host, shared, state, cursor.epoch, &mut pending, &mut last_seen, batch.records, stop).await {
@@ -415,6 +421,25 @@ async fn session(
         }
     }
     result
+}
+
+/// The agent's spool is a new life: an ERROR, the reset marker of the next epoch, and the
+/// cursor to follow it from (seq 0 in that epoch).
+async fn new_epoch(
+    id: &str,
+    shared: &Shared,
+    cursor: Cursor,
+    agent: &str,
+) -> Result<Cursor, SessionError> {
+    let epoch = cursor.epoch + 1;
+    tracing::error!(
+        host_id = %id, after_seq = cursor.seq, old_epoch = cursor.epoch, epoch, agent = %agent,
+        "the agent's spool is a new life (OUT_OF_RANGE past the stored cursor): publishing a reset marker (Jex-Reset: spool-lost) and following from seq 1 in a new epoch"
+    );
+    shared.metrics.connect_error("out_of_range");
+    shared.bus.publish_reset(id, epoch).await?;
+    shared.metrics.reset();
+    Ok(Cursor { seq: 0, epoch })
 }
 
 fn on_ack(
