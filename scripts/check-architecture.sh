@@ -4,12 +4,15 @@
 #   jex-agent (cli -> app -> server) -> jex-erase -> jex-attest
 #                                    -> jex-spool
 #                                    -> jex-platform -> jex-telemetry
+#   jex-relay (controller side) -> jex-agent (telemetry wire form, /metrics families), jex-proto
 #
 # - jex-attest (certificates) builds without tokio, tonic or nix: controllers and auditors use it
 #   alone to check an erase certificate;
 # - jex-reclaim (the inventory, prepare record and evidence rules of a two-halves reclaim) builds
 #   on jex-attest alone, without the agent, the platform crate, tokio, tonic or nix;
 # - jex-telemetry (the model) and jex-spool (generic records) know no OS, runtime or gRPC;
+# - jex-relay (the controller-side relay) reaches no packaging tool, and its NATS, gRPC and HTTP
+#   clients stay on rustls with ring: no aws-lc-rs, no OpenSSL;
 # - `unsafe` and `cfg(target_os)` appear only in crates/platform;
 # - every crate root (library and binary targets) of every member but jex-platform says
 #   `#![forbid(unsafe_code)]`, so that no inner `allow` can undo the workspace's `deny`;
@@ -63,6 +66,7 @@ forbid jex-spool jex-telemetry jex-platform jex-attest jex-erase jex-agent tokio
 forbid jex-platform jex-spool jex-attest jex-erase jex-agent tokio tonic
 forbid jex-erase jex-spool jex-agent tonic jex-proto
 forbid jex-reclaim jex-platform jex-spool jex-erase jex-agent tokio tonic nix
+forbid jex-relay jex-packaging aws-lc-rs aws-lc-sys openssl-sys native-tls
 
 # `unsafe` (code, not comments) and cfg(target_os) only in the platform crate. Every loop below
 # reads from a process substitution, so that `fail` counts in this shell.
