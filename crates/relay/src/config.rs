@@ -841,6 +841,15 @@ max_batch_records = 64
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let text = include_str!("../../../relay/relay.toml.example");
+        let c = parse(text).unwrap();
+        assert_eq!(c.hosts.len(), 1);
+        assert_eq!(c.jetstream.max_in_flight, 256);
+        assert_eq!(c.remote_write, None);
+    }
+
+    #[test]
     fn an_empty_host_list_is_valid() {
         let text = "[tls]\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
         assert!(parse(text).unwrap().hosts.is_empty());

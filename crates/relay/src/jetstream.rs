@@ -125,21 +125,53 @@ impl Bus {
             return Ok(());
         }
         self.check_connected()?;
-        let config = stream::Config {
-            name: self.cfg.stream.clone(),
-            subjects: vec![layout::stream_subjects()],
-            storage: stream::StorageType::File,
-            duplicate_window: self.cfg.duplicate_window,
-            max_age: self.cfg.max_age,
-            ..Default::default()
+        let stream_err = |message: String| BusError::Stream {
+            stream: self.cfg.stream.clone(),
+            message,
+        };
+        // An existing stream keeps what an operator chose (replicas, placement, limits): only the
+        // duplicate window, the max age and the relay's subject are set.
+        let existing = match self.ctx.get_stream(&self.cfg.stream).await {
+            Ok(mut s) => Some(
+                s.info()
+                    .await
+                    .map_err(|e| stream_err(e.to_string()))?
+                    .config
+                    .clone(),
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(stream_err(e.to_string())),
+        };
+        let config = match existing {
+            Some(mut c) => {
+                if !c.subjects.contains(&layout::stream_subjects()) {
+                    c.subjects.push(layout::stream_subjects());
+                }
+                c.duplicate_window = self.cfg.duplicate_window;
+                c.max_age = self.cfg.max_age;
+                c
+            }
+            None => stream::Config {
+                name: self.cfg.stream.clone(),
+                subjects: vec![layout::stream_subjects()],
+                storage: stream::StorageType::File,
+                duplicate_window: self.cfg.duplicate_window,
+                max_age: self.cfg.max_age,
+                ..Default::default()
+            },
         };
         self.ctx
             .create_or_update_stream(config)
             .await
-            .map_err(|e| BusError::Stream {
-                stream: self.cfg.stream.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| stream_err(e.to_string()))?;
         tracing::info!(
             stream = %self.cfg.stream,
             subjects = %layout::stream_subjects(),
