@@ -412,6 +412,15 @@ async fn read_back(nats_port: u16) -> Result<BTreeMap<String, Vec<Stored>>> {
     Ok(out)
 }
 
+/// The stream's (bytes, messages).
+async fn stream_size(nats_port: u16) -> Result<(u64, u64)> {
+    let client = async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await?;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("JEX_TELEMETRY").await?;
+    let state = stream.info().await?.state.clone();
+    Ok((state.bytes, state.messages))
+}
+
 /// The agent's whole history now (observer, history only).
 async fn agent_history(
     pki: &TestPki,
@@ -791,6 +800,28 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     let (n_b, gaps_b, samples_b) =
         check_subject(HOST_B, &stored["jex.telemetry.h-e2e-b"], &history_b)?;
     ensure!(gaps_a >= 1, "agent A's restart left no gap record");
+    // Bytes per record (for BENCHMARKS.md): the payload, the NATS header block as sent
+    // (`NATS/1.0\r\n`, `K: V\r\n` each, `\r\n`), and the stream's own bytes per message.
+    let all: Vec<&Stored> = stored.values().flatten().collect();
+    let payload: usize = all.iter().map(|m| m.payload.len()).sum();
+    let headers: usize = all
+        .iter()
+        .map(|m| {
+            12 + m
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    let (stream_bytes, stream_messages) = stream_size(nats_port).await?;
+    eprintln!(
+        "bytes per record: payload {:.1}, headers {:.1}, subject {:.1}; stream {stream_bytes} B for {stream_messages} messages = {:.1} B/message",
+        payload as f64 / all.len() as f64,
+        headers as f64 / all.len() as f64,
+        stored.iter().map(|(k, v)| k.len() * v.len()).sum::<usize>() as f64 / all.len() as f64,
+        stream_bytes as f64 / stream_messages as f64,
+    );
     eprintln!(
         "exactly once: {HOST_ID} {n_a} messages ({gaps_a} gaps), {HOST_B} {n_b} messages ({gaps_b} gaps); {duplicates} duplicates acknowledged after the restarts (counted by the last relay)"
     );
