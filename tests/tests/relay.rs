@@ -889,6 +889,27 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     let last_b = history_b.last().map_or(0, |r| r.seq) as f64;
     wait_metric(&relay2, &last_seq(HOST_B), last_b, Duration::from_secs(30)).await?;
     let n_b2 = history_b.len();
+
+    // A second relay on the same host at the same time: each record is published twice and
+    // stored once; one of each pair is acknowledged as a duplicate.
+    let log3 = w.join("relay3.log");
+    let mut relay3 = start_relay(&config2, &log3)?;
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let dups = relay_metric(&relay2, "jex_relay_duplicates_total").await?
+            + relay_metric(&relay3, "jex_relay_duplicates_total").await?;
+        if dups >= 5.0 {
+            eprintln!("two relays on {HOST_B}: {dups} duplicates acknowledged");
+            break;
+        }
+        ensure!(
+            Instant::now() < end,
+            "two relays on one host: {dups} duplicates after 20 s\n{}",
+            tail(&relay3.log_text(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay3.proc.kill9()?;
     ensure!(n_b2 > n_b, "the second relay published nothing new");
 
     // Agent B loses its spool (a new life): OUT_OF_RANGE past the stored cursor, a reset

@@ -22,6 +22,7 @@
 //! the records from seq 1 in the new epoch (message ids `<host_id>:e<n>:<seq>`).
 
 use std::collections::VecDeque;
+use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,8 +159,6 @@ fn from_status(addr: &str, s: tonic::Status) -> SessionError {
         }
     }
 }
-
-use std::error::Error as _;
 
 async fn connect(
     host: &HostEntry,
