@@ -5,12 +5,15 @@
 //!
 //! One test, in phases: the relay follows two agents (plus a host id that is not the agent's
 //! and an agent whose certificate is from a foreign CA); it is SIGKILLed mid-stream and
-//! restarted; an agent is SIGKILLed and restarted; `nats-server` is restarted on the same store.
-//! Then every message of each subject is read back: every seq from 1 to the last is there
-//! exactly once, in order, byte for byte the agent's record, each gap record with its headers;
-//! Prometheus holds exactly the samples published. Last, a second relay whose remote_write
-//! receiver answers 400: the refusals are counted and logged, and JetStream still gets every
-//! record.
+//! restarted; an agent is SIGKILLed and restarted on another port (a SIGHUP reload points the
+//! relay at it; a reload of a broken file keeps the list); `nats-server` is restarted on the
+//! same store. Then every message of each subject is read back: every seq from 1 to the last is
+//! there exactly once, in order, byte for byte the agent's record, each gap record with its
+//! headers; Prometheus holds exactly the samples published. Then a second relay whose
+//! remote_write receiver answers 400: the refusals are counted and logged, and JetStream still
+//! gets every record; a third relay on the same host at the same time (duplicates acknowledged,
+//! each record stored once), SIGKILLed; last, the agent's spool is wiped: a reset marker and the
+//! new life's records in epoch 1, each seq of each epoch exactly once.
 
 #![forbid(unsafe_code)]
 
