@@ -29,7 +29,7 @@ use std::time::Duration;
 use jex_proto::v1 as pb;
 use jex_proto::v1::node_agent_client::NodeAgentClient;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
 use crate::config::{FollowConfig, HostEntry, RemoteWriteConfig, TlsFiles};
@@ -160,27 +160,125 @@ fn from_status(addr: &str, s: tonic::Status) -> SessionError {
     }
 }
 
-async fn connect(
-    host: &HostEntry,
-    tls: &TlsFiles,
-) -> Result<NodeAgentClient<Channel>, SessionError> {
+/// The client TLS configuration: TLS 1.3 only, the fleet CA as the only root (no system roots,
+/// and no setting that turns verification off), the relay's certificate, ALPN `h2`.
+fn client_config(tls: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, SessionError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let read = |path: &std::path::PathBuf| {
         std::fs::read(path).map_err(|source| SessionError::Read {
             path: path.clone(),
             source,
         })
     };
-    let ca = read(&tls.ca)?;
-    let cert = read(&tls.cert)?;
-    let key = zeroize::Zeroizing::new(read(&tls.key)?);
-    // The fleet CA is the only trust anchor (no system roots: tonic's native and webpki roots
-    // are not built), and there is no setting that turns verification off.
-    let mut config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, &*key));
-    if let Some(name) = &host.server_name {
-        config = config.domain_name(name.clone());
+    let bad = |path: &std::path::PathBuf, what: String| SessionError::Tls {
+        addr: String::new(),
+        message: format!("{}: {what}", path.display()),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(&tls.ca)?) {
+        let cert = cert.map_err(|e| bad(&tls.ca, format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(&tls.ca, format!("not a usable CA certificate: {e}")))?;
     }
+    if roots.is_empty() {
+        return Err(bad(&tls.ca, "no certificate in the file".into()));
+    }
+    let chain = CertificateDer::pem_slice_iter(&read(&tls.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&tls.cert, format!("not a PEM certificate: {e}")))?;
+    let key = zeroize::Zeroizing::new(read(&tls.key)?);
+    let key = PrivateKeyDer::from_pem_slice(&key)
+        .map_err(|_| bad(&tls.key, "not a PEM private key".into()))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| bad(&tls.cert, e.to_string()))?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .map_err(|e| {
+        bad(
+            &tls.cert,
+            format!("certificate and key do not go together: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// TCP to the agent, then TLS with [`client_config`]; tonic speaks HTTP/2 over it.
+#[derive(Clone)]
+struct Connector {
+    config: Arc<rustls::ClientConfig>,
+    authority: String,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+type Io = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+impl tonic::codegen::Service<http::Uri> for Connector {
+    type Response = Io;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Io, std::io::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&this.authority).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(this.config)
+                .connect(this.name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+async fn connect(
+    host: &HostEntry,
+    tls: &TlsFiles,
+) -> Result<NodeAgentClient<Channel>, SessionError> {
+    let config = client_config(tls).map_err(|e| match e {
+        SessionError::Tls { message, .. } => SessionError::Tls {
+            addr: host.addr.clone(),
+            message,
+        },
+        other => other,
+    })?;
+    let bad_url = |why: &str| SessionError::Unavailable {
+        addr: host.addr.clone(),
+        message: format!("bad URL: {why}"),
+    };
+    let uri: http::Uri = host.addr.parse().map_err(|_| bad_url("does not parse"))?;
+    let authority = uri.authority().ok_or_else(|| bad_url("no host"))?;
+    let port = authority.port_u16().unwrap_or(443);
+    let url_host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = host.server_name.as_deref().unwrap_or(url_host).to_owned();
+    let name =
+        rustls::pki_types::ServerName::try_from(name.clone()).map_err(|_| SessionError::Tls {
+            addr: host.addr.clone(),
+            message: format!(
+                "{name:?} is not a DNS name or an IP address to check the certificate against"
+            ),
+        })?;
+    let connector = Connector {
+        config,
+        authority: format!("{}:{port}", authority.host()),
+        name,
+    };
     let transport = |e: tonic::transport::Error| {
         let message = chain(&e);
         if looks_like_tls(&message) {
@@ -195,17 +293,13 @@ async fn connect(
             }
         }
     };
-    let channel = Channel::from_shared(host.addr.clone())
-        .map_err(|e| SessionError::Unavailable {
-            addr: host.addr.clone(),
-            message: format!("bad URL: {e}"),
-        })?
-        .tls_config(config)
-        .map_err(transport)?
+    // The scheme tonic sees is `http`: TLS is the connector's own (TLS 1.3 only), not tonic's.
+    let channel = Endpoint::from_shared(format!("http://{}:{port}", authority.host()))
+        .map_err(|e| bad_url(&e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
-        .connect()
+        .connect_with_connector(connector)
         .await
         .map_err(transport)?;
     Ok(NodeAgentClient::new(channel))
@@ -606,5 +700,45 @@ async fn write_remote(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_that_do_not_load_say_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        std::fs::write(path("ca.pem"), "not a certificate\n").unwrap();
+        std::fs::write(path("cert.pem"), "").unwrap();
+        std::fs::write(path("key.pem"), "").unwrap();
+        let files = TlsFiles {
+            cert: path("cert.pem"),
+            key: path("key.pem"),
+            ca: path("ca.pem"),
+        };
+        let e = client_config(&files).unwrap_err();
+        assert_eq!(e.reason(), "tls");
+        assert!(
+            e.to_string().contains("ca.pem: no certificate in the file"),
+            "{e}"
+        );
+        let missing = TlsFiles {
+            ca: path("absent.pem"),
+            ..files
+        };
+        let e = client_config(&missing).unwrap_err();
+        assert!(matches!(e, SessionError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("absent.pem"), "{e}");
+    }
+
+    #[test]
+    fn tls_words_in_an_error_make_it_a_tls_error() {
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(looks_like_tls("received fatal alert: CertificateRequired"));
+        assert!(!looks_like_tls("Connection refused (os error 111)"));
     }
 }
