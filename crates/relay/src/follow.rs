@@ -422,16 +422,12 @@ async fn session(
     let bus = &shared.bus;
     bus.ensure_stream().await?;
     let stored = bus.cursor(id).await?;
-    let mut cursor = stored;
-    if let Some(acked) = state.acked
-        && acked.epoch == stored.epoch
-        && acked.seq < stored.seq
-    {
+    let mut cursor = resume_point(stored, state.acked);
+    if cursor != stored {
         tracing::warn!(
-            host_id = %id, acked = acked.seq, stored = stored.seq,
+            host_id = %id, acked = cursor.seq, stored = stored.seq,
             "JetStream holds seqs past a failed publish: resending from the last unbroken ack (the missing ones land after later ones; the others are duplicates)"
         );
-        cursor.seq = acked.seq;
     }
     let request = |after_seq| pb::StreamTelemetryRequest {
         after_seq,
@@ -514,6 +510,16 @@ async fn session(
         }
     }
     result
+}
+
+/// Where to resume: after the last stored message (`stored`), unless this process saw an ack fail
+/// before a seq JetStream holds (`acked`, the end of the unbroken run of acks, is behind `stored`
+/// in the same epoch): then after `acked`, so that the record that failed is sent again.
+pub fn resume_point(stored: Cursor, acked: Option<Cursor>) -> Cursor {
+    match acked {
+        Some(a) if a.epoch == stored.epoch && a.seq < stored.seq => a,
+        _ => stored,
+    }
 }
 
 /// The agent's spool is a new life: an ERROR, the reset marker of the next epoch, and the
@@ -733,6 +739,21 @@ mod tests {
         let e = client_config(&missing).unwrap_err();
         assert!(matches!(e, SessionError::Read { .. }), "{e}");
         assert!(e.to_string().contains("absent.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_ack_before_a_stored_seq_resumes_from_the_unbroken_run() {
+        let c = |seq, epoch| Cursor { seq, epoch };
+        // First session of this process: the store's cursor.
+        assert_eq!(resume_point(c(40, 0), None), c(40, 0));
+        // Everything acked up to the stored end (or beyond: a crash lost nothing).
+        assert_eq!(resume_point(c(40, 0), Some(c(40, 0))), c(40, 0));
+        assert_eq!(resume_point(c(40, 0), Some(c(45, 0))), c(40, 0));
+        // Seq 31 failed but 32..=40 were stored: resend from 31.
+        assert_eq!(resume_point(c(40, 0), Some(c(30, 0))), c(30, 0));
+        // Another epoch since (a reset marker): the store wins.
+        assert_eq!(resume_point(c(0, 1), Some(c(30, 0))), c(0, 1));
+        assert_eq!(resume_point(c(5, 2), Some(c(3, 1))), c(5, 2));
     }
 
     #[test]

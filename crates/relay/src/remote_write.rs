@@ -442,6 +442,70 @@ mod tests {
         assert_eq!(WriteRequest::decode(raw.as_slice()).unwrap(), request);
     }
 
+    /// A one-connection-per-answer HTTP server answering `status`; returns its URL.
+    async fn answering(status: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+                            .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        format!("http://{addr}/api/v1/write")
+    }
+
+    #[tokio::test]
+    async fn answers_are_success_refusal_or_retry() {
+        let body = encode(&WriteRequest::default()).unwrap();
+        let mut ok = Client::new(&answering("204 No Content").await, Duration::from_secs(5));
+        ok.send(body.clone()).await.unwrap();
+        let mut refused = Client::new(&answering("400 Bad Request").await, Duration::from_secs(5));
+        let e = refused.send(body.clone()).await.unwrap_err();
+        assert!(matches!(e, SendError::Refused { status: 400, .. }), "{e}");
+        assert_eq!(e.reason(), "http_400");
+        assert!(
+            e.to_string().ends_with("refused with HTTP 400: nope"),
+            "{e}"
+        );
+        let mut too_large = Client::new(
+            &answering("413 Payload Too Large").await,
+            Duration::from_secs(5),
+        );
+        assert_eq!(
+            too_large.send(body.clone()).await.unwrap_err().reason(),
+            "http_4xx"
+        );
+        let mut down = Client::new(
+            &answering("503 Service Unavailable").await,
+            Duration::from_secs(5),
+        );
+        let e = down.send(body.clone()).await.unwrap_err();
+        assert!(matches!(e, SendError::Retry { .. }), "{e}");
+        assert!(e.to_string().contains("HTTP 503"), "{e}");
+        // Nobody listening: retry too.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nobody = Client::new(
+            &format!("http://127.0.0.1:{port}/w"),
+            Duration::from_secs(5),
+        );
+        assert!(matches!(
+            nobody.send(body).await.unwrap_err(),
+            SendError::Retry { .. }
+        ));
+    }
+
     #[test]
     fn urls_split_into_authority_and_path() {
         let c = Client::new("http://127.0.0.1:9090/api/v1/write", Duration::from_secs(1));
