@@ -996,3 +996,43 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     drop(nats);
     Ok(())
 }
+
+#[test]
+fn check_config_prints_what_it_will_do_or_the_line_and_key_to_fix() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/a\"\n\n[[hosts]]\nhost_id = \"sim-0001\"\naddr = \"https://127.0.1.1:7443\"\n",
+    )?;
+    let out = jex_e2e::output_within(
+        Command::new(relay_bin())
+            .args(["check-config", "--config"])
+            .arg(&good),
+        REAP,
+    )?;
+    let stdout = String::from_utf8(out.stdout)?;
+    ensure!(out.status.success(), "{stdout}");
+    ensure!(
+        stdout.contains(": OK: 1 host(s); JetStream nats://127.0.0.1:4222 stream JEX_TELEMETRY"),
+        "{stdout}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[tls]\ncert = \"/c\"\nkey = \"/k\"\nca = \"/a\"\n\n[[hosts]]\nhost_id = \"sim.0001\"\naddr = \"https://127.0.1.1:7443\"\n",
+    )?;
+    let out = jex_e2e::output_within(
+        Command::new(relay_bin())
+            .args(["check-config", "--config"])
+            .arg(&bad),
+        REAP,
+    )?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.code() == Some(2), "{:?}: {stderr}", out.status);
+    ensure!(
+        stderr.contains("bad.toml:7: key `hosts[0].host_id`: '.' is not allowed in a host id"),
+        "{stderr}"
+    );
+    Ok(())
+}
