@@ -15,7 +15,7 @@
 #
 # Quick: formatting, clippy, the architecture check and its test, the Mach-O checker's test
 # (python3 alone), and every Rust test that runs without root and without cryptsetup, losetup,
-# mount, openssl, bsdtar, cpio, shellcheck, grpcurl or prometheus: the unit tests of every crate but the
+# mount, openssl, bsdtar, cpio, shellcheck, grpcurl, prometheus or nats-server: the unit tests of every crate but the
 # package builder's (minus the LUKS2, loop-device and full-disk tests, named below), the
 # platform's and the erase crash tests, and the end-to-end tests over mTLS on loopback (minus
 # grpcurl's). Those left out are not skipped at run time: the quick tier does not run them, the
