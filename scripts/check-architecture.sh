@@ -5,6 +5,7 @@
 #                                    -> jex-spool
 #                                    -> jex-platform -> jex-telemetry
 #   jex-sim -> jex-agent (feature dev: app::start_with, the development PKI)
+#   jex-relay (controller side) -> jex-agent (telemetry wire form, /metrics families), jex-proto
 #
 # - jex-attest (certificates) builds without tokio, tonic or nix: controllers and auditors use it
 #   alone to check an erase certificate;
@@ -16,6 +17,8 @@
 #   on for themselves;
 # - jex-sim and jex-relay meet only at the agent's proto and the relay's TOML host list: neither
 #   depends on the other;
+# - jex-relay (the controller-side relay) reaches no packaging tool, and its NATS, gRPC and HTTP
+#   clients stay on rustls with ring: no aws-lc-rs, no OpenSSL;
 # - `unsafe` and `cfg(target_os)` appear only in crates/platform;
 # - every crate root (library and binary targets) of every member but jex-platform says
 #   `#![forbid(unsafe_code)]`, so that no inner `allow` can undo the workspace's `deny`;
@@ -71,6 +74,7 @@ forbid jex-erase jex-spool jex-agent tonic jex-proto
 forbid jex-reclaim jex-platform jex-spool jex-erase jex-agent tokio tonic nix
 forbid jex-agent rcgen
 forbid jex-sim jex-relay
+forbid jex-relay jex-packaging aws-lc-rs aws-lc-sys openssl-sys native-tls
 
 # `unsafe` (code, not comments) and cfg(target_os) only in the platform crate. Every loop below
 # reads from a process substitution, so that `fail` counts in this shell.

@@ -15,7 +15,7 @@
 #
 # Quick: formatting, clippy, the architecture check and its test, the Mach-O checker's test
 # (python3 alone), and every Rust test that runs without root and without cryptsetup, losetup,
-# mount, openssl, bsdtar, cpio, shellcheck, grpcurl or prometheus: the unit tests of every crate but the
+# mount, openssl, bsdtar, cpio, shellcheck, grpcurl, prometheus or nats-server: the unit tests of every crate but the
 # package builder's (minus the LUKS2, loop-device and full-disk tests, named below), the
 # platform's and the erase crash tests, and the end-to-end tests over mTLS on loopback (minus
 # grpcurl's). Those left out are not skipped at run time: the quick tier does not run them, the
@@ -49,6 +49,7 @@ NEEDS_ROOT_OR_TOOLS=(
   grpcurl                       # jex-e2e edge: reflection through a real grpcurl
   passes_promtool               # jex-e2e metrics: Debian's promtool
   a_real_prometheus             # jex-e2e metrics: Debian's prometheus
+  a_real_jetstream              # jex-e2e relay: Debian's nats-server and prometheus
 )
 skips=()
 for t in "${NEEDS_ROOT_OR_TOOLS[@]}"; do skips+=(--skip "$t"); done
@@ -115,6 +116,8 @@ have npm || apt_missing+=(npm)
 have flock || apt_missing+=(util-linux)
 # promtool and prometheus for the e2e test of /metrics (tests/tests/metrics.rs), by their paths.
 { [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; } || apt_missing+=(prometheus)
+# nats-server (JetStream) for the e2e test of jex-relay (tests/tests/relay.rs), by its path.
+[ -x /usr/sbin/nats-server ] || apt_missing+=(nats-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then
   echo "== installing: ${apt_missing[*]}"

@@ -43,6 +43,8 @@ PY
 # The breakages, one rule each.
 # jex-reclaim: nothing whose rule forbids tokio depends on it, so this is one violation.
 break_graph() { add_after "$1" crates/reclaim/Cargo.toml '[dependencies]' 'tokio = { workspace = true }'; }
+# jex-relay: the packaging tools are no part of the controller side.
+break_relay() { add_after "$1" crates/relay/Cargo.toml '[dependencies]' 'jex-packaging = { workspace = true }'; }
 break_unsafe() { printf '\n/// Broken on purpose.\npub unsafe fn broken() {}\n' >>"$1/crates/telemetry/src/lib.rs"; }
 break_cfg() { printf '\n/// Broken on purpose.\n#[cfg(target_os = "linux")]\npub fn broken() {}\n' >>"$1/crates/spool/src/lib.rs"; }
 break_forbid() { sed -i '/^#!\[forbid(unsafe_code)\]$/d' "$1/crates/attest/src/lib.rs"; }
@@ -55,6 +57,7 @@ break_dep_table() { printf '\n[dev-dependencies.hex]\nversion = "0.4"\n' >>"$1/c
 # What each breakage must make the check say.
 declare -A said=(
   [graph]='jex-reclaim depends on tokio'
+  [relay]='jex-relay depends on jex-packaging'
   [unsafe]='unsafe outside crates/platform: crates/telemetry/src/lib.rs'
   [cfg]='cfg(target_os) outside crates/platform: crates/spool/src/lib.rs'
   [forbid]='crate root without #![forbid(unsafe_code)]: crates/attest/src/lib.rs'
@@ -106,7 +109,7 @@ case_() {
 }
 
 case_ clean
-for b in graph unsafe cfg forbid dev dep_line dep_table; do
+for b in graph relay unsafe cfg forbid dev dep_line dep_table; do
   case_ "$b" "$b"
 done
 # Two manifests at once (the pipeline that used to swallow this exited 0).

@@ -1,0 +1,266 @@
+//! The JetStream sink: one NATS connection for the whole relay (async-nats on rustls/ring), the
+//! stream created or updated at start and again after a publish failure, the resume cursor read
+//! from the last message of a host's subject, and publishes whose acks the follower awaits in a
+//! bounded window (see [`crate::follow`]).
+//!
+//! The stream: `JEX_TELEMETRY` (configurable), subjects `jex.telemetry.>`, file storage, the
+//! configured duplicate window (default 2 min: a record re-sent within it is acknowledged as a
+//! duplicate and not stored again) and max age (default 7 days). The message layout is in
+//! [`crate::layout`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use async_nats::{HeaderMap, connection::State};
+use jex_proto::v1 as pb;
+use prost::Message;
+
+use crate::config::JetStreamConfig;
+use crate::layout::{self, Cursor};
+
+/// JetStream could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Not connected to NATS (the client reconnects by itself).
+    #[error("NATS at {url} is not connected")]
+    Disconnected {
+        /// The server.
+        url: String,
+    },
+    /// The stream could not be created or updated.
+    #[error("creating or updating stream {stream}: {message}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The server's or the client's answer.
+        message: String,
+    },
+    /// The cursor could not be read.
+    #[error("reading the last message of {subject}: {message}")]
+    Cursor {
+        /// The subject.
+        subject: String,
+        /// What happened.
+        message: String,
+    },
+    /// The last message is not one of the relay's.
+    #[error(transparent)]
+    Layout(#[from] layout::CursorError),
+    /// A publish was not sent or not acknowledged.
+    #[error("publishing {what} on {subject}: {message}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Which message.
+        what: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// The relay's JetStream connection.
+pub struct Bus {
+    cfg: JetStreamConfig,
+    client: async_nats::Client,
+    ctx: jetstream::Context,
+    stream_ready: AtomicBool,
+}
+
+/// A publish awaiting its ack.
+pub type Pending = PublishAckFuture;
+
+impl Bus {
+    /// Connects (in the background: a NATS server that is not up yet is retried for ever).
+    pub async fn connect(cfg: JetStreamConfig) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(concat!("jex-relay/", env!("CARGO_PKG_VERSION")))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            })
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| BusError::Disconnected {
+                url: format!("{} ({e})", cfg.url),
+            })?;
+        let ctx = jetstream::new(client.clone());
+        Ok(Self {
+            cfg,
+            client,
+            ctx,
+            stream_ready: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &JetStreamConfig {
+        &self.cfg
+    }
+
+    /// Whether the client is connected now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    fn check_connected(&self) -> Result<(), BusError> {
+        if self.connected() {
+            Ok(())
+        } else {
+            Err(BusError::Disconnected {
+                url: self.cfg.url.clone(),
+            })
+        }
+    }
+
+    /// Creates or updates the stream, once (again after [`Bus::stream_lost`]).
+    pub async fn ensure_stream(&self) -> Result<(), BusError> {
+        if self.stream_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_connected()?;
+        let stream_err = |message: String| BusError::Stream {
+            stream: self.cfg.stream.clone(),
+            message,
+        };
+        // An existing stream keeps what an operator chose (replicas, placement, limits): only the
+        // duplicate window, the max age and the relay's subject are set.
+        let existing = match self.ctx.get_stream(&self.cfg.stream).await {
+            Ok(mut s) => Some(
+                s.info()
+                    .await
+                    .map_err(|e| stream_err(e.to_string()))?
+                    .config
+                    .clone(),
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(stream_err(e.to_string())),
+        };
+        let config = match existing {
+            Some(mut c) => {
+                if !c.subjects.contains(&layout::stream_subjects()) {
+                    c.subjects.push(layout::stream_subjects());
+                }
+                c.duplicate_window = self.cfg.duplicate_window;
+                c.max_age = self.cfg.max_age;
+                c
+            }
+            None => stream::Config {
+                name: self.cfg.stream.clone(),
+                subjects: vec![layout::stream_subjects()],
+                storage: stream::StorageType::File,
+                duplicate_window: self.cfg.duplicate_window,
+                max_age: self.cfg.max_age,
+                ..Default::default()
+            },
+        };
+        self.ctx
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| stream_err(e.to_string()))?;
+        tracing::info!(
+            stream = %self.cfg.stream,
+            subjects = %layout::stream_subjects(),
+            duplicate_window_secs = self.cfg.duplicate_window.as_secs(),
+            max_age_secs = self.cfg.max_age.as_secs(),
+            "JetStream stream ready"
+        );
+        self.stream_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A publish failed: check the stream again before the next session.
+    pub fn stream_lost(&self) {
+        self.stream_ready.store(false, Ordering::Release);
+    }
+
+    /// The resume cursor of `host_id`: the last message on its subject (none: seq 0, epoch 0).
+    pub async fn cursor(&self, host_id: &str) -> Result<Cursor, BusError> {
+        self.check_connected()?;
+        let subject = layout::subject(host_id);
+        let err = |message: String| BusError::Cursor {
+            subject: subject.clone(),
+            message,
+        };
+        let stream = self
+            .ctx
+            .get_stream_no_info(&self.cfg.stream)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => Ok(layout::cursor_from(&subject, |name| {
+                msg.headers.get(name).map(|v| v.as_str())
+            })?),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound
+                ) =>
+            {
+                Ok(Cursor::default())
+            }
+            Err(e) => Err(err(e.to_string())),
+        }
+    }
+
+    fn headers(pairs: Vec<(&'static str, String)>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(k, v.as_str());
+        }
+        h
+    }
+
+    /// Sends one record; the returned future resolves to its ack.
+    pub async fn publish_record(
+        &self,
+        host_id: &str,
+        epoch: u64,
+        record: &pb::TelemetryRecord,
+    ) -> Result<Pending, BusError> {
+        let subject = layout::subject(host_id);
+        self.check_connected()?;
+        let headers = Self::headers(layout::record_headers(host_id, epoch, record));
+        self.ctx
+            .publish_with_headers(subject.clone(), headers, record.encode_to_vec().into())
+            .await
+            .map_err(|e| BusError::Publish {
+                subject,
+                what: format!("seq {}", record.seq),
+                message: e.to_string(),
+            })
+    }
+
+    /// Publishes the reset marker that opens `epoch` and waits for its ack.
+    pub async fn publish_reset(&self, host_id: &str, epoch: u64) -> Result<(), BusError> {
+        let subject = layout::subject(host_id);
+        self.check_connected()?;
+        let err = |message: String| BusError::Publish {
+            subject: subject.clone(),
+            what: format!("the reset marker of epoch {epoch}"),
+            message,
+        };
+        let headers = Self::headers(layout::reset_headers(host_id, epoch));
+        self.ctx
+            .publish_with_headers(subject.clone(), headers, bytes::Bytes::new())
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+}
