@@ -49,7 +49,7 @@ NEEDS_ROOT_OR_TOOLS=(
   grpcurl                       # jex-e2e edge: reflection through a real grpcurl
   passes_promtool               # jex-e2e metrics: Debian's promtool
   a_real_prometheus             # jex-e2e metrics: Debian's prometheus
-  a_real_jetstream              # jex-e2e relay: Debian's nats-server and prometheus
+  a_real_jetstream              # jex-e2e fleet: Debian's nats-server and prometheus
 )
 skips=()
 for t in "${NEEDS_ROOT_OR_TOOLS[@]}"; do skips+=(--skip "$t"); done
@@ -116,7 +116,7 @@ have npm || apt_missing+=(npm)
 have flock || apt_missing+=(util-linux)
 # promtool and prometheus for the e2e test of /metrics (tests/tests/metrics.rs), by their paths.
 { [ -x /usr/bin/promtool ] && [ -x /usr/bin/prometheus ]; } || apt_missing+=(prometheus)
-# nats-server (JetStream) for the e2e test of jex-relay (tests/tests/relay.rs), by its path.
+# nats-server (JetStream) for the e2e test of jex-relay (tests/tests/fleet.rs), by its path.
 [ -x /usr/sbin/nats-server ] || apt_missing+=(nats-server)
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_missing+=(python3-venv)
 if ((${#apt_missing[@]})); then

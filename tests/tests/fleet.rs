@@ -1,3 +1,7 @@
+//! The fleet end to end: `jex-relay` with the real engines, following real agents and the
+//! simulated hosts of `jex-sim`. The first test runs 20 simulated hosts and 2 real agents
+//! through one relay; the second, the relay's every path on real agents alone.
+//!
 //! jex-relay end to end, with the real engines: a real `nats-server -js` (Debian's
 //! `nats-server`), a real Prometheus with its remote_write receiver (Debian's `prometheus`),
 //! real agent processes, and the relay as a real process (`jex-relay-e2e`). scripts/test.sh
@@ -1034,5 +1038,193 @@ fn check_config_prints_what_it_will_do_or_the_line_and_key_to_fix() -> Result<()
         stderr.contains("bad.toml:7: key `hosts[0].host_id`: '.' is not allowed in a host id"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// The whole history of the agent at `addr` now (observer, history only).
+async fn history_at(pki: &TestPki, addr: std::net::SocketAddr) -> Result<Vec<pb::TelemetryRecord>> {
+    let channel = tonic::transport::Channel::from_shared(format!("https://{addr}"))?
+        .tls_config(jex_e2e::tls_config(pki, Some(&pki.observer()))?)?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let mut s = pb::node_agent_client::NodeAgentClient::new(channel)
+        .stream_telemetry(pb::StreamTelemetryRequest {
+            after_seq: 0,
+            max_batch_records: 0,
+            history_only: true,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.message().await? {
+        out.extend(m.records);
+    }
+    Ok(out)
+}
+
+/// 20 simulated hosts (`jex-sim`, in this process, issued by the test's fleet CA) and 2 real
+/// agents, followed by one relay into a real JetStream and a real Prometheus. The relay is
+/// SIGKILLed and restarted, a simulated host and a real agent are restarted, `nats-server` is
+/// restarted; then every seq of every host is in JetStream exactly once, in order, with every
+/// gap marked, and Prometheus holds every sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_simulated_hosts_and_two_agents_land_exactly_once_in_a_real_jetstream() -> Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let pki = TestPki::new()?;
+    let pki_b = agent_pki(&pki, HOST_B, true)?;
+    let opts = AgentOptions::default();
+    let mut agent_a = start_agent(&pki, &w.join("a"), &opts)?;
+    let agent_b = start_agent(&pki_b, &w.join("b"), &opts)?;
+    let mut sim_config = jex_sim::FleetConfig::new(w.join("sim"), 20);
+    sim_config.base_ip = std::net::Ipv4Addr::new(127, 0, 6, 1);
+    sim_config.port = 0;
+    sim_config.interval_ms = 200;
+    let fleet = jex_sim::Fleet::start_with_ca(sim_config, &pki.ca).await?;
+    let sims = fleet.host_ids();
+    ensure!(sims.len() == 20, "{sims:?}");
+
+    let nats_port = free_port()?;
+    let store = w.join("nats-store");
+    let nats_log = w.join("nats.log");
+    let mut nats = start_nats(nats_port, &store, &nats_log).await?;
+    let (_prometheus, prom_port) = start_prometheus(&w.join("prometheus")).await?;
+    let rw_url = format!("http://127.0.0.1:{prom_port}/api/v1/write");
+
+    let config = w.join("relay.toml");
+    let mut sim_addrs = Vec::new();
+    for id in &sims {
+        sim_addrs.push((id.clone(), fleet.addr(id).await?));
+    }
+    let write = |a: std::net::SocketAddr| -> Result<()> {
+        let mut entries: Vec<(&str, std::net::SocketAddr)> =
+            vec![(HOST_ID, a), (HOST_B, agent_b.addr)];
+        entries.extend(sim_addrs.iter().map(|(id, addr)| (id.as_str(), *addr)));
+        write_relay_config(&config, &pki, nats_port, &entries, Some(&rw_url))
+    };
+    write(agent_a.addr)?;
+    let log = w.join("relay.log");
+    let mut relay = start_relay(&config, &log)?;
+    for id in sims.iter().map(String::as_str).chain([HOST_ID, HOST_B]) {
+        wait_metric(&relay, &last_seq(id), 10.0, Duration::from_secs(60)).await?;
+    }
+    ensure!(relay_metric(&relay, "jex_relay_hosts_followed").await? == 22.0);
+
+    // kill -9 the relay mid-stream, and restart it.
+    let before = relay_metric(&relay, &last_seq(&sims[0])).await?;
+    relay.proc.kill9()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay = start_relay(&config, &log)?;
+    wait_metric(
+        &relay,
+        &last_seq(&sims[0]),
+        before + 10.0,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // Restart a simulated host (same address: the relay reconnects by itself) and a real agent
+    // (a new port: a SIGHUP reload points the relay at it).
+    let sim_before = relay_metric(&relay, &last_seq(&sims[2])).await?;
+    fleet.restart(&sims[2]).await?;
+    let a_before = relay_metric(&relay, &last_seq(HOST_ID)).await?;
+    let a_dir = agent_a.dir.clone();
+    agent_a.kill9()?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    agent_a = start_agent(&pki, &a_dir, &opts)?;
+    write(agent_a.addr)?;
+    relay.proc.signal(nix::sys::signal::Signal::SIGHUP)?;
+    wait_metric(
+        &relay,
+        &last_seq(&sims[2]),
+        sim_before + 10.0,
+        Duration::from_secs(60),
+    )
+    .await?;
+    wait_metric(
+        &relay,
+        &last_seq(HOST_ID),
+        a_before + 20.0,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // Restart nats-server on the same store.
+    let b_before = relay_metric(&relay, &last_seq(HOST_B)).await?;
+    nats.terminate()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats = start_nats(nats_port, &store, &nats_log).await?;
+    wait_metric(
+        &relay,
+        &last_seq(HOST_B),
+        b_before + 20.0,
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    // Every host's history now; the relay catches up past each, then stops.
+    let mut histories: Vec<(String, Vec<pb::TelemetryRecord>)> = vec![
+        (
+            HOST_ID.to_owned(),
+            agent_history(&pki, &pki, &agent_a).await?,
+        ),
+        (
+            HOST_B.to_owned(),
+            agent_history(&pki_b, &pki, &agent_b).await?,
+        ),
+    ];
+    for (id, addr) in &sim_addrs {
+        histories.push((id.clone(), history_at(&pki, *addr).await?));
+    }
+    for (id, history) in &histories {
+        let last = history.last().map_or(0, |r| r.seq) as f64;
+        wait_metric(&relay, &last_seq(id), last, Duration::from_secs(60)).await?;
+    }
+    let duplicates = relay_metric(&relay, "jex_relay_duplicates_total").await?;
+    let status = relay.proc.terminate()?;
+    ensure!(
+        status.success(),
+        "the relay exited with {status} on SIGTERM"
+    );
+    fleet.shutdown().await;
+
+    // Every seq of every host exactly once, in order, as its agent sent it, gaps marked; the
+    // restarted ones have their AGENT_DOWN gap.
+    let stored = read_back(nats_port).await?;
+    ensure!(stored.len() == 22, "subjects: {:?}", stored.keys());
+    let (mut messages, mut gap_records) = (0, 0);
+    let mut samples_by_host = Vec::new();
+    for (id, history) in &histories {
+        let subject = format!("jex.telemetry.{id}");
+        let got = stored
+            .get(&subject)
+            .with_context(|| format!("nothing stored for {id}"))?;
+        let (n, gaps, samples) = check_subject(id, got, history)?;
+        if id == HOST_ID || id == &sims[2] {
+            ensure!(gaps >= 1, "{id} was restarted but has no gap record");
+        }
+        messages += n;
+        gap_records += gaps;
+        samples_by_host.push((id.clone(), samples));
+    }
+    eprintln!(
+        "fleet exactly once: 22 hosts (20 simulated, 2 agents), {messages} messages, {gap_records} gap records, {duplicates} duplicates acknowledged by the last relay"
+    );
+
+    // Prometheus holds every sample published.
+    for (id, samples) in &samples_by_host {
+        let q = format!("count_over_time(jex_host_cpu_busy_ratio{{host_id=\"{id}\"}}[30m])");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = prom_value(prom_port, &q).await?;
+            if got == Some(*samples as f64) {
+                break;
+            }
+            ensure!(Instant::now() < end, "{q} = {got:?}, published {samples}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(nats);
     Ok(())
 }
