@@ -986,8 +986,8 @@ impl RawConfig {
     }
 }
 
-/// 1-based (line, column) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+/// 1-based (line, column) of a byte offset (also for the relay's configuration).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before
@@ -1000,8 +1000,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// The dotted key (`telemetry.interval_ms`, `erase.targets[1].device`) whose key or value holds
 /// byte `offset`, found in the TOML parser's own tree of the document. The parser builds the
 /// tree even when the document has a syntax error; only keys that start before the error are
-/// trusted then. `None` when no key holds the offset (e.g. a broken table header).
-fn key_at(text: &str, offset: usize) -> Option<String> {
+/// trusted then. `None` when no key holds the offset (e.g. a broken table header). Also for the
+/// relay's configuration.
+pub fn key_at(text: &str, offset: usize) -> Option<String> {
     let (root, _errors) = toml::de::DeTable::parse_recoverable(text);
     let mut found = None;
     for (k, v) in root.get_ref().iter() {

@@ -39,6 +39,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use jex_agent::config::{key_at, line_col};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -614,75 +615,6 @@ impl RawConfig {
             follow,
         })
     }
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
-}
-
-/// The dotted key (`jetstream.url`, `hosts[1].addr`) whose key or value holds byte `offset`.
-fn key_at(text: &str, offset: usize) -> Option<String> {
-    let (root, _errors) = toml::de::DeTable::parse_recoverable(text);
-    let mut found = None;
-    for (k, v) in root.get_ref().iter() {
-        visit_key(k, v, "", offset, &mut found);
-    }
-    found
-}
-
-fn visit_key(
-    key: &Spanned<toml::de::DeString<'_>>,
-    value: &Spanned<toml::de::DeValue<'_>>,
-    parent: &str,
-    offset: usize,
-    found: &mut Option<String>,
-) {
-    if key.span().start > offset {
-        return;
-    }
-    let path = if parent.is_empty() {
-        key.get_ref().to_string()
-    } else {
-        format!("{parent}.{}", key.get_ref())
-    };
-    if holds(&key.span(), offset) {
-        *found = Some(path.clone());
-    }
-    visit_value(value, &path, offset, found);
-}
-
-fn visit_value(
-    value: &Spanned<toml::de::DeValue<'_>>,
-    path: &str,
-    offset: usize,
-    found: &mut Option<String>,
-) {
-    if holds(&value.span(), offset) {
-        *found = Some(path.to_owned());
-    }
-    match value.get_ref() {
-        toml::de::DeValue::Table(t) => {
-            for (k, v) in t.iter() {
-                visit_key(k, v, path, offset, found);
-            }
-        }
-        toml::de::DeValue::Array(a) => {
-            for (i, v) in a.iter().enumerate() {
-                visit_value(v, &format!("{path}[{i}]"), offset, found);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn holds(span: &Range<usize>, offset: usize) -> bool {
-    span.start <= offset && offset < span.end.max(span.start + 1)
 }
 
 #[cfg(test)]
