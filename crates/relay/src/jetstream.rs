@@ -65,6 +65,9 @@ pub struct Bus {
     client: async_nats::Client,
     ctx: jetstream::Context,
     stream_ready: AtomicBool,
+    /// One stream check at a time: a relay (re)starting with a thousand hosts asks once, not a
+    /// thousand times at once (which the JetStream API answers with errors).
+    stream_check: tokio::sync::Mutex<()>,
 }
 
 /// A publish awaiting its ack.
@@ -96,6 +99,7 @@ impl Bus {
             client,
             ctx,
             stream_ready: AtomicBool::new(false),
+            stream_check: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -121,6 +125,10 @@ impl Bus {
 
     /// Creates or updates the stream, once (again after [`Bus::stream_lost`]).
     pub async fn ensure_stream(&self) -> Result<(), BusError> {
+        if self.stream_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.stream_check.lock().await;
         if self.stream_ready.load(Ordering::Acquire) {
             return Ok(());
         }
