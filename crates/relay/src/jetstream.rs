@@ -70,6 +70,10 @@ pub struct Bus {
     stream_check: tokio::sync::Mutex<()>,
 }
 
+/// The NATS client's cap on unacknowledged publishes: above any fleet's hosts × `max_in_flight`
+/// (see [`Bus::connect`]), so that only the relay's per-host windows bound them.
+const CLIENT_ACK_CAP: usize = 1 << 26;
+
 /// A publish awaiting its ack.
 pub type Pending = PublishAckFuture;
 
@@ -93,7 +97,15 @@ impl Bus {
             .map_err(|e| BusError::Disconnected {
                 url: format!("{} ({e})", cfg.url),
             })?;
-        let ctx = jetstream::new(client.clone());
+        // The client's own cap on unacknowledged publishes is shared by every host of the
+        // connection, and a publish waits for a free place under it. Each host holds its acks in
+        // its own window and polls them only between its publishes, so a host waiting there holds
+        // places no one frees: with enough hosts (1,000 × 256 against the default 5,000) every
+        // host waits at once and the relay stalls. The relay's per-host window
+        // (`max_in_flight`) is the bound; the client's cap is set beyond any fleet's total.
+        let ctx = jetstream::ContextBuilder::new()
+            .max_ack_inflight(CLIENT_ACK_CAP)
+            .build(client.clone());
         Ok(Self {
             cfg,
             client,
