@@ -93,7 +93,7 @@ if [ "$mode" = quick ]; then
     --test linux_inventory -- "${skips[@]}"
   group "end to end over mTLS on loopback" -p jex-e2e --test config --test edge --test mtls \
     --test telemetry --test system_log --test metrics --test packaging_contract --test health \
-    --test diagnose -- "${skips[@]}"
+    --test diagnose --test relay_store -- "${skips[@]}"
   group "simulated fleet (jex-sim, real agents in one process)" -p jex-sim --test sim
   if ((${#failed[@]})); then
     printf 'quick tier FAILED after %s s in:\n' "$((SECONDS - start))" >&2

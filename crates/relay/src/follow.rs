@@ -32,24 +32,23 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
-use crate::config::{FollowConfig, HostEntry, RemoteWriteConfig, TlsFiles};
-use crate::jetstream::{Bus, BusError, Pending};
+use crate::config::{FollowConfig, HostEntry, TlsFiles};
 use crate::layout::Cursor;
 use crate::metrics::Metrics;
-use crate::remote_write;
+use crate::sink::{Ack, Sink, SinkError, SinkFactory, Store, StoreError, Stored};
 
 /// What every follower shares.
-pub struct Shared {
-    /// The JetStream sink.
-    pub bus: Arc<Bus>,
+pub struct Shared<S> {
+    /// The exactly-once store (JetStream).
+    pub store: Arc<S>,
+    /// The further sinks (remote_write), one opened per host.
+    pub sinks: Vec<Arc<dyn SinkFactory>>,
     /// The relay's metrics.
     pub metrics: Arc<Metrics>,
     /// The relay's client identity.
     pub tls: TlsFiles,
     /// Backoff and batch settings.
     pub follow: FollowConfig,
-    /// The remote_write sink, if any.
-    pub remote_write: Option<RemoteWriteConfig>,
 }
 
 /// Why a session ended.
@@ -93,9 +92,9 @@ pub enum SessionError {
         /// The agent's message.
         message: String,
     },
-    /// JetStream failed.
+    /// The store (JetStream) failed.
     #[error(transparent)]
-    Bus(#[from] BusError),
+    Store(#[from] StoreError),
     /// A file of `[tls]` could not be read.
     #[error("reading {path}: {source}")]
     Read {
@@ -117,7 +116,7 @@ impl SessionError {
             SessionError::Unavailable { .. } => "unavailable",
             SessionError::HostIdMismatch { .. } => "host_id_mismatch",
             SessionError::Stream { .. } => "stream",
-            SessionError::Bus(_) => "jetstream",
+            SessionError::Store(_) => "jetstream",
             SessionError::Stopped => "other",
         }
     }
@@ -309,7 +308,8 @@ async fn connect(
 struct HostState {
     /// The end of the unbroken run of acks (the cursor at the start of a session).
     acked: Option<Cursor>,
-    rw: Option<remote_write::Client>,
+    /// The host's further sinks.
+    sinks: Vec<Box<dyn Sink>>,
 }
 
 /// One publish awaiting its ack.
@@ -317,40 +317,21 @@ struct InFlight {
     seq: u64,
     time_ms: u64,
     gap: bool,
-    ack: std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<
-                        async_nats::jetstream::publish::PublishAck,
-                        async_nats::jetstream::context::PublishError,
-                    >,
-                > + Send,
-        >,
-    >,
-}
-
-impl InFlight {
-    fn new(seq: u64, time_ms: u64, gap: bool, pending: Pending) -> Self {
-        Self {
-            seq,
-            time_ms,
-            gap,
-            ack: std::future::IntoFuture::into_future(pending),
-        }
-    }
+    ack: Ack,
 }
 
 /// Follows `host` until `stop` turns true.
-pub async fn follow(host: HostEntry, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn follow<S: Store>(
+    host: HostEntry,
+    shared: Arc<Shared<S>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let id = host.host_id.clone();
     shared.metrics.add_host(&id);
     let mut backoff = Backoff::new(shared.follow.backoff_min, shared.follow.backoff_max);
     let mut state = HostState {
         acked: None,
-        rw: shared
-            .remote_write
-            .as_ref()
-            .map(|c| remote_write::Client::new(&c.url, c.timeout)),
+        sinks: shared.sinks.iter().map(|f| f.open(&id)).collect(),
     };
     tracing::info!(host_id = %id, addr = %host.addr, "following host");
     loop {
@@ -394,9 +375,9 @@ pub async fn follow(host: HostEntry, shared: Arc<Shared>, mut stop: watch::Recei
     tracing::info!(host_id = %id, "stopped following host");
 }
 
-async fn session(
+async fn session<S: Store>(
     host: &HostEntry,
-    shared: &Shared,
+    shared: &Shared<S>,
     state: &mut HostState,
     backoff: &mut Backoff,
     stop: &mut watch::Receiver<bool>,
@@ -419,9 +400,9 @@ async fn session(
             addr: addr.to_owned(),
         });
     }
-    let bus = &shared.bus;
-    bus.ensure_stream().await?;
-    let stored = bus.cursor(id).await?;
+    let store = &*shared.store;
+    store.ensure().await?;
+    let stored = store.cursor(id).await?;
     let mut cursor = resume_point(stored, state.acked);
     if cursor != stored {
         tracing::warn!(
@@ -451,7 +432,7 @@ async fn session(
     backoff.reset();
     tracing::info!(host_id = %id, after_seq = cursor.seq, epoch = cursor.epoch, "telemetry stream open");
 
-    let window = bus.config().max_in_flight;
+    let window = store.max_in_flight();
     let mut pending: VecDeque<InFlight> = VecDeque::with_capacity(window.min(1024));
     let mut last_seen = cursor.seq;
     let result = loop {
@@ -524,9 +505,9 @@ pub fn resume_point(stored: Cursor, acked: Option<Cursor>) -> Cursor {
 
 /// The agent's spool is a new life: an ERROR, the reset marker of the next epoch, and the
 /// cursor to follow it from (seq 0 in that epoch).
-async fn new_epoch(
+async fn new_epoch<S: Store>(
     id: &str,
-    shared: &Shared,
+    shared: &Shared<S>,
     cursor: Cursor,
     agent: &str,
 ) -> Result<Cursor, SessionError> {
@@ -536,21 +517,18 @@ async fn new_epoch(
         "the agent's spool is a new life (OUT_OF_RANGE past the stored cursor): publishing a reset marker (Jex-Reset: spool-lost) and following from seq 1 in a new epoch"
     );
     shared.metrics.connect_error("out_of_range");
-    shared.bus.publish_reset(id, epoch).await?;
+    shared.store.publish_reset(id, epoch).await?;
     shared.metrics.reset();
     Ok(Cursor { seq: 0, epoch })
 }
 
-fn on_ack(
+fn on_ack<S: Store>(
     id: &str,
-    shared: &Shared,
+    shared: &Shared<S>,
     state: &mut HostState,
     epoch: u64,
     pending: &mut VecDeque<InFlight>,
-    r: Result<
-        async_nats::jetstream::publish::PublishAck,
-        async_nats::jetstream::context::PublishError,
-    >,
+    r: Result<Stored, String>,
 ) -> Result<(), SessionError> {
     let Some(done) = pending.pop_front() else {
         return Ok(());
@@ -568,27 +546,27 @@ fn on_ack(
         }
         Err(e) => {
             let n = 1 + pending.len() as u64;
-            shared.metrics.publish_error("jetstream", "ack", n);
-            shared.bus.stream_lost();
+            shared.metrics.publish_error(shared.store.name(), "ack", n);
+            shared.store.lost();
             // The rest of the window is abandoned: the next session resumes from the cursor.
             pending.clear();
             tracing::error!(
                 host_id = %id, seq = done.seq, abandoned = n,
-                "JetStream did not acknowledge a publish: {}; resuming from the stored cursor", chain(&e)
+                "JetStream did not acknowledge a publish: {e}; resuming from the stored cursor"
             );
-            Err(SessionError::Bus(BusError::Publish {
+            Err(SessionError::Store(StoreError::Publish {
                 subject: crate::layout::subject(id),
                 what: format!("seq {}", done.seq),
-                message: e.to_string(),
+                message: e,
             }))
         }
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn on_batch(
+async fn on_batch<S: Store>(
     host: &HostEntry,
-    shared: &Shared,
+    shared: &Shared<S>,
     state: &mut HostState,
     epoch: u64,
     pending: &mut VecDeque<InFlight>,
@@ -614,10 +592,10 @@ async fn on_batch(
     if records.is_empty() {
         return Ok(());
     }
-    if let Some(rw) = state.rw.as_mut() {
-        write_remote(id, shared, rw, &records, stop).await?;
+    for sink in &mut state.sinks {
+        write_sink(id, shared, sink.as_mut(), &records, stop).await?;
     }
-    let window = shared.bus.config().max_in_flight;
+    let window = shared.store.max_in_flight();
     for record in &records {
         while pending.len() >= window {
             let r = match pending.front_mut() {
@@ -627,78 +605,66 @@ async fn on_batch(
             on_ack(id, shared, state, epoch, pending, r)?;
         }
         let gap = matches!(record.body, Some(pb::telemetry_record::Body::Gap(_)));
-        let ack = match shared.bus.publish_record(id, epoch, record).await {
+        let ack = match shared.store.publish(id, epoch, record).await {
             Ok(a) => a,
             Err(e) => {
-                shared.metrics.publish_error("jetstream", "send", 1);
-                shared.bus.stream_lost();
+                shared.metrics.publish_error(shared.store.name(), "send", 1);
+                shared.store.lost();
                 return Err(e.into());
             }
         };
-        pending.push_back(InFlight::new(record.seq, record.time_unix_ms, gap, ack));
+        pending.push_back(InFlight {
+            seq: record.seq,
+            time_ms: record.time_unix_ms,
+            gap,
+            ack,
+        });
     }
     Ok(())
 }
 
-async fn write_remote(
+/// Writes one batch to one sink: retried with backoff while it is unavailable (the host's
+/// stream waits), counted and logged when refused (not retried: the store still gets it).
+async fn write_sink<S: Store>(
     id: &str,
-    shared: &Shared,
-    rw: &mut remote_write::Client,
+    shared: &Shared<S>,
+    sink: &mut dyn Sink,
     records: &[pb::TelemetryRecord],
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let mut request = remote_write::WriteRequest::default();
-    for r in records {
-        match remote_write::record_series(id, r) {
-            Ok(series) => request.timeseries.extend(series),
-            Err(e) => {
-                shared
-                    .metrics
-                    .publish_error("remote_write", "bad_record", 1);
-                tracing::error!(host_id = %id, seq = r.seq, "record not written to remote_write: {e}");
-            }
-        }
-    }
-    if request.timeseries.is_empty() {
-        return Ok(());
-    }
-    let body = match remote_write::encode(&request) {
-        Ok(b) => b,
-        Err(e) => {
-            shared
-                .metrics
-                .publish_error("remote_write", "encode", records.len() as u64);
-            tracing::error!(host_id = %id, records = records.len(), "remote_write encoding failed: {e}");
-            return Ok(());
-        }
-    };
+    let name = sink.name();
     let mut backoff = Backoff::new(shared.follow.backoff_min, shared.follow.backoff_max);
     loop {
-        match rw.send(body.clone()).await {
-            Ok(()) => {
-                shared.metrics.remote_written(records.len() as u64);
+        match sink.write(id, records).await {
+            Ok(written) => {
+                shared.metrics.sink_written(name, written.records);
+                if written.skipped > 0 {
+                    shared
+                        .metrics
+                        .publish_error(name, "bad_record", written.skipped);
+                }
                 return Ok(());
             }
-            Err(e @ remote_write::SendError::Refused { .. }) => {
+            Err(SinkError::Refused { reason, message }) => {
                 shared
                     .metrics
-                    .publish_error("remote_write", e.reason(), records.len() as u64);
+                    .publish_error(name, reason, records.len() as u64);
                 tracing::error!(
                     host_id = %id,
+                    sink = name,
                     records = records.len(),
-                    samples = request.timeseries.len(),
                     first_seq = records.first().map_or(0, |r| r.seq),
                     last_seq = records.last().map_or(0, |r| r.seq),
-                    reason = e.reason(),
-                    "remote_write refused these records (not retried; JetStream still gets them): {e}"
+                    reason,
+                    "{name} refused these records (not retried; JetStream still gets them): {message}"
                 );
                 return Ok(());
             }
-            Err(e) => {
+            Err(SinkError::Retry { message }) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(
-                    host_id = %id, records = records.len(), retry_in_ms = delay.as_millis() as u64,
-                    "remote_write unavailable, the host's stream waits: {e}"
+                    host_id = %id, sink = name, records = records.len(), retry_in_ms = delay.as_millis() as u64,
+                    "{name} unavailable, the host's stream waits: {message}"
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

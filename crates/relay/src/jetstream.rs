@@ -18,46 +18,8 @@ use prost::Message;
 
 use crate::config::JetStreamConfig;
 use crate::layout::{self, Cursor};
-
-/// JetStream could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    /// Not connected to NATS (the client reconnects by itself).
-    #[error("NATS at {url} is not connected")]
-    Disconnected {
-        /// The server.
-        url: String,
-    },
-    /// The stream could not be created or updated.
-    #[error("creating or updating stream {stream}: {message}")]
-    Stream {
-        /// The stream.
-        stream: String,
-        /// The server's or the client's answer.
-        message: String,
-    },
-    /// The cursor could not be read.
-    #[error("reading the last message of {subject}: {message}")]
-    Cursor {
-        /// The subject.
-        subject: String,
-        /// What happened.
-        message: String,
-    },
-    /// The last message is not one of the relay's.
-    #[error(transparent)]
-    Layout(#[from] layout::CursorError),
-    /// A publish was not sent or not acknowledged.
-    #[error("publishing {what} on {subject}: {message}")]
-    Publish {
-        /// The subject.
-        subject: String,
-        /// Which message.
-        what: String,
-        /// What happened.
-        message: String,
-    },
-}
+pub use crate::sink::StoreError;
+use crate::sink::{Ack, BoxFuture, Store, Stored};
 
 /// The relay's JetStream connection.
 pub struct Bus {
@@ -74,12 +36,9 @@ pub struct Bus {
 /// (see [`Bus::connect`]), so that only the relay's per-host windows bound them.
 const CLIENT_ACK_CAP: usize = 1 << 26;
 
-/// A publish awaiting its ack.
-pub type Pending = PublishAckFuture;
-
 impl Bus {
     /// Connects (in the background: a NATS server that is not up yet is retried for ever).
-    pub async fn connect(cfg: JetStreamConfig) -> Result<Self, BusError> {
+    pub async fn connect(cfg: JetStreamConfig) -> Result<Self, StoreError> {
         let client = async_nats::ConnectOptions::new()
             .name(concat!("jex-relay/", env!("CARGO_PKG_VERSION")))
             .retry_on_initial_connect()
@@ -94,7 +53,7 @@ impl Bus {
             })
             .connect(cfg.url.as_str())
             .await
-            .map_err(|e| BusError::Disconnected {
+            .map_err(|e| StoreError::Disconnected {
                 url: format!("{} ({e})", cfg.url),
             })?;
         // The client's own cap on unacknowledged publishes is shared by every host of the
@@ -125,18 +84,18 @@ impl Bus {
         self.client.connection_state() == State::Connected
     }
 
-    fn check_connected(&self) -> Result<(), BusError> {
+    fn check_connected(&self) -> Result<(), StoreError> {
         if self.connected() {
             Ok(())
         } else {
-            Err(BusError::Disconnected {
+            Err(StoreError::Disconnected {
                 url: self.cfg.url.clone(),
             })
         }
     }
 
     /// Creates or updates the stream, once (again after [`Bus::stream_lost`]).
-    pub async fn ensure_stream(&self) -> Result<(), BusError> {
+    pub async fn ensure_stream(&self) -> Result<(), StoreError> {
         if self.stream_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -145,7 +104,7 @@ impl Bus {
             return Ok(());
         }
         self.check_connected()?;
-        let stream_err = |message: String| BusError::Stream {
+        let stream_err = |message: String| StoreError::Stream {
             stream: self.cfg.stream.clone(),
             message,
         };
@@ -209,10 +168,10 @@ impl Bus {
     }
 
     /// The resume cursor of `host_id`: the last message on its subject (none: seq 0, epoch 0).
-    pub async fn cursor(&self, host_id: &str) -> Result<Cursor, BusError> {
+    pub async fn cursor(&self, host_id: &str) -> Result<Cursor, StoreError> {
         self.check_connected()?;
         let subject = layout::subject(host_id);
-        let err = |message: String| BusError::Cursor {
+        let err = |message: String| StoreError::Cursor {
             subject: subject.clone(),
             message,
         };
@@ -251,14 +210,14 @@ impl Bus {
         host_id: &str,
         epoch: u64,
         record: &pb::TelemetryRecord,
-    ) -> Result<Pending, BusError> {
+    ) -> Result<PublishAckFuture, StoreError> {
         let subject = layout::subject(host_id);
         self.check_connected()?;
         let headers = Self::headers(layout::record_headers(host_id, epoch, record));
         self.ctx
             .publish_with_headers(subject.clone(), headers, record.encode_to_vec().into())
             .await
-            .map_err(|e| BusError::Publish {
+            .map_err(|e| StoreError::Publish {
                 subject,
                 what: format!("seq {}", record.seq),
                 message: e.to_string(),
@@ -266,10 +225,10 @@ impl Bus {
     }
 
     /// Publishes the reset marker that opens `epoch` and waits for its ack.
-    pub async fn publish_reset(&self, host_id: &str, epoch: u64) -> Result<(), BusError> {
+    pub async fn publish_reset(&self, host_id: &str, epoch: u64) -> Result<(), StoreError> {
         let subject = layout::subject(host_id);
         self.check_connected()?;
-        let err = |message: String| BusError::Publish {
+        let err = |message: String| StoreError::Publish {
             subject: subject.clone(),
             what: format!("the reset marker of epoch {epoch}"),
             message,
@@ -282,5 +241,55 @@ impl Bus {
             .await
             .map_err(|e| err(e.to_string()))?;
         Ok(())
+    }
+}
+
+impl Store for Bus {
+    fn name(&self) -> &'static str {
+        "jetstream"
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.cfg.max_in_flight
+    }
+
+    fn ensure(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.ensure_stream())
+    }
+
+    fn lost(&self) {
+        self.stream_lost();
+    }
+
+    fn cursor<'a>(&'a self, host_id: &'a str) -> BoxFuture<'a, Result<Cursor, StoreError>> {
+        Box::pin(Bus::cursor(self, host_id))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        host_id: &'a str,
+        epoch: u64,
+        record: &'a pb::TelemetryRecord,
+    ) -> BoxFuture<'a, Result<Ack, StoreError>> {
+        Box::pin(async move {
+            let pending = self.publish_record(host_id, epoch, record).await?;
+            let ack: Ack = Box::pin(async move {
+                pending
+                    .await
+                    .map(|a| Stored {
+                        duplicate: a.duplicate,
+                    })
+                    .map_err(|e| e.to_string())
+            });
+            Ok(ack)
+        })
+    }
+
+    fn publish_reset<'a>(
+        &'a self,
+        host_id: &'a str,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Bus::publish_reset(self, host_id, epoch))
     }
 }

@@ -10,6 +10,8 @@
 //! - [`layout`]: the JetStream subject and message layout, the contract controllers consume;
 //! - [`jetstream`]: the stream, the cursor and the publishes;
 //! - [`remote_write`]: the Prometheus remote_write 1.0 encoding and client;
+//! - [`sink`]: the store (exactly once, the resume cursor) and sink traits the follower
+//!   writes through;
 //! - [`follow`]: one host's sessions, backpressure and reconnects;
 //! - [`backoff`]: jittered exponential backoff;
 //! - [`metrics`]: the relay's own `/metrics`;
@@ -27,3 +29,4 @@ pub mod layout;
 pub mod metrics;
 pub mod remote_write;
 pub mod run;
+pub mod sink;

@@ -98,9 +98,9 @@ impl Metrics {
         }
     }
 
-    /// remote_write took `n` records.
-    pub fn remote_written(&self, n: u64) {
-        self.published[1].fetch_add(n, Ordering::Relaxed);
+    /// A further sink (one of [`SINKS`] other than the store's) took `n` records.
+    pub fn sink_written(&self, sink: &str, n: u64) {
+        self.published[sink_index(sink)].fetch_add(n, Ordering::Relaxed);
     }
 
     /// A reset marker was published.
@@ -127,6 +127,19 @@ impl Metrics {
     /// A counter's value, for tests and logs.
     pub fn published(&self, sink: &str) -> u64 {
         self.published[sink_index(sink)].load(Ordering::Relaxed)
+    }
+
+    /// `jex_relay_publish_errors_total{sink, reason}`, for tests and logs.
+    pub fn publish_errors(&self, sink: &str, reason: &str) -> u64 {
+        self.publish_errors
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|((s, r), _)| *s == sink && *r == reason)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// The families, at `now_ms`.
@@ -300,7 +313,7 @@ mod tests {
         m.acked("a", 5, 1_000, false, false);
         m.acked("a", 6, 2_000, true, false);
         m.acked("a", 7, 2_500, false, true);
-        m.remote_written(3);
+        m.sink_written("remote_write", 3);
         m.publish_error("remote_write", "http_400", 2);
         m.connect_error("tls");
         m.connect_error("nonsense");

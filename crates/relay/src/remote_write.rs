@@ -25,7 +25,9 @@ use hyper_util::rt::TokioIo;
 use jex_proto::v1 as pb;
 use prost::Message;
 
+use crate::config::RemoteWriteConfig;
 use crate::layout::gap_reason_name;
+use crate::sink::{BoxFuture, Sink, SinkError, SinkFactory, Written};
 
 /// `prometheus.WriteRequest` (only the fields the relay writes).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -296,6 +298,73 @@ impl Client {
         } else {
             Err(self.retry(format!("HTTP {status}: {}", text.trim())))
         }
+    }
+}
+
+/// The remote_write [`Sink`] of one host: its records as series, one POST per batch, on the
+/// host's own connection.
+pub struct RemoteWrite {
+    client: Client,
+}
+
+/// Opens a [`RemoteWrite`] per host.
+pub struct RemoteWriteFactory {
+    /// The receiver.
+    pub config: RemoteWriteConfig,
+}
+
+impl SinkFactory for RemoteWriteFactory {
+    fn open(&self, _host_id: &str) -> Box<dyn Sink> {
+        Box::new(RemoteWrite {
+            client: Client::new(&self.config.url, self.config.timeout),
+        })
+    }
+}
+
+impl Sink for RemoteWrite {
+    fn name(&self) -> &'static str {
+        "remote_write"
+    }
+
+    fn write<'a>(
+        &'a mut self,
+        host_id: &'a str,
+        records: &'a [pb::TelemetryRecord],
+    ) -> BoxFuture<'a, Result<Written, SinkError>> {
+        Box::pin(async move {
+            let mut request = WriteRequest::default();
+            let mut skipped = 0;
+            for r in records {
+                match record_series(host_id, r) {
+                    Ok(series) => request.timeseries.extend(series),
+                    Err(e) => {
+                        skipped += 1;
+                        tracing::error!(host_id = %host_id, seq = r.seq, "record not written to remote_write: {e}");
+                    }
+                }
+            }
+            let written = Written {
+                records: records.len() as u64 - skipped,
+                skipped,
+            };
+            if request.timeseries.is_empty() {
+                return Ok(written);
+            }
+            let body = encode(&request).map_err(|e| SinkError::Refused {
+                reason: "encode",
+                message: format!("encoding {} series: {e}", request.timeseries.len()),
+            })?;
+            match self.client.send(body).await {
+                Ok(()) => Ok(written),
+                Err(e @ SendError::Refused { .. }) => Err(SinkError::Refused {
+                    reason: e.reason(),
+                    message: format!("{e} ({} series)", request.timeseries.len()),
+                }),
+                Err(e @ SendError::Retry { .. }) => Err(SinkError::Retry {
+                    message: e.to_string(),
+                }),
+            }
+        })
     }
 }
 

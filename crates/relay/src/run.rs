@@ -14,8 +14,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError, HostEntry};
 use crate::follow::{self, Shared};
-use crate::jetstream::{Bus, BusError};
+use crate::jetstream::Bus;
 use crate::metrics::{self, Metrics};
+use crate::remote_write::RemoteWriteFactory;
+use crate::sink::{SinkFactory, StoreError};
 
 /// The relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +39,7 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     /// NATS could not be set up.
     #[error(transparent)]
-    Bus(#[from] BusError),
+    Store(#[from] StoreError),
 }
 
 struct Follower {
@@ -48,7 +50,7 @@ struct Follower {
 
 /// The running followers, by host id.
 struct Followers {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Bus>>,
     by_id: BTreeMap<String, Follower>,
 }
 
@@ -126,12 +128,17 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         remote_write = config.remote_write.as_ref().map_or("", |r| r.url.as_str()),
         "relay started"
     );
+    let sinks: Vec<Arc<dyn SinkFactory>> = config
+        .remote_write
+        .iter()
+        .map(|c| Arc::new(RemoteWriteFactory { config: c.clone() }) as Arc<dyn SinkFactory>)
+        .collect();
     let shared = Arc::new(Shared {
-        bus,
+        store: bus,
+        sinks,
         metrics,
         tls: config.tls.clone(),
         follow: config.follow.clone(),
-        remote_write: config.remote_write.clone(),
     });
     let mut followers = Followers {
         shared,
