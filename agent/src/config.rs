@@ -449,6 +449,39 @@ impl std::fmt::Display for KeyPrefix<'_> {
     }
 }
 
+impl ConfigError {
+    /// The TOML of `text` (the file at `path`) did not parse or did not match the schema: the
+    /// line, column and dotted key of the place (also for the relay's configuration).
+    pub fn from_toml(path: &Path, text: &str, e: &toml::de::Error) -> Self {
+        let offset = e.span().map_or(0, |s| s.start);
+        let (line, column) = line_col(text, offset);
+        ConfigError::Parse {
+            path: path.to_owned(),
+            line,
+            column,
+            key: key_at(text, offset),
+            message: e.message().trim().to_owned(),
+        }
+    }
+
+    /// A setting of `text` (the file at `path`) was refused: its line, and the line of the
+    /// other setting the refusal is about (also for the relay's configuration).
+    pub fn from_invalid(path: &Path, text: &str, e: Invalid) -> Self {
+        let line = |span: &Range<usize>| line_col(text, span.start).0;
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line: line(&e.span),
+            message: match e.also {
+                Some((other, span)) => {
+                    format!("{} (`{other}` is at line {})", e.message, line(&span))
+                }
+                None => e.message,
+            },
+            key: e.key,
+        }
+    }
+}
+
 impl Config {
     /// The spool settings, defaults filled in.
     pub fn spool_config(&self) -> SpoolConfig {
@@ -481,29 +514,12 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            let (line, column) = line_col(text, offset);
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                key: key_at(text, offset),
-                message: e.message().trim().to_owned(),
-            }
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
         let line = |span: &Range<usize>| line_col(text, span.start).0;
-        let (mut config, places) = raw.validate().map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            line: line(&e.span),
-            key: e.key,
-            message: match e.also {
-                Some((other, span)) => {
-                    format!("{} (`{other}` is at line {})", e.message, line(&span))
-                }
-                None => e.message,
-            },
-        })?;
+        let (mut config, places) = raw
+            .validate()
+            .map_err(|e| ConfigError::from_invalid(path, text, e))?;
         config.source = Source {
             path: path.to_owned(),
             lines: places
@@ -598,16 +614,22 @@ struct RawLogging {
 /// The top-level table has no header: its missing keys are reported at line 1.
 const ROOT: Range<usize> = 0..0;
 
-/// A refused setting, before its line is worked out.
-struct Invalid {
-    span: Range<usize>,
-    key: String,
-    message: String,
+/// A refused setting, before its line is worked out ([`ConfigError::from_invalid`]); also for
+/// the relay's configuration.
+#[derive(Debug)]
+pub struct Invalid {
+    /// Where the value is (or the header of the table that should hold a missing key).
+    pub span: Range<usize>,
+    /// Dotted key.
+    pub key: String,
+    /// What is expected.
+    pub message: String,
     /// Another setting the refusal is about, and where it is.
-    also: Option<(String, Range<usize>)>,
+    pub also: Option<(String, Range<usize>)>,
 }
 
-fn invalid(span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> Invalid {
+/// A refusal of `key` at `span`.
+pub fn invalid(span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         span,
         key: key.into(),

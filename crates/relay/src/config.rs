@@ -39,7 +39,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jex_agent::config::{key_at, line_col};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -133,57 +132,10 @@ pub struct FollowConfig {
 /// The default `/metrics` address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9470";
 
-/// The configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading config file {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The TOML did not parse or did not match the schema.
-    #[error("{}:{line}:{column}: {}{message}", path.display(), KeyPrefix(key.as_deref()))]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line.
-        line: usize,
-        /// 1-based column.
-        column: usize,
-        /// Dotted key at that place, when there is one.
-        key: Option<String>,
-        /// What is wrong and what is expected.
-        message: String,
-    },
-    /// A value parsed but is not acceptable, or a required key is missing.
-    #[error("{}:{line}: key `{key}`: {message}", path.display())]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line of the value, or of the table that should hold a missing key.
-        line: usize,
-        /// Dotted key, e.g. `hosts[2].host_id`.
-        key: String,
-        /// What is expected.
-        message: String,
-    },
-}
-
-/// `key `…`: ` when there is a key.
-struct KeyPrefix<'a>(Option<&'a str>);
-
-impl std::fmt::Display for KeyPrefix<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(key) => write!(f, "key `{key}`: "),
-            None => Ok(()),
-        }
-    }
-}
+/// The configuration could not be used: the agent's error type, so that both name the file,
+/// line, column and dotted key the same way.
+pub use jex_agent::config::ConfigError;
+use jex_agent::config::{Invalid, invalid};
 
 /// Why a host id is refused, or `None` when it is valid: 1 to [`MAX_HOST_ID_LEN`] characters of
 /// `[A-Za-z0-9_-]` (a NATS subject token, a label value, a message id part).
@@ -220,30 +172,10 @@ impl Config {
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let offset = e.span().map_or(0, |s| s.start);
-            let (line, column) = line_col(text, offset);
-            ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                key: key_at(text, offset),
-                message: e.message().trim().to_owned(),
-            }
-        })?;
-        raw.validate().map_err(|e| ConfigError::Invalid {
-            path: path.to_owned(),
-            line: line_col(text, e.span.start).0,
-            key: e.key,
-            message: match e.also {
-                Some((other, span)) => format!(
-                    "{} (`{other}` is at line {})",
-                    e.message,
-                    line_col(text, span.start).0
-                ),
-                None => e.message,
-            },
-        })
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        raw.validate()
+            .map_err(|e| ConfigError::from_invalid(path, text, e))
     }
 }
 
@@ -305,23 +237,6 @@ struct RawFollow {
     backoff_min_ms: Option<Spanned<u64>>,
     backoff_max_ms: Option<Spanned<u64>>,
     max_batch_records: Option<Spanned<u32>>,
-}
-
-/// A refused setting, before its line is worked out.
-struct Invalid {
-    span: Range<usize>,
-    key: String,
-    message: String,
-    also: Option<(String, Range<usize>)>,
-}
-
-fn invalid(span: Range<usize>, key: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        span,
-        key: key.into(),
-        message: message.into(),
-        also: None,
-    }
 }
 
 /// The top-level table has no header: its missing keys are reported at line 1.
