@@ -13,34 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use jex_agent::telemetry::wire::WireRecord;
-use jex_agent::telemetry::{CpuSample, MemorySample, RecordBody, Sample};
 use jex_e2e::*;
-use jex_spool::{Spool, SpoolConfig};
 
-const DAY: u64 = 86_400;
-
-fn sample(i: u64) -> Sample {
-    Sample {
-        window_ms: 1000,
-        cpu: CpuSample {
-            busy_bp: (i % 10_000) as u32,
-            user_bp: 1000,
-            system_bp: 300,
-            core_busy_bp: (0..10).map(|c| ((i + c * 977) % 10_000) as u32).collect(),
-            online_cpus: 10,
-            ..CpuSample::default()
-        },
-        memory: MemorySample {
-            formula_version: 1,
-            total_bytes: 32 << 30,
-            used_bytes: (20 << 30) + i * 4096,
-            available_bytes: (12 << 30) - i * 4096,
-            ..MemorySample::default()
-        },
-        ..Sample::default()
-    }
-}
+const DAY: u64 = DAY_SECS;
 
 struct Killed(Child);
 
@@ -115,17 +90,12 @@ async fn main() -> Result<()> {
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let spool_dir = dir.path().join("state").join("spool");
-    {
-        let (mut spool, _) = Spool::open(SpoolConfig::new(&spool_dir))?;
-        // Recent times, inside Prometheus's out-of-order window when --remote-write.
-        let start = jex_attest::clock::now_unix_ms() - DAY * 1000;
-        for i in 0..DAY {
-            let time = start + i * 1000;
-            let record = WireRecord::next_in(&spool, time, RecordBody::Sample(sample(i)));
-            spool.append(time, record)?;
-        }
-        spool.flush()?;
-    }
+    // Recent times, inside Prometheus's out-of-order window when --remote-write.
+    write_spool(
+        &spool_dir,
+        jex_attest::clock::now_unix_ms() - DAY * 1000,
+        DAY,
+    )?;
     let agent = start_agent(
         &pki,
         dir.path(),

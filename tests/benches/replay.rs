@@ -8,51 +8,17 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use jex_agent::telemetry::wire::WireRecord;
-use jex_agent::telemetry::{CpuSample, MemorySample, RecordBody, Sample};
 use jex_e2e::*;
 use jex_proto::v1 as pb;
-use jex_spool::{Spool, SpoolConfig};
 
-const DAY: u64 = 86_400;
-
-fn sample(i: u64) -> Sample {
-    Sample {
-        window_ms: 1000,
-        cpu: CpuSample {
-            busy_bp: (i % 10_000) as u32,
-            user_bp: 1000,
-            system_bp: 300,
-            core_busy_bp: (0..10).map(|c| ((i + c * 977) % 10_000) as u32).collect(),
-            online_cpus: 10,
-            ..CpuSample::default()
-        },
-        memory: MemorySample {
-            formula_version: 1,
-            total_bytes: 32 << 30,
-            used_bytes: (20 << 30) + i * 4096,
-            available_bytes: (12 << 30) - i * 4096,
-            ..MemorySample::default()
-        },
-        ..Sample::default()
-    }
-}
+const DAY: u64 = DAY_SECS;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let spool_dir = dir.path().join("state").join("spool");
-    {
-        let (mut spool, _) = Spool::open(SpoolConfig::new(&spool_dir))?;
-        let start = 1_795_000_000_000u64;
-        for i in 0..DAY {
-            let time = start + i * 1000;
-            let record = WireRecord::next_in(&spool, time, RecordBody::Sample(sample(i)));
-            spool.append(time, record)?;
-        }
-        spool.flush()?;
-    }
+    write_spool(&spool_dir, 1_795_000_000_000u64, DAY)?;
     // The default spool cap (24 MiB) holds this day (about 13 MB).
     let agent = start_agent(
         &pki,
