@@ -745,6 +745,49 @@ pub async fn scrape_plain(addr: std::net::SocketAddr) -> Result<String> {
     Ok(body.to_owned())
 }
 
+/// A day of samples at 1 Hz.
+pub const DAY_SECS: u64 = 86_400;
+
+/// The `i`th synthetic sample of the spool benchmarks: a 10-core host at 1 s, every value
+/// moving with `i`.
+pub fn synthetic_sample(i: u64) -> jex_agent::telemetry::Sample {
+    use jex_agent::telemetry::{CpuSample, MemorySample, Sample};
+    Sample {
+        window_ms: 1000,
+        cpu: CpuSample {
+            busy_bp: (i % 10_000) as u32,
+            user_bp: 1000,
+            system_bp: 300,
+            core_busy_bp: (0..10).map(|c| ((i + c * 977) % 10_000) as u32).collect(),
+            online_cpus: 10,
+            ..CpuSample::default()
+        },
+        memory: MemorySample {
+            formula_version: 1,
+            total_bytes: 32 << 30,
+            used_bytes: (20 << 30) + i * 4096,
+            available_bytes: (12 << 30) - i * 4096,
+            ..MemorySample::default()
+        },
+        ..Sample::default()
+    }
+}
+
+/// Writes `n` synthetic samples, one a second from `start_ms`, to a new spool in `spool_dir`
+/// (the history an agent started on that directory serves).
+pub fn write_spool(spool_dir: &Path, start_ms: u64, n: u64) -> Result<()> {
+    use jex_agent::telemetry::RecordBody;
+    use jex_agent::telemetry::wire::WireRecord;
+    let (mut spool, _) = jex_spool::Spool::open(jex_spool::SpoolConfig::new(spool_dir))?;
+    for i in 0..n {
+        let time = start_ms + i * 1000;
+        let record = WireRecord::next_in(&spool, time, RecordBody::Sample(synthetic_sample(i)));
+        spool.append(time, record)?;
+    }
+    spool.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,47 +837,4 @@ mod tests {
         }
         Ok(())
     }
-}
-
-/// A day of samples at 1 Hz.
-pub const DAY_SECS: u64 = 86_400;
-
-/// The `i`th synthetic sample of the spool benchmarks: a 10-core host at 1 s, every value
-/// moving with `i`.
-pub fn synthetic_sample(i: u64) -> jex_agent::telemetry::Sample {
-    use jex_agent::telemetry::{CpuSample, MemorySample, Sample};
-    Sample {
-        window_ms: 1000,
-        cpu: CpuSample {
-            busy_bp: (i % 10_000) as u32,
-            user_bp: 1000,
-            system_bp: 300,
-            core_busy_bp: (0..10).map(|c| ((i + c * 977) % 10_000) as u32).collect(),
-            online_cpus: 10,
-            ..CpuSample::default()
-        },
-        memory: MemorySample {
-            formula_version: 1,
-            total_bytes: 32 << 30,
-            used_bytes: (20 << 30) + i * 4096,
-            available_bytes: (12 << 30) - i * 4096,
-            ..MemorySample::default()
-        },
-        ..Sample::default()
-    }
-}
-
-/// Writes `n` synthetic samples, one a second from `start_ms`, to a new spool in `spool_dir`
-/// (the history an agent started on that directory serves).
-pub fn write_spool(spool_dir: &Path, start_ms: u64, n: u64) -> Result<()> {
-    use jex_agent::telemetry::RecordBody;
-    use jex_agent::telemetry::wire::WireRecord;
-    let (mut spool, _) = jex_spool::Spool::open(jex_spool::SpoolConfig::new(spool_dir))?;
-    for i in 0..n {
-        let time = start_ms + i * 1000;
-        let record = WireRecord::next_in(&spool, time, RecordBody::Sample(synthetic_sample(i)));
-        spool.append(time, record)?;
-    }
-    spool.flush()?;
-    Ok(())
 }

@@ -321,6 +321,64 @@ async fn wait_metric(relay: &Relay, series: &str, at_least: f64, within: Duratio
     }
 }
 
+/// kill -9 the relay mid-stream, start it again on the same files, and wait until `host` has
+/// moved `by` seqs past where it was at the kill.
+async fn kill9_and_restart_relay(
+    relay: &mut Relay,
+    config: &Path,
+    log: &Path,
+    host: &str,
+    by: f64,
+    within: Duration,
+) -> Result<()> {
+    let before = relay_metric(relay, &last_seq(host)).await?;
+    relay.proc.kill9()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    *relay = start_relay(config, log)?;
+    wait_metric(relay, &last_seq(host), before + by, within).await?;
+    Ok(())
+}
+
+/// Restarts nats-server on the same store, and waits until each of `hosts` has moved `by`
+/// seqs past where it was before.
+#[allow(clippy::too_many_arguments)]
+async fn restart_nats(
+    nats: &mut Proc,
+    port: u16,
+    store: &Path,
+    log: &Path,
+    relay: &Relay,
+    hosts: &[&str],
+    by: f64,
+    within: Duration,
+) -> Result<()> {
+    let mut before = Vec::new();
+    for h in hosts {
+        before.push(relay_metric(relay, &last_seq(h)).await?);
+    }
+    // (nats-server exits 1 on SIGTERM.)
+    nats.terminate()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    *nats = start_nats(port, store, log).await?;
+    for (h, b) in hosts.iter().zip(before) {
+        wait_metric(relay, &last_seq(h), b + by, within).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the relay has stored each host's last seq of its history.
+async fn catch_up(
+    relay: &Relay,
+    histories: &[(String, Vec<pb::TelemetryRecord>)],
+    within: Duration,
+) -> Result<()> {
+    for (id, history) in histories {
+        let last = history.last().map_or(0, |r| r.seq) as f64;
+        wait_metric(relay, &last_seq(id), last, within).await?;
+    }
+    Ok(())
+}
+
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -676,14 +734,12 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     }
 
     // kill -9 the relay mid-stream and restart it.
-    let before_kill = relay_metric(&relay, &last_seq(HOST_ID)).await?;
-    relay.proc.kill9()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    relay = start_relay(&config, &log)?;
-    wait_metric(
-        &relay,
-        &last_seq(HOST_ID),
-        before_kill + 25.0,
+    kill9_and_restart_relay(
+        &mut relay,
+        &config,
+        &log,
+        HOST_ID,
+        25.0,
         Duration::from_secs(30),
     )
     .await?;
@@ -755,25 +811,14 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     ensure!(relay_metric(&relay, "jex_relay_hosts_followed").await? == 4.0);
 
     // Restart nats-server on the same store.
-    let (a_before, b_before) = (
-        relay_metric(&relay, &last_seq(HOST_ID)).await?,
-        relay_metric(&relay, &last_seq(HOST_B)).await?,
-    );
-    // (nats-server exits 1 on SIGTERM.)
-    nats.terminate()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    nats = start_nats(nats_port, &store, &nats_log).await?;
-    wait_metric(
+    restart_nats(
+        &mut nats,
+        nats_port,
+        &store,
+        &nats_log,
         &relay,
-        &last_seq(HOST_ID),
-        a_before + 30.0,
-        Duration::from_secs(40),
-    )
-    .await?;
-    wait_metric(
-        &relay,
-        &last_seq(HOST_B),
-        b_before + 30.0,
+        &[HOST_ID, HOST_B],
+        30.0,
         Duration::from_secs(40),
     )
     .await?;
@@ -781,10 +826,15 @@ async fn the_relay_lands_every_seq_exactly_once_in_a_real_jetstream_and_promethe
     // The agents' histories now; the relay catches up past them, then stops.
     let history_a = agent_history(&pki, &pki, &agent_a).await?;
     let history_b = agent_history(&pki_b, &pki, &agent_b).await?;
-    let last_a = history_a.last().map_or(0, |r| r.seq) as f64;
-    let last_b = history_b.last().map_or(0, |r| r.seq) as f64;
-    wait_metric(&relay, &last_seq(HOST_ID), last_a, Duration::from_secs(30)).await?;
-    wait_metric(&relay, &last_seq(HOST_B), last_b, Duration::from_secs(30)).await?;
+    catch_up(
+        &relay,
+        &[
+            (HOST_ID.to_owned(), history_a.clone()),
+            (HOST_B.to_owned(), history_b.clone()),
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
     let duplicates = relay_metric(&relay, "jex_relay_duplicates_total").await?;
     let status = relay.proc.terminate()?;
     ensure!(
@@ -1112,14 +1162,12 @@ async fn twenty_simulated_hosts_and_two_agents_land_exactly_once_in_a_real_jetst
     ensure!(relay_metric(&relay, "jex_relay_hosts_followed").await? == 22.0);
 
     // kill -9 the relay mid-stream, and restart it.
-    let before = relay_metric(&relay, &last_seq(&sims[0])).await?;
-    relay.proc.kill9()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    relay = start_relay(&config, &log)?;
-    wait_metric(
-        &relay,
-        &last_seq(&sims[0]),
-        before + 10.0,
+    kill9_and_restart_relay(
+        &mut relay,
+        &config,
+        &log,
+        &sims[0],
+        10.0,
         Duration::from_secs(60),
     )
     .await?;
@@ -1151,14 +1199,14 @@ async fn twenty_simulated_hosts_and_two_agents_land_exactly_once_in_a_real_jetst
     .await?;
 
     // Restart nats-server on the same store.
-    let b_before = relay_metric(&relay, &last_seq(HOST_B)).await?;
-    nats.terminate()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    nats = start_nats(nats_port, &store, &nats_log).await?;
-    wait_metric(
+    restart_nats(
+        &mut nats,
+        nats_port,
+        &store,
+        &nats_log,
         &relay,
-        &last_seq(HOST_B),
-        b_before + 20.0,
+        &[HOST_B],
+        20.0,
         Duration::from_secs(60),
     )
     .await?;
@@ -1177,10 +1225,7 @@ async fn twenty_simulated_hosts_and_two_agents_land_exactly_once_in_a_real_jetst
     for (id, addr) in &sim_addrs {
         histories.push((id.clone(), history_at(&pki, *addr).await?));
     }
-    for (id, history) in &histories {
-        let last = history.last().map_or(0, |r| r.seq) as f64;
-        wait_metric(&relay, &last_seq(id), last, Duration::from_secs(60)).await?;
-    }
+    catch_up(&relay, &histories, Duration::from_secs(60)).await?;
     let duplicates = relay_metric(&relay, "jex_relay_duplicates_total").await?;
     let status = relay.proc.terminate()?;
     ensure!(
