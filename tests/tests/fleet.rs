@@ -134,6 +134,16 @@ async fn start_nats(port: u16, store: &Path, log: &Path) -> Result<Proc> {
 
 /// Prometheus with its remote_write receiver and an out-of-order window for backfill.
 async fn start_prometheus(dir: &Path) -> Result<(Proc, u16)> {
+    start_prometheus_with(dir, None).await
+}
+
+/// Prometheus serving HTTPS only (TLS 1.3), with `pki`'s agent certificate as its own and
+/// client certificates of `pki`'s fleet CA required (its `--web.config.file`).
+async fn start_prometheus_tls(dir: &Path, pki: &TestPki) -> Result<(Proc, u16)> {
+    start_prometheus_with(dir, Some(pki)).await
+}
+
+async fn start_prometheus_with(dir: &Path, tls: Option<&TestPki>) -> Result<(Proc, u16)> {
     ensure!(
         Path::new(PROMETHEUS).exists(),
         "{PROMETHEUS} is missing: install Debian's prometheus package (scripts/test.sh does)"
@@ -145,7 +155,21 @@ async fn start_prometheus(dir: &Path) -> Result<(Proc, u16)> {
         "global:\n  scrape_interval: 1h\nstorage:\n  tsdb:\n    out_of_order_time_window: 30m\n",
     )?;
     let port = free_port()?;
-    let child = Command::new(PROMETHEUS)
+    let mut command = Command::new(PROMETHEUS);
+    if let Some(pki) = tls {
+        let web = dir.join("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n  min_version: TLS13\n",
+                pki.paths.agent_cert.display(),
+                pki.paths.agent_key.display(),
+                pki.paths.ca_cert.display()
+            ),
+        )?;
+        command.arg(format!("--web.config.file={}", web.display()));
+    }
+    let child = command
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -165,7 +189,14 @@ async fn start_prometheus(dir: &Path) -> Result<(Proc, u16)> {
     wait_port(port, "prometheus").await?;
     // Ready once its query API answers.
     let end = Instant::now() + Duration::from_secs(30);
-    while http_get(port, "/-/ready").await.ok().map(|(s, _)| s) != Some(200) {
+    loop {
+        let ready = match tls {
+            None => http_get(port, "/-/ready").await,
+            Some(pki) => https_get(port, "/-/ready", pki).await,
+        };
+        if ready.ok().map(|(s, _)| s) == Some(200) {
+            break;
+        }
         ensure!(Instant::now() < end, "prometheus not ready after 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -185,11 +216,38 @@ fn percent_encode(s: &str) -> String {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body).
 async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    get_on(conn, path).await
+}
+
+/// An HTTP/1.0 GET over TLS 1.3 on loopback, checking the server against `pki`'s fleet CA
+/// and presenting its controller certificate: (status, body).
+async fn https_get(port: u16, path: &str, pki: &TestPki) -> Result<(u16, String)> {
+    let config = jex_relay::tls::client_config(
+        &pki.paths.ca_cert,
+        Some((&pki.paths.controller_cert, &pki.paths.controller_key)),
+        b"http/1.1",
+    )?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    get_on(tls, path).await
+}
+
+async fn get_on<S>(mut conn: S, path: &str) -> Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await?;
     let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw)).await??;
+    // A TLS peer may close without close_notify: what arrived before is the answer.
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut raw)).await?;
+    if raw.is_empty() {
+        read?;
+    }
     let text = String::from_utf8(raw)?;
     let (head, body) = text.split_once("\r\n\r\n").context("no response head")?;
     let status = head
@@ -202,11 +260,16 @@ async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
 
 /// The single value of an instant query (`None` when it has no result).
 async fn prom_value(port: u16, query: &str) -> Result<Option<f64>> {
-    let (status, body) = http_get(
-        port,
-        &format!("/api/v1/query?query={}", percent_encode(query)),
-    )
-    .await?;
+    prom_value_with(port, query, None).await
+}
+
+/// [`prom_value`], over TLS with `pki`'s controller certificate when given.
+async fn prom_value_with(port: u16, query: &str, tls: Option<&TestPki>) -> Result<Option<f64>> {
+    let path = format!("/api/v1/query?query={}", percent_encode(query));
+    let (status, body) = match tls {
+        None => http_get(port, &path).await?,
+        Some(pki) => https_get(port, &path, pki).await?,
+    };
     ensure!(status == 200, "{query}: HTTP {status}: {body}");
     let v: serde_json::Value = serde_json::from_str(&body)?;
     let result = v["data"]["result"].as_array().context("no result")?;
@@ -1271,5 +1334,129 @@ async fn twenty_simulated_hosts_and_two_agents_land_exactly_once_in_a_real_jetst
         }
     }
     drop(nats);
+    Ok(())
+}
+
+/// remote_write over TLS 1.3 to a real Prometheus that serves HTTPS only and requires client
+/// certificates: every sample the relay stored in JetStream is in Prometheus, queried over
+/// mTLS. Then the refusals: a receiver CA that did not sign Prometheus's certificate leaves the
+/// relay waiting and saying why (nothing skipped), and a CA file that is missing stops the
+/// start with its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_write_over_mtls_to_prometheus_beside_a_real_jetstream() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let w = dir.path();
+    let pki = TestPki::new()?;
+    let agent = start_agent(&pki, &w.join("agent"), &AgentOptions::default())?;
+    let nats_port = free_port()?;
+    let _nats = start_nats(nats_port, &w.join("nats-store"), &w.join("nats.log")).await?;
+    let (_prometheus, prom_port) = start_prometheus_tls(&w.join("prometheus"), &pki).await?;
+    // Plain HTTP to it is refused by Prometheus itself.
+    ensure!(
+        http_get(prom_port, "/-/ready").await.map(|(s, _)| s).ok() != Some(200),
+        "Prometheus answered plain HTTP"
+    );
+
+    let config = w.join("relay.toml");
+    let rw_url = format!("https://127.0.0.1:{prom_port}/api/v1/write");
+    let write = |ca: &Path| -> Result<()> {
+        write_relay_config(
+            &config,
+            &pki,
+            nats_port,
+            &[(HOST_ID, agent.addr)],
+            Some(&rw_url),
+        )?;
+        let mut text = std::fs::read_to_string(&config)?;
+        text.push_str(&format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            ca.display(),
+            pki.paths.observer_cert.display(),
+            pki.paths.observer_key.display()
+        ));
+        std::fs::write(&config, text)?;
+        Ok(())
+    };
+    write(&pki.paths.ca_cert)?;
+    let log = w.join("relay.log");
+    let mut relay = start_relay(&config, &log)?;
+    wait_metric(&relay, &last_seq(HOST_ID), 15.0, Duration::from_secs(60)).await?;
+    let history = agent_history(&pki, &pki, &agent).await?;
+    catch_up(
+        &relay,
+        &[(HOST_ID.to_owned(), history.clone())],
+        Duration::from_secs(30),
+    )
+    .await?;
+    let status = relay.proc.terminate()?;
+    ensure!(status.success(), "the relay exited with {status}");
+    ensure!(
+        !relay.log_text().contains("remote_write unavailable"),
+        "remote_write over TLS failed:\n{}",
+        tail(&relay.log_text(), 20)
+    );
+    let stored = read_back(nats_port).await?;
+    let messages = stored
+        .get(&format!("jex.telemetry.{HOST_ID}"))
+        .context("nothing stored")?;
+    let (n, _gaps, samples) = check_subject(HOST_ID, messages, &history)?;
+    let q = format!("count_over_time(jex_host_cpu_busy_ratio{{host_id=\"{HOST_ID}\"}}[30m])");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = prom_value_with(prom_port, &q, Some(&pki)).await?;
+        if got == Some(samples as f64) {
+            break;
+        }
+        ensure!(
+            Instant::now() < end,
+            "{q} = {got:?} over mTLS, {samples} samples stored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("remote_write over mTLS: {n} messages in JetStream, {samples} samples in Prometheus");
+
+    // A CA that did not sign Prometheus's certificate: the relay says why and waits; the
+    // host's stream does not move on without remote_write.
+    let other = TestPki::new()?;
+    write(&other.paths.ca_cert)?;
+    let relay = start_relay(&config, &log)?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while !relay.log_text().lines().any(|l| {
+        l.contains("remote_write unavailable, the host's stream waits")
+            && l.contains("TLS handshake")
+            && l.contains("invalid peer certificate")
+    }) {
+        ensure!(
+            Instant::now() < end,
+            "no TLS refusal logged:\n{}",
+            tail(&relay.log_text(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = read_back(nats_port).await?;
+    let held = held
+        .get(&format!("jex.telemetry.{HOST_ID}"))
+        .map_or(0, Vec::len);
+    ensure!(
+        held == n,
+        "the stream moved on without remote_write: {held} messages stored, {n} before"
+    );
+    drop(relay);
+
+    // A CA file that does not exist: the start stops and names it.
+    write(&w.join("absent-ca.pem"))?;
+    let out = jex_e2e::output_within(
+        Command::new(relay_bin())
+            .args(["run", "--config"])
+            .arg(&config),
+        REAP,
+    )?;
+    let stderr = String::from_utf8(out.stderr)?;
+    ensure!(out.status.code() == Some(2), "{:?}: {stderr}", out.status);
+    ensure!(
+        stderr.contains("remote_write TLS: reading") && stderr.contains("absent-ca.pem"),
+        "{stderr}"
+    );
     Ok(())
 }

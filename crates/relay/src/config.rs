@@ -22,7 +22,12 @@
 //! max_in_flight = 256                    # publish acks awaited per host, default 256
 //!
 //! [remote_write]                         # optional
-//! url = "http://127.0.0.1:9090/api/v1/write"
+//! url = "http://127.0.0.1:9090/api/v1/write"   # or https://
+//! # ca = "/etc/jex-relay/receiver-ca.pem"  # https: the receiver's CA (the only root for it)
+//! # cert = "/etc/jex-relay/rw.pem"         # https: a client certificate, when asked for
+//! # key = "/etc/jex-relay/rw.key"
+//! # server_name = "prom.example"          # https: default the URL's host
+//! # timeout_ms = 10000
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9470"              # default; enabled = false turns it off
@@ -103,10 +108,23 @@ pub struct JetStreamConfig {
 /// The Prometheus remote_write sink's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteWriteConfig {
-    /// The receiver's URL (`http://host:port/api/v1/write`; plain HTTP only for now).
+    /// The receiver's URL (`http://` or `https://host:port/api/v1/write`).
     pub url: String,
     /// The deadline of one POST.
     pub timeout: Duration,
+    /// For an `https://` URL: how the receiver is checked and the relay identifies itself.
+    pub tls: Option<RemoteWriteTls>,
+}
+
+/// TLS to an `https://` remote_write receiver (TLS 1.3, [`crate::tls::client_config`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteWriteTls {
+    /// The CA that signed the receiver's certificate: the only root trusted for it.
+    pub ca: PathBuf,
+    /// A client certificate and key, for a receiver that asks for one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name checked in the receiver's certificate; `None`: the URL's host.
+    pub server_name: Option<String>,
 }
 
 /// The relay's own `/metrics`.
@@ -222,6 +240,10 @@ struct RawJetStream {
 struct RawRemoteWrite {
     url: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<u64>>,
+    ca: Option<Spanned<PathBuf>>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    server_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,20 +473,63 @@ impl RawConfig {
                     "remote_write.url",
                     "the receiver's URL, e.g. http://127.0.0.1:9090/api/v1/write",
                 )?;
-                if url.starts_with("https://") {
-                    return Err(invalid(
-                        url_span,
-                        "remote_write.url",
-                        "https is not supported yet: use http:// to a receiver on a trusted network (or a local TLS proxy)",
-                    ));
-                }
                 url_with(
                     &url,
-                    url_span,
+                    url_span.clone(),
                     "remote_write.url",
-                    &["http"],
+                    &["http", "https"],
                     "http://127.0.0.1:9090/api/v1/write",
                 )?;
+                let tls = if url.starts_with("https://") {
+                    let (ca, _) = required(
+                        rw.ca,
+                        &span,
+                        "remote_write.ca",
+                        "for an https:// receiver, the CA certificate (PEM) that signed its certificate: the relay trusts no other root for it",
+                    )?;
+                    let identity = match (rw.cert, rw.key) {
+                        (None, None) => None,
+                        (Some(c), Some(k)) => Some((c.into_inner(), k.into_inner())),
+                        (Some(c), None) => {
+                            return Err(invalid(
+                                c.span(),
+                                "remote_write.key",
+                                "remote_write.cert needs its private key (PEM) in remote_write.key",
+                            ));
+                        }
+                        (None, Some(k)) => {
+                            return Err(invalid(
+                                k.span(),
+                                "remote_write.cert",
+                                "remote_write.key needs its certificate (PEM) in remote_write.cert",
+                            ));
+                        }
+                    };
+                    Some(RemoteWriteTls {
+                        ca,
+                        identity,
+                        server_name: rw.server_name.map(Spanned::into_inner),
+                    })
+                } else {
+                    let tls_key = [
+                        rw.ca.map(|v| ("remote_write.ca", v.span())),
+                        rw.cert.map(|v| ("remote_write.cert", v.span())),
+                        rw.key.map(|v| ("remote_write.key", v.span())),
+                        rw.server_name
+                            .map(|v| ("remote_write.server_name", v.span())),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .next();
+                    if let Some((key, at)) = tls_key {
+                        return Err(invalid(
+                            at,
+                            key,
+                            "TLS settings apply to an https:// receiver: make remote_write.url https:// or remove this key",
+                        ));
+                    }
+                    None
+                };
                 let timeout = match rw.timeout_ms {
                     Some(v) if *v.get_ref() == 0 => {
                         return Err(invalid(
@@ -476,7 +541,7 @@ impl RawConfig {
                     Some(v) => ms(v.into_inner()),
                     None => Duration::from_secs(10),
                 };
-                Some(RemoteWriteConfig { url, timeout })
+                Some(RemoteWriteConfig { url, timeout, tls })
             }
         };
 
@@ -659,7 +724,37 @@ max_batch_records = 64
         );
         let https_rw =
             format!("{MINIMAL}\n[remote_write]\nurl = \"https://m:9090/api/v1/write\"\n");
-        assert!(err(&https_rw).contains("key `remote_write.url`: https is not supported yet"));
+        assert!(
+            err(&https_rw).contains("key `remote_write.ca`: missing: for an https:// receiver")
+        );
+        let half = format!(
+            "{MINIMAL}\n[remote_write]\nurl = \"https://m:9090/api/v1/write\"\nca = \"/ca.pem\"\ncert = \"/c.pem\"\n"
+        );
+        assert!(
+            err(&half).contains("key `remote_write.key`: remote_write.cert needs its private key")
+        );
+        let plain_ca = format!(
+            "{MINIMAL}\n[remote_write]\nurl = \"http://m:9090/api/v1/write\"\nca = \"/ca.pem\"\n"
+        );
+        assert!(
+            err(&plain_ca)
+                .contains("key `remote_write.ca`: TLS settings apply to an https:// receiver")
+        );
+        let https_ok = format!(
+            "{MINIMAL}\n[remote_write]\nurl = \"https://m:9090/api/v1/write\"\nca = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"\nserver_name = \"prom\"\n"
+        );
+        let tls = Config::parse(Path::new("relay.toml"), &https_ok)
+            .unwrap()
+            .remote_write
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/ca.pem"));
+        assert_eq!(
+            tls.identity,
+            Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
+        );
+        assert_eq!(tls.server_name.as_deref(), Some("prom"));
         let backoff = format!("{MINIMAL}\n[follow]\nbackoff_min_ms = 900\nbackoff_max_ms = 100\n");
         assert_eq!(
             err(&backoff),

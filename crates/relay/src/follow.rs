@@ -159,52 +159,16 @@ fn from_status(addr: &str, s: tonic::Status) -> SessionError {
     }
 }
 
-/// The client TLS configuration: TLS 1.3 only, the fleet CA as the only root (no system roots,
-/// and no setting that turns verification off), the relay's certificate, ALPN `h2`.
+/// The client TLS configuration ([`crate::tls::client_config`]): TLS 1.3 only, the fleet CA as
+/// the only root, the relay's observer certificate, ALPN `h2`.
 fn client_config(tls: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, SessionError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| SessionError::Read {
-            path: path.clone(),
-            source,
-        })
-    };
-    let bad = |path: &std::path::PathBuf, what: String| SessionError::Tls {
-        addr: String::new(),
-        message: format!("{}: {what}", path.display()),
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&read(&tls.ca)?) {
-        let cert = cert.map_err(|e| bad(&tls.ca, format!("not a PEM certificate: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(&tls.ca, format!("not a usable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(&tls.ca, "no certificate in the file".into()));
-    }
-    let chain = CertificateDer::pem_slice_iter(&read(&tls.cert)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&tls.cert, format!("not a PEM certificate: {e}")))?;
-    let key = zeroize::Zeroizing::new(read(&tls.key)?);
-    let key = PrivateKeyDer::from_pem_slice(&key)
-        .map_err(|_| bad(&tls.key, "not a PEM private key".into()))?;
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| bad(&tls.cert, e.to_string()))?
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .map_err(|e| {
-        bad(
-            &tls.cert,
-            format!("certificate and key do not go together: {e}"),
-        )
-    })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    crate::tls::client_config(&tls.ca, Some((&tls.cert, &tls.key)), b"h2").map_err(|e| match e {
+        crate::tls::TlsFileError::Read { path, source } => SessionError::Read { path, source },
+        bad @ crate::tls::TlsFileError::Bad { .. } => SessionError::Tls {
+            addr: String::new(),
+            message: bad.to_string(),
+        },
+    })
 }
 
 /// TCP to the agent, then TLS with [`client_config`]; tonic speaks HTTP/2 over it.

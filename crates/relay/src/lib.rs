@@ -9,7 +9,9 @@
 //!   `[metrics]`, `[follow]`), validated with line and key in every refusal;
 //! - [`layout`]: the JetStream subject and message layout, the contract controllers consume;
 //! - [`jetstream`]: the stream, the cursor and the publishes;
-//! - [`remote_write`]: the Prometheus remote_write 1.0 encoding and client;
+//! - [`remote_write`]: the Prometheus remote_write 1.0 encoding and client (HTTP, or HTTPS
+//!   with the receiver's CA and an optional client certificate);
+//! - [`tls`]: the TLS client settings of both peers (TLS 1.3 only, the configured CA only);
 //! - [`sink`]: the store (exactly once, the resume cursor) and sink traits the follower
 //!   writes through;
 //! - [`follow`]: one host's sessions, backpressure and reconnects;
@@ -30,3 +32,4 @@ pub mod metrics;
 pub mod remote_write;
 pub mod run;
 pub mod sink;
+pub mod tls;

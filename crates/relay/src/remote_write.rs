@@ -13,9 +13,12 @@
 //! receiver must accept out-of-order samples: Prometheus ≥ 2.39 with
 //! `storage.tsdb.out_of_order_time_window` (e.g. `30m`, or as long as the longest relay
 //! downtime to be backfilled) in prometheus.yml, and `--web.enable-remote-write-receiver`.
-//! Plain HTTP only for now: TLS to the receiver is not done (put the receiver on a trusted
-//! network or behind a local TLS proxy).
+//! `http://`, or `https://` with TLS 1.3: the receiver's certificate checked against the
+//! configured CA only (`remote_write.ca`), and a client certificate when one is configured
+//! (`remote_write.cert`, `remote_write.key`), as a receiver behind mTLS asks. The TLS files are
+//! read when the relay starts: a file that does not load stops the start with its path.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +27,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use jex_proto::v1 as pb;
 use prost::Message;
+use rustls::pki_types::ServerName;
 
 use crate::config::RemoteWriteConfig;
 use crate::layout::gap_reason_name;
@@ -193,30 +197,114 @@ impl SendError {
     }
 }
 
+/// How a connection to an `https://` receiver is secured.
+#[derive(Clone)]
+pub struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl Tls {
+    /// The TLS of `config` (`None` for an `http://` receiver), its files read now.
+    pub fn load(config: &RemoteWriteConfig) -> Result<Option<Tls>, TlsSetupError> {
+        let Some(tls) = &config.tls else {
+            return Ok(None);
+        };
+        let identity = tls
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let client = crate::tls::client_config(&tls.ca, identity, b"http/1.1")?;
+        let (authority, _) = split_url(&config.url);
+        let host = match tls.server_name.as_deref() {
+            Some(n) => n.to_owned(),
+            None => url_host(authority).to_owned(),
+        };
+        let name =
+            ServerName::try_from(host.clone()).map_err(|_| TlsSetupError::Name { name: host })?;
+        Ok(Some(Tls {
+            config: client,
+            name,
+        }))
+    }
+}
+
+/// The TLS of an `https://` receiver could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A file of `remote_write.ca`, `.cert` or `.key` did not load.
+    #[error("remote_write TLS: {0}")]
+    File(#[from] crate::tls::TlsFileError),
+    /// The name to check is not a DNS name or an IP address.
+    #[error(
+        "remote_write TLS: {name:?} is not a DNS name or an IP address to check the receiver's certificate against (set remote_write.server_name)"
+    )]
+    Name {
+        /// The name.
+        name: String,
+    },
+}
+
+/// (`host:port`, `/path`) of an `http://` or `https://` URL.
+fn split_url(url: &str) -> (&str, &str) {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    }
+}
+
+/// The host of `host:port` (an IPv6 address without its brackets).
+fn url_host(authority: &str) -> &str {
+    let host = match authority.rfind(':') {
+        Some(i) if !authority[i..].contains(']') => &authority[..i],
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// One receiver, one HTTP/1.1 connection kept between POSTs (one client per followed host).
 pub struct Client {
     url: String,
     authority: String,
     path: String,
     timeout: Duration,
+    tls: Option<Tls>,
     conn: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Client {
-    /// A client of `url` (`http://host:port/path`, checked by the configuration).
-    pub fn new(url: &str, timeout: Duration) -> Self {
-        let rest = url.strip_prefix("http://").unwrap_or(url);
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
-        };
+    /// A client of `url` (`http://` or `https://host:port/path`, checked by the configuration);
+    /// `tls` for an `https://` one.
+    pub fn new(url: &str, timeout: Duration, tls: Option<Tls>) -> Self {
+        let (authority, path) = split_url(url);
         Self {
             url: url.to_owned(),
             authority: authority.to_owned(),
             path: path.to_owned(),
             timeout,
+            tls,
             conn: None,
         }
+    }
+
+    /// HTTP/1.1 over `io`; its connection task runs until the connection ends.
+    async fn handshake<T>(&self, io: T) -> Result<SendRequest<Full<Bytes>>, SendError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.retry(format!("HTTP handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "remote_write connection ended");
+            }
+        });
+        Ok(sender)
     }
 
     fn retry(&self, message: impl Into<String>) -> SendError {
@@ -244,15 +332,16 @@ impl Client {
                 let tcp = tokio::net::TcpStream::connect(&self.authority)
                     .await
                     .map_err(|e| self.retry(format!("connecting: {e}")))?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| self.retry(format!("HTTP handshake: {e}")))?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "remote_write connection ended");
+                match &self.tls {
+                    None => self.handshake(tcp).await?,
+                    Some(tls) => {
+                        let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+                            .connect(tls.name.clone(), tcp)
+                            .await
+                            .map_err(|e| self.retry(format!("TLS handshake: {e}")))?;
+                        self.handshake(stream).await?
                     }
-                });
-                sender
+                }
             }
         };
         sender
@@ -309,14 +398,22 @@ pub struct RemoteWrite {
 
 /// Opens a [`RemoteWrite`] per host.
 pub struct RemoteWriteFactory {
-    /// The receiver.
-    pub config: RemoteWriteConfig,
+    config: RemoteWriteConfig,
+    tls: Option<Tls>,
+}
+
+impl RemoteWriteFactory {
+    /// The factory of `config`'s receiver; an `https://` one's TLS files are read now.
+    pub fn new(config: RemoteWriteConfig) -> Result<Self, TlsSetupError> {
+        let tls = Tls::load(&config)?;
+        Ok(Self { config, tls })
+    }
 }
 
 impl SinkFactory for RemoteWriteFactory {
     fn open(&self, _host_id: &str) -> Box<dyn Sink> {
         Box::new(RemoteWrite {
-            client: Client::new(&self.config.url, self.config.timeout),
+            client: Client::new(&self.config.url, self.config.timeout, self.tls.clone()),
         })
     }
 }
@@ -534,9 +631,17 @@ mod tests {
     #[tokio::test]
     async fn answers_are_success_refusal_or_retry() {
         let body = encode(&WriteRequest::default()).unwrap();
-        let mut ok = Client::new(&answering("204 No Content").await, Duration::from_secs(5));
+        let mut ok = Client::new(
+            &answering("204 No Content").await,
+            Duration::from_secs(5),
+            None,
+        );
         ok.send(body.clone()).await.unwrap();
-        let mut refused = Client::new(&answering("400 Bad Request").await, Duration::from_secs(5));
+        let mut refused = Client::new(
+            &answering("400 Bad Request").await,
+            Duration::from_secs(5),
+            None,
+        );
         let e = refused.send(body.clone()).await.unwrap_err();
         assert!(matches!(e, SendError::Refused { status: 400, .. }), "{e}");
         assert_eq!(e.reason(), "http_400");
@@ -547,6 +652,7 @@ mod tests {
         let mut too_large = Client::new(
             &answering("413 Payload Too Large").await,
             Duration::from_secs(5),
+            None,
         );
         assert_eq!(
             too_large.send(body.clone()).await.unwrap_err().reason(),
@@ -555,6 +661,7 @@ mod tests {
         let mut down = Client::new(
             &answering("503 Service Unavailable").await,
             Duration::from_secs(5),
+            None,
         );
         let e = down.send(body.clone()).await.unwrap_err();
         assert!(matches!(e, SendError::Retry { .. }), "{e}");
@@ -568,6 +675,7 @@ mod tests {
         let mut nobody = Client::new(
             &format!("http://127.0.0.1:{port}/w"),
             Duration::from_secs(5),
+            None,
         );
         assert!(matches!(
             nobody.send(body).await.unwrap_err(),
@@ -577,10 +685,20 @@ mod tests {
 
     #[test]
     fn urls_split_into_authority_and_path() {
-        let c = Client::new("http://127.0.0.1:9090/api/v1/write", Duration::from_secs(1));
+        let c = Client::new(
+            "http://127.0.0.1:9090/api/v1/write",
+            Duration::from_secs(1),
+            None,
+        );
         assert_eq!(c.authority, "127.0.0.1:9090");
         assert_eq!(c.path, "/api/v1/write");
-        let c = Client::new("http://m:1", Duration::from_secs(1));
+        let c = Client::new("http://m:1", Duration::from_secs(1), None);
         assert_eq!(c.path, "/");
+        let c = Client::new("https://prom:9443/w", Duration::from_secs(1), None);
+        assert_eq!((c.authority.as_str(), c.path.as_str()), ("prom:9443", "/w"));
+        assert_eq!(url_host("prom:9443"), "prom");
+        assert_eq!(url_host("[::1]:9443"), "::1");
+        assert_eq!(url_host("[::1]"), "::1");
+        assert_eq!(url_host("prom"), "prom");
     }
 }

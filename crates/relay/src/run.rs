@@ -37,6 +37,9 @@ pub enum RunError {
     /// Signals could not be set up.
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The remote_write receiver's TLS files did not load.
+    #[error(transparent)]
+    RemoteWriteTls(#[from] crate::remote_write::TlsSetupError),
     /// NATS could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -128,11 +131,10 @@ pub async fn run(path: &Path) -> Result<(), RunError> {
         remote_write = config.remote_write.as_ref().map_or("", |r| r.url.as_str()),
         "relay started"
     );
-    let sinks: Vec<Arc<dyn SinkFactory>> = config
-        .remote_write
-        .iter()
-        .map(|c| Arc::new(RemoteWriteFactory { config: c.clone() }) as Arc<dyn SinkFactory>)
-        .collect();
+    let mut sinks: Vec<Arc<dyn SinkFactory>> = Vec::new();
+    if let Some(rw) = &config.remote_write {
+        sinks.push(Arc::new(RemoteWriteFactory::new(rw.clone())?));
+    }
     let shared = Arc::new(Shared {
         store: bus,
         sinks,
@@ -217,10 +219,21 @@ pub fn summary(config: &Config, path: &Path) -> String {
         config.jetstream.duplicate_window.as_secs(),
         config.jetstream.max_age.as_secs(),
         config.jetstream.max_in_flight,
-        config
-            .remote_write
-            .as_ref()
-            .map_or("off", |r| r.url.as_str()),
+        config.remote_write.as_ref().map_or("off".to_owned(), |r| {
+            match &r.tls {
+                None => r.url.clone(),
+                Some(t) => format!(
+                    "{} (TLS 1.3, CA {}{})",
+                    r.url,
+                    t.ca.display(),
+                    if t.identity.is_some() {
+                        ", client certificate"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+        }),
         if config.metrics.enabled {
             config.metrics.listen.to_string()
         } else {
