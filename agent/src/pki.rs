@@ -35,6 +35,14 @@ pub enum PkiError {
         #[source]
         source: rcgen::Error,
     },
+    /// A CA's certificate and key do not go together.
+    #[error("CA {name}: {what}")]
+    Mismatch {
+        /// Which CA.
+        name: String,
+        /// What is wrong.
+        what: &'static str,
+    },
     /// A file could not be written.
     #[error("writing {path}")]
     Write {
@@ -111,14 +119,10 @@ impl LeafSpec {
 }
 
 impl DevCa {
-    /// Makes a new self-signed CA.
-    pub fn generate(common_name: &str) -> Result<Self, PkiError> {
-        let gen_err = |source| PkiError::Generate {
-            name: common_name.to_owned(),
-            source,
-        };
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    /// The parameters of a CA named `common_name` (its subject, key usages and key id method:
+    /// what an issued certificate's issuer name and authority key id are made from).
+    fn ca_params(common_name: &str) -> Result<CertificateParams, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
@@ -126,6 +130,46 @@ impl DevCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
+        Ok(params)
+    }
+
+    /// A CA made by [`DevCa::generate`] with `common_name`, from its certificate and key PEM
+    /// (as written by `pki dev` or `jex-sim`): it issues certificates that chain to that
+    /// certificate.
+    pub fn from_pem(common_name: &str, cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let gen_err = |source| PkiError::Generate {
+            name: common_name.to_owned(),
+            source,
+        };
+        let key = KeyPair::from_pem(key_pem).map_err(gen_err)?;
+        // The certificate holds its public key's bytes verbatim (in its SubjectPublicKeyInfo).
+        let cert_der = pem_certificate_der(cert_pem).ok_or(PkiError::Mismatch {
+            name: common_name.to_owned(),
+            what: "the certificate is not one PEM certificate",
+        })?;
+        let public = key.public_key_raw();
+        if !cert_der.windows(public.len()).any(|w| w == public) {
+            return Err(PkiError::Mismatch {
+                name: common_name.to_owned(),
+                what: "the key is not the certificate's",
+            });
+        }
+        let params = Self::ca_params(common_name).map_err(gen_err)?;
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert_pem.to_owned(),
+            key_pem: zeroize::Zeroizing::new(key_pem.to_owned()),
+        })
+    }
+
+    /// Makes a new self-signed CA.
+    pub fn generate(common_name: &str) -> Result<Self, PkiError> {
+        let gen_err = |source| PkiError::Generate {
+            name: common_name.to_owned(),
+            source,
+        };
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(gen_err)?;
+        let mut params = Self::ca_params(common_name).map_err(gen_err)?;
         let now = jex_attest::clock::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
@@ -171,6 +215,15 @@ impl DevCa {
     pub fn key_pem(&self) -> &str {
         &self.key_pem
     }
+}
+
+/// The DER of the first PEM certificate of `pem`.
+fn pem_certificate_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .map(|c| c.to_vec())
 }
 
 fn dn(common_name: &str) -> DistinguishedName {
@@ -318,5 +371,51 @@ mod tests {
             & 0o777;
         assert_eq!(mode, 0o600);
         crate::tls::load_key(&paths.agent_key).expect("key loads");
+    }
+
+    #[test]
+    fn a_ca_loaded_from_its_pem_issues_certificates_that_chain_to_it() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        let ca = DevCa::generate("loaded CA").expect("ca");
+        let again = DevCa::from_pem("loaded CA", &ca.cert_pem, ca.key_pem()).expect("loads");
+        let leaf = again
+            .issue(&LeafSpec {
+                common_name: "leaf".into(),
+                names: vec!["localhost".into()],
+                uris: Vec::new(),
+                server: true,
+                not_before: Duration::hours(-1),
+                not_after: Duration::days(1),
+            })
+            .expect("issue");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("ca der"))
+            .expect("root");
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let leaf_der = CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).expect("leaf der");
+        verifier
+            .verify_server_cert(
+                &leaf_der,
+                &[],
+                &ServerName::try_from("localhost").expect("name"),
+                &[],
+                UnixTime::now(),
+            )
+            .expect("the leaf chains to the original CA certificate");
+        // Another CA's key with this certificate is refused.
+        let other = DevCa::generate("loaded CA").expect("other");
+        let e = DevCa::from_pem("loaded CA", &ca.cert_pem, other.key_pem()).unwrap_err();
+        assert!(
+            e.to_string().contains("the key is not the certificate's"),
+            "{e}"
+        );
     }
 }

@@ -37,6 +37,9 @@ pub struct FleetConfig {
     pub dir: PathBuf,
     /// How many hosts.
     pub hosts: u32,
+    /// The index of the first host (0: `sim-0001`). Two simulators with the same seed, disjoint
+    /// ranges and one CA ([`Fleet::start_with_ca`]) make one larger fleet.
+    pub first_host: u32,
     /// Fixes every host's hardware and telemetry.
     pub seed: u64,
     /// Sampling interval, ms (at least 100).
@@ -58,6 +61,7 @@ impl FleetConfig {
         Self {
             dir: dir.into(),
             hosts,
+            first_host: 0,
             seed: 1,
             interval_ms: 1000,
             base_ip: Ipv4Addr::new(127, 0, 1, 1),
@@ -67,7 +71,7 @@ impl FleetConfig {
         }
     }
 
-    /// The address of host `index`.
+    /// The address of this simulator's `index`th host (0-based, from [`FleetConfig::first_host`]).
     pub fn addr(&self, index: u32) -> Result<SocketAddr, SimError> {
         let ip = u32::from(self.base_ip)
             .checked_add(index)
@@ -85,6 +89,16 @@ impl FleetConfig {
         let bad = |key, message: String| Err(SimError::Setting { key, message });
         if self.hosts == 0 {
             return bad("hosts", "0 hosts: ask for at least 1".into());
+        }
+        if self.first_host.checked_add(self.hosts).is_none() {
+            return bad(
+                "first-host",
+                format!(
+                    "{} hosts from host {} run past the last host number: fewer hosts or a lower first host",
+                    self.hosts,
+                    u64::from(self.first_host) + 1
+                ),
+            );
         }
         if self.interval_ms < 100 {
             return bad(
@@ -161,10 +175,12 @@ pub enum SimError {
         source: Box<jex_agent::app::AppError>,
     },
     /// No such host in this fleet.
-    #[error("no host {host_id} in this fleet (it has sim-0001 to {last})")]
+    #[error("no host {host_id} in this fleet (it has {first} to {last})")]
     UnknownHost {
         /// What was asked for.
         host_id: String,
+        /// The first host id.
+        first: String,
         /// The last host id.
         last: String,
     },
@@ -178,6 +194,23 @@ pub enum SimError {
         /// What to do instead.
         hint: &'static str,
     },
+}
+
+/// The common name of a simulated fleet's CA.
+fn ca_name() -> String {
+    format!("{} simulated fleet CA (jex-sim)", crate::TRUST_DOMAIN)
+}
+
+/// The CA of the simulator whose directory is `sim_dir` (its `pki/ca.pem` and `pki/ca.key`),
+/// to start another part of the same fleet with [`Fleet::start_with_ca`].
+pub fn load_ca(sim_dir: &Path) -> Result<DevCa, SimError> {
+    let pki = FleetPki::in_dir(&sim_dir.join("pki"));
+    let cert =
+        std::fs::read_to_string(&pki.ca).map_err(io("reading the CA certificate", &pki.ca))?;
+    let key = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&pki.ca_key).map_err(io("reading the CA key", &pki.ca_key))?,
+    );
+    Ok(DevCa::from_pem(&ca_name(), &cert, &key)?)
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SimError {
@@ -199,6 +232,8 @@ fn private_dir(path: &Path) -> Result<(), SimError> {
 pub struct FleetPki {
     /// The fleet CA certificate.
     pub ca: PathBuf,
+    /// Its private key (a development CA: kept so that another simulator can issue from it).
+    pub ca_key: PathBuf,
     /// The observer certificate (the relay's identity).
     pub observer_cert: PathBuf,
     /// Its key.
@@ -213,6 +248,7 @@ impl FleetPki {
     fn in_dir(dir: &Path) -> Self {
         Self {
             ca: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
             observer_cert: dir.join("observer.pem"),
             observer_key: dir.join("observer.key"),
             controller_cert: dir.join("controller.pem"),
@@ -259,8 +295,7 @@ const SOCKET_RELEASE: Duration = Duration::from_secs(5);
 impl Fleet {
     /// Makes the PKI and every host's files, then starts every agent.
     pub async fn start(config: FleetConfig) -> Result<Fleet, SimError> {
-        let td = crate::TRUST_DOMAIN;
-        let ca = DevCa::generate(&format!("{td} simulated fleet CA (jex-sim)"))?;
+        let ca = DevCa::generate(&ca_name())?;
         Self::start_with_ca(config, &ca).await
     }
 
@@ -274,6 +309,8 @@ impl Fleet {
         let pki = FleetPki::in_dir(&pki_dir);
         let td = crate::TRUST_DOMAIN;
         write_file(&pki.ca, ca.cert_pem.as_bytes(), 0o644)?;
+        // The development CA's key, so that another simulator can join this fleet (`--ca`).
+        write_file(&pki.ca_key, ca.key_pem().as_bytes(), 0o600)?;
         for (role, cert, key) in [
             ("observer", &pki.observer_cert, &pki.observer_key),
             ("controller", &pki.controller_cert, &pki.controller_key),
@@ -287,8 +324,8 @@ impl Fleet {
             write_file(key, issued.key_pem.as_bytes(), 0o600)?;
         }
         let mut hosts = Vec::with_capacity(config.hosts as usize);
-        for index in 0..config.hosts {
-            hosts.push(Self::prepare(&config, ca, index)?);
+        for position in 0..config.hosts {
+            hosts.push(Self::prepare(&config, ca, position)?);
         }
         let fleet = Fleet { config, pki, hosts };
         for host in &fleet.hosts {
@@ -303,12 +340,13 @@ impl Fleet {
         Ok(fleet)
     }
 
-    /// A host's directory, certificate, disk and fake key.
-    fn prepare(config: &FleetConfig, ca: &DevCa, index: u32) -> Result<Host, SimError> {
+    /// The directory, certificate, disk and fake key of this simulator's `position`th host.
+    fn prepare(config: &FleetConfig, ca: &DevCa, position: u32) -> Result<Host, SimError> {
+        let index = config.first_host + position;
         let profile = HostProfile::new(config.seed, index);
         let files = HostFiles::new(&config.dir, &profile.host_id);
         private_dir(&files.dir)?;
-        let addr = config.addr(index)?;
+        let addr = config.addr(position)?;
         let issued = ca.issue(&LeafSpec {
             common_name: format!("jex-agent {}", profile.host_id),
             names: vec![
@@ -415,10 +453,14 @@ impl Fleet {
 
     fn host(&self, host_id: &str) -> Result<&Host, SimError> {
         crate::host_index(host_id)
+            .and_then(|i| i.checked_sub(self.config.first_host))
             .and_then(|i| self.hosts.get(i as usize))
             .ok_or_else(|| SimError::UnknownHost {
                 host_id: host_id.to_owned(),
-                last: crate::host_id(self.config.hosts.saturating_sub(1)),
+                first: crate::host_id(self.config.first_host),
+                last: crate::host_id(
+                    (self.config.first_host + self.config.hosts).saturating_sub(1),
+                ),
             })
     }
 

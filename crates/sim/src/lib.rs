@@ -37,7 +37,7 @@ pub mod keys;
 pub mod rng;
 pub mod source;
 
-pub use fleet::{Fleet, FleetConfig, SimError};
+pub use fleet::{Fleet, FleetConfig, SimError, load_ca};
 
 /// The trust domain of the simulated fleet's SPIFFE IDs.
 pub const TRUST_DOMAIN: &str = "fleet.example";

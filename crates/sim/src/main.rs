@@ -55,6 +55,15 @@ struct RunArgs {
     /// tmpfs for large fleets: every followed host syncs its spool each interval.
     #[arg(long)]
     dir: PathBuf,
+    /// The number of the first host: 1 makes sim-0001 onwards. With `--ca`, simulators with
+    /// disjoint ranges make one fleet (each process holds about 1,500 hosts under a 20,000
+    /// open-file limit).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    first_host: u32,
+    /// Issue every certificate from the CA of another simulator's directory (its `pki/ca.pem`
+    /// and `pki/ca.key`) instead of a new CA, so that one relay follows both.
+    #[arg(long, value_name = "SIM_DIR")]
+    ca: Option<PathBuf>,
     /// Fixes every host's hardware and telemetry.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -137,6 +146,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let config = FleetConfig {
         dir: dir.clone(),
         hosts: args.hosts,
+        first_host: args.first_host - 1,
         seed: args.seed,
         interval_ms: args.interval_ms,
         base_ip: args.base_ip,
@@ -151,7 +161,14 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let fleet = match Fleet::start(config).await {
+    let started = match &args.ca {
+        None => Fleet::start(config).await,
+        Some(other) => match jex_sim::load_ca(other) {
+            Ok(ca) => Fleet::start_with_ca(config, &ca).await,
+            Err(e) => Err(e),
+        },
+    };
+    let fleet = match started {
         Ok(f) => Arc::new(f),
         Err(e) => {
             eprintln!("jex-sim: {}", jex_platform::error_chain(&e));

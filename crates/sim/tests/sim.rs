@@ -377,3 +377,66 @@ async fn twenty_simulated_hosts_behave_as_agents() {
 
     fleet.shutdown().await;
 }
+
+/// A second simulator joins the first's fleet: its hosts are numbered after the first's, and
+/// issued by the first's CA (`--ca`), so the first's observer certificate reads them and their
+/// host ids do not collide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_simulator_joins_the_first_fleet_with_its_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut one = FleetConfig::new(dir.path().join("one"), 2);
+    one.base_ip = std::net::Ipv4Addr::new(127, 0, 12, 1);
+    one.port = 0;
+    let first = Fleet::start(one).await.expect("first fleet");
+    let mut two = FleetConfig::new(dir.path().join("two"), 2);
+    two.first_host = 2;
+    two.base_ip = std::net::Ipv4Addr::new(127, 0, 13, 1);
+    two.port = 0;
+    let ca = jex_sim::load_ca(&dir.path().join("one")).expect("the first fleet's CA loads");
+    let second = Fleet::start_with_ca(two, &ca).await.expect("second fleet");
+    assert_eq!(second.host_ids(), vec!["sim-0003", "sim-0004"]);
+    assert_eq!(
+        std::fs::read(&first.pki().ca).expect("ca one"),
+        std::fs::read(&second.pki().ca).expect("ca two")
+    );
+
+    // The first fleet's observer reads a host of the second.
+    let p = first.pki().clone();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&p.ca).expect("ca")))
+        .domain_name("localhost")
+        .identity(Identity::from_pem(
+            std::fs::read(&p.observer_cert).expect("cert"),
+            std::fs::read(&p.observer_key).expect("key"),
+        ));
+    let addr = second.addr("sim-0004").await.expect("addr");
+    let channel = Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let mut c = NodeAgentClient::new(channel);
+    let host = c
+        .get_host(pb::GetHostRequest {})
+        .await
+        .expect("GetHost with the first fleet's observer")
+        .into_inner()
+        .host
+        .expect("host");
+    assert_eq!(host.host_id, "sim-0004");
+    let err = second.restart("sim-0001").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no host sim-0001 in this fleet (it has sim-0003 to sim-0004)"
+    );
+    // A directory without a CA key says which file is missing.
+    let e = jex_sim::load_ca(&dir.path().join("nowhere")).unwrap_err();
+    assert!(
+        jex_platform::error_chain(&e).contains("reading the CA certificate"),
+        "{}",
+        jex_platform::error_chain(&e)
+    );
+    second.shutdown().await;
+    first.shutdown().await;
+}
