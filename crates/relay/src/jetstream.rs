@@ -32,6 +32,9 @@ pub struct Bus {
     stream_check: tokio::sync::Mutex<()>,
 }
 
+/// How long a session waits for the NATS connection before it fails.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
 /// The NATS client's cap on unacknowledged publishes: above any fleet's hosts × `max_in_flight`
 /// (see [`Bus::connect`]), so that only the relay's per-host windows bound them.
 const CLIENT_ACK_CAP: usize = 1 << 26;
@@ -84,6 +87,22 @@ impl Bus {
         self.client.connection_state() == State::Connected
     }
 
+    /// Connected now, or within [`CONNECT_WAIT`]: a relay started beside its NATS server, or
+    /// a server restarting, holds a session that long instead of failing it at once (each
+    /// failure backs the host off, doubling).
+    async fn wait_connected(&self) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + CONNECT_WAIT;
+        while !self.connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Disconnected {
+                    url: self.cfg.url.clone(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     fn check_connected(&self) -> Result<(), StoreError> {
         if self.connected() {
             Ok(())
@@ -103,7 +122,7 @@ impl Bus {
         if self.stream_ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.check_connected()?;
+        self.wait_connected().await?;
         let stream_err = |message: String| StoreError::Stream {
             stream: self.cfg.stream.clone(),
             message,
@@ -169,7 +188,7 @@ impl Bus {
 
     /// The resume cursor of `host_id`: the last message on its subject (none: seq 0, epoch 0).
     pub async fn cursor(&self, host_id: &str) -> Result<Cursor, StoreError> {
-        self.check_connected()?;
+        self.wait_connected().await?;
         let subject = layout::subject(host_id);
         let err = |message: String| StoreError::Cursor {
             subject: subject.clone(),
