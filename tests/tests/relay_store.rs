@@ -213,6 +213,31 @@ async fn until(secs: u64, what: &str, mut done: impl FnMut() -> bool) -> Result<
     Ok(())
 }
 
+/// Follows `host` into `store` until it holds `records`, stops the follower and the fleet, and
+/// returns the stored seqs (checked: every seq from 1 to the last, once each).
+async fn follow_until(
+    fleet: jex_sim::Fleet,
+    host: HostEntry,
+    shared: &Arc<Shared<MemStore>>,
+    store: &MemStore,
+    records: usize,
+) -> Result<Vec<u64>> {
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(follow::follow(host, shared.clone(), rx));
+    until(20, &format!("{records} records stored"), || {
+        store.seqs().len() >= records
+    })
+    .await?;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .context("the follower did not stop")??;
+    fleet.shutdown().await;
+    let seqs = store.seqs();
+    once_each(&seqs)?;
+    Ok(seqs)
+}
+
 /// Every seq from 1 to the last, once each.
 fn once_each(seqs: &[u64]) -> Result<()> {
     let set: BTreeSet<u64> = seqs.iter().copied().collect();
@@ -235,18 +260,7 @@ async fn a_lost_ack_mid_window_is_resent_and_its_hole_filled_once() -> Result<()
     let store = Arc::new(MemStore::default());
     store.0.lock().unwrap().fail_seq = Some(5);
     let shared = shared(&fleet, store.clone(), Vec::new());
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(follow::follow(host.clone(), shared.clone(), rx));
-
-    until(20, "40 records stored", || store.seqs().len() >= 40).await?;
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .context("the follower did not stop")??;
-    fleet.shutdown().await;
-
-    let seqs = store.seqs();
-    once_each(&seqs)?;
+    let seqs = follow_until(fleet, host, &shared, &store, 40).await?;
     let pos = |s: u64| seqs.iter().position(|x| *x == s).unwrap_or(usize::MAX);
     // Seq 5 landed after the later seqs of its window: the hole was filled by the resend.
     ensure!(pos(5) > pos(6), "seq 5 not resent after 6: {seqs:?}");
@@ -293,18 +307,7 @@ async fn an_unavailable_sink_holds_the_stream_and_a_refusal_is_counted_not_lost(
     }));
     let factory: Arc<dyn SinkFactory> = Arc::new(ScriptedFactory(script.clone()));
     let shared = shared(&fleet, store.clone(), vec![factory]);
-    let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(follow::follow(host.clone(), shared.clone(), rx));
-
-    until(20, "30 records stored", || store.seqs().len() >= 30).await?;
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .context("the follower did not stop")??;
-    fleet.shutdown().await;
-
-    let seqs = store.seqs();
-    once_each(&seqs)?;
+    let seqs = follow_until(fleet, host, &shared, &store, 30).await?;
     let s = script.lock().unwrap();
     // While unavailable, the same batch was offered again and nothing went on to the store.
     ensure!(

@@ -402,21 +402,7 @@ async fn a_second_simulator_joins_the_first_fleet_with_its_ca() {
 
     // The first fleet's observer reads a host of the second.
     let p = first.pki().clone();
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&p.ca).expect("ca")))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(
-            std::fs::read(&p.observer_cert).expect("cert"),
-            std::fs::read(&p.observer_key).expect("key"),
-        ));
-    let addr = second.addr("sim-0004").await.expect("addr");
-    let channel = Channel::from_shared(format!("https://{addr}"))
-        .expect("uri")
-        .tls_config(tls)
-        .expect("tls")
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    let mut c = NodeAgentClient::new(channel);
+    let mut c = client(&second, "sim-0004", &p.observer_cert, &p.observer_key).await;
     let host = c
         .get_host(pb::GetHostRequest {})
         .await
